@@ -1,0 +1,24 @@
+"""The registry of binarization methods.
+
+``available()`` lists the names, ``get(name, **options)`` returns a configured method; each method
+lives in one file of this package and registers itself with :func:`register`.
+"""
+
+from . import base, functional
+from .base import InferenceForm, Method, NotDeployableError, Option, available, get, method_class, register
+
+# Importing a method module registers it.
+from . import bireal, bnn, dorefa, fda, reactnet, recu, xnor, xnorpp  # noqa: E402,F401
+
+__all__ = [
+    "InferenceForm",
+    "Method",
+    "NotDeployableError",
+    "Option",
+    "available",
+    "base",
+    "functional",
+    "get",
+    "method_class",
+    "register",
+]

@@ -1,0 +1,300 @@
+"""The contract every binarization method fulfils, and the registry that names them.
+
+A method is a small declarative object holding only its options; all per-layer state (learnable
+scales, thresholds, schedule buffers, bit maps) is registered on the layer by :meth:`Method.init_layer`,
+so it lands in the layer's ``state_dict`` and ``parameters()`` like any torch module state. The layer
+(``onebit.nn``) calls the hooks in this order::
+
+    x_q = quantize_input(layer, x)          # binary (or multi-bit) activations, surrogate gradient
+    w_q = quantize_weight(layer, W)         # binary weights, surrogate gradient
+    y   = scale_output(layer, conv(x_q, w_q)) + bias
+
+and, around training, ``schedule(layer, epoch, epochs)`` before each epoch and ``loss(layer)`` added to
+the task loss. :meth:`Method.inference` states what the deployed layer computes so that export can
+fold it into popcount arithmetic.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+from torch import Tensor
+
+from .functional import sign
+
+if TYPE_CHECKING:  # pragma: no cover
+    from torch import nn
+
+__all__ = [
+    "Option",
+    "Method",
+    "InferenceForm",
+    "NotDeployableError",
+    "register",
+    "get",
+    "available",
+    "method_class",
+]
+
+
+# --------------------------------------------------------------------------------------------------
+# Options
+# --------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Option:
+    """One keyword option of a method: its default, what values are allowed, and what it means.
+
+    ``low``/``high`` bound numbers (``low_open``/``high_open`` exclude the bound); ``choices`` lists the
+    allowed values of a categorical option; ``check`` is a custom validator returning an error text or
+    ``None``.
+    """
+
+    default: Any
+    doc: str
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    choices: tuple[Any, ...] | None = None
+    check: Callable[[Any], str | None] | None = None
+
+    def allowed(self) -> str:
+        if self.choices is not None:
+            return "one of " + ", ".join(repr(c) for c in self.choices)
+        if self.low is not None or self.high is not None:
+            lo = "(" if self.low_open else "["
+            hi = ")" if self.high_open else "]"
+            low = "-inf" if self.low is None else f"{self.low:g}"
+            high = "inf" if self.high is None else f"{self.high:g}"
+            return f"a number in {lo}{low}, {high}{hi}"
+        return self.doc
+
+    def validate(self, name: str, method: str, value: Any) -> Any:
+        problem = None
+        if self.choices is not None:
+            if value not in self.choices:
+                problem = "not allowed"
+        elif self.low is not None or self.high is not None:
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+                problem = "not a number"
+            elif self.low is not None and (value < self.low or (self.low_open and value == self.low)):
+                problem = "out of range"
+            elif self.high is not None and (value > self.high or (self.high_open and value == self.high)):
+                problem = "out of range"
+        if problem is None and self.check is not None:
+            problem = self.check(value)
+        if problem is not None:
+            raise ValueError(
+                f"{method}: option {name}={value!r} is {problem}; allowed: {self.allowed()} ({self.doc})"
+            )
+        return value
+
+
+# --------------------------------------------------------------------------------------------------
+# What a deployed layer computes
+# --------------------------------------------------------------------------------------------------
+class NotDeployableError(ValueError):
+    """The layer's current form cannot run as 1-bit arithmetic; the message names the layer and why."""
+
+
+@dataclass
+class InferenceForm:
+    """What a trained layer computes at inference, in the terms a 1-bit kernel needs.
+
+    ``y = output_scale ⊙ Σ_j (plane_scales[j] ⊙ (plane_masks[j] ⊙ weight_planes[j])) ⊛ x_q + bias``
+
+    where ``x_q = input_scale(x) · sign(x + input_threshold)`` if ``binary_input`` (``input_scale`` is
+    ``"mean_abs"`` for XNOR-Net's per-sample K, else ``None``), or the real ``x`` otherwise; padded
+    positions of ``x_q`` hold ``pad_value`` (times K). ``weight_planes`` are ±1 tensors of the weight's
+    shape; ``plane_scales`` are per-output-channel vectors ``(C_out,)``; ``plane_masks`` are boolean
+    tensors or ``None`` (all active). ``output_scale`` broadcasts against one sample's output
+    (``(C_out,)`` or ``(C_out, *spatial)``); ``bias`` is ``(C_out,)`` or ``None``.
+    """
+
+    weight_planes: list[Tensor]
+    plane_scales: list[Tensor]
+    plane_masks: list[Tensor | None]
+    binary_input: bool = True
+    input_threshold: Tensor | None = None
+    input_scale: str | None = None
+    output_scale: Tensor | None = None
+    bias: Tensor | None = None
+    pad_value: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+    def effective_weight(self) -> Tensor:
+        """The real weight the planes stand for: ``Σ_j scale_j · mask_j · plane_j``."""
+        total = torch.zeros_like(self.weight_planes[0])
+        for plane, scale, mask in zip(self.weight_planes, self.plane_scales, self.plane_masks):
+            shape = (-1,) + (1,) * (plane.dim() - 1)
+            term = plane * scale.reshape(shape)
+            total = total + (term if mask is None else term * mask)
+        return total
+
+
+# --------------------------------------------------------------------------------------------------
+# Methods
+# --------------------------------------------------------------------------------------------------
+class Method:
+    """Base class of a binarization method. Subclasses set ``name``, ``paper``, ``options`` and
+    override the hooks they need; the defaults are "keep it real" (no quantization, no scale)."""
+
+    name: ClassVar[str] = ""
+    paper: ClassVar[str] = ""
+    options: ClassVar[dict[str, Option]] = {}
+    #: Whether the method binarizes activations by default (the ``binarize_activations`` option).
+    binarizes_activations: ClassVar[bool] = True
+
+    def __init__(self, **options: Any) -> None:
+        unknown = sorted(set(options) - set(self.options))
+        if unknown:
+            valid = ", ".join(sorted(self.options)) or "none"
+            raise ValueError(f"{self.name}: unknown option(s) {', '.join(unknown)}; valid options: {valid}")
+        self.config: dict[str, Any] = {}
+        for key, spec in self.options.items():
+            value = options.get(key, spec.default)
+            self.config[key] = spec.validate(key, self.name, value)
+        self.validate_config()
+
+    def validate_config(self) -> None:
+        """Cross-option checks (one option's range depending on another)."""
+
+    def __getattr__(self, item: str) -> Any:
+        config = self.__dict__.get("config")
+        if config is not None and item in config:
+            return config[item]
+        raise AttributeError(f"{type(self).__name__} has no attribute {item!r}")
+
+    def __repr__(self) -> str:
+        opts = ", ".join(f"{k}={v!r}" for k, v in self.config.items())
+        return f"{self.name}({opts})"
+
+    def with_options(self, **changes: Any) -> Method:
+        """A copy of this method with some options changed (validated again)."""
+        return type(self)(**{**self.config, **changes})
+
+    # -- per-layer state -----------------------------------------------------------------------------
+    def init_layer(self, layer: nn.Module) -> None:
+        """Register the method's parameters and buffers on ``layer`` (called once, at construction)."""
+
+    # -- forward -------------------------------------------------------------------------------------
+    def quantize_input(self, layer: nn.Module, x: Tensor) -> Tensor:
+        """Binarized activations with the method's surrogate gradient."""
+        return x
+
+    def input_pad_scale(self, layer: nn.Module, x: Tensor) -> Tensor | None:
+        """The activation scale that padded positions are multiplied by (XNOR-Net's K), or None."""
+        return None
+
+    def quantize_weight(self, layer: nn.Module, w: Tensor) -> Tensor:
+        """Binarized weights with the method's surrogate gradient."""
+        return w
+
+    def scale_output(self, layer: nn.Module, y: Tensor) -> Tensor:
+        """Output scaling (analytic or learnable) applied to the conv/linear result, before the bias."""
+        return y
+
+    # -- training ------------------------------------------------------------------------------------
+    def schedule(self, layer: nn.Module, epoch: int, epochs: int) -> None:
+        """Per-epoch update of the layer's schedule buffers; called before epoch ``epoch`` of ``epochs``
+        (0-based), as BiBench's ``ModelParamsUpdateHook`` does."""
+
+    def loss(self, layer: nn.Module) -> Tensor | None:
+        """An extra loss term of this layer, added to the task loss, or None."""
+        return None
+
+    # -- deployment ----------------------------------------------------------------------------------
+    def input_threshold(self, layer: nn.Module) -> Tensor | None:
+        """Per-input-channel threshold b in ``sign(x + b)`` at inference, or None."""
+        return None
+
+    def input_scale_kind(self, layer: nn.Module) -> str | None:
+        """``"mean_abs"`` if inference multiplies binary activations by a runtime per-sample scale."""
+        return None
+
+    def output_scale_tensor(self, layer: nn.Module) -> Tensor | None:
+        """The output scale at inference (broadcasting against one sample's output), or None."""
+        return None
+
+    def inference(self, layer: nn.Module) -> InferenceForm:
+        """What the eval-mode layer computes, for export. The default reads the quantized weight and
+        checks that it really is ``±scale`` per output channel; methods with several bit planes or
+        a non-binary inference form override it."""
+        with torch.no_grad():
+            w = layer.weight.detach()
+            was_training = layer.training
+            layer.train(False)
+            try:
+                wq = self.quantize_weight(layer, w)
+            finally:
+                layer.train(was_training)
+            planes = sign(wq)
+            scale = wq.abs().reshape(wq.shape[0], -1).mean(dim=1)
+            shape = (-1,) + (1,) * (wq.dim() - 1)
+            if not torch.allclose(planes * scale.reshape(shape), wq, rtol=1e-6, atol=1e-12):
+                raise NotDeployableError(
+                    f"{layer_label(layer)}: method {self.name}'s weights are not binary in this state "
+                    f"({self}); they cannot be packed into 1-bit planes"
+                )
+            return InferenceForm(
+                weight_planes=[planes],
+                plane_scales=[scale],
+                plane_masks=[None],
+                binary_input=bool(getattr(layer, "binarize_activations", True)),
+                input_threshold=self.input_threshold(layer),
+                input_scale=self.input_scale_kind(layer),
+                output_scale=self.output_scale_tensor(layer),
+                bias=None if layer.bias is None else layer.bias.detach().clone(),
+                pad_value=float(getattr(layer, "pad_value", 0.0)),
+            )
+
+
+def layer_label(layer: nn.Module) -> str:
+    """How errors name a layer: its qualified name in the model when binarize() recorded one."""
+    name = getattr(layer, "onebit_name", None)
+    return f"layer {name!r} ({type(layer).__name__})" if name else type(layer).__name__
+
+
+# --------------------------------------------------------------------------------------------------
+# Registry
+# --------------------------------------------------------------------------------------------------
+_REGISTRY: dict[str, type[Method]] = {}
+
+
+def register(cls: type[Method]) -> type[Method]:
+    """Class decorator adding a method to the registry under ``cls.name``."""
+    if not cls.name:
+        raise ValueError(f"{cls.__name__} has no name")
+    if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:
+        raise ValueError(f"a method named {cls.name!r} is already registered")
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def available() -> list[str]:
+    """Names of all registered methods, sorted."""
+    return sorted(_REGISTRY)
+
+
+def method_class(name: str) -> type[Method]:
+    """The class registered under ``name``; unknown names raise ValueError listing the valid ones."""
+    if not isinstance(name, str) or name not in _REGISTRY:
+        raise ValueError(f"unknown binarization method {name!r}; available: {', '.join(available())}")
+    return _REGISTRY[name]
+
+
+def get(name: str | Method, **options: Any) -> Method:
+    """The method ``name`` configured with ``options`` (validated). A Method instance passes through
+    (with ``options`` applied on top of its own)."""
+    if isinstance(name, Method):
+        return name.with_options(**options) if options else name
+    return method_class(name)(**options)
+
+
+def iter_classes() -> Iterator[type[Method]]:
+    for key in available():
+        yield _REGISTRY[key]

@@ -1,0 +1,26 @@
+"""BNN: binarized neural networks with sign and the clip straight-through estimator."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from .base import Method, register
+from .functional import clip, sign, ste
+
+
+@register
+class BNN(Method):
+    """BNN (Hubara, Courbariaux et al., NeurIPS 2016; BiBench ``bnn.py``).
+
+    Forward ``sign(W)`` and ``sign(A)``, no scale; backward the clip STE ``g·1{|x| ≤ 1}`` (Eq. 4 of the
+    paper) for both weights and activations.
+    """
+
+    name = "bnn"
+    paper = "Hubara et al., Binarized Neural Networks, NeurIPS 2016"
+
+    def quantize_input(self, layer: nn.Module, x: Tensor) -> Tensor:
+        return ste(sign(x), clip(x))
+
+    def quantize_weight(self, layer: nn.Module, w: Tensor) -> Tensor:
+        return ste(sign(w), clip(w))

@@ -1,0 +1,28 @@
+"""DoReFa-Net at one bit, as BiBench defines it."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from .base import Method, register
+from .functional import clip, per_channel_mean_abs, sign, ste
+
+
+@register
+class DoReFa(Method):
+    """1-bit DoReFa-Net (Zhou et al., 2016) in BiBench's form (``dorefa.py``): ``α·sign(W)`` with α the
+    per-output-channel mean |W| (detached), ``sign(A)``, clip-STE for both.
+
+    Difference from the original paper: DoReFa's 1-bit weight rule uses one layer-wise scale E(|W|)
+    (Eq. 7) and its k-bit activations live in [0, 1]; BiBench — and onebit, to reproduce BiBench —
+    use a per-channel scale and ±1 activations, i.e. a channel-scaled BNN.
+    """
+
+    name = "dorefa"
+    paper = "Zhou et al., DoReFa-Net, arXiv:1606.06160 (BiBench's 1-bit form)"
+
+    def quantize_input(self, layer: nn.Module, x: Tensor) -> Tensor:
+        return ste(sign(x), clip(x))
+
+    def quantize_weight(self, layer: nn.Module, w: Tensor) -> Tensor:
+        return ste(per_channel_mean_abs(w).detach() * sign(w), clip(w))
