@@ -1,0 +1,178 @@
+"""The ``onebit`` command line (also ``python -m onebit``)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["main"]
+
+
+def _value(text: str) -> Any:
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover
+        import tomli as tomllib
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except Exception:
+        return text
+
+
+def _apply_set(table: dict[str, Any], assignment: str) -> None:
+    """``stage.1.optimizer.lr=0.01`` / ``stage.*.epochs=2`` / ``data.batch_size=32`` on a recipe dict."""
+    if "=" not in assignment:
+        raise ValueError(f"--set {assignment!r}: expected KEY=VALUE, e.g. stage.0.epochs=3")
+    key, _, raw = assignment.partition("=")
+    parts = key.strip().split(".")
+    value = _value(raw.strip())
+
+    def walk(node: Any, path: list[str]) -> None:
+        head, rest = path[0], path[1:]
+        if isinstance(node, list):
+            targets = range(len(node)) if head == "*" else [int(head)] if head.isdigit() else None
+            if targets is None or any(i >= len(node) for i in targets):
+                raise ValueError(f"--set {key}: {head!r} is not an index of a list of {len(node)}")
+            for i in targets:
+                if rest:
+                    walk(node[i], rest)
+                else:
+                    node[i] = value
+            return
+        if not isinstance(node, dict):
+            raise ValueError(f"--set {key}: cannot descend into {node!r}")
+        if not rest:
+            node[head] = value
+            return
+        if node.get(head) is None:
+            node[head] = {}
+        walk(node[head], rest)
+
+    walk(table, parts)
+
+
+def _recipe_from_args(args: argparse.Namespace) -> Any:
+    from .train.recipe import load_recipe
+
+    recipe = load_recipe(args.recipe).to_dict()
+    if args.data:
+        recipe["data"]["name"] = args.data
+        recipe["data"]["options"] = {}
+    if args.root:
+        recipe["data"]["root"] = args.root
+    if args.model:
+        recipe["model"] = {"name": args.model, "options": {}}
+    if args.batch_size:
+        recipe["data"]["batch_size"] = args.batch_size
+    if args.seed is not None:
+        recipe["seed"] = args.seed
+    for stage in recipe["stage"]:
+        if args.epochs:
+            stage["epochs"] = args.epochs
+        if args.lr:
+            stage["optimizer"]["lr"] = args.lr
+        if args.method and stage.get("method") is not None:
+            fp = args.method in ("fp", "none", "full-precision")
+            stage["method"] = None if fp else args.method
+            stage["method_options"] = {}
+    for assignment in args.set or []:
+        _apply_set(recipe, assignment)
+    return load_recipe(recipe)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .train import train
+
+    recipe = _recipe_from_args(args)
+    out = args.out or str(Path("runs") / recipe.name)
+    train(recipe, out, resume=args.resume, device=args.device, progress=not args.quiet,
+          num_workers=args.workers)
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from .train import evaluate_checkpoint
+
+    acc = evaluate_checkpoint(args.checkpoint, data=args.data, root=args.root, device=args.device)
+    print(f"test accuracy: {acc:.2f}%")
+    return 0
+
+
+def _cmd_methods(args: argparse.Namespace) -> int:
+    from . import methods
+
+    for name in methods.available():
+        cls = methods.method_class(name)
+        opts = ", ".join(f"{k}={o.default!r}" for k, o in cls.options.items()) or "-"
+        acts = "W+A" if cls.binarizes_activations else "W"
+        print(f"{name:<10} {acts:<4} {cls.paper}\n{'':<15}options: {opts}")
+    return 0
+
+
+def _cmd_recipes(args: argparse.Namespace) -> int:
+    from .train.recipe import builtin_recipes, load_recipe
+
+    for name in builtin_recipes():
+        recipe = load_recipe(name)
+        stages = " -> ".join(f"{s.name}[{s.method or 'fp'}, {s.epochs} ep]" for s in recipe.stages)
+        print(f"{name:<22} {recipe.model.name} on {recipe.data.name}: {stages}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="onebit", description="Binary neural networks in PyTorch.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train a recipe (a shipped name such as 'fast', or a TOML/YAML file)")
+    p.add_argument("recipe", nargs="?", default="fast", help="recipe name or file (default: fast)")
+    p.add_argument("--out", help="run directory (default: runs/RECIPE_NAME)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--device", default="auto", help="auto (GPU when present), cpu, cuda, cuda:N")
+    p.add_argument("--method", help="replace the method of every binarized stage ('fp' for full precision)")
+    p.add_argument("--data", help="dataset name (onebit.data.available())")
+    p.add_argument("--root", help="dataset directory (cifar10, imagefolder)")
+    p.add_argument("--model", help="model name (onebit.models.available())")
+    p.add_argument("--epochs", type=int, help="epochs of every stage")
+    p.add_argument("--batch-size", type=int, help="global batch size")
+    p.add_argument("--lr", type=float, help="base learning rate of every stage")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override any recipe entry, e.g. stage.0.optimizer.lr=0.01 or stage.*.epochs=2")
+    p.add_argument("--workers", type=int, default=0, help="data-loading worker processes")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("eval", help="test accuracy of a trained run")
+    p.add_argument("checkpoint", help="a run directory or its model.pt")
+    p.add_argument("--data", help="evaluate on another dataset")
+    p.add_argument("--root", help="dataset directory")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser("methods", help="list the binarization methods")
+    p.set_defaults(func=_cmd_methods)
+    p = sub.add_parser("recipes", help="list the shipped training recipes")
+    p.set_defaults(func=_cmd_recipes)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("onebit: interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, FileNotFoundError, ImportError, NotImplementedError) as err:
+        # Every expected failure (bad recipe, missing data, corrupt checkpoint, unknown name) carries a
+        # message that names the problem and the fix; show it without a traceback.
+        print(f"onebit {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

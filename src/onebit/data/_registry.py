@@ -1,0 +1,114 @@
+"""Dataset registry with declarative, validated options."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from onebit.data._bundle import DataBundle
+
+__all__ = ["DatasetSpec", "Option", "available", "load", "register"]
+
+
+@dataclass(frozen=True)
+class Option:
+    """One keyword option of a dataset: its default, a validity check and what is allowed."""
+
+    default: Any
+    check: Callable[[Any], bool]
+    allowed: str
+
+
+def is_int(low: int | None = None, high: int | None = None) -> Callable[[Any], bool]:
+    """Check for a real int (bools excluded) within ``[low, high]``."""
+
+    def check(v: Any) -> bool:
+        return (
+            isinstance(v, int)
+            and not isinstance(v, bool)
+            and (low is None or v >= low)
+            and (high is None or v <= high)
+        )
+
+    return check
+
+
+def is_bool(v: Any) -> bool:
+    return isinstance(v, bool)
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """How to build one dataset: ``builder(root, seed, **options) -> DataBundle``."""
+
+    name: str
+    builder: Callable[..., DataBundle]
+    options: dict[str, Option]
+    summary: str
+    needs_root: bool = False
+
+
+_REGISTRY: dict[str, DatasetSpec] = {}
+
+
+def register(spec: DatasetSpec) -> None:
+    """Add a dataset to the registry (names are case-insensitive)."""
+    key = spec.name.lower()
+    if key in _REGISTRY:
+        raise ValueError(f"dataset {spec.name!r} is already registered")
+    _REGISTRY[key] = spec
+
+
+def available() -> list[str]:
+    """Names accepted by :func:`load`, sorted."""
+    return sorted(_REGISTRY)
+
+
+def _describe_options(spec: DatasetSpec) -> str:
+    if not spec.options:
+        return "(none)"
+    return "; ".join(f"{k} ({o.allowed}; default {o.default!r})" for k, o in spec.options.items())
+
+
+def load(name: str, root: str | os.PathLike[str] | None = None, *, seed: int = 0, **options: Any) -> DataBundle:
+    """Load a registered dataset.
+
+    Args:
+        name: one of :func:`available` (case-insensitive).
+        root: local data directory for datasets read from disk (``cifar10``,
+            ``imagefolder``); the cache directory for ``mnist1d``; ignored by ``digits``.
+        seed: fixes everything random about the data: the train/test split where the
+            dataset makes one, the augmentation stream, and the default loader order.
+        **options: dataset-specific options; an unknown option or bad value raises
+            ``ValueError`` listing what is allowed.
+
+    Returns:
+        A :class:`DataBundle`.
+    """
+    if not isinstance(name, str) or name.lower() not in _REGISTRY:
+        raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join(available())}")
+    spec = _REGISTRY[name.lower()]
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**32:
+        raise ValueError(f"seed must be an int in [0, 2**32), got {seed!r}")
+    resolved: dict[str, Any] = {}
+    for key, value in options.items():
+        opt = spec.options.get(key)
+        if opt is None:
+            raise ValueError(
+                f"unknown option {key!r} for dataset {spec.name!r}; valid options: {_describe_options(spec)}"
+            )
+        if not opt.check(value):
+            raise ValueError(
+                f"invalid value {key}={value!r} for dataset {spec.name!r}; allowed: {opt.allowed}"
+            )
+        resolved[key] = value
+    for key, opt in spec.options.items():
+        resolved.setdefault(key, opt.default)
+    if spec.needs_root and root is None:
+        raise ValueError(
+            f"dataset {spec.name!r} is read from local files: pass root=<directory>, "
+            f"e.g. onebit.data.load({spec.name!r}, root='/data/{spec.name}'). {spec.summary}"
+        )
+    return spec.builder(root, seed, **resolved)

@@ -1,0 +1,169 @@
+"""The trainer end to end on embedded data: files, two stages with distillation, exact resume after a
+real SIGKILL, a 2-process torchrun run, and the CLI's errors."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from onebit.cli import main as cli
+from onebit.train import CheckpointError, evaluate_checkpoint, load_recipe, load_run_model, train
+
+TINY = {
+    "name": "tiny",
+    "seed": 3,
+    "data": {"name": "digits", "batch_size": 64},
+    "model": {"name": "mlp", "options": {"hidden": [64, 64]}},
+    "stage": [{
+        "name": "main", "method": "bnn", "epochs": 3,
+        "optimizer": {"name": "adam", "lr": 3e-3},
+        "lr_schedule": {"name": "cosine", "warmup_epochs": 1},
+    }],
+}
+
+
+def tiny(**stage_changes):
+    recipe = json.loads(json.dumps(TINY))
+    recipe["stage"][0].update(stage_changes)
+    return recipe
+
+
+def test_train_writes_the_run_directory_and_learns(tmp_path):
+    result = train(tiny(), tmp_path / "run", progress=False)
+    run = tmp_path / "run"
+    for name in ("checkpoint.pt", "model.pt", "stage-main.pt", "metrics.jsonl", "metrics.csv", "recipe.json",
+                 "summary.json"):
+        assert (run / name).exists(), name
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [0, 1, 2]
+    assert rows[-1]["train_loss"] < rows[0]["train_loss"]
+    assert result.test_accuracy > 50  # 10 classes: chance is 10%
+    assert evaluate_checkpoint(run, device="cpu") == pytest.approx(result.test_accuracy)
+    model, recipe, stage = load_run_model(run / "model.pt")
+    assert stage.method == "bnn" and not model.training
+    with pytest.raises(CheckpointError, match="already holds a run"):
+        train(tiny(), run, progress=False)
+
+
+def test_two_stages_with_distillation_and_init_from_previous(tmp_path):
+    recipe = tiny(name="fp", method=None, epochs=1)
+    recipe["stage"].append({
+        "name": "binary", "method": "reactnet", "epochs": 1, "init": "previous",
+        "optimizer": {"name": "adam", "lr": 1e-3}, "distill": {"teacher": "fp", "loss": "kl+ce", "alpha": 0.5},
+    })
+    result = train(recipe, tmp_path / "run", progress=False)
+    assert [r["stage"] for r in result.history] == ["fp", "binary"]
+    fp_state = torch.load(tmp_path / "run" / "stage-fp.pt", weights_only=True)["model"]
+    assert set(fp_state) < set(result.model.state_dict())  # binary net has the RSign thresholds on top
+
+
+def _python_env():
+    env = dict(os.environ)
+    env["PYTHONUNBUFFERED"] = "1"
+    env.setdefault("OMP_NUM_THREADS", "1")
+    return env
+
+
+def test_resume_after_sigkill_reaches_the_same_weights(tmp_path):
+    recipe_path = tmp_path / "r.json"
+    recipe = tiny(epochs=5)
+    recipe_toml = tmp_path / "r.toml"
+    recipe_toml.write_text(_to_toml(recipe))
+    straight = train(load_recipe(recipe_toml), tmp_path / "straight", progress=False)
+
+    run = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "onebit", "train", str(recipe_toml), "--out", str(run), "--quiet",
+           "--device", "cpu"]
+    proc = subprocess.Popen(cmd, env=_python_env())
+    deadline = time.time() + 120
+    try:
+        while time.time() < deadline:  # kill once two epochs are checkpointed, mid-run
+            metrics = run / "metrics.jsonl"
+            if metrics.exists() and len(metrics.read_text().splitlines()) >= 2:
+                break
+            if proc.poll() is not None:
+                pytest.fail("the run ended before it could be killed")
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert not (run / "model.pt").exists(), "killed before the end"
+    assert cli(["train", str(recipe_toml), "--out", str(run), "--resume", "--quiet", "--device", "cpu"]) == 0
+    resumed = torch.load(run / "model.pt", weights_only=True)["model"]
+    reference = torch.load(tmp_path / "straight" / "model.pt", weights_only=True)["model"]
+    assert resumed.keys() == reference.keys()
+    for key in reference:
+        assert torch.equal(resumed[key], reference[key]), key
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [0, 1, 2, 3, 4]
+    assert straight.test_accuracy == pytest.approx(rows[-1]["test_acc"])
+
+
+def _to_toml(recipe):
+    def value(v):
+        if isinstance(v, str):
+            return json.dumps(v)
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, (list, tuple)):
+            return "[" + ", ".join(value(x) for x in v) + "]"
+        if isinstance(v, dict):
+            return "{ " + ", ".join(f"{k} = {value(x)}" for k, x in v.items()) + " }"
+        return repr(v)
+
+    lines = [f"{k} = {value(v)}" for k, v in recipe.items() if k not in ("data", "model", "stage")]
+    for table in ("data", "model"):
+        lines.append(f"[{table}]")
+        lines += [f"{k} = {value(v)}" for k, v in recipe[table].items()]
+    for stage in recipe["stage"]:
+        lines.append("[[stage]]")
+        lines += [f"{k} = {value(v)}" for k, v in stage.items() if v is not None]
+    return "\n".join(lines) + "\n"
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_torchrun_two_processes_match_one_process(tmp_path):
+    recipe = tiny(epochs=2, method="xnor")
+    recipe["model"]["options"]["norm"] = False  # no BatchNorm: per-process batch statistics would differ
+    path = tmp_path / "r.toml"
+    path.write_text(_to_toml(recipe))
+    one = train(load_recipe(path), tmp_path / "one", progress=False, device="cpu")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--nnodes=1",
+           f"--master_port={_free_port()}", "--master_addr=127.0.0.1",
+           "-m", "onebit", "train", str(path), "--out", str(tmp_path / "two"), "--quiet", "--device", "cpu"]
+    done = subprocess.run(cmd, env=_python_env(), capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [json.loads(line) for line in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 2
+    for single, multi in zip(one.history, rows):
+        assert multi["train_loss"] == pytest.approx(single["train_loss"], rel=1e-3)
+        assert multi["test_acc"] == pytest.approx(single["test_acc"], abs=0.6)
+
+
+def test_cli_errors_are_one_clear_line(tmp_path, capsys):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[data]\nname = "digits"\n[model]\nname = "mlp"\n[[stage]]\nname = "a"\nepochs = "two"\n')
+    assert cli(["train", str(bad), "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert "epochs: 'two' is not an integer" in err and "Traceback" not in err
+    corrupt = tmp_path / "model.pt"
+    corrupt.write_bytes(b"\x80\x04garbage")
+    assert cli(["eval", str(corrupt)]) == 2
+    assert "not a readable onebit checkpoint" in capsys.readouterr().err
+    assert cli(["train", "fast", "--data", "nope", "--out", str(tmp_path / "y")]) == 2
+    assert "nope" in capsys.readouterr().err
+    assert cli(["train", "fast", "--out", str(tmp_path / "z"), "--resume"]) == 2
+    assert "does not exist" in capsys.readouterr().err
