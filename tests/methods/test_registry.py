@@ -18,7 +18,7 @@ def test_get_returns_configured_method_and_validates():
     assert m.tau_min == 0.8 and m.tau_max == 0.99
     assert onebit.methods.get(m) is m
     assert onebit.methods.get(m, tau_max=0.95).tau_max == 0.95
-    with pytest.raises(ValueError, match="unknown binarization method 'xnor2'; available: bireal, bnn"):
+    with pytest.raises(ValueError, match="unknown binarization method 'xnor2'; available: .*bireal, bnn"):
         onebit.methods.get("xnor2")
     with pytest.raises(ValueError, match="omega=nan is not a number"):
         onebit.methods.get("fda", omega=float("nan"))

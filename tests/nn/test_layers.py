@@ -18,7 +18,22 @@ EXTRA_PARAMS = {
     "bnn": set(), "xnor": set(), "dorefa": set(), "bireal": set(),
     "reactnet": {"rsign_bias"}, "recu": {"alpha"}, "xnorpp": {"gamma_o", "gamma_h", "gamma_w"},
     "fda": {"weight_noise", "input_noise"},
+    "biper": {"alpha"}, "irnet": set(), "hbnn": set(),
+    "pcpp-bc": set(), "pcpp-pc": set(), "pcpp-bnn": set(), "pcpp-bnn+": set(), "bnn++": set(),
 }
+
+# Methods whose default state trains with non-binary weights, and how a layer reaches its deployable
+# state (their tests in tests/methods check that inference raises NotDeployableError before).
+TO_DEPLOYABLE = {
+    "biper": lambda layer: onebit.methods.biper.to_stage2(layer),
+    "pcpp-pc": lambda layer: layer.schedule_step(10, 10),
+    "bnn++": lambda layer: layer.schedule_step(10, 10),
+}
+
+
+def deployable(layer):
+    TO_DEPLOYABLE.get(layer.method.name, lambda layer: None)(layer)
+    return layer
 
 
 def make(kind, method, **kw):
@@ -80,10 +95,16 @@ def simulate(layer, x):
 @pytest.mark.parametrize("kind", ["conv2d", "conv1d", "linear"])
 def test_quantized_values_are_binary(method, kind):
     layer, x = make(kind, method)
-    layer.eval()
+    deployable(layer).eval()
     wq = layer.method.quantize_weight(layer, layer.weight).detach()
-    per_out = wq.reshape(wq.shape[0], -1)
-    assert torch.equal(per_out.abs(), per_out.abs()[:, :1].expand_as(per_out)), "±scale per output channel"
+    if layer.method.multibit:  # a sum of masked ±1 planes with per-plane scales
+        form = layer.inference_form()
+        assert len(form.weight_planes) > 1
+        assert all(((p == 1) | (p == -1)).all() for p in form.weight_planes)
+        assert torch.allclose(form.effective_weight(), wq, rtol=1e-6, atol=1e-7)
+    else:
+        per_out = wq.reshape(wq.shape[0], -1)
+        assert torch.equal(per_out.abs(), per_out.abs()[:, :1].expand_as(per_out)), "±scale per output channel"
     xq = layer.method.quantize_input(layer, x).detach()
     magnitudes = xq.abs().reshape(-1, xq.shape[-1] if kind == "linear" else xq[0].numel())
     assert torch.allclose(magnitudes, magnitudes[:, :1].expand_as(magnitudes)), "±K per sample"
@@ -100,7 +121,7 @@ def test_inference_form_reproduces_eval_output(method, kind, pad, stride):
     if kind == "conv2d":
         kw["stride"] = stride
     layer, x = make(kind, method, **kw)
-    layer.eval()
+    deployable(layer).eval()
     with torch.no_grad():
         expected = layer(x)
         got = simulate(layer, x)

@@ -140,8 +140,8 @@ def trace(model: nn.Module) -> fx.GraphModule:
     except Exception as err:
         raise ExportError(
             f"torch.fx could not trace {type(model).__name__} ({type(err).__name__}: {err}); export needs a "
-            "forward without data-dependent Python control flow (e.g. write `x.shape[0]` instead of "
-            "unpacking `b, t, d = x.shape`)"
+            "forward without data-dependent Python control flow (an `if` on tensor values); move such "
+            "logic into a module or use torch.where"
         ) from None
     return fx.GraphModule(tracer.root, graph, type(model).__name__)
 

@@ -8,7 +8,7 @@ from . import base, functional
 from .base import InferenceForm, Method, NotDeployableError, Option, available, get, method_class, register
 
 # Importing a method module registers it.
-from . import bireal, bnn, dorefa, fda, reactnet, recu, xnor, xnorpp  # noqa: E402,F401
+from . import biper, bireal, bnn, dorefa, fda, hbnn, irnet, proxconnect, reactnet, recu, xnor, xnorpp  # noqa: E402,F401
 
 __all__ = [
     "InferenceForm",

@@ -113,6 +113,11 @@ class InferenceForm:
     shape; ``plane_scales`` are per-output-channel vectors ``(C_out,)``; ``plane_masks`` are boolean
     tensors or ``None`` (all active). ``output_scale`` broadcasts against one sample's output
     (``(C_out,)`` or ``(C_out, *spatial)``); ``bias`` is ``(C_out,)`` or ``None``.
+
+    ``input_bits``/``input_mix`` (``None`` for every 1-bit method): set by multi-bit activation
+    quantizers (HBNN's heterogeneous activations). Then ``binary_input`` is False and ``x_q`` is the
+    runtime residual binarization of ``x`` with these bitwidths and fractions
+    (:func:`onebit.methods.hbnn.residual_binarize`, per sample), not ``sign(x)``.
     """
 
     weight_planes: list[Tensor]
@@ -125,6 +130,8 @@ class InferenceForm:
     bias: Tensor | None = None
     pad_value: float = 0.0
     notes: list[str] = field(default_factory=list)
+    input_bits: tuple[int, ...] | None = None
+    input_mix: tuple[float, ...] | None = None
 
     def effective_weight(self) -> Tensor:
         """The real weight the planes stand for: ``Σ_j scale_j · mask_j · plane_j``."""
@@ -148,6 +155,9 @@ class Method:
     options: ClassVar[dict[str, Option]] = {}
     #: Whether the method binarizes activations by default (the ``binarize_activations`` option).
     binarizes_activations: ClassVar[bool] = True
+    #: Whether the quantized weight is a sum of several ±1 bit planes (HBNN) rather than ±scale per
+    #: output channel; such methods override :meth:`inference` to return every plane.
+    multibit: ClassVar[bool] = False
 
     def __init__(self, **options: Any) -> None:
         unknown = sorted(set(options) - set(self.options))
@@ -240,16 +250,18 @@ class Method:
                     f"{layer_label(layer)}: method {self.name}'s weights are not binary in this state "
                     f"({self}); they cannot be packed into 1-bit planes"
                 )
+            binary_input = bool(getattr(layer, "binarize_activations", True))
             return InferenceForm(
                 weight_planes=[planes],
                 plane_scales=[scale],
                 plane_masks=[None],
-                binary_input=bool(getattr(layer, "binarize_activations", True)),
+                binary_input=binary_input,
                 input_threshold=self.input_threshold(layer),
                 input_scale=self.input_scale_kind(layer),
                 output_scale=self.output_scale_tensor(layer),
                 bias=None if layer.bias is None else layer.bias.detach().clone(),
-                pad_value=float(getattr(layer, "pad_value", 0.0)),
+                # Real activations are zero-padded by the layer whatever pad_value says.
+                pad_value=float(getattr(layer, "pad_value", 0.0)) if binary_input else 0.0,
             )
 
 

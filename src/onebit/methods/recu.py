@@ -20,9 +20,18 @@ def recu_tau(epoch: int, epochs: int, tau_min: float, tau_max: float) -> float:
     return a * math.exp(epoch / epochs) + (tau_min - a)
 
 
+def unbiased_var(x: Tensor, dims: tuple[int, ...]) -> Tensor:
+    """The reference's unbiased variance over ``dims``; over a single element (a fan-in of one) it
+    is undefined and torch returns NaN, so onebit takes the biased value 0 there instead."""
+    count = 1
+    for d in dims:
+        count *= x.shape[d]
+    return x.var(dim=dims, keepdim=True, correction=1 if count > 1 else 0)
+
+
 def standardize_per_sample(x: Tensor, dims: tuple[int, ...]) -> Tensor:
     """``x / sqrt(var + 1e-5)`` over one sample's features (unbiased variance, as the reference)."""
-    return x / torch.sqrt(x.var(dim=dims, keepdim=True) + EPS)
+    return x / torch.sqrt(unbiased_var(x, dims) + EPS)
 
 
 @register
@@ -65,7 +74,7 @@ class ReCU(Method):
     def quantize_weight(self, layer: nn.Module, w: Tensor) -> Tensor:
         dims = tuple(range(1, w.dim()))
         w0 = w - w.mean(dim=dims, keepdim=True)
-        w1 = w0 / (torch.sqrt(w0.var(dim=dims, keepdim=True) + EPS) / (2 * math.sqrt(2)))
+        w1 = w0 / (torch.sqrt(unbiased_var(w0, dims) + EPS) / (2 * math.sqrt(2)))
         q_tau = (-w1.abs().mean() * torch.log(2 - 2 * layer.tau)).detach()
         w2 = w1.clamp(-q_tau, q_tau)
         return ste(sign(w2), w2)

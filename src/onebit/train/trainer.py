@@ -150,10 +150,20 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 def build_model(recipe: Recipe, stage: Stage, num_classes: int, input_shape: tuple[int, ...]) -> nn.Module:
     """The recipe's model for ``stage``: full precision when the stage has no method."""
     from ..models import create
+    from ..models import spec as model_spec
 
     spec = stage.model or recipe.model
     options = dict(spec.options)
     options.setdefault("in_channels", input_shape[0])
+    try:
+        known = model_spec(spec.name)
+    except ValueError as err:
+        raise RecipeError(f"recipe: model: {err}") from None
+    # Size the network for the data: the whole sample shape (MLP) or its spatial size.
+    if "input_shape" in known.options:
+        options.setdefault("input_shape", tuple(input_shape))
+    elif known.size_option is not None:
+        options.setdefault(known.size_option, input_shape[-1])
     try:
         return create(spec.name, num_classes=num_classes, method=stage.method,
                       **options, **stage.method_options)
@@ -459,6 +469,8 @@ def _run(recipe: Recipe, run_dir: Path, resume: bool, device: torch.device, show
             state = None
         net: nn.Module = model
         if procs.world > 1:
+            if device.type == "cuda":  # batch statistics over the global batch, as one process sees them
+                model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
             net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
         for epoch in range(start_epoch, stage.epochs):

@@ -1,0 +1,116 @@
+"""Per-layer benchmark of the packed 1-bit engine against torch fp32 in the same process.
+
+For each layer shape (batch 1) and thread count, times:
+  * torch fp32 ``conv2d`` in NCHW and in channels_last (the faster one is the baseline),
+    or ``F.linear`` for linear layers;
+  * ``binary_conv2d`` / ``binary_linear`` on each kernel path, packed input -> fused
+    BatchNorm (scale, bias) + sign -> packed output (the layer as it runs inside a BNN).
+Reports medians over repeats: latency, speedup vs torch, G binary-MAC/s, and the fraction of
+the register-only xor+popcount peak of the same path (``_engine.popcount_peak``) measured in
+the same run (peak x threads for multi-threaded rows).
+
+    .venv/bin/python benchmarks/kernels.py            # full table (a few minutes)
+    .venv/bin/python benchmarks/kernels.py --quick    # fewer repeats
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+from onebit.deploy import kernels as K
+
+# name, (Cin, H, W), Cout, kernel, stride, padding
+CONV_LAYERS = [
+    ("conv3x3 56x56x64", (64, 56, 56), 64, 3, 1, 1),
+    ("conv3x3 28x28x128", (128, 28, 28), 128, 3, 1, 1),
+    ("conv3x3 14x14x256", (256, 14, 14), 256, 3, 1, 1),
+    ("conv3x3 7x7x512", (512, 7, 7), 512, 3, 1, 1),
+    ("conv3x3/s2 56->28 x128", (64, 56, 56), 128, 3, 2, 1),
+    ("conv1x1 28x28 256->256", (256, 28, 28), 256, 1, 1, 0),
+]
+LINEAR_LAYERS = [("linear 512->1000", 512, 1000), ("linear 4096->4096", 4096, 4096)]
+
+
+def timeit(fn, repeats: int, min_time: float = 0.02) -> float:
+    """Median over `repeats` samples of the mean time of a call (each sample >= min_time s)."""
+    fn()
+    t0 = time.perf_counter()
+    fn()
+    one = max(time.perf_counter() - t0, 1e-7)
+    inner = max(1, int(min_time / one))
+    samples = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for _ in range(inner):
+            fn()
+        samples.append((time.perf_counter() - t0) / inner)
+    return statistics.median(samples)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--threads", default="1,2", help="comma-separated thread counts (default 1,2)")
+    ap.add_argument("--kernels", default=None, help="comma-separated kernel paths (default: all the CPU has)")
+    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--quick", action="store_true", help="3 repeats")
+    args = ap.parse_args()
+    repeats = 3 if args.quick else args.repeats
+    threads = [int(t) for t in args.threads.split(",")]
+    kernels = args.kernels.split(",") if args.kernels else K.available_kernels()
+
+    torch.manual_seed(0)
+    print(f"# onebit packed-kernel benchmark: {platform.processor() or platform.machine()}, "
+          f"torch {torch.__version__}, kernels {kernels}, median of {repeats}")
+    peaks = {}
+    for k in kernels:
+        peaks[k] = statistics.median(K.popcount_peak(k, 20_000_000) for _ in range(3))
+        print(f"# register-only xor+popcount peak, 1 thread, {k}: {peaks[k] / 1e9:.0f} G binary-op/s")
+    print()
+    print("| layer | threads | torch fp32 ms | kernel | binary ms | speedup | G bMAC/s | % peak |")
+    print("|---|---|---|---|---|---|---|---|")
+
+    for t in threads:
+        torch.set_num_threads(t)
+        K.set_num_threads(t)
+        rows = []
+        for name, (cin, h, w), cout, k, s, p in CONV_LAYERS:
+            x = torch.randn(1, cin, h, w)
+            wt = torch.randn(cout, cin, k, k)
+            t_nchw = timeit(lambda: F.conv2d(x, wt, stride=s, padding=p), repeats)
+            xc, wc = x.to(memory_format=torch.channels_last), wt.to(memory_format=torch.channels_last)
+            t_cl = timeit(lambda: F.conv2d(xc, wc, stride=s, padding=p), repeats)
+            t_torch = min(t_nchw, t_cl)
+            xp, wp = K.pack_activations(x), K.pack_weights(wt)
+            tr = K.OutputTransform(scale=torch.rand(cout) + 0.5, bias=torch.randn(cout), output="bits")
+            oh, ow = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
+            macs = oh * ow * cout * cin * k * k
+            rows.append((name, t_torch, macs,
+                         lambda xp=xp, wp=wp, s=s, p=p, tr=tr: K.binary_conv2d(
+                             xp, wp, stride=s, padding=p, pad_value=0, transform=tr)))
+        for name, cin, cout in LINEAR_LAYERS:
+            x = torch.randn(1, cin)
+            wt = torch.randn(cout, cin)
+            t_torch = timeit(lambda: F.linear(x, wt), repeats)
+            xp, wp = K.pack_activations(x), K.pack_weights(wt)
+            tr = K.OutputTransform(scale=torch.rand(cout) + 0.5, bias=torch.randn(cout))
+            rows.append((name, t_torch, cin * cout,
+                         lambda xp=xp, wp=wp, tr=tr: K.binary_linear(xp, wp, transform=tr)))
+        for name, t_torch, macs, fn in rows:
+            for kern in kernels:
+                K.set_kernel(kern)
+                tb = timeit(fn, repeats)
+                gops = macs / tb
+                print(f"| {name} | {t} | {t_torch * 1e3:.3f} | {kern} | {tb * 1e3:.3f} | "
+                      f"{t_torch / tb:.1f}x | {gops / 1e9:.0f} | {100 * gops / (peaks[kern] * t):.0f}% |",
+                      flush=True)
+        K.set_kernel(None)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,93 @@
+// Direct (im2col-free) binary convolution driver: explicit padding of the packed input, then
+// work items (32-output-channel block, image, output row) spread over the engine's threads;
+// each item runs the selected ISA's instantiation of conv_item (conv_impl.h).
+#include <cstring>
+#include <stdexcept>
+#include <vector>
+
+#include "conv_impl.h"
+#include "engine.h"
+#include "ops.h"
+#include "thread_pool.h"
+
+namespace onebit {
+
+int64_t conv_out_size(int64_t in, int k, int stride, int pad) {
+  const int64_t span = in + 2 * static_cast<int64_t>(pad) - k;
+  return span < 0 ? 0 : span / stride + 1;
+}
+
+void conv2d(const Weights& w, const Transform& t, const ConvCall& call) {
+  const Isa& isa = get_isa(call.isa);
+  ConvCtx c;
+  c.N = call.N;
+  c.H = call.H;
+  c.W = call.W;
+  c.KW = w.KW;
+  c.kh = static_cast<int>(w.kh);
+  c.kw = static_cast<int>(w.kw);
+  c.sh = call.sh;
+  c.sw = call.sw;
+  c.ph = call.ph;
+  c.pw = call.pw;
+  c.Hp = c.H + 2 * c.ph;
+  c.Wp = c.W + 2 * c.pw;
+  c.OH = conv_out_size(c.H, c.kh, c.sh, c.ph);
+  c.OW = conv_out_size(c.W, c.kw, c.sw, c.pw);
+  if (c.OH <= 0 || c.OW <= 0) throw std::invalid_argument("conv2d: empty output");
+  c.J = static_cast<int>(w.J);
+  c.cout = w.cout;
+  c.ncb = w.ncb;
+  c.cpad = w.cpad;
+  c.KWo = (w.cout + 63) / 64;
+  c.w = w.w.data();
+  c.m = w.m.empty() ? nullptr : w.m.data();
+  c.blk_words = w.kh * w.kw * w.KW * kBlock;
+  c.plane_words = w.ncb * c.blk_words;
+  c.base = w.base.data();
+  c.wsum = w.wsum.data();
+  c.mu = w.mu.data();
+  c.scale = t.scale.data();
+  c.bias = t.bias.data();
+  c.prelu = t.prelu.empty() ? nullptr : t.prelu.data();
+  c.thr = t.thr.empty() ? nullptr : t.thr.data();
+  c.cmin = t.cmin;
+  c.cmax = t.cmax;
+  c.out_f = t.bits ? nullptr : static_cast<float*>(call.out);
+  c.out_bits = t.bits ? static_cast<uint64_t*>(call.out) : nullptr;
+
+  // Explicitly padded input.  +1 and 0 padding store +1 (all-zero words); -1 padding stores
+  // -1 in the valid channel bits.  0 padding is corrected per border pixel in conv_item.
+  std::vector<uint64_t> padded;
+  c.xp = call.x;
+  if (c.ph > 0 || c.pw > 0) {
+    const int64_t KW = c.KW;
+    std::vector<uint64_t> padw(static_cast<size_t>(KW), 0);
+    if (call.pad_value == -1) {
+      for (int64_t k = 0; k < KW; ++k) padw[k] = ~0ull;
+      if (w.cin % 64) padw[KW - 1] = (1ull << (w.cin % 64)) - 1;
+    }
+    padded.resize(static_cast<size_t>(c.N * c.Hp * c.Wp * KW));
+    for (int64_t n = 0; n < c.N; ++n)
+      for (int64_t h = 0; h < c.Hp; ++h) {
+        uint64_t* dst = padded.data() + ((n * c.Hp + h) * c.Wp) * KW;
+        const int64_t ih = h - c.ph;
+        if (ih < 0 || ih >= c.H) {
+          for (int64_t x = 0; x < c.Wp; ++x) std::memcpy(dst + x * KW, padw.data(), KW * sizeof(uint64_t));
+          continue;
+        }
+        for (int64_t x = 0; x < c.pw; ++x) {
+          std::memcpy(dst + x * KW, padw.data(), KW * sizeof(uint64_t));
+          std::memcpy(dst + (c.pw + c.W + x) * KW, padw.data(), KW * sizeof(uint64_t));
+        }
+        std::memcpy(dst + c.pw * KW, call.x + ((n * c.H + ih) * c.W) * KW, c.W * KW * sizeof(uint64_t));
+      }
+    c.xp = padded.data();
+  }
+  c.zero_pad = call.pad_value == 0 && (c.ph > 0 || c.pw > 0);
+
+  const ItemFn run_item = isa.run_item;
+  parallel_for(call.num_threads, c.ncb * c.N * c.OH, [&](int64_t item) { run_item(c, item); });
+}
+
+}  // namespace onebit

@@ -1,0 +1,54 @@
+// onebit packed 1-bit inference engine: shared declarations.
+//
+// Bit convention: bit 1 = -1, bit 0 = +1 (a real v maps to +1 iff v >= 0).
+// Activations are NHWC with channels packed into 64-bit words (bit c%64 of word c/64);
+// tail bits of the last word are zero.
+//
+// Weights are laid out for the kernels as [plane][cout_block][kh][kw][KW][32]: blocks of
+// 32 output channels are innermost so one step of the inner loop XORs one broadcast
+// activation word with 32 contiguous weight words (4 zmm / 8 ymm vectors), and the
+// per-output-channel popcount sums stay in vector lanes (no horizontal reductions).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+namespace onebit {
+
+constexpr int kBlock = 32;     // output channels per weight block
+constexpr int kMaxPix = 8;     // output pixels per call of a block kernel
+
+// Arguments of one block-kernel call: popcount sums for kBlock output channels and
+// npix (<= kMaxPix) horizontally adjacent output pixels.
+struct BlockArgs {
+  const uint64_t* const* rows;  // kh pointers; rows[i][p * xstride + t] is the activation word
+                                // of output pixel p at kernel row i, step t in [0, L)
+  int kh;                       // kernel rows
+  int L;                        // words per kernel row = kw * words_per_pixel
+  int64_t xstride;              // words between adjacent output pixels (stride * words_per_pixel)
+  int npix;                     // 1..kMaxPix
+  const uint64_t* w;            // [kh][L][kBlock] weight words of this block
+  const uint64_t* m;            // same layout, plane mask words, or nullptr (no mask)
+  int32_t* S;                   // out: [npix][kBlock] sum of popcount((x ^ w) [& m])
+};
+
+struct ConvCtx;  // conv_impl.h
+using ItemFn = void (*)(const ConvCtx&, int64_t item);
+// Register-only xor + popcount (+ accumulate) loop: returns binary ops per second.
+using PeakFn = double (*)(int64_t iterations);
+
+struct Isa {
+  const char* name;
+  ItemFn run_item;  // one work item of a convolution (see conv_impl.h)
+  PeakFn peak;
+};
+
+enum IsaId : int { kPortable = 0, kAvx2 = 1, kAvx512 = 2, kNumIsa = 3 };
+
+const Isa& isa_portable();
+const Isa& isa_avx2();    // only valid if cpu_supports(kAvx2)
+const Isa& isa_avx512();  // only valid if cpu_supports(kAvx512)
+bool cpu_supports(int isa);
+const Isa& get_isa(int isa);  // throws std::invalid_argument if unknown / unsupported
+
+}  // namespace onebit

@@ -1,0 +1,170 @@
+// AVX2 block kernel: popcount with the nibble lookup-table method (vpshufb), byte counters
+// widened with vpsadbw every <= 31 steps.  Compiled with per-function target attributes so the
+// rest of the library stays baseline x86-64.
+#include <chrono>
+#include <stdexcept>
+
+#include "conv_impl.h"
+#include "engine.h"
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+
+#define ONEBIT_AVX2 __attribute__((target("avx2,popcnt")))
+
+namespace onebit {
+namespace {
+
+constexpr int kMaxSteps = 31;  // byte counters: 31 * 8 = 248 <= 255
+
+ONEBIT_AVX2 inline __m256i lut_popcnt_bytes(__m256i v, __m256i lut, __m256i low) {
+  const __m256i lo = _mm256_and_si256(v, low);
+  const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
+  return _mm256_add_epi8(_mm256_shuffle_epi8(lut, lo), _mm256_shuffle_epi8(lut, hi));
+}
+
+ONEBIT_AVX2 inline __m256i make_lut() {
+  return _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,
+                          0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
+}
+
+// P output pixels x 8 output channels (2 ymm) per pass, 4 passes per 32-channel block.
+// Byte counters are widened with vpsadbw into 64-bit lanes (values < 2^31, so the low 32 bits
+// of each lane are added as int32 lanes and compressed at the end).
+template <int P, bool Masked>
+ONEBIT_AVX2 void block_p(const BlockArgs& a, int p0) {
+  const __m256i lut = make_lut();
+  const __m256i low = _mm256_set1_epi8(0x0f);
+  const __m256i zero = _mm256_setzero_si256();
+  const __m256i even = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
+  int32_t* S = a.S + static_cast<int64_t>(p0) * kBlock;
+  for (int sb = 0; sb < kBlock / 8; ++sb) {
+    __m256i acc[P][2], tot[P][2];
+#pragma GCC unroll 8
+    for (int p = 0; p < P; ++p) {
+      acc[p][0] = acc[p][1] = zero;
+      tot[p][0] = tot[p][1] = zero;
+    }
+    int pending = 0;
+    for (int i = 0; i < a.kh; ++i) {
+      const uint64_t* xr = a.rows[i] + p0 * a.xstride;
+      const uint64_t* wr = a.w + static_cast<int64_t>(i) * a.L * kBlock + sb * 8;
+      const uint64_t* mr = Masked ? a.m + static_cast<int64_t>(i) * a.L * kBlock + sb * 8 : nullptr;
+      for (int t0 = 0; t0 < a.L; t0 += kMaxSteps) {
+        const int n = a.L - t0 < kMaxSteps ? a.L - t0 : kMaxSteps;
+        if (pending + n > kMaxSteps) {
+#pragma GCC unroll 8
+          for (int p = 0; p < P; ++p)
+            for (int b = 0; b < 2; ++b) {
+              tot[p][b] = _mm256_add_epi32(tot[p][b], _mm256_sad_epu8(acc[p][b], zero));
+              acc[p][b] = zero;
+            }
+          pending = 0;
+        }
+        for (int t = t0; t < t0 + n; ++t) {
+          const uint64_t* wt = wr + static_cast<int64_t>(t) * kBlock;
+          const __m256i w0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wt));
+          const __m256i w1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wt + 4));
+          __m256i m0 = zero, m1 = zero;
+          if (Masked) {
+            const uint64_t* mt = mr + static_cast<int64_t>(t) * kBlock;
+            m0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(mt));
+            m1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(mt + 4));
+          }
+#pragma GCC unroll 8
+          for (int p = 0; p < P; ++p) {
+            const __m256i xb = _mm256_set1_epi64x(static_cast<long long>(xr[p * a.xstride + t]));
+            __m256i v0 = _mm256_xor_si256(xb, w0);
+            __m256i v1 = _mm256_xor_si256(xb, w1);
+            if (Masked) {
+              v0 = _mm256_and_si256(v0, m0);
+              v1 = _mm256_and_si256(v1, m1);
+            }
+            acc[p][0] = _mm256_add_epi8(acc[p][0], lut_popcnt_bytes(v0, lut, low));
+            acc[p][1] = _mm256_add_epi8(acc[p][1], lut_popcnt_bytes(v1, lut, low));
+          }
+        }
+        pending += n;
+      }
+    }
+#pragma GCC unroll 8
+    for (int p = 0; p < P; ++p)
+      for (int b = 0; b < 2; ++b) {
+        const __m256i v = _mm256_add_epi32(tot[p][b], _mm256_sad_epu8(acc[p][b], zero));
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(S + p * kBlock + sb * 8 + 4 * b),
+                         _mm256_castsi256_si128(_mm256_permutevar8x32_epi32(v, even)));
+      }
+  }
+}
+
+template <bool Masked>
+ONEBIT_AVX2 void block(const BlockArgs& a) {
+  int p = 0;
+  for (; p + 4 <= a.npix; p += 4) block_p<4, Masked>(a, p);
+  switch (a.npix - p) {
+    case 3: block_p<3, Masked>(a, p); break;
+    case 2: block_p<2, Masked>(a, p); break;
+    case 1: block_p<1, Masked>(a, p); break;
+    default: break;
+  }
+}
+
+struct Avx2Block {
+  ONEBIT_AVX2 static inline void run(const BlockArgs& a) {
+    if (a.m) block<true>(a);
+    else block<false>(a);
+  }
+};
+
+ONEBIT_AVX2 void run_item(const ConvCtx& c, int64_t item) { conv_item<Avx2Block>(c, item); }
+
+ONEBIT_AVX2 double peak(int64_t iterations) {
+  const __m256i lut = make_lut();
+  const __m256i low = _mm256_set1_epi8(0x0f);
+  const __m256i zero = _mm256_setzero_si256();
+  __m256i x0 = _mm256_set1_epi64x(0x0123456789abcdefll), x1 = _mm256_set1_epi64x(0x0f1e2d3c4b5a6978ll);
+  __m256i x2 = _mm256_set1_epi64x(0x13579bdf02468acell), x3 = _mm256_set1_epi64x(0x7766554433221100ll);
+  const __m256i w0 = _mm256_set1_epi64x(0x5a5a5a5a12345678ll), w1 = _mm256_set1_epi64x(0x2a5a5a5a87654321ll);
+  __m256i tot = zero;
+  const auto t0 = std::chrono::steady_clock::now();
+  for (int64_t it = 0; it < iterations; it += kMaxSteps) {
+    __m256i a0 = zero, a1 = zero, a2 = zero, a3 = zero, a4 = zero, a5 = zero, a6 = zero, a7 = zero;
+    for (int s = 0; s < kMaxSteps; ++s) {
+      asm volatile("" : "+x"(x0), "+x"(x1), "+x"(x2), "+x"(x3));
+      a0 = _mm256_add_epi8(a0, lut_popcnt_bytes(_mm256_xor_si256(x0, w0), lut, low));
+      a1 = _mm256_add_epi8(a1, lut_popcnt_bytes(_mm256_xor_si256(x1, w0), lut, low));
+      a2 = _mm256_add_epi8(a2, lut_popcnt_bytes(_mm256_xor_si256(x2, w0), lut, low));
+      a3 = _mm256_add_epi8(a3, lut_popcnt_bytes(_mm256_xor_si256(x3, w0), lut, low));
+      a4 = _mm256_add_epi8(a4, lut_popcnt_bytes(_mm256_xor_si256(x0, w1), lut, low));
+      a5 = _mm256_add_epi8(a5, lut_popcnt_bytes(_mm256_xor_si256(x1, w1), lut, low));
+      a6 = _mm256_add_epi8(a6, lut_popcnt_bytes(_mm256_xor_si256(x2, w1), lut, low));
+      a7 = _mm256_add_epi8(a7, lut_popcnt_bytes(_mm256_xor_si256(x3, w1), lut, low));
+    }
+    __m256i s = _mm256_add_epi64(_mm256_sad_epu8(a0, zero), _mm256_sad_epu8(a1, zero));
+    s = _mm256_add_epi64(s, _mm256_add_epi64(_mm256_sad_epu8(a2, zero), _mm256_sad_epu8(a3, zero)));
+    s = _mm256_add_epi64(s, _mm256_add_epi64(_mm256_sad_epu8(a4, zero), _mm256_sad_epu8(a5, zero)));
+    s = _mm256_add_epi64(s, _mm256_add_epi64(_mm256_sad_epu8(a6, zero), _mm256_sad_epu8(a7, zero)));
+    tot = _mm256_add_epi64(tot, s);
+  }
+  const double sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  asm volatile("" : "+x"(tot));
+  const int64_t steps = (iterations + kMaxSteps - 1) / kMaxSteps * kMaxSteps;
+  return static_cast<double>(steps) * 8.0 * 256.0 / sec;
+}
+
+}  // namespace
+
+const Isa& isa_avx2() {
+  static const Isa isa{"avx2", &run_item, &peak};
+  return isa;
+}
+
+}  // namespace onebit
+
+#else  // not x86-64 with a GNU-compatible compiler
+
+namespace onebit {
+const Isa& isa_avx2() { throw std::invalid_argument("the avx2 kernel is only built for x86-64"); }
+}  // namespace onebit
+
+#endif

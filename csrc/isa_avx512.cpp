@@ -1,0 +1,118 @@
+// AVX-512 block kernel: vpopcntq (AVX512-VPOPCNTDQ) on 512-bit vectors; the optional plane
+// mask is applied in the same instruction as the XOR with vpternlogq.  P output pixels x
+// 32 output channels (4 zmm) are accumulated in registers, 64-bit lanes, no reductions.
+#include <chrono>
+#include <stdexcept>
+
+#include "conv_impl.h"
+#include "engine.h"
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+
+#define ONEBIT_AVX512 __attribute__((target("avx512f,avx512vpopcntdq")))
+
+namespace onebit {
+namespace {
+
+template <int P, bool Masked>
+ONEBIT_AVX512 void block_p(const BlockArgs& a, int p0) {
+  __m512i acc[P][4];
+#pragma GCC unroll 8
+  for (int p = 0; p < P; ++p)
+#pragma GCC unroll 4
+    for (int b = 0; b < 4; ++b) acc[p][b] = _mm512_setzero_si512();
+  for (int i = 0; i < a.kh; ++i) {
+    const uint64_t* xr = a.rows[i] + p0 * a.xstride;
+    const uint64_t* wr = a.w + static_cast<int64_t>(i) * a.L * kBlock;
+    const uint64_t* mr = Masked ? a.m + static_cast<int64_t>(i) * a.L * kBlock : nullptr;
+    for (int t = 0; t < a.L; ++t) {
+      const uint64_t* wt = wr + static_cast<int64_t>(t) * kBlock;
+      __m512i w[4], m[4];
+#pragma GCC unroll 4
+      for (int b = 0; b < 4; ++b) {
+        w[b] = _mm512_loadu_si512(wt + 8 * b);
+        if (Masked) m[b] = _mm512_loadu_si512(mr + static_cast<int64_t>(t) * kBlock + 8 * b);
+      }
+#pragma GCC unroll 8
+      for (int p = 0; p < P; ++p) {
+        const __m512i xb = _mm512_set1_epi64(static_cast<long long>(xr[p * a.xstride + t]));
+#pragma GCC unroll 4
+        for (int b = 0; b < 4; ++b) {
+          // 0x28 = (A ^ B) & C for (A, B, C) = (x, w, m)
+          const __m512i v = Masked ? _mm512_ternarylogic_epi64(xb, w[b], m[b], 0x28)
+                                   : _mm512_xor_si512(xb, w[b]);
+          acc[p][b] = _mm512_add_epi64(acc[p][b], _mm512_popcnt_epi64(v));
+        }
+      }
+    }
+  }
+  int32_t* S = a.S + static_cast<int64_t>(p0) * kBlock;
+#pragma GCC unroll 8
+  for (int p = 0; p < P; ++p)
+#pragma GCC unroll 4
+    for (int b = 0; b < 4; ++b)
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(S + p * kBlock + 8 * b), _mm512_cvtepi64_epi32(acc[p][b]));
+}
+
+template <bool Masked>
+ONEBIT_AVX512 void block(const BlockArgs& a) {
+  int p = 0;
+  for (; p + 4 <= a.npix; p += 4) block_p<4, Masked>(a, p);
+  switch (a.npix - p) {
+    case 3: block_p<3, Masked>(a, p); break;
+    case 2: block_p<2, Masked>(a, p); break;
+    case 1: block_p<1, Masked>(a, p); break;
+    default: break;
+  }
+}
+
+struct Avx512Block {
+  ONEBIT_AVX512 static inline void run(const BlockArgs& a) {
+    if (a.m) block<true>(a);
+    else block<false>(a);
+  }
+};
+
+ONEBIT_AVX512 void run_item(const ConvCtx& c, int64_t item) { conv_item<Avx512Block>(c, item); }
+
+ONEBIT_AVX512 double peak(int64_t iterations) {
+  __m512i x0 = _mm512_set1_epi64(0x0123456789abcdefll), x1 = _mm512_set1_epi64(0x0f1e2d3c4b5a6978ll);
+  __m512i x2 = _mm512_set1_epi64(0x13579bdf02468acell), x3 = _mm512_set1_epi64(0x7766554433221100ll);
+  const __m512i w0 = _mm512_set1_epi64(0x5a5a5a5a12345678ll), w1 = _mm512_set1_epi64(0x2a5a5a5a87654321ll);
+  __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0;
+  const auto t0 = std::chrono::steady_clock::now();
+  for (int64_t it = 0; it < iterations; ++it) {
+    asm volatile("" : "+v"(x0), "+v"(x1), "+v"(x2), "+v"(x3));
+    a0 = _mm512_add_epi64(a0, _mm512_popcnt_epi64(_mm512_xor_si512(x0, w0)));
+    a1 = _mm512_add_epi64(a1, _mm512_popcnt_epi64(_mm512_xor_si512(x1, w0)));
+    a2 = _mm512_add_epi64(a2, _mm512_popcnt_epi64(_mm512_xor_si512(x2, w0)));
+    a3 = _mm512_add_epi64(a3, _mm512_popcnt_epi64(_mm512_xor_si512(x3, w0)));
+    a4 = _mm512_add_epi64(a4, _mm512_popcnt_epi64(_mm512_xor_si512(x0, w1)));
+    a5 = _mm512_add_epi64(a5, _mm512_popcnt_epi64(_mm512_xor_si512(x1, w1)));
+    a6 = _mm512_add_epi64(a6, _mm512_popcnt_epi64(_mm512_xor_si512(x2, w1)));
+    a7 = _mm512_add_epi64(a7, _mm512_popcnt_epi64(_mm512_xor_si512(x3, w1)));
+  }
+  const double sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  __m512i s = _mm512_add_epi64(_mm512_add_epi64(a0, a1), _mm512_add_epi64(a2, a3));
+  s = _mm512_add_epi64(s, _mm512_add_epi64(_mm512_add_epi64(a4, a5), _mm512_add_epi64(a6, a7)));
+  asm volatile("" : "+v"(s));
+  return static_cast<double>(iterations) * 8.0 * 512.0 / sec;
+}
+
+}  // namespace
+
+const Isa& isa_avx512() {
+  static const Isa isa{"avx512", &run_item, &peak};
+  return isa;
+}
+
+}  // namespace onebit
+
+#else  // not x86-64 with a GNU-compatible compiler
+
+namespace onebit {
+const Isa& isa_avx512() { throw std::invalid_argument("the avx512 kernel is only built for x86-64"); }
+}  // namespace onebit
+
+#endif

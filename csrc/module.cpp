@@ -1,0 +1,236 @@
+// nanobind bindings of the engine: onebit._engine.
+// All buffers are passed zero-copy (DLPack); Python (onebit.deploy.kernels) validates user
+// input and allocates outputs, and this layer re-checks every shape so that no call can
+// read or write out of bounds.
+#include <nanobind/nanobind.h>
+#include <nanobind/ndarray.h>
+#include <nanobind/stl/optional.h>
+#include <nanobind/stl/string.h>
+#include <nanobind/stl/unique_ptr.h>
+
+#include <cmath>
+#include <memory>
+#include <optional>
+#include <vector>
+#include <stdexcept>
+#include <string>
+
+#include "engine.h"
+#include "ops.h"
+#include "thread_pool.h"
+
+namespace nb = nanobind;
+using namespace nb::literals;
+
+namespace onebit {
+
+bool cpu_supports(int isa) {
+  switch (isa) {
+    case kPortable: return true;
+#if defined(__x86_64__) && defined(__GNUC__)
+    case kAvx2:
+      __builtin_cpu_init();
+      return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("popcnt");
+    case kAvx512:
+      __builtin_cpu_init();
+      return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vpopcntdq");
+#endif
+    default: return false;
+  }
+}
+
+const Isa& get_isa(int isa) {
+  if (isa < 0 || isa >= kNumIsa) throw std::invalid_argument("unknown kernel id " + std::to_string(isa));
+  if (!cpu_supports(isa)) throw std::invalid_argument("kernel not supported by this CPU");
+  switch (isa) {
+    case kAvx2: return isa_avx2();
+    case kAvx512: return isa_avx512();
+    default: return isa_portable();
+  }
+}
+
+}  // namespace onebit
+
+namespace {
+
+
+template <typename T>
+using In = nb::ndarray<const T, nb::c_contig, nb::device::cpu>;
+template <typename T>
+using Out = nb::ndarray<T, nb::c_contig, nb::device::cpu>;
+
+[[noreturn]] void fail(const std::string& msg) { throw std::invalid_argument(msg); }
+
+template <typename A>
+void expect_size(const A& a, int64_t n, const char* what) {
+  if (static_cast<int64_t>(a.size()) != n)
+    fail(std::string(what) + ": expected " + std::to_string(n) + " elements, got " +
+         std::to_string(a.size()));
+}
+
+template <typename A>
+void expect_shape(const A& a, std::initializer_list<int64_t> shape, const char* what) {
+  if (a.ndim() != shape.size()) fail(std::string(what) + ": wrong number of dimensions");
+  size_t i = 0;
+  for (int64_t s : shape) {
+    if (static_cast<int64_t>(a.shape(i)) != s)
+      fail(std::string(what) + ": dimension " + std::to_string(i) + " is " + std::to_string(a.shape(i)) +
+           ", expected " + std::to_string(s));
+    ++i;
+  }
+}
+
+// --- packing (raw addresses: the Python layer passes contiguous CPU tensors it has checked) ---
+
+void pack_nchw(uintptr_t x, int64_t N, int64_t C, int64_t HW, uintptr_t thr, uintptr_t out, int num_threads) {
+  if (!x || !out || N < 0 || C < 1 || HW < 0) fail("pack_nchw: bad arguments");
+  nb::gil_scoped_release nogil;
+  onebit::pack_nchw(reinterpret_cast<const float*>(x), N, C, HW, reinterpret_cast<const float*>(thr),
+                    reinterpret_cast<uint64_t*>(out), num_threads);
+}
+
+void pack_rows(uintptr_t x, int64_t P, int64_t C, uintptr_t thr, uintptr_t out, int num_threads) {
+  if (!x || !out || P < 0 || C < 1) fail("pack_rows: bad arguments");
+  nb::gil_scoped_release nogil;
+  onebit::pack_rows(reinterpret_cast<const float*>(x), P, C, reinterpret_cast<const float*>(thr),
+                    reinterpret_cast<uint64_t*>(out), num_threads);
+}
+
+// --- per-layer constants, copied into engine-owned buffers once ---
+
+onebit::Weights* make_weights(In<int64_t> w, std::optional<In<int64_t>> m, In<int32_t> base, In<int32_t> wsum,
+                              In<float> mu, int64_t cin, int64_t cout) {
+  if (w.ndim() != 6) fail("Weights: bits must be (planes, blocks, kh, kw, words, 32)");
+  auto* r = new onebit::Weights();
+  std::unique_ptr<onebit::Weights> guard(r);
+  r->J = w.shape(0);
+  r->cin = cin;
+  r->cout = cout;
+  r->kh = w.shape(2);
+  r->kw = w.shape(3);
+  r->KW = (cin + 63) / 64;
+  r->ncb = (cout + onebit::kBlock - 1) / onebit::kBlock;
+  r->cpad = r->ncb * onebit::kBlock;
+  if (r->J < 1 || cin < 1 || cout < 1 || r->kh < 1 || r->kw < 1) fail("Weights: empty dimension");
+  expect_shape(w, {r->J, r->ncb, r->kh, r->kw, r->KW, onebit::kBlock}, "Weights: bits");
+  if (m) expect_shape(*m, {r->J, r->ncb, r->kh, r->kw, r->KW, onebit::kBlock}, "Weights: masks");
+  const int64_t taps = r->kh * r->kw;
+  expect_shape(base, {r->J, cout}, "Weights: base");
+  expect_shape(wsum, {r->J, cout, taps}, "Weights: wsum");
+  expect_shape(mu, {r->J, cout}, "Weights: scales");
+  const auto* wp = reinterpret_cast<const uint64_t*>(w.data());
+  r->w.assign(wp, wp + w.size());
+  if (m) {
+    const auto* mp = reinterpret_cast<const uint64_t*>(m->data());
+    r->m.assign(mp, mp + m->size());
+  }
+  r->base.assign(static_cast<size_t>(r->J * r->cpad), 0);
+  r->mu.assign(static_cast<size_t>(r->J * r->cpad), 0.0f);
+  r->wsum.assign(static_cast<size_t>(r->J * taps * r->cpad), 0);
+  for (int64_t j = 0; j < r->J; ++j)
+    for (int64_t o = 0; o < cout; ++o) {
+      r->base[j * r->cpad + o] = base.data()[j * cout + o];
+      r->mu[j * r->cpad + o] = mu.data()[j * cout + o];
+      for (int64_t q = 0; q < taps; ++q)
+        r->wsum[(j * taps + q) * r->cpad + o] = wsum.data()[(j * cout + o) * taps + q];
+    }
+  return guard.release();
+}
+
+std::vector<float> padded_vec(const In<float>& v, int64_t cout, int64_t cpad, const char* what) {
+  expect_size(v, cout, what);
+  std::vector<float> r(static_cast<size_t>(cpad), 0.0f);
+  for (int64_t i = 0; i < cout; ++i) r[i] = v.data()[i];
+  return r;
+}
+
+onebit::Transform* make_transform(int64_t cout, In<float> scale, In<float> bias, std::optional<In<float>> prelu,
+                                  float cmin, float cmax, bool bits, std::optional<In<float>> thr) {
+  if (cout < 1) fail("Transform: cout must be >= 1");
+  if (std::isnan(cmin) || std::isnan(cmax)) fail("Transform: clamp bounds must not be NaN");
+  if (thr && !bits) fail("Transform: a threshold needs bits output");
+  auto* t = new onebit::Transform();
+  std::unique_ptr<onebit::Transform> guard(t);
+  t->cout = cout;
+  t->cpad = (cout + onebit::kBlock - 1) / onebit::kBlock * onebit::kBlock;
+  t->scale = padded_vec(scale, cout, t->cpad, "Transform: scale");
+  t->bias = padded_vec(bias, cout, t->cpad, "Transform: bias");
+  if (prelu) t->prelu = padded_vec(*prelu, cout, t->cpad, "Transform: prelu");
+  if (thr) t->thr = padded_vec(*thr, cout, t->cpad, "Transform: threshold");
+  t->cmin = cmin;
+  t->cmax = cmax;
+  t->bits = bits;
+  return guard.release();
+}
+
+// x: contiguous int64 (N, H, W, ceil(cin/64)); out: contiguous float32 (N, OH, OW, cout) or
+// int64 (N, OH, OW, ceil(cout/64)) as the transform says.  Raw addresses: internal API, the
+// caller (onebit.deploy.kernels) guarantees the buffers.
+void conv2d(uintptr_t x, int64_t N, int64_t H, int64_t W, const onebit::Weights& w, const onebit::Transform& t,
+            int sh, int sw, int ph, int pw, int pad_value, uintptr_t out, int isa, int num_threads) {
+  if (!x || !out) fail("conv2d: null buffer");
+  if (N < 1 || H < 1 || W < 1) fail("conv2d: empty input");
+  if (t.cout != w.cout) fail("conv2d: the transform is for " + std::to_string(t.cout) + " channels, weights have " +
+                            std::to_string(w.cout));
+  if (sh < 1 || sw < 1) fail("conv2d: stride must be >= 1");
+  if (ph < 0 || pw < 0) fail("conv2d: padding must be >= 0");
+  if (pad_value < -1 || pad_value > 1) fail("conv2d: pad_value must be -1, 0 or +1");
+  if (onebit::conv_out_size(H, static_cast<int>(w.kh), sh, ph) < 1 ||
+      onebit::conv_out_size(W, static_cast<int>(w.kw), sw, pw) < 1)
+    fail("conv2d: the kernel does not fit the (padded) input");
+  onebit::get_isa(isa);  // validates the kernel choice before releasing the GIL
+  onebit::ConvCall call;
+  call.x = reinterpret_cast<const uint64_t*>(x);
+  call.N = N;
+  call.H = H;
+  call.W = W;
+  call.sh = sh;
+  call.sw = sw;
+  call.ph = ph;
+  call.pw = pw;
+  call.pad_value = pad_value;
+  call.out = reinterpret_cast<void*>(out);
+  call.isa = isa;
+  call.num_threads = num_threads;
+  nb::gil_scoped_release nogil;
+  onebit::conv2d(w, t, call);
+}
+
+double popcount_peak(int isa, int64_t iterations) {
+  if (iterations < 1) fail("popcount_peak: iterations must be >= 1");
+  const onebit::Isa& k = onebit::get_isa(isa);
+  nb::gil_scoped_release nogil;
+  return k.peak(iterations);
+}
+
+}  // namespace
+
+NB_MODULE(_engine, mod) {
+  mod.doc() = "onebit packed 1-bit inference engine (C++). Use onebit.deploy.kernels instead.";
+  mod.attr("KERNEL_NAMES") = nb::make_tuple("portable", "avx2", "avx512");
+  mod.attr("BLOCK") = onebit::kBlock;
+  mod.def("cpu_supports", &onebit::cpu_supports, "kernel_id"_a,
+          "True if the CPU can run kernel `kernel_id` (0 portable, 1 avx2, 2 avx512).");
+  mod.def("hardware_threads", &onebit::hardware_threads);
+  mod.def("pack_nchw", &pack_nchw, "x_addr"_a, "N"_a, "C"_a, "HW"_a, "threshold_addr"_a, "out_addr"_a,
+          "num_threads"_a);
+  mod.def("pack_rows", &pack_rows, "x_addr"_a, "P"_a, "C"_a, "threshold_addr"_a, "out_addr"_a, "num_threads"_a);
+  nb::class_<onebit::Weights>(mod, "Weights")
+      .def(nb::new_(&make_weights), "bits"_a, "masks"_a.none(), "base"_a, "wsum"_a, "scales"_a, "in_channels"_a,
+           "out_channels"_a)
+      .def_ro("in_channels", &onebit::Weights::cin)
+      .def_ro("out_channels", &onebit::Weights::cout)
+      .def_ro("planes", &onebit::Weights::J)
+      .def_ro("kh", &onebit::Weights::kh)
+      .def_ro("kw", &onebit::Weights::kw);
+  nb::class_<onebit::Transform>(mod, "Transform")
+      .def(nb::new_(&make_transform), "out_channels"_a, "scale"_a, "bias"_a, "prelu"_a.none(), "clamp_min"_a,
+           "clamp_max"_a, "bits"_a, "threshold"_a.none())
+      .def_ro("out_channels", &onebit::Transform::cout)
+      .def_ro("bits", &onebit::Transform::bits);
+  mod.def("conv2d", &conv2d, "x_addr"_a, "N"_a, "H"_a, "W"_a, "weights"_a, "transform"_a, "sh"_a, "sw"_a, "ph"_a,
+          "pw"_a, "pad_value"_a, "out_addr"_a, "kernel_id"_a, "num_threads"_a);
+  mod.def("popcount_peak", &popcount_peak, "kernel_id"_a, "iterations"_a,
+          "Register-only xor+popcount+accumulate loop of one kernel path on the calling thread; "
+          "returns binary ops (bits) per second.");
+}

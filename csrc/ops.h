@@ -1,0 +1,45 @@
+// Engine operations over raw, validated buffers (the nanobind layer checks shapes).
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+namespace onebit {
+
+// x: (N, C, HW) float32; out: (N, HW, ceil(C/64)) words.  bit = (x[c] + thr[c]) < 0.
+void pack_nchw(const float* x, int64_t N, int64_t C, int64_t HW, const float* thr, uint64_t* out,
+               int num_threads);
+// x: (P, C) float32 (channels contiguous); out: (P, ceil(C/64)) words.
+void pack_rows(const float* x, int64_t P, int64_t C, const float* thr, uint64_t* out, int num_threads);
+
+// Packed weights in the kernel layout, owned by the engine (built once per layer).
+struct Weights {
+  int64_t J = 1, cin = 0, cout = 0, kh = 1, kw = 1, KW = 0, ncb = 0, cpad = 0;
+  std::vector<uint64_t> w;     // (J, ncb, kh, kw, KW, 32)
+  std::vector<uint64_t> m;     // same layout, or empty (no masks)
+  std::vector<int32_t> base;   // (J, cpad): active weight bits over all taps
+  std::vector<int32_t> wsum;   // (J, kh*kw, cpad): sum of active weight signs per tap
+  std::vector<float> mu;       // (J, cpad): per-plane scales
+};
+
+// Fused output transform, per output channel (padded to a multiple of 32 channels).
+struct Transform {
+  int64_t cout = 0, cpad = 0;
+  std::vector<float> scale, bias, prelu, thr;  // prelu / thr empty when absent
+  float cmin = 0, cmax = 0;
+  bool bits = false;  // output re-binarized bits instead of float32
+};
+
+struct ConvCall {
+  const uint64_t* x = nullptr;  // (N, H, W, KW)
+  int64_t N = 0, H = 0, W = 0;
+  int sh = 1, sw = 1, ph = 0, pw = 0, pad_value = 0;
+  void* out = nullptr;          // float (N, OH, OW, cout) or words (N, OH, OW, ceil(cout/64))
+  int isa = 0;
+  int num_threads = 1;
+};
+
+int64_t conv_out_size(int64_t in, int k, int stride, int pad);
+void conv2d(const Weights& w, const Transform& t, const ConvCall& call);
+
+}  // namespace onebit

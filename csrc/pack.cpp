@@ -1,0 +1,52 @@
+#include <algorithm>
+#include <vector>
+
+#include "ops.h"
+#include "thread_pool.h"
+
+namespace onebit {
+
+void pack_nchw(const float* x, int64_t N, int64_t C, int64_t HW, const float* thr, uint64_t* out,
+               int num_threads) {
+  const int64_t KW = (C + 63) / 64;
+  // One item = one image and one 64-channel word; the inner loop runs over contiguous pixels.
+  parallel_for(num_threads, N * KW, [&](int64_t item) {
+    const int64_t n = item / KW, k = item % KW;
+    std::vector<uint64_t> acc(static_cast<size_t>(HW), 0);
+    const int nb = static_cast<int>(std::min<int64_t>(64, C - 64 * k));
+    for (int b = 0; b < nb; ++b) {
+      const int64_t c = 64 * k + b;
+      const float t = thr ? thr[c] : 0.0f;
+      const float* xs = x + (n * C + c) * HW;
+      uint64_t* a = acc.data();
+      for (int64_t i = 0; i < HW; ++i) a[i] |= static_cast<uint64_t>((xs[i] + t) < 0.0f) << b;
+    }
+    uint64_t* o = out + n * HW * KW + k;
+    for (int64_t i = 0; i < HW; ++i) o[i * KW] = acc[static_cast<size_t>(i)];
+  });
+}
+
+void pack_rows(const float* x, int64_t P, int64_t C, const float* thr, uint64_t* out, int num_threads) {
+  const int64_t KW = (C + 63) / 64;
+  const int64_t chunk = 256;
+  parallel_for(num_threads, (P + chunk - 1) / chunk, [&](int64_t item) {
+    const int64_t p1 = std::min(P, (item + 1) * chunk);
+    for (int64_t p = item * chunk; p < p1; ++p) {
+      const float* xs = x + p * C;
+      for (int64_t k = 0; k < KW; ++k) {
+        const int nb = static_cast<int>(std::min<int64_t>(64, C - 64 * k));
+        const float* xk = xs + 64 * k;
+        uint64_t word = 0;
+        if (thr) {
+          const float* tk = thr + 64 * k;
+          for (int b = 0; b < nb; ++b) word |= static_cast<uint64_t>((xk[b] + tk[b]) < 0.0f) << b;
+        } else {
+          for (int b = 0; b < nb; ++b) word |= static_cast<uint64_t>(xk[b] < 0.0f) << b;
+        }
+        out[p * KW + k] = word;
+      }
+    }
+  });
+}
+
+}  // namespace onebit

@@ -1,0 +1,166 @@
+#include "thread_pool.h"
+
+#include <atomic>
+#include <condition_variable>
+#include <memory>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#endif
+
+#if defined(__unix__) || defined(__APPLE__)
+#include <unistd.h>
+#define ONEBIT_HAVE_GETPID 1
+#endif
+
+namespace onebit {
+namespace {
+
+inline void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+  _mm_pause();
+#elif defined(__aarch64__)
+  asm volatile("yield");
+#endif
+}
+
+// Spin this many relax-iterations (~0.1-0.3 ms) before blocking: layers take ~0.1-1 ms, and a
+// futex wake-up per layer would eat a large part of the 2-thread speedup.
+constexpr int kSpin = 4000;
+
+class Pool {
+ public:
+  ~Pool() { stop_workers(); }
+
+  void run(int num_threads, int64_t n_items, const std::function<void(int64_t)>& fn) {
+    std::lock_guard<std::mutex> call_lock(call_mutex_);
+    if (num_threads < 1) num_threads = 1;
+    if (num_threads > n_items) num_threads = static_cast<int>(n_items);
+    if (num_threads <= 1) {
+      for (int64_t i = 0; i < n_items; ++i) fn(i);
+      return;
+    }
+    ensure_workers(num_threads - 1);
+    {
+      std::lock_guard<std::mutex> lk(mutex_);
+      fn_ = &fn;
+      n_items_ = n_items;
+      next_.store(0, std::memory_order_relaxed);
+      participants_ = num_threads - 1;
+      active_.store(num_threads - 1, std::memory_order_relaxed);
+      generation_.fetch_add(1, std::memory_order_release);
+    }
+    cv_start_.notify_all();
+    work();
+    for (int s = 0; s < kSpin && active_.load(std::memory_order_acquire) != 0; ++s) cpu_relax();
+    if (active_.load(std::memory_order_acquire) != 0) {
+      std::unique_lock<std::mutex> lk(mutex_);
+      cv_done_.wait(lk, [&] { return active_.load(std::memory_order_acquire) == 0; });
+    }
+    fn_ = nullptr;
+  }
+
+ private:
+  void work() {
+    const std::function<void(int64_t)>& fn = *fn_;
+    for (;;) {
+      const int64_t i = next_.fetch_add(1, std::memory_order_relaxed);
+      if (i >= n_items_) break;
+      fn(i);
+    }
+  }
+
+  // `seen` starts at the generation current when the worker was created (before the job that
+  // needed it is published), so a worker that starts late still takes part in that job.
+  void worker_main(int index, uint64_t seen) {
+    for (;;) {
+      uint64_t g = seen;
+      for (int s = 0; s < kSpin; ++s) {
+        g = generation_.load(std::memory_order_acquire);
+        if (g != seen || stop_.load(std::memory_order_relaxed)) break;
+        cpu_relax();
+      }
+      if (g == seen) {
+        std::unique_lock<std::mutex> lk(mutex_);
+        cv_start_.wait(lk, [&] {
+          return stop_.load(std::memory_order_relaxed) || generation_.load(std::memory_order_acquire) != seen;
+        });
+        g = generation_.load(std::memory_order_acquire);
+      }
+      if (stop_.load(std::memory_order_relaxed)) return;
+      seen = g;
+      if (index >= participants_) continue;  // not needed for this job
+      work();
+      if (active_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+        std::lock_guard<std::mutex> lk(mutex_);
+        cv_done_.notify_one();
+      }
+    }
+  }
+
+  void ensure_workers(int n) {
+#ifdef ONEBIT_HAVE_GETPID
+    // After fork() the worker threads do not exist in the child: abandon them.
+    if (!workers_.empty() && owner_pid_ != getpid()) {
+      new std::vector<std::thread>(std::move(workers_));  // leaked on purpose
+      workers_.clear();
+    }
+    owner_pid_ = getpid();
+#endif
+    if (static_cast<int>(workers_.size()) >= n) return;
+    for (int i = static_cast<int>(workers_.size()); i < n; ++i)
+      workers_.emplace_back([this, i, g = generation_.load()] { worker_main(i, g); });
+  }
+
+  void stop_workers() {
+    {
+      std::lock_guard<std::mutex> lk(mutex_);
+      stop_.store(true);
+    }
+    cv_start_.notify_all();
+#ifdef ONEBIT_HAVE_GETPID
+    if (owner_pid_ != getpid()) return;
+#endif
+    for (auto& t : workers_)
+      if (t.joinable()) t.join();
+    workers_.clear();
+  }
+
+  std::mutex call_mutex_;
+  std::mutex mutex_;
+  std::condition_variable cv_start_, cv_done_;
+  std::vector<std::thread> workers_;
+  const std::function<void(int64_t)>* fn_ = nullptr;
+  int64_t n_items_ = 0;
+  std::atomic<int64_t> next_{0};
+  std::atomic<int> active_{0};
+  int participants_ = 0;
+  std::atomic<uint64_t> generation_{0};
+  std::atomic<bool> stop_{false};
+#ifdef ONEBIT_HAVE_GETPID
+  pid_t owner_pid_ = 0;
+#endif
+};
+
+Pool& pool() {
+  // Intentionally leaked: joining threads during interpreter shutdown is not safe.
+  static Pool* p = new Pool();
+  return *p;
+}
+
+}  // namespace
+
+void parallel_for(int num_threads, int64_t n_items, const std::function<void(int64_t)>& fn) {
+  if (n_items <= 0) return;
+  pool().run(num_threads, n_items, fn);
+}
+
+int hardware_threads() {
+  const unsigned n = std::thread::hardware_concurrency();
+  return n == 0 ? 1 : static_cast<int>(n);
+}
+
+}  // namespace onebit

@@ -1,0 +1,729 @@
+"""Packed 1-bit inference kernels (Python API over the C++ engine ``onebit._engine``).
+
+Conventions
+-----------
+* Sign: a real value ``v`` maps to +1 if ``v >= 0`` else -1 (``sign(0) = +1``, as Larq/LCE).
+  In packed form **bit 1 means -1, bit 0 means +1**.
+* Activations are packed along the channel axis into 64-bit words (bit ``c % 64`` of word
+  ``c // 64``), pixels in NHWC order: a :class:`PackedActivations` holds an int64 tensor of
+  shape ``(N, H, W, ceil(C/64))`` (conv) or ``(N, ceil(K/64))`` (linear).  Tail bits of the last
+  word are zero; every function here produces zero tails and the kernels rely on it.
+* Weights are packed once (at export) by :func:`pack_weights` / :func:`pack_weight_planes` into
+  the kernel layout ``(planes, ceil(Cout/32), kh, kw, ceil(Cin/64), 32)`` int64 (blocks of 32
+  output channels innermost), plus small per-channel correction tables.
+* A binary convolution computes ``acc[n,o,h,w] = sum_{c,i,j} sx * sw`` with ``sx`` the input sign,
+  or ``pad_value`` (-1, 0 or +1) at padded positions (``pad_value=0``: padded taps contribute
+  nothing).  Multi-bit (bit-serial) weights ``w = sum_j mu_j * m_j * b_j`` give
+  ``acc = sum_j mu_j * sum m_j * sx * b_j``.
+* The fused :class:`OutputTransform` then computes ``y = scale * acc + bias`` (folded BatchNorm),
+  optional PReLU (``y < 0 -> slope * y``), optional clamp, and returns either float32 or the
+  re-binarized bits ``(y + threshold) < 0`` of the next binary layer.
+
+Kernel paths: ``portable`` (plain C++, SWAR popcount), ``avx2`` (vpshufb nibble LUT) and
+``avx512`` (AVX-512 VPOPCNTDQ), chosen at run time: :func:`set_kernel` wins, else the
+``ONEBIT_KERNEL`` environment variable (read at every call), else the fastest one the CPU has.
+The engine has its own thread pool (:func:`set_num_threads`; default ``torch.get_num_threads()``).
+
+The ``reference_*`` functions are deliberately slow float64 torch implementations that work on
+unpacked +-1 tensors; they are the test oracle.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from onebit import _engine
+
+__all__ = [
+    "KERNELS",
+    "KernelUnavailableError",
+    "OutputTransform",
+    "PackedActivations",
+    "PackedWeights",
+    "active_kernel",
+    "available_kernels",
+    "binary_conv2d",
+    "binary_linear",
+    "get_num_threads",
+    "pack_activations",
+    "pack_weight_planes",
+    "pack_weights",
+    "popcount_peak",
+    "reference_binary_conv2d",
+    "reference_binary_linear",
+    "set_kernel",
+    "set_num_threads",
+    "unpack_activations",
+]
+
+KERNELS: tuple[str, ...] = ("portable", "avx2", "avx512")
+_BLOCK = int(_engine.BLOCK)  # output channels per weight block (32)
+_ENV = "ONEBIT_KERNEL"
+
+
+class KernelUnavailableError(RuntimeError):
+    """A kernel path was requested that this CPU (or this build) cannot run."""
+
+
+# --------------------------------------------------------------------------------------------
+# kernel selection and threads
+# --------------------------------------------------------------------------------------------
+
+_forced_kernel: str | None = None
+_num_threads: int | None = None
+
+
+def available_kernels() -> list[str]:
+    """Kernel paths this CPU supports, slowest first."""
+    return [name for i, name in enumerate(KERNELS) if _engine.cpu_supports(i)]
+
+
+def _check_kernel(name: object, source: str) -> int:
+    if not isinstance(name, str) or name.lower() not in KERNELS:
+        raise ValueError(f"{source}: unknown kernel {name!r}; valid values are {', '.join(KERNELS)}")
+    kid = KERNELS.index(name.lower())
+    if not _engine.cpu_supports(kid):
+        raise KernelUnavailableError(
+            f"{source}: kernel {name!r} is not supported by this CPU "
+            f"(supported: {', '.join(available_kernels())})"
+        )
+    return kid
+
+
+def set_kernel(name: str | None) -> None:
+    """Force a kernel path (``'portable'``, ``'avx2'``, ``'avx512'``) or ``None`` for automatic.
+
+    Raises ValueError for an unknown name and KernelUnavailableError if the CPU lacks the ISA.
+    A forced kernel takes precedence over the ``ONEBIT_KERNEL`` environment variable.
+    """
+    global _forced_kernel
+    if name is None:
+        _forced_kernel = None
+        return
+    _check_kernel(name, "set_kernel")
+    _forced_kernel = name.lower()
+
+
+def _kernel_id() -> int:
+    if _forced_kernel is not None:
+        return KERNELS.index(_forced_kernel)
+    env = os.environ.get(_ENV)
+    if env is not None and env.strip() != "":
+        return _check_kernel(env.strip(), f"environment variable {_ENV}={env!r}")
+    return max(i for i in range(len(KERNELS)) if _engine.cpu_supports(i))
+
+
+def active_kernel() -> str:
+    """Name of the kernel path the next call will use (see module docstring for the rules)."""
+    return KERNELS[_kernel_id()]
+
+
+def set_num_threads(n: int | None) -> None:
+    """Set the engine's own thread count (``None``: follow ``torch.get_num_threads()``)."""
+    global _num_threads
+    if n is None:
+        _num_threads = None
+        return
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"set_num_threads: expected an int >= 1 or None, got {n!r}")
+    _num_threads = n
+
+
+def get_num_threads() -> int:
+    """Thread count used by the engine's kernels."""
+    return _num_threads if _num_threads is not None else max(1, torch.get_num_threads())
+
+
+def popcount_peak(kernel: str | None = None, iterations: int = 20_000_000) -> float:
+    """Register-only xor+popcount+accumulate throughput of a kernel path on one thread.
+
+    Returns binary operations (bits, i.e. binary MACs) per second.  Used by the benchmark to
+    express kernel throughput as a fraction of what the instruction mix can reach at all.
+    """
+    kid = _kernel_id() if kernel is None else _check_kernel(kernel, "popcount_peak")
+    return float(_engine.popcount_peak(kid, int(iterations)))
+
+
+# --------------------------------------------------------------------------------------------
+# data containers
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class PackedActivations:
+    """Sign bits of an activation tensor.
+
+    ``data``: int64, ``(N, H, W, ceil(C/64))`` for conv activations or ``(N, ceil(C/64))`` for
+    linear ones; ``channels``: C.  Bit 1 = -1.  Tail bits are zero.
+    """
+
+    data: torch.Tensor
+    channels: int
+
+    def __post_init__(self) -> None:
+        d = self.data
+        if not isinstance(d, torch.Tensor):
+            raise TypeError(f"PackedActivations.data must be a torch.Tensor, got {type(d).__name__}")
+        if d.dtype not in (torch.int64, torch.uint64):
+            raise TypeError(f"PackedActivations.data must be int64 (or uint64), got {d.dtype}")
+        if d.dim() not in (2, 4):
+            raise ValueError(f"PackedActivations.data must be 2-D or 4-D, got shape {tuple(d.shape)}")
+        if not isinstance(self.channels, int) or self.channels < 1:
+            raise ValueError(f"PackedActivations.channels must be an int >= 1, got {self.channels!r}")
+        if d.shape[-1] != _words(self.channels):
+            raise ValueError(
+                f"PackedActivations: {self.channels} channels need {_words(self.channels)} words, "
+                f"data has {d.shape[-1]} (shape {tuple(d.shape)})"
+            )
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """Logical shape of the unpacked tensor: (N, C, H, W) or (N, C)."""
+        d = self.data
+        if d.dim() == 4:
+            return (d.shape[0], self.channels, d.shape[1], d.shape[2])
+        return (d.shape[0], self.channels)
+
+
+@dataclass(frozen=True, eq=False)
+class PackedWeights:
+    """Binary or multi-bit (bit-serial) weights in the kernel layout.
+
+    ``bits``/``masks``: int64 ``(J, ceil(Cout/32), kh, kw, ceil(Cin/64), 32)`` (masks may be None:
+    all weights active).  ``base``: int32 ``(J, Cout)`` number of active weight bits over all taps;
+    ``wsum``: int32 ``(J, Cout, kh*kw)`` sum of active weight signs per tap (for 0 padding);
+    ``scales``: float32 ``(J, Cout)`` per-plane scales mu_j.
+    """
+
+    bits: torch.Tensor
+    masks: torch.Tensor | None
+    base: torch.Tensor
+    wsum: torch.Tensor
+    scales: torch.Tensor
+    out_channels: int
+    in_channels: int
+    kernel_size: tuple[int, int]
+    _cache: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    @property
+    def num_planes(self) -> int:
+        return int(self.bits.shape[0])
+
+    def engine_weights(self) -> _engine.Weights:
+        """The engine-owned copy of these weights (built once, cached)."""
+        h = self._cache.get("engine")
+        if h is None:
+            h = _engine.Weights(
+                self.bits.contiguous(),
+                None if self.masks is None else self.masks.contiguous(),
+                self.base.to(torch.int32).contiguous(),
+                self.wsum.to(torch.int32).contiguous(),
+                self.scales.to(torch.float32).contiguous(),
+                int(self.in_channels),
+                int(self.out_channels),
+            )
+            self._cache["engine"] = h
+        return h
+
+
+@dataclass(frozen=True, eq=False)
+class OutputTransform:
+    """Fused per-output-channel epilogue of a binary layer.
+
+    ``y = scale * acc + bias``; then ``y = where(y < 0, prelu * y, y)`` if ``prelu`` is given;
+    then ``clamp(y, clamp_min, clamp_max)``.  ``output='float'`` returns float32 ``y``;
+    ``output='bits'`` returns :class:`PackedActivations` with bit = ``(y + threshold) < 0``.
+    ``scale``, ``bias``, ``prelu``, ``threshold`` are None, a number, or a ``(Cout,)`` tensor.
+    """
+
+    scale: torch.Tensor | float | None = None
+    bias: torch.Tensor | float | None = None
+    prelu: torch.Tensor | float | None = None
+    clamp_min: float | None = None
+    clamp_max: float | None = None
+    output: str = "float"
+    threshold: torch.Tensor | float | None = None
+    _cache: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.output not in ("float", "bits"):
+            raise ValueError(f"OutputTransform.output must be 'float' or 'bits', got {self.output!r}")
+        if self.threshold is not None and self.output != "bits":
+            raise ValueError("OutputTransform.threshold only applies to output='bits'")
+        for name in ("clamp_min", "clamp_max"):
+            v = getattr(self, name)
+            if v is not None and (not isinstance(v, (int, float)) or math.isnan(v)):
+                raise ValueError(f"OutputTransform.{name} must be a number (not NaN) or None, got {v!r}")
+
+    def resolved(self, cout: int) -> dict:
+        """The per-channel float32 vectors for ``cout`` output channels (cached)."""
+        r = self._cache.get(cout)
+        if r is None:
+            r = {
+                "scale": _channel_vec(self.scale, cout, 1.0, "scale"),
+                "bias": _channel_vec(self.bias, cout, 0.0, "bias"),
+                "prelu": None if self.prelu is None else _channel_vec(self.prelu, cout, 0.0, "prelu"),
+                "threshold": None
+                if self.threshold is None
+                else _channel_vec(self.threshold, cout, 0.0, "threshold"),
+                "clamp_min": -math.inf if self.clamp_min is None else float(self.clamp_min),
+                "clamp_max": math.inf if self.clamp_max is None else float(self.clamp_max),
+            }
+            r["engine"] = _engine.Transform(
+                cout, r["scale"], r["bias"], r["prelu"], r["clamp_min"], r["clamp_max"],
+                self.output == "bits", r["threshold"],
+            )  # fmt: skip
+            self._cache[cout] = r
+        return r
+
+
+_IDENTITY = OutputTransform()
+
+
+def _words(c: int) -> int:
+    return (c + 63) // 64
+
+
+def _channel_vec(v: torch.Tensor | float | None, n: int, default: float, name: str) -> torch.Tensor:
+    if v is None:
+        return torch.full((n,), default, dtype=torch.float32)
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        return torch.full((n,), float(v), dtype=torch.float32)
+    if not isinstance(v, torch.Tensor):
+        raise TypeError(f"OutputTransform.{name}: expected None, a number or a tensor, got {type(v).__name__}")
+    if not v.is_floating_point():
+        raise TypeError(f"OutputTransform.{name}: expected a floating-point tensor, got {v.dtype}")
+    if v.numel() == 1:
+        return torch.full((n,), float(v.reshape(())), dtype=torch.float32)
+    if v.dim() != 1 or v.shape[0] != n:
+        raise ValueError(f"OutputTransform.{name}: expected shape ({n},), got {tuple(v.shape)}")
+    return v.detach().to(device="cpu", dtype=torch.float32).contiguous()
+
+
+def _check_float_tensor(x: object, name: str) -> torch.Tensor:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
+    if x.device.type != "cpu":
+        raise ValueError(f"{name}: the packed engine runs on CPU tensors, got device {x.device}")
+    if x.dtype != torch.float32:
+        raise TypeError(f"{name}: expected float32, got {x.dtype}")
+    return x.detach()
+
+
+# --------------------------------------------------------------------------------------------
+# packing
+# --------------------------------------------------------------------------------------------
+
+
+def pack_activations(x: torch.Tensor, threshold: torch.Tensor | None = None) -> PackedActivations:
+    """Binarize and pack ``x`` (float32, ``(N, C, H, W)`` or ``(N, C)``): bit = ``(x + threshold) < 0``.
+
+    ``threshold`` is an optional ``(C,)`` float32 tensor.  Any memory format is accepted
+    (NCHW-contiguous and channels_last are read in place; others are copied first).
+    """
+    x = _check_float_tensor(x, "pack_activations")
+    if x.dim() not in (2, 4):
+        raise ValueError(f"pack_activations: expected (N, C, H, W) or (N, C), got shape {tuple(x.shape)}")
+    C = x.shape[1]
+    if C < 1:
+        raise ValueError("pack_activations: need at least one channel")
+    thr = None
+    if threshold is not None:
+        thr = _check_float_tensor(threshold, "pack_activations: threshold")
+        if thr.shape != (C,):
+            raise ValueError(f"pack_activations: threshold must have shape ({C},), got {tuple(thr.shape)}")
+        thr = thr.contiguous()
+    nt = get_num_threads()
+    taddr = 0 if thr is None else thr.data_ptr()
+    if x.dim() == 2:
+        x = x.contiguous()
+        out = torch.empty((x.shape[0], _words(C)), dtype=torch.int64)
+        if x.numel():
+            _engine.pack_rows(x.data_ptr(), x.shape[0], C, taddr, out.data_ptr(), nt)
+        return PackedActivations(out, C)
+    N, _, H, W = x.shape
+    out = torch.empty((N, H, W, _words(C)), dtype=torch.int64)
+    if x.numel() == 0:
+        return PackedActivations(out, C)
+    if not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        rows = x.permute(0, 2, 3, 1).reshape(N * H * W, C)
+        _engine.pack_rows(rows.data_ptr(), N * H * W, C, taddr, out.data_ptr(), nt)
+    else:
+        x = x.contiguous()
+        _engine.pack_nchw(x.data_ptr(), N, C, H * W, taddr, out.data_ptr(), nt)
+    return PackedActivations(out, C)
+
+
+def unpack_activations(p: PackedActivations) -> torch.Tensor:
+    """Inverse of :func:`pack_activations`: float32 +-1 tensor, ``(N, C, H, W)`` or ``(N, C)``."""
+    if not isinstance(p, PackedActivations):
+        raise TypeError(f"unpack_activations: expected PackedActivations, got {type(p).__name__}")
+    d = p.data.view(torch.int64) if p.data.dtype == torch.uint64 else p.data
+    shifts = torch.arange(64, dtype=torch.int64)
+    bits = (d.unsqueeze(-1) >> shifts) & 1
+    bits = bits.reshape(*d.shape[:-1], d.shape[-1] * 64)[..., : p.channels]
+    vals = (1 - 2 * bits).to(torch.float32)
+    if d.dim() == 4:
+        vals = vals.permute(0, 3, 1, 2).contiguous()
+    return vals
+
+
+def _as_conv_weight(w: torch.Tensor, name: str) -> torch.Tensor:
+    if not isinstance(w, torch.Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor, got {type(w).__name__}")
+    if not w.is_floating_point():
+        raise TypeError(f"{name}: expected a floating-point tensor of +-1, got {w.dtype}")
+    w = w.detach().cpu()
+    if w.dim() == 2:
+        w = w[:, :, None, None]
+    if w.dim() != 4 or min(w.shape) < 1:
+        raise ValueError(f"{name}: expected (Cout, Cin, kh, kw) or (Cout, Cin), got shape {tuple(w.shape)}")
+    return w
+
+
+def _pack_bits(neg: torch.Tensor) -> torch.Tensor:
+    """bool (Cout, Cin, kh, kw) -> int64 (ceil(Cout/32), kh, kw, ceil(Cin/64), 32)."""
+    cout, cin, kh, kw = neg.shape
+    kwords, ncb = _words(cin), (cout + _BLOCK - 1) // _BLOCK
+    b = neg.permute(0, 2, 3, 1).to(torch.int64)  # (Cout, kh, kw, Cin)
+    b = F.pad(b, (0, kwords * 64 - cin))
+    b = b.reshape(cout, kh, kw, kwords, 64)
+    words = (b << torch.arange(64, dtype=torch.int64)).sum(-1)  # disjoint bits: sum == or
+    words = F.pad(words, (0, 0, 0, 0, 0, 0, 0, ncb * _BLOCK - cout))
+    return words.reshape(ncb, _BLOCK, kh, kw, kwords).permute(0, 2, 3, 4, 1).contiguous()
+
+
+def pack_weights(w_signs: torch.Tensor) -> PackedWeights:
+    """Pack binary weights ``(Cout, Cin, kh, kw)`` (conv) or ``(Cout, Cin)`` (linear).
+
+    Signs follow the module convention (``w >= 0 -> +1``), so +-1 tensors or latent real
+    weights both work.  Done once at export time.
+    """
+    w = _as_conv_weight(w_signs, "pack_weights")
+    cout, cin, kh, kw = w.shape
+    neg = w < 0
+    signs = 1 - 2 * neg.to(torch.int32)
+    return PackedWeights(
+        bits=_pack_bits(neg).unsqueeze(0),
+        masks=None,
+        base=torch.full((1, cout), cin * kh * kw, dtype=torch.int32),
+        wsum=signs.sum(1).reshape(1, cout, kh * kw).to(torch.int32).contiguous(),
+        scales=torch.ones((1, cout), dtype=torch.float32),
+        out_channels=cout,
+        in_channels=cin,
+        kernel_size=(kh, kw),
+    )
+
+
+def pack_weight_planes(
+    planes: Sequence[torch.Tensor],
+    masks: Sequence[torch.Tensor | None] | None = None,
+    scales: Sequence[float | torch.Tensor] | None = None,
+) -> PackedWeights:
+    """Pack multi-bit (bit-serial) weights ``w = sum_j scales[j] * masks[j] * planes[j]``.
+
+    ``planes[j]``: +-1 tensors (signs taken as in :func:`pack_weights`), all of one shape
+    ``(Cout, Cin, kh, kw)`` or ``(Cout, Cin)``; ``masks[j]``: 0/1 tensors of the same shape or
+    None (all active); ``scales[j]``: a number or a ``(Cout,)`` tensor (default 1).
+    """
+    if isinstance(planes, torch.Tensor) or len(planes) == 0:
+        raise ValueError("pack_weight_planes: planes must be a non-empty sequence of tensors")
+    J = len(planes)
+    if masks is not None and len(masks) != J:
+        raise ValueError(f"pack_weight_planes: {J} planes but {len(masks)} masks")
+    if scales is not None and len(scales) != J:
+        raise ValueError(f"pack_weight_planes: {J} planes but {len(scales)} scales")
+    ws = [_as_conv_weight(p, f"pack_weight_planes: planes[{j}]") for j, p in enumerate(planes)]
+    shape = ws[0].shape
+    for j, w in enumerate(ws):
+        if w.shape != shape:
+            raise ValueError(f"pack_weight_planes: planes[{j}] has shape {tuple(w.shape)}, expected {tuple(shape)}")
+    cout, cin, kh, kw = shape
+    ms: list[torch.Tensor] | None = None
+    if masks is not None and any(m is not None for m in masks):
+        ms = []
+        for j, m in enumerate(masks):
+            if m is None:
+                ms.append(torch.ones(shape, dtype=torch.bool))
+                continue
+            if not isinstance(m, torch.Tensor):
+                raise TypeError(f"pack_weight_planes: masks[{j}] must be a tensor or None")
+            m = m.detach().cpu()
+            if m.dim() == 2:
+                m = m[:, :, None, None]
+            if m.shape != shape:
+                raise ValueError(f"pack_weight_planes: masks[{j}] has shape {tuple(m.shape)}, expected {tuple(shape)}")
+            if not bool(((m == 0) | (m == 1)).all()):
+                raise ValueError(f"pack_weight_planes: masks[{j}] must contain only 0 and 1")
+            ms.append(m == 1)
+    bits, mbits, base, wsum, mus = [], [], [], [], []
+    for j, w in enumerate(ws):
+        neg = w < 0
+        signs = 1 - 2 * neg.to(torch.int32)
+        active = ms[j].to(torch.int32) if ms is not None else torch.ones_like(signs)
+        bits.append(_pack_bits(neg))
+        if ms is not None:
+            mbits.append(_pack_bits(ms[j]))
+        base.append(active.sum((1, 2, 3)))
+        wsum.append((signs * active).sum(1).reshape(cout, kh * kw))
+        s = 1.0 if scales is None else scales[j]
+        if isinstance(s, torch.Tensor) and s.numel() != 1 and tuple(s.shape) != (cout,):
+            raise ValueError(f"pack_weight_planes: scales[{j}] must be a number or shape ({cout},)")
+        mus.append(_channel_vec(s, cout, 1.0, f"scales[{j}]"))
+    return PackedWeights(
+        bits=torch.stack(bits).contiguous(),
+        masks=torch.stack(mbits).contiguous() if ms is not None else None,
+        base=torch.stack(base).to(torch.int32).contiguous(),
+        wsum=torch.stack(wsum).to(torch.int32).contiguous(),
+        scales=torch.stack(mus).contiguous(),
+        out_channels=cout,
+        in_channels=cin,
+        kernel_size=(kh, kw),
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# kernels
+# --------------------------------------------------------------------------------------------
+
+
+def _pair(v: int | Sequence[int], name: str) -> tuple[int, int]:
+    if isinstance(v, int) and not isinstance(v, bool):
+        return (v, v)
+    try:
+        a, b = v  # type: ignore[misc]
+    except (TypeError, ValueError):
+        raise TypeError(f"{name}: expected an int or a pair of ints, got {v!r}") from None
+    if not all(isinstance(t, int) and not isinstance(t, bool) for t in (a, b)):
+        raise TypeError(f"{name}: expected an int or a pair of ints, got {v!r}")
+    return (a, b)
+
+
+def _packed_input(x: PackedActivations | torch.Tensor, channels: int | None, dims: int, fn: str):
+    if isinstance(x, PackedActivations):
+        if channels is not None and channels != x.channels:
+            raise ValueError(f"{fn}: in_channels={channels} but the packed input has {x.channels}")
+        data, channels = x.data, x.channels
+    elif isinstance(x, torch.Tensor):
+        if channels is None:
+            raise ValueError(f"{fn}: pass in_channels when x is a raw tensor of packed words")
+        data = x
+    else:
+        raise TypeError(f"{fn}: x must be PackedActivations or an int64 tensor, got {type(x).__name__}")
+    if data.dtype == torch.uint64:
+        data = data.view(torch.int64)
+    if data.dtype != torch.int64:
+        raise TypeError(f"{fn}: packed input must be int64 words, got {data.dtype}")
+    if data.device.type != "cpu":
+        raise ValueError(f"{fn}: the packed engine runs on CPU tensors, got device {data.device}")
+    if data.dim() != dims:
+        raise ValueError(f"{fn}: packed input must be {dims}-D, got shape {tuple(data.shape)}")
+    if not isinstance(channels, int) or channels < 1 or data.shape[-1] != _words(channels):
+        raise ValueError(
+            f"{fn}: {channels} input channels need {_words(channels) if isinstance(channels, int) and channels > 0 else '?'} "
+            f"words per pixel, packed input has {data.shape[-1]}"
+        )
+    return data.contiguous(), channels
+
+
+def _run(
+    data: torch.Tensor,
+    cin: int,
+    w: PackedWeights,
+    stride: tuple[int, int],
+    padding: tuple[int, int],
+    pad_value: int,
+    transform: OutputTransform,
+    fn: str,
+) -> tuple[torch.Tensor, bool]:
+    """Calls the engine on a (N, H, W, words) input; returns the NHWC output buffer."""
+    if not isinstance(w, PackedWeights):
+        raise TypeError(f"{fn}: weights must be PackedWeights (see pack_weights), got {type(w).__name__}")
+    if w.in_channels != cin:
+        raise ValueError(f"{fn}: weights expect {w.in_channels} input channels, input has {cin}")
+    if transform is None:
+        transform = _IDENTITY
+    if not isinstance(transform, OutputTransform):
+        raise TypeError(f"{fn}: transform must be an OutputTransform or None")
+    kh, kw = w.kernel_size
+    N, H, W, _ = data.shape
+    if data.numel() == 0:
+        raise ValueError(f"{fn}: empty input of shape {tuple(data.shape)}")
+    oh = (H + 2 * padding[0] - kh) // stride[0] + 1
+    ow = (W + 2 * padding[1] - kw) // stride[1] + 1
+    if H + 2 * padding[0] < kh or W + 2 * padding[1] < kw:
+        raise ValueError(f"{fn}: kernel {kh}x{kw} does not fit the padded {H}x{W} input (padding {padding})")
+    cout = w.out_channels
+    t = transform.resolved(cout)
+    bits_out = transform.output == "bits"
+    out_f = None if bits_out else torch.empty((N, oh, ow, cout), dtype=torch.float32)
+    out_b = torch.empty((N, oh, ow, _words(cout)), dtype=torch.int64) if bits_out else None
+    out = out_b if bits_out else out_f
+    _engine.conv2d(
+        data.data_ptr(), N, H, W, w.engine_weights(), t["engine"], stride[0], stride[1],
+        padding[0], padding[1], pad_value, out.data_ptr(), _kernel_id(), get_num_threads(),
+    )  # fmt: skip
+    return (out_b if bits_out else out_f), bits_out
+
+
+def binary_conv2d(
+    x: PackedActivations | torch.Tensor,
+    w_packed: PackedWeights,
+    in_channels: int | None = None,
+    kernel_size: int | tuple[int, int] | None = None,
+    stride: int | tuple[int, int] = 1,
+    padding: int | tuple[int, int] = 0,
+    pad_value: int = 0,
+    transform: OutputTransform | None = None,
+    *,
+    dilation: int | tuple[int, int] = 1,
+    groups: int = 1,
+) -> torch.Tensor | PackedActivations:
+    """Binary (or multi-bit, see :func:`pack_weight_planes`) 2-D convolution on packed input.
+
+    ``x``: :class:`PackedActivations` or int64 words ``(N, H, W, ceil(C/64))`` with ``in_channels``.
+    ``kernel_size`` is optional (checked against the weights).  ``pad_value`` in {-1, 0, +1} is
+    the value the padded input positions take (0: they contribute nothing).  Any stride >= 1.
+
+    Returns float32 of logical shape ``(N, Cout, OH, OW)`` in **channels_last** memory format
+    (a zero-copy view of the kernel's NHWC output; call ``.contiguous()`` for NCHW memory), or,
+    when ``transform.output == 'bits'``, :class:`PackedActivations` ``(N, OH, OW, ceil(Cout/64))``.
+    """
+    fn = "binary_conv2d"
+    if _pair(dilation, "dilation") != (1, 1):
+        raise NotImplementedError(f"{fn}: dilation={dilation} is not implemented by the packed engine (only 1)")
+    if groups != 1:
+        raise NotImplementedError(
+            f"{fn}: groups={groups} (grouped/depthwise binary convolution) is not implemented by the "
+            "packed engine; only groups=1"
+        )
+    data, cin = _packed_input(x, in_channels, 4, fn)
+    if kernel_size is not None and isinstance(w_packed, PackedWeights):
+        if _pair(kernel_size, "kernel_size") != tuple(w_packed.kernel_size):
+            raise ValueError(f"{fn}: kernel_size={kernel_size} but the weights are {w_packed.kernel_size}")
+    s, p = _pair(stride, "stride"), _pair(padding, "padding")
+    if min(s) < 1:
+        raise ValueError(f"{fn}: stride must be >= 1, got {stride}")
+    if min(p) < 0:
+        raise ValueError(f"{fn}: padding must be >= 0, got {padding}")
+    if pad_value not in (-1, 0, 1):
+        raise ValueError(f"{fn}: pad_value must be -1, 0 or +1, got {pad_value!r}")
+    out, bits = _run(data, cin, w_packed, s, p, int(pad_value), transform, fn)
+    if bits:
+        return PackedActivations(out, w_packed.out_channels)
+    return out.permute(0, 3, 1, 2)
+
+
+def binary_linear(
+    x: PackedActivations | torch.Tensor,
+    w_packed: PackedWeights,
+    in_features: int | None = None,
+    transform: OutputTransform | None = None,
+) -> torch.Tensor | PackedActivations:
+    """Binary (or multi-bit) GEMM: ``acc[n, o] = sum_k sx[n, k] * sw[o, k]`` on packed input.
+
+    ``x``: :class:`PackedActivations` or int64 words ``(N, ceil(K/64))`` with ``in_features``;
+    ``w_packed`` from a ``(Cout, K)`` tensor.  Returns float32 ``(N, Cout)`` or, for
+    ``transform.output == 'bits'``, :class:`PackedActivations` ``(N, ceil(Cout/64))``.
+    """
+    fn = "binary_linear"
+    data, cin = _packed_input(x, in_features, 2, fn)
+    if isinstance(w_packed, PackedWeights) and tuple(w_packed.kernel_size) != (1, 1):
+        raise ValueError(f"{fn}: weights have kernel {w_packed.kernel_size}; linear weights are (Cout, Cin)")
+    N = data.shape[0]
+    out, bits = _run(data.view(1, 1, N, -1), cin, w_packed, (1, 1), (0, 0), 0, transform, fn)
+    out = out.view(N, -1)
+    if bits:
+        return PackedActivations(out, w_packed.out_channels)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# reference implementations (slow, obvious; the test oracle)
+# --------------------------------------------------------------------------------------------
+
+
+def _reference_transform(acc_planes: list[torch.Tensor], mus: list[torch.Tensor], t: OutputTransform, shape):
+    """Same float32 operation order as the engine's epilogue."""
+    cout = acc_planes[0].shape[1]
+    r = t.resolved(cout)
+    acc = torch.zeros(acc_planes[0].shape, dtype=torch.float32)
+    for a, mu in zip(acc_planes, mus):
+        acc = acc + mu.view(shape) * a.to(torch.float32)
+    y = acc * r["scale"].view(shape) + r["bias"].view(shape)
+    if r["prelu"] is not None:
+        y = torch.where(y < 0, y * r["prelu"].view(shape), y)
+    y = torch.clamp(y, min=r["clamp_min"], max=r["clamp_max"])
+    if t.output == "bits":
+        thr = r["threshold"] if r["threshold"] is not None else torch.zeros(cout)
+        return torch.where((y + thr.view(shape)) < 0, -1.0, 1.0)
+    return y
+
+
+def _reference_planes(weight, masks, scales, cout_dim_ok: int):
+    planes = list(weight) if isinstance(weight, (list, tuple)) else [weight]
+    ps, ms, mus = [], [], []
+    for j, p in enumerate(planes):
+        p = p.detach().cpu().to(torch.float64)
+        sign = torch.where(p >= 0, 1.0, -1.0).to(torch.float64)
+        m = masks[j] if masks is not None else None
+        if m is not None:
+            m = m.detach().cpu().to(torch.float64)
+            if m.shape != p.shape:
+                m = m.reshape(p.shape)
+            sign = sign * m
+        ps.append(sign)
+        s = 1.0 if scales is None else scales[j]
+        mus.append(_channel_vec(s, p.shape[0], 1.0, "scales"))
+    return ps, mus
+
+
+def reference_binary_conv2d(
+    x: torch.Tensor | PackedActivations,
+    weight: torch.Tensor | Sequence[torch.Tensor],
+    stride: int | tuple[int, int] = 1,
+    padding: int | tuple[int, int] = 0,
+    pad_value: int = 0,
+    transform: OutputTransform | None = None,
+    *,
+    masks: Sequence[torch.Tensor | None] | None = None,
+    scales: Sequence[float | torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """Slow oracle for :func:`binary_conv2d` on unpacked tensors (float64 ``F.conv2d``).
+
+    ``x``: +-1 ``(N, C, H, W)`` (signs taken with sign(0)=+1) or PackedActivations; ``weight``:
+    +-1 ``(Cout, Cin, kh, kw)`` or a list of planes (with ``masks``/``scales`` as in
+    :func:`pack_weight_planes`).  Returns float32 NCHW; for ``output='bits'`` the +-1 signs of the
+    next layer's input (compare with :func:`unpack_activations`).
+    """
+    if isinstance(x, PackedActivations):
+        x = unpack_activations(x)
+    xs = torch.where(x.detach().cpu() >= 0, 1.0, -1.0).to(torch.float64)
+    ph, pw = _pair(padding, "padding")
+    xs = F.pad(xs, (pw, pw, ph, ph), mode="constant", value=float(pad_value))
+    ps, mus = _reference_planes(weight, masks, scales, xs.shape[1])
+    accs = [F.conv2d(xs, p, stride=_pair(stride, "stride")) for p in ps]
+    return _reference_transform(accs, mus, transform or _IDENTITY, (1, -1, 1, 1))
+
+
+def reference_binary_linear(
+    x: torch.Tensor | PackedActivations,
+    weight: torch.Tensor | Sequence[torch.Tensor],
+    transform: OutputTransform | None = None,
+    *,
+    masks: Sequence[torch.Tensor | None] | None = None,
+    scales: Sequence[float | torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """Slow oracle for :func:`binary_linear` (float64 matmul of +-1 tensors); see the conv one."""
+    if isinstance(x, PackedActivations):
+        x = unpack_activations(x)
+    xs = torch.where(x.detach().cpu() >= 0, 1.0, -1.0).to(torch.float64)
+    ps, mus = _reference_planes(weight, masks, scales, xs.shape[1])
+    accs = [xs @ p.reshape(p.shape[0], -1).T for p in ps]
+    return _reference_transform(accs, mus, transform or _IDENTITY, (1, -1))

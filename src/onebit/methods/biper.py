@@ -1,0 +1,142 @@
+"""BiPer: binary neural networks with periodic (square-wave) weights and a sine surrogate."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from .base import InferenceForm, Method, NotDeployableError, Option, layer_label, register
+from .functional import approx_sign, sign, ste
+from .recu import standardize_per_sample
+
+__all__ = ["TAU_STAGE1", "TAU_STAGE2", "BiPer", "quantization_error", "to_stage2"]
+
+#: τ of the released CIFAR-10 recipes (``edmav4/BiPer`` ``cifar10/run_stg1.sh`` / ``run_stg2.sh``).
+TAU_STAGE1 = 0.037
+TAU_STAGE2 = 0.0468
+
+
+@register
+class BiPer(Method):
+    """BiPer (Vargas, Sanchez, Arguello, Lepesteur, Fuentes, CVPR 2024; ``edmav4/BiPer``
+    ``cifar10/modules/binarized_modules.py``, ``BinarizeConv2d``).
+
+    * weights: the square wave ``sign(sin(ωW))`` (the paper's binary periodic function) with the sine
+      of the same period as surrogate, so ``∂L/∂W = g·ω·cos(ωW)`` (the reference's ``BinaryQuantize``
+      is an identity STE applied to ``sin(ωW)``). **Stage 1** (``stage=1``, the default, as the
+      reference's ``--stage2`` off) uses the real ``sin(ωW)`` weights with binary activations;
+      **stage 2** binarizes them. :func:`to_stage2` switches a trained stage-1 model, as
+      ``main_stage2.py`` does by loading the stage-1 checkpoint;
+    * activations: while training each sample is divided by ``sqrt(var + 1e-5)`` (unbiased variance
+      over the sample's features; no effect on the sign), then ``sign`` with the ApproxSign derivative
+      ``max(0, 2 − 2|a|)`` — the ReCU activation path the reference keeps;
+    * a learnable per-output-channel scale ``alpha`` initialised U[0, 1] (``torch.rand``) multiplies
+      the output;
+    * loss term (``loss``): ``τ·mean(½ − ½cos(2ωW)) = τ·mean(sin²(ωW))`` per layer, the reference's
+      ``loss_reg``; :func:`onebit.extra_loss` sums it over the layers. τ is constant in the CIFAR
+      recipes: 0.037 in stage 1 (the default here), 0.0468 in stage 2 (pass ``tau=TAU_STAGE2`` to
+      :func:`to_stage2`). ω is fixed (20 in every released script; the argparse default is 30).
+
+    Verified against the reference code (forward of both stages, gradients, α init, the loss form,
+    the τ/ω values of the run scripts) and the paper's abstract (square-wave forward, sine surrogate of
+    the same period, QE controlled by the frequency, two stages). The paper body was not reachable, so
+    no equation numbers are quoted; QE versus ω is measured by ``benchmarks/quantization.py``.
+
+    Differences: ``sign(0) = +1`` (onebit's sign; the reference's ``torch.sign`` gives 0, which only
+    happens at ``W = kπ/ω`` exactly). The reference adds the conv bias *before* multiplying by α;
+    onebit's layers add the bias after the output scale (the reference ResNets have no conv bias, so
+    the released models agree). The stage is a method option (the reference's ``args.stage2``), not
+    part of the ``state_dict``: build the model with ``stage=2``, or call :func:`to_stage2`, before
+    loading stage-2 weights.
+    """
+
+    name = "biper"
+    paper = "Vargas et al., BiPer: Binary Neural Networks using a Periodic Function, CVPR 2024"
+    options: ClassVar[dict[str, Option]] = {
+        "omega": Option(20.0, "frequency ω of the square wave sign(sin(ωW))", low=0.0, low_open=True),
+        "tau": Option(TAU_STAGE1, "weight of the τ·mean(sin²(ωW)) loss term (stage 2 recipe: 0.0468)",
+                      low=0.0),
+        "stage": Option(1, "1: real sin(ωW) weights; 2: binary sign(sin(ωW)) weights", choices=(1, 2)),
+    }
+
+    def init_layer(self, layer: nn.Module) -> None:
+        w = layer.weight
+        layer.alpha = nn.Parameter(torch.rand(w.shape[0], dtype=w.dtype, device=w.device))
+
+    def quantize_input(self, layer: nn.Module, x: Tensor) -> Tensor:
+        a0 = standardize_per_sample(x, layer.sample_dims(x)) if layer.training else x
+        return ste(sign(a0), approx_sign(a0))
+
+    def quantize_weight(self, layer: nn.Module, w: Tensor) -> Tensor:
+        wave = torch.sin(self.omega * w)
+        if self.stage == 1:
+            return wave
+        return ste(sign(wave), wave)
+
+    def scale_output(self, layer: nn.Module, y: Tensor) -> Tensor:
+        return y * layer.channel_view(layer.alpha, y.dim())
+
+    def output_scale_tensor(self, layer: nn.Module) -> Tensor | None:
+        return layer.alpha.detach().clone()
+
+    def loss(self, layer: nn.Module) -> Tensor | None:
+        if self.tau == 0:
+            return None
+        return self.tau * torch.mean(0.5 - 0.5 * torch.cos(2 * self.omega * layer.weight))
+
+    def inference(self, layer: nn.Module) -> InferenceForm:
+        if self.stage == 1:
+            raise NotDeployableError(
+                f"{layer_label(layer)}: biper stage 1 computes with the real weights sin(ωW), which a 1-bit "
+                "kernel cannot run; convert the model with onebit.methods.biper.to_stage2(model) and "
+                "fine-tune it (stage 2) before export"
+            )
+        return super().inference(layer)
+
+
+def to_stage2(model: nn.Module, tau: float | None = None) -> nn.Module:
+    """Switch every BiPer layer of ``model`` (or ``model`` itself, if it is one) to stage 2, in place.
+
+    Everything the reference's ``main_stage2.py`` carries over from the stage-1 checkpoint stays: the
+    latent weights, ``alpha``, biases and every other parameter or buffer of the model; ω is kept (the
+    reference reads it from the stage-1 config). ``tau`` replaces the loss weight when given (the
+    CIFAR stage-2 recipe uses :data:`TAU_STAGE2` = 0.0468); ``None`` keeps each layer's τ. The
+    reference also fills an unused ``beta`` buffer with mean|W|; onebit has no such buffer.
+    Returns ``model``.
+    """
+    changes = {"stage": 2} if tau is None else {"stage": 2, "tau": tau}
+    found = 0
+    for module in model.modules():
+        method = getattr(module, "method", None)
+        if isinstance(method, BiPer) and hasattr(module, "weight"):
+            module.method = method.with_options(**changes)
+            found += 1
+    if not found:
+        raise ValueError(
+            "to_stage2: the model has no BiPer layers; binarize it first with "
+            "onebit.binarize(model, 'biper', stage=1) and train stage 1"
+        )
+    return model
+
+
+def quantization_error(weights: Tensor | Iterable[Tensor], omega: float) -> float:
+    """BiPer's quantization error as its ``cifar10/vis_get_QE.py`` computes it: for each weight tensor,
+    ``mean|sin(ωW) − sign(sin(ωW))|``, summed over the tensors (the reference sums over the binary
+    layers of a checkpoint; pass one tensor for one layer). Uses onebit's ``sign(0) = +1``.
+    """
+    if isinstance(omega, bool) or not isinstance(omega, (int, float)) or not omega > 0:
+        raise ValueError(f"quantization_error: omega={omega!r} must be a positive number")
+    tensors = [weights] if isinstance(weights, Tensor) else list(weights)
+    if not tensors:
+        raise ValueError("quantization_error: no weight tensors given; pass a tensor or a list of tensors")
+    total = 0.0
+    with torch.no_grad():
+        for w in tensors:
+            if not isinstance(w, Tensor) or w.numel() == 0:
+                raise ValueError("quantization_error: every weight must be a non-empty tensor")
+            wave = torch.sin(omega * w.detach().double())
+            total += (wave - sign(wave)).abs().mean().item()
+    return total

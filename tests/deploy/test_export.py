@@ -1,0 +1,215 @@
+"""Export fidelity: the packed model computes what the eval-mode PyTorch model computes, for every
+deployable method, layer kind, odd channel counts, strides, padding values and kernel path; and the
+file format round-trips and rejects bad files with one clear error."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+import onebit
+from onebit.deploy import ExportError, ModelFileError, export, kernels, load, save
+from onebit.methods import NotDeployableError
+
+DEPLOYABLE = [m for m in onebit.methods.available() if m not in ("biper", "bnn++", "pcpp-pc", "hbnn")]
+PATHS = [k for k in kernels.available_kernels()]
+
+
+def randomize_norms(model):
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.running_mean.uniform_(-1, 1)
+                m.running_var.uniform_(0.5, 2)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.5, 0.5)
+            if isinstance(m, nn.PReLU):
+                m.weight.uniform_(0.05, 0.5)
+            for name, p in m.named_parameters(recurse=False):
+                if name in ("rsign_bias", "alpha") or name.startswith("gamma"):
+                    p.uniform_(-0.3, 0.3) if name == "rsign_bias" else p.uniform_(0.5, 1.5)
+
+
+class Residual(nn.Module):
+    def __init__(self, channels, stride):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, stride, 1, bias=False)
+        self.bn = nn.BatchNorm2d(channels)
+        self.act = nn.Hardtanh()
+        self.pool = nn.AvgPool2d(2) if stride == 2 else nn.Identity()
+
+    def forward(self, x):
+        return self.act(self.bn(self.conv(x)) + self.pool(x))
+
+
+def conv_net(stride):
+    return nn.Sequential(
+        nn.Conv2d(3, 65, 3, padding=1), nn.BatchNorm2d(65), nn.Hardtanh(),
+        Residual(65, stride),
+        nn.Conv2d(65, 127, 3, padding=1, stride=stride), nn.BatchNorm2d(127), nn.PReLU(127),
+        nn.Conv2d(127, 3, 1, bias=True), nn.BatchNorm2d(3), nn.ReLU(),
+        nn.Flatten(), nn.LazyLinear(10),
+    )
+
+
+def linear_net():
+    return nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 127), nn.BatchNorm1d(127), nn.Hardtanh(),
+                         nn.Linear(127, 65), nn.BatchNorm1d(65), nn.Hardtanh(), nn.Linear(65, 10))
+
+
+def _check(model, x, method, **options):
+    model(x)  # materialise lazy layers
+    onebit.binarize(model, method, example_input=x, **options)
+    randomize_norms(model)
+    model.eval()
+    with torch.no_grad():
+        expected = model(x)
+    packed = export(model)
+    assert packed.packed_layers(), "at least one layer runs on the engine"
+    got = packed(x)
+    scale = expected.abs().max().item()
+    assert (got - expected).abs().max().item() <= 1e-4 * scale
+    return packed
+
+
+@pytest.mark.parametrize("method", DEPLOYABLE)
+@pytest.mark.parametrize("stride,pad_value", [(1, 0.0), (2, 1.0), (1, -1.0)])
+def test_conv_models_match_pytorch(method, stride, pad_value):
+    if method == "xnor" and pad_value != 0:
+        pad_value = 0.0  # also covered below; K-scaled ±1 padding is tested separately
+    torch.manual_seed(1)
+    _check(conv_net(stride), torch.randn(3, 3, 10, 6), method, pad_value=pad_value, keep_full_precision=("first", "last"))
+
+
+@pytest.mark.parametrize("method", DEPLOYABLE)
+def test_linear_models_match_pytorch(method):
+    torch.manual_seed(2)
+    _check(linear_net(), torch.randn(5, 3, 8, 8), method)
+
+
+@pytest.mark.parametrize("kernel", PATHS)
+@pytest.mark.parametrize("method", ["reactnet", "xnor", "xnorpp"])
+def test_every_kernel_path(kernel, method, monkeypatch):
+    monkeypatch.setenv("ONEBIT_KERNEL", kernel)
+    torch.manual_seed(3)
+    _check(conv_net(2), torch.randn(2, 3, 8, 8), method, pad_value=1.0 if method != "xnor" else -1.0)
+
+
+def test_conv1d_and_padding_modes():
+    torch.manual_seed(4)
+    model = nn.Sequential(nn.Conv1d(1, 33, 5, padding=2), nn.BatchNorm1d(33), nn.Hardtanh(),
+                          nn.Conv1d(33, 65, 3, padding=1, stride=2), nn.BatchNorm1d(65), nn.Hardtanh(),
+                          nn.Conv1d(65, 65, 3, padding=1, padding_mode="reflect"), nn.BatchNorm1d(65),
+                          nn.Hardtanh(), nn.Flatten(), nn.LazyLinear(10))
+    _check(model, torch.randn(3, 1, 40), "bireal", keep_full_precision=("first", "last"))
+
+
+def test_save_load_round_trip_and_file_size(tmp_path):
+    torch.manual_seed(5)
+    model = nn.Sequential(nn.Conv2d(3, 64, 3, padding=1), nn.BatchNorm2d(64), nn.Hardtanh(),
+                          nn.Conv2d(64, 256, 3, padding=1), nn.BatchNorm2d(256), nn.Hardtanh(),
+                          nn.Conv2d(256, 256, 3, padding=1), nn.BatchNorm2d(256), nn.Hardtanh(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(256, 10))
+    x = torch.randn(2, 3, 8, 8)
+    packed = _check(model, x, "reactnet")
+    path = tmp_path / "m.onebit"
+    save(packed, path)
+    again = load(path)
+    assert torch.equal(again(x), packed(x))
+    fp32 = tmp_path / "fp32.pt"
+    torch.save(nn.Sequential(*[m for m in model]).state_dict(), fp32)
+    assert fp32.stat().st_size / path.stat().st_size > 12  # the big layers are 1-bit now
+
+
+def test_bad_files_give_one_clear_error(tmp_path):
+    torch.manual_seed(6)
+    packed = _check(linear_net(), torch.randn(2, 3, 8, 8), "bnn")
+    good = tmp_path / "good.onebit"
+    save(packed, good)
+    data = good.read_bytes()
+    cases = {
+        "truncated": data[: len(data) // 2],
+        "garbage": b"\x00\x01garbage" * 50,
+        "flipped": data[:8] + bytes(b ^ 0xFF for b in data[8:200]) + data[200:],
+        "empty": b"",
+    }
+    for name, content in cases.items():
+        bad = tmp_path / f"{name}.onebit"
+        bad.write_bytes(content)
+        with pytest.raises(ModelFileError):
+            load(bad)
+    from safetensors.torch import save_file
+
+    foreign = tmp_path / "foreign.safetensors"
+    save_file({"w": torch.zeros(3)}, foreign)
+    with pytest.raises(ModelFileError, match="not an onebit packed model"):
+        load(foreign)
+    with pytest.raises(ModelFileError, match="does not exist"):
+        load(tmp_path / "missing.onebit")
+    # a graph that names a function outside the allow-list is refused, not run
+    from safetensors import safe_open
+    from safetensors.torch import save as st_save
+
+    with safe_open(str(good), framework="pt") as fh:
+        meta = fh.metadata()
+        tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+    graph = json.loads(meta["graph"])
+    graph["nodes"].insert(1, {"name": "evil", "op": "call_function", "target": "os.system",
+                              "args": {"tuple": ["echo pwned"]}, "kwargs": {"dict": {}}})
+    meta["graph"] = json.dumps(graph)
+    evil = tmp_path / "evil.onebit"
+    evil.write_bytes(st_save(tensors, metadata=meta))
+    with pytest.raises(ModelFileError, match="not part of the format"):
+        load(evil)
+
+
+def test_corrupt_file_never_crashes_the_process(tmp_path):
+    torch.manual_seed(7)
+    packed = _check(conv_net(1), torch.randn(2, 3, 8, 8), "bireal")
+    good = tmp_path / "good.onebit"
+    save(packed, good)
+    data = bytearray(good.read_bytes())
+    for offset in range(100, len(data), max(1, len(data) // 40)):  # corrupt tensor bytes and header bytes
+        data[offset] ^= 0x5A
+    bad = tmp_path / "bad.onebit"
+    bad.write_bytes(bytes(data))
+    code = (
+        "import sys, torch\n"
+        "from onebit.deploy import load, ModelFileError\n"
+        "try:\n"
+        f"    m = load({str(bad)!r}); m(torch.randn(1, 3, 8, 8))\n"
+        "except Exception as e:\n"
+        "    print(type(e).__name__)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_undeployable_layers_are_named():
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Conv2d(8, 8, 3, groups=2), nn.Conv2d(8, 4, 3))
+    onebit.binarize(model, "bnn")
+    with pytest.raises(NotDeployableError, match="layer '1'.*groups=2"):
+        export(model)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Conv2d(8, 8, 3), nn.Conv2d(8, 4, 3))
+    onebit.binarize(model, "bnn", binarize_weights=False)
+    with pytest.raises(NotDeployableError, match="layer '1'.*full precision"):
+        export(model)
+
+    class Untraceable(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Linear(4, 4)
+            self.b = nn.Linear(4, 4)
+            self.c = nn.Linear(4, 4)
+
+        def forward(self, x):
+            h = self.b(self.a(x))
+            if h.sum() > 0:  # data-dependent control flow
+                h = -h
+            return self.c(h)
+
+    with pytest.raises(ExportError, match="could not trace"):
+        export(onebit.binarize(Untraceable(), "bnn"))

@@ -1,0 +1,381 @@
+"""Packed 1-bit kernels vs the slow float64 reference, on every kernel path the CPU has."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from onebit import _engine
+from onebit.deploy import kernels as K
+
+SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+ODD_CHANNELS = [1, 3, 63, 64, 65, 127, 130]
+
+
+def _kernel_params():
+    out = []
+    for i, name in enumerate(K.KERNELS):
+        marks = []
+        if not _engine.cpu_supports(i):
+            marks.append(pytest.mark.skip(reason=f"this CPU lacks the ISA of the {name} kernel"))
+        out.append(pytest.param(name, marks=marks, id=name))
+    return out
+
+
+@pytest.fixture(params=_kernel_params())
+def kernel(request):
+    K.set_kernel(request.param)
+    yield request.param
+    K.set_kernel(None)
+
+
+@pytest.fixture(autouse=True)
+def _reset():
+    yield
+    K.set_kernel(None)
+    K.set_num_threads(None)
+
+
+def _signs(*shape, gen):
+    return torch.where(torch.rand(*shape, generator=gen) < 0.5, -1.0, 1.0)
+
+
+def _transform(draw_or_none, cout, gen, output):
+    """A random OutputTransform (or None) with every feature toggled by `draw_or_none`."""
+    kind = draw_or_none
+    if kind == 0:
+        return None if output == "float" else K.OutputTransform(output="bits")
+    scale = torch.randn(cout, generator=gen)
+    bias = torch.randn(cout, generator=gen) * 4
+    prelu = torch.rand(cout, generator=gen) if kind >= 2 else None
+    cmin, cmax = (-3.0, 5.0) if kind == 3 else (None, None)
+    thr = torch.randn(cout, generator=gen) if output == "bits" and kind >= 2 else None
+    return K.OutputTransform(scale, bias, prelu, cmin, cmax, output, thr)
+
+
+def _check(y, ref, transform):
+    if isinstance(y, K.PackedActivations):
+        assert torch.equal(K.unpack_activations(y), ref)
+        tail = y.channels % 64
+        if tail:
+            assert not bool((y.data[..., -1] >> tail).any()), "tail bits of the output must be zero"
+    elif transform is None:
+        assert torch.equal(y, ref)  # pure integer accumulations: exact
+    else:
+        torch.testing.assert_close(y, ref, rtol=1e-6, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------
+# packing
+# ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("C", ODD_CHANNELS)
+def test_pack_roundtrip_and_tail_bits(C):
+    g = torch.Generator().manual_seed(C)
+    x = torch.randn(2, C, 3, 5, generator=g)
+    x[0, 0, 0, 0] = 0.0  # sign(0) = +1
+    x[0, 0, 0, 1] = -0.0
+    p = K.pack_activations(x)
+    assert p.data.shape == (2, 3, 5, (C + 63) // 64) and p.data.dtype == torch.int64
+    assert p.shape == (2, C, 3, 5)
+    expect = torch.where(x >= 0, 1.0, -1.0)
+    assert torch.equal(K.unpack_activations(p), expect)
+    if C % 64:
+        assert not bool((p.data[..., -1] >> (C % 64)).any())
+    # channels_last and non-contiguous inputs give the same bits
+    assert torch.equal(K.pack_activations(x.to(memory_format=torch.channels_last)).data, p.data)
+    big = torch.randn(2, C, 6, 10, generator=g)
+    assert torch.equal(K.pack_activations(big[:, :, ::2, ::2]).data, K.pack_activations(big[:, :, ::2, ::2].clone()).data)
+    # linear activations
+    x2 = torch.randn(4, C, generator=g)
+    p2 = K.pack_activations(x2)
+    assert p2.data.shape == (4, (C + 63) // 64)
+    assert torch.equal(K.unpack_activations(p2), torch.where(x2 >= 0, 1.0, -1.0))
+
+
+def test_pack_threshold():
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(1, 70, 4, 4, generator=g)
+    t = torch.randn(70, generator=g)
+    p = K.pack_activations(x, t)
+    assert torch.equal(K.unpack_activations(p), torch.where(x + t.view(1, -1, 1, 1) < 0, -1.0, 1.0))
+    p_cl = K.pack_activations(x.to(memory_format=torch.channels_last), t)
+    assert torch.equal(p_cl.data, p.data)
+    x2 = torch.randn(3, 70, generator=g)
+    assert torch.equal(K.unpack_activations(K.pack_activations(x2, t)), torch.where(x2 + t < 0, -1.0, 1.0))
+
+
+# ------------------------------------------------------------------------------------------
+# convolution / linear vs reference
+# ------------------------------------------------------------------------------------------
+
+
+@st.composite
+def conv_cases(draw):
+    k = draw(st.sampled_from([1, 3, 5]))
+    stride = draw(st.sampled_from([1, 2, 3]))
+    pad = draw(st.integers(0, k // 2 + 1))
+    h = draw(st.integers(max(1, k - 2 * pad), 9))
+    w = draw(st.integers(max(1, k - 2 * pad), 9))
+    return dict(
+        n=draw(st.integers(1, 2)),
+        cin=draw(st.sampled_from(ODD_CHANNELS)),
+        cout=draw(st.sampled_from([1, 5, 32, 33, 64, 70])),
+        h=h, w=w, k=k, stride=stride, pad=pad,
+        pad_value=draw(st.sampled_from([-1, 0, 1])),
+        output=draw(st.sampled_from(["float", "bits"])),
+        tkind=draw(st.integers(0, 3)),
+        seed=draw(st.integers(0, 2**31 - 1)),
+    )  # fmt: skip
+
+
+@SETTINGS
+@given(case=conv_cases())
+def test_conv_matches_reference(kernel, case):
+    c = case
+    g = torch.Generator().manual_seed(c["seed"])
+    x = _signs(c["n"], c["cin"], c["h"], c["w"], gen=g)
+    wt = _signs(c["cout"], c["cin"], c["k"], c["k"], gen=g)
+    tr = _transform(c["tkind"], c["cout"], g, c["output"])
+    kw = dict(stride=c["stride"], padding=c["pad"], pad_value=c["pad_value"], transform=tr)
+    y = K.binary_conv2d(K.pack_activations(x), K.pack_weights(wt), **kw)
+    ref = K.reference_binary_conv2d(x, wt, **kw)
+    if isinstance(y, torch.Tensor):
+        assert y.shape == ref.shape
+    _check(y, ref, tr)
+
+
+@SETTINGS
+@given(case=conv_cases(), planes=st.integers(1, 3), masked=st.booleans(), per_channel=st.booleans())
+def test_multibit_conv_matches_reference(kernel, case, planes, masked, per_channel):
+    c = case
+    g = torch.Generator().manual_seed(c["seed"])
+    x = _signs(c["n"], c["cin"], c["h"], c["w"], gen=g)
+    shape = (c["cout"], c["cin"], c["k"], c["k"])
+    ps = [_signs(*shape, gen=g) for _ in range(planes)]
+    ms = [(torch.rand(*shape, generator=g) < 0.6).float() for _ in range(planes)] if masked else None
+    if masked and planes > 1:
+        ms[0] = None  # a None mask means all-active
+    sc = [torch.rand(c["cout"], generator=g) if per_channel else 0.5**j for j in range(planes)]
+    tr = _transform(c["tkind"], c["cout"], g, c["output"])
+    kw = dict(stride=c["stride"], padding=c["pad"], pad_value=c["pad_value"], transform=tr)
+    wp = K.pack_weight_planes(ps, ms, sc)
+    assert wp.num_planes == planes
+    y = K.binary_conv2d(K.pack_activations(x), wp, **kw)
+    ref = K.reference_binary_conv2d(x, ps, masks=ms, scales=sc, **kw)
+    if isinstance(y, torch.Tensor):
+        torch.testing.assert_close(y, ref, rtol=1e-6, atol=1e-5)
+    else:
+        _check(y, ref, tr)
+
+
+@SETTINGS
+@given(
+    n=st.integers(1, 11),
+    cin=st.sampled_from(ODD_CHANNELS + [512]),
+    cout=st.sampled_from([1, 7, 32, 65, 100]),
+    output=st.sampled_from(["float", "bits"]),
+    tkind=st.integers(0, 3),
+    planes=st.integers(0, 2),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_linear_matches_reference(kernel, n, cin, cout, output, tkind, planes, seed):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, cin, generator=g)
+    tr = _transform(tkind, cout, g, output)
+    if planes == 0:
+        wt = torch.randn(cout, cin, generator=g)  # latent weights: signs are taken
+        y = K.binary_linear(K.pack_activations(x), K.pack_weights(wt), transform=tr)
+        ref = K.reference_binary_linear(x, wt, transform=tr)
+        _check(y, ref, tr)
+        if isinstance(y, torch.Tensor):
+            assert y.shape == (n, cout)
+    else:
+        ps = [_signs(cout, cin, gen=g) for _ in range(planes)]
+        ms = [(torch.rand(cout, cin, generator=g) < 0.5).float() for _ in range(planes)]
+        sc = [torch.rand(cout, generator=g) for _ in range(planes)]
+        y = K.binary_linear(K.pack_activations(x), K.pack_weight_planes(ps, ms, sc), transform=tr)
+        ref = K.reference_binary_linear(x, ps, masks=ms, scales=sc, transform=tr)
+        if isinstance(y, torch.Tensor):
+            torch.testing.assert_close(y, ref, rtol=1e-6, atol=1e-5)
+        else:
+            _check(y, ref, tr)
+
+
+@pytest.mark.parametrize("cin", ODD_CHANNELS)
+@pytest.mark.parametrize("pad_value", [-1, 0, 1])
+def test_conv_every_channel_count_exact(kernel, cin, pad_value):
+    g = torch.Generator().manual_seed(cin)
+    x = _signs(1, cin, 6, 7, gen=g)
+    wt = _signs(33, cin, 3, 3, gen=g)
+    y = K.binary_conv2d(K.pack_activations(x), K.pack_weights(wt), cin, (3, 3), 1, 1, pad_value)
+    ref = K.reference_binary_conv2d(x, wt, 1, 1, pad_value)
+    assert torch.equal(y, ref)
+    assert y.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_chain_bits_into_next_layer(kernel):
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(1, 70, 9, 9, generator=g)
+    w1, w2 = _signs(96, 70, 3, 3, gen=g), _signs(40, 96, 3, 3, gen=g)
+    t1 = K.OutputTransform(torch.rand(96, generator=g), torch.randn(96, generator=g) * 3, output="bits",
+                           threshold=torch.randn(96, generator=g))  # fmt: skip
+    h = K.binary_conv2d(K.pack_activations(x), K.pack_weights(w1), stride=2, padding=1, transform=t1)
+    assert isinstance(h, K.PackedActivations) and h.data.shape == (1, 5, 5, 2)
+    y = K.binary_conv2d(h, K.pack_weights(w2), padding=1, pad_value=-1)
+    h_ref = K.reference_binary_conv2d(x, w1, stride=2, padding=1, transform=t1)
+    assert torch.equal(K.unpack_activations(h), h_ref)
+    assert torch.equal(y, K.reference_binary_conv2d(h_ref, w2, padding=1, pad_value=-1))
+
+
+def test_raw_word_input_with_in_channels(kernel):
+    g = torch.Generator().manual_seed(5)
+    x = _signs(2, 65, 4, 4, gen=g)
+    wt = _signs(8, 65, 3, 3, gen=g)
+    p = K.pack_activations(x)
+    y = K.binary_conv2d(p.data, K.pack_weights(wt), in_channels=65, kernel_size=3)
+    assert torch.equal(y, K.reference_binary_conv2d(x, wt))
+    xl = _signs(3, 65, gen=g)
+    wl = _signs(9, 65, gen=g)
+    yl = K.binary_linear(K.pack_activations(xl).data.to(torch.uint64), K.pack_weights(wl), in_features=65)
+    assert torch.equal(yl, K.reference_binary_linear(xl, wl))
+
+
+# ------------------------------------------------------------------------------------------
+# threads and kernel selection
+# ------------------------------------------------------------------------------------------
+
+
+def test_threads_give_identical_results(kernel):
+    g = torch.Generator().manual_seed(7)
+    x = K.pack_activations(torch.randn(2, 130, 11, 9, generator=g))
+    wp = K.pack_weights(torch.randn(97, 130, 3, 3, generator=g))
+    tr = K.OutputTransform(torch.rand(97, generator=g), torch.randn(97, generator=g))
+    trb = K.OutputTransform(torch.rand(97, generator=g), torch.randn(97, generator=g), output="bits")
+    outs = []
+    for n in (1, 2, 3):
+        K.set_num_threads(n)
+        assert K.get_num_threads() == n
+        outs.append((K.binary_conv2d(x, wp, padding=1, transform=tr),
+                     K.binary_conv2d(x, wp, stride=2, padding=1, transform=trb).data))  # fmt: skip
+    for a, b in outs[1:]:
+        assert torch.equal(a, outs[0][0]) and torch.equal(b, outs[0][1])
+
+
+def test_default_threads_follow_torch():
+    K.set_num_threads(None)
+    assert K.get_num_threads() == max(1, torch.get_num_threads())
+    for bad in (0, -1, 1.5, True, "2"):
+        with pytest.raises(ValueError, match="set_num_threads"):
+            K.set_num_threads(bad)
+
+
+def test_kernel_selection(monkeypatch):
+    avail = K.available_kernels()
+    assert avail[0] == "portable"
+    monkeypatch.delenv("ONEBIT_KERNEL", raising=False)
+    assert K.active_kernel() == avail[-1]
+    monkeypatch.setenv("ONEBIT_KERNEL", "portable")
+    assert K.active_kernel() == "portable"
+    K.set_kernel(avail[-1])  # explicit choice wins over the environment
+    assert K.active_kernel() == avail[-1]
+    K.set_kernel(None)
+    monkeypatch.setenv("ONEBIT_KERNEL", "sse9")
+    with pytest.raises(ValueError, match="ONEBIT_KERNEL.*unknown kernel 'sse9'"):
+        K.active_kernel()
+    x = K.pack_activations(torch.randn(1, 3, 3, 3))
+    with pytest.raises(ValueError, match="ONEBIT_KERNEL"):
+        K.binary_conv2d(x, K.pack_weights(torch.randn(2, 3, 1, 1)))
+    with pytest.raises(ValueError, match="unknown kernel"):
+        K.set_kernel("neon")
+    missing = [k for k in K.KERNELS if k not in avail]
+    for name in missing:
+        with pytest.raises(K.KernelUnavailableError, match="not supported by this CPU"):
+            K.set_kernel(name)
+        monkeypatch.setenv("ONEBIT_KERNEL", name)
+        with pytest.raises(K.KernelUnavailableError):
+            K.active_kernel()
+
+
+def test_popcount_peak_positive(kernel):
+    assert K.popcount_peak(kernel, iterations=10_000) > 0
+
+
+# ------------------------------------------------------------------------------------------
+# bad inputs
+# ------------------------------------------------------------------------------------------
+
+
+def test_bad_inputs_raise_clear_errors():
+    x = torch.randn(1, 8, 5, 5)
+    p = K.pack_activations(x)
+    w = K.pack_weights(torch.randn(4, 8, 3, 3))
+    with pytest.raises(TypeError, match="float32"):
+        K.pack_activations(x.double())
+    with pytest.raises(TypeError, match="torch.Tensor"):
+        K.pack_activations(x.numpy())
+    with pytest.raises(ValueError, match=r"\(N, C, H, W\)"):
+        K.pack_activations(torch.randn(2, 3, 4))
+    with pytest.raises(ValueError, match="threshold"):
+        K.pack_activations(x, torch.randn(7))
+    with pytest.raises(ValueError, match="input channels"):
+        K.binary_conv2d(p, K.pack_weights(torch.randn(4, 9, 3, 3)))
+    with pytest.raises(ValueError, match="in_channels"):
+        K.binary_conv2d(p.data, w)
+    with pytest.raises(TypeError, match="int64"):
+        K.binary_conv2d(p.data.float(), w, in_channels=8)
+    with pytest.raises(ValueError, match="words"):
+        K.binary_conv2d(p.data, w, in_channels=65)
+    with pytest.raises(ValueError, match="4-D"):
+        K.binary_conv2d(p.data[0], w, in_channels=8)
+    with pytest.raises(ValueError, match="pad_value"):
+        K.binary_conv2d(p, w, padding=1, pad_value=2)
+    with pytest.raises(ValueError, match="stride"):
+        K.binary_conv2d(p, w, stride=0)
+    with pytest.raises(ValueError, match="does not fit"):
+        K.binary_conv2d(K.pack_activations(torch.randn(1, 8, 2, 2)), w)
+    with pytest.raises(ValueError, match="kernel_size"):
+        K.binary_conv2d(p, w, kernel_size=5)
+    with pytest.raises(NotImplementedError, match="depthwise"):
+        K.binary_conv2d(p, w, groups=8)
+    with pytest.raises(NotImplementedError, match="dilation"):
+        K.binary_conv2d(p, w, dilation=2)
+    with pytest.raises(TypeError, match="PackedWeights"):
+        K.binary_conv2d(p, torch.randn(4, 8, 3, 3))
+    with pytest.raises(ValueError, match="linear"):
+        K.binary_linear(K.pack_activations(torch.randn(1, 8)), w)
+    with pytest.raises(ValueError, match="2-D"):
+        K.binary_linear(p, K.pack_weights(torch.randn(4, 8)))
+    with pytest.raises(ValueError, match="output"):
+        K.OutputTransform(output="int8")
+    with pytest.raises(ValueError, match="threshold"):
+        K.OutputTransform(threshold=1.0)
+    with pytest.raises(ValueError, match=r"scale: expected shape \(4,\)"):
+        K.binary_conv2d(p, w, padding=1, transform=K.OutputTransform(scale=torch.ones(5)))
+    with pytest.raises(ValueError, match="words"):
+        K.PackedActivations(torch.zeros(1, 2, 2, 2, dtype=torch.int64), 3)
+    with pytest.raises(TypeError, match="int64"):
+        K.PackedActivations(torch.zeros(1, 2, 2, 1), 3)
+    with pytest.raises(ValueError, match="only 0 and 1"):
+        K.pack_weight_planes([torch.ones(2, 3)], [torch.full((2, 3), 2.0)])
+    with pytest.raises(ValueError, match="2 planes but 1 masks"):
+        K.pack_weight_planes([torch.ones(2, 3)] * 2, [None])
+    with pytest.raises(ValueError, match="expected"):
+        K.pack_weight_planes([torch.ones(2, 3), torch.ones(2, 4)])
+    with pytest.raises(TypeError, match="floating-point"):
+        K.pack_weights(torch.ones(2, 3, dtype=torch.int64))
+
+
+def test_engine_rejects_inconsistent_layers():
+    """The private C++ layer re-checks what it is given (no silent out-of-bounds access)."""
+    w = K.pack_weights(torch.randn(4, 8, 3, 3))
+    with pytest.raises(ValueError, match="bits"):
+        _engine.Weights(w.bits, None, w.base, w.wsum, w.scales, 70, 4)
+    t = K.OutputTransform().resolved(5)["engine"]
+    x = K.pack_activations(torch.randn(1, 8, 4, 4)).data
+    out = torch.empty(1, 2, 2, 4)
+    with pytest.raises(ValueError, match="transform is for 5 channels"):
+        _engine.conv2d(x.data_ptr(), 1, 4, 4, w.engine_weights(), t, 1, 1, 0, 0, 0, out.data_ptr(), 0, 1)
