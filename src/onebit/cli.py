@@ -101,6 +101,106 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .deploy import export, save
+    from .train.trainer import load_checkpoint, load_run_model
+
+    if args.format != "onebit":
+        raise NotImplementedError(
+            f"--format {args.format}: only the onebit packed format is available in this version"
+        )
+    model, recipe, stage = load_run_model(args.checkpoint)
+    payload = load_checkpoint(args.checkpoint)
+    meta = {"recipe": recipe.name, "model": (stage.model or recipe.model).name, "method": stage.method,
+            "data": payload.get("data_info", {})}
+    packed = export(model, meta=meta)
+    save(packed, args.out)
+    size = Path(args.out).stat().st_size
+    print(f"exported {len(packed.packed_layers())} packed layers ({stage.method}) -> {args.out} ({size / 1024:.1f} KiB)")
+    return 0
+
+
+def _read_input(path: str) -> Any:
+    """A batch from .npy (no pickle), .safetensors (its single tensor) or an image file."""
+    import numpy as np
+    import torch
+
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"input {path} does not exist; give a .npy, .safetensors or image file")
+    if p.suffix == ".npy":
+        try:
+            return torch.from_numpy(np.load(p, allow_pickle=False)).float(), False
+        except ValueError as err:
+            raise ValueError(f"input {path}: not a plain numeric .npy array ({err})") from None
+    if p.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        tensors = load_file(str(p))
+        if len(tensors) != 1:
+            raise ValueError(f"input {path}: expected exactly one tensor, found {len(tensors)}")
+        return next(iter(tensors.values())).float(), False
+    try:
+        from PIL import Image
+    except ImportError:
+        raise ImportError("reading images needs Pillow: pip install pillow") from None
+    try:
+        image = Image.open(p)
+        image.load()
+    except Exception as err:
+        raise ValueError(f"input {path}: not a readable image ({type(err).__name__})") from None
+    return image, True
+
+
+def _image_tensor(image: Any, info: dict[str, Any]) -> Any:
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+
+    shape = info.get("input_shape")
+    if not shape or len(shape) != 3:
+        raise ValueError("this model's file records no image input shape; pass a .npy batch instead")
+    channels, height, width = shape
+    image = image.convert("L" if channels == 1 else "RGB")
+    x = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0)
+    x = x.unsqueeze(0) if x.dim() == 2 else x.permute(2, 0, 1)
+    x = F.interpolate(x.unsqueeze(0), size=(height, width), mode="bilinear", align_corners=False)
+    mean = torch.tensor(info.get("mean", [0.0] * channels)).reshape(1, -1, 1, 1)
+    std = torch.tensor(info.get("std", [1.0] * channels)).reshape(1, -1, 1, 1)
+    return (x - mean) / std
+
+
+def _cmd_infer(args: argparse.Namespace) -> int:
+    import torch
+
+    from .deploy import kernels, load
+
+    packed = load(args.model)
+    if args.threads:
+        kernels.set_num_threads(args.threads)
+    data, is_image = _read_input(args.input)
+    info = packed.meta.get("data", {})
+    x = _image_tensor(data, info) if is_image else data
+    shape = info.get("input_shape")
+    if shape and tuple(x.shape[1:]) != tuple(shape):
+        if tuple(x.shape) == tuple(shape):
+            x = x.unsqueeze(0)
+        else:
+            raise ValueError(f"input has shape {tuple(x.shape)}; this model takes batches of {tuple(shape)}")
+    logits = packed(x)
+    if args.out:
+        import numpy as np
+
+        np.save(args.out, logits.numpy())
+    probs = torch.softmax(logits, dim=-1)
+    classes = info.get("classes") or []
+    top = probs.topk(min(args.top, probs.shape[-1]), dim=-1)
+    for i, (values, indices) in enumerate(zip(top.values, top.indices)):
+        parts = [f"{classes[j] if j < len(classes) else j}: {v:.3f}" for v, j in zip(values.tolist(), indices.tolist())]
+        print(f"sample {i}: " + ", ".join(parts))
+    return 0
+
+
 def _cmd_methods(args: argparse.Namespace) -> int:
     from . import methods
 
@@ -151,6 +251,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--root", help="dataset directory")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser("export", help="export a trained run to a packed 1-bit model file")
+    p.add_argument("checkpoint", help="a run directory or its model.pt (from onebit train)")
+    p.add_argument("out", help="the packed model file to write (e.g. model.onebit)")
+    p.add_argument("--format", default="onebit", choices=["onebit", "lce", "onnx", "qonnx"],
+                   help="output format (onebit: the packed engine's safetensors+JSON file)")
+    p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser("infer", help="run a packed model on an input file and print the top classes")
+    p.add_argument("model", help="a packed model file written by onebit export")
+    p.add_argument("input", help="a .npy or .safetensors batch, or an image file")
+    p.add_argument("--top", type=int, default=3, help="classes to print per sample")
+    p.add_argument("--out", help="also save the logits as .npy")
+    p.add_argument("--threads", type=int, help="engine threads (default: torch's)")
+    p.set_defaults(func=_cmd_infer)
 
     p = sub.add_parser("methods", help="list the binarization methods")
     p.set_defaults(func=_cmd_methods)

@@ -14,7 +14,14 @@ import onebit
 from onebit.deploy import ExportError, ModelFileError, export, kernels, load, save
 from onebit.methods import NotDeployableError
 
-DEPLOYABLE = [m for m in onebit.methods.available() if m not in ("biper", "bnn++", "pcpp-pc", "hbnn")]
+DEPLOYABLE = onebit.methods.available()
+
+
+def finish_training(model, method):
+    """Bring a model to its deployable state: BiPer's stage 2, the hard sign at the end of PC++."""
+    if method == "biper":
+        onebit.methods.biper.to_stage2(model)
+    onebit.schedule_step(model, 10, 10)
 PATHS = [k for k in kernels.available_kernels()]
 
 
@@ -63,6 +70,7 @@ def linear_net():
 def _check(model, x, method, **options):
     model(x)  # materialise lazy layers
     onebit.binarize(model, method, example_input=x, **options)
+    finish_training(model, method)
     randomize_norms(model)
     model.eval()
     with torch.no_grad():
@@ -91,7 +99,7 @@ def test_linear_models_match_pytorch(method):
 
 
 @pytest.mark.parametrize("kernel", PATHS)
-@pytest.mark.parametrize("method", ["reactnet", "xnor", "xnorpp"])
+@pytest.mark.parametrize("method", ["reactnet", "xnor", "xnorpp", "hbnn"])
 def test_every_kernel_path(kernel, method, monkeypatch):
     monkeypatch.setenv("ONEBIT_KERNEL", kernel)
     torch.manual_seed(3)
@@ -213,3 +221,58 @@ def test_undeployable_layers_are_named():
 
     with pytest.raises(ExportError, match="could not trace"):
         export(onebit.binarize(Untraceable(), "bnn"))
+    stage1 = onebit.binarize(nn.Sequential(nn.Linear(4, 8), nn.Linear(8, 8), nn.Linear(8, 2)), "biper")
+    with pytest.raises(NotDeployableError, match="layer '1'.*stage"):
+        export(stage1)
+    midway = onebit.binarize(nn.Sequential(nn.Linear(4, 8), nn.Linear(8, 8), nn.Linear(8, 2)), "bnn++")
+    onebit.schedule_step(midway, 3, 10)
+    with pytest.raises(NotDeployableError, match="layer '1'"):
+        export(midway)
+
+
+@pytest.mark.parametrize("name,options,shape", [
+    ("resnet20", {}, (2, 3, 32, 32)),
+    ("resnet18_imagenet", {"bireal": True}, (2, 3, 64, 64)),
+    ("vgg_small", {"input_size": 16}, (2, 3, 16, 16)),
+    ("reactnet_a", {"width": 0.25, "input_size": 32}, (2, 3, 32, 32)),
+    ("conv1d", {}, (2, 1, 40)),
+    ("mlp", {"hidden": (64, 65, 63), "input_shape": (1, 8, 8)}, (3, 1, 8, 8)),
+])
+@pytest.mark.parametrize("method", ["reactnet", "xnor", "hbnn", "irnet", "pcpp-bnn"])
+def test_zoo_models_export(name, options, shape, method):
+    import onebit.models
+
+    torch.manual_seed(8)
+    model = onebit.models.create(name, num_classes=10, method=method, **options)
+    x = torch.randn(shape)
+    model(x)
+    randomize_norms(model)
+    model.eval()
+    with torch.no_grad():
+        expected = model(x)
+    got = export(model)(x)
+    assert (got - expected).abs().max().item() <= 1e-4 * expected.abs().max().item()
+
+
+@pytest.mark.parametrize("method", ["dorefa", "reactnet", "xnor", "hbnn"])
+def test_vit_layers_match_one_by_one(method):
+    """In a ViT, Linear → GELU → binary Linear passes exact integer zeros (GELU(0) = 0) to the next
+    sign; torch's float accumulation leaves ±1e-9 noise there, so a whole-network comparison flips
+    signs at those ties by chance. Each packed layer must still reproduce its PyTorch layer."""
+    import onebit.models
+
+    torch.manual_seed(9)
+    model = onebit.models.create("vit", num_classes=10, method=method, img_size=16, patch_size=4, dim=32,
+                                 depth=2, heads=2).eval()
+    x = torch.randn(2, 3, 16, 16)
+    seen = {}
+    hooks = [m.register_forward_hook(lambda m, i, o, n=n: seen.__setitem__(n, (i[0], o)))
+             for n, m in model.named_modules() if isinstance(m, onebit.nn.BinaryLayer)]
+    with torch.no_grad():
+        model(x)
+    for h in hooks:
+        h.remove()
+    packed = dict(export(model).net.named_modules())
+    assert len(seen) == 8
+    for name, (inp, out) in seen.items():
+        assert (packed[name](inp) - out).abs().max().item() <= 1e-5 * out.abs().max().item(), name

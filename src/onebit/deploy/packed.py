@@ -53,7 +53,7 @@ class _PackedBase(nn.Module):
         self._tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
         self.signs = [unpack_bits(self._tensors[f"plane{j}"], shape) for j in range(self.planes)]
         self.masks = [
-            unpack_bits(self._tensors[f"mask{j}"], shape) > 0 if f"mask{j}" in self._tensors else None
+            unpack_bits(self._tensors[f"mask{j}"], shape) < 0 if f"mask{j}" in self._tensors else None
             for j in range(self.planes)
         ]
         self.plane_scales = [self._tensors[f"plane_scale{j}"].float() for j in range(self.planes)]

@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.fx._symbolic_trace import is_fx_symbolic_tracing as is_fx_tracing
 
 from ..methods import Method
 from ..nn import BinaryConv1d, BinaryConv2d, BinaryLinear, RPReLU
@@ -120,3 +121,13 @@ class ZooModel(nn.Module):
 
     def extra_repr(self) -> str:
         return f"input_shape={self.input_shape}, num_classes={self.num_classes}, method={self.method!r}"
+
+
+def check_input_shape(model: str, x: Tensor, expected: tuple[int, ...], dims: int, hint: str) -> None:
+    """Raise a clear error when the last ``dims`` dimensions of ``x`` differ from ``expected``'s.
+
+    Skipped while torch.fx traces the model (for export), where shapes are symbolic."""
+    if is_fx_tracing():
+        return
+    if tuple(x.shape[-dims:]) != tuple(expected[-dims:]):
+        raise ValueError(f"{model} was built for inputs of shape {tuple(expected)}, got batch {tuple(x.shape)}; {hint}")

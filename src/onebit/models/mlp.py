@@ -14,7 +14,14 @@ import math
 
 from torch import Tensor, nn
 
-from ._layers import ACTIVATIONS, LayerFactory, ZooModel, make_activation, resolve_activation
+from ._layers import (
+    ACTIVATIONS,
+    LayerFactory,
+    ZooModel,
+    check_input_shape,
+    make_activation,
+    resolve_activation,
+)
 from ._registry import ModelSpec, Option, is_choice, is_int, is_int_tuple, register
 
 __all__ = ["MLP", "Conv1dNet"]
@@ -45,8 +52,7 @@ class MLP(ZooModel):
         self._record(shape, num_classes, layers)
 
     def forward(self, x: Tensor) -> Tensor:
-        if tuple(x.shape[1:]) != self.input_shape:
-            raise ValueError(f"MLP was built for samples of shape {self.input_shape}, got batch {tuple(x.shape)}")
+        check_input_shape("MLP", x, self.input_shape, len(self.input_shape), "build it with input_shape=...")
         return self.net(x)
 
 
@@ -83,10 +89,7 @@ class Conv1dNet(ZooModel):
         self._record((in_channels, length), num_classes, layers)
 
     def forward(self, x: Tensor) -> Tensor:
-        if tuple(x.shape[1:]) != self.input_shape:
-            raise ValueError(
-                f"Conv1dNet was built for (channels, length) = {self.input_shape}, got batch {tuple(x.shape)}"
-            )
+        check_input_shape("Conv1dNet", x, self.input_shape, 2, "build it with length=... and in_channels=...")
         return self.fc(self.features(x).flatten(1))
 
 

@@ -10,7 +10,14 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from ._layers import ACTIVATIONS, LayerFactory, ZooModel, make_activation, resolve_activation
+from ._layers import (
+    ACTIVATIONS,
+    LayerFactory,
+    ZooModel,
+    check_input_shape,
+    make_activation,
+    resolve_activation,
+)
 from ._registry import ModelSpec, Option, is_choice, is_int, register
 
 __all__ = ["VGGSmall"]
@@ -49,11 +56,8 @@ class VGGSmall(ZooModel):
         self._record((in_channels, input_size, input_size), num_classes, layers)
 
     def forward(self, x: Tensor) -> Tensor:
-        if x.shape[-2:] != self.input_shape[-2:]:
-            raise ValueError(
-                f"VGGSmall was built for {self.input_shape[-2]}x{self.input_shape[-1]} inputs (its classifier "
-                f"flattens the feature map), got {tuple(x.shape)}; build it with input_size={x.shape[-1]}"
-            )
+        check_input_shape("VGGSmall", x, self.input_shape, 2,
+                          f"its classifier flattens the feature map: build it with input_size={x.shape[-1]}")
         return self.fc(self.features(x).flatten(1))
 
 

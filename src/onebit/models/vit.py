@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._layers import LayerFactory, ZooModel
+from ._layers import LayerFactory, ZooModel, check_input_shape
 from ._registry import ModelSpec, Option, is_int, is_positive_number, register
 
 __all__ = ["Attention", "MLPBlock", "TransformerBlock", "ViT"]
@@ -107,11 +107,8 @@ class ViT(ZooModel):
                 nn.init.zeros_(lin.bias)
 
     def forward(self, x: Tensor) -> Tensor:
-        if x.shape[-2:] != self.input_shape[-2:]:
-            raise ValueError(
-                f"ViT was built for {self.input_shape[-2]}x{self.input_shape[-1]} images (its position "
-                f"embedding has one entry per patch), got {tuple(x.shape)}; build it with img_size={x.shape[-1]}"
-            )
+        check_input_shape("ViT", x, self.input_shape, 2,
+                          f"its position embedding has one entry per patch: build it with img_size={x.shape[-1]}")
         x = self.patch_embed(x).flatten(2).transpose(1, 2)
         x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embed
         x = self.norm(self.blocks(x))

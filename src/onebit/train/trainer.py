@@ -503,6 +503,7 @@ def _run(recipe: Recipe, run_dir: Path, resume: bool, device: torch.device, show
             save_checkpoint(_stage_file(run_dir, stage), {
                 "recipe": recipe.to_dict(), "stage_index": index, "model": model.state_dict(),
                 "test_acc": test_acc, "data_shape": [bundle.num_classes, list(input_shape)],
+                "data_info": _data_info(bundle),
             })
         procs.barrier()
 
@@ -573,6 +574,13 @@ def _train_epoch(net: nn.Module, model: nn.Module, teacher: nn.Module | None, op
     }
 
 
+def _data_info(bundle: Any) -> dict[str, Any]:
+    """What inference needs to prepare raw inputs: the normalization and the class names."""
+    return {"name": bundle.name, "num_classes": bundle.num_classes, "input_shape": list(bundle.input_shape),
+            "mean": [float(v) for v in bundle.mean], "std": [float(v) for v in bundle.std],
+            "classes": [str(c) for c in getattr(bundle, "classes", ())]}
+
+
 def _write_summary(run_dir: Path, recipe: Recipe, history: list[dict[str, Any]]) -> None:
     summary = {
         "recipe": recipe.name, "data": recipe.data.name, "model": recipe.model.name,
@@ -596,9 +604,9 @@ def _mean(values: list[float]) -> float | None:
 # --------------------------------------------------------------------------------------------------
 # Using a finished run
 # --------------------------------------------------------------------------------------------------
-def load_run_model(checkpoint: str | Path) -> tuple[nn.Module, Recipe, Any]:
+def load_run_model(checkpoint: str | Path) -> tuple[nn.Module, Recipe, Stage]:
     """The trained model of a run (``model.pt`` or a run directory), in eval mode, with its recipe and
-    the data bundle it was trained on (not loaded: call :func:`load_data` for that)."""
+    the stage that produced it."""
     payload = load_checkpoint(checkpoint)
     try:
         recipe = load_recipe(payload["recipe"])
