@@ -116,7 +116,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
     packed = export(model, meta=meta)
     save(packed, args.out)
     size = Path(args.out).stat().st_size
-    print(f"exported {len(packed.packed_layers())} packed layers ({stage.method}) -> {args.out} ({size / 1024:.1f} KiB)")
+    count = len(packed.packed_layers())
+    print(f"exported {count} packed layers ({stage.method}) -> {args.out} ({size / 1024:.1f} KiB)")
     return 0
 
 

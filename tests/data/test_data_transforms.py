@@ -118,7 +118,7 @@ def test_random_resized_crop_shape_and_params_in_bounds() -> None:
     g = _gen(5)
     for _ in range(50):
         top, left, h, w = rrc.get_params(30, 50, g)
-        assert 0 <= top and top + h <= 30 and 0 <= left and left + w <= 50 and h > 0 and w > 0
+        assert top >= 0 and top + h <= 30 and left >= 0 and left + w <= 50 and h > 0 and w > 0
     assert rrc(torch.rand(3, 30, 50), g).shape == (3, 8, 8)
     # A full-area crop of a constant image resizes to the same constant.
     full = RandomResizedCrop(4, scale=(1.0, 1.0), ratio=(1.0, 1.0))

@@ -193,7 +193,8 @@ def test_fda_gradient_and_noise_only_in_training():
 
 
 @pytest.mark.parametrize(
-    "epoch,terms,alpha", [(0, 9, 0.05 * (1 + math.cos(math.pi * 0.1))), (5, 13, 0.05 * (1 + math.cos(0.6 * math.pi))), (9, 17, 0.0)]
+    "epoch,terms,alpha",
+    [(0, 9, 0.05 * (1 + math.cos(math.pi * 0.1))), (5, 13, 0.05 * (1 + math.cos(0.6 * math.pi))), (9, 17, 0.0)],
 )
 def test_fda_schedule(epoch, terms, alpha):
     layer = linear("fda")

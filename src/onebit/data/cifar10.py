@@ -106,7 +106,7 @@ def _unpickle(path: Path) -> Any:
             f"{path} is not a CIFAR-10 batch file: {exc}. Replace it with the file from the official "
             f"archive.\n{LAYOUT}"
         ) from None
-    except Exception as exc:  # noqa: BLE001 - any unpickling failure means the same thing: bad file
+    except Exception as exc:
         raise ValueError(
             f"{path} is corrupt or not a CIFAR-10 batch file ({type(exc).__name__}: {exc}).\n{LAYOUT}"
         ) from None
@@ -129,7 +129,7 @@ def read_batch(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray]:
     fmt = "expected a dict with b'data' (uint8 array of shape (N, 3072)) and b'labels' (N ints in 0..9)"
     if not isinstance(obj, dict):
         # ValueError, not TypeError: every kind of bad file is reported as the same error type.
-        raise ValueError(f"{path} holds a {type(obj).__name__}, not a CIFAR-10 batch: {fmt}\n{LAYOUT}")  # noqa: TRY004
+        raise ValueError(f"{path} holds a {type(obj).__name__}, not a CIFAR-10 batch: {fmt}\n{LAYOUT}")
     data, labels = _get(obj, "data"), _get(obj, "labels")
     if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
         got = f"{data.dtype} array of shape {data.shape}" if isinstance(data, np.ndarray) else repr(type(data))

@@ -42,7 +42,7 @@ class PackedModel(nn.Module):
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         return self.net(*args, **kwargs)
 
-    def train(self, mode: bool = True) -> PackedModel:  # noqa: D401 - inference only
+    def train(self, mode: bool = True) -> PackedModel:
         return super().train(False)
 
     def packed_layers(self) -> list[str]:
@@ -124,5 +124,6 @@ def load(path: str | Path) -> PackedModel:
     except ExportError as err:
         raise ModelFileError(f"{path}: {err}") from None
     except Exception as err:
-        raise ModelFileError(f"{path}: the graph description is invalid ({type(err).__name__}: {str(err)[:200]})") from None
+        reason = f"{type(err).__name__}: {str(err)[:200]}"
+        raise ModelFileError(f"{path}: the graph description is invalid ({reason})") from None
     return PackedModel(gm, meta)

@@ -16,7 +16,7 @@ from torch import Tensor, fx, nn
 from ..methods.base import NotDeployableError
 from ..nn.blocks import LearnableBias, RPReLU, RSign
 from ..nn.layers import BinaryLayer
-from .packed import PackedBinary, PackedBinaryWeightOnly, _PackedBase, build_packed, pack_layer
+from .packed import _PackedBase, build_packed, pack_layer
 
 __all__ = ["trace", "fuse", "graph_to_json", "graph_from_json", "ExportError", "SUPPORTED_MODULES"]
 
@@ -129,7 +129,9 @@ _DTYPES = {str(d).split(".")[-1]: d for d in (torch.float32, torch.float64, torc
 # --------------------------------------------------------------------------------------------------
 class _Tracer(fx.Tracer):
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return isinstance(m, (BinaryLayer, _PackedBase)) or type(m) in _TYPE_NAMES or super().is_leaf_module(m, qualname)
+        if isinstance(m, (BinaryLayer, _PackedBase)) or type(m) in _TYPE_NAMES:
+            return True
+        return super().is_leaf_module(m, qualname)
 
 
 def trace(model: nn.Module) -> fx.GraphModule:
@@ -168,7 +170,9 @@ def fuse(gm: fx.GraphModule, *, fold_batchnorm: bool = True, fuse_activations: b
         current = node
         if fold_batchnorm:
             nxt = _single_user(current)
-            if nxt is not None and nxt.op == "call_module" and isinstance(modules.get(nxt.target), nn.modules.batchnorm._BatchNorm):
+            is_bn = nxt is not None and nxt.op == "call_module" and isinstance(
+                modules.get(nxt.target), nn.modules.batchnorm._BatchNorm)
+            if is_bn:
                 bn = modules[nxt.target]
                 if bn.track_running_stats and bn.running_var is not None:
                     packed.fold_batchnorm(bn)

@@ -526,7 +526,8 @@ def _packed_input(x: PackedActivations | torch.Tensor, channels: int | None, dim
         raise ValueError(f"{fn}: packed input must be {dims}-D, got shape {tuple(data.shape)}")
     if not isinstance(channels, int) or channels < 1 or data.shape[-1] != _words(channels):
         raise ValueError(
-            f"{fn}: {channels} input channels need {_words(channels) if isinstance(channels, int) and channels > 0 else '?'} "
+            f"{fn}: {channels} input channels need "
+            f"{_words(channels) if isinstance(channels, int) and channels > 0 else '?'} "
             f"words per pixel, packed input has {data.shape[-1]}"
         )
     return data.contiguous(), channels
@@ -668,7 +669,7 @@ def _reference_transform(acc_planes: list[torch.Tensor], mus: list[torch.Tensor]
 
 def _reference_planes(weight, masks, scales, cout_dim_ok: int):
     planes = list(weight) if isinstance(weight, (list, tuple)) else [weight]
-    ps, ms, mus = [], [], []
+    ps, mus = [], []
     for j, p in enumerate(planes):
         p = p.detach().cpu().to(torch.float64)
         sign = torch.where(p >= 0, 1.0, -1.0).to(torch.float64)

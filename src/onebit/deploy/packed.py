@@ -127,7 +127,8 @@ class PackedBinary(_PackedBase):
         w_shape = shape if self.kind != "conv1d" else (shape[0], shape[1], 1, shape[2])
         self.packed = kernels.pack_weight_planes(
             [s.reshape(w_shape) for s in self.signs],
-            None if all(m is None for m in self.masks) else [None if m is None else m.reshape(w_shape).to(torch.uint8) for m in self.masks],
+            None if all(m is None for m in self.masks)
+            else [None if m is None else m.reshape(w_shape).to(torch.uint8) for m in self.masks],
             [s.reshape(-1) for s in self.plane_scales],
         )
         self.padding = tuple(config.get("padding", (0, 0)))

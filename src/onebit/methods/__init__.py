@@ -4,11 +4,9 @@
 lives in one file of this package and registers itself with :func:`register`.
 """
 
-from . import base, functional
-from .base import InferenceForm, Method, NotDeployableError, Option, available, get, method_class, register
-
 # Importing a method module registers it.
-from . import biper, bireal, bnn, dorefa, fda, hbnn, irnet, proxconnect, reactnet, recu, xnor, xnorpp  # noqa: E402,F401
+from . import base, biper, bireal, bnn, dorefa, fda, functional, hbnn, irnet, proxconnect, reactnet, recu, xnor, xnorpp  # noqa: F401
+from .base import InferenceForm, Method, NotDeployableError, Option, available, get, method_class, register
 
 __all__ = [
     "InferenceForm",

@@ -81,10 +81,11 @@ class Option:
         elif self.low is not None or self.high is not None:
             if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
                 problem = "not a number"
-            elif self.low is not None and (value < self.low or (self.low_open and value == self.low)):
-                problem = "out of range"
-            elif self.high is not None and (value > self.high or (self.high_open and value == self.high)):
-                problem = "out of range"
+            else:
+                below = self.low is not None and (value < self.low or (self.low_open and value == self.low))
+                above = self.high is not None and (value > self.high or (self.high_open and value == self.high))
+                if below or above:
+                    problem = "out of range"
         if problem is None and self.check is not None:
             problem = self.check(value)
         if problem is not None:

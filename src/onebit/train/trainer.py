@@ -334,7 +334,8 @@ def _load_init(model: nn.Module, state: dict[str, Tensor], source: str) -> None:
     initialisation (fine-tuning a binary net from a full-precision one), anything else must match."""
     own = model.state_dict()
     for key, value in state.items():
-        if key in own and own[key].shape != value.shape and not isinstance(own[key], nn.parameter.UninitializedParameter):
+        lazy = isinstance(own.get(key), nn.parameter.UninitializedParameter)
+        if key in own and not lazy and own[key].shape != value.shape:
             raise RecipeError(f"recipe: init from {source}: {key} has shape {tuple(value.shape)}, "
                               f"this stage's model has {tuple(own[key].shape)}")
     result = model.load_state_dict(state, strict=False)
@@ -471,7 +472,8 @@ def _run(recipe: Recipe, run_dir: Path, resume: bool, device: torch.device, show
         if procs.world > 1:
             if device.type == "cuda":  # batch statistics over the global batch, as one process sees them
                 model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-            net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+            ids = [device.index] if device.type == "cuda" else None
+            net = nn.parallel.DistributedDataParallel(model, device_ids=ids)
 
         for epoch in range(start_epoch, stage.epochs):
             torch.manual_seed(derive_seed(recipe.seed, index, epoch))
