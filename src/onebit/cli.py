@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -88,8 +89,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     recipe = _recipe_from_args(args)
     out = args.out or str(Path("runs") / recipe.name)
-    train(recipe, out, resume=args.resume, device=args.device, progress=not args.quiet,
-          num_workers=args.workers)
+    result = train(recipe, out, resume=args.resume, device=args.device, progress=not args.quiet,
+                   num_workers=args.workers)
+    if args.quiet and int(os.environ.get("RANK", "0")) == 0:  # --quiet keeps the final line
+        print(f"test accuracy: {result.test_accuracy:.2f}% -> {Path(out) / 'model.pt'}")
     return 0
 
 

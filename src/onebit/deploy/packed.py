@@ -137,6 +137,16 @@ class PackedBinary(_PackedBase):
         self.padding_mode = config.get("padding_mode", "zeros")
 
     def _transform(self) -> Any:
+        """The fused epilogue (built once: the engine caches its resolved vectors inside it)."""
+        key = (id(self._tensors.get("post_scale")), id(self._tensors.get("post_bias")),
+               id(self._tensors.get("prelu")), str(self.config.get("clamp")))
+        cached = getattr(self, "_transform_cache", None)
+        if cached is None or cached[0] != key:
+            cached = (key, self._build_transform())
+            self._transform_cache = cached
+        return cached[1]
+
+    def _build_transform(self) -> Any:
         """The fused epilogue when nothing runtime-dependent (K, spatial scale) sits before it."""
         t = self._tensors
         scale = t.get("out_scale")
@@ -194,8 +204,10 @@ class PackedBinary(_PackedBase):
                 y = y * k.reshape((-1,) + (1,) * (y.dim() - 1))
             y = self._epilogue_torch(y)
         if self.kind == "linear":
-            y = y.reshape(lead + (y.shape[-1],))
-        return y.contiguous()
+            return y.reshape(lead + (y.shape[-1],))
+        # The engine writes NHWC: conv outputs stay channels_last (torch's pooling, convolutions and
+        # element-wise ops run fastest in that layout on CPU, and the next pack reads it in place).
+        return y
 
 
 class PackedBinaryWeightOnly(_PackedBase):

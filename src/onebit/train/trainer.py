@@ -15,7 +15,6 @@ import json
 import math
 import os
 import platform
-import shutil
 import sys
 import time
 from collections.abc import Iterator
@@ -32,6 +31,7 @@ from torch.utils.data import DataLoader, Sampler
 from torch.utils.data.distributed import DistributedSampler
 
 from .. import __version__
+from .._io import atomic_write_bytes
 from ..nn import extra_loss, schedule_step
 from .recipe import DistillSpec, OptimizerSpec, Recipe, RecipeError, Stage, load_recipe
 from .schedules import lr_at
@@ -107,16 +107,6 @@ def resolve_device(device: str) -> torch.device:
     if dev.type == "cuda" and "LOCAL_RANK" in os.environ and dev.index is None:
         dev = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
     return dev
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write via a temporary file and rename, so a killed process never leaves a partial file."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
@@ -512,8 +502,7 @@ def _run(recipe: Recipe, run_dir: Path, resume: bool, device: torch.device, show
     assert model is not None
     if procs.main:
         final_stage = len(recipe.stages) - 1
-        shutil.copyfile(_stage_file(run_dir, recipe.stages[final_stage]), run_dir / ".model.pt.tmp")
-        os.replace(run_dir / ".model.pt.tmp", run_dir / FINAL)
+        atomic_write_bytes(run_dir / FINAL, _stage_file(run_dir, recipe.stages[final_stage]).read_bytes())
         if board is not None:
             board.close()
         if not history or history[-1]["stage"] != recipe.stages[-1].name:
@@ -561,7 +550,7 @@ def _train_epoch(net: nn.Module, model: nn.Module, teacher: nn.Module | None, op
             nn.utils.clip_grad_norm_(model.parameters(), stage.grad_clip)
         optimizer.step()
         loss_sum += task.item() * y.numel()
-        extra_sum += float(extra) * y.numel()
+        extra_sum += float(extra.detach()) * y.numel()
         correct += (logits.argmax(1) == y).sum().item()
         seen += y.numel()
         bar.update(1)

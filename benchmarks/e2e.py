@@ -1,0 +1,96 @@
+"""End to end: a binarized ResNet-18 (ImageNet shape, 224x224, batch 1) exported to the packed 1-bit
+engine vs the same network in torch fp32; latency at 1 and 2 threads, and file size.
+
+    python benchmarks/e2e.py [--method bireal] [--repeats 20] [--kernel avx2]
+
+torch fp32 is timed in both NCHW and channels_last and the faster one is reported (the strongest
+baseline). The packed model keeps the full-precision stem, downsample 1x1 convs and classifier in torch,
+as the papers do; every binary 3x3 conv runs on the engine with BatchNorm and the activation fused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import io
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+import onebit.models
+from onebit.deploy import export, kernels, save
+
+
+def timed(fn, x, repeats: int) -> float:
+    """Median wall time of ``fn(x)`` in milliseconds after warm-up."""
+    with torch.no_grad():
+        for _ in range(3):
+            fn(x)
+        samples = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            fn(x)
+            samples.append(time.perf_counter() - start)
+    return 1000 * statistics.median(samples)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--method", default="bireal")
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--kernel", default=None, help="force a kernel path (portable, avx2, avx512)")
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    args = parser.parse_args()
+    if args.kernel:
+        kernels.set_kernel(args.kernel)
+
+    torch.manual_seed(0)
+    fp = onebit.models.create("resnet18_imagenet", num_classes=1000).eval()
+    binary = onebit.models.create("resnet18_imagenet", num_classes=1000, method=args.method).eval()
+    # A trained network's BatchNorm statistics, not the untrained identity: with mean 0 and var 1 an
+    # integer accumulator of exactly 0 meets the next sign unshifted, where torch's float sums leave
+    # ±1e-9 noise, so the comparison below would flip signs at those ties by chance.
+    with torch.no_grad():
+        for m in binary.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+                m.bias.uniform_(-0.3, 0.3)
+    x = torch.randn(1, 3, 224, 224)
+    packed = export(binary)
+    with torch.no_grad():
+        err = (packed(x) - binary(x)).abs().max().item() / binary(x).abs().max().item()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "resnet18.onebit"
+        save(packed, path)
+        packed_size = path.stat().st_size
+    buffer = io.BytesIO()
+    torch.save(fp.state_dict(), buffer)
+    fp_size = len(buffer.getvalue())
+
+    print(f"ResNet-18 (ImageNet, 224x224, batch 1), method {args.method}, kernel {kernels.active_kernel()}, "
+          f"torch {torch.__version__}; packed vs PyTorch max relative difference {err:.1e}\n")
+    print("| threads | torch fp32 NCHW ms | torch fp32 channels_last ms | onebit packed ms | speedup vs best torch |")
+    print("|---|---|---|---|---|")
+    fp_cl = copy.deepcopy(fp).to(memory_format=torch.channels_last)  # Module.to works in place
+    x_cl = x.to(memory_format=torch.channels_last)
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        kernels.set_num_threads(threads)
+        t_nchw = timed(fp, x, args.repeats)
+        t_cl = timed(lambda inp: fp_cl(inp), x_cl, args.repeats)
+        t_packed = timed(packed, x, args.repeats)
+        best = min(t_nchw, t_cl)
+        print(f"| {threads} | {t_nchw:.2f} | {t_cl:.2f} | {t_packed:.2f} | {best / t_packed:.2f}x |")
+    print(f"\nfile size: fp32 state_dict {fp_size / 2**20:.2f} MiB, packed {packed_size / 2**20:.2f} MiB "
+          f"({fp_size / packed_size:.1f}x smaller)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
