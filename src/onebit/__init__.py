@@ -7,9 +7,19 @@
     loss = task_loss + onebit.extra_loss(model)      # methods' loss terms
 """
 
+from typing import Any
+
 from . import methods, nn
 from .nn import binarize, extra_loss, schedule_step
 
+
+def summary(model: Any, input_shape: Any = None, **kwargs: Any) -> Any:
+    """Per-layer and total complexity (params per precision, memory, MACs, BOPs, compression); see
+    :func:`onebit.bench.summary.summary`."""
+    from .bench import summary as _summary
+
+    return _summary(model, input_shape, **kwargs)
+
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "binarize", "extra_loss", "methods", "nn", "schedule_step"]
+__all__ = ["__version__", "binarize", "extra_loss", "methods", "nn", "schedule_step", "summary"]
