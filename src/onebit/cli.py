@@ -112,8 +112,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
         raise NotImplementedError(
             f"--format {args.format}: only the onebit packed format is available in this version"
         )
-    model, recipe, stage = load_run_model(args.checkpoint)
     payload = load_checkpoint(args.checkpoint)
+    model, recipe, stage = load_run_model(payload)
     meta = {"recipe": recipe.name, "model": (stage.model or recipe.model).name, "method": stage.method,
             "data": payload.get("data_info", {})}
     packed = export(model, meta=meta)

@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from method_probe import run as probe
 from torch import nn
 
 import onebit
@@ -26,10 +27,7 @@ def linear(stage, w=W, alpha=ALPHA, **options):
 
 
 def run(layer, x=X):
-    x = torch.tensor([x], requires_grad=True)
-    y = layer(x)
-    y.sum().backward()
-    return y.detach()[0, 0].item(), x.grad[0].tolist(), layer.weight.grad[0].tolist()
+    return probe(layer, x)
 
 
 def test_stage2_forward_is_exactly_plus_minus_alpha_and_weight_gradient_is_sine_derivative():

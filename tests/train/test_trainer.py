@@ -169,3 +169,30 @@ def test_cli_errors_are_one_clear_line(tmp_path, capsys):
     assert "nope" in capsys.readouterr().err
     assert cli(["train", "fast", "--out", str(tmp_path / "z"), "--resume"]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_init_from_full_precision_accepts_method_state_only():
+    from torch import nn
+
+    from onebit.train.recipe import RecipeError
+    from onebit.train.trainer import _load_init
+
+    def net():
+        return nn.Sequential(nn.Linear(8, 16), nn.Linear(16, 16), nn.Linear(16, 4))
+
+    fp = net().state_dict()
+    fda = onebit_binarize(net(), "fda")  # adds scales and NA modules the source lacks: fine
+    _load_init(fda, fp, "fp")
+    assert torch.equal(fda[1].weight, fp["1.weight"])
+    bigger = nn.Sequential(*net(), nn.Linear(4, 2))
+    with pytest.raises(RecipeError, match=r"layers missing from the source: 3\.weight"):
+        _load_init(bigger, fp, "fp")
+    partial = {k: v for k, v in fp.items() if k != "1.bias"}
+    with pytest.raises(RecipeError, match=r"layers missing from the source: 1\.bias"):
+        _load_init(onebit_binarize(net(), "fda"), partial, "fp")
+
+
+def onebit_binarize(model, method):
+    import onebit
+
+    return onebit.binarize(model, method)

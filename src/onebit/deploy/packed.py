@@ -51,6 +51,7 @@ class _PackedBase(nn.Module):
         self.weight_shape = shape
         self.kind = config["kind"]  # "conv1d", "conv2d", "linear"
         self._tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+        self._cache: dict[str, Any] = {}
         self.signs = [unpack_bits(self._tensors[f"plane{j}"], shape) for j in range(self.planes)]
         self.masks = [
             unpack_bits(self._tensors[f"mask{j}"], shape) < 0 if f"mask{j}" in self._tensors else None
@@ -72,11 +73,13 @@ class _PackedBase(nn.Module):
         bias = self._vec("post_bias")
         self._tensors["post_bias"] = t if bias is None else bias * s + t
         self.config["folded_batchnorm"] = True
+        self._cache.clear()
 
     def fuse_activation(self, module: nn.Module) -> bool:
         """Fuse a following PReLU / Hardtanh / ReLU into the epilogue (True if it was fused)."""
         if "clamp" in self.config:
             return False
+        self._cache.clear()
         if isinstance(module, nn.PReLU):
             if "prelu" in self._tensors:
                 return False
@@ -137,14 +140,11 @@ class PackedBinary(_PackedBase):
         self.padding_mode = config.get("padding_mode", "zeros")
 
     def _transform(self) -> Any:
-        """The fused epilogue (built once: the engine caches its resolved vectors inside it)."""
-        key = (id(self._tensors.get("post_scale")), id(self._tensors.get("post_bias")),
-               id(self._tensors.get("prelu")), str(self.config.get("clamp")))
-        cached = getattr(self, "_transform_cache", None)
-        if cached is None or cached[0] != key:
-            cached = (key, self._build_transform())
-            self._transform_cache = cached
-        return cached[1]
+        """The fused epilogue, built once (the engine caches its resolved vectors inside it); folding
+        and fusing, which change it, happen at export before the first call."""
+        if "transform" not in self._cache:
+            self._cache["transform"] = self._build_transform()
+        return self._cache["transform"]
 
     def _build_transform(self) -> Any:
         """The fused epilogue when nothing runtime-dependent (K, spatial scale) sits before it."""

@@ -32,7 +32,7 @@ from torch.utils.data.distributed import DistributedSampler
 
 from .. import __version__
 from .._io import atomic_write_bytes
-from ..nn import extra_loss, schedule_step
+from ..nn import BinaryLayer, extra_loss, schedule_step
 from .recipe import DistillSpec, OptimizerSpec, Recipe, RecipeError, Stage, load_recipe
 from .schedules import lr_at
 
@@ -334,9 +334,13 @@ def _load_init(model: nn.Module, state: dict[str, Tensor], source: str) -> None:
             f"recipe: init from {source}: the source has entries this stage's model lacks "
             f"({', '.join(result.unexpected_keys[:5])}); is it the same architecture?"
         )
-    base = {k.rsplit(".", 1)[0] for k in state}
-    foreign = [k for k in result.missing_keys if k.rsplit(".", 1)[-1] in ("weight", "bias")
-               and k.rsplit(".", 1)[0] not in base and "noise" not in k]
+    # Missing entries are fine only where a method owns them: state a binary layer's method added
+    # (scales, thresholds, FDA's noise modules), never a layer's own weight or bias.
+    binary = [name for name, m in model.named_modules() if isinstance(m, BinaryLayer)]
+
+    def method_owned(key: str) -> bool:
+        return any(key.startswith(f"{b}.") and key[len(b) + 1:] not in ("weight", "bias") for b in binary)
+    foreign = [k for k in result.missing_keys if not method_owned(k)]
     if foreign:
         raise RecipeError(
             f"recipe: init from {source}: layers missing from the source: {', '.join(foreign[:5])}"
@@ -432,7 +436,6 @@ def _run(recipe: Recipe, run_dir: Path, resume: bool, device: torch.device, show
     board = _tensorboard(run_dir) if procs.main else None
     model: nn.Module | None = None
     test_acc = float("nan")
-    step_total = 0
 
     for index, stage in enumerate(recipe.stages):
         if state is not None and index < state["stage_index"]:
@@ -476,7 +479,6 @@ def _run(recipe: Recipe, run_dir: Path, resume: bool, device: torch.device, show
             test_acc, test_loss = evaluate(net, test_loader, device, procs)
             row.update(test_loss=test_loss, test_acc=test_acc)
             history.append(row)
-            step_total += 1
             if procs.main:
                 save_checkpoint(ckpt_path, {
                     "recipe": recipe.to_dict(), "stage_index": index, "epoch": epoch,
@@ -494,8 +496,7 @@ def _run(recipe: Recipe, run_dir: Path, resume: bool, device: torch.device, show
         if procs.main:
             save_checkpoint(_stage_file(run_dir, stage), {
                 "recipe": recipe.to_dict(), "stage_index": index, "model": model.state_dict(),
-                "test_acc": test_acc, "data_shape": [bundle.num_classes, list(input_shape)],
-                "data_info": _data_info(bundle),
+                "test_acc": test_acc, "data_info": _data_info(bundle),
             })
         procs.barrier()
 
@@ -595,26 +596,21 @@ def _mean(values: list[float]) -> float | None:
 # --------------------------------------------------------------------------------------------------
 # Using a finished run
 # --------------------------------------------------------------------------------------------------
-def load_run_model(checkpoint: str | Path) -> tuple[nn.Module, Recipe, Stage]:
-    """The trained model of a run (``model.pt`` or a run directory), in eval mode, with its recipe and
-    the stage that produced it."""
-    payload = load_checkpoint(checkpoint)
+def load_run_model(checkpoint: str | Path | dict[str, Any]) -> tuple[nn.Module, Recipe, Stage]:
+    """The trained model of a run (``model.pt``, a run directory, or a payload already read with
+    :func:`load_checkpoint`), in eval mode, with its recipe and the stage that produced it."""
+    payload = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
     try:
         recipe = load_recipe(payload["recipe"])
         stage = recipe.stages[payload["stage_index"]]
     except (KeyError, IndexError, RecipeError) as err:
-        raise CheckpointError(f"{checkpoint}: its recipe is unreadable ({err})") from None
-    shapes = payload.get("data_shape")
-    return _model_from_payload(payload, recipe, stage, shapes), recipe, stage
-
-
-def _model_from_payload(payload: dict[str, Any], recipe: Recipe, stage: Stage, shapes: Any) -> nn.Module:
-    bundle = load_data(recipe) if shapes is None else None
-    num_classes = bundle.num_classes if bundle is not None else shapes[0]
-    input_shape = tuple(bundle.input_shape) if bundle is not None else tuple(shapes[1])
-    model = build_model(recipe, stage, num_classes, input_shape)
+        where = "checkpoint" if isinstance(checkpoint, dict) else checkpoint
+        raise CheckpointError(f"{where}: its recipe is unreadable ({err})") from None
+    # Stage files record the data's shape; a per-epoch checkpoint does not, so the data is read then.
+    info = payload.get("data_info") or _data_info(load_data(recipe))
+    model = build_model(recipe, stage, info["num_classes"], tuple(info["input_shape"]))
     model.load_state_dict(payload["model"])
-    return model.eval()
+    return model.eval(), recipe, stage
 
 
 def evaluate_checkpoint(checkpoint: str | Path, *, data: str | None = None, root: str | None = None,
