@@ -108,19 +108,70 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from .deploy import export, save
     from .train.trainer import load_checkpoint, load_run_model
 
-    if args.format != "onebit":
-        raise NotImplementedError(
-            f"--format {args.format}: only the onebit packed format is available in this version"
-        )
     payload = load_checkpoint(args.checkpoint)
     model, recipe, stage = load_run_model(payload)
-    meta = {"recipe": recipe.name, "model": (stage.model or recipe.model).name, "method": stage.method,
+    meta = {"recipe": recipe.name, "model": (stage.model or recipe.model).name, "method": str(stage.method),
             "data": payload.get("data_info", {})}
+    if args.format != "onebit":
+        return _export_foreign(args, model, payload, meta)
     packed = export(model, meta=meta)
     save(packed, args.out)
     size = Path(args.out).stat().st_size
     count = len(packed.packed_layers())
     print(f"exported {count} packed layers ({stage.method}) -> {args.out} ({size / 1024:.1f} KiB)")
+    return 0
+
+
+def _export_foreign(args: argparse.Namespace, model: Any, payload: dict[str, Any], meta: dict[str, Any]) -> int:
+    """ONNX, QONNX or LCE export, checked at once against the target's own runtime on a random input."""
+    import torch
+
+    shape = (payload.get("data_info") or {}).get("input_shape")
+    if not shape:
+        raise ValueError(f"{args.checkpoint}: the checkpoint does not record the input shape; "
+                         "export the run's model.pt or a stage-*.pt file")
+    example = torch.zeros(1, *shape)
+    if args.format in ("onnx", "qonnx"):
+        from .deploy.onnx_export import run_onnx, to_onnx
+
+        flavor = "float" if args.format == "onnx" else "qonnx"
+        to_onnx(model, example, args.out, flavor, metadata={k: str(v) for k, v in meta.items()})
+        runtime, run = ("onnxruntime" if flavor == "float" else "QONNX's executor"), run_onnx
+    else:
+        from .deploy.lce import interpreter, to_lce
+
+        to_lce(model, example, args.out)
+        runtime = "LCE's interpreter"
+
+        def run(path: str, x: Any) -> list[Any]:  # LCE takes images NHWC
+            return interpreter(path).predict((x.permute(0, 2, 3, 1) if x.dim() == 4 else x).numpy())
+    x = torch.randn(1, *shape)
+    with torch.no_grad():
+        expected = model.eval()(x)
+    got = torch.as_tensor(run(args.out, x)[0]).reshape(expected.shape)
+    diff = (got - expected).abs().max().item() / max(expected.abs().max().item(), 1e-12)
+    print(f"exported {args.format} ({meta['method']}) -> {args.out} ({Path(args.out).stat().st_size / 1024:.1f} KiB);"
+          f" {runtime} matches PyTorch to {diff:.1e} of the output scale")
+    return 0
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from .bench.runner import run_suite
+
+    out = args.out or str(Path("bench") / Path(args.suite).stem)
+    result = run_suite(args.suite, out, executor=args.executor, workers=args.workers, address=args.address,
+                       progress=not args.quiet, report=not args.no_report)
+    print(f"{result['runs']} runs ({result['skipped']} already done, {len(result['failed'])} failed) in "
+          f"{result['wall_s']:.0f} s -> {Path(out) / 'results.sqlite'}"
+          + (f"; report: {result['report']}" if result["report"] else ""))
+    return 1 if result["failed"] else 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from .bench.report import write_report
+
+    paths = write_report(args.dir, args.out, overall=args.overall, strict=args.strict)
+    print(f"report: {paths['markdown']}  {paths['html']}")
     return 0
 
 
@@ -260,8 +311,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", help="a run directory or its model.pt (from onebit train)")
     p.add_argument("out", help="the packed model file to write (e.g. model.onebit)")
     p.add_argument("--format", default="onebit", choices=["onebit", "lce", "onnx", "qonnx"],
-                   help="output format (onebit: the packed engine's safetensors+JSON file)")
+                   help="onebit: the packed engine's safetensors+JSON file; lce: a TFLite flatbuffer for Larq "
+                        "Compute Engine; onnx: standard ONNX for onnxruntime; qonnx: QONNX (BipolarQuant/Quant) "
+                        "for FINN")
     p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser("bench", help="run a benchmark suite (BiBench's tracks) into a results database")
+    p.add_argument("suite", nargs="?", default="default", help="suite name or TOML/YAML file (default: default)")
+    p.add_argument("--out", help="output directory (default: bench/SUITE)")
+    p.add_argument("--executor", default="local", choices=["local", "ray"],
+                   help="local: a process pool here; ray: Ray tasks (--address, or a local Ray instance)")
+    p.add_argument("--workers", type=int, help="parallel runs (default: one per core, at most 4)")
+    p.add_argument("--address", help="Ray cluster address (with --executor ray)")
+    p.add_argument("--no-report", action="store_true", help="do not write the report at the end")
+    p.add_argument("--quiet", action="store_true", help="no progress display or leaderboard")
+    p.set_defaults(func=_cmd_bench)
+
+    p = sub.add_parser("report", help="write report.md and report.html from a benchmark directory")
+    p.add_argument("dir", help="a directory written by onebit bench (holding results.sqlite)")
+    p.add_argument("--out", help="report directory (default: DIR/report)")
+    p.add_argument("--overall", default="geometric", choices=["geometric", "quadratic", "arithmetic"],
+                   help="how the overall score combines the track scores (default: geometric mean)")
+    p.add_argument("--strict", action="store_true", help="fail when a binarized run lacks its fp baseline")
+    p.set_defaults(func=_cmd_report)
 
     p = sub.add_parser("infer", help="run a packed model on an input file and print the top classes")
     p.add_argument("model", help="a packed model file written by onebit export")

@@ -48,6 +48,7 @@ __all__ = [
     "Recipe",
     "load_recipe",
     "builtin_recipes",
+    "read_table",
     "RECIPE_DIR",
 ]
 
@@ -308,6 +309,32 @@ def _stage_from_dict(raw: dict[str, Any], index: int) -> Stage:
     return Stage(**raw)
 
 
+def read_table(path: Path, what: str, error: type[Exception]) -> dict[str, Any]:
+    """The top-level table of the TOML (or, by suffix, YAML) file ``path``; a syntax error or a
+    non-table document raises ``error`` with a message naming the ``what`` ("recipe", "suite")."""
+    text = path.read_text(encoding="utf-8")
+    try:
+        if path.suffix in (".yaml", ".yml"):
+            try:
+                import yaml
+            except ImportError:
+                raise error(f"{what} {path}: YAML files need PyYAML (pip install pyyaml)") from None
+            table = yaml.safe_load(text)
+        else:
+            if sys.version_info >= (3, 11):
+                import tomllib
+            else:  # pragma: no cover
+                import tomli as tomllib
+            table = tomllib.loads(text)
+    except error:
+        raise
+    except Exception as err:  # a parser's own message says where the syntax broke
+        raise error(f"{what} {path}: not valid {path.suffix.lstrip('.') or 'TOML'}: {err}") from None
+    if not isinstance(table, dict):
+        raise error(f"{what} {path}: the top level must be a table")
+    return table
+
+
 def builtin_recipes() -> list[str]:
     """Names of the recipes shipped with onebit (``onebit train NAME``)."""
     return sorted(p.stem for p in RECIPE_DIR.glob("*.toml"))
@@ -329,26 +356,7 @@ def load_recipe(source: str | Path | dict[str, Any] | Recipe) -> Recipe:
                 f"recipe {str(source)!r} is neither a file nor a shipped recipe; "
                 f"shipped: {', '.join(builtin_recipes())}"
             )
-    text = path.read_text(encoding="utf-8")
-    try:
-        if path.suffix in (".yaml", ".yml"):
-            try:
-                import yaml
-            except ImportError:
-                raise RecipeError(f"recipe {path}: YAML recipes need PyYAML (pip install pyyaml)") from None
-            table = yaml.safe_load(text)
-        else:
-            if sys.version_info >= (3, 11):
-                import tomllib
-            else:  # pragma: no cover
-                import tomli as tomllib
-            table = tomllib.loads(text)
-    except RecipeError:
-        raise
-    except Exception as err:  # a parser's own message says where the syntax broke
-        raise RecipeError(f"recipe {path}: not valid {path.suffix.lstrip('.') or 'TOML'}: {err}") from None
-    if not isinstance(table, dict):
-        raise RecipeError(f"recipe {path}: the top level must be a table")
+    table = read_table(path, "recipe", RecipeError)
     try:
         return Recipe.from_dict(table)
     except RecipeError as err:

@@ -1,0 +1,447 @@
+"""Run a benchmark suite: train every run, measure its tracks, and record it in the results database.
+
+Each :class:`~onebit.bench.suite.RunSpec` runs in a worker (a local process pool, or Ray tasks) that
+trains it with :func:`onebit.train.train` into ``OUT/runs/<run_id>/`` and returns its metrics; only
+this process writes ``OUT/results.sqlite``, one transaction per run. A re-run skips the runs already
+recorded, and a run killed half-way resumes from its last epoch checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from .. import __version__
+from .._io import atomic_write_bytes
+from .db import ResultsDB, RunRecord
+from .suite import FP, RunSpec, Suite, load_suite
+
+__all__ = ["run_suite", "execute", "code_version", "machine_description", "EXECUTORS"]
+
+EXECUTORS = ("local", "ray")
+RESULTS_FILE = "results.sqlite"
+
+
+# --------------------------------------------------------------------------------------------------
+# Provenance
+# --------------------------------------------------------------------------------------------------
+def code_version() -> str:
+    """onebit's version, plus the git commit (and ``+dirty``) when running from a checkout."""
+    root = Path(__file__).resolve().parents[3]
+    try:
+        rev = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout.strip()
+        return f"{__version__}+g{rev}{'.dirty' if dirty else ''}"
+    except (OSError, subprocess.SubprocessError):
+        return __version__
+
+
+def machine_description() -> str:
+    """CPU model, core count, OS and torch version, e.g. for comparing timings across result files."""
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.machine()}, torch {torch.__version__}"
+
+
+# --------------------------------------------------------------------------------------------------
+# One run (executed in a worker)
+# --------------------------------------------------------------------------------------------------
+def _recipe(spec: RunSpec) -> Any:
+    from ..train.recipe import DataSpec, ModelSpec, OptimizerSpec, Recipe, ScheduleSpec, Stage
+
+    hp = spec.hparams
+    schedule = ScheduleSpec(name=hp["schedule"], warmup_epochs=hp["warmup_epochs"])
+    if hp["schedule"] == "step":  # BiBench's eff_train steps at 50% and 75% of training ([100, 150] of 200)
+        schedule.milestones = sorted({max(1, hp["epochs"] // 2), max(1, (3 * hp["epochs"]) // 4)})
+    stage = Stage(
+        name="main",
+        method=None if spec.method == FP else spec.method,
+        epochs=hp["epochs"],
+        optimizer=OptimizerSpec(
+            name=hp["optimizer"], lr=hp["lr"], momentum=hp["momentum"], weight_decay=hp["weight_decay"]
+        ),
+        lr_schedule=schedule,
+    )
+    return Recipe(
+        name=f"bench-{spec.run_id}",
+        seed=spec.seed,
+        data=DataSpec(name=spec.setting.task, batch_size=hp["batch_size"], options=dict(spec.setting.data_options)),
+        model=ModelSpec(name=spec.setting.arch, options=dict(spec.setting.model_options)),
+        stages=[stage],
+    ).check()
+
+
+def _train(spec: RunSpec, run_dir: Path) -> tuple[nn.Module, list[dict[str, Any]]]:
+    """The trained model and its epoch history; finishes or resumes an interrupted run directory."""
+    from ..train.trainer import load_checkpoint, load_run_model, train
+
+    recipe = _recipe(spec)
+    final, checkpoint = run_dir / "model.pt", run_dir / "checkpoint.pt"
+    if final.exists() and checkpoint.exists():
+        model, _, _ = load_run_model(final)
+        return model, load_checkpoint(checkpoint)["history"]
+    result = train(recipe, run_dir, resume=checkpoint.exists(), progress=False)
+    return result.model.eval(), result.history
+
+
+def _accuracy(model: nn.Module, dataset: Any, batch_size: int = 256) -> float:
+    from ..train.trainer import evaluate
+
+    acc, _ = evaluate(model, DataLoader(dataset, batch_size=batch_size), torch.device("cpu"))
+    return acc
+
+
+def _robustness(spec: RunSpec, model: nn.Module, bundle: Any, cache_dir: Path) -> dict[str, float]:
+    """Accuracy on each corrupted copy of the test set (CIFAR-10-C's set for images, the 1-D set for
+    signals), built once per suite and shared through ``cache_dir``."""
+    from . import corruptions
+
+    names = corruptions.corruptions_for(bundle.input_shape) if spec.corruptions == "all" else spec.corruptions
+    out = {}
+    for name in names:
+        for severity in spec.severities:
+            data = corruptions.corrupt_dataset(bundle, name, severity, seed=spec.seed, cache_dir=cache_dir)
+            out[f"corrupt/{name}/{severity}"] = _accuracy(model, data)
+    return out
+
+
+def _median_ms(fn: Callable[[], Any], repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
+
+
+def _inference(spec: RunSpec, model: nn.Module, run_dir: Path, example: torch.Tensor) -> dict[str, float]:
+    """Batch-1 latency and file size of the deployed model. A binarized model is packed for the 1-bit
+    engine and timed side by side with the same architecture at full precision in torch fp32 (the ratio
+    is what the track scores); an fp model is timed in torch and stored as an fp32 safetensors file."""
+    from safetensors.torch import save as save_tensors
+
+    from ..deploy import ExportError, export, save
+    from ..deploy.kernels import set_num_threads
+    from ..methods import NotDeployableError
+    from ..train.trainer import build_model
+
+    threads, repeats = spec.inference.get("threads", 1), spec.inference.get("repeats", 20)
+    torch.set_num_threads(threads)
+    x = example.unsqueeze(0)
+    if x.dim() == 4:
+        x = x.contiguous(memory_format=torch.channels_last)
+
+    def fp32_forward(net: nn.Module) -> Callable[[], Any]:
+        net = net.eval()
+        if x.dim() == 4:  # torch's faster CPU layout for convolutions
+            net = net.to(memory_format=torch.channels_last)
+        return lambda: net(x)
+
+    with torch.no_grad():
+        if spec.method == FP:
+            state = {k: v.contiguous() for k, v in model.state_dict().items()}
+            forward = fp32_forward(model)
+            forward()
+            return {
+                "deployable": 1.0,
+                "latency_ms": _median_ms(forward, repeats),
+                "file_bytes": float(len(save_tensors(state))),
+            }
+        try:
+            packed = export(model)
+        except (ExportError, NotDeployableError, NotImplementedError):
+            return {"deployable": 0.0}
+        path = run_dir / "model.onebit"
+        save(packed, path)
+        set_num_threads(threads)
+        recipe = _recipe(spec)
+        fp_model = build_model(
+            recipe, replace(recipe.stages[0], method=None), _num_classes(model, x), tuple(example.shape)
+        )
+        fp_forward = fp32_forward(fp_model)
+        for warm in (lambda: packed(x), fp_forward):
+            warm()
+        # Interleaved, so that both see the same machine load.
+        packed_ms, fp_ms = [], []
+        for _ in range(repeats):
+            packed_ms.append(_median_ms(lambda: packed(x), 1))
+            fp_ms.append(_median_ms(fp_forward, 1))
+        return {
+            "deployable": 1.0,
+            "latency_ms": statistics.median(packed_ms),
+            "latency_fp32_ms": statistics.median(fp_ms),
+            "file_bytes": float(path.stat().st_size),
+        }
+
+
+def _num_classes(model: nn.Module, x: torch.Tensor) -> int:
+    with torch.no_grad():
+        return int(model(x).shape[-1])
+
+
+def _complexity(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, float]:
+    from .summary import summary
+
+    totals = summary(model, input_shape).totals
+    keys = ("params_1bit", "params_32bit", "params_bibench", "bops", "fp_macs", "flops_bibench", "memory_bytes")
+    return {k: float(totals[k]) for k in keys}
+
+
+def execute(spec: RunSpec, out_dir: str | Path, threads: int | None = None) -> RunRecord:
+    """Train and measure one run; never raises (a failure becomes a ``failed`` record with the error)."""
+    from ..train.trainer import load_data
+
+    if threads is not None:
+        torch.set_num_threads(threads)
+    run_dir = Path(out_dir) / "runs" / spec.run_id
+    record = RunRecord(
+        spec.run_id,
+        spec.suite,
+        spec.role,
+        spec.method,
+        spec.setting.arch,
+        spec.setting.family,
+        spec.setting.task,
+        spec.seed,
+        spec.config(),
+        code_version=code_version(),
+        machine=machine_description(),
+        started=time.time(),
+    )
+    try:
+        train_threads = torch.get_num_threads()
+        model, history = _train(spec, run_dir)
+        epochs = [row["epoch_time"] for row in history]
+        metrics: dict[str, float] = {
+            "acc": float(history[-1]["test_acc"]),
+            "epoch_time_s": statistics.mean(epochs),
+            "train_time_s": sum(epochs),
+        }
+        bundle = load_data(_recipe(spec))
+        input_shape = tuple(bundle.input_shape)
+        if "complexity" in spec.tracks:
+            metrics.update(_complexity(model, input_shape))
+        if "robustness" in spec.tracks:
+            metrics.update(_robustness(spec, model, bundle, Path(out_dir) / "cache"))
+        if "inference" in spec.tracks:
+            metrics.update(_inference(spec, model, run_dir, bundle.test[0][0]))
+            torch.set_num_threads(train_threads)
+        record.metrics = metrics
+    except Exception as err:  # one failed run must not stop the suite; its error is recorded
+        record.status = "failed"
+        record.error = f"{type(err).__name__}: {err}"
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(run_dir / "error.txt", traceback.format_exc().encode())
+    record.finished = time.time()
+    return record
+
+
+# --------------------------------------------------------------------------------------------------
+# Executors
+# --------------------------------------------------------------------------------------------------
+def _local(specs: list[RunSpec], out_dir: Path, workers: int, threads: int) -> Iterator[RunRecord]:
+    if workers == 1:  # in this process: simplest to debug, and no pool start-up
+        for spec in specs:
+            yield execute(spec, out_dir, threads)
+        return
+    import multiprocessing as mp
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    # spawn: forked children would inherit torch's thread pools and OpenMP state.
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"))
+    try:
+        pending = {pool.submit(execute, spec, out_dir, threads) for spec in specs}
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                yield future.result()
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _ray(specs: list[RunSpec], out_dir: Path, workers: int, threads: int, address: str | None) -> Iterator[RunRecord]:
+    try:
+        import ray
+    except ImportError:
+        raise RuntimeError("--executor ray needs Ray: pip install 'ray>=2.9'") from None
+    started_here = not ray.is_initialized()
+    if started_here:
+        if address:
+            ray.init(address=address, log_to_driver=False)
+        else:  # a local instance sized to the worker count
+            ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
+    try:
+        task = ray.remote(num_cpus=1, max_retries=0)(execute)
+        pending = [task.remote(spec, str(out_dir), threads) for spec in specs]
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            for ref in done:
+                yield ray.get(ref)
+    finally:
+        if started_here:
+            ray.shutdown()
+
+
+# --------------------------------------------------------------------------------------------------
+# The suite
+# --------------------------------------------------------------------------------------------------
+class _Display:
+    """A rich progress bar: run i of n, the runs in flight, elapsed time and ETA."""
+
+    def __init__(self, enabled: bool, total: int) -> None:
+        self.progress = None
+        if enabled and total:
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
+
+            self.progress = Progress(
+                TextColumn("[bold]bench[/]"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                TextColumn("ETA"),
+                TimeRemainingColumn(),
+                TextColumn("{task.description}"),
+                transient=False,
+            )
+            self.task = self.progress.add_task("", total=total)
+            self.progress.start()
+
+    def update(self, record: RunRecord, label: str) -> None:
+        if self.progress is not None:
+            status = f"{record.metrics.get('acc', float('nan')):.2f}%" if record.status == "done" else "FAILED"
+            self.progress.update(self.task, advance=1, description=f"last: {label} -> {status}")
+
+    def close(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+
+
+def run_suite(
+    suite: str | Path | dict[str, Any] | Suite,
+    out_dir: str | Path,
+    *,
+    executor: str = "local",
+    workers: int | None = None,
+    address: str | None = None,
+    progress: bool = True,
+    report: bool = True,
+) -> dict[str, Any]:
+    """Run every run of ``suite`` not yet in ``out_dir``'s results database and record it.
+
+    Args:
+        suite: a shipped suite name, a TOML/YAML path, a table or a :class:`Suite`.
+        out_dir: where ``results.sqlite``, ``runs/`` and the report go.
+        executor: ``"local"`` (a process pool on this machine) or ``"ray"`` (Ray tasks, on the cluster at
+            ``address`` or on a local instance).
+        workers: parallel runs (default: one per core, at most 4); each run gets cores / workers threads.
+        progress: show a live progress bar and the leaderboard at the end.
+        report: write the Markdown/HTML report into ``out_dir/report`` at the end.
+
+    Returns:
+        ``{"runs": n, "skipped": already done, "done": ..., "failed": [...], "wall_s": ..., "report": path}``.
+    """
+    if executor not in EXECUTORS:
+        raise ValueError(f"executor {executor!r} is not one of {', '.join(EXECUTORS)}")
+    suite = load_suite(suite)
+    cores = os.cpu_count() or 1
+    workers = workers or min(cores, 4)
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    threads = max(1, cores // workers)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    specs = list({spec.run_id: spec for spec in suite.runs()}.values())  # shared fp baselines once
+    atomic_write_bytes(
+        out / "suite.json",
+        json.dumps(
+            {
+                "name": suite.name,
+                "description": suite.description,
+                "runs": [s.run_id for s in specs],
+                "tracks": list(suite.tracks),
+            },
+            indent=2,
+        ).encode(),
+    )
+    start = time.perf_counter()
+    failed: list[str] = []
+    with ResultsDB(out / RESULTS_FILE) as db:
+        done = db.done_ids(s.run_id for s in specs)
+        todo = [s for s in specs if s.run_id not in done]
+        labels = {s.run_id: s.label for s in todo}
+        display = _Display(progress, len(todo))
+        try:
+            records = (
+                _local(todo, out, workers, threads)
+                if executor == "local"
+                else _ray(todo, out, workers, threads, address)
+            )
+            for record in records:
+                db.write_run(record)
+                if record.status != "done":
+                    failed.append(f"{labels[record.run_id]}: {record.error}")
+                display.update(record, labels[record.run_id])
+        finally:
+            display.close()
+        counts = db.count()
+    result: dict[str, Any] = {
+        "runs": len(specs),
+        "skipped": len(done),
+        "done": counts.get("done", 0),
+        "failed": failed,
+        "wall_s": time.perf_counter() - start,
+        "report": None,
+    }
+    if report:
+        from .report import write_report
+
+        try:
+            result["report"] = write_report(out).get("html")
+        except ValueError as err:  # e.g. every run failed: nothing to report
+            print(f"no report: {err}", file=sys.stderr)
+    if progress:
+        from .scores import leaderboard, print_leaderboard
+
+        with contextlib.suppress(ValueError):  # a suite without its fp baselines has no leaderboard
+            print_leaderboard(leaderboard(out))
+        for line in failed:
+            print(f"FAILED {line}", file=sys.stderr)
+    return result

@@ -1,0 +1,47 @@
+"""`onebit export CHECKPOINT OUT --format onebit|onnx|qonnx|lce` on a trained run, and `onebit infer`."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+
+from onebit.cli import main
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "run"
+    assert main(["train", "fast", "--epochs", "1", "--out", str(out), "--quiet"]) == 0
+    return out
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "qonnx", "lce"])
+def test_export_formats_are_checked_against_their_runtime(run_dir, tmp_path, capsys, fmt):
+    if fmt == "lce":
+        from onebit.deploy.lce import lce_available
+
+        if not lce_available():
+            pytest.skip("the larq-compute-engine wheel is not installed")
+    out = tmp_path / f"model.{fmt}"
+    assert main(["export", str(run_dir), str(out), "--format", fmt]) == 0
+    line = capsys.readouterr().out
+    diff = float(re.search(r"matches PyTorch to ([0-9.e+-]+) of the output scale", line).group(1))
+    assert out.stat().st_size > 0 and diff <= 1e-4
+
+
+def test_export_onebit_then_infer(run_dir, tmp_path, capsys):
+    out = tmp_path / "model.onebit"
+    assert main(["export", str(run_dir), str(out)]) == 0
+    batch = tmp_path / "x.npy"
+    np.save(batch, np.random.default_rng(0).standard_normal((2, 1, 8, 8)).astype(np.float32))
+    assert main(["infer", str(out), str(batch)]) == 0
+    assert "packed layers" in capsys.readouterr().out
+
+
+def test_export_of_a_missing_run_is_one_line(tmp_path, capsys):
+    assert main(["export", str(tmp_path / "none"), str(tmp_path / "m.onnx"), "--format", "onnx"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.count("\n") == 1
+    assert not (tmp_path / "m.onnx").exists()
