@@ -6,6 +6,7 @@
 // baseline SIMD of the target (SSE2 on x86-64, NEON on AArch64).
 #include <algorithm>
 #include <chrono>
+#include <cstring>
 
 #include "conv_impl.h"
 #include "engine.h"
@@ -95,6 +96,44 @@ struct PortableBlock {
 
 void run_item(const ConvCtx& c, int64_t item) { conv_item<PortableBlock>(c, item); }
 
+// Sign packing without intrinsics: the compare loop writes 0/1 bytes (auto-vectorized to
+// cmpltps + packs on SSE2), then each group of 8 bytes becomes 8 bits with one multiply:
+// for bytes b_i in {0, 1} of a little-endian word u, u * 0x0102040810204080 puts b_i at bit
+// 56 + i and every other partial product at a distinct lower or overflowing position, so
+// there are no carries into the top byte ("SIMD within a register" bit gathering).
+template <bool Thr>
+inline uint64_t pack_word(const float* x, const float* t, int nb) {
+  alignas(16) unsigned char b[64];
+  if (nb == 64) {
+    for (int i = 0; i < 64; ++i) b[i] = Thr ? (x[i] + t[i]) < 0.0f : x[i] < 0.0f;
+  } else {
+    for (int i = 0; i < 64; ++i) b[i] = 0;
+    for (int i = 0; i < nb; ++i) b[i] = Thr ? (x[i] + t[i]) < 0.0f : x[i] < 0.0f;
+  }
+  uint64_t w = 0;
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+  for (int j = 0; j < 8; ++j) {
+    uint64_t u;
+    std::memcpy(&u, b + 8 * j, 8);
+    w |= ((u * 0x0102040810204080ull) >> 56) << (8 * j);
+  }
+#else
+  for (int i = 0; i < 64; ++i) w |= static_cast<uint64_t>(b[i]) << i;
+#endif
+  return w;
+}
+
+void pack_rows(const float* x, int64_t P, int64_t C, const float* thr, uint64_t* out) {
+  const int64_t KW = (C + 63) / 64;
+  for (int64_t p = 0; p < P; ++p) {
+    const float* xs = x + p * C;
+    for (int64_t k = 0; k < KW; ++k) {
+      const int nb = static_cast<int>(std::min<int64_t>(64, C - 64 * k));
+      out[p * KW + k] = thr ? pack_word<true>(xs + 64 * k, thr + 64 * k, nb) : pack_word<false>(xs + 64 * k, nullptr, nb);
+    }
+  }
+}
+
 // The probe runs the same SWAR sequence as the kernel, on the 128-bit vectors the compiler
 // auto-vectorizes the kernel's channel loop to (GCC/Clang vector extensions; scalar elsewhere).
 #if defined(__GNUC__) && (defined(__x86_64__) || defined(__aarch64__))
@@ -149,7 +188,7 @@ double peak(int64_t iterations) {
 }  // namespace
 
 const Isa& isa_portable() {
-  static const Isa isa{"portable", &run_item, &peak};
+  static const Isa isa{"portable", &run_item, &peak, &pack_rows};
   return isa;
 }
 

@@ -109,6 +109,41 @@ def test_pack_threshold():
     assert torch.equal(K.unpack_activations(K.pack_activations(x2, t)), torch.where(x2 + t < 0, -1.0, 1.0))
 
 
+@pytest.mark.parametrize("C", ODD_CHANNELS + [128, 200])
+def test_pack_every_kernel_path(kernel, C):
+    """Each path's packer (SWAR byte gather, movemask, compare-to-mask) gives the reference bits,
+    for full and partial words, signed zeros, infinities and values at the threshold."""
+    g = torch.Generator().manual_seed(100 + C)
+    x = torch.randn(3, C, 4, 5, generator=g)
+    t = torch.randn(C, generator=g)
+    flat = x.view(-1)
+    flat[:6] = torch.tensor([0.0, -0.0, float("inf"), float("-inf"), 1e-38, -1e-38])
+    x[1, :, 0, 0] = -t  # x + t == 0 exactly: bit 0 (+1)
+    for thr in (None, t):
+        expect = torch.where(x + (0 if thr is None else thr.view(1, -1, 1, 1)) < 0, -1.0, 1.0)
+        for inp in (x, x.to(memory_format=torch.channels_last)):
+            p = K.pack_activations(inp, thr)
+            assert torch.equal(K.unpack_activations(p), expect)
+            if C % 64:
+                assert not bool((p.data[..., -1] >> (C % 64)).any())
+        rows = x.permute(0, 2, 3, 1).reshape(-1, C)
+        expect2 = torch.where(rows + (0 if thr is None else thr) < 0, -1.0, 1.0)
+        assert torch.equal(K.unpack_activations(K.pack_activations(rows, thr)), expect2)
+
+
+def test_pack_threads_split_rows_identically(kernel):
+    g = torch.Generator().manual_seed(11)
+    x = torch.randn(3, 70, 37, 41, generator=g).to(memory_format=torch.channels_last)  # odd row chunks
+    t = torch.randn(70, generator=g)
+    outs = []
+    for n in (1, 2, 5):
+        K.set_num_threads(n)
+        outs.append(K.pack_activations(x, t).data)
+    assert torch.equal(outs[0], outs[1]) and torch.equal(outs[0], outs[2])
+    assert torch.equal(K.unpack_activations(K.PackedActivations(outs[0], 70)),
+                       torch.where(x + t.view(1, -1, 1, 1) < 0, -1.0, 1.0))
+
+
 # ------------------------------------------------------------------------------------------
 # convolution / linear vs reference
 # ------------------------------------------------------------------------------------------
