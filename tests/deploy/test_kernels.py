@@ -267,6 +267,16 @@ def test_chain_bits_into_next_layer(kernel):
     assert torch.equal(y, K.reference_binary_conv2d(h_ref, w2, padding=1, pad_value=-1))
 
 
+def test_very_long_reduction_is_exact(kernel):
+    """More than 4095 words per output (the portable kernel's 16-bit counter segment) and the
+    carry-save groups of 15/7/3 words with every remainder."""
+    g = torch.Generator().manual_seed(21)
+    for k in (64 * 4100 + 5, 64 * 15 + 64 * 7 + 64 * 3 + 1):
+        x, w = _signs(2, k, gen=g), _signs(33, k, gen=g)
+        y = K.binary_linear(K.pack_activations(x), K.pack_weights(w))
+        assert torch.equal(y, K.reference_binary_linear(x, w))
+
+
 def test_raw_word_input_with_in_channels(kernel):
     g = torch.Generator().manual_seed(5)
     x = _signs(2, 65, 4, 4, gen=g)
