@@ -311,6 +311,23 @@ def test_threads_give_identical_results(kernel):
         assert torch.equal(a, outs[0][0]) and torch.equal(b, outs[0][1])
 
 
+@pytest.mark.parametrize("n,cin,cout,hw", [(1, 65, 33, 1), (1, 1100, 70, 3), (3, 200, 97, 5)])
+def test_threads_more_than_work_and_odd_splits(kernel, n, cin, cout, hw):
+    """More threads than rows x channel blocks, chunked hand-out with a remainder, and layers too
+    small to be worth waking a worker all give the reference result."""
+    g = torch.Generator().manual_seed(cin)
+    x, w = _signs(n, cin, hw, hw + 2, gen=g), _signs(cout, cin, 3, 3, gen=g)
+    tr = K.OutputTransform(torch.rand(cout, generator=g), torch.randn(cout, generator=g) * 3, output="bits")
+    xp, wp = K.pack_activations(x), K.pack_weights(w)
+    ref_f = K.reference_binary_conv2d(x, w, padding=1)
+    ref_b = K.reference_binary_conv2d(x, w, stride=(1, 2), padding=1, transform=tr)
+    for threads in (1, 2, 3, 7):
+        K.set_num_threads(threads)
+        assert torch.equal(K.binary_conv2d(xp, wp, padding=1), ref_f)
+        got = K.binary_conv2d(xp, wp, stride=(1, 2), padding=1, transform=tr)
+        assert torch.equal(K.unpack_activations(got), ref_b)
+
+
 def test_default_threads_follow_torch():
     K.set_num_threads(None)
     assert K.get_num_threads() == max(1, torch.get_num_threads())
