@@ -1,6 +1,7 @@
 // Direct (im2col-free) binary convolution driver: explicit padding of the packed input, then
 // work items (32-output-channel block, image, output row) spread over the engine's threads;
 // each item runs the selected ISA's instantiation of conv_item (conv_impl.h).
+#include <algorithm>
 #include <cstring>
 #include <stdexcept>
 #include <vector>
@@ -87,7 +88,19 @@ void conv2d(const Weights& w, const Transform& t, const ConvCall& call) {
   c.zero_pad = call.pad_value == 0 && (c.ph > 0 || c.pw > 0);
 
   const ItemFn run_item = isa.run_item;
-  parallel_for(call.num_threads, c.ncb * c.N * c.OH, [&](int64_t item) { run_item(c, item); });
+  const int64_t items = c.ncb * c.N * c.OH;
+  // Threads only where there is work to share: waking a pool worker costs about as much as
+  // ~64K word xor+popcounts (a small linear layer), so tiny layers stay on the calling thread.
+  const int64_t words = items * c.OW * c.J * c.kh * c.kw * c.KW * kBlock;
+  const int64_t useful = words / (1 << 16) + 1;
+  const int threads = static_cast<int>(std::min<int64_t>(call.num_threads, useful));
+  // Chunks of consecutive items (whole rows of all channel blocks where possible), about 4 per
+  // thread: few atomic hand-outs, and still some balancing when a thread is preempted.
+  const int64_t chunk = std::max<int64_t>(1, items / (static_cast<int64_t>(threads) * 4));
+  parallel_for(threads, (items + chunk - 1) / chunk, [&](int64_t k) {
+    const int64_t end = std::min(items, (k + 1) * chunk);
+    for (int64_t item = k * chunk; item < end; ++item) run_item(c, item);
+  });
 }
 
 }  // namespace onebit

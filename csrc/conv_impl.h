@@ -53,9 +53,12 @@ ONEBIT_INLINE void store_half(uint64_t* word, int half, uint32_t bits) {
 // Block must provide: static void run(const BlockArgs&)  (computes S for npix pixels).
 template <class Block>
 ONEBIT_INLINE void conv_item(const ConvCtx& c, int64_t item) {
-  const int64_t oh = item % c.OH;
-  const int64_t n = (item / c.OH) % c.N;
-  const int64_t cb = item / (c.OH * c.N);
+  // Items run (image, output row) outer and channel block inner: consecutive items, which one
+  // thread takes together (conv.cpp), share their input rows and fill both 32-bit halves of the
+  // same output words, so two threads never write into one cache line of the bit output.
+  const int64_t cb = item % c.ncb;
+  const int64_t oh = (item / c.ncb) % c.OH;
+  const int64_t n = item / (c.ncb * c.OH);
   const int nc = static_cast<int>(c.cout - cb * kBlock < kBlock ? c.cout - cb * kBlock : kBlock);
   const int taps = c.kh * c.kw;
   const int64_t o0 = cb * kBlock;

@@ -36,11 +36,15 @@ struct ConvCtx;  // conv_impl.h
 using ItemFn = void (*)(const ConvCtx&, int64_t item);
 // Register-only xor + popcount (+ accumulate) loop: returns binary ops per second.
 using PeakFn = double (*)(int64_t iterations);
+// Sign-packs P rows of C contiguous floats: out[p][k] bit b = (x[p][64k+b] + thr[64k+b]) < 0
+// (thr may be null: no threshold); tail bits of the last word are zero.
+using PackRowsFn = void (*)(const float* x, int64_t P, int64_t C, const float* thr, uint64_t* out);
 
 struct Isa {
   const char* name;
   ItemFn run_item;  // one work item of a convolution (see conv_impl.h)
   PeakFn peak;
+  PackRowsFn pack_rows;
 };
 
 enum IsaId : int { kPortable = 0, kAvx2 = 1, kAvx512 = 2, kNumIsa = 3 };

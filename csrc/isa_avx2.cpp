@@ -118,6 +118,38 @@ struct Avx2Block {
 
 ONEBIT_AVX2 void run_item(const ConvCtx& c, int64_t item) { conv_item<Avx2Block>(c, item); }
 
+// Sign packing: 8 floats -> 8 bits per compare + movemask.  _CMP_LT_OQ is false for NaN, like
+// the scalar `<` of the other paths.
+template <bool Thr>
+ONEBIT_AVX2 inline uint64_t pack_full_word(const float* x, const float* t) {
+  const __m256 zero = _mm256_setzero_ps();
+  uint64_t w = 0;
+#pragma GCC unroll 8
+  for (int j = 0; j < 8; ++j) {
+    __m256 v = _mm256_loadu_ps(x + 8 * j);
+    if (Thr) v = _mm256_add_ps(v, _mm256_loadu_ps(t + 8 * j));
+    const unsigned m = static_cast<unsigned>(_mm256_movemask_ps(_mm256_cmp_ps(v, zero, _CMP_LT_OQ)));
+    w |= static_cast<uint64_t>(m) << (8 * j);
+  }
+  return w;
+}
+
+ONEBIT_AVX2 void pack_rows(const float* x, int64_t P, int64_t C, const float* thr, uint64_t* out) {
+  const int64_t KW = (C + 63) / 64, full = C / 64;
+  for (int64_t p = 0; p < P; ++p) {
+    const float* xs = x + p * C;
+    uint64_t* o = out + p * KW;
+    for (int64_t k = 0; k < full; ++k)
+      o[k] = thr ? pack_full_word<true>(xs + 64 * k, thr + 64 * k) : pack_full_word<false>(xs + 64 * k, nullptr);
+    if (full < KW) {
+      uint64_t w = 0;
+      for (int64_t c = 64 * full; c < C; ++c)
+        w |= static_cast<uint64_t>(thr ? (xs[c] + thr[c]) < 0.0f : xs[c] < 0.0f) << (c - 64 * full);
+      o[full] = w;
+    }
+  }
+}
+
 ONEBIT_AVX2 double peak(int64_t iterations) {
   const __m256i lut = make_lut();
   const __m256i low = _mm256_set1_epi8(0x0f);
@@ -155,7 +187,7 @@ ONEBIT_AVX2 double peak(int64_t iterations) {
 }  // namespace
 
 const Isa& isa_avx2() {
-  static const Isa isa{"avx2", &run_item, &peak};
+  static const Isa isa{"avx2", &run_item, &peak, &pack_rows};
   return isa;
 }
 

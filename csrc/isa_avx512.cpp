@@ -76,6 +76,31 @@ struct Avx512Block {
 
 ONEBIT_AVX512 void run_item(const ConvCtx& c, int64_t item) { conv_item<Avx512Block>(c, item); }
 
+// Sign packing: 16 floats -> 16 bits per compare-into-mask (_CMP_LT_OQ: false for NaN, as `<`).
+ONEBIT_AVX512 void pack_rows(const float* x, int64_t P, int64_t C, const float* thr, uint64_t* out) {
+  const int64_t KW = (C + 63) / 64, full = C / 64;
+  const __m512 zero = _mm512_setzero_ps();
+  for (int64_t p = 0; p < P; ++p) {
+    const float* xs = x + p * C;
+    uint64_t* o = out + p * KW;
+    for (int64_t k = 0; k < full; ++k) {
+      uint64_t w = 0;
+      for (int j = 0; j < 4; ++j) {
+        __m512 v = _mm512_loadu_ps(xs + 64 * k + 16 * j);
+        if (thr) v = _mm512_add_ps(v, _mm512_loadu_ps(thr + 64 * k + 16 * j));
+        w |= static_cast<uint64_t>(_mm512_cmp_ps_mask(v, zero, _CMP_LT_OQ)) << (16 * j);
+      }
+      o[k] = w;
+    }
+    if (full < KW) {
+      uint64_t w = 0;
+      for (int64_t c = 64 * full; c < C; ++c)
+        w |= static_cast<uint64_t>(thr ? (xs[c] + thr[c]) < 0.0f : xs[c] < 0.0f) << (c - 64 * full);
+      o[full] = w;
+    }
+  }
+}
+
 ONEBIT_AVX512 double peak(int64_t iterations) {
   __m512i x0 = _mm512_set1_epi64(0x0123456789abcdefll), x1 = _mm512_set1_epi64(0x0f1e2d3c4b5a6978ll);
   __m512i x2 = _mm512_set1_epi64(0x13579bdf02468acell), x3 = _mm512_set1_epi64(0x7766554433221100ll);
@@ -103,7 +128,7 @@ ONEBIT_AVX512 double peak(int64_t iterations) {
 }  // namespace
 
 const Isa& isa_avx512() {
-  static const Isa isa{"avx512", &run_item, &peak};
+  static const Isa isa{"avx512", &run_item, &peak, &pack_rows};
   return isa;
 }
 

@@ -89,11 +89,12 @@ void pack_nchw(uintptr_t x, int64_t N, int64_t C, int64_t HW, uintptr_t thr, uin
                     reinterpret_cast<uint64_t*>(out), num_threads);
 }
 
-void pack_rows(uintptr_t x, int64_t P, int64_t C, uintptr_t thr, uintptr_t out, int num_threads) {
+void pack_rows(uintptr_t x, int64_t P, int64_t C, uintptr_t thr, uintptr_t out, int isa, int num_threads) {
   if (!x || !out || P < 0 || C < 1) fail("pack_rows: bad arguments");
+  onebit::get_isa(isa);  // validates the kernel choice before releasing the GIL
   nb::gil_scoped_release nogil;
   onebit::pack_rows(reinterpret_cast<const float*>(x), P, C, reinterpret_cast<const float*>(thr),
-                    reinterpret_cast<uint64_t*>(out), num_threads);
+                    reinterpret_cast<uint64_t*>(out), isa, num_threads);
 }
 
 // --- per-layer constants, copied into engine-owned buffers once ---
@@ -214,7 +215,8 @@ NB_MODULE(_engine, mod) {
   mod.def("hardware_threads", &onebit::hardware_threads);
   mod.def("pack_nchw", &pack_nchw, "x_addr"_a, "N"_a, "C"_a, "HW"_a, "threshold_addr"_a, "out_addr"_a,
           "num_threads"_a);
-  mod.def("pack_rows", &pack_rows, "x_addr"_a, "P"_a, "C"_a, "threshold_addr"_a, "out_addr"_a, "num_threads"_a);
+  mod.def("pack_rows", &pack_rows, "x_addr"_a, "P"_a, "C"_a, "threshold_addr"_a, "out_addr"_a, "kernel_id"_a,
+          "num_threads"_a);
   nb::class_<onebit::Weights>(mod, "Weights")
       .def(nb::new_(&make_weights), "bits"_a, "masks"_a.none(), "base"_a, "wsum"_a, "scales"_a, "in_channels"_a,
            "out_channels"_a)

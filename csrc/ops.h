@@ -10,7 +10,8 @@ namespace onebit {
 void pack_nchw(const float* x, int64_t N, int64_t C, int64_t HW, const float* thr, uint64_t* out,
                int num_threads);
 // x: (P, C) float32 (channels contiguous); out: (P, ceil(C/64)) words.
-void pack_rows(const float* x, int64_t P, int64_t C, const float* thr, uint64_t* out, int num_threads);
+// Uses kernel path `isa`'s packer (all paths give identical bits).
+void pack_rows(const float* x, int64_t P, int64_t C, const float* thr, uint64_t* out, int isa, int num_threads);
 
 // Packed weights in the kernel layout, owned by the engine (built once per layer).
 struct Weights {

@@ -1,6 +1,7 @@
 #include <algorithm>
 #include <vector>
 
+#include "engine.h"
 #include "ops.h"
 #include "thread_pool.h"
 
@@ -26,26 +27,15 @@ void pack_nchw(const float* x, int64_t N, int64_t C, int64_t HW, const float* th
   });
 }
 
-void pack_rows(const float* x, int64_t P, int64_t C, const float* thr, uint64_t* out, int num_threads) {
+void pack_rows(const float* x, int64_t P, int64_t C, const float* thr, uint64_t* out, int isa, int num_threads) {
+  const PackRowsFn fn = get_isa(isa).pack_rows;
   const int64_t KW = (C + 63) / 64;
-  const int64_t chunk = 256;
+  // Chunks of >= 16K floats: small tensors are packed on the calling thread (a wake-up of the
+  // pool costs more than packing them).
+  const int64_t chunk = std::max<int64_t>(16, 16384 / C);
   parallel_for(num_threads, (P + chunk - 1) / chunk, [&](int64_t item) {
-    const int64_t p1 = std::min(P, (item + 1) * chunk);
-    for (int64_t p = item * chunk; p < p1; ++p) {
-      const float* xs = x + p * C;
-      for (int64_t k = 0; k < KW; ++k) {
-        const int nb = static_cast<int>(std::min<int64_t>(64, C - 64 * k));
-        const float* xk = xs + 64 * k;
-        uint64_t word = 0;
-        if (thr) {
-          const float* tk = thr + 64 * k;
-          for (int b = 0; b < nb; ++b) word |= static_cast<uint64_t>((xk[b] + tk[b]) < 0.0f) << b;
-        } else {
-          for (int b = 0; b < nb; ++b) word |= static_cast<uint64_t>(xk[b] < 0.0f) << b;
-        }
-        out[p * KW + k] = word;
-      }
-    }
+    const int64_t p0 = item * chunk, p1 = std::min(P, p0 + chunk);
+    fn(x + p0 * C, p1 - p0, C, thr, out + p0 * KW);
   });
 }
 

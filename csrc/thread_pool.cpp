@@ -1,6 +1,7 @@
 #include "thread_pool.h"
 
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <memory>
 #include <mutex>
@@ -27,9 +28,25 @@ inline void cpu_relax() {
 #endif
 }
 
-// Spin this many relax-iterations (~0.1-0.3 ms) before blocking: layers take ~0.1-1 ms, and a
-// futex wake-up per layer would eat a large part of the 2-thread speedup.
-constexpr int kSpin = 4000;
+// Spin for this long before blocking: back-to-back engine calls (a chain of binary layers, a
+// benchmark loop) then find the workers awake, as a futex wake-up per layer would eat a large
+// part of the 2-thread speedup.  Time-based rather than a count of pause instructions, whose
+// latency differs ~10x between CPUs (Skylake-X ~140 cycles, Zen 3 ~10); kept short because a
+// spinning worker takes a core from whatever runs between layers (torch's own threads).
+constexpr auto kSpinTime = std::chrono::microseconds(100);
+
+// Spins until pred() or the spin time has passed; returns pred().
+template <class Pred>
+bool spin_until(Pred pred) {
+  const auto deadline = std::chrono::steady_clock::now() + kSpinTime;
+  for (;;) {
+    for (int s = 0; s < 64; ++s) {
+      if (pred()) return true;
+      cpu_relax();
+    }
+    if (std::chrono::steady_clock::now() >= deadline) return pred();
+  }
+}
 
 class Pool {
  public:
@@ -55,8 +72,7 @@ class Pool {
     }
     cv_start_.notify_all();
     work();
-    for (int s = 0; s < kSpin && active_.load(std::memory_order_acquire) != 0; ++s) cpu_relax();
-    if (active_.load(std::memory_order_acquire) != 0) {
+    if (!spin_until([&] { return active_.load(std::memory_order_acquire) == 0; })) {
       std::unique_lock<std::mutex> lk(mutex_);
       cv_done_.wait(lk, [&] { return active_.load(std::memory_order_acquire) == 0; });
     }
@@ -78,12 +94,11 @@ class Pool {
   void worker_main(int index, uint64_t seen) {
     for (;;) {
       uint64_t g = seen;
-      for (int s = 0; s < kSpin; ++s) {
+      spin_until([&] {
         g = generation_.load(std::memory_order_acquire);
-        if (g != seen || stop_.load(std::memory_order_relaxed)) break;
-        cpu_relax();
-      }
-      if (g == seen) {
+        return g != seen || stop_.load(std::memory_order_relaxed);
+      });
+      if (g == seen && !stop_.load(std::memory_order_relaxed)) {
         std::unique_lock<std::mutex> lk(mutex_);
         cv_start_.wait(lk, [&] {
           return stop_.load(std::memory_order_relaxed) || generation_.load(std::memory_order_acquire) != seen;

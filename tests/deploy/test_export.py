@@ -115,6 +115,67 @@ def test_conv1d_and_padding_modes():
     _check(model, torch.randn(3, 1, 40), "bireal", keep_full_precision=("first", "last"))
 
 
+class Fork(nn.Module):
+    """A binary conv output read twice, and an addition with the block input: nothing may run in place."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.conv, self.bn, self.act = nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.Hardtanh()
+
+    def forward(self, x):
+        y = self.bn(self.conv(x))
+        return self.act(y + x) + y
+
+
+def chain_net():
+    return nn.Sequential(
+        nn.Conv2d(3, 65, 3, padding=1), nn.BatchNorm2d(65), nn.Hardtanh(),
+        nn.Conv2d(65, 130, 3, padding=1, stride=2), nn.BatchNorm2d(130), nn.Hardtanh(),
+        nn.Conv2d(130, 63, 3, padding=1), nn.BatchNorm2d(63), nn.PReLU(63),
+        nn.Conv2d(63, 63, 1), nn.BatchNorm2d(63), nn.Hardtanh(),
+        Fork(63), Residual(63, 1),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(63, 10))
+
+
+@pytest.mark.parametrize("kernel", PATHS)
+@pytest.mark.parametrize("method", ["bireal", "reactnet", "xnor", "hbnn"])
+def test_execution_plan_chains_bits_exactly(kernel, method, monkeypatch, tmp_path):
+    """The plan forward() runs (bits handed from binary layer to binary layer, in-place adds and
+    clamps) computes exactly what the exported graph computes, and never reaches the file."""
+    from onebit.deploy.export import _ChainedBinary
+
+    monkeypatch.setenv("ONEBIT_KERNEL", kernel)
+    torch.manual_seed(12)
+    x = torch.randn(2, 3, 11, 9)
+    packed = _check(chain_net(), x, method)
+    plan = packed.execution_plan()
+    chained = [m for m in plan.modules() if isinstance(m, _ChainedBinary)]
+    if method != "xnor":  # XNOR-Net scales its input by mean|x|: it needs the floats, no chain
+        assert sum(m._consumer[0] is not None for m in chained) >= 2
+        assert sum(m.bits_in for m in chained) >= 2
+    with torch.no_grad():
+        assert torch.equal(packed(x), packed.net(x.contiguous(memory_format=torch.channels_last)))
+    assert not any("_onebit_plan" in k for k in packed.state_dict())
+    path = tmp_path / "chain.onebit"
+    save(packed, path)
+    assert torch.equal(load(path)(x), packed(x))
+
+
+def test_execution_plan_follows_net_changes():
+    torch.manual_seed(13)
+    x = torch.randn(1, 3, 8, 8)
+    packed = _check(chain_net(), x, "bireal")
+    other = _check(chain_net(), x, "bireal")
+    plan = packed.execution_plan()
+    assert packed.execution_plan() is plan  # cached
+    packed.net = other.net
+    assert packed.execution_plan() is not plan  # a new net gets a new plan
+    assert torch.equal(packed(x), other(x))
+    plan = packed.execution_plan()
+    packed.refresh()
+    assert packed.execution_plan() is not plan
+
+
 def test_save_load_round_trip_and_file_size(tmp_path):
     torch.manual_seed(5)
     model = nn.Sequential(nn.Conv2d(3, 64, 3, padding=1), nn.BatchNorm2d(64), nn.Hardtanh(),

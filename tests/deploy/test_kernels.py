@@ -109,6 +109,41 @@ def test_pack_threshold():
     assert torch.equal(K.unpack_activations(K.pack_activations(x2, t)), torch.where(x2 + t < 0, -1.0, 1.0))
 
 
+@pytest.mark.parametrize("C", ODD_CHANNELS + [128, 200])
+def test_pack_every_kernel_path(kernel, C):
+    """Each path's packer (SWAR byte gather, movemask, compare-to-mask) gives the reference bits,
+    for full and partial words, signed zeros, infinities and values at the threshold."""
+    g = torch.Generator().manual_seed(100 + C)
+    x = torch.randn(3, C, 4, 5, generator=g)
+    t = torch.randn(C, generator=g)
+    flat = x.view(-1)
+    flat[:6] = torch.tensor([0.0, -0.0, float("inf"), float("-inf"), 1e-38, -1e-38])
+    x[1, :, 0, 0] = -t  # x + t == 0 exactly: bit 0 (+1)
+    for thr in (None, t):
+        expect = torch.where(x + (0 if thr is None else thr.view(1, -1, 1, 1)) < 0, -1.0, 1.0)
+        for inp in (x, x.to(memory_format=torch.channels_last)):
+            p = K.pack_activations(inp, thr)
+            assert torch.equal(K.unpack_activations(p), expect)
+            if C % 64:
+                assert not bool((p.data[..., -1] >> (C % 64)).any())
+        rows = x.permute(0, 2, 3, 1).reshape(-1, C)
+        expect2 = torch.where(rows + (0 if thr is None else thr) < 0, -1.0, 1.0)
+        assert torch.equal(K.unpack_activations(K.pack_activations(rows, thr)), expect2)
+
+
+def test_pack_threads_split_rows_identically(kernel):
+    g = torch.Generator().manual_seed(11)
+    x = torch.randn(3, 70, 37, 41, generator=g).to(memory_format=torch.channels_last)  # odd row chunks
+    t = torch.randn(70, generator=g)
+    outs = []
+    for n in (1, 2, 5):
+        K.set_num_threads(n)
+        outs.append(K.pack_activations(x, t).data)
+    assert torch.equal(outs[0], outs[1]) and torch.equal(outs[0], outs[2])
+    assert torch.equal(K.unpack_activations(K.PackedActivations(outs[0], 70)),
+                       torch.where(x + t.view(1, -1, 1, 1) < 0, -1.0, 1.0))
+
+
 # ------------------------------------------------------------------------------------------
 # convolution / linear vs reference
 # ------------------------------------------------------------------------------------------
@@ -232,6 +267,16 @@ def test_chain_bits_into_next_layer(kernel):
     assert torch.equal(y, K.reference_binary_conv2d(h_ref, w2, padding=1, pad_value=-1))
 
 
+def test_very_long_reduction_is_exact(kernel):
+    """More than 4095 words per output (the portable kernel's 16-bit counter segment) and the
+    carry-save groups of 15/7/3 words with every remainder."""
+    g = torch.Generator().manual_seed(21)
+    for k in (64 * 4100 + 5, 64 * 15 + 64 * 7 + 64 * 3 + 1):
+        x, w = _signs(2, k, gen=g), _signs(33, k, gen=g)
+        y = K.binary_linear(K.pack_activations(x), K.pack_weights(w))
+        assert torch.equal(y, K.reference_binary_linear(x, w))
+
+
 def test_raw_word_input_with_in_channels(kernel):
     g = torch.Generator().manual_seed(5)
     x = _signs(2, 65, 4, 4, gen=g)
@@ -264,6 +309,23 @@ def test_threads_give_identical_results(kernel):
                      K.binary_conv2d(x, wp, stride=2, padding=1, transform=trb).data))  # fmt: skip
     for a, b in outs[1:]:
         assert torch.equal(a, outs[0][0]) and torch.equal(b, outs[0][1])
+
+
+@pytest.mark.parametrize("n,cin,cout,hw", [(1, 65, 33, 1), (1, 1100, 70, 3), (3, 200, 97, 5)])
+def test_threads_more_than_work_and_odd_splits(kernel, n, cin, cout, hw):
+    """More threads than rows x channel blocks, chunked hand-out with a remainder, and layers too
+    small to be worth waking a worker all give the reference result."""
+    g = torch.Generator().manual_seed(cin)
+    x, w = _signs(n, cin, hw, hw + 2, gen=g), _signs(cout, cin, 3, 3, gen=g)
+    tr = K.OutputTransform(torch.rand(cout, generator=g), torch.randn(cout, generator=g) * 3, output="bits")
+    xp, wp = K.pack_activations(x), K.pack_weights(w)
+    ref_f = K.reference_binary_conv2d(x, w, padding=1)
+    ref_b = K.reference_binary_conv2d(x, w, stride=(1, 2), padding=1, transform=tr)
+    for threads in (1, 2, 3, 7):
+        K.set_num_threads(threads)
+        assert torch.equal(K.binary_conv2d(xp, wp, padding=1), ref_f)
+        got = K.binary_conv2d(xp, wp, stride=(1, 2), padding=1, transform=tr)
+        assert torch.equal(K.unpack_activations(got), ref_b)
 
 
 def test_default_threads_follow_torch():

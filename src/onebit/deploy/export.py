@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
+import operator
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,8 @@ from torch import Tensor, fx, nn
 from .._io import atomic_write_bytes
 from .graph import ExportError, fuse, graph_from_json, graph_to_json, trace
 
-__all__ = ["export", "save", "load", "PackedModel", "ModelFileError", "FORMAT_NAME", "FORMAT_VERSION"]
+__all__ = ["export", "save", "load", "PackedModel", "ModelFileError", "FORMAT_NAME", "FORMAT_VERSION",
+           "optimize_for_inference"]
 
 FORMAT_NAME = "onebit-packed"
 FORMAT_VERSION = 1
@@ -36,6 +38,9 @@ class PackedModel(nn.Module):
         super().__init__()
         self.net = graph_module.to(memory_format=torch.channels_last)  # 4-D conv weights too
         self.meta = dict(meta or {})
+        # (net, execution plan): built on the first call, outside the module tree so that the
+        # state_dict, save() and graph exporters only ever see `net`.
+        self._plan: list[Any] = [None, None]
         self.eval()
 
     @torch.no_grad()
@@ -43,7 +48,27 @@ class PackedModel(nn.Module):
         # Images run channels_last end to end: the engine's native layout and torch's fastest on CPU.
         args = tuple(a.contiguous(memory_format=torch.channels_last)
                      if isinstance(a, Tensor) and a.dim() == 4 else a for a in args)
-        return self.net(*args, **kwargs)
+        return self.execution_plan()(*args, **kwargs)
+
+    def execution_plan(self) -> fx.GraphModule:
+        """The graph that :meth:`forward` runs: ``net`` rewritten for speed, same results.
+
+        Built once from ``net`` (call :meth:`refresh` after changing ``net``'s modules in place):
+        consecutive binary layers pass packed sign bits instead of floats, and additions/clamps
+        whose input is a temporary of this graph run in place. See :func:`optimize_for_inference`.
+        """
+        if self._plan[0] is not self.net:
+            self._plan[:] = [self.net, optimize_for_inference(self.net)]
+        return self._plan[1]
+
+    def refresh(self) -> None:
+        """Drop the cached execution plan (rebuilt from ``net`` on the next call)."""
+        self._plan[:] = [None, None]
+
+    def _apply(self, *args: Any, **kwargs: Any) -> PackedModel:
+        # .to() / .float() / ... may replace net's modules' tensors: rebuild the plan from them.
+        self.refresh()
+        return super()._apply(*args, **kwargs)
 
     def train(self, mode: bool = True) -> PackedModel:
         return super().train(False)
@@ -124,3 +149,128 @@ def load(path: str | Path) -> PackedModel:
         reason = f"{type(err).__name__}: {str(err)[:200]}"
         raise ModelFileError(f"{path}: the graph description is invalid ({reason})") from None
     return PackedModel(gm, meta)
+
+
+# --------------------------------------------------------------------------------------------------
+# Execution plan
+# --------------------------------------------------------------------------------------------------
+class _ChainedBinary(nn.Module):
+    """A packed binary layer inside a chain: takes packed bits and/or emits the next layer's bits."""
+
+    def __init__(self, layer: nn.Module, consumer: nn.Module | None, bits_in: bool) -> None:
+        super().__init__()
+        self.layer, self.bits_in = layer, bits_in
+        self._consumer = [consumer]  # a plain list: not a submodule of this wrapper
+
+    def forward(self, x: Any) -> Any:
+        consumer = self._consumer[0]
+        if consumer is not None:
+            return self.layer.forward_bits(x, consumer)
+        return self.layer.forward_packed(x) if self.bits_in else self.layer(x)
+
+
+def _add_(a: Tensor, b: Tensor) -> Tensor:
+    """``a + b`` written into ``a`` (a temporary nobody else reads) when the result has a's shape."""
+    if isinstance(a, Tensor) and isinstance(b, (Tensor, int, float)) and a.dtype.is_floating_point and (
+            not isinstance(b, Tensor) or (b.dtype == a.dtype and b.shape == a.shape)):
+        return a.add_(b)
+    return a + b
+
+
+def _clamp_(x: Tensor, lo: float | None, hi: float | None) -> Tensor:
+    """Hardtanh/ReLU/ReLU6 on a temporary, in place."""
+    return x.clamp_(lo, hi)
+
+
+_FRESH_MODULES = (nn.Conv1d, nn.Conv2d, nn.Linear, nn.modules.batchnorm._BatchNorm)
+
+
+def optimize_for_inference(gm: fx.GraphModule) -> fx.GraphModule:
+    """A faster GraphModule computing what ``gm`` (an exported graph) computes; shares its modules.
+
+    Rewrites, each applied only where it cannot change what any other node sees:
+
+    * a packed binary conv whose only consumer is another packed binary conv of the same kind
+      emits that consumer's input sign bits from its fused epilogue (bit = (y + t) < 0, the very
+      float32 operations the consumer would apply to the float output), so the float tensor, its
+      write-out and the consumer's packing pass disappear;
+    * ``a + b`` and Hardtanh/ReLU/ReLU6 whose input is a temporary produced by a convolution,
+      linear, BatchNorm, packed layer or addition and read by no one else run in place.
+    """
+    from .packed import PackedBinary
+
+    graph = fx.Graph()
+    out = graph.graph_copy(gm.graph, {})
+    graph.output(out)
+    plan = fx.GraphModule(gm, graph, "OnebitPlan")
+    modules = dict(plan.named_modules())
+
+    def module(node: fx.Node) -> nn.Module | None:
+        return modules.get(node.target) if node.op == "call_module" else None
+
+    def sole_user(node: fx.Node) -> fx.Node | None:
+        users = list(node.users)
+        return users[0] if len(users) == 1 else None
+
+    counter = [0]
+
+    def install(mod: nn.Module) -> str:
+        counter[0] += 1
+        name = f"_onebit_plan_{counter[0]}"
+        plan.add_submodule(name, mod)
+        modules[name] = mod
+        return name
+
+    # 1) chains of packed binary layers
+    consumer_of: dict[fx.Node, fx.Node] = {}
+    for node in graph.nodes:
+        a = module(node)
+        if not isinstance(a, PackedBinary) or not a.emits_bits():
+            continue
+        user = sole_user(node)
+        b = module(user) if user is not None else None
+        if (isinstance(b, PackedBinary) and b.kind == a.kind and b.accepts_bits()
+                and len(user.args) == 1 and user.args[0] is node and not user.kwargs):
+            consumer_of[node] = user
+    bits_in = set(consumer_of.values())
+    for node in list(graph.nodes):
+        if node in consumer_of or node in bits_in:
+            layer = module(node)
+            consumer = module(consumer_of[node]) if node in consumer_of else None
+            node.target = install(_ChainedBinary(layer, consumer, node in bits_in))
+
+    # 2) in-place additions and clamps on temporaries
+    def fresh(node: Any) -> bool:
+        if not isinstance(node, fx.Node) or sole_user(node) is None:
+            return False
+        if node.op == "call_function" and node.target in (operator.add, torch.add, _add_):
+            return True
+        m = module(node)
+        return isinstance(m, _FRESH_MODULES) or (isinstance(m, PackedBinary) and m.kind != "linear") or (
+            isinstance(m, _ChainedBinary) and m._consumer[0] is None)
+
+    for node in list(graph.nodes):
+        if node.op == "call_function" and node.target in (operator.add, torch.add) and len(node.args) == 2 \
+                and not node.kwargs:
+            a, b = node.args
+            if fresh(a):
+                node.target = _add_
+            elif fresh(b) and isinstance(a, fx.Node):
+                node.target, node.args = _add_, (b, a)
+    for node in list(graph.nodes):
+        m = module(node)
+        if type(m) in (nn.Hardtanh, nn.ReLU, nn.ReLU6) and len(node.args) == 1 and not node.kwargs \
+                and fresh(node.args[0]):
+            if isinstance(m, nn.Hardtanh):
+                lo, hi = m.min_val, m.max_val
+            else:
+                lo, hi = 0.0, (6.0 if isinstance(m, nn.ReLU6) else None)
+            with graph.inserting_before(node):
+                new = graph.call_function(_clamp_, (node.args[0], float(lo), None if hi is None else float(hi)))
+            node.replace_all_uses_with(new)
+            graph.erase_node(node)
+
+    graph.eliminate_dead_code()
+    plan.recompile()
+    plan.eval()
+    return plan

@@ -345,7 +345,7 @@ def pack_activations(x: torch.Tensor, threshold: torch.Tensor | None = None) -> 
         x = x.contiguous()
         out = torch.empty((x.shape[0], _words(C)), dtype=torch.int64)
         if x.numel():
-            _engine.pack_rows(x.data_ptr(), x.shape[0], C, taddr, out.data_ptr(), nt)
+            _engine.pack_rows(x.data_ptr(), x.shape[0], C, taddr, out.data_ptr(), _kernel_id(), nt)
         return PackedActivations(out, C)
     N, _, H, W = x.shape
     out = torch.empty((N, H, W, _words(C)), dtype=torch.int64)
@@ -353,7 +353,7 @@ def pack_activations(x: torch.Tensor, threshold: torch.Tensor | None = None) -> 
         return PackedActivations(out, C)
     if not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
         rows = x.permute(0, 2, 3, 1).reshape(N * H * W, C)
-        _engine.pack_rows(rows.data_ptr(), N * H * W, C, taddr, out.data_ptr(), nt)
+        _engine.pack_rows(rows.data_ptr(), N * H * W, C, taddr, out.data_ptr(), _kernel_id(), nt)
     else:
         x = x.contiguous()
         _engine.pack_nchw(x.data_ptr(), N, C, H * W, taddr, out.data_ptr(), nt)

@@ -165,6 +165,51 @@ class PackedBinary(_PackedBase):
             clamp_max=None if clamp is None or math.isinf(clamp[1]) else clamp[1],
         )
 
+    # -- chaining bit-packed outputs into the next binary layer -----------------------------------
+    def emits_bits(self) -> bool:
+        """True if the whole epilogue is fused, so the engine can emit the next layer's sign bits."""
+        return self.kind in ("conv1d", "conv2d") and self._transform() is not None
+
+    def accepts_bits(self) -> bool:
+        """True if this layer's input is used only through its packed signs (no input scale, no
+        non-zero padding mode), so a previous layer may hand it bits instead of floats."""
+        return (self.kind in ("conv1d", "conv2d") and self.padding_mode == "zeros"
+                and self.config.get("input_scale") != "mean_abs")
+
+    def bits_transform(self, consumer: PackedBinary) -> Any:
+        """This layer's epilogue ending in ``consumer``'s input sign: bit = (y + threshold) < 0, the
+        bit ``consumer`` would compute from this layer's float output (same float32 operations)."""
+        key = ("bits", id(consumer))
+        entry = self._cache.get(key)
+        if entry is None or entry[0] is not consumer:
+            t = self._transform()
+            entry = (consumer, self._k.OutputTransform(
+                scale=t.scale, bias=t.bias, prelu=t.prelu, clamp_min=t.clamp_min, clamp_max=t.clamp_max,
+                output="bits", threshold=consumer._tensors.get("threshold")))  # fmt: skip
+            self._cache[key] = entry
+        return entry[1]
+
+    def forward_bits(self, x: Tensor | Any, consumer: PackedBinary) -> Any:
+        """Run this layer and return ``consumer``'s packed input (PackedActivations, NHWC) directly."""
+        packed = x if isinstance(x, self._k.PackedActivations) else self._pack_input(x)
+        return self._conv(packed, self.bits_transform(consumer))
+
+    def forward_packed(self, packed: Any) -> Tensor:
+        """Run this layer on already packed input (from :meth:`forward_bits` of the layer before)."""
+        y = self._conv(packed, self._transform())
+        return y.squeeze(2) if self.kind == "conv1d" else y
+
+    def _pack_input(self, x: Tensor) -> Any:
+        if x.dtype != torch.float32:
+            x = x.float()
+        if self.kind == "conv1d":
+            x = x.unsqueeze(2)
+        return self._k.pack_activations(x, self._tensors.get("threshold"))
+
+    def _conv(self, packed: Any, transform: Any) -> Any:
+        return self._k.binary_conv2d(packed, self.packed, stride=self.stride, padding=self.padding,
+                                     pad_value=self.pad_value, transform=transform)
+
     def forward(self, x: Tensor) -> Tensor:
         kinds = self._k
         if x.dtype != torch.float32:
