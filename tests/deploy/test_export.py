@@ -8,6 +8,7 @@ import sys
 
 import pytest
 import torch
+from deploy_probe import randomize_norms
 from torch import nn
 
 import onebit
@@ -25,16 +26,10 @@ def finish_training(model, method):
 PATHS = [k for k in kernels.available_kernels()]
 
 
-def randomize_norms(model):
+def randomize_trained(model):
+    randomize_norms(model)
     with torch.no_grad():
         for m in model.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                m.running_mean.uniform_(-1, 1)
-                m.running_var.uniform_(0.5, 2)
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.uniform_(-0.5, 0.5)
-            if isinstance(m, nn.PReLU):
-                m.weight.uniform_(0.05, 0.5)
             for name, p in m.named_parameters(recurse=False):
                 if name in ("rsign_bias", "alpha") or name.startswith("gamma"):
                     p.uniform_(-0.3, 0.3) if name == "rsign_bias" else p.uniform_(0.5, 1.5)
@@ -71,7 +66,7 @@ def _check(model, x, method, **options):
     model(x)  # materialise lazy layers
     onebit.binarize(model, method, example_input=x, **options)
     finish_training(model, method)
-    randomize_norms(model)
+    randomize_trained(model)
     model.eval()
     with torch.no_grad():
         expected = model(x)
@@ -307,7 +302,7 @@ def test_zoo_models_export(name, options, shape, method):
     model = onebit.models.create(name, num_classes=10, method=method, **options)
     x = torch.randn(shape)
     model(x)
-    randomize_norms(model)
+    randomize_trained(model)
     model.eval()
     with torch.no_grad():
         expected = model(x)
@@ -337,3 +332,11 @@ def test_vit_layers_match_one_by_one(method):
     assert len(seen) == 8
     for name, (inp, out) in seen.items():
         assert (packed[name](inp) - out).abs().max().item() <= 1e-5 * out.abs().max().item(), name
+
+
+def test_hbnn_hetero_activations_are_refused():
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1), nn.Conv2d(8, 4, 1))
+    onebit.binarize(model, onebit.methods.get("hbnn", activations="hetero"))
+    model(torch.randn(2, 3, 8, 8))
+    with pytest.raises(NotDeployableError, match="activations='hetero'"):
+        export(model.eval())

@@ -7,6 +7,7 @@ ExportError naming the layer."""
 import numpy as np
 import pytest
 import torch
+from deploy_probe import randomize_norms
 from torch import nn
 
 import onebit
@@ -30,15 +31,9 @@ def finish_training(model, method):
 def randomize(model):
     """Trained-looking BatchNorm statistics, PReLU slopes, thresholds and learnable scales, so that
     neither the folding nor the thresholds can pass by accident."""
+    randomize_norms(model)
     with torch.no_grad():
         for m in model.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                m.running_mean.uniform_(-1, 1)
-                m.running_var.uniform_(0.5, 2)
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.uniform_(-0.5, 0.5)
-            if isinstance(m, nn.PReLU):
-                m.weight.uniform_(0.05, 0.5)
             for name, p in m.named_parameters(recurse=False):
                 if name == "rsign_bias" or (name == "bias" and not isinstance(m, (nn.Conv2d, nn.Linear, nn.BatchNorm2d,
                                                                                      nn.BatchNorm1d))):

@@ -8,6 +8,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from deploy_probe import randomize_norms
 from onnx import numpy_helper
 from torch import nn
 
@@ -42,15 +43,9 @@ def finish_training(model, method):
 def randomize(model):
     """BN statistics, PReLU slopes, thresholds and learnable scales away from their identity inits, so
     that a file which dropped any of them would not match."""
+    randomize_norms(model)
     with torch.no_grad():
         for m in model.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                m.running_mean.uniform_(-1, 1)
-                m.running_var.uniform_(0.5, 2)
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.uniform_(-0.5, 0.5)
-            if isinstance(m, nn.PReLU):
-                m.weight.uniform_(0.05, 0.5)
             for name, p in m.named_parameters(recurse=False):
                 if name == "rsign_bias":
                     p.uniform_(-0.3, 0.3)

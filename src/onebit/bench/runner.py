@@ -41,26 +41,18 @@ RESULTS_FILE = "results.sqlite"
 # Provenance
 # --------------------------------------------------------------------------------------------------
 def code_version() -> str:
-    """onebit's version, plus the git commit (and ``+dirty``) when running from a checkout."""
+    """onebit's version, plus the git commit (and ``.dirty``) when running from a checkout."""
     root = Path(__file__).resolve().parents[3]
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=5,
+                              check=True).stdout.strip()
+
     try:
-        rev = subprocess.run(
-            ["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=True,
-        ).stdout.strip()
-        return f"{__version__}+g{rev}{'.dirty' if dirty else ''}"
+        rev, dirty = git("rev-parse", "--short", "HEAD"), git("status", "--porcelain", "--untracked-files=no")
     except (OSError, subprocess.SubprocessError):
         return __version__
+    return f"{__version__}+g{rev}{'.dirty' if dirty else ''}"
 
 
 def machine_description() -> str:

@@ -190,26 +190,25 @@ def _ratio(num: float | None, den: float | None) -> float | None:
     return num / den
 
 
-def _flops(records: list[RunRecord]) -> float | None:
+def _derived(records: list[RunRecord], name: str, parts: tuple[str, str], combine) -> float | None:
+    """Mean of metric ``name`` over ``records``, computed as ``combine(*parts)`` where a record lacks it
+    (the first part defaults to 0: a full-precision run has no binary ops or params)."""
     vals = []
     for r in records:
         m = r.metrics
-        if "flops_bibench" in m:
-            vals.append(m["flops_bibench"])
-        elif "fp_macs" in m:
-            vals.append(M.bibench_flops(m.get("bops", 0.0), m["fp_macs"]))
+        if name in m:
+            vals.append(m[name])
+        elif parts[1] in m:
+            vals.append(combine(m.get(parts[0], 0.0), m[parts[1]]))
     return sum(vals) / len(vals) if vals else None
+
+
+def _flops(records: list[RunRecord]) -> float | None:
+    return _derived(records, "flops_bibench", ("bops", "fp_macs"), M.bibench_flops)
 
 
 def _params(records: list[RunRecord]) -> float | None:
-    vals = []
-    for r in records:
-        m = r.metrics
-        if "params_bibench" in m:
-            vals.append(m["params_bibench"])
-        elif "params_32bit" in m:
-            vals.append(M.bibench_params(m.get("params_1bit", 0.0), m["params_32bit"]))
-    return sum(vals) / len(vals) if vals else None
+    return _derived(records, "params_bibench", ("params_1bit", "params_32bit"), M.bibench_params)
 
 
 def _corruptions(records: list[RunRecord]) -> dict[str, dict[str, float]]:

@@ -319,6 +319,12 @@ def pack_layer(layer: BinaryLayer) -> _PackedBase:
         raise
     except ValueError as err:
         raise NotDeployableError(f"{layer_label(layer)} ({layer.method.name}): {err}") from None
+    if form.input_bits is not None:
+        raise NotDeployableError(
+            f"{layer_label(layer)} ({layer.method.name}): multi-bit activations (activations='hetero') pick "
+            "each sample's bit map by sorting at run time, which the 1-bit engine cannot compute; train with "
+            "activations='binary' to deploy"
+        )
     config: dict[str, Any] = {
         **_geometry(layer),
         "method": layer.method.name,
