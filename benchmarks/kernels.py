@@ -111,6 +111,20 @@ def main() -> None:
                       flush=True)
         K.set_kernel(None)
 
+    # Packing the float input of a binary layer into sign bits (the step between FP and binary layers).
+    torch.set_num_threads(1)
+    K.set_num_threads(1)
+    print()
+    print("| pack activations (1 thread) | kernel | µs |")
+    print("|---|---|---|")
+    for name, (cin, h, w), *_ in CONV_LAYERS:
+        x = torch.randn(1, cin, h, w).contiguous(memory_format=torch.channels_last)
+        for kern in kernels:
+            K.set_kernel(kern)
+            us = timeit(lambda: K.pack_activations(x), repeats) * 1e6
+            print(f"| {name} input {h}x{w}x{cin} | {kern} | {us:.0f} |", flush=True)
+    K.set_kernel(None)
+
 
 if __name__ == "__main__":
     main()

@@ -34,8 +34,9 @@ def digits():
 @pytest.fixture(scope="module")
 def rgb32() -> np.ndarray:
     """Eight natural 32x32 RGB images (crops of scikit-image's bundled photographs), uint8 (8, 32, 32, 3)."""
-    cv2 = pytest.importorskip("cv2")
-    skdata = pytest.importorskip("skimage.data")
+    import cv2
+    import skimage.data as skdata
+
     out = []
     for photo in (skdata.astronaut(), skdata.chelsea(), skdata.coffee(), skdata.rocket()):
         h, w = photo.shape[:2]

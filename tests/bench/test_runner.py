@@ -208,7 +208,6 @@ def test_killed_suite_resumes_without_duplicates_or_losses(tmp_path):
 
 
 def test_ray_executor_runs_a_two_run_suite(tmp_path):
-    pytest.importorskip("ray")
     out = tmp_path / "ray"
     result = run_suite(tiny_suite("ray", sensitivity=False), out, executor="ray", workers=2, progress=False,
                        report=False)

@@ -6,6 +6,29 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+import onebit
+
+
+def finish_training(model: nn.Module, method: str) -> None:
+    """Bring a model to its deployable state: BiPer's stage 2, the hard sign at the end of PC++/BNN++."""
+    if method == "biper":
+        onebit.methods.biper.to_stage2(model)
+    onebit.schedule_step(model, 10, 10)
+
+
+class Residual(nn.Module):
+    """A full-precision 3x3 conv + BN added to its (pooled, at stride 2) input, then Hardtanh."""
+
+    def __init__(self, channels: int, stride: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, stride, 1, bias=False)
+        self.bn = nn.BatchNorm2d(channels)
+        self.act = nn.Hardtanh()
+        self.pool = nn.AvgPool2d(2) if stride == 2 else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.bn(self.conv(x)) + self.pool(x))
+
 
 def randomize_norms(model: nn.Module) -> None:
     """BatchNorm running statistics and affine parameters, and PReLU slopes, away from their inits."""

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 import torch
-from deploy_probe import randomize_norms
+from deploy_probe import Residual, finish_training, randomize_norms
 from torch import nn
 
 import onebit
@@ -16,13 +16,6 @@ from onebit.deploy import ExportError, ModelFileError, export, kernels, load, sa
 from onebit.methods import NotDeployableError
 
 DEPLOYABLE = onebit.methods.available()
-
-
-def finish_training(model, method):
-    """Bring a model to its deployable state: BiPer's stage 2, the hard sign at the end of PC++."""
-    if method == "biper":
-        onebit.methods.biper.to_stage2(model)
-    onebit.schedule_step(model, 10, 10)
 PATHS = [k for k in kernels.available_kernels()]
 
 
@@ -34,17 +27,6 @@ def randomize_trained(model):
                 if name in ("rsign_bias", "alpha") or name.startswith("gamma"):
                     p.uniform_(-0.3, 0.3) if name == "rsign_bias" else p.uniform_(0.5, 1.5)
 
-
-class Residual(nn.Module):
-    def __init__(self, channels, stride):
-        super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, stride, 1, bias=False)
-        self.bn = nn.BatchNorm2d(channels)
-        self.act = nn.Hardtanh()
-        self.pool = nn.AvgPool2d(2) if stride == 2 else nn.Identity()
-
-    def forward(self, x):
-        return self.act(self.bn(self.conv(x)) + self.pool(x))
 
 
 def conv_net(stride):

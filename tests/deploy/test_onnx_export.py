@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from deploy_probe import randomize_norms
+from deploy_probe import Residual, finish_training, randomize_norms
 from onnx import numpy_helper
 from torch import nn
 
@@ -33,11 +33,6 @@ def _one_thread():
     torch.set_num_threads(before)
 
 
-def finish_training(model, method):
-    """The deployable state: BiPer's stage 2, the hard sign at the end of ProxConnect++'s schedule."""
-    if method == "biper":
-        onebit.methods.biper.to_stage2(model)
-    onebit.schedule_step(model, 10, 10)
 
 
 def randomize(model):
@@ -54,17 +49,6 @@ def randomize(model):
                 elif name == "bias" and isinstance(m, (BinaryConv1d, BinaryConv2d, BinaryLinear)):
                     p.uniform_(-0.5, 0.5)
 
-
-class Residual(nn.Module):
-    def __init__(self, channels, stride):
-        super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, stride, 1, bias=False)
-        self.bn = nn.BatchNorm2d(channels)
-        self.act = nn.Hardtanh()
-        self.pool = nn.AvgPool2d(2) if stride == 2 else nn.Identity()
-
-    def forward(self, x):
-        return self.act(self.bn(self.conv(x)) + self.pool(x))
 
 
 def conv_net():

@@ -9,6 +9,7 @@ recorded, and a run killed half-way resumes from its last epoch checkpoint.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import platform
@@ -40,6 +41,7 @@ RESULTS_FILE = "results.sqlite"
 # --------------------------------------------------------------------------------------------------
 # Provenance
 # --------------------------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=1)
 def code_version() -> str:
     """onebit's version, plus the git commit (and ``.dirty``) when running from a checkout."""
     root = Path(__file__).resolve().parents[3]
@@ -55,6 +57,7 @@ def code_version() -> str:
     return f"{__version__}+g{rev}{'.dirty' if dirty else ''}"
 
 
+@functools.lru_cache(maxsize=1)
 def machine_description() -> str:
     """CPU model, core count, OS and torch version, e.g. for comparing timings across result files."""
     cpu = platform.processor() or platform.machine()
@@ -94,11 +97,10 @@ def _recipe(spec: RunSpec) -> Any:
     ).check()
 
 
-def _train(spec: RunSpec, run_dir: Path) -> tuple[nn.Module, list[dict[str, Any]]]:
+def _train(recipe: Any, run_dir: Path) -> tuple[nn.Module, list[dict[str, Any]]]:
     """The trained model and its epoch history; finishes or resumes an interrupted run directory."""
     from ..train.trainer import load_checkpoint, load_run_model, train
 
-    recipe = _recipe(spec)
     final, checkpoint = run_dir / "model.pt", run_dir / "checkpoint.pt"
     if final.exists() and checkpoint.exists():
         model, _, _ = load_run_model(final)
@@ -128,16 +130,13 @@ def _robustness(spec: RunSpec, model: nn.Module, bundle: Any, cache_dir: Path) -
     return out
 
 
-def _median_ms(fn: Callable[[], Any], repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
+def _elapsed_ms(fn: Callable[[], Any]) -> float:
+    start = time.perf_counter()
+    fn()
+    return (time.perf_counter() - start) * 1e3
 
 
-def _inference(spec: RunSpec, model: nn.Module, run_dir: Path, example: torch.Tensor) -> dict[str, float]:
+def _inference(spec: RunSpec, recipe: Any, model: nn.Module, run_dir: Path, bundle: Any) -> dict[str, float]:
     """Batch-1 latency and file size of the deployed model. A binarized model is packed for the 1-bit
     engine and timed side by side with the same architecture at full precision in torch fp32 (the ratio
     is what the track scores); an fp model is timed in torch and stored as an fp32 safetensors file."""
@@ -150,7 +149,7 @@ def _inference(spec: RunSpec, model: nn.Module, run_dir: Path, example: torch.Te
 
     threads, repeats = spec.inference.get("threads", 1), spec.inference.get("repeats", 20)
     torch.set_num_threads(threads)
-    x = example.unsqueeze(0)
+    x = bundle.test[0][0].unsqueeze(0)
     if x.dim() == 4:
         x = x.contiguous(memory_format=torch.channels_last)
 
@@ -167,7 +166,7 @@ def _inference(spec: RunSpec, model: nn.Module, run_dir: Path, example: torch.Te
             forward()
             return {
                 "deployable": 1.0,
-                "latency_ms": _median_ms(forward, repeats),
+                "latency_ms": statistics.median(_elapsed_ms(forward) for _ in range(repeats)),
                 "file_bytes": float(len(save_tensors(state))),
             }
         try:
@@ -177,29 +176,22 @@ def _inference(spec: RunSpec, model: nn.Module, run_dir: Path, example: torch.Te
         path = run_dir / "model.onebit"
         save(packed, path)
         set_num_threads(threads)
-        recipe = _recipe(spec)
-        fp_model = build_model(
-            recipe, replace(recipe.stages[0], method=None), _num_classes(model, x), tuple(example.shape)
-        )
+        fp_model = build_model(recipe, replace(recipe.stages[0], method=None), bundle.num_classes,
+                               tuple(bundle.input_shape))
         fp_forward = fp32_forward(fp_model)
         for warm in (lambda: packed(x), fp_forward):
             warm()
         # Interleaved, so that both see the same machine load.
         packed_ms, fp_ms = [], []
         for _ in range(repeats):
-            packed_ms.append(_median_ms(lambda: packed(x), 1))
-            fp_ms.append(_median_ms(fp_forward, 1))
+            packed_ms.append(_elapsed_ms(lambda: packed(x)))
+            fp_ms.append(_elapsed_ms(fp_forward))
         return {
             "deployable": 1.0,
             "latency_ms": statistics.median(packed_ms),
             "latency_fp32_ms": statistics.median(fp_ms),
             "file_bytes": float(path.stat().st_size),
         }
-
-
-def _num_classes(model: nn.Module, x: torch.Tensor) -> int:
-    with torch.no_grad():
-        return int(model(x).shape[-1])
 
 
 def _complexity(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, float]:
@@ -231,30 +223,32 @@ def execute(spec: RunSpec, out_dir: str | Path, threads: int | None = None) -> R
         machine=machine_description(),
         started=time.time(),
     )
+    train_threads = torch.get_num_threads()
     try:
-        train_threads = torch.get_num_threads()
-        model, history = _train(spec, run_dir)
+        recipe = _recipe(spec)
+        model, history = _train(recipe, run_dir)
         epochs = [row["epoch_time"] for row in history]
         metrics: dict[str, float] = {
             "acc": float(history[-1]["test_acc"]),
             "epoch_time_s": statistics.mean(epochs),
             "train_time_s": sum(epochs),
         }
-        bundle = load_data(_recipe(spec))
+        bundle = load_data(recipe)
         input_shape = tuple(bundle.input_shape)
         if "complexity" in spec.tracks:
             metrics.update(_complexity(model, input_shape))
         if "robustness" in spec.tracks:
             metrics.update(_robustness(spec, model, bundle, Path(out_dir) / "cache"))
         if "inference" in spec.tracks:
-            metrics.update(_inference(spec, model, run_dir, bundle.test[0][0]))
-            torch.set_num_threads(train_threads)
+            metrics.update(_inference(spec, recipe, model, run_dir, bundle))
         record.metrics = metrics
     except Exception as err:  # one failed run must not stop the suite; its error is recorded
         record.status = "failed"
         record.error = f"{type(err).__name__}: {err}"
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(run_dir / "error.txt", traceback.format_exc().encode())
+    finally:
+        torch.set_num_threads(train_threads)  # _inference times with the suite's inference threads
     record.finished = time.time()
     return record
 

@@ -237,7 +237,7 @@ def _methods(value: Any, where: str) -> list[str]:
         return known
     if not isinstance(value, list) or not value or not all(isinstance(m, str) for m in value):
         raise _fail(where, 'must be "all" or a non-empty list of method names')
-    bad = [m for m in value if m not in known]
+    bad = [m for m in value if m not in known and m != FP]  # "fp" is always run; listing it is harmless
     if bad:
         raise _fail(where, f"unknown method(s) {', '.join(bad)}; available: {', '.join(known)}")
     return [m for m in value if m != FP]
@@ -282,8 +282,10 @@ def _setting(raw: Any, index: int) -> Setting:
     if family not in ("cnn", "mlp", "transformer"):
         raise _fail(f"{where}.family", f"{family!r} is not one of cnn, mlp, transformer")
     options = {}
-    for key in ("data_options", "model_options"):
-        options[key] = dict(_table(raw.get(key, {}), f"{where}.{key}", set(raw.get(key, {}))))
+    for key in ("data_options", "model_options"):  # checked by the dataset and model when a run builds them
+        if not isinstance(raw.get(key, {}), dict):
+            raise _fail(f"{where}.{key}", "must be a table")
+        options[key] = dict(raw.get(key, {}))
     return Setting(
         raw["task"],
         raw["arch"],

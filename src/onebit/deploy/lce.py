@@ -56,6 +56,8 @@ import importlib.util
 import math
 import operator
 import os
+import platform
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -74,7 +76,7 @@ from .export import PackedModel, export
 from .graph import ExportError
 from .packed import PackedBinary, PackedBinaryWeightOnly, _PackedBase
 
-__all__ = ["to_lce", "to_lce_bytes", "interpreter", "LceInterpreter", "lce_available", "SUPPORTED",
+__all__ = ["to_lce", "to_lce_bytes", "interpreter", "LceInterpreter", "lce_available", "LCE_PLATFORM", "SUPPORTED",
            "DEPLOYABLE_METHODS"]
 
 #: What the exporter translates besides binary layers (for the error message and the README).
@@ -103,6 +105,10 @@ def _wrapper_path() -> Path | None:
         if path.is_file():
             return path
     return None
+
+
+#: Where LCE publishes its interpreter wheel (x86-64 Linux; its ARM builds are for devices, not pip).
+LCE_PLATFORM = sys.platform == "linux" and platform.machine() == "x86_64"
 
 
 def lce_available() -> bool:
