@@ -2,7 +2,12 @@
 // work items (32-output-channel block, image, output row) spread over the engine's threads;
 // each item runs the selected ISA's instantiation of conv_item (conv_impl.h).
 #include <algorithm>
+#include <atomic>
+#include <climits>
+#include <cmath>
 #include <cstring>
+#include <memory>
+#include <mutex>
 #include <stdexcept>
 #include <vector>
 
@@ -12,6 +17,83 @@
 #include "thread_pool.h"
 
 namespace onebit {
+
+uint64_t new_weights_uid() {
+  static std::atomic<uint64_t> next{1};
+  return next.fetch_add(1, std::memory_order_relaxed);
+}
+
+namespace {
+
+// Output bit of one channel for the integer dot product D, by exactly the float operations, in
+// the order, of conv_item's float epilogue for one plane (the build disables FMA contraction, so
+// this scalar code rounds as the vector code does).  *finite: every intermediate is finite.
+bool transform_bit(const Transform& t, float mu, int64_t o, int64_t D, bool* finite) {
+  const float acc = 0.0f + mu * static_cast<float>(D);
+  float y = acc * t.scale[o] + t.bias[o];
+  bool ok = std::isfinite(acc) && std::isfinite(y);
+  if (!t.prelu.empty()) y = y < 0.0f ? y * t.prelu[o] : y;
+  const float v = y < t.cmin ? t.cmin : y;
+  y = v > t.cmax ? t.cmax : v;
+  if (!t.thr.empty()) y = y + t.thr[o];
+  *finite = ok && std::isfinite(y);
+  return y < 0.0f;
+}
+
+// The integer form of a bits-output transform for single-plane weights, or nullptr where the
+// float epilogue must run.  The transform is a composition of monotone float maps of D (times
+// mu, times scale, plus bias, PReLU with a slope >= 0, clamp, plus threshold; IEEE rounding is
+// monotone), so while no intermediate is infinite or NaN -- checked at the two ends of D's range
+// [-R, R], which bound every intermediate in between -- the set of D giving bit 1 is a prefix
+// or a suffix of the range, found by bisection on the same float operations: the bits are
+// identical to the float epilogue's, and the per-pixel work becomes two integer compares
+// (the integer-threshold form of BatchNorm + sign used by FINN and LCE).
+std::shared_ptr<const SignIntervals> make_sign_intervals(const Weights& w, const Transform& t) {
+  const int64_t R = w.kh * w.kw * w.cin;  // |D| <= R: D is a sum of kh*kw*cin terms in {-1, 0, 1}
+  if (R >= (int64_t{1} << 24)) return nullptr;  // float(D) must be exact
+  auto r = std::make_shared<SignIntervals>();
+  r->weights_uid = w.uid;
+  r->lo.assign(static_cast<size_t>(w.cpad), INT32_MAX);  // padded channels: empty interval
+  r->hi.assign(static_cast<size_t>(w.cpad), INT32_MIN);
+  for (int64_t o = 0; o < w.cout; ++o) {
+    if (!t.prelu.empty() && !(t.prelu[o] >= 0.0f)) return nullptr;  // a negative slope folds y
+    const float mu = w.mu[o];
+    bool fin_lo = false, fin_hi = false;
+    const bool b_lo = transform_bit(t, mu, o, -R, &fin_lo), b_hi = transform_bit(t, mu, o, R, &fin_hi);
+    if (!fin_lo || !fin_hi) return nullptr;
+    if (b_lo == b_hi) {
+      if (b_lo) r->lo[o] = INT32_MIN, r->hi[o] = INT32_MAX;
+      continue;
+    }
+    // bisection keeps bit(a) == b_lo and bit(b) == b_hi
+    int64_t a = -R, b = R;
+    bool finite = true;
+    while (b - a > 1) {
+      const int64_t mid = a + (b - a) / 2;
+      (transform_bit(t, mu, o, mid, &finite) == b_lo ? a : b) = mid;
+    }
+    if (b_lo) r->lo[o] = INT32_MIN, r->hi[o] = static_cast<int32_t>(a);  // bit 1 for D <= a
+    else r->lo[o] = static_cast<int32_t>(b), r->hi[o] = INT32_MAX;        // bit 1 for D >= b
+  }
+  return r;
+}
+
+std::shared_ptr<const SignIntervals> sign_intervals(const Weights& w, const Transform& t) {
+  if (!t.bits || w.J != 1) return nullptr;
+  {
+    std::lock_guard<std::mutex> lock(t.intervals_mutex);
+    for (const auto& iv : t.intervals)
+      if (iv->weights_uid == w.uid) return iv;
+  }
+  std::shared_ptr<const SignIntervals> iv = make_sign_intervals(w, t);
+  if (!iv) return nullptr;
+  std::lock_guard<std::mutex> lock(t.intervals_mutex);
+  if (t.intervals.size() >= 8) t.intervals.erase(t.intervals.begin());
+  t.intervals.push_back(iv);
+  return iv;
+}
+
+}  // namespace
 
 int64_t conv_out_size(int64_t in, int k, int stride, int pad) {
   const int64_t span = in + 2 * static_cast<int64_t>(pad) - k;
@@ -54,6 +136,11 @@ void conv2d(const Weights& w, const Transform& t, const ConvCall& call) {
   c.thr = t.thr.empty() ? nullptr : t.thr.data();
   c.cmin = t.cmin;
   c.cmax = t.cmax;
+  const std::shared_ptr<const SignIntervals> intervals = sign_intervals(w, t);
+  if (intervals) {
+    c.sign_lo = intervals->lo.data();
+    c.sign_hi = intervals->hi.data();
+  }
   c.out_f = t.bits ? nullptr : static_cast<float*>(call.out);
   c.out_bits = t.bits ? static_cast<uint64_t*>(call.out) : nullptr;
 

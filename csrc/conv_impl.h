@@ -29,6 +29,8 @@ struct ConvCtx {
   const float* prelu = nullptr;   // (cpad) or nullptr
   const float* thr = nullptr;     // (cpad) or nullptr
   float cmin = 0, cmax = 0;
+  const int32_t* sign_lo = nullptr;  // (cpad) integer form of the transform, or nullptr
+  const int32_t* sign_hi = nullptr;  //   (bits output, one plane): bit = lo <= D <= hi
   float* out_f = nullptr;         // (N, OH, OW, cout)
   uint64_t* out_bits = nullptr;   // (N, OH, OW, KWo)
 };
@@ -50,7 +52,25 @@ ONEBIT_INLINE void store_half(uint64_t* word, int half, uint32_t bits) {
 #endif
 }
 
-// Block must provide: static void run(const BlockArgs&)  (computes S for npix pixels).
+// Per-pixel bit extraction for kBlock channels, the portable definitions; ISA blocks override
+// them with vector compares.
+struct ScalarBits {
+  // bit q = (y[q] < 0)  (false for NaN)
+  static ONEBIT_INLINE uint32_t negative_bits(const float* y) {
+    uint32_t bits = 0;
+    for (int q = 0; q < kBlock; ++q) bits |= static_cast<uint32_t>(y[q] < 0.0f) << q;
+    return bits;
+  }
+  // bit q = (lo[q] <= d[q] <= hi[q])
+  static ONEBIT_INLINE uint32_t in_interval_bits(const int32_t* d, const int32_t* lo, const int32_t* hi) {
+    uint32_t bits = 0;
+    for (int q = 0; q < kBlock; ++q) bits |= static_cast<uint32_t>(d[q] >= lo[q] && d[q] <= hi[q]) << q;
+    return bits;
+  }
+};
+
+// Block must provide: static void run(const BlockArgs&)  (computes S for npix pixels), and the
+// two bit extractions of ScalarBits.
 template <class Block>
 ONEBIT_INLINE void conv_item(const ConvCtx& c, int64_t item) {
   // Items run (image, output row) outer and channel block inner: consecutive items, which one
@@ -82,12 +102,58 @@ ONEBIT_INLINE void conv_item(const ConvCtx& c, int64_t item) {
   args.xstride = static_cast<int64_t>(c.sw) * c.KW;
   args.S = S;
 
+  // Padded taps of a border pixel were computed as +1 inputs: corr removes their contribution
+  // (sum of the weight signs at those taps) for zero padding.
+  auto border_correction = [&](int j, int64_t iw0, int32_t* corr) {
+    for (int q = 0; q < kBlock; ++q) corr[q] = 0;
+    for (int i = 0; i < c.kh; ++i) {
+      const int64_t ih = ih0 + i - c.ph;
+      for (int jj = 0; jj < c.kw; ++jj) {
+        const int64_t iw = iw0 + jj - c.pw;
+        if (ih < 0 || ih >= c.H || iw < 0 || iw >= c.W) {
+          const int32_t* ws = c.wsum + (static_cast<int64_t>(j) * taps + i * c.kw + jj) * c.cpad + o0;
+          for (int q = 0; q < kBlock; ++q) corr[q] += ws[q];
+        }
+      }
+    }
+  };
+  auto store_bits = [&](int64_t pix, uint32_t bits) {
+    if (nc < kBlock) bits &= (1u << nc) - 1;
+    uint64_t* word = c.out_bits + pix * c.KWo + cb / 2;
+    store_half(word, static_cast<int>(cb & 1), bits);
+    if (cb == c.ncb - 1 && (cb & 1) == 0) store_half(word, 1, 0u);
+  };
+
   for (int64_t ow0 = 0; ow0 < c.OW; ow0 += kMaxPix) {
     const int npix = static_cast<int>(c.OW - ow0 < kMaxPix ? c.OW - ow0 : kMaxPix);
     for (int i = 0; i < c.kh; ++i) rows[i] = c.xp + ((n * c.Hp + ih0 + i) * c.Wp + ow0 * c.sw) * c.KW;
     args.npix = npix;
-    for (int e = 0; e < npix * kBlock; ++e) acc[e] = 0.0f;
 
+    if (c.sign_lo) {
+      // Integer epilogue (one plane, bits output): compare the dot product with the
+      // transform's precomputed interval instead of evaluating it in float.
+      args.w = c.w + cb * c.blk_words;
+      args.m = c.m ? c.m + cb * c.blk_words : nullptr;
+      Block::run(args);
+      const int32_t* base = c.base + o0;
+      const int32_t* lo = c.sign_lo + o0;
+      const int32_t* hi = c.sign_hi + o0;
+      for (int p = 0; p < npix; ++p) {
+        const int64_t iw0 = (ow0 + p) * c.sw;
+        const bool border = row_border || (c.zero_pad && (iw0 < c.pw || iw0 + c.kw > c.pw + c.W));
+        int32_t* D = S + p * kBlock;
+        if (border) {
+          border_correction(0, iw0, corr);
+          for (int q = 0; q < kBlock; ++q) D[q] = base[q] - (2 * D[q] + corr[q]);
+        } else {
+          for (int q = 0; q < kBlock; ++q) D[q] = base[q] - 2 * D[q];
+        }
+        store_bits((n * c.OH + oh) * c.OW + ow0 + p, Block::in_interval_bits(D, lo, hi));
+      }
+      continue;
+    }
+
+    for (int e = 0; e < npix * kBlock; ++e) acc[e] = 0.0f;
     for (int j = 0; j < c.J; ++j) {
       args.w = c.w + j * c.plane_words + cb * c.blk_words;
       args.m = c.m ? c.m + j * c.plane_words + cb * c.blk_words : nullptr;
@@ -100,18 +166,7 @@ ONEBIT_INLINE void conv_item(const ConvCtx& c, int64_t item) {
         int32_t* Sp = S + p * kBlock;
         float* ap = acc + p * kBlock;
         if (border) {
-          // Padded taps were computed as +1 inputs; remove their contribution.
-          for (int q = 0; q < kBlock; ++q) corr[q] = 0;
-          for (int i = 0; i < c.kh; ++i) {
-            const int64_t ih = ih0 + i - c.ph;
-            for (int jj = 0; jj < c.kw; ++jj) {
-              const int64_t iw = iw0 + jj - c.pw;
-              if (ih < 0 || ih >= c.H || iw < 0 || iw >= c.W) {
-                const int32_t* ws = c.wsum + (static_cast<int64_t>(j) * taps + i * c.kw + jj) * c.cpad + o0;
-                for (int q = 0; q < kBlock; ++q) corr[q] += ws[q];
-              }
-            }
-          }
+          border_correction(j, iw0, corr);
           for (int q = 0; q < kBlock; ++q) Sp[q] = 2 * Sp[q] + corr[q];
         } else {
           for (int q = 0; q < kBlock; ++q) Sp[q] = 2 * Sp[q];
@@ -121,6 +176,7 @@ ONEBIT_INLINE void conv_item(const ConvCtx& c, int64_t item) {
     }
 
     // Fused output transform: y = scale*acc + bias -> PReLU -> clamp -> float or sign bits.
+    // (sign_intervals in conv.cpp evaluates exactly these operations, in this order.)
     const float* scale = c.scale + o0;
     const float* bias = c.bias + o0;
     for (int p = 0; p < npix; ++p) {
@@ -142,12 +198,7 @@ ONEBIT_INLINE void conv_item(const ConvCtx& c, int64_t item) {
           const float* t = c.thr + o0;
           for (int q = 0; q < kBlock; ++q) y[q] = y[q] + t[q];
         }
-        uint32_t bits = 0;
-        for (int q = 0; q < kBlock; ++q) bits |= static_cast<uint32_t>(y[q] < 0.0f) << q;
-        if (nc < kBlock) bits &= (1u << nc) - 1;
-        uint64_t* word = c.out_bits + pix * c.KWo + cb / 2;
-        store_half(word, static_cast<int>(cb & 1), bits);
-        if (cb == c.ncb - 1 && (cb & 1) == 0) store_half(word, 1, 0u);
+        store_bits(pix, Block::negative_bits(y));
       }
     }
   }

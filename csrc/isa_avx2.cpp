@@ -110,6 +110,26 @@ ONEBIT_AVX2 void block(const BlockArgs& a) {
 }
 
 struct Avx2Block {
+  ONEBIT_AVX2 static inline uint32_t negative_bits(const float* y) {
+    static_assert(kBlock == 32, "four 8-lane compares per block");
+    const __m256 zero = _mm256_setzero_ps();
+    uint32_t bits = 0;
+    for (int k = 0; k < 4; ++k)
+      bits |= static_cast<uint32_t>(_mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(y + 8 * k), zero, _CMP_LT_OQ)))
+              << (8 * k);
+    return bits;
+  }
+  ONEBIT_AVX2 static inline uint32_t in_interval_bits(const int32_t* d, const int32_t* lo, const int32_t* hi) {
+    uint32_t bits = 0;
+    for (int k = 0; k < 4; ++k) {
+      const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(d + 8 * k));
+      const __m256i below = _mm256_cmpgt_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(lo + 8 * k)), v);
+      const __m256i above = _mm256_cmpgt_epi32(v, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(hi + 8 * k)));
+      const __m256i out = _mm256_or_si256(below, above);
+      bits |= static_cast<uint32_t>(~_mm256_movemask_ps(_mm256_castsi256_ps(out)) & 0xff) << (8 * k);
+    }
+    return bits;
+  }
   ONEBIT_AVX2 static inline void run(const BlockArgs& a) {
     if (a.m) block<true>(a);
     else block<false>(a);

@@ -72,6 +72,23 @@ struct Avx512Block {
     if (a.m) block<true>(a);
     else block<false>(a);
   }
+  ONEBIT_AVX512 static inline uint32_t negative_bits(const float* y) {
+    static_assert(kBlock == 32, "two 16-lane compares per block");
+    const __m512 zero = _mm512_setzero_ps();
+    const uint32_t lo = _mm512_cmp_ps_mask(_mm512_loadu_ps(y), zero, _CMP_LT_OQ);
+    const uint32_t hi = _mm512_cmp_ps_mask(_mm512_loadu_ps(y + 16), zero, _CMP_LT_OQ);
+    return lo | (hi << 16);
+  }
+  ONEBIT_AVX512 static inline uint32_t in_interval_bits(const int32_t* d, const int32_t* lo, const int32_t* hi) {
+    uint32_t bits = 0;
+    for (int k = 0; k < 2; ++k) {
+      const __m512i v = _mm512_loadu_si512(d + 16 * k);
+      const __mmask16 ge = _mm512_cmp_epi32_mask(v, _mm512_loadu_si512(lo + 16 * k), _MM_CMPINT_NLT);
+      bits |= static_cast<uint32_t>(_mm512_mask_cmp_epi32_mask(ge, v, _mm512_loadu_si512(hi + 16 * k), _MM_CMPINT_LE))
+              << (16 * k);
+    }
+    return bits;
+  }
 };
 
 ONEBIT_AVX512 void run_item(const ConvCtx& c, int64_t item) { conv_item<Avx512Block>(c, item); }

@@ -253,7 +253,7 @@ void block(const BlockArgs& a) {
 }
 #endif  // __GNUC__
 
-struct PortableBlock {
+struct PortableBlock : ScalarBits {
   static void run(const BlockArgs& a) {
 #if defined(__GNUC__)
     // The carry-save kernel pays a per-channel-pair set-up that only long reductions amortize;

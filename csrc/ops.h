@@ -2,6 +2,8 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
+#include <mutex>
 #include <vector>
 
 namespace onebit {
@@ -13,8 +15,13 @@ void pack_nchw(const float* x, int64_t N, int64_t C, int64_t HW, const float* th
 // Uses kernel path `isa`'s packer (all paths give identical bits).
 void pack_rows(const float* x, int64_t P, int64_t C, const float* thr, uint64_t* out, int isa, int num_threads);
 
+// A process-unique id for each Weights (caches keyed by weights never confuse two layers, even
+// when one is freed and another allocated at the same address).
+uint64_t new_weights_uid();
+
 // Packed weights in the kernel layout, owned by the engine (built once per layer).
 struct Weights {
+  uint64_t uid = new_weights_uid();
   int64_t J = 1, cin = 0, cout = 0, kh = 1, kw = 1, KW = 0, ncb = 0, cpad = 0;
   std::vector<uint64_t> w;     // (J, ncb, kh, kw, KW, 32)
   std::vector<uint64_t> m;     // same layout, or empty (no masks)
@@ -23,12 +30,24 @@ struct Weights {
   std::vector<float> mu;       // (J, cpad): per-plane scales
 };
 
+// The integer form of a bits-output transform for one set of single-plane weights: output bit
+// q is 1 exactly when the layer's integer dot product D = base - (2*popcount + correction) lies
+// in [lo[q], hi[q]] (see sign_intervals in conv.cpp).
+struct SignIntervals {
+  uint64_t weights_uid = 0;
+  std::vector<int32_t> lo, hi;  // (cpad)
+};
+
 // Fused output transform, per output channel (padded to a multiple of 32 channels).
 struct Transform {
   int64_t cout = 0, cpad = 0;
   std::vector<float> scale, bias, prelu, thr;  // prelu / thr empty when absent
   float cmin = 0, cmax = 0;
   bool bits = false;  // output re-binarized bits instead of float32
+  // SignIntervals computed for the weights this transform has run with (a transform normally
+  // belongs to one layer; a few entries cover a transform shared by several).
+  mutable std::mutex intervals_mutex;
+  mutable std::vector<std::shared_ptr<const SignIntervals>> intervals;
 };
 
 struct ConvCall {

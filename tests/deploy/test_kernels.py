@@ -442,3 +442,54 @@ def test_engine_rejects_inconsistent_layers():
     out = torch.empty(1, 2, 2, 4)
     with pytest.raises(ValueError, match="transform is for 5 channels"):
         _engine.conv2d(x.data_ptr(), 1, 4, 4, w.engine_weights(), t, 1, 1, 0, 0, 0, out.data_ptr(), 0, 1)
+
+
+# ------------------------------------------------------------------------------------------
+# integer epilogue: a bits-output layer with one weight plane compares its integer dot product
+# with per-channel intervals precomputed from the transform; it must give the bits of the float
+# epilogue exactly, ties (y == 0 at an attainable dot product) and fallbacks included
+# ------------------------------------------------------------------------------------------
+
+
+@st.composite
+def epilogue_cases(draw):
+    cout = draw(st.sampled_from([1, 5, 33, 64, 70]))
+    return dict(
+        case=draw(conv_cases()),
+        cout=cout,
+        scale=draw(st.sampled_from(["randn", "negative", "zero", "tiny", "huge"])),
+        tie=draw(st.booleans()),  # bias puts y == 0 exactly on an attainable dot product
+        prelu=draw(st.sampled_from([None, "positive", "zero", "mixed-sign"])),
+        clamp=draw(st.sampled_from([(None, None), (-3.0, 5.0), (0.5, 2.0), (-2.0, -1.0)])),
+        thr=draw(st.sampled_from([None, "randn", "nan"])),
+        mu=draw(st.sampled_from([None, "per-channel", "negative"])),
+    )
+
+
+@SETTINGS
+@given(e=epilogue_cases())
+def test_integer_epilogue_gives_the_float_epilogue_bits(kernel, e):
+    c = dict(e["case"], cout=e["cout"])
+    g = torch.Generator().manual_seed(c["seed"])
+    cout = c["cout"]
+    x = _signs(c["n"], c["cin"], c["h"], c["w"], gen=g)
+    wt = _signs(cout, c["cin"], c["k"], c["k"], gen=g)
+    mu = {None: None, "per-channel": torch.rand(cout, generator=g) + 0.1,
+          "negative": -(torch.rand(cout, generator=g) + 0.1)}[e["mu"]]  # fmt: skip
+    w = K.pack_weights(wt) if mu is None else K.pack_weight_planes([wt], scales=[mu])
+    scale = {"randn": torch.randn(cout, generator=g), "negative": -torch.rand(cout, generator=g),
+             "zero": torch.zeros(cout), "tiny": torch.full((cout,), 1e-30),
+             "huge": torch.full((cout,), 3e37)}[e["scale"]]  # fmt: skip
+    d0 = torch.randint(-3, 4, (cout,), generator=g).float()
+    mu_eff = torch.ones(cout) if mu is None else mu
+    bias = -(mu_eff * d0) * scale if e["tie"] else torch.randn(cout, generator=g) * 3
+    prelu = {None: None, "positive": torch.rand(cout, generator=g), "zero": torch.zeros(cout),
+             "mixed-sign": torch.randn(cout, generator=g)}[e["prelu"]]  # fmt: skip
+    thr = {None: None, "randn": torch.randn(cout, generator=g), "nan": torch.full((cout,), float("nan"))}[e["thr"]]
+    cmin, cmax = e["clamp"]
+    kw = dict(stride=c["stride"], padding=c["pad"], pad_value=c["pad_value"])
+    xp = K.pack_activations(x)
+    bits = K.binary_conv2d(xp, w, transform=K.OutputTransform(scale, bias, prelu, cmin, cmax, "bits", thr), **kw)
+    y = K.binary_conv2d(xp, w, transform=K.OutputTransform(scale, bias, prelu, cmin, cmax, "float"), **kw)
+    expected = K.pack_activations(y.contiguous(), thr)
+    assert torch.equal(bits.data, expected.data)
