@@ -213,6 +213,14 @@ NB_MODULE(_engine, mod) {
   mod.def("cpu_supports", &onebit::cpu_supports, "kernel_id"_a,
           "True if the CPU can run kernel `kernel_id` (0 portable, 1 avx2, 2 avx512).");
   mod.def("hardware_threads", &onebit::hardware_threads);
+  mod.def("thread_backend", &onebit::thread_backend);
+  mod.def(
+      "set_thread_backend",
+      [](const std::string& name) {
+        const std::string err = onebit::set_thread_backend(name);
+        if (!err.empty()) fail("set_thread_backend: " + err);
+      },
+      "name"_a);
   mod.def("pack_nchw", &pack_nchw, "x_addr"_a, "N"_a, "C"_a, "HW"_a, "threshold_addr"_a, "out_addr"_a,
           "num_threads"_a);
   mod.def("pack_rows", &pack_rows, "x_addr"_a, "P"_a, "C"_a, "threshold_addr"_a, "out_addr"_a, "kernel_id"_a,

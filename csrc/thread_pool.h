@@ -1,9 +1,11 @@
-// A small persistent thread pool (std::thread) owned by the engine, independent of torch's
-// intra-op pool, so the engine's thread count is set on its own (set_num_threads).
+// The engine's multi-threading: torch's OpenMP team when the process has one (no
+// oversubscription with torch's own threads), else a small persistent std::thread pool.  The
+// engine's thread count is set on its own either way (set_num_threads).
 #pragma once
 
 #include <cstdint>
 #include <functional>
+#include <string>
 
 namespace onebit {
 
@@ -11,6 +13,13 @@ namespace onebit {
 // Items are handed out dynamically; each item must write disjoint output.  Calls from
 // several Python threads are serialized.  fn must not throw.
 void parallel_for(int num_threads, int64_t n_items, const std::function<void(int64_t)>& fn);
+
+enum ThreadBackend : int { kThreadsOwn = 0, kThreadsOpenMP = 1 };
+
+// Forces a backend ("own" or "openmp"); returns "" or the reason it cannot be used.
+std::string set_thread_backend(const std::string& name);
+// "own" or "openmp:<path of the runtime>".
+std::string thread_backend();
 
 // Number of hardware threads (>= 1).
 int hardware_threads();

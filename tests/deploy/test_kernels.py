@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -295,7 +299,19 @@ def test_raw_word_input_with_in_channels(kernel):
 # ------------------------------------------------------------------------------------------
 
 
-def test_threads_give_identical_results(kernel):
+@pytest.fixture(params=["openmp", "own"])
+def thread_backend(request):
+    """Each multi-threading backend of the engine: torch's OpenMP team, or the engine's own pool."""
+    before = _engine.thread_backend().split(":")[0]
+    if request.param == "openmp" and sys.platform != "linux":
+        pytest.skip("the OpenMP backend is looked up on Linux only")
+    _engine.set_thread_backend(request.param)
+    yield request.param
+    _engine.set_thread_backend(before)
+
+
+def test_threads_give_identical_results(kernel, thread_backend):
+    assert _engine.thread_backend().split(":")[0] == thread_backend
     g = torch.Generator().manual_seed(7)
     x = K.pack_activations(torch.randn(2, 130, 11, 9, generator=g))
     wp = K.pack_weights(torch.randn(97, 130, 3, 3, generator=g))
@@ -493,3 +509,25 @@ def test_integer_epilogue_gives_the_float_epilogue_bits(kernel, e):
     y = K.binary_conv2d(xp, w, transform=K.OutputTransform(scale, bias, prelu, cmin, cmax, "float"), **kw)
     expected = K.pack_activations(y.contiguous(), thr)
     assert torch.equal(bits.data, expected.data)
+
+
+def test_thread_backend_defaults_to_torchs_openmp_team():
+    """With torch loaded (Linux wheels bring libgomp) the engine shares torch's OpenMP threads
+    instead of starting its own, unless ONEBIT_THREADS=own; a backend that cannot be used or an
+    unknown name is refused with one clear message."""
+    code = (
+        "import torch, onebit.deploy.kernels as K, onebit._engine as E\n"
+        "x = K.pack_activations(torch.randn(1, 64, 8, 8)); w = K.pack_weights(torch.randn(64, 64, 3, 3))\n"
+        "K.set_num_threads(2); K.binary_conv2d(x, w, padding=1)\n"
+        "print(E.thread_backend())\n"
+    )
+    env = dict(os.environ)
+    env.pop("ONEBIT_THREADS", None)
+    default = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    if sys.platform == "linux":
+        assert default.stdout.strip().startswith("openmp:") and "gomp" in default.stdout
+    env["ONEBIT_THREADS"] = "own"
+    own = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert own.stdout.strip() == "own"
+    with pytest.raises(ValueError, match="unknown thread backend 'fibers'"):
+        _engine.set_thread_backend("fibers")

@@ -77,6 +77,7 @@ class KernelUnavailableError(RuntimeError):
 
 _forced_kernel: str | None = None
 _num_threads: int | None = None
+_BEST_KERNEL: int = max(i for i in range(len(KERNELS)) if _engine.cpu_supports(i))
 
 
 def available_kernels() -> list[str]:
@@ -116,7 +117,7 @@ def _kernel_id() -> int:
     env = os.environ.get(_ENV)
     if env is not None and env.strip() != "":
         return _check_kernel(env.strip(), f"environment variable {_ENV}={env!r}")
-    return max(i for i in range(len(KERNELS)) if _engine.cpu_supports(i))
+    return _BEST_KERNEL
 
 
 def active_kernel() -> str:
@@ -181,6 +182,15 @@ class PackedActivations:
                 f"PackedActivations: {self.channels} channels need {_words(self.channels)} words, "
                 f"data has {d.shape[-1]} (shape {tuple(d.shape)})"
             )
+
+    @classmethod
+    def _trusted(cls, data: torch.Tensor, channels: int) -> PackedActivations:
+        """Wraps an engine output, which is valid by construction, without re-validating it
+        (the checks cost about a microsecond, a tenth of a small layer's call)."""
+        obj = object.__new__(cls)
+        object.__setattr__(obj, "data", data)
+        object.__setattr__(obj, "channels", channels)
+        return obj
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -617,7 +627,7 @@ def binary_conv2d(
         raise ValueError(f"{fn}: pad_value must be -1, 0 or +1, got {pad_value!r}")
     out, bits = _run(data, cin, w_packed, s, p, int(pad_value), transform, fn)
     if bits:
-        return PackedActivations(out, w_packed.out_channels)
+        return PackedActivations._trusted(out, w_packed.out_channels)
     return out.permute(0, 3, 1, 2)
 
 
@@ -641,7 +651,7 @@ def binary_linear(
     out, bits = _run(data.view(1, 1, N, -1), cin, w_packed, (1, 1), (0, 0), 0, transform, fn)
     out = out.view(N, -1)
     if bits:
-        return PackedActivations(out, w_packed.out_channels)
+        return PackedActivations._trusted(out, w_packed.out_channels)
     return out
 
 
