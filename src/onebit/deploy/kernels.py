@@ -22,7 +22,10 @@ Conventions
 Kernel paths: ``portable`` (plain C++, SWAR popcount), ``avx2`` (vpshufb nibble LUT) and
 ``avx512`` (AVX-512 VPOPCNTDQ), chosen at run time: :func:`set_kernel` wins, else the
 ``ONEBIT_KERNEL`` environment variable (read at every call), else the fastest one the CPU has.
-The engine has its own thread pool (:func:`set_num_threads`; default ``torch.get_num_threads()``).
+The engine has its own thread count (:func:`set_num_threads`; default ``torch.get_num_threads()``).
+Its work runs on torch's OpenMP team where the process has torch's libgomp loaded (Linux wheels),
+so torch's spinning idle workers and the engine's never compete for cores; elsewhere, or with
+``ONEBIT_THREADS=own``, on a small pool of the engine's own.
 
 The ``reference_*`` functions are deliberately slow float64 torch implementations that work on
 unpacked +-1 tensors; they are the test oracle.
