@@ -170,10 +170,23 @@ class Pool {
 #endif
 };
 
+std::mutex pool_mutex;
+Pool* the_pool = nullptr;
+#ifdef ONEBIT_HAVE_GETPID
+pid_t pool_pid = 0;
+#endif
+
 Pool& pool() {
-  // Intentionally leaked: joining threads during interpreter shutdown is not safe.
-  static Pool* p = new Pool();
-  return *p;
+  // Intentionally leaked: joining threads during interpreter shutdown is not safe.  A fork()ed
+  // child gets a new pool: its copy of the parent's has no threads, and condition variables
+  // that still count the parent's waiters, which would never wake the child's new workers.
+  std::lock_guard<std::mutex> lk(pool_mutex);
+#ifdef ONEBIT_HAVE_GETPID
+  if (the_pool != nullptr && pool_pid != getpid()) the_pool = nullptr;
+  pool_pid = getpid();
+#endif
+  if (the_pool == nullptr) the_pool = new Pool();
+  return *the_pool;
 }
 
 // --- torch's OpenMP runtime as the thread pool ---------------------------------------------
@@ -233,6 +246,20 @@ OmpRuntime find_omp_runtime() {
 std::mutex backend_mutex;
 int backend_choice = -1;  // -1: not decided yet, else a ThreadBackend
 OmpRuntime omp_runtime;
+#ifdef ONEBIT_HAVE_GETPID
+pid_t omp_pid = 0;  // the process that chose the OpenMP team
+#endif
+
+// libgomp's team does not survive fork(): a child that starts a parallel region with the
+// parent's team state can hang.  A forked child therefore uses the own pool (which re-creates
+// its threads after a fork).
+bool omp_usable_here() {
+#ifdef ONEBIT_HAVE_GETPID
+  return omp_pid == getpid();
+#else
+  return true;
+#endif
+}
 
 // The backend for this call; decided at the first parallel call (torch is loaded by then).
 int current_backend() {
@@ -242,8 +269,11 @@ int current_backend() {
     const bool own = env != nullptr && std::strcmp(env, "own") == 0;
     if (!own) omp_runtime = find_omp_runtime();
     backend_choice = omp_runtime.parallel != nullptr ? kThreadsOpenMP : kThreadsOwn;
+#ifdef ONEBIT_HAVE_GETPID
+    omp_pid = getpid();
+#endif
   }
-  return backend_choice;
+  return backend_choice == kThreadsOpenMP && !omp_usable_here() ? kThreadsOwn : backend_choice;
 }
 
 }  // namespace
@@ -267,6 +297,9 @@ std::string set_thread_backend(const std::string& name) {
     if (omp_runtime.parallel == nullptr) omp_runtime = find_omp_runtime();
     if (omp_runtime.parallel == nullptr) return "no GNU OpenMP runtime (libgomp) is loaded in this process";
     backend_choice = kThreadsOpenMP;
+#ifdef ONEBIT_HAVE_GETPID
+    omp_pid = getpid();
+#endif
   } else {
     return "unknown thread backend '" + name + "' (valid: own, openmp)";
   }

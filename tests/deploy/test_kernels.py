@@ -531,3 +531,41 @@ def test_thread_backend_defaults_to_torchs_openmp_team():
     assert own.stdout.strip() == "own"
     with pytest.raises(ValueError, match="unknown thread backend 'fibers'"):
         _engine.set_thread_backend("fibers")
+
+
+def _conv_in_child(queue):
+    # as DataLoader workers do: torch's own parallel ops cannot run in a fork()ed child of a process
+    # that used torch's OpenMP team (libgomp's team does not survive fork; plain torch hangs too)
+    torch.set_num_threads(1)
+    g = torch.Generator().manual_seed(3)
+    x = K.pack_activations(torch.randn(1, 130, 12, 12, generator=g))
+    w = K.pack_weights(torch.randn(70, 130, 3, 3, generator=g))
+    K.set_num_threads(2)
+    queue.put((K.binary_conv2d(x, w, padding=1).contiguous().numpy(), _engine.thread_backend()))  # no fd passing
+
+
+def test_forked_child_runs_multithreaded_layers():
+    """A fork()ed child (a DataLoader worker, a fork-based process pool) of a process that has used
+    the engine's threads must not hang and must compute the parent's result with 2 engine threads:
+    the engine then uses its own pool, since the parent's libgomp team does not survive fork."""
+    import multiprocessing as mp
+
+    if "fork" not in mp.get_all_start_methods():
+        pytest.skip("no fork on this platform")
+    g = torch.Generator().manual_seed(3)
+    x = K.pack_activations(torch.randn(1, 130, 12, 12, generator=g))
+    w = K.pack_weights(torch.randn(70, 130, 3, 3, generator=g))
+    K.set_num_threads(2)
+    parent = K.binary_conv2d(x, w, padding=1).contiguous()
+    ctx = mp.get_context("fork")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_conv_in_child, args=(queue,))
+    child.start()
+    try:
+        result, backend = queue.get(timeout=30)
+    finally:
+        child.join(timeout=10)
+        if child.is_alive():
+            child.kill()
+    assert torch.equal(torch.from_numpy(result), parent)
+    assert backend == "own"
