@@ -125,6 +125,20 @@ def main() -> None:
             print(f"| {name} input {h}x{w}x{cin} | {kern} | {us:.0f} |", flush=True)
     K.set_kernel(None)
 
+    # The fixed cost of one call (Python checks, output allocation, engine dispatch): a layer with
+    # almost no arithmetic, a 1x1 conv on one pixel of 64 channels, bits in and out.
+    print()
+    print("| per-call overhead (1 thread): 1x1 conv, 1 pixel, 64 -> 64 channels, bits out | kernel | µs |")
+    print("|---|---|---|")
+    xp = K.pack_activations(torch.randn(1, 64, 1, 1))
+    wp = K.pack_weights(torch.randn(64, 64, 1, 1))
+    tr = K.OutputTransform(scale=torch.rand(64) + 0.5, bias=torch.randn(64), output="bits")
+    for kern in kernels:
+        K.set_kernel(kern)
+        us = timeit(lambda: K.binary_conv2d(xp, wp, transform=tr), repeats) * 1e6
+        print(f"| call | {kern} | {us:.1f} |", flush=True)
+    K.set_kernel(None)
+
 
 if __name__ == "__main__":
     main()

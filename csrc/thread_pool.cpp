@@ -64,8 +64,6 @@ class Pool {
 
   void run(int num_threads, int64_t n_items, const std::function<void(int64_t)>& fn) {
     std::lock_guard<std::mutex> call_lock(call_mutex_);
-    if (num_threads < 1) num_threads = 1;
-    if (num_threads > n_items) num_threads = static_cast<int>(n_items);
     if (num_threads <= 1) {
       for (int64_t i = 0; i < n_items; ++i) fn(i);
       return;
@@ -126,15 +124,8 @@ class Pool {
     }
   }
 
+  // (A fork()ed child never reuses its parent's pool: see pool().)
   void ensure_workers(int n) {
-#ifdef ONEBIT_HAVE_GETPID
-    // After fork() the worker threads do not exist in the child: abandon them.
-    if (!workers_.empty() && owner_pid_ != getpid()) {
-      new std::vector<std::thread>(std::move(workers_));  // leaked on purpose
-      workers_.clear();
-    }
-    owner_pid_ = getpid();
-#endif
     if (static_cast<int>(workers_.size()) >= n) return;
     for (int i = static_cast<int>(workers_.size()); i < n; ++i)
       workers_.emplace_back([this, i, g = generation_.load()] { worker_main(i, g); });
@@ -146,9 +137,6 @@ class Pool {
       stop_.store(true);
     }
     cv_start_.notify_all();
-#ifdef ONEBIT_HAVE_GETPID
-    if (owner_pid_ != getpid()) return;
-#endif
     for (auto& t : workers_)
       if (t.joinable()) t.join();
     workers_.clear();
@@ -165,9 +153,6 @@ class Pool {
   int participants_ = 0;
   std::atomic<uint64_t> generation_{0};
   std::atomic<bool> stop_{false};
-#ifdef ONEBIT_HAVE_GETPID
-  pid_t owner_pid_ = 0;
-#endif
 };
 
 std::mutex pool_mutex;
@@ -280,6 +265,7 @@ int current_backend() {
 
 void parallel_for(int num_threads, int64_t n_items, const std::function<void(int64_t)>& fn) {
   if (n_items <= 0) return;
+  if (num_threads < 1) num_threads = 1;
   if (num_threads > n_items) num_threads = static_cast<int>(n_items);
   if (num_threads > 1 && current_backend() == kThreadsOpenMP) {
     OmpJob job{&fn, n_items};
