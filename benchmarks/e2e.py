@@ -42,7 +42,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--method", default="bireal")
     parser.add_argument("--repeats", type=int, default=20)
-    parser.add_argument("--kernel", default=None, help="force a kernel path (portable, avx2, avx512)")
+    parser.add_argument("--kernel", default=None, help="force a kernel path (portable, popcnt, avx2, avx512)")
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     args = parser.parse_args()
     if args.kernel:

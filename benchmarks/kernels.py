@@ -7,7 +7,9 @@ For each layer shape (batch 1) and thread count, times:
     BatchNorm (scale, bias) + sign -> packed output (the layer as it runs inside a BNN).
 Reports medians over repeats: latency, speedup vs torch, G binary-MAC/s, and the fraction of
 the register-only xor+popcount peak of the same path (``_engine.popcount_peak``) measured in
-the same run (peak x threads for multi-threaded rows).
+the same run (peak x threads for multi-threaded rows). Then the multi-thread speedup of each 3x3
+layer with 1- and 2-thread samples alternated (the ratio free of the machine's drift), the cost of
+packing float activations, and the fixed cost of one call.
 
     .venv/bin/python benchmarks/kernels.py            # full table (a few minutes)
     .venv/bin/python benchmarks/kernels.py --quick    # fewer repeats
@@ -111,6 +113,9 @@ def main() -> None:
                       flush=True)
         K.set_kernel(None)
 
+    if max(threads) > 1:
+        scaling_table(kernels, repeats, max(threads))
+
     # Packing the float input of a binary layer into sign bits (the step between FP and binary layers).
     torch.set_num_threads(1)
     K.set_num_threads(1)
@@ -138,6 +143,33 @@ def main() -> None:
         us = timeit(lambda: K.binary_conv2d(xp, wp, transform=tr), repeats) * 1e6
         print(f"| call | {kern} | {us:.1f} |", flush=True)
     K.set_kernel(None)
+
+
+def scaling_table(kernels: list[str], repeats: int, threads: int) -> None:
+    """Multi-thread speedup of each 3x3 layer, measured side by side: samples on 1 and on `threads`
+    threads alternate (ABAB...), so that the drift of a shared machine's speed between the two
+    halves of the big table above does not enter the ratio."""
+    torch.set_num_threads(threads)  # torch's OpenMP team (which the engine uses) at full size
+    print()
+    print(f"| {threads} threads vs 1, samples alternated | kernel | 1 thread ms | {threads} threads ms | speedup |")
+    print("|---|---|---|---|---|")
+    for name, (cin, h, w), cout, k, s, p in CONV_LAYERS:
+        if k != 3:
+            continue
+        xp, wp = K.pack_activations(torch.randn(1, cin, h, w)), K.pack_weights(torch.randn(cout, cin, k, k))
+        tr = K.OutputTransform(scale=torch.rand(cout) + 0.5, bias=torch.randn(cout), output="bits")
+        for kern in kernels:
+            K.set_kernel(kern)
+            samples: dict[int, list[float]] = {1: [], threads: []}
+            for _ in range(3 * repeats):
+                for t in (1, threads):
+                    K.set_num_threads(t)
+                    samples[t].append(timeit(lambda: K.binary_conv2d(
+                        xp, wp, stride=s, padding=p, pad_value=0, transform=tr), 1, min_time=0.01))
+            t1, tn = statistics.median(samples[1]), statistics.median(samples[threads])
+            print(f"| {name} | {kern} | {t1 * 1e3:.3f} | {tn * 1e3:.3f} | {t1 / tn:.2f}x |", flush=True)
+    K.set_kernel(None)
+    K.set_num_threads(1)
 
 
 if __name__ == "__main__":

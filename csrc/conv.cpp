@@ -181,12 +181,13 @@ void conv2d(const Weights& w, const Transform& t, const ConvCall& call) {
   const int64_t words = items * c.OW * c.J * c.kh * c.kw * c.KW * kBlock;
   const int64_t useful = words / (1 << 16) + 1;
   const int threads = static_cast<int>(std::min<int64_t>(call.num_threads, useful));
-  // Chunks of consecutive items (whole rows of all channel blocks where possible), about 4 per
-  // thread: few atomic hand-outs, and still some balancing when a thread is preempted.
-  const int64_t chunk = std::max<int64_t>(1, items / (static_cast<int64_t>(threads) * 4));
-  parallel_for(threads, (items + chunk - 1) / chunk, [&](int64_t k) {
-    const int64_t end = std::min(items, (k + 1) * chunk);
-    for (int64_t item = k * chunk; item < end; ++item) run_item(c, item);
+  // Ranges of whole output rows (all channel blocks of a row: one thread writes each output
+  // word) when there are enough rows to balance, else of channel-block pairs (one 64-bit output
+  // word per pixel each).
+  const int64_t rows = c.N * c.OH;
+  const int64_t grain = rows >= 4 * static_cast<int64_t>(threads) ? c.ncb : std::min<int64_t>(2, c.ncb);
+  parallel_ranges(threads, items, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t item = begin; item < end; ++item) run_item(c, item);
   });
 }
 

@@ -47,9 +47,10 @@ struct Isa {
   PackRowsFn pack_rows;
 };
 
-enum IsaId : int { kPortable = 0, kAvx2 = 1, kAvx512 = 2, kNumIsa = 3 };
+enum IsaId : int { kPortable = 0, kPopcnt = 1, kAvx2 = 2, kAvx512 = 3, kNumIsa = 4 };
 
 const Isa& isa_portable();
+const Isa& isa_popcnt();  // only valid if cpu_supports(kPopcnt)
 const Isa& isa_avx2();    // only valid if cpu_supports(kAvx2)
 const Isa& isa_avx512();  // only valid if cpu_supports(kAvx512)
 bool cpu_supports(int isa);

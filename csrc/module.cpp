@@ -28,6 +28,9 @@ bool cpu_supports(int isa) {
   switch (isa) {
     case kPortable: return true;
 #if defined(__x86_64__) && defined(__GNUC__)
+    case kPopcnt:
+      __builtin_cpu_init();
+      return __builtin_cpu_supports("popcnt");
     case kAvx2:
       __builtin_cpu_init();
       return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("popcnt");
@@ -43,6 +46,7 @@ const Isa& get_isa(int isa) {
   if (isa < 0 || isa >= kNumIsa) throw std::invalid_argument("unknown kernel id " + std::to_string(isa));
   if (!cpu_supports(isa)) throw std::invalid_argument("kernel not supported by this CPU");
   switch (isa) {
+    case kPopcnt: return isa_popcnt();
     case kAvx2: return isa_avx2();
     case kAvx512: return isa_avx512();
     default: return isa_portable();
@@ -208,10 +212,10 @@ double popcount_peak(int isa, int64_t iterations) {
 
 NB_MODULE(_engine, mod) {
   mod.doc() = "onebit packed 1-bit inference engine (C++). Use onebit.deploy.kernels instead.";
-  mod.attr("KERNEL_NAMES") = nb::make_tuple("portable", "avx2", "avx512");
+  mod.attr("KERNEL_NAMES") = nb::make_tuple("portable", "popcnt", "avx2", "avx512");
   mod.attr("BLOCK") = onebit::kBlock;
   mod.def("cpu_supports", &onebit::cpu_supports, "kernel_id"_a,
-          "True if the CPU can run kernel `kernel_id` (0 portable, 1 avx2, 2 avx512).");
+          "True if the CPU can run kernel `kernel_id` (0 portable, 1 popcnt, 2 avx2, 3 avx512).");
   mod.def("hardware_threads", &onebit::hardware_threads);
   mod.def("thread_backend", &onebit::thread_backend);
   mod.def(

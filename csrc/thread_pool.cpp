@@ -1,5 +1,6 @@
 #include "thread_pool.h"
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -273,6 +274,31 @@ void parallel_for(int num_threads, int64_t n_items, const std::function<void(int
     return;
   }
   pool().run(num_threads, n_items, fn);
+}
+
+void parallel_ranges(int num_threads, int64_t n_items, int64_t grain,
+                     const std::function<void(int64_t, int64_t)>& fn) {
+  if (n_items <= 0) return;
+  if (grain < 1) grain = 1;
+  const int64_t units = (n_items + grain - 1) / grain;
+  const int threads = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(num_threads, units)));
+  if (threads == 1) {
+    fn(0, n_items);
+    return;
+  }
+  std::atomic<int64_t> next{0};
+  // One slot per thread; a slot's loop runs until no unit is left, so a thread that arrives
+  // late (or not at all) only means the others take its share.
+  parallel_for(threads, threads, [&](int64_t) {
+    int64_t cur = next.load(std::memory_order_relaxed);
+    while (cur < units) {
+      const int64_t take = std::max<int64_t>(1, (units - cur) / (2 * threads));
+      if (next.compare_exchange_weak(cur, cur + take, std::memory_order_relaxed)) {
+        fn(cur * grain, std::min(n_items, (cur + take) * grain));
+        cur = next.load(std::memory_order_relaxed);
+      }
+    }
+  });
 }
 
 std::string set_thread_backend(const std::string& name) {

@@ -14,6 +14,13 @@ namespace onebit {
 // several Python threads are serialized.  fn must not throw.
 void parallel_for(int num_threads, int64_t n_items, const std::function<void(int64_t)>& fn);
 
+// Runs fn(begin, end) over [0, n_items) in ranges that are multiples of `grain` items (the last
+// one may be shorter), handed out with guided scheduling: each grab takes about 1/(2 * threads)
+// of what is left, so the first ranges are long (few atomic hand-outs, contiguous output per
+// thread) and the last are short (the threads finish together).
+void parallel_ranges(int num_threads, int64_t n_items, int64_t grain,
+                     const std::function<void(int64_t, int64_t)>& fn);
+
 enum ThreadBackend : int { kThreadsOwn = 0, kThreadsOpenMP = 1 };
 
 // Forces a backend ("own" or "openmp"); returns "" or the reason it cannot be used.

@@ -3,12 +3,15 @@ deployable method, layer kind, odd channel counts, strides, padding values and k
 file format round-trips and rejects bad files with one clear error."""
 
 import json
+import math
 import subprocess
 import sys
 
 import pytest
 import torch
 from deploy_probe import Residual, finish_training, randomize_norms
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 import onebit
@@ -232,6 +235,253 @@ def test_corrupt_file_never_crashes_the_process(tmp_path):
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+# --------------------------------------------------------------------------------------------------
+# Compressed tensors (format version 2)
+# --------------------------------------------------------------------------------------------------
+CODEC_DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.int64, torch.int32,
+                torch.int16, torch.int8, torch.uint8, torch.bool]
+
+
+def _random_tensor(dtype, shape, seed):
+    """Every bit pattern is fair game: random bytes viewed as ``dtype`` (NaN payloads, subnormals...)."""
+    g = torch.Generator().manual_seed(seed)
+    count = math.prod(shape)
+    if dtype is torch.bool:
+        return torch.randint(0, 2, shape, generator=g, dtype=torch.bool)
+    width = torch.empty((), dtype=dtype).element_size()
+    raw = torch.randint(0, 256, (count * width,), generator=g, dtype=torch.uint8)
+    return raw.view(dtype).reshape(shape)
+
+
+def _same_bits(a, b):
+    return a.dtype == b.dtype and a.shape == b.shape and torch.equal(
+        a.contiguous().reshape(-1).view(torch.uint8), b.contiguous().reshape(-1).view(torch.uint8))
+
+
+@pytest.mark.parametrize("dtype", CODEC_DTYPES)
+@pytest.mark.parametrize("shape", [(), (0,), (3, 0, 5), (1,), (7,), (64, 3, 3, 3), (1000, 17)])
+def test_codec_round_trip_is_bit_exact(dtype, shape):
+    from onebit.deploy import _codec
+
+    tensor = _random_tensor(dtype, shape, seed=len(shape) + 31 * CODEC_DTYPES.index(dtype))
+    data, info = _codec.encode(tensor)
+    assert data.dtype == torch.uint8 and data.dim() == 1
+    assert info == {"codec": "shuffle+zlib", "dtype": str(dtype).split(".")[-1], "shape": list(shape)}
+    info = json.loads(json.dumps(info))  # what a file gives back
+    assert _same_bits(_codec.decode(data, info), tensor)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
+def test_codec_keeps_special_floats(dtype):
+    from onebit.deploy import _codec
+
+    values = torch.tensor([float("nan"), -float("nan"), float("inf"), -float("inf"), 0.0, -0.0, 1e-40, 3.0])
+    tensor = values.to(dtype)
+    raw = tensor.view(torch.uint8).clone()
+    raw[-tensor.element_size():] = 0xFF  # a NaN with every payload bit set, sign set
+    tensor = raw.view(dtype)
+    assert _same_bits(_codec.decode(*_codec.encode(tensor)), tensor)
+    assert torch.isnan(_codec.decode(*_codec.encode(tensor))[-1])
+    big = tensor.repeat(1000).reshape(8, -1, 10).transpose(0, 2)  # non-contiguous input
+    assert _same_bits(_codec.decode(*_codec.encode(big)), big.contiguous())
+
+
+@settings(max_examples=60, deadline=None)
+@given(dtype=st.sampled_from(CODEC_DTYPES), shape=st.lists(st.integers(0, 6), max_size=4),
+       seed=st.integers(0, 2**31 - 1))
+def test_codec_round_trip_property(dtype, shape, seed):
+    from onebit.deploy import _codec
+
+    tensor = _random_tensor(dtype, tuple(shape), seed)
+    assert _same_bits(_codec.decode(*_codec.encode(tensor)), tensor)
+
+
+def test_codec_rejects_every_inconsistency():
+    from onebit.deploy import _codec
+
+    tensor = torch.randn(300, 20)
+    data, info = _codec.encode(tensor)
+    raw = data.numpy().tobytes()
+
+    def as_tensor(b):
+        return torch.frombuffer(bytearray(b), dtype=torch.uint8) if b else torch.zeros(0, dtype=torch.uint8)
+
+    bad_infos = [
+        ("unknown codec", dict(info, codec="shuffle+lz4")),
+        ("unknown dtype", dict(info, dtype="complex64")),
+        ("not a list", dict(info, shape="300x20")),
+        ("non-negative", dict(info, shape=[300, -20])),
+        ("non-negative integers", dict(info, shape=[300.0, 20])),
+        ("non-negative integers", dict(info, shape=[True, 6000])),
+        ("decompresses to 24000 bytes.*needs 25200", dict(info, shape=[300, 21])),  # too short
+        ("decompresses to 24000 bytes.*needs 48000", dict(info, dtype="float64")),
+        ("more than the 23996 bytes", dict(info, shape=[5999])),  # too long: stops decompressing there
+        ("cannot come from", dict(info, shape=[2**40, 2**20])),  # must not try to allocate that
+        ("keys", dict(info, level=9)),
+        ("keys", {"codec": "shuffle+zlib", "dtype": "float32"}),
+        ("not an object", ["shuffle+zlib", "float32", [300, 20]]),
+    ]
+    for reason, bad in bad_infos:
+        with pytest.raises(ValueError, match=reason):
+            _codec.decode(data, bad)
+    flipped = bytearray(raw)
+    flipped[len(raw) // 2] ^= 0x10
+    bad_data = [
+        ("corrupt|decompresses|truncated", as_tensor(bytes(flipped))),
+        ("truncated", as_tensor(raw[:-10])),
+        ("cannot come from 0 compressed bytes", as_tensor(b"")),
+        ("5 bytes follow", as_tensor(raw + b"\x00junk")),
+        ("corrupt", as_tensor(raw[:-1] + bytes([raw[-1] ^ 1]))),  # Adler-32 check
+        ("1-D uint8", data.to(torch.int16)),
+        ("1-D uint8", data[:len(data) // 2 * 2].reshape(2, -1)),
+        ("corrupt", as_tensor(b"\x00" * 64)),
+    ]
+    for reason, bad in bad_data:
+        with pytest.raises(ValueError, match=reason):
+            _codec.decode(bad, info)
+    with pytest.raises(ValueError, match="cannot come from"):
+        _codec.decode(data, dict(info, shape=[2**40, 2**20]))
+    with pytest.raises(ValueError, match="unknown codec"):
+        _codec.decode(data, dict(info, codec="gzip"))
+    bools = _codec.encode(torch.full((10,), 7, dtype=torch.uint8))[0]
+    with pytest.raises(ValueError, match="bool"):
+        _codec.decode(bools, {"codec": "shuffle+zlib", "dtype": "bool", "shape": [10]})
+
+
+def fp_heavy_net():
+    """Binary middle, full-precision first conv and a 256x64 classifier (16384 fp32 weights)."""
+    return nn.Sequential(nn.Conv2d(3, 64, 3, padding=1), nn.BatchNorm2d(64), nn.Hardtanh(),
+                         nn.Conv2d(64, 256, 3, padding=1), nn.BatchNorm2d(256), nn.Hardtanh(),
+                         nn.Conv2d(256, 256, 3, padding=1), nn.BatchNorm2d(256), nn.Hardtanh(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(256, 64))
+
+
+def _read(path):
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as fh:
+        return dict(fh.metadata()), {k: fh.get_tensor(k) for k in fh.keys()}
+
+
+def _write(path, metadata, tensors):
+    from safetensors.torch import save as st_save
+
+    path.write_bytes(st_save(tensors, metadata=metadata))
+    return path
+
+
+def test_compressed_files_load_bit_exact_and_are_smaller(tmp_path):
+    from onebit.deploy.export import FORMAT_VERSION
+
+    torch.manual_seed(14)
+    x = torch.randn(2, 3, 8, 8)
+    packed = _check(fp_heavy_net(), x, "reactnet")
+    small, raw = tmp_path / "small.onebit", tmp_path / "raw.onebit"
+    save(packed, small)
+    save(packed, raw, compress=False)
+    assert small.stat().st_size < raw.stat().st_size
+    assert FORMAT_VERSION == 2
+    meta_small, stored = _read(small)
+    meta_raw, _ = _read(raw)
+    assert meta_small["format_version"] == meta_raw["format_version"] == "2"
+    assert json.loads(meta_raw["encoding"]) == {}
+    encoding = json.loads(meta_small["encoding"])
+    assert "11/weight" in encoding  # the classifier compresses ...
+    assert all(stored[k].dtype == torch.uint8 and stored[k].dim() == 1 for k in encoding)
+    planes = [k for k in stored if "plane" in k]
+    assert planes and not any(k in encoding for k in planes)  # ... random weight bits do not
+    assert not any(stored[k].numel() < 4096 for k in encoding)  # small tensors stay raw
+    expected = packed(x)
+    state = packed.net.state_dict()
+    for path in (small, raw):
+        again = load(path)
+        assert torch.equal(again(x), expected)
+        loaded = again.net.state_dict()
+        assert loaded.keys() == state.keys()
+        assert all(_same_bits(loaded[k], state[k].contiguous()) for k in state)
+    again_small = tmp_path / "again.onebit"
+    save(packed, again_small)
+    # the same choices and bytes every time (safetensors orders the metadata entries at random, so
+    # compare the parsed entries rather than the files)
+    meta_again, stored_again = _read(again_small)
+    assert meta_again == meta_small and stored_again.keys() == stored.keys()
+    assert all(_same_bits(stored_again[k], stored[k]) for k in stored)
+    assert not list(tmp_path.glob(".*tmp*"))  # atomic writes leave no temporary behind
+
+
+def test_version_1_files_still_load(tmp_path):
+    from onebit.deploy.export import FORMAT_NAME
+    from onebit.deploy.graph import graph_to_json
+
+    torch.manual_seed(15)
+    x = torch.randn(2, 3, 8, 8)
+    packed = _check(fp_heavy_net(), x, "bireal")
+    # exactly what save() wrote in format version 1: raw tensors, no "encoding" entry
+    description, tensors = graph_to_json(packed.net)
+    metadata = {"format": FORMAT_NAME, "format_version": "1", "graph": json.dumps(description),
+                "meta": json.dumps({"note": "v1"})}
+    old = _write(tmp_path / "v1.onebit", metadata, {k: v.contiguous() for k, v in tensors.items()})
+    again = load(old)
+    assert torch.equal(again(x), packed(x)) and again.meta == {"note": "v1"}
+    newer = _write(tmp_path / "v3.onebit", dict(metadata, format_version="3"), tensors)
+    with pytest.raises(ModelFileError, match="format version 3; this onebit reads versions 1 and 2"):
+        load(newer)
+    no_encoding = _write(tmp_path / "v2.onebit", dict(metadata, format_version="2"), tensors)
+    with pytest.raises(ModelFileError, match="not a readable onebit packed model.*'encoding'"):
+        load(no_encoding)
+
+
+def test_corrupt_compressed_tensors_give_one_clear_error(tmp_path):
+    torch.manual_seed(16)
+    x = torch.randn(2, 3, 8, 8)
+    packed = _check(fp_heavy_net(), x, "reactnet")
+    good = tmp_path / "good.onebit"
+    save(packed, good)
+    metadata, tensors = _read(good)
+    encoding = json.loads(metadata["encoding"])
+    name = "11/weight"
+    info = encoding[name]
+
+    def with_info(**changes):
+        return dict(metadata, encoding=json.dumps(dict(encoding, **{name: dict(info, **changes)})))
+
+    payload = tensors[name]
+    flipped = payload.clone()
+    flipped[len(flipped) // 2] ^= 0x41
+    cases = {
+        "flipped bytes": (metadata, dict(tensors, **{name: flipped})),
+        "truncated": (metadata, dict(tensors, **{name: payload[:-20].clone()})),
+        "trailing bytes": (metadata, dict(tensors, **{name: torch.cat([payload, payload[:5]])})),
+        "wrong shape": (with_info(shape=[64, 255]), tensors),
+        "unknown codec": (with_info(codec="shuffle+zstd"), tensors),
+        "unknown dtype": (with_info(dtype="float8"), tensors),
+        "huge shape": (with_info(shape=[2**31, 2**31, 2**31]), tensors),
+        "negative shape": (with_info(shape=[-64, -256]), tensors),
+        "missing tensor": (dict(metadata, encoding=json.dumps(dict(encoding, ghost=info))), tensors),
+        "not json": (dict(metadata, encoding="{not json"), tensors),
+        "not a map": (dict(metadata, encoding="[1, 2]"), tensors),
+        "bad info": (dict(metadata, encoding=json.dumps(dict(encoding, **{name: "shuffle+zlib"}))), tensors),
+    }
+    for case, (meta, stored) in cases.items():
+        bad = _write(tmp_path / f"{case.replace(' ', '_')}.onebit", meta, stored)
+        with pytest.raises(ModelFileError, match=f"{bad.name} is not a readable onebit packed model"):
+            load(bad)
+    # same element count, other shape: decodes, and the graph refuses it
+    bad = _write(tmp_path / "transposed.onebit", with_info(shape=[256, 64]), tensors)
+    with pytest.raises(ModelFileError, match="transposed.onebit"):
+        load(bad)
+    # the compressed bytes corrupted in place, one byte at a time at many offsets
+    data = good.read_bytes()
+    start = data.index(payload.numpy().tobytes())
+    for offset in range(start, start + len(payload), max(1, len(payload) // 25)):
+        broken = bytearray(data)
+        broken[offset] ^= 0x5A
+        bad = tmp_path / "in_place.onebit"
+        bad.write_bytes(bytes(broken))
+        with pytest.raises(ModelFileError, match="not a readable onebit packed model"):
+            load(bad)
 
 
 def test_undeployable_layers_are_named():

@@ -4,6 +4,11 @@ The file is a safetensors file: the tensors (bit-packed weight planes, scales, t
 layers' weights) plus, in its metadata, a JSON description of the graph with a format version. No
 pickle anywhere: loading a file never runs code from it, and a truncated, corrupted or foreign file
 raises one :class:`ModelFileError`.
+
+Format version 2 may store a tensor losslessly compressed (byte shuffle + zlib, see
+:mod:`onebit.deploy._codec`): it is then a 1-D ``uint8`` tensor under its own name, and the metadata
+entry ``"encoding"`` (a JSON object, empty when nothing is compressed) maps that name to the codec,
+dtype and shape that restore it bit for bit. Version 1 files (no ``"encoding"`` entry) still load.
 """
 
 from __future__ import annotations
@@ -18,13 +23,18 @@ import torch
 from torch import Tensor, fx, nn
 
 from .._io import atomic_write_bytes
+from . import _codec
 from .graph import ExportError, fuse, graph_from_json, graph_to_json, trace
 
 __all__ = ["export", "save", "load", "PackedModel", "ModelFileError", "FORMAT_NAME", "FORMAT_VERSION",
            "optimize_for_inference"]
 
 FORMAT_NAME = "onebit-packed"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = ("1", "2")  # version 1: no "encoding" entry, every tensor stored raw
+
+COMPRESS_MIN_NUMEL = 4096  # smaller tensors are always stored raw
+COMPRESS_MAX_FRACTION = 0.98  # a tensor is stored compressed only if that saves at least 2%
 
 
 class ModelFileError(ValueError):
@@ -95,25 +105,43 @@ def export(model: nn.Module, *, fold_batchnorm: bool = True, fuse_activations: b
     return PackedModel(gm, meta)
 
 
-def save(packed: PackedModel, path: str | Path) -> None:
-    """Write ``packed`` to ``path`` (atomically: a temporary file renamed into place)."""
+def save(packed: PackedModel, path: str | Path, *, compress: bool = True) -> None:
+    """Write ``packed`` to ``path`` (atomically: a temporary file renamed into place).
+
+    With ``compress`` (the default), each tensor of at least 4096 elements is stored losslessly
+    compressed (byte shuffle + zlib) when that makes it at least 2% smaller, raw otherwise: the
+    full-precision weights shrink, the random bits of the binary weight planes stay raw. The choice
+    depends only on the tensors, so the same model always gives the same file. ``compress=False``
+    stores every tensor raw. Either way :func:`load` restores the tensors bit for bit.
+    """
     from safetensors.torch import save as st_save
 
     if not isinstance(packed, PackedModel):
         raise TypeError(f"save() takes the PackedModel returned by export(), got {type(packed).__name__}")
     description, tensors = graph_to_json(packed.net)
+    stored: dict[str, Tensor] = {}
+    encoding: dict[str, dict[str, Any]] = {}
+    for name, tensor in tensors.items():
+        tensor = tensor.contiguous()
+        if compress and tensor.numel() >= COMPRESS_MIN_NUMEL and _codec.supports(tensor.dtype):
+            encoded, info = _codec.encode(tensor)
+            if encoded.numel() <= COMPRESS_MAX_FRACTION * tensor.numel() * tensor.element_size():
+                stored[name], encoding[name] = encoded, info
+                continue
+        stored[name] = tensor
     metadata = {
         "format": FORMAT_NAME,
         "format_version": str(FORMAT_VERSION),
         "graph": json.dumps(description),
         "meta": json.dumps(packed.meta),
+        "encoding": json.dumps(encoding, sort_keys=True),
     }
-    data = st_save({k: v.contiguous() for k, v in tensors.items()}, metadata=metadata)
+    data = st_save(stored, metadata=metadata)
     atomic_write_bytes(path, data)
 
 
 def load(path: str | Path) -> PackedModel:
-    """Read a file written by :func:`save`."""
+    """Read a file written by :func:`save` (format version 1 or 2); compressed tensors are restored."""
     from safetensors import safe_open
 
     path = Path(path)
@@ -137,8 +165,17 @@ def load(path: str | Path) -> PackedModel:
             f"{type(err).__name__}: {str(err)[:200]})"
         ) from None
     version = metadata.get("format_version")
-    if version != str(FORMAT_VERSION):
-        raise ModelFileError(f"{path} has format version {version}; this onebit reads version {FORMAT_VERSION}")
+    if version not in READABLE_VERSIONS:
+        raise ModelFileError(f"{path} has format version {version}; this onebit reads versions "
+                             f"{' and '.join(READABLE_VERSIONS)}")
+    if version != "1":
+        try:
+            _decode_tensors(metadata, tensors)
+        except Exception as err:
+            raise ModelFileError(
+                f"{path} is not a readable onebit packed model (corrupt compressed tensor data: "
+                f"{type(err).__name__}: {str(err)[:200]})"
+            ) from None
     try:
         description = json.loads(metadata["graph"])
         meta = json.loads(metadata.get("meta", "{}"))
@@ -149,6 +186,22 @@ def load(path: str | Path) -> PackedModel:
         reason = f"{type(err).__name__}: {str(err)[:200]}"
         raise ModelFileError(f"{path}: the graph description is invalid ({reason})") from None
     return PackedModel(gm, meta)
+
+
+def _decode_tensors(metadata: dict[str, str], tensors: dict[str, Tensor]) -> None:
+    """Replace, in ``tensors``, each compressed tensor named in the "encoding" entry by its decoding."""
+    if "encoding" not in metadata:
+        raise ValueError("the format-version-2 metadata has no 'encoding' entry")
+    encoding = json.loads(metadata["encoding"])
+    if not isinstance(encoding, dict):
+        raise ValueError(f"the 'encoding' entry is a {type(encoding).__name__}, not an object")
+    for name, info in encoding.items():
+        if name not in tensors:
+            raise ValueError(f"the 'encoding' entry names a tensor {name!r} that the file does not hold")
+        try:
+            tensors[name] = _codec.decode(tensors[name], info)
+        except ValueError as err:
+            raise ValueError(f"tensor {name!r}: {err}") from None
 
 
 # --------------------------------------------------------------------------------------------------
