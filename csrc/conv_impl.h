@@ -6,6 +6,8 @@
 
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
+#include <vector>
 
 #include "engine.h"
 
@@ -40,6 +42,28 @@ struct ConvCtx {
 #else
 #define ONEBIT_INLINE inline
 #endif
+
+// Runs kernel(P, p0) over the npix pixels of a block-kernel call in groups of 4 and a remainder of
+// 1-3, P a std::integral_constant: every group size gets its own fully unrolled kernel.
+template <class Kernel>
+ONEBIT_INLINE void for_pixel_groups(int npix, Kernel&& kernel) {
+  int p = 0;
+  for (; p + 4 <= npix; p += 4) kernel(std::integral_constant<int, 4>{}, p);
+  switch (npix - p) {
+    case 3: kernel(std::integral_constant<int, 3>{}, p); break;
+    case 2: kernel(std::integral_constant<int, 2>{}, p); break;
+    case 1: kernel(std::integral_constant<int, 1>{}, p); break;
+    default: break;
+  }
+}
+
+// Per-thread scratch of at least n elements, kept between calls (a kernel's gathered activations).
+template <class T>
+inline T* thread_scratch(size_t n) {
+  thread_local std::vector<T> buffer;
+  if (buffer.size() < n) buffer.resize(n);
+  return buffer.data();
+}
 
 // Writes the 32 bits of an output-channel block into its half of a 64-bit word.  Different
 // blocks write different bytes, so concurrent items never race.

@@ -57,14 +57,7 @@ ONEBIT_AVX512 void block_p(const BlockArgs& a, int p0) {
 
 template <bool Masked>
 ONEBIT_AVX512 void block(const BlockArgs& a) {
-  int p = 0;
-  for (; p + 4 <= a.npix; p += 4) block_p<4, Masked>(a, p);
-  switch (a.npix - p) {
-    case 3: block_p<3, Masked>(a, p); break;
-    case 2: block_p<2, Masked>(a, p); break;
-    case 1: block_p<1, Masked>(a, p); break;
-    default: break;
-  }
+  for_pixel_groups(a.npix, [&](auto P, int p0) { block_p<decltype(P)::value, Masked>(a, p0); });
 }
 
 struct Avx512Block {

@@ -8,7 +8,6 @@
 // integer ALUs of a current core then retire ~1.3 words per cycle, 2-4x the SWAR kernel.
 #include <chrono>
 #include <stdexcept>
-#include <vector>
 
 #include "conv_impl.h"
 #include "engine.h"
@@ -56,17 +55,8 @@ ONEBIT_POPCNT void block_p(const BlockArgs& a, int p0, uint64_t* xb) {
 
 template <bool Masked>
 ONEBIT_POPCNT void block(const BlockArgs& a) {
-  thread_local std::vector<uint64_t> xb;
-  const size_t need = static_cast<size_t>(a.kh) * a.L * 4;
-  if (xb.size() < need) xb.resize(need);
-  int p = 0;
-  for (; p + 4 <= a.npix; p += 4) block_p<4, Masked>(a, p, xb.data());
-  switch (a.npix - p) {
-    case 3: block_p<3, Masked>(a, p, xb.data()); break;
-    case 2: block_p<2, Masked>(a, p, xb.data()); break;
-    case 1: block_p<1, Masked>(a, p, xb.data()); break;
-    default: break;
-  }
+  uint64_t* xb = thread_scratch<uint64_t>(static_cast<size_t>(a.kh) * a.L * 4);
+  for_pixel_groups(a.npix, [&](auto P, int p0) { block_p<decltype(P)::value, Masked>(a, p0, xb); });
 }
 
 struct PopcntBlock {

@@ -81,14 +81,7 @@ void block_p_swar(const BlockArgs& a, int p0) {
 
 template <bool Masked>
 void block_swar(const BlockArgs& a) {
-  int p = 0;
-  for (; p + 4 <= a.npix; p += 4) block_p_swar<4, Masked>(a, p);
-  switch (a.npix - p) {
-    case 3: block_p_swar<3, Masked>(a, p); break;
-    case 2: block_p_swar<2, Masked>(a, p); break;
-    case 1: block_p_swar<1, Masked>(a, p); break;
-    default: break;
-  }
+  for_pixel_groups(a.npix, [&](auto P, int p0) { block_p_swar<decltype(P)::value, Masked>(a, p0); });
 }
 
 
@@ -239,17 +232,8 @@ void block_p(const BlockArgs& a, int p0, V2* xb) {
 template <bool Masked>
 void block(const BlockArgs& a) {
   // Broadcast activation words: kMaxPix... at most 4 pixels x kh * L steps, per thread.
-  thread_local std::vector<V2> xb;
-  const size_t need = static_cast<size_t>(a.kh) * a.L * 4;
-  if (xb.size() < need) xb.resize(need);
-  int p = 0;
-  for (; p + 4 <= a.npix; p += 4) block_p<4, Masked>(a, p, xb.data());
-  switch (a.npix - p) {
-    case 3: block_p<3, Masked>(a, p, xb.data()); break;
-    case 2: block_p<2, Masked>(a, p, xb.data()); break;
-    case 1: block_p<1, Masked>(a, p, xb.data()); break;
-    default: break;
-  }
+  V2* xb = thread_scratch<V2>(static_cast<size_t>(a.kh) * a.L * 4);
+  for_pixel_groups(a.npix, [&](auto P, int p0) { block_p<decltype(P)::value, Masked>(a, p0, xb); });
 }
 #endif  // __GNUC__
 
