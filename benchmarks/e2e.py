@@ -4,8 +4,9 @@ engine vs the same network in torch fp32; latency at 1 and 2 threads, and file s
     python benchmarks/e2e.py [--method bireal] [--repeats 20] [--kernel avx2]
 
 torch fp32 is timed in both NCHW and channels_last and the faster one is reported (the strongest
-baseline). The packed model keeps the full-precision stem, downsample 1x1 convs and classifier in torch,
-as the papers do; every binary 3x3 conv runs on the engine with BatchNorm and the activation fused.
+baseline); the samples of every variant and thread count alternate, so the ratios are side by side.
+The packed model keeps the full-precision stem, downsample 1x1 convs and classifier in torch, as the
+papers do; every binary 3x3 conv runs on the engine with BatchNorm and the activation fused.
 """
 
 from __future__ import annotations
@@ -25,17 +26,23 @@ import onebit.models
 from onebit.deploy import export, kernels, save
 
 
-def timed(fn, x, repeats: int) -> float:
-    """Median wall time of ``fn(x)`` in milliseconds after warm-up."""
+def timed_side_by_side(runs: dict[str, tuple], repeats: int) -> dict[str, float]:
+    """Median wall time in ms of each ``fn(x)`` in ``runs`` (name -> (threads, fn, x)), after warm-up.
+
+    The samples of all runs alternate (one call of each per round), so that a shared machine's speed
+    drifting over the measurement does not favour whichever ran first.
+    """
+    samples: dict[str, list[float]] = {name: [] for name in runs}
     with torch.no_grad():
-        for _ in range(3):
-            fn(x)
-        samples = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            fn(x)
-            samples.append(time.perf_counter() - start)
-    return 1000 * statistics.median(samples)
+        for rnd in range(repeats + 3):
+            for name, (threads, fn, x) in runs.items():
+                torch.set_num_threads(threads)
+                kernels.set_num_threads(threads)
+                start = time.perf_counter()
+                fn(x)
+                if rnd >= 3:  # the first rounds warm up
+                    samples[name].append(time.perf_counter() - start)
+    return {name: 1000 * statistics.median(v) for name, v in samples.items()}
 
 
 def main() -> int:
@@ -79,14 +86,20 @@ def main() -> int:
     print("|---|---|---|---|---|")
     fp_cl = copy.deepcopy(fp).to(memory_format=torch.channels_last)  # Module.to works in place
     x_cl = x.to(memory_format=torch.channels_last)
+    runs = {}
     for threads in args.threads:
-        torch.set_num_threads(threads)
-        kernels.set_num_threads(threads)
-        t_nchw = timed(fp, x, args.repeats)
-        t_cl = timed(lambda inp: fp_cl(inp), x_cl, args.repeats)
-        t_packed = timed(packed, x, args.repeats)
+        runs[f"nchw{threads}"] = (threads, fp, x)
+        runs[f"cl{threads}"] = (threads, fp_cl, x_cl)
+        runs[f"packed{threads}"] = (threads, packed, x)
+    ms = timed_side_by_side(runs, args.repeats)
+    for threads in args.threads:
+        t_nchw, t_cl, t_packed = ms[f"nchw{threads}"], ms[f"cl{threads}"], ms[f"packed{threads}"]
         best = min(t_nchw, t_cl)
         print(f"| {threads} | {t_nchw:.2f} | {t_cl:.2f} | {t_packed:.2f} | {best / t_packed:.2f}x |")
+    if len(args.threads) > 1:
+        t0 = args.threads[0]
+        print("\n" + ", ".join(f"onebit {t} threads vs {t0}: {ms[f'packed{t0}'] / ms[f'packed{t}']:.2f}x"
+                               for t in args.threads[1:]))
     print(f"\nfile size: fp32 state_dict {fp_size / 2**20:.2f} MiB, packed {packed_size / 2**20:.2f} MiB "
           f"({fp_size / packed_size:.1f}x smaller)")
     return 0
