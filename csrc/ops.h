@@ -62,4 +62,17 @@ struct ConvCall {
 int64_t conv_out_size(int64_t in, int k, int stride, int pad);
 void conv2d(const Weights& w, const Transform& t, const ConvCall& call);
 
+// Packed depthwise weights (groups == in_channels == out_channels = C): per plane and tap one
+// row of sign words in the activation layout (bit c%64 of word c/64 = weight of channel c).
+struct DepthwiseWeights {
+  int64_t J = 1, C = 0, kh = 1, kw = 1, KW = 0;
+  std::vector<uint64_t> w;  // (J, kh*kw, KW), tail bits zero
+  std::vector<uint64_t> m;  // same layout (plane masks, tail bits zero), or empty (no masks)
+  std::vector<float> mu;    // (J, C): per-plane scales
+};
+
+// Depthwise binary convolution (depthwise.cpp): x (N, H, W, KW) words; out float (N, OH, OW, C)
+// or words (N, OH, OW, KW) as the transform says; call.isa is not used (one portable kernel).
+void depthwise_conv2d(const DepthwiseWeights& w, const Transform& t, const ConvCall& call);
+
 }  // namespace onebit
