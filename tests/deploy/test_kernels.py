@@ -569,3 +569,173 @@ def test_forked_child_runs_multithreaded_layers():
             child.kill()
     assert torch.equal(torch.from_numpy(result), parent)
     assert backend == "own"
+
+
+# ------------------------------------------------------------------------------------------
+# depthwise convolution (groups == in_channels == out_channels): one portable kernel for every
+# path, bit-identical to the grouped float64 reference with the engine's epilogue order
+# ------------------------------------------------------------------------------------------
+
+
+@st.composite
+def depthwise_cases(draw):
+    k = draw(st.sampled_from([1, 3, 5]))
+    pad = draw(st.integers(0, k // 2 + 1))
+    return dict(
+        n=draw(st.integers(1, 2)),
+        c=draw(st.sampled_from(ODD_CHANNELS)),
+        h=draw(st.integers(max(1, k - 2 * pad), 9)),
+        w=draw(st.integers(max(1, k - 2 * pad), 9)),
+        k=k, pad=pad,
+        stride=draw(st.sampled_from([1, 2, 3])),
+        pad_value=draw(st.sampled_from([-1, 0, 1])),
+        output=draw(st.sampled_from(["float", "bits"])),
+        tkind=draw(st.integers(0, 3)),
+        threads=draw(st.sampled_from([1, 2])),
+        seed=draw(st.integers(0, 2**31 - 1)),
+    )  # fmt: skip
+
+
+def _check_exact(y, ref):
+    if isinstance(y, K.PackedActivations):
+        assert torch.equal(K.unpack_activations(y), ref)
+        tail = y.channels % 64
+        if tail:
+            assert not bool((y.data[..., -1] >> tail).any()), "tail bits of the output must be zero"
+    else:
+        assert y.shape == ref.shape
+        assert torch.equal(y, ref)
+
+
+@SETTINGS
+@given(case=depthwise_cases())
+def test_depthwise_conv_matches_reference(kernel, case):
+    c = case
+    g = torch.Generator().manual_seed(c["seed"])
+    x = _signs(c["n"], c["c"], c["h"], c["w"], gen=g)
+    wt = _signs(c["c"], 1, c["k"], c["k"], gen=g)
+    tr = _transform(c["tkind"], c["c"], g, c["output"])
+    kw = dict(stride=c["stride"], padding=c["pad"], pad_value=c["pad_value"], transform=tr)
+    K.set_num_threads(c["threads"])
+    wp = K.pack_weights(wt, groups=c["c"])
+    # (one channel: groups=1, an ordinary convolution)
+    assert isinstance(wp, K.PackedDepthwiseWeights if c["c"] > 1 else K.PackedWeights)
+    y = K.binary_conv2d(K.pack_activations(x), wp, groups=c["c"], **kw)
+    _check_exact(y, K.reference_binary_conv2d(x, wt, groups=c["c"], **kw))
+
+
+@SETTINGS
+@given(case=depthwise_cases(), planes=st.integers(1, 3), masked=st.booleans(), per_channel=st.booleans())
+def test_multibit_depthwise_conv_matches_reference(kernel, case, planes, masked, per_channel):
+    c = case
+    g = torch.Generator().manual_seed(c["seed"])
+    x = _signs(c["n"], c["c"], c["h"], c["w"], gen=g)
+    shape = (c["c"], 1, c["k"], c["k"])
+    ps = [_signs(*shape, gen=g) for _ in range(planes)]
+    ms = [(torch.rand(*shape, generator=g) < 0.6).float() for _ in range(planes)] if masked else None
+    if masked and planes > 1:
+        ms[0] = None
+    sc = [torch.rand(c["c"], generator=g) if per_channel else 0.5**j for j in range(planes)]
+    tr = _transform(c["tkind"], c["c"], g, c["output"])
+    kw = dict(stride=c["stride"], padding=c["pad"], pad_value=c["pad_value"], transform=tr)
+    K.set_num_threads(c["threads"])
+    wp = K.pack_weight_planes(ps, ms, sc, groups=c["c"])
+    assert wp.num_planes == planes
+    y = K.binary_conv2d(K.pack_activations(x), wp, groups=c["c"], **kw)
+    _check_exact(y, K.reference_binary_conv2d(x, ps, masks=ms, scales=sc, groups=c["c"], **kw))
+
+
+@pytest.mark.parametrize("c", ODD_CHANNELS)
+@pytest.mark.parametrize("pad_value", [-1, 0, 1])
+@pytest.mark.parametrize("k,stride", [(3, 1), (5, 2), (3, 3)])
+def test_depthwise_every_channel_count_exact(kernel, c, pad_value, k, stride):
+    g = torch.Generator().manual_seed(c * 7 + k)
+    x = _signs(2, c, 7, 6, gen=g)
+    wt = _signs(c, 1, k, k, gen=g)
+    kw = dict(stride=stride, padding=k // 2, pad_value=pad_value)
+    y = K.binary_conv2d(K.pack_activations(x), K.pack_weights(wt, groups=c), c, k, groups=c, **kw)
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    _check_exact(y, K.reference_binary_conv2d(x, wt, groups=c, **kw))
+    tr = K.OutputTransform(torch.randn(c, generator=g), torch.randn(c, generator=g), output="bits",
+                           threshold=torch.randn(c, generator=g))  # fmt: skip
+    yb = K.binary_conv2d(K.pack_activations(x), K.pack_weights(wt, groups=c), groups=c, transform=tr, **kw)
+    _check_exact(yb, K.reference_binary_conv2d(x, wt, groups=c, transform=tr, **kw))
+
+
+def test_depthwise_threads_give_identical_results(kernel, thread_backend):
+    g = torch.Generator().manual_seed(11)
+    x = K.pack_activations(torch.randn(2, 130, 16, 15, generator=g))
+    wt = torch.randn(130, 1, 3, 3, generator=g)
+    wp = K.pack_weights(wt, groups=130)
+    tr = K.OutputTransform(torch.rand(130, generator=g), torch.randn(130, generator=g), prelu=0.25)
+    trb = K.OutputTransform(torch.rand(130, generator=g), torch.randn(130, generator=g), output="bits")
+    outs = []
+    for n in (1, 2, 3):
+        K.set_num_threads(n)
+        outs.append((K.binary_conv2d(x, wp, padding=1, pad_value=-1, transform=tr, groups=130),
+                     K.binary_conv2d(x, wp, stride=2, padding=1, transform=trb, groups=130).data))  # fmt: skip
+    for a, b in outs[1:]:
+        assert torch.equal(a, outs[0][0]) and torch.equal(b, outs[0][1])
+    assert torch.equal(outs[0][0], K.reference_binary_conv2d(x, wt, padding=1, pad_value=-1, transform=tr,
+                                                             groups=130))  # fmt: skip
+
+
+def test_depthwise_chains_bits_with_regular_convs(kernel):
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(2, 70, 9, 9, generator=g)
+    w0, wd, w2 = _signs(65, 70, 1, 1, gen=g), _signs(65, 1, 3, 3, gen=g), _signs(20, 65, 1, 1, gen=g)
+    t0 = K.OutputTransform(torch.rand(65, generator=g), torch.randn(65, generator=g) * 3, output="bits")
+    td = K.OutputTransform(torch.rand(65, generator=g), torch.randn(65, generator=g), output="bits",
+                           threshold=torch.randn(65, generator=g))  # fmt: skip
+    h0 = K.binary_conv2d(K.pack_activations(x), K.pack_weights(w0), transform=t0)
+    h1 = K.binary_conv2d(h0, K.pack_weights(wd, groups=65), stride=2, padding=1, pad_value=1, transform=td,
+                         groups=65)  # fmt: skip
+    assert isinstance(h1, K.PackedActivations) and h1.data.shape == (2, 5, 5, 2)
+    y = K.binary_conv2d(h1, K.pack_weights(w2))
+    r0 = K.reference_binary_conv2d(x, w0, transform=t0)
+    r1 = K.reference_binary_conv2d(r0, wd, stride=2, padding=1, pad_value=1, transform=td, groups=65)
+    assert torch.equal(K.unpack_activations(h1), r1)
+    assert torch.equal(y, K.reference_binary_conv2d(r1, w2))
+
+
+def test_depthwise_bad_inputs_raise_clear_errors():
+    p = K.pack_activations(torch.randn(1, 8, 5, 5))
+    wd = K.pack_weights(torch.randn(8, 1, 3, 3), groups=8)
+    with pytest.raises(ValueError, match="need groups=8"):
+        K.binary_conv2d(p, wd)
+    with pytest.raises(ValueError, match="input channels"):
+        K.binary_conv2d(K.pack_activations(torch.randn(1, 9, 5, 5)), wd, groups=8)
+    with pytest.raises(NotImplementedError, match="groups=2"):
+        K.pack_weights(torch.randn(8, 4, 3, 3), groups=2)
+    with pytest.raises(NotImplementedError, match="depthwise"):
+        K.pack_weight_planes([torch.randn(16, 1, 3, 3)], groups=8)  # channel multiplier 2
+    with pytest.raises(NotImplementedError, match="groups=8"):
+        K.binary_conv2d(p, K.pack_weights(torch.randn(8, 1, 3, 3)), groups=8)
+    with pytest.raises(ValueError, match="groups must be"):
+        K.pack_weights(torch.randn(8, 1, 3, 3), groups=0)
+    with pytest.raises(TypeError, match="depthwise"):
+        K.binary_linear(K.pack_activations(torch.randn(1, 8)), wd)
+    with pytest.raises(ValueError, match=r"scale: expected shape \(8,\)"):
+        K.binary_conv2d(p, wd, groups=8, transform=K.OutputTransform(scale=torch.ones(5)))
+    with pytest.raises(ValueError, match="kernel_size"):
+        K.binary_conv2d(p, wd, kernel_size=5, groups=8)
+
+
+def test_engine_rejects_inconsistent_depthwise_layers():
+    wd = K.pack_weights(torch.randn(8, 1, 3, 3), groups=8)
+    with pytest.raises(ValueError, match="bits"):
+        _engine.DepthwiseWeights(wd.bits, None, wd.scales, 70, 3, 3)
+    with pytest.raises(ValueError, match="bits"):
+        _engine.DepthwiseWeights(wd.bits, None, wd.scales, 8, 3, 2)
+    with pytest.raises(ValueError, match="masks"):
+        _engine.DepthwiseWeights(wd.bits, wd.bits[:, :4], wd.scales, 8, 3, 3)
+    with pytest.raises(ValueError, match="scales"):
+        _engine.DepthwiseWeights(wd.bits, None, wd.scales[:, :4], 8, 3, 3)
+    t = K.OutputTransform().resolved(5)["engine"]
+    x = K.pack_activations(torch.randn(1, 8, 4, 4)).data
+    out = torch.empty(1, 2, 2, 8)
+    with pytest.raises(ValueError, match="transform is for 5 channels"):
+        _engine.depthwise_conv2d(x.data_ptr(), 1, 4, 4, wd.engine_weights(), t, 1, 1, 0, 0, 0, out.data_ptr(), 0, 1)
+    t8 = K.OutputTransform().resolved(8)["engine"]
+    with pytest.raises(ValueError, match="does not fit"):
+        _engine.depthwise_conv2d(x.data_ptr(), 1, 2, 2, wd.engine_weights(), t8, 1, 1, 0, 0, 0, out.data_ptr(), 0, 1)
