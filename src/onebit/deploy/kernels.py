@@ -824,9 +824,9 @@ def reference_binary_conv2d(
     """Slow oracle for :func:`binary_conv2d` on unpacked tensors (float64 ``F.conv2d``).
 
     ``x``: +-1 ``(N, C, H, W)`` (signs taken with sign(0)=+1) or PackedActivations; ``weight``:
-    +-1 ``(Cout, Cin, kh, kw)`` or a list of planes (with ``masks``/``scales`` as in
-    :func:`pack_weight_planes`; ``(Cout, Cin/groups, kh, kw)`` with ``groups``).  Returns float32 NCHW; for ``output='bits'`` the +-1 signs of the
-    next layer's input (compare with :func:`unpack_activations`).
+    +-1 ``(Cout, Cin, kh, kw)`` (``(Cout, Cin/groups, kh, kw)`` with ``groups``) or a list of planes
+    (with ``masks``/``scales`` as in :func:`pack_weight_planes`).  Returns float32 NCHW; for
+    ``output='bits'`` the +-1 signs of the next layer's input (compare with :func:`unpack_activations`).
     """
     if isinstance(x, PackedActivations):
         x = unpack_activations(x)
