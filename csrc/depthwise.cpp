@@ -3,7 +3,7 @@
 // products of kh*kw taps.  Per output pixel and channel word the kernel XORs each tap's input
 // word with that tap's weight word (AND the plane mask), and adds the 64 one-bit mismatches to a
 // bit-sliced binary counter (plane b holds bit b of every channel's count); the counts are then
-// read out per channel: D_c = active_c - 2 * mismatches_c.  Zero-padded taps are skipped (and
+// read out eight channels at a time (byte lanes): D_c = active_c - 2 * mismatches_c.  Zero-padded taps are skipped (and
 // not counted as active), +-1 padded taps read a constant pad word.  The fused epilogue runs the
 // float operations of conv_item (conv_impl.h) in the same order, so outputs are bit-identical to
 // the regular convolution's.  Plain portable C++: the same code serves every kernel path.
@@ -28,8 +28,29 @@ inline void counter_add(uint64_t* cnt, int B, uint64_t v) {
   }
 }
 
-// count[c] for the first nc channels of the counter
+// kSpread[v]: byte i = bit i of v (eight channels' bits spread into eight byte lanes)
+struct SpreadTable {
+  uint64_t v[256];
+  SpreadTable() {
+    for (int x = 0; x < 256; ++x) {
+      v[x] = 0;
+      for (int i = 0; i < 8; ++i) v[x] |= static_cast<uint64_t>((x >> i) & 1) << (8 * i);
+    }
+  }
+};
+const SpreadTable kSpread;
+
+// count[c] for the first nc channels of the counter (count has room for 64).  Up to 8 planes
+// (counts <= 255) eight channels at a time in byte lanes; more planes one channel at a time.
 inline void counter_read(const uint64_t* cnt, int B, int nc, int32_t* count) {
+  if (B <= 8) {
+    for (int g = 0; g * 8 < nc; ++g) {
+      uint64_t lanes = 0;
+      for (int b = 0; b < B; ++b) lanes |= kSpread.v[(cnt[b] >> (8 * g)) & 0xFF] << b;
+      for (int i = 0; i < 8; ++i) count[8 * g + i] = static_cast<int32_t>((lanes >> (8 * i)) & 0xFF);
+    }
+    return;
+  }
   for (int c = 0; c < nc; ++c) {
     int32_t s = 0;
     for (int b = 0; b < B; ++b) s |= static_cast<int32_t>((cnt[b] >> c) & 1u) << b;

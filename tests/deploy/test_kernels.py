@@ -662,6 +662,23 @@ def test_depthwise_every_channel_count_exact(kernel, c, pad_value, k, stride):
     _check_exact(yb, K.reference_binary_conv2d(x, wt, groups=c, transform=tr, **kw))
 
 
+@pytest.mark.parametrize("k", [15, 16, 17])  # 225 taps: 8 counter planes; 256, 289: 9 (per-channel read-out)
+def test_depthwise_large_kernels_exact(kernel, k):
+    g = torch.Generator().manual_seed(k)
+    x = _signs(2, 65, k + 2, k + 1, gen=g)
+    ps = [_signs(65, 1, k, k, gen=g) for _ in range(2)]
+    ms = [(torch.rand(65, 1, k, k, generator=g) < 0.9).float(), None]
+    sc = [torch.rand(65, generator=g), 0.5]
+    tr = K.OutputTransform(torch.randn(65, generator=g), torch.randn(65, generator=g), output="bits")
+    for pad_value in (-1, 0, 1):
+        kw = dict(stride=(1, 2), padding=(1, 2), pad_value=pad_value)
+        y = K.binary_conv2d(K.pack_activations(x), K.pack_weights(ps[0], groups=65), groups=65, **kw)
+        _check_exact(y, K.reference_binary_conv2d(x, ps[0], groups=65, **kw))
+        wp = K.pack_weight_planes(ps, ms, sc, groups=65)
+        yb = K.binary_conv2d(K.pack_activations(x), wp, groups=65, transform=tr, **kw)
+        _check_exact(yb, K.reference_binary_conv2d(x, ps, masks=ms, scales=sc, groups=65, transform=tr, **kw))
+
+
 def test_depthwise_threads_give_identical_results(kernel, thread_backend):
     g = torch.Generator().manual_seed(11)
     x = K.pack_activations(torch.randn(2, 130, 16, 15, generator=g))
