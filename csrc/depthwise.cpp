@@ -3,8 +3,8 @@
 // products of kh*kw taps.  Per output pixel and channel word the kernel XORs each tap's input
 // word with that tap's weight word (AND the plane mask), and adds the 64 one-bit mismatches to a
 // bit-sliced binary counter (plane b holds bit b of every channel's count); the counts are then
-// read out eight channels at a time (byte lanes): D_c = active_c - 2 * mismatches_c.  Zero-padded taps are skipped (and
-// not counted as active), +-1 padded taps read a constant pad word.  The fused epilogue runs the
+// read out eight channels at a time (byte lanes): D_c = active_c - 2 * mismatches_c.  Zero-padded
+// taps are skipped (and not counted as active), +-1 padded taps read a constant pad word.  The fused epilogue runs the
 // float operations of conv_item (conv_impl.h) in the same order, so outputs are bit-identical to
 // the regular convolution's.  Plain portable C++: the same code serves every kernel path.
 #include <algorithm>
