@@ -511,6 +511,12 @@ def test_depthwise_models_match_pytorch(method, stride, pad_value, tmp_path):
     again = load(path)
     assert [m.config.get("groups") for m in again.net.modules() if hasattr(m, "config")].count(65) == 2
     assert torch.equal(again(x), packed(x))
+    if method == "bnn" and stride == 1 and pad_value == 0.0:  # a file whose groups contradict its weights
+        metadata, tensors = _read(path)
+        metadata["graph"] = metadata["graph"].replace('"groups": 65', '"groups": 5', 1)
+        assert '"groups": 5' in metadata["graph"]
+        with pytest.raises(ModelFileError, match="groups=5"):
+            load(_write(tmp_path / "bad.onebit", metadata, tensors))
 
 
 @pytest.mark.parametrize("kernel", PATHS)
