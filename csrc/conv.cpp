@@ -146,7 +146,6 @@ void conv2d(const Weights& w, const Transform& t, const ConvCall& call) {
 
   // Explicitly padded input.  +1 and 0 padding store +1 (all-zero words); -1 padding stores
   // -1 in the valid channel bits.  0 padding is corrected per border pixel in conv_item.
-  std::vector<uint64_t> padded;
   c.xp = call.x;
   if (c.ph > 0 || c.pw > 0) {
     const int64_t KW = c.KW;
@@ -155,10 +154,15 @@ void conv2d(const Weights& w, const Transform& t, const ConvCall& call) {
       for (int64_t k = 0; k < KW; ++k) padw[k] = ~0ull;
       if (w.cin % 64) padw[KW - 1] = (1ull << (w.cin % 64)) - 1;
     }
-    padded.resize(static_cast<size_t>(c.N * c.Hp * c.Wp * KW));
+    // The calling thread's reusable buffer (its own: the kernels' scratch is another), every word
+    // of which is written below, so no zero fill.
+    thread_local std::vector<uint64_t> padded_buffer;
+    const size_t padded_words = static_cast<size_t>(c.N * c.Hp * c.Wp * KW);
+    if (padded_buffer.size() < padded_words) padded_buffer.resize(padded_words);
+    uint64_t* padded = padded_buffer.data();
     for (int64_t n = 0; n < c.N; ++n)
       for (int64_t h = 0; h < c.Hp; ++h) {
-        uint64_t* dst = padded.data() + ((n * c.Hp + h) * c.Wp) * KW;
+        uint64_t* dst = padded + ((n * c.Hp + h) * c.Wp) * KW;
         const int64_t ih = h - c.ph;
         if (ih < 0 || ih >= c.H) {
           for (int64_t x = 0; x < c.Wp; ++x) std::memcpy(dst + x * KW, padw.data(), KW * sizeof(uint64_t));
@@ -170,7 +174,7 @@ void conv2d(const Weights& w, const Transform& t, const ConvCall& call) {
         }
         std::memcpy(dst + c.pw * KW, call.x + ((n * c.H + ih) * c.W) * KW, c.W * KW * sizeof(uint64_t));
       }
-    c.xp = padded.data();
+    c.xp = padded;
   }
   c.zero_pad = call.pad_value == 0 && (c.ph > 0 || c.pw > 0);
 

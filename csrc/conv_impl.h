@@ -57,7 +57,8 @@ ONEBIT_INLINE void for_pixel_groups(int npix, Kernel&& kernel) {
   }
 }
 
-// Per-thread scratch of at least n elements, kept between calls (a kernel's gathered activations).
+// Per-thread scratch of at least n elements, kept between calls: a block kernel's gathered
+// activations.  One buffer per element type: only the innermost kernel of a path may use it.
 template <class T>
 inline T* thread_scratch(size_t n) {
   thread_local std::vector<T> buffer;

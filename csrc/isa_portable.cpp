@@ -1,9 +1,9 @@
 // Portable block kernel: plain C++ (no intrinsics, no popcnt instruction required; GCC's
 // __builtin_popcountll without -mpopcnt is a libgcc call per word on baseline x86-64).
 //
-// Population counts use the SWAR method on 64-bit words: per-byte counts (<= 8) are
-// accumulated for up to 31 steps before being widened, so the per-word cost is ~10 simple
-// integer ops.  The channel loop is written so the compiler can auto-vectorize it for the
+// Population counts use the SWAR method on 64-bit words: three steps are first combined by a
+// carry-save adder and counted together (bytes3), and byte counts are accumulated for up to 31
+// steps before being widened, so the per-word cost is ~9 simple integer ops.  The channel loop is written so the compiler can auto-vectorize it for the
 // baseline SIMD of the target (SSE2 on x86-64, NEON on AArch64).  Long reductions use a
 // carry-save (Harley-Seal) variant on GCC/Clang generic vectors that needs ~40% fewer ops/word.
 #include <algorithm>
@@ -23,9 +23,19 @@ constexpr uint64_t kM4 = 0x0F0F0F0F0F0F0F0Full;
 constexpr uint64_t kM8 = 0x00FF00FF00FF00FFull;
 constexpr int kMaxSteps = 31;  // 31 * 8 = 248 <= 255: byte counters cannot overflow
 
-inline uint64_t byte_counts(uint64_t v) {
+// Popcounts of the 16 nibbles of v (each <= 4).
+inline uint64_t nibble_counts(uint64_t v) {
   v -= (v >> 1) & kM1;
-  v = (v & kM2) + ((v >> 2) & kM2);
+  return (v & kM2) + ((v >> 2) & kM2);
+}
+
+// Nibble counts (each <= 15) to byte counts (each <= 30).
+inline uint64_t nibbles_to_bytes(uint64_t v) { return (v & kM4) + ((v >> 4) & kM4); }
+
+// Byte popcounts of v (each <= 8: the two nibble counts of a byte add without a carry out of
+// the low nibble, so one mask after the addition suffices).
+inline uint64_t byte_counts(uint64_t v) {
+  v = nibble_counts(v);
   return (v + (v >> 4)) & kM4;
 }
 
@@ -34,7 +44,26 @@ inline uint64_t sum_bytes(uint64_t v) {
   return (v * 0x0001000100010001ull) >> 48;   // total <= 2040 fits 16 bits
 }
 
-// Per-word SWAR kernel: byte counters for 4 pixels x 32 channels, the reduction innermost-but-one.
+// Carry-save adder (full adder on the bits of three words): a + b + c = 2 * hi + lo, bit by bit.
+template <class V>
+inline void csa(V& hi, V& lo, V a, V b, V c) {
+  const V u = a ^ b;
+  hi = (a & b) | (u & c);
+  lo = u ^ c;
+}
+
+// Byte counts of the popcounts of 3 words, summed (each <= 24): a carry-save adder turns them
+// into ones and twos words, and ones + 2 * twos (<= 12) still fits the nibbles, so one widening
+// to bytes serves all three (~9 instead of 12 operations per word).
+inline uint64_t bytes3(const uint64_t* v) {
+  uint64_t twos, ones;
+  csa(twos, ones, v[0], v[1], v[2]);
+  return nibbles_to_bytes(nibble_counts(ones) + (nibble_counts(twos) << 1));
+}
+
+// SWAR kernel for short reductions: byte counters for P pixels x 32 channels in memory, the
+// reduction steps (kh * L, flattened: weights of step s at w + s * kBlock) outermost in groups of
+// 3 (bytes3) or single steps, the channel loop innermost (auto-vectorized).
 template <int P, bool Masked>
 void block_p_swar(const BlockArgs& a, int p0) {
   uint64_t bacc[P][kBlock];
@@ -51,30 +80,42 @@ void block_p_swar(const BlockArgs& a, int p0) {
         bacc[p][c] = 0;
       }
   };
-  int pending = 0;
-  for (int i = 0; i < a.kh; ++i) {
-    const uint64_t* xr = a.rows[i] + p0 * a.xstride;
-    const uint64_t* wr = a.w + static_cast<int64_t>(i) * a.L * kBlock;
-    const uint64_t* mr = Masked ? a.m + static_cast<int64_t>(i) * a.L * kBlock : nullptr;
-    for (int t0 = 0; t0 < a.L; t0 += kMaxSteps) {
-      const int n = std::min(kMaxSteps, a.L - t0);
-      if (pending + n > kMaxSteps) {
-        flush();
-        pending = 0;
-      }
-      for (int t = t0; t < t0 + n; ++t) {
-        uint64_t xv[P];
-        for (int p = 0; p < P; ++p) xv[p] = xr[p * a.xstride + t];
-        const uint64_t* wt = wr + static_cast<int64_t>(t) * kBlock;
-        const uint64_t* mt = Masked ? mr + static_cast<int64_t>(t) * kBlock : nullptr;
-        for (int c = 0; c < kBlock; ++c) {
-          const uint64_t w = wt[c];
-          const uint64_t m = Masked ? mt[c] : ~0ull;
-          for (int p = 0; p < P; ++p) bacc[p][c] += byte_counts((xv[p] ^ w) & m);
-        }
-      }
-      pending += n;
+  // Steps [s, s + G) through reduce (bytes3, or byte_counts of one word).
+  auto steps = [&](int s, auto group, auto reduce) {
+    constexpr int G = decltype(group)::value;
+    uint64_t xv[G][P];
+    for (int k = 0; k < G; ++k) {
+      const uint64_t* xr = a.rows[(s + k) / a.L] + static_cast<int64_t>(p0) * a.xstride + (s + k) % a.L;
+      for (int p = 0; p < P; ++p) xv[k][p] = xr[p * a.xstride];
     }
+    const uint64_t* ws = a.w + static_cast<int64_t>(s) * kBlock;
+    const uint64_t* ms = Masked ? a.m + static_cast<int64_t>(s) * kBlock : nullptr;
+    for (int c = 0; c < kBlock; ++c) {
+      uint64_t w[G], m[G];
+      for (int k = 0; k < G; ++k) {
+        w[k] = ws[k * kBlock + c];
+        m[k] = Masked ? ms[k * kBlock + c] : ~0ull;
+      }
+      for (int p = 0; p < P; ++p) {
+        uint64_t v[G];
+        for (int k = 0; k < G; ++k) v[k] = (xv[k][p] ^ w[k]) & m[k];
+        bacc[p][c] += reduce(v);
+      }
+    }
+  };
+  const int T = a.kh * a.L;
+  int pending = 0;  // steps in the byte counters (each adds <= 8 per byte; 31 fit)
+  for (int s = 0; s < T;) {
+    // (Groups of 7 through a deeper carry-save tree measured slower here: register pressure.)
+    const int g = T - s >= 3 ? 3 : 1;
+    if (pending + g > kMaxSteps) {
+      flush();
+      pending = 0;
+    }
+    if (g == 3) steps(s, std::integral_constant<int, 3>{}, [](const uint64_t* v) { return bytes3(v); });
+    else steps(s, std::integral_constant<int, 1>{}, [](const uint64_t* v) { return byte_counts(v[0]); });
+    s += g;
+    pending += g;
   }
   flush();
 }
@@ -102,16 +143,9 @@ inline V2 vbytes(V2 v) {
   return (v + (v >> 4)) & vsplat(kM4);
 }
 
-// Carry-save adder (full adder on bit vectors): a + b + c = 2 * hi + lo, bit by bit.
-inline void csa(V2& hi, V2& lo, V2 a, V2 b, V2 c) {
-  const V2 u = a ^ b;
-  hi = (a & b) | (u & c);
-  lo = u ^ c;
-}
-
-// Popcounts of 7 words per lane as byte counts (<= 56 per byte): a carry-save tree (Harley-Seal;
+// Popcounts of 7 words per lane as byte counts (<= 56 per byte), a carry-save tree (Harley-Seal;
 // W. Muła, N. Kurz, D. Lemire, "Faster population counts using AVX2 instructions", Comput. J. 2018)
-// turns 7 words into ones/twos/fours words, so 3 byte-count sequences replace 7.
+// that turns 7 words into ones/twos/fours words, so 3 byte-count sequences replace 7.
 inline V2 vbytes7(V2 v0, V2 v1, V2 v2, V2 v3, V2 v4, V2 v5, V2 v6) {
   V2 t1, t2, t3, o1, o2, ones, twos, fours;
   csa(t1, o1, v0, v1, v2);
@@ -240,9 +274,10 @@ void block(const BlockArgs& a) {
 struct PortableBlock : ScalarBits {
   static void run(const BlockArgs& a) {
 #if defined(__GNUC__)
-    // The carry-save kernel pays a per-channel-pair set-up that only long reductions amortize;
-    // measured on Zen 3 it wins from about 15 steps (3x3 with >= 128 input channels) on.
-    if (a.kh * a.L >= 15) {
+    // The carry-save kernel pays a per-channel-pair set-up that only long reductions amortize.
+    // Against the three-step nibble SWAR kernel, measured on Zen 4 (3x3 convs): SWAR is faster
+    // at 9 and 18 steps (64, 128 channels) and level at 36, carry-save wins at 72 (512 channels).
+    if (a.kh * a.L >= 48) {
       if (a.m) block<true>(a);
       else block<false>(a);
       return;
