@@ -7,8 +7,20 @@
 // taps are skipped (and not counted as active), +-1 padded taps read a constant pad word.  The fused epilogue runs the
 // float operations of conv_item (conv_impl.h) in the same order, so outputs are bit-identical to
 // the regular convolution's.  Plain portable C++: the same code serves every kernel path.
+//
+// One plane (the common case) runs faster forms, prepared once per (weights, transform) and
+// cached in the transform (DepthwisePlan): the output of channel c is a function of its dot
+// product D alone, so it is tabulated over every attainable D by the float operations above
+// (outputs stay bit-identical), and a pixel reads its outputs from the table.  For bits output,
+// where every tap is valid (interior pixels, or +-1 padding) and each channel's set of mismatch
+// counts S giving bit 1 is a prefix {S <= K} or a suffix {S >= K} of [0, active taps] (always so
+// for a monotone transform: BatchNorm + sign, PReLU with slope >= 0, clamps), the 64 output bits
+// of a channel word come from a bit-sliced comparison of the counter planes with the planes of
+// the per-channel bounds K: a few dozen word operations, no per-channel read-out.
 #include <algorithm>
 #include <cstring>
+#include <memory>
+#include <mutex>
 #include <stdexcept>
 #include <vector>
 
@@ -58,6 +70,155 @@ inline void counter_read(const uint64_t* cnt, int B, int nc, int32_t* count) {
   }
 }
 
+
+// The 9 one-bit inputs v[0..9) summed into 4 counter planes with carry-save full adders.
+inline void csa9(const uint64_t* v, uint64_t* cnt) {
+  auto fa = [](uint64_t a, uint64_t b, uint64_t c, uint64_t& sum, uint64_t& carry) {
+    const uint64_t t = a ^ b;
+    sum = t ^ c;
+    carry = (a & b) | (t & c);
+  };
+  uint64_t s1, c1, s2, c2, s3, c3, c4, t2, f1;
+  fa(v[0], v[1], v[2], s1, c1);
+  fa(v[3], v[4], v[5], s2, c2);
+  fa(v[6], v[7], v[8], s3, c3);
+  fa(s1, s2, s3, cnt[0], c4);  // ones
+  fa(c1, c2, c3, t2, f1);      // twos, fours
+  cnt[1] = c4 ^ t2;
+  const uint64_t f2 = c4 & t2;
+  cnt[2] = f1 ^ f2;
+  cnt[3] = f1 & f2;
+}
+
+// Output of channel c (one plane of scale mu) for the dot product D: the float operations of the
+// epilogue below (and of conv_item), in their order.
+inline float epilogue_value(const Transform& t, float mu, int64_t c, int32_t D) {
+  float y = 0.0f + mu * static_cast<float>(D);
+  y = y * t.scale[c] + t.bias[c];
+  if (!t.prelu.empty()) y = y < 0.0f ? y * t.prelu[c] : y;
+  const float v = y < t.cmin ? t.cmin : y;
+  return v > t.cmax ? t.cmax : v;
+}
+
+// The 64 output bits of a channel word from its counter planes cnt[0..B) and the planes of the
+// bounds: bit = (S <= K where le, S >= K elsewhere) and valid.  Comparison from the top plane
+// down: gt / lt collect the channels whose first differing bit says S > K / S < K.
+inline uint64_t sliced_bits(const uint64_t* cnt, int B, const uint64_t* kp, uint64_t le, uint64_t valid) {
+  uint64_t gt = 0, lt = 0, eq = ~0ull;
+  for (int b = B - 1; b >= 0; --b) {
+    const uint64_t d = cnt[b] ^ kp[b];
+    gt |= eq & d & cnt[b];
+    lt |= eq & d & kp[b];
+    eq &= ~d;
+  }
+  return (eq | (lt & le) | (gt & ~le)) & valid;
+}
+
+}  // namespace
+
+// One-plane depthwise weights under one transform, tabulated (see the top of this file).
+struct DepthwisePlan {
+  uint64_t weights_uid = 0;
+  int taps = 0, E = 0;                // E = 2 * taps + 1 values of D in [-taps, taps]
+  std::vector<int32_t> full;          // (C) active taps of each channel when every tap is valid
+  std::vector<float> ftab;            // float output: (C, E) y at D (index D + taps)
+  std::vector<uint8_t> btab;          // bits output: (C, E) output bit at D
+  std::vector<float> fs;              // float output: (C, taps + 1) y at S mismatches, all taps valid
+  std::vector<uint8_t> bs;            // bits output: the same for the output bit
+  // bits output, per count nt of valid taps (index taps: every tap valid, masks or not):
+  std::vector<uint8_t> sliced;        // (taps + 1) the bit-sliced bounds below apply
+  int B = 0;                          // counter planes
+  std::vector<uint64_t> kplanes;      // (taps + 1, KW, B) bit b of each channel's bound K
+  std::vector<uint64_t> le;           // (taps + 1, KW) channel bit 1: bit = S <= K; 0: bit = S >= K
+  std::vector<uint64_t> valid;        // (taps + 1, KW) channel bit 0: output bit always 0 (and tail bits)
+};
+
+namespace {
+
+std::shared_ptr<const DepthwisePlan> make_plan(const DepthwiseWeights& w, const Transform& t, int B) {
+  const int64_t C = w.C, KW = w.KW;
+  const int taps = static_cast<int>(w.kh * w.kw), E = 2 * taps + 1;
+  if (C * E > (int64_t{1} << 22)) return nullptr;  // the float epilogue instead of a huge table
+  auto p = std::make_shared<DepthwisePlan>();
+  p->weights_uid = w.uid;
+  p->taps = taps;
+  p->E = E;
+  p->B = B;
+  p->full.assign(static_cast<size_t>(C), taps);
+  if (!w.m.empty())
+    for (int64_t c = 0; c < C; ++c) {
+      int32_t a = 0;
+      for (int s = 0; s < taps; ++s) a += static_cast<int32_t>((w.m[s * KW + c / 64] >> (c % 64)) & 1u);
+      p->full[c] = a;
+    }
+  if (t.bits) p->btab.resize(static_cast<size_t>(C * E)), p->bs.resize(static_cast<size_t>(C * (taps + 1)));
+  else p->ftab.resize(static_cast<size_t>(C * E)), p->fs.resize(static_cast<size_t>(C * (taps + 1)));
+  for (int64_t c = 0; c < C; ++c)
+    for (int32_t D = -taps; D <= taps; ++D) {
+      const float y = epilogue_value(t, w.mu[c], c, D);
+      if (t.bits) p->btab[c * E + D + taps] = (t.thr.empty() ? y : y + t.thr[c]) < 0.0f;
+      else p->ftab[c * E + D + taps] = y;
+    }
+  for (int64_t c = 0; c < C; ++c)
+    for (int32_t S = 0; S <= taps; ++S) {
+      const int32_t D = std::max(-taps, p->full[c] - 2 * S);  // S > full[c] does not occur
+      if (t.bits) p->bs[c * (taps + 1) + S] = p->btab[c * E + D + taps];
+      else p->fs[c * (taps + 1) + S] = p->ftab[c * E + D + taps];
+    }
+  if (!t.bits) return p;
+  // Bit-sliced bounds, for pixels whose every tap is valid (A = full[c]) and, without masks, for
+  // each smaller count nt of valid taps (0-padded borders: A = nt): each channel's set of S in
+  // [0, A] giving bit 1 must be empty, a prefix or a suffix, else that count reads out.
+  p->sliced.assign(static_cast<size_t>(taps + 1), 0);
+  p->kplanes.assign(static_cast<size_t>((taps + 1) * KW * B), 0);
+  p->le.assign(static_cast<size_t>((taps + 1) * KW), 0);
+  p->valid.assign(static_cast<size_t>((taps + 1) * KW), 0);
+  for (int nt = w.m.empty() ? 0 : taps; nt <= taps; ++nt) {
+    bool ok = true;
+    for (int64_t c = 0; c < C && ok; ++c) {
+      const int32_t A = w.m.empty() ? nt : p->full[c];
+      const uint8_t* bit = p->btab.data() + c * E + taps;  // bit[D]
+      int32_t first = -1, last = -1, ones = 0;
+      for (int32_t S = 0; S <= A; ++S)
+        if (bit[A - 2 * S]) {
+          if (first < 0) first = S;
+          last = S;
+          ++ones;
+        }
+      if (ones == 0) continue;  // valid bit 0
+      if (ones != last - first + 1 || (first > 0 && last < A)) {
+        ok = false;  // not one bound
+        break;
+      }
+      const bool le = first == 0;  // [0, last]: S <= last; else [first, A]: S >= first
+      const int32_t K = le ? last : first;
+      const uint64_t bitc = 1ull << (c % 64);
+      const int64_t k = nt * KW + c / 64;
+      p->valid[k] |= bitc;
+      if (le) p->le[k] |= bitc;
+      for (int b = 0; b < B; ++b)
+        if ((K >> b) & 1) p->kplanes[k * B + b] |= bitc;
+    }
+    p->sliced[nt] = ok;
+  }
+  return p;
+}
+
+std::shared_ptr<const DepthwisePlan> depthwise_plan(const DepthwiseWeights& w, const Transform& t, int B) {
+  if (w.J != 1) return nullptr;
+  {
+    std::lock_guard<std::mutex> lock(t.intervals_mutex);
+    for (const auto& p : t.depthwise_plans)
+      if (p->weights_uid == w.uid) return p;
+  }
+  std::shared_ptr<const DepthwisePlan> p = make_plan(w, t, B);
+  if (!p) return nullptr;
+  std::lock_guard<std::mutex> lock(t.intervals_mutex);
+  if (t.depthwise_plans.size() >= 8) t.depthwise_plans.erase(t.depthwise_plans.begin());
+  t.depthwise_plans.push_back(p);
+  return p;
+}
+
 }  // namespace
 
 void depthwise_conv2d(const DepthwiseWeights& w, const Transform& t, const ConvCall& call) {
@@ -76,6 +237,17 @@ void depthwise_conv2d(const DepthwiseWeights& w, const Transform& t, const ConvC
     for (int64_t k = 0; k < KW; ++k) padw[k] = ~0ull;
     if (C % 64) padw[KW - 1] = (1ull << (C % 64)) - 1;
   }
+  // word offsets of the taps from a pixel's first input word (every tap inside the input)
+  std::vector<int64_t> tap_off(static_cast<size_t>(taps));
+  for (int i = 0; i < kh; ++i)
+    for (int j = 0; j < kw; ++j) tap_off[i * kw + j] = (static_cast<int64_t>(i) * W + j) * KW;
+
+  const std::shared_ptr<const DepthwisePlan> plan = depthwise_plan(w, t, B);
+  const DepthwisePlan* pl = plan.get();
+  const bool sliced_full = t.bits && pl && pl->sliced[taps];
+  const bool fast3x3 = pl && taps == 9;
+  const int E = pl ? pl->E : 0;
+
   const uint64_t* x = call.x;
   const uint64_t* wb = w.w.data();
   const uint64_t* wm = w.m.empty() ? nullptr : w.m.data();
@@ -92,27 +264,124 @@ void depthwise_conv2d(const DepthwiseWeights& w, const Transform& t, const ConvC
     const int64_t n = row / OH, oh = row % OH;
     std::vector<const uint64_t*> tap_x(static_cast<size_t>(taps));
     std::vector<int> tap_id(static_cast<size_t>(taps));
-    uint64_t cnt[32], act[32];
+    uint64_t cnt[32], act[32], v9[9];
     int32_t S[64], A[64];
     float acc[64];
+    const int64_t ih0 = oh * sh - ph;
+    const bool rows_inside = ih0 >= 0 && ih0 + kh <= H;
     for (int64_t ow = 0; ow < OW; ++ow) {
+      const int64_t iw0 = ow * sw - pw;
+      const bool inside = rows_inside && iw0 >= 0 && iw0 + kw <= W;
       // input word pointers of the taps this pixel uses (0 padding: padded taps are dropped)
       int nt = 0;
-      for (int i = 0; i < kh; ++i) {
-        const int64_t ih = oh * sh + i - ph;
-        for (int j = 0; j < kw; ++j) {
-          const int64_t iw = ow * sw + j - pw;
-          const bool inside = ih >= 0 && ih < H && iw >= 0 && iw < W;
-          if (!inside && pad_value == 0) continue;
-          tap_x[nt] = inside ? x + ((n * H + ih) * W + iw) * KW : padw.data();
-          tap_id[nt] = i * kw + j;
-          ++nt;
+      if (inside) {
+        const uint64_t* p0 = x + ((n * H + ih0) * W + iw0) * KW;
+        tap_x[0] = p0;
+        if (!fast3x3)
+          for (int s = 0; s < taps; ++s) tap_x[s] = p0 + tap_off[s], tap_id[s] = s;
+        nt = taps;
+      } else {
+        for (int i = 0; i < kh; ++i) {
+          const int64_t ih = ih0 + i;
+          for (int j = 0; j < kw; ++j) {
+            const int64_t iw = iw0 + j;
+            const bool in = ih >= 0 && ih < H && iw >= 0 && iw < W;
+            if (!in && pad_value == 0) continue;
+            tap_x[nt] = in ? x + ((n * H + ih) * W + iw) * KW : padw.data();
+            tap_id[nt] = i * kw + j;
+            ++nt;
+          }
         }
       }
+      const bool all_taps = nt == taps;  // every tap valid: tap_id[s] == s
       const int64_t pix = (n * OH + oh) * OW + ow;
+      if (fast3x3 && inside) {
+        // interior 3x3 pixel, one plane: carry-save counters, bounds or tables
+        const uint64_t* p0 = tap_x[0];
+        const int64_t T1 = 10;
+        for (int64_t k = 0; k < KW; ++k) {
+          for (int s = 0; s < 9; ++s) {
+            uint64_t v = p0[tap_off[s] + k] ^ wb[s * KW + k];
+            if (wm) v &= wm[s * KW + k];
+            v9[s] = v;
+          }
+          csa9(v9, cnt);
+          if (sliced_full) {
+            const int64_t o = taps * KW + k;
+            out_bits[pix * KW + k] = sliced_bits(cnt, 4, pl->kplanes.data() + o * 4, pl->le[o], pl->valid[o]);
+            continue;
+          }
+          const int nc = static_cast<int>(std::min<int64_t>(64, C - k * 64));
+          const int64_t c0 = k * 64;
+          counter_read(cnt, 4, nc, S);
+          if (out_f) {
+            const float* fs = pl->fs.data() + c0 * T1;
+            float* o = out_f + pix * C + c0;
+            for (int q = 0; q < nc; ++q) o[q] = fs[q * T1 + S[q]];
+          } else {
+            const uint8_t* bs = pl->bs.data() + c0 * T1;
+            uint64_t bits = 0;
+            for (int q = 0; q < nc; ++q) bits |= static_cast<uint64_t>(bs[q * T1 + S[q]]) << q;
+            out_bits[pix * KW + k] = bits;
+          }
+        }
+        continue;
+      }
+      // bit-sliced bounds for this pixel's count of valid taps
+      const int bound_row = all_taps ? taps : (wm ? -1 : nt);
+      const bool sliced = out_bits && pl && bound_row >= 0 && pl->sliced[bound_row];
       for (int64_t k = 0; k < KW; ++k) {
         const int nc = static_cast<int>(std::min<int64_t>(64, C - k * 64));
         const int64_t c0 = k * 64;
+        if (pl) {
+          // one plane: counters, then bit-sliced bounds or the tables
+          for (int b = 0; b < B; ++b) cnt[b] = act[b] = 0;
+          for (int s = 0; s < nt; ++s) {
+            const int64_t o = static_cast<int64_t>(tap_id[s]) * KW + k;
+            uint64_t v = tap_x[s][k] ^ wb[o];
+            if (wm) {
+              v &= wm[o];
+              if (!all_taps) counter_add(act, B, wm[o]);
+            }
+            counter_add(cnt, B, v);
+          }
+          if (sliced) {
+            const int64_t o = bound_row * KW + k;
+            out_bits[pix * KW + k] = sliced_bits(cnt, B, pl->kplanes.data() + o * B, pl->le[o], pl->valid[o]);
+            continue;
+          }
+          counter_read(cnt, B, nc, S);
+          if (all_taps) {  // tables by mismatch count
+            const int64_t T1 = taps + 1;
+            if (out_f) {
+              const float* fs = pl->fs.data() + c0 * T1;
+              float* o = out_f + pix * C + c0;
+              for (int q = 0; q < nc; ++q) o[q] = fs[q * T1 + S[q]];
+            } else {
+              const uint8_t* bs = pl->bs.data() + c0 * T1;
+              uint64_t bits = 0;
+              for (int q = 0; q < nc; ++q) bits |= static_cast<uint64_t>(bs[q * T1 + S[q]]) << q;
+              out_bits[pix * KW + k] = bits;
+            }
+            continue;
+          }
+          if (wm) {
+            counter_read(act, B, nc, A);
+          } else {
+            for (int q = 0; q < nc; ++q) A[q] = nt;
+          }
+          if (out_f) {  // tables by dot product
+            const float* ft = pl->ftab.data() + c0 * E + taps;
+            float* o = out_f + pix * C + c0;
+            for (int q = 0; q < nc; ++q) o[q] = ft[q * E + A[q] - 2 * S[q]];
+          } else {
+            const uint8_t* bt = pl->btab.data() + c0 * E + taps;
+            uint64_t bits = 0;
+            for (int q = 0; q < nc; ++q) bits |= static_cast<uint64_t>(bt[q * E + A[q] - 2 * S[q]]) << q;
+            out_bits[pix * KW + k] = bits;
+          }
+          continue;
+        }
         for (int q = 0; q < nc; ++q) acc[q] = 0.0f;
         for (int jp = 0; jp < J; ++jp) {
           const uint64_t* wj = wb + static_cast<int64_t>(jp) * taps * KW;

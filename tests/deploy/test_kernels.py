@@ -715,6 +715,85 @@ def test_depthwise_chains_bits_with_regular_convs(kernel):
     assert torch.equal(y, K.reference_binary_conv2d(r1, w2))
 
 
+@st.composite
+def depthwise_epilogue_cases(draw):
+    k = draw(st.sampled_from([1, 3, 3, 5]))
+    pad = draw(st.integers(0, k // 2 + 1))
+    c = draw(st.sampled_from([3, 63, 64, 65, 130]))
+    return dict(
+        n=draw(st.integers(1, 2)), c=c, k=k, pad=pad,
+        h=draw(st.integers(max(1, k - 2 * pad), 9)),
+        w=draw(st.integers(max(1, k - 2 * pad), 9)),
+        stride=draw(st.sampled_from([1, 2])),
+        pad_value=draw(st.sampled_from([-1, 0, 1])),
+        masked=draw(st.booleans()),
+        scale=draw(st.sampled_from(["randn", "negative", "zero", "tiny", "huge"])),
+        tie=draw(st.booleans()),  # bias puts y == 0 exactly on an attainable dot product
+        prelu=draw(st.sampled_from([None, "positive", "zero", "mixed-sign"])),
+        clamp=draw(st.sampled_from([(None, None), (-3.0, 5.0), (0.5, 2.0), (-2.0, -1.0)])),
+        thr=draw(st.sampled_from([None, "randn", "nan"])),
+        mu=draw(st.sampled_from([None, "per-channel", "negative"])),
+        seed=draw(st.integers(0, 2**31 - 1)),
+    )  # fmt: skip
+
+
+@SETTINGS
+@given(e=depthwise_epilogue_cases())
+def test_depthwise_bit_sliced_bounds_give_the_float_epilogue_bits(kernel, e):
+    """One-plane depthwise layers with bits output compare the bit-sliced mismatch counters with
+    per-channel bounds precomputed from the transform (per count of valid taps), and read the
+    rest out of per-channel tables: the bits must be those of the float epilogue and of the
+    reference exactly, with ties at y == 0, zero / negative / huge scales, PReLU slopes of every
+    sign, clamps, NaN thresholds and masks."""
+    g = torch.Generator().manual_seed(e["seed"])
+    c = e["c"]
+    x = _signs(e["n"], c, e["h"], e["w"], gen=g)
+    wt = _signs(c, 1, e["k"], e["k"], gen=g)
+    mask = (torch.rand(c, 1, e["k"], e["k"], generator=g) < 0.7).float() if e["masked"] else None
+    mu = {None: torch.ones(c), "per-channel": torch.rand(c, generator=g) + 0.1,
+          "negative": -(torch.rand(c, generator=g) + 0.1)}[e["mu"]]  # fmt: skip
+    wp = K.pack_weight_planes([wt], None if mask is None else [mask], [mu], groups=c)
+    assert isinstance(wp, K.PackedDepthwiseWeights) and wp.num_planes == 1
+    scale = {"randn": torch.randn(c, generator=g), "negative": -torch.rand(c, generator=g),
+             "zero": torch.zeros(c), "tiny": torch.full((c,), 1e-30),
+             "huge": torch.full((c,), 3e37)}[e["scale"]]  # fmt: skip
+    taps = e["k"] ** 2
+    d0 = torch.randint(-taps, taps + 1, (c,), generator=g).float()
+    bias = -(mu * d0) * scale if e["tie"] else torch.randn(c, generator=g) * 3
+    prelu = {None: None, "positive": torch.rand(c, generator=g), "zero": torch.zeros(c),
+             "mixed-sign": torch.randn(c, generator=g)}[e["prelu"]]  # fmt: skip
+    thr = {None: None, "randn": torch.randn(c, generator=g), "nan": torch.full((c,), float("nan"))}[e["thr"]]
+    cmin, cmax = e["clamp"]
+    tb = K.OutputTransform(scale, bias, prelu, cmin, cmax, "bits", thr)
+    tf = K.OutputTransform(scale, bias, prelu, cmin, cmax, "float")
+    kw = dict(stride=e["stride"], padding=e["pad"], pad_value=e["pad_value"], groups=c)
+    xp = K.pack_activations(x)
+    bits = K.binary_conv2d(xp, wp, transform=tb, **kw)
+    y = K.binary_conv2d(xp, wp, transform=tf, **kw)
+    masks = None if mask is None else [mask]
+    ref_y = K.reference_binary_conv2d(x, [wt], masks=masks, scales=[mu], transform=tf, **kw)
+    assert torch.equal(y.isnan(), ref_y.isnan())  # (huge scale x PReLU 0: inf * 0)
+    assert torch.equal(torch.where(y.isnan(), 0.0, y), torch.where(ref_y.isnan(), 0.0, ref_y))
+    assert torch.equal(bits.data, K.pack_activations(y.contiguous(), thr).data)
+    _check_exact(bits, K.reference_binary_conv2d(x, [wt], masks=masks, scales=[mu], transform=tb, **kw))
+
+
+def test_depthwise_transform_shared_by_layers(kernel):
+    """The per-channel tables and bounds a transform caches belong to one set of weights: a
+    transform shared by several depthwise layers (and alternated between them) gives each its own
+    results."""
+    g = torch.Generator().manual_seed(5)
+    x = _signs(1, 65, 8, 8, gen=g)
+    ws = [_signs(65, 1, 3, 3, gen=g) for _ in range(3)]
+    for output in ("bits", "float"):
+        tr = K.OutputTransform(torch.randn(65, generator=g), torch.randn(65, generator=g), output=output)
+        for _ in range(2):
+            for wt in ws:
+                y = K.binary_conv2d(K.pack_activations(x), K.pack_weights(wt, groups=65), padding=1, transform=tr,
+                                    groups=65)  # fmt: skip
+                _check_exact(y, K.reference_binary_conv2d(x, wt, padding=1, transform=tr, groups=65))
+
+
 def test_depthwise_bad_inputs_raise_clear_errors():
     p = K.pack_activations(torch.randn(1, 8, 5, 5))
     wd = K.pack_weights(torch.randn(8, 1, 3, 3), groups=8)
