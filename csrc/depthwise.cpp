@@ -18,12 +18,17 @@
 // of a channel word come from a bit-sliced comparison of the counter planes with the planes of
 // the per-channel bounds K: a few dozen word operations, no per-channel read-out.
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <mutex>
 #include <stdexcept>
 #include <vector>
 
+#include "engine.h"
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+#include <immintrin.h>
+#endif
 #include "ops.h"
 #include "thread_pool.h"
 
@@ -114,6 +119,112 @@ inline uint64_t sliced_bits(const uint64_t* cnt, int B, const uint64_t* kp, uint
   return (eq | (lt & le) | (gt & ~le)) & valid;
 }
 
+// Per-channel operands of the float epilogue of one plane, padded to 64 channels per word.
+struct FloatWordArgs {
+  const float* mu;
+  const float* scale;
+  const float* bias;
+  const float* prelu;  // or nullptr
+  const int32_t* A;    // active taps (every tap valid)
+  float cmin, cmax;
+};
+
+#if defined(__GNUC__)
+#define ONEBIT_DW_INLINE inline __attribute__((always_inline))
+#else
+#define ONEBIT_DW_INLINE inline
+#endif
+
+// The 64 float outputs of one channel word at np pixels, every tap valid, from the counter planes
+// cnt[p * B + b] of pixel p into y[p * ystride + q]: the counts S are read out lane-parallel
+// (variable shifts), D = A - 2 S, then the epilogue's float operations in their order, branch-free
+// over 64 contiguous channels so that the compiler vectorizes it for the target of the function
+// it is inlined into (vector and scalar IEEE arithmetic round alike; the build disables FMA
+// contraction).
+ONEBIT_DW_INLINE void float_word_impl(const uint64_t* cnt, int np, int B, const FloatWordArgs& a, float* y0,
+                                      int64_t ystride) {
+  for (int p = 0; p < np; ++p) {
+    alignas(64) int32_t S[64];
+    float* y = y0 + p * ystride;
+    for (int q = 0; q < 64; ++q) S[q] = 0;
+    for (int b = 0; b < B; ++b) {
+      const uint64_t c = cnt[p * B + b];
+      const uint32_t lo = static_cast<uint32_t>(c), hi = static_cast<uint32_t>(c >> 32);
+      for (int q = 0; q < 32; ++q) S[q] |= static_cast<int32_t>((lo >> q) & 1u) << b;
+      for (int q = 0; q < 32; ++q) S[32 + q] |= static_cast<int32_t>((hi >> q) & 1u) << b;
+    }
+    for (int q = 0; q < 64; ++q) y[q] = 0.0f + a.mu[q] * static_cast<float>(a.A[q] - 2 * S[q]);
+    for (int q = 0; q < 64; ++q) y[q] = y[q] * a.scale[q] + a.bias[q];
+    if (a.prelu)
+      for (int q = 0; q < 64; ++q) y[q] = y[q] < 0.0f ? y[q] * a.prelu[q] : y[q];
+    const float cmin = a.cmin, cmax = a.cmax;
+    for (int q = 0; q < 64; ++q) {
+      const float v = y[q] < cmin ? cmin : y[q];
+      y[q] = v > cmax ? cmax : v;
+    }
+  }
+}
+
+using FloatWordFn = void (*)(const uint64_t* cnt, int np, int B, const FloatWordArgs& a, float* y, int64_t ystride);
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+#define ONEBIT_DW_X86 1
+__attribute__((target("avx2"))) void float_word_avx2(const uint64_t* cnt, int np, int B, const FloatWordArgs& a,
+                                                     float* y, int64_t ystride) {
+  float_word_impl(cnt, np, B, a, y, ystride);
+}
+
+// AVX-512: each counter plane is a lane mask (16 channels per register): D = A - sum_b 2^(b+1)
+// over the planes whose bit is set, then the epilogue with compares as masks (_CMP_LT_OQ /
+// _CMP_GT_OQ: false for NaN, as C's < and >).  kB planes and kNP pixels when > 0 (unrolled: the
+// pixels' dependency chains interleave), else B and np.
+template <int kB, int kNP>
+__attribute__((target("avx512f"))) ONEBIT_DW_INLINE void float_word_avx512_impl(
+    const uint64_t* cnt, int np_, int B_, const FloatWordArgs& a, float* y, int64_t ystride) {
+  const __m512 zero = _mm512_setzero_ps(), cmin = _mm512_set1_ps(a.cmin), cmax = _mm512_set1_ps(a.cmax);
+  const int B = kB > 0 ? kB : B_, np = kNP > 0 ? kNP : np_;
+  for (int g = 0; g < 4; ++g) {
+    const __m512i A = _mm512_loadu_si512(a.A + 16 * g);
+    const __m512 mu = _mm512_loadu_ps(a.mu + 16 * g), scale = _mm512_loadu_ps(a.scale + 16 * g),
+                 bias = _mm512_loadu_ps(a.bias + 16 * g);
+    const __m512 slope = a.prelu ? _mm512_loadu_ps(a.prelu + 16 * g) : zero;
+#pragma GCC unroll 4
+    for (int p = 0; p < np; ++p) {
+      __m512i d = A;
+#pragma GCC unroll 8
+      for (int b = 0; b < B; ++b) {
+        const __mmask16 k = static_cast<__mmask16>(cnt[p * B + b] >> (16 * g));
+        d = _mm512_mask_sub_epi32(d, k, d, _mm512_set1_epi32(2 << b));
+      }
+      __m512 v = _mm512_add_ps(zero, _mm512_mul_ps(mu, _mm512_cvtepi32_ps(d)));
+      v = _mm512_add_ps(_mm512_mul_ps(v, scale), bias);
+      if (a.prelu) v = _mm512_mask_mul_ps(v, _mm512_cmp_ps_mask(v, zero, _CMP_LT_OQ), v, slope);
+      v = _mm512_mask_mov_ps(v, _mm512_cmp_ps_mask(v, cmin, _CMP_LT_OQ), cmin);
+      v = _mm512_mask_mov_ps(v, _mm512_cmp_ps_mask(v, cmax, _CMP_GT_OQ), cmax);
+      _mm512_storeu_ps(y + p * ystride + 16 * g, v);
+    }
+  }
+}
+__attribute__((target("avx512f"))) void float_word_avx512(const uint64_t* cnt, int np, int B, const FloatWordArgs& a,
+                                                          float* y, int64_t ystride) {
+  if (B == 4 && np == 4) float_word_avx512_impl<4, 4>(cnt, np, B, a, y, ystride);
+  else if (B == 4) float_word_avx512_impl<4, 0>(cnt, np, B, a, y, ystride);
+  else float_word_avx512_impl<0, 0>(cnt, np, B, a, y, ystride);
+}
+#endif
+
+// count[c] of all 64 channels of a counter of B <= 8 planes as bytes (eight channels per byte-lane word).
+inline void counter_read_bytes(const uint64_t* cnt, int B, uint8_t* count) {
+  for (int g = 0; g < 8; ++g) {
+    uint64_t lanes = 0;
+    for (int b = 0; b < B; ++b) lanes |= kSpread.v[(cnt[b] >> (8 * g)) & 0xFF] << b;
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+    for (int i = 0; i < 8; ++i) count[8 * g + i] = static_cast<uint8_t>(lanes >> (8 * i));
+#else
+    std::memcpy(count + 8 * g, &lanes, 8);
+#endif
+  }
+}
+
 }  // namespace
 
 // One-plane depthwise weights under one transform, tabulated (see the top of this file).
@@ -125,6 +236,9 @@ struct DepthwisePlan {
   std::vector<uint8_t> btab;          // bits output: (C, E) output bit at D
   std::vector<float> fs;              // float output: (C, taps + 1) y at S mismatches, all taps valid
   std::vector<uint8_t> bs;            // bits output: the same for the output bit
+  // float output: mu, scale, bias, prelu (or empty) and full, padded to KW * 64 channels
+  std::vector<float> pmu, pscale, pbias, pprelu;
+  std::vector<int32_t> pfull;
   // bits output, per count nt of valid taps (index taps: every tap valid, masks or not):
   std::vector<uint8_t> sliced;        // (taps + 1) the bit-sliced bounds below apply
   int B = 0;                          // counter planes
@@ -165,7 +279,16 @@ std::shared_ptr<const DepthwisePlan> make_plan(const DepthwiseWeights& w, const 
       if (t.bits) p->bs[c * (taps + 1) + S] = p->btab[c * E + D + taps];
       else p->fs[c * (taps + 1) + S] = p->ftab[c * E + D + taps];
     }
-  if (!t.bits) return p;
+  if (!t.bits) {
+    const size_t P = static_cast<size_t>(KW * 64);
+    p->pmu.assign(P, 0.0f), p->pscale.assign(P, 0.0f), p->pbias.assign(P, 0.0f), p->pfull.assign(P, 0);
+    if (!t.prelu.empty()) p->pprelu.assign(P, 0.0f);
+    for (int64_t c = 0; c < C; ++c) {
+      p->pmu[c] = w.mu[c], p->pscale[c] = t.scale[c], p->pbias[c] = t.bias[c], p->pfull[c] = p->full[c];
+      if (!t.prelu.empty()) p->pprelu[c] = t.prelu[c];
+    }
+    return p;
+  }
   // Bit-sliced bounds, for pixels whose every tap is valid (A = full[c]) and, without masks, for
   // each smaller count nt of valid taps (0-padded borders: A = nt): each channel's set of S in
   // [0, A] giving bit 1 must be empty, a prefix or a suffix, else that count reads out.
@@ -260,12 +383,45 @@ void depthwise_conv2d(const DepthwiseWeights& w, const Transform& t, const ConvC
   float* out_f = t.bits ? nullptr : static_cast<float*>(call.out);
   uint64_t* out_bits = t.bits ? static_cast<uint64_t*>(call.out) : nullptr;
 
+  // float output, every tap valid: the vectorized epilogue on the AVX2 / AVX-512 paths (the
+  // tables on the others)
+  FloatWordFn fword = nullptr;
+#ifdef ONEBIT_DW_X86
+  if (pl && out_f) fword = call.isa == kAvx512 ? float_word_avx512 : call.isa == kAvx2 ? float_word_avx2 : nullptr;
+#endif
+  FloatWordArgs fargs{};
+  if (fword) {
+    fargs.prelu = pl->pprelu.empty() ? nullptr : pl->pprelu.data();
+    fargs.cmin = cmin;
+    fargs.cmax = cmax;
+  }
+  // float outputs of channel word k (nc channels) at np pixels (out pixel stride C) from the
+  // counter planes cnt[p * B + b], every tap valid
+  auto float_words = [&](const uint64_t* cnt, int np, int B, int64_t k, float* o, int nc) {
+    FloatWordArgs a = fargs;
+    a.mu = pl->pmu.data() + k * 64;
+    a.scale = pl->pscale.data() + k * 64;
+    a.bias = pl->pbias.data() + k * 64;
+    a.A = pl->pfull.data() + k * 64;
+    if (a.prelu) a.prelu += k * 64;
+    if (nc == 64) {
+      fword(cnt, np, B, a, o, C);
+    } else {
+      alignas(64) float y[4 * 64];
+      fword(cnt, np, B, a, y, 64);
+      for (int p = 0; p < np; ++p) std::memcpy(o + p * C, y + p * 64, sizeof(float) * nc);
+    }
+  };
+  // end (exclusive) of the output columns whose taps are all inside the input columns
+  const int64_t ow_inside_end = std::min<int64_t>(OW, W + pw >= kw ? (W + pw - kw) / sw + 1 : 0);
+
   auto run_row = [&](int64_t row) {  // one output row (n, oh): all its pixels and channels
     const int64_t n = row / OH, oh = row % OH;
     std::vector<const uint64_t*> tap_x(static_cast<size_t>(taps));
     std::vector<int> tap_id(static_cast<size_t>(taps));
     uint64_t cnt[32], act[32], v9[9];
     int32_t S[64], A[64];
+    alignas(8) uint8_t S8[64];
     float acc[64];
     const int64_t ih0 = oh * sh - ph;
     const bool rows_inside = ih0 >= 0 && ih0 + kh <= H;
@@ -295,6 +451,27 @@ void depthwise_conv2d(const DepthwiseWeights& w, const Transform& t, const ConvC
       }
       const bool all_taps = nt == taps;  // every tap valid: tap_id[s] == s
       const int64_t pix = (n * OH + oh) * OW + ow;
+      if (fast3x3 && inside && fword) {
+        // interior 3x3 pixels, one plane, float output: up to 4 pixels at a time
+        const int np = static_cast<int>(std::min<int64_t>(4, ow_inside_end - ow));
+        const uint64_t* p0 = tap_x[0];
+        const int64_t xs = static_cast<int64_t>(sw) * KW;
+        uint64_t cnt4[4 * 4];
+        for (int64_t k = 0; k < KW; ++k) {
+          for (int p = 0; p < np; ++p) {
+            for (int s = 0; s < 9; ++s) {
+              uint64_t v = p0[p * xs + tap_off[s] + k] ^ wb[s * KW + k];
+              if (wm) v &= wm[s * KW + k];
+              v9[s] = v;
+            }
+            csa9(v9, cnt4 + 4 * p);
+          }
+          const int nc = static_cast<int>(std::min<int64_t>(64, C - k * 64));
+          float_words(cnt4, np, 4, k, out_f + pix * C + k * 64, nc);
+        }
+        ow += np - 1;
+        continue;
+      }
       if (fast3x3 && inside) {
         // interior 3x3 pixel, one plane: carry-save counters, bounds or tables
         const uint64_t* p0 = tap_x[0];
@@ -313,12 +490,13 @@ void depthwise_conv2d(const DepthwiseWeights& w, const Transform& t, const ConvC
           }
           const int nc = static_cast<int>(std::min<int64_t>(64, C - k * 64));
           const int64_t c0 = k * 64;
-          counter_read(cnt, 4, nc, S);
           if (out_f) {
+            counter_read_bytes(cnt, 4, S8);
             const float* fs = pl->fs.data() + c0 * T1;
             float* o = out_f + pix * C + c0;
-            for (int q = 0; q < nc; ++q) o[q] = fs[q * T1 + S[q]];
+            for (int q = 0; q < nc; ++q) o[q] = fs[q * T1 + S8[q]];
           } else {
+            counter_read(cnt, 4, nc, S);
             const uint8_t* bs = pl->bs.data() + c0 * T1;
             uint64_t bits = 0;
             for (int q = 0; q < nc; ++q) bits |= static_cast<uint64_t>(bs[q * T1 + S[q]]) << q;
@@ -348,6 +526,10 @@ void depthwise_conv2d(const DepthwiseWeights& w, const Transform& t, const ConvC
           if (sliced) {
             const int64_t o = bound_row * KW + k;
             out_bits[pix * KW + k] = sliced_bits(cnt, B, pl->kplanes.data() + o * B, pl->le[o], pl->valid[o]);
+            continue;
+          }
+          if (fword && all_taps) {
+            float_words(cnt, 1, B, k, out_f + pix * C + c0, nc);
             continue;
           }
           counter_read(cnt, B, nc, S);
