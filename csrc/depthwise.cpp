@@ -397,12 +397,13 @@ void depthwise_conv2d(const DepthwiseWeights& w, const Transform& t, const ConvC
   }
   // float outputs of channel word k (nc channels) at np pixels (out pixel stride C) from the
   // counter planes cnt[p * B + b], every tap valid
-  auto float_words = [&](const uint64_t* cnt, int np, int B, int64_t k, float* o, int nc) {
+  // (active taps A: every tap valid, or `active` for all 64 channels)
+  auto float_words = [&](const uint64_t* cnt, int np, int B, int64_t k, float* o, int nc, const int32_t* active) {
     FloatWordArgs a = fargs;
     a.mu = pl->pmu.data() + k * 64;
     a.scale = pl->pscale.data() + k * 64;
     a.bias = pl->pbias.data() + k * 64;
-    a.A = pl->pfull.data() + k * 64;
+    a.A = active ? active : pl->pfull.data() + k * 64;
     if (a.prelu) a.prelu += k * 64;
     if (nc == 64) {
       fword(cnt, np, B, a, o, C);
@@ -422,6 +423,7 @@ void depthwise_conv2d(const DepthwiseWeights& w, const Transform& t, const ConvC
     uint64_t cnt[32], act[32], v9[9];
     int32_t S[64], A[64];
     alignas(8) uint8_t S8[64];
+    alignas(64) int32_t nt_active[64];
     float acc[64];
     const int64_t ih0 = oh * sh - ph;
     const bool rows_inside = ih0 >= 0 && ih0 + kh <= H;
@@ -450,6 +452,8 @@ void depthwise_conv2d(const DepthwiseWeights& w, const Transform& t, const ConvC
         }
       }
       const bool all_taps = nt == taps;  // every tap valid: tap_id[s] == s
+      if (fword && !all_taps)
+        for (int q = 0; q < 64; ++q) nt_active[q] = nt;
       const int64_t pix = (n * OH + oh) * OW + ow;
       if (fast3x3 && inside && fword) {
         // interior 3x3 pixels, one plane, float output: up to 4 pixels at a time
@@ -467,7 +471,7 @@ void depthwise_conv2d(const DepthwiseWeights& w, const Transform& t, const ConvC
             csa9(v9, cnt4 + 4 * p);
           }
           const int nc = static_cast<int>(std::min<int64_t>(64, C - k * 64));
-          float_words(cnt4, np, 4, k, out_f + pix * C + k * 64, nc);
+          float_words(cnt4, np, 4, k, out_f + pix * C + k * 64, nc, nullptr);
         }
         ow += np - 1;
         continue;
@@ -528,8 +532,8 @@ void depthwise_conv2d(const DepthwiseWeights& w, const Transform& t, const ConvC
             out_bits[pix * KW + k] = sliced_bits(cnt, B, pl->kplanes.data() + o * B, pl->le[o], pl->valid[o]);
             continue;
           }
-          if (fword && all_taps) {
-            float_words(cnt, 1, B, k, out_f + pix * C + c0, nc);
+          if (fword && (all_taps || !wm)) {
+            float_words(cnt, 1, B, k, out_f + pix * C + c0, nc, all_taps ? nullptr : nt_active);
             continue;
           }
           counter_read(cnt, B, nc, S);
