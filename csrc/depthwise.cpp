@@ -4,19 +4,22 @@
 // word with that tap's weight word (AND the plane mask), and adds the 64 one-bit mismatches to a
 // bit-sliced binary counter (plane b holds bit b of every channel's count); the counts are then
 // read out eight channels at a time (byte lanes): D_c = active_c - 2 * mismatches_c.  Zero-padded
-// taps are skipped (and not counted as active), +-1 padded taps read a constant pad word.  The fused epilogue runs the
-// float operations of conv_item (conv_impl.h) in the same order, so outputs are bit-identical to
-// the regular convolution's.  Plain portable C++: the same code serves every kernel path.
+// taps are skipped (and not counted as active), +-1 padded taps read a constant pad word.  The
+// fused epilogue runs the float operations of conv_item (conv_impl.h) in the same order, so
+// outputs are bit-identical to the regular convolution's.
 //
 // One plane (the common case) runs faster forms, prepared once per (weights, transform) and
 // cached in the transform (DepthwisePlan): the output of channel c is a function of its dot
 // product D alone, so it is tabulated over every attainable D by the float operations above
 // (outputs stay bit-identical), and a pixel reads its outputs from the table.  For bits output,
-// where every tap is valid (interior pixels, or +-1 padding) and each channel's set of mismatch
-// counts S giving bit 1 is a prefix {S <= K} or a suffix {S >= K} of [0, active taps] (always so
-// for a monotone transform: BatchNorm + sign, PReLU with slope >= 0, clamps), the 64 output bits
-// of a channel word come from a bit-sliced comparison of the counter planes with the planes of
-// the per-channel bounds K: a few dozen word operations, no per-channel read-out.
+// where each channel's set of mismatch counts S giving bit 1 is a prefix {S <= K} or a suffix
+// {S >= K} of [0, active taps] (always so for a monotone transform: BatchNorm + sign, PReLU with
+// slope >= 0, clamps), the 64 output bits of a channel word come from a bit-sliced comparison of
+// the counter planes with the planes of the per-channel bounds K (one set of bounds per count of
+// valid taps): a few dozen word operations, no per-channel read-out.  3x3 kernels count with a
+// carry-save adder tree, eight interior pixels at a time (64-bit lanes).  Float output on the
+// AVX2 / AVX-512 kernel paths evaluates the epilogue in vectors (per-ISA target functions); the
+// portable and popcnt paths read the tables.
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
@@ -168,9 +171,45 @@ ONEBIT_DW_INLINE void float_word_impl(const uint64_t* cnt, int np, int B, const 
 using FloatWordFn = void (*)(const uint64_t* cnt, int np, int B, const FloatWordArgs& a, float* y, int64_t ystride);
 #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
 #define ONEBIT_DW_X86 1
+// AVX2: the byte of a counter plane for 8 channels becomes a lane mask by AND with the lanes' bit
+// and compare; D = A - sum_b 2^(b+1) over the set planes, then the epilogue with compares
+// (_CMP_LT_OQ / _CMP_GT_OQ: false for NaN, as C's < and >) and blends.  kB planes and kNP pixels
+// when > 0 (unrolled: the pixels' dependency chains interleave), else B and np.
+template <int kB, int kNP>
+__attribute__((target("avx2"))) ONEBIT_DW_INLINE void float_word_avx2_impl(const uint64_t* cnt, int np_, int B_,
+                                                                          const FloatWordArgs& a, float* y,
+                                                                          int64_t ystride) {
+  const __m256i lane_bit = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
+  const __m256 zero = _mm256_setzero_ps(), cmin = _mm256_set1_ps(a.cmin), cmax = _mm256_set1_ps(a.cmax);
+  const int B = kB > 0 ? kB : B_, np = kNP > 0 ? kNP : np_;
+  for (int g = 0; g < 8; ++g) {
+    const __m256i A = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.A + 8 * g));
+    const __m256 mu = _mm256_loadu_ps(a.mu + 8 * g), scale = _mm256_loadu_ps(a.scale + 8 * g),
+                 bias = _mm256_loadu_ps(a.bias + 8 * g);
+    const __m256 slope = a.prelu ? _mm256_loadu_ps(a.prelu + 8 * g) : zero;
+#pragma GCC unroll 4
+    for (int p = 0; p < np; ++p) {
+      __m256i d = A;
+#pragma GCC unroll 8
+      for (int b = 0; b < B; ++b) {
+        const int byte = static_cast<int>((cnt[p * B + b] >> (8 * g)) & 0xFF);
+        const __m256i set = _mm256_cmpeq_epi32(_mm256_and_si256(_mm256_set1_epi32(byte), lane_bit), lane_bit);
+        d = _mm256_sub_epi32(d, _mm256_and_si256(set, _mm256_set1_epi32(2 << b)));
+      }
+      __m256 v = _mm256_add_ps(zero, _mm256_mul_ps(mu, _mm256_cvtepi32_ps(d)));
+      v = _mm256_add_ps(_mm256_mul_ps(v, scale), bias);
+      if (a.prelu) v = _mm256_blendv_ps(v, _mm256_mul_ps(v, slope), _mm256_cmp_ps(v, zero, _CMP_LT_OQ));
+      v = _mm256_blendv_ps(v, cmin, _mm256_cmp_ps(v, cmin, _CMP_LT_OQ));
+      v = _mm256_blendv_ps(v, cmax, _mm256_cmp_ps(v, cmax, _CMP_GT_OQ));
+      _mm256_storeu_ps(y + p * ystride + 8 * g, v);
+    }
+  }
+}
 __attribute__((target("avx2"))) void float_word_avx2(const uint64_t* cnt, int np, int B, const FloatWordArgs& a,
                                                      float* y, int64_t ystride) {
-  float_word_impl(cnt, np, B, a, y, ystride);
+  if (B == 4 && np == 4) float_word_avx2_impl<4, 4>(cnt, np, B, a, y, ystride);
+  else if (B == 4) float_word_avx2_impl<4, 0>(cnt, np, B, a, y, ystride);
+  else float_word_avx2_impl<0, 0>(cnt, np, B, a, y, ystride);
 }
 
 // AVX-512: each counter plane is a lane mask (16 channels per register): D = A - sum_b 2^(b+1)
@@ -342,6 +381,132 @@ std::shared_ptr<const DepthwisePlan> depthwise_plan(const DepthwiseWeights& w, c
   return p;
 }
 
+
+// Eight horizontally adjacent interior pixels of a 3x3 one-plane layer (every tap inside the
+// input), all channel words: the carry-save counters and the bit-sliced comparison run
+// elementwise over the eight pixels (64-bit lanes: the compiler vectorizes them for the target of
+// the function this is inlined into, with one vector load per tap where the pixels' words are
+// adjacent, kXS == 1), then bits or float outputs.
+struct Interior8 {
+  const uint64_t* w = nullptr;  // (9, KW) weight words
+  const uint64_t* m = nullptr;  // (9, KW) mask words or nullptr
+  int64_t off[9] = {};          // tap word offsets from a pixel's first input word
+  int64_t KW = 0, C = 0, xs = 0;  // xs: words between adjacent output pixels' inputs
+  const DepthwisePlan* pl = nullptr;
+  bool sliced = false;          // bits output by the bounds, else the tables
+  uint64_t* out_bits = nullptr;  // at the first pixel
+  float* out_f = nullptr;
+  FloatWordArgs fargs{};        // prelu, cmin, cmax (float output)
+};
+using Interior8Fn = void (*)(const Interior8& c, const uint64_t* x0, int64_t pix);
+
+template <int kXS, class FloatWords>
+ONEBIT_DW_INLINE void interior8_impl(const Interior8& c, const uint64_t* x0, int64_t pix, FloatWords&& float_words) {
+  const int64_t KW = c.KW, xs = kXS > 0 ? kXS : c.xs;
+  for (int64_t k = 0; k < KW; ++k) {
+    uint64_t v[9][8];
+    for (int s = 0; s < 9; ++s) {
+      const uint64_t ws = c.w[s * KW + k], ms = c.m ? c.m[s * KW + k] : ~0ull;
+      const uint64_t* xp = x0 + c.off[s] + k;
+      for (int p = 0; p < 8; ++p) v[s][p] = (xp[p * xs] ^ ws) & ms;
+    }
+    uint64_t cnt[4][8];
+    for (int p = 0; p < 8; ++p) {
+      const uint64_t in[9] = {v[0][p], v[1][p], v[2][p], v[3][p], v[4][p], v[5][p], v[6][p], v[7][p], v[8][p]};
+      uint64_t o[4];
+      csa9(in, o);
+      cnt[0][p] = o[0], cnt[1][p] = o[1], cnt[2][p] = o[2], cnt[3][p] = o[3];
+    }
+    const DepthwisePlan* pl = c.pl;
+    const int nc = static_cast<int>(std::min<int64_t>(64, c.C - k * 64));
+    if (c.out_bits && c.sliced) {
+      const int64_t o = 9 * KW + k;
+      const uint64_t* kp = pl->kplanes.data() + o * 4;
+      const uint64_t le = pl->le[o], valid = pl->valid[o];
+      for (int p = 0; p < 8; ++p) {
+        uint64_t gt = 0, lt = 0, eq = ~0ull;
+        for (int b = 3; b >= 0; --b) {
+          const uint64_t d = cnt[b][p] ^ kp[b];
+          gt |= eq & d & cnt[b][p];
+          lt |= eq & d & kp[b];
+          eq &= ~d;
+        }
+        c.out_bits[(pix + p) * KW + k] = (eq | (lt & le) | (gt & ~le)) & valid;
+      }
+      continue;
+    }
+    uint64_t cp[8 * 4];  // [p][b]
+    for (int p = 0; p < 8; ++p)
+      for (int b = 0; b < 4; ++b) cp[p * 4 + b] = cnt[b][p];
+    if (c.out_f) {
+      float_words(cp, k, c.out_f + pix * c.C + k * 64, nc);
+      continue;
+    }
+    const uint8_t* bs = pl->bs.data() + k * 64 * 10;
+    for (int p = 0; p < 8; ++p) {
+      int32_t S[64];
+      counter_read(cp + 4 * p, 4, nc, S);
+      uint64_t bits = 0;
+      for (int q = 0; q < nc; ++q) bits |= static_cast<uint64_t>(bs[q * 10 + S[q]]) << q;
+      c.out_bits[(pix + p) * KW + k] = bits;
+    }
+  }
+}
+
+// operands of the float epilogue for channel word k
+ONEBIT_DW_INLINE FloatWordArgs word_args(const Interior8& c, int64_t k) {
+  FloatWordArgs a = c.fargs;
+  a.mu = c.pl->pmu.data() + k * 64;
+  a.scale = c.pl->pscale.data() + k * 64;
+  a.bias = c.pl->pbias.data() + k * 64;
+  a.A = c.pl->pfull.data() + k * 64;
+  if (a.prelu) a.prelu += k * 64;
+  return a;
+}
+
+void interior8_portable(const Interior8& c, const uint64_t* x0, int64_t pix) {
+  // float output from the tables by mismatch count
+  auto float_words = [&](const uint64_t* cp, int64_t k, float* o, int nc) {
+    const float* fs = c.pl->fs.data() + k * 64 * 10;
+    for (int p = 0; p < 8; ++p) {
+      alignas(8) uint8_t S8[64];
+      counter_read_bytes(cp + 4 * p, 4, S8);
+      float* op = o + p * c.C;
+      for (int q = 0; q < nc; ++q) op[q] = fs[q * 10 + S8[q]];
+    }
+  };
+  if (c.xs == 1) interior8_impl<1>(c, x0, pix, float_words);
+  else interior8_impl<0>(c, x0, pix, float_words);
+}
+
+#ifdef ONEBIT_DW_X86
+// Float output through the vector epilogue of the ISA (tail words through a buffer).
+#define ONEBIT_DW_FLOAT_WORDS(fn)                                                           \
+  [&](const uint64_t* cp, int64_t k, float* o, int nc) {                                   \
+    const FloatWordArgs a = word_args(c, k);                                                \
+    if (nc == 64) {                                                                         \
+      fn(cp, 4, 4, a, o, c.C);                                                              \
+      fn(cp + 16, 4, 4, a, o + 4 * c.C, c.C);                                               \
+    } else {                                                                                \
+      alignas(64) float y[8 * 64];                                                          \
+      fn(cp, 4, 4, a, y, 64);                                                               \
+      fn(cp + 16, 4, 4, a, y + 4 * 64, 64);                                                 \
+      for (int p = 0; p < 8; ++p) std::memcpy(o + p * c.C, y + p * 64, sizeof(float) * nc); \
+    }                                                                                       \
+  }
+
+__attribute__((target("avx2"))) void interior8_avx2(const Interior8& c, const uint64_t* x0, int64_t pix) {
+  auto float_words = ONEBIT_DW_FLOAT_WORDS(float_word_avx2);
+  if (c.xs == 1) interior8_impl<1>(c, x0, pix, float_words);
+  else interior8_impl<0>(c, x0, pix, float_words);
+}
+__attribute__((target("avx512f"))) void interior8_avx512(const Interior8& c, const uint64_t* x0, int64_t pix) {
+  auto float_words = ONEBIT_DW_FLOAT_WORDS(float_word_avx512);
+  if (c.xs == 1) interior8_impl<1>(c, x0, pix, float_words);
+  else interior8_impl<0>(c, x0, pix, float_words);
+}
+#endif
+
 }  // namespace
 
 void depthwise_conv2d(const DepthwiseWeights& w, const Transform& t, const ConvCall& call) {
@@ -416,6 +581,26 @@ void depthwise_conv2d(const DepthwiseWeights& w, const Transform& t, const ConvC
   // end (exclusive) of the output columns whose taps are all inside the input columns
   const int64_t ow_inside_end = std::min<int64_t>(OW, W + pw >= kw ? (W + pw - kw) / sw + 1 : 0);
 
+  Interior8 i8;
+  Interior8Fn interior8 = interior8_portable;
+  if (fast3x3) {
+    i8.w = wb;
+    i8.m = wm;
+    for (int s = 0; s < 9; ++s) i8.off[s] = tap_off[s];
+    i8.KW = KW;
+    i8.C = C;
+    i8.xs = static_cast<int64_t>(sw) * KW;
+    i8.pl = pl;
+    i8.sliced = sliced_full;
+    i8.out_bits = out_bits;
+    i8.out_f = out_f;
+    i8.fargs = fargs;
+#ifdef ONEBIT_DW_X86
+    if (call.isa == kAvx512) interior8 = interior8_avx512;
+    if (call.isa == kAvx2) interior8 = interior8_avx2;
+#endif
+  }
+
   auto run_row = [&](int64_t row) {  // one output row (n, oh): all its pixels and channels
     const int64_t n = row / OH, oh = row % OH;
     std::vector<const uint64_t*> tap_x(static_cast<size_t>(taps));
@@ -455,6 +640,12 @@ void depthwise_conv2d(const DepthwiseWeights& w, const Transform& t, const ConvC
       if (fword && !all_taps)
         for (int q = 0; q < 64; ++q) nt_active[q] = nt;
       const int64_t pix = (n * OH + oh) * OW + ow;
+      if (fast3x3 && inside && ow + 8 <= ow_inside_end) {
+        // eight interior pixels at a time
+        interior8(i8, tap_x[0], pix);
+        ow += 7;
+        continue;
+      }
       if (fast3x3 && inside && fword) {
         // interior 3x3 pixels, one plane, float output: up to 4 pixels at a time
         const int np = static_cast<int>(std::min<int64_t>(4, ow_inside_end - ow));

@@ -246,7 +246,7 @@ void depthwise_conv2d(uintptr_t x, int64_t N, int64_t H, int64_t W, const onebit
   if (onebit::conv_out_size(H, static_cast<int>(w.kh), sh, ph) < 1 ||
       onebit::conv_out_size(W, static_cast<int>(w.kw), sw, pw) < 1)
     fail("depthwise_conv2d: the kernel does not fit the (padded) input");
-  onebit::get_isa(isa);  // validates the kernel choice (all paths run the same portable kernel)
+  onebit::get_isa(isa);  // validates the kernel choice (the CPU has it)
   onebit::ConvCall call;
   call.x = reinterpret_cast<const uint64_t*>(x);
   call.N = N;

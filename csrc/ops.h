@@ -77,7 +77,8 @@ struct DepthwiseWeights {
 };
 
 // Depthwise binary convolution (depthwise.cpp): x (N, H, W, KW) words; out float (N, OH, OW, C)
-// or words (N, OH, OW, KW) as the transform says; call.isa is not used (one portable kernel).
+// or words (N, OH, OW, KW) as the transform says; call.isa picks the vector epilogue (AVX2 /
+// AVX-512) where it has one, portable code otherwise.
 void depthwise_conv2d(const DepthwiseWeights& w, const Transform& t, const ConvCall& call);
 
 }  // namespace onebit

@@ -723,7 +723,7 @@ def depthwise_epilogue_cases(draw):
     return dict(
         n=draw(st.integers(1, 2)), c=c, k=k, pad=pad,
         h=draw(st.integers(max(1, k - 2 * pad), 9)),
-        w=draw(st.integers(max(1, k - 2 * pad), 9)),
+        w=draw(st.integers(max(1, k - 2 * pad), 40)),  # rows of 8+ interior pixels: the 8-pixel kernel
         stride=draw(st.sampled_from([1, 2])),
         pad_value=draw(st.sampled_from([-1, 0, 1])),
         masked=draw(st.booleans()),
@@ -776,6 +776,28 @@ def test_depthwise_bit_sliced_bounds_give_the_float_epilogue_bits(kernel, e):
     assert torch.equal(torch.where(y.isnan(), 0.0, y), torch.where(ref_y.isnan(), 0.0, ref_y))
     assert torch.equal(bits.data, K.pack_activations(y.contiguous(), thr).data)
     _check_exact(bits, K.reference_binary_conv2d(x, [wt], masks=masks, scales=[mu], transform=tb, **kw))
+
+
+@pytest.mark.parametrize("c", [3, 64, 65, 130])
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("masked", [False, True])
+def test_depthwise_wide_rows_exact(kernel, c, stride, masked):
+    """Rows with 8+ interior pixels (the eight-pixel 3x3 kernel, adjacent or strided input words)
+    and their remainders and borders, for float and bits output, every padding value."""
+    g = torch.Generator().manual_seed(c + 10 * stride + masked)
+    x = _signs(1, c, 5, 41, gen=g)
+    wt = _signs(c, 1, 3, 3, gen=g)
+    ms = [(torch.rand(c, 1, 3, 3, generator=g) < 0.7).float()] if masked else None
+    sc = [torch.rand(c, generator=g) + 0.1]
+    wp = K.pack_weight_planes([wt], ms, sc, groups=c)
+    bias = torch.randn(c, generator=g)
+    for tr in (K.OutputTransform(torch.randn(c, generator=g), bias, prelu=0.1, clamp_min=-1.5),
+               K.OutputTransform(torch.randn(c, generator=g), bias, output="bits"),
+               K.OutputTransform(torch.randn(c, generator=g), bias, prelu=-0.5, output="bits")):  # fmt: skip
+        for pad_value in (-1, 0, 1):
+            kw = dict(stride=stride, padding=1, pad_value=pad_value, transform=tr, groups=c)
+            y = K.binary_conv2d(K.pack_activations(x), wp, **kw)
+            _check_exact(y, K.reference_binary_conv2d(x, [wt], masks=ms, scales=sc, **kw))
 
 
 def test_depthwise_transform_shared_by_layers(kernel):
