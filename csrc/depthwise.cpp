@@ -138,36 +138,10 @@ struct FloatWordArgs {
 #define ONEBIT_DW_INLINE inline
 #endif
 
-// The 64 float outputs of one channel word at np pixels, every tap valid, from the counter planes
-// cnt[p * B + b] of pixel p into y[p * ystride + q]: the counts S are read out lane-parallel
-// (variable shifts), D = A - 2 S, then the epilogue's float operations in their order, branch-free
-// over 64 contiguous channels so that the compiler vectorizes it for the target of the function
-// it is inlined into (vector and scalar IEEE arithmetic round alike; the build disables FMA
-// contraction).
-ONEBIT_DW_INLINE void float_word_impl(const uint64_t* cnt, int np, int B, const FloatWordArgs& a, float* y0,
-                                      int64_t ystride) {
-  for (int p = 0; p < np; ++p) {
-    alignas(64) int32_t S[64];
-    float* y = y0 + p * ystride;
-    for (int q = 0; q < 64; ++q) S[q] = 0;
-    for (int b = 0; b < B; ++b) {
-      const uint64_t c = cnt[p * B + b];
-      const uint32_t lo = static_cast<uint32_t>(c), hi = static_cast<uint32_t>(c >> 32);
-      for (int q = 0; q < 32; ++q) S[q] |= static_cast<int32_t>((lo >> q) & 1u) << b;
-      for (int q = 0; q < 32; ++q) S[32 + q] |= static_cast<int32_t>((hi >> q) & 1u) << b;
-    }
-    for (int q = 0; q < 64; ++q) y[q] = 0.0f + a.mu[q] * static_cast<float>(a.A[q] - 2 * S[q]);
-    for (int q = 0; q < 64; ++q) y[q] = y[q] * a.scale[q] + a.bias[q];
-    if (a.prelu)
-      for (int q = 0; q < 64; ++q) y[q] = y[q] < 0.0f ? y[q] * a.prelu[q] : y[q];
-    const float cmin = a.cmin, cmax = a.cmax;
-    for (int q = 0; q < 64; ++q) {
-      const float v = y[q] < cmin ? cmin : y[q];
-      y[q] = v > cmax ? cmax : v;
-    }
-  }
-}
-
+// The 64 float outputs of one channel word at np pixels, every tap valid (or A = the valid taps),
+// from the counter planes cnt[p * B + b] of pixel p into y[p * ystride + q]: D = A - 2 S, then
+// the epilogue's float operations in their order, in vectors (vector and scalar IEEE arithmetic
+// round alike; the build disables FMA contraction).
 using FloatWordFn = void (*)(const uint64_t* cnt, int np, int B, const FloatWordArgs& a, float* y, int64_t ystride);
 #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
 #define ONEBIT_DW_X86 1
@@ -234,7 +208,8 @@ __attribute__((target("avx512f"))) ONEBIT_DW_INLINE void float_word_avx512_impl(
         const __mmask16 k = static_cast<__mmask16>(cnt[p * B + b] >> (16 * g));
         d = _mm512_mask_sub_epi32(d, k, d, _mm512_set1_epi32(2 << b));
       }
-      __m512 v = _mm512_add_ps(zero, _mm512_mul_ps(mu, _mm512_cvtepi32_ps(d)));
+      // (maskz: the plain conversion trips GCC 12's uninitialized warning in its header)
+      __m512 v = _mm512_add_ps(zero, _mm512_mul_ps(mu, _mm512_maskz_cvtepi32_ps(0xFFFF, d)));
       v = _mm512_add_ps(_mm512_mul_ps(v, scale), bias);
       if (a.prelu) v = _mm512_mask_mul_ps(v, _mm512_cmp_ps_mask(v, zero, _CMP_LT_OQ), v, slope);
       v = _mm512_mask_mov_ps(v, _mm512_cmp_ps_mask(v, cmin, _CMP_LT_OQ), cmin);
