@@ -21,7 +21,6 @@
 // AVX2 / AVX-512 kernel paths evaluates the epilogue in vectors (per-ISA target functions); the
 // portable and popcnt paths read the tables.
 #include <algorithm>
-#include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <mutex>
