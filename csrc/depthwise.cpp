@@ -144,18 +144,22 @@ struct FloatWordArgs {
 using FloatWordFn = void (*)(const uint64_t* cnt, int np, int B, const FloatWordArgs& a, float* y, int64_t ystride);
 #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
 #define ONEBIT_DW_X86 1
-// AVX2: the byte of a counter plane for 8 channels becomes a lane mask by AND with the lanes' bit
-// and compare; D = A - sum_b 2^(b+1) over the set planes, then the epilogue with compares
-// (_CMP_LT_OQ / _CMP_GT_OQ: false for NaN, as C's < and >) and blends.  kB planes and kNP pixels
-// when > 0 (unrolled: the pixels' dependency chains interleave), else B and np.
+// AVX2: a 32-bit half of a counter plane, broadcast from memory, becomes a lane mask for 8
+// channels by AND with the lanes' bits and compare; D = A - sum_b 2^(b+1) over the set planes,
+// then the epilogue with compares (_CMP_LT_OQ / _CMP_GT_OQ: false for NaN, as C's < and >) and
+// blends.  kB planes and kNP pixels when > 0 (unrolled: the pixels' dependency chains
+// interleave), else B and np.  (x86 is little-endian: the half h of a plane word is at byte 4h.)
 template <int kB, int kNP>
 __attribute__((target("avx2"))) ONEBIT_DW_INLINE void float_word_avx2_impl(const uint64_t* cnt, int np_, int B_,
                                                                           const FloatWordArgs& a, float* y,
                                                                           int64_t ystride) {
-  const __m256i lane_bit = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
   const __m256 zero = _mm256_setzero_ps(), cmin = _mm256_set1_ps(a.cmin), cmax = _mm256_set1_ps(a.cmax);
   const int B = kB > 0 ? kB : B_, np = kNP > 0 ? kNP : np_;
+  const unsigned char* bytes = reinterpret_cast<const unsigned char*>(cnt);
   for (int g = 0; g < 8; ++g) {
+    const int sh = 8 * (g % 4);
+    const __m256i lane_bit = _mm256_sllv_epi32(_mm256_set1_epi32(1), _mm256_setr_epi32(sh, sh + 1, sh + 2, sh + 3,
+                                                                                        sh + 4, sh + 5, sh + 6, sh + 7));
     const __m256i A = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.A + 8 * g));
     const __m256 mu = _mm256_loadu_ps(a.mu + 8 * g), scale = _mm256_loadu_ps(a.scale + 8 * g),
                  bias = _mm256_loadu_ps(a.bias + 8 * g);
@@ -165,8 +169,9 @@ __attribute__((target("avx2"))) ONEBIT_DW_INLINE void float_word_avx2_impl(const
       __m256i d = A;
 #pragma GCC unroll 8
       for (int b = 0; b < B; ++b) {
-        const int byte = static_cast<int>((cnt[p * B + b] >> (8 * g)) & 0xFF);
-        const __m256i set = _mm256_cmpeq_epi32(_mm256_and_si256(_mm256_set1_epi32(byte), lane_bit), lane_bit);
+        int32_t half;
+        std::memcpy(&half, bytes + 8 * (p * B + b) + 4 * (g / 4), 4);
+        const __m256i set = _mm256_cmpeq_epi32(_mm256_and_si256(_mm256_set1_epi32(half), lane_bit), lane_bit);
         d = _mm256_sub_epi32(d, _mm256_and_si256(set, _mm256_set1_epi32(2 << b)));
       }
       __m256 v = _mm256_add_ps(zero, _mm256_mul_ps(mu, _mm256_cvtepi32_ps(d)));
