@@ -201,6 +201,69 @@ void conv2d(uintptr_t x, int64_t N, int64_t H, int64_t W, const onebit::Weights&
   onebit::conv2d(w, t, call);
 }
 
+// Depthwise weights: bits/masks int64 (J, kh*kw, ceil(C/64)) with zero tail bits, scales (J, C).
+onebit::DepthwiseWeights* make_depthwise_weights(In<int64_t> w, std::optional<In<int64_t>> m, In<float> mu,
+                                                 int64_t channels, int64_t kh, int64_t kw) {
+  if (channels < 1 || kh < 1 || kw < 1) fail("DepthwiseWeights: empty dimension");
+  if (kh > 4096 || kw > 4096) fail("DepthwiseWeights: kernel too large");
+  if (w.ndim() != 3) fail("DepthwiseWeights: bits must be (planes, kh*kw, words)");
+  auto* r = new onebit::DepthwiseWeights();
+  std::unique_ptr<onebit::DepthwiseWeights> guard(r);
+  r->J = w.shape(0);
+  r->C = channels;
+  r->kh = kh;
+  r->kw = kw;
+  r->KW = (channels + 63) / 64;
+  if (r->J < 1) fail("DepthwiseWeights: empty dimension");
+  expect_shape(w, {r->J, kh * kw, r->KW}, "DepthwiseWeights: bits");
+  if (m) expect_shape(*m, {r->J, kh * kw, r->KW}, "DepthwiseWeights: masks");
+  expect_shape(mu, {r->J, channels}, "DepthwiseWeights: scales");
+  const uint64_t tail = channels % 64 ? (1ull << (channels % 64)) - 1 : ~0ull;
+  auto copy_words = [&](const In<int64_t>& a, std::vector<uint64_t>& dst) {
+    const auto* p = reinterpret_cast<const uint64_t*>(a.data());
+    dst.assign(p, p + a.size());
+    for (size_t i = static_cast<size_t>(r->KW - 1); i < dst.size(); i += static_cast<size_t>(r->KW)) dst[i] &= tail;
+  };
+  copy_words(w, r->w);
+  if (m) copy_words(*m, r->m);
+  r->mu.assign(mu.data(), mu.data() + mu.size());
+  return guard.release();
+}
+
+// x: contiguous int64 (N, H, W, ceil(C/64)); out: float32 (N, OH, OW, C) or int64 (N, OH, OW,
+// ceil(C/64)) as the transform says (raw addresses, as conv2d).
+void depthwise_conv2d(uintptr_t x, int64_t N, int64_t H, int64_t W, const onebit::DepthwiseWeights& w,
+                      const onebit::Transform& t, int sh, int sw, int ph, int pw, int pad_value, uintptr_t out,
+                      int isa, int num_threads) {
+  if (!x || !out) fail("depthwise_conv2d: null buffer");
+  if (N < 1 || H < 1 || W < 1) fail("depthwise_conv2d: empty input");
+  if (t.cout != w.C)
+    fail("depthwise_conv2d: the transform is for " + std::to_string(t.cout) + " channels, weights have " +
+         std::to_string(w.C));
+  if (sh < 1 || sw < 1) fail("depthwise_conv2d: stride must be >= 1");
+  if (ph < 0 || pw < 0) fail("depthwise_conv2d: padding must be >= 0");
+  if (pad_value < -1 || pad_value > 1) fail("depthwise_conv2d: pad_value must be -1, 0 or +1");
+  if (onebit::conv_out_size(H, static_cast<int>(w.kh), sh, ph) < 1 ||
+      onebit::conv_out_size(W, static_cast<int>(w.kw), sw, pw) < 1)
+    fail("depthwise_conv2d: the kernel does not fit the (padded) input");
+  onebit::get_isa(isa);  // validates the kernel choice (the CPU has it)
+  onebit::ConvCall call;
+  call.x = reinterpret_cast<const uint64_t*>(x);
+  call.N = N;
+  call.H = H;
+  call.W = W;
+  call.sh = sh;
+  call.sw = sw;
+  call.ph = ph;
+  call.pw = pw;
+  call.pad_value = pad_value;
+  call.out = reinterpret_cast<void*>(out);
+  call.isa = isa;
+  call.num_threads = num_threads;
+  nb::gil_scoped_release nogil;
+  onebit::depthwise_conv2d(w, t, call);
+}
+
 double popcount_peak(int isa, int64_t iterations) {
   if (iterations < 1) fail("popcount_peak: iterations must be >= 1");
   const onebit::Isa& k = onebit::get_isa(isa);
@@ -244,6 +307,14 @@ NB_MODULE(_engine, mod) {
       .def_ro("bits", &onebit::Transform::bits);
   mod.def("conv2d", &conv2d, "x_addr"_a, "N"_a, "H"_a, "W"_a, "weights"_a, "transform"_a, "sh"_a, "sw"_a, "ph"_a,
           "pw"_a, "pad_value"_a, "out_addr"_a, "kernel_id"_a, "num_threads"_a);
+  nb::class_<onebit::DepthwiseWeights>(mod, "DepthwiseWeights")
+      .def(nb::new_(&make_depthwise_weights), "bits"_a, "masks"_a.none(), "scales"_a, "channels"_a, "kh"_a, "kw"_a)
+      .def_ro("channels", &onebit::DepthwiseWeights::C)
+      .def_ro("planes", &onebit::DepthwiseWeights::J)
+      .def_ro("kh", &onebit::DepthwiseWeights::kh)
+      .def_ro("kw", &onebit::DepthwiseWeights::kw);
+  mod.def("depthwise_conv2d", &depthwise_conv2d, "x_addr"_a, "N"_a, "H"_a, "W"_a, "weights"_a, "transform"_a,
+          "sh"_a, "sw"_a, "ph"_a, "pw"_a, "pad_value"_a, "out_addr"_a, "kernel_id"_a, "num_threads"_a);
   mod.def("popcount_peak", &popcount_peak, "kernel_id"_a, "iterations"_a,
           "Register-only xor+popcount+accumulate loop of one kernel path on the calling thread; "
           "returns binary ops (bits) per second.");

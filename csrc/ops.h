@@ -33,6 +33,8 @@ struct Weights {
 // The integer form of a bits-output transform for one set of single-plane weights: output bit
 // q is 1 exactly when the layer's integer dot product D = base - (2*popcount + correction) lies
 // in [lo[q], hi[q]] (see sign_intervals in conv.cpp).
+struct DepthwisePlan;  // depthwise.cpp
+
 struct SignIntervals {
   uint64_t weights_uid = 0;
   std::vector<int32_t> lo, hi;  // (cpad)
@@ -48,6 +50,8 @@ struct Transform {
   // belongs to one layer; a few entries cover a transform shared by several).
   mutable std::mutex intervals_mutex;
   mutable std::vector<std::shared_ptr<const SignIntervals>> intervals;
+  // The same for depthwise weights (per-channel output tables and bit-sliced bounds).
+  mutable std::vector<std::shared_ptr<const DepthwisePlan>> depthwise_plans;
 };
 
 struct ConvCall {
@@ -61,5 +65,20 @@ struct ConvCall {
 
 int64_t conv_out_size(int64_t in, int k, int stride, int pad);
 void conv2d(const Weights& w, const Transform& t, const ConvCall& call);
+
+// Packed depthwise weights (groups == in_channels == out_channels = C): per plane and tap one
+// row of sign words in the activation layout (bit c%64 of word c/64 = weight of channel c).
+struct DepthwiseWeights {
+  uint64_t uid = new_weights_uid();
+  int64_t J = 1, C = 0, kh = 1, kw = 1, KW = 0;
+  std::vector<uint64_t> w;  // (J, kh*kw, KW), tail bits zero
+  std::vector<uint64_t> m;  // same layout (plane masks, tail bits zero), or empty (no masks)
+  std::vector<float> mu;    // (J, C): per-plane scales
+};
+
+// Depthwise binary convolution (depthwise.cpp): x (N, H, W, KW) words; out float (N, OH, OW, C)
+// or words (N, OH, OW, KW) as the transform says; call.isa picks the vector epilogue (AVX2 /
+// AVX-512) where it has one, portable code otherwise.
+void depthwise_conv2d(const DepthwiseWeights& w, const Transform& t, const ConvCall& call);
 
 }  // namespace onebit

@@ -484,10 +484,77 @@ def test_corrupt_compressed_tensors_give_one_clear_error(tmp_path):
             load(bad)
 
 
+def depthwise_net(stride):
+    """MobileNet-style: depthwise 3x3 / 5x5 binary convs (odd channel count) between 1x1 ones."""
+    return nn.Sequential(
+        nn.Conv2d(3, 65, 3, padding=1), nn.BatchNorm2d(65), nn.Hardtanh(),
+        nn.Conv2d(65, 65, 3, padding=1, stride=stride, groups=65), nn.BatchNorm2d(65), nn.Hardtanh(),
+        nn.Conv2d(65, 65, 5, padding=2, groups=65, bias=True), nn.BatchNorm2d(65), nn.PReLU(65),
+        nn.Conv2d(65, 63, 1), nn.BatchNorm2d(63), nn.Hardtanh(),
+        nn.Flatten(), nn.LazyLinear(10),
+    )
+
+
+@pytest.mark.parametrize("method", DEPLOYABLE)
+@pytest.mark.parametrize("stride,pad_value", [(1, 0.0), (2, 1.0), (1, -1.0)])
+def test_depthwise_models_match_pytorch(method, stride, pad_value, tmp_path):
+    from onebit.deploy.packed import PackedBinary
+
+    torch.manual_seed(6)
+    x = torch.randn(3, 3, 10, 7)
+    packed = _check(depthwise_net(stride), x, method, pad_value=pad_value)
+    layers = [m for m in packed.net.modules() if isinstance(m, PackedBinary)]
+    if layers:  # (weight-only methods run in torch: PackedBinaryWeightOnly with groups)
+        assert sum(isinstance(m.packed, kernels.PackedDepthwiseWeights) for m in layers) == 2
+    path = tmp_path / "dw.onebit"
+    save(packed, path)
+    again = load(path)
+    assert [m.config.get("groups") for m in again.net.modules() if hasattr(m, "config")].count(65) == 2
+    assert torch.equal(again(x), packed(x))
+    if method == "bnn" and stride == 1 and pad_value == 0.0:  # a file whose groups contradict its weights
+        metadata, tensors = _read(path)
+        metadata["graph"] = metadata["graph"].replace('"groups": 65', '"groups": 5', 1)
+        assert '"groups": 5' in metadata["graph"]
+        with pytest.raises(ModelFileError, match="groups=5"):
+            load(_write(tmp_path / "bad.onebit", metadata, tensors))
+
+
+@pytest.mark.parametrize("kernel", PATHS)
+@pytest.mark.parametrize("method", ["bireal", "reactnet", "xnor"])
+def test_depthwise_chains_bits_exactly(kernel, method, monkeypatch):
+    """Bits handed into and out of depthwise layers give exactly the unchained graph's output."""
+    from onebit.deploy.export import _ChainedBinary
+
+    monkeypatch.setenv("ONEBIT_KERNEL", kernel)
+    torch.manual_seed(14)
+    x = torch.randn(2, 3, 9, 9)
+    packed = _check(depthwise_net(2), x, method, pad_value=-1.0)
+    chained = [m for m in packed.execution_plan().modules() if isinstance(m, _ChainedBinary)]
+    if method != "xnor":
+        dw = [m for m in chained if isinstance(m.layer.packed, kernels.PackedDepthwiseWeights)]
+        assert any(m.bits_in for m in dw) and any(m._consumer[0] is not None for m in dw)
+    with torch.no_grad():
+        assert torch.equal(packed(x), packed.net(x.contiguous(memory_format=torch.channels_last)))
+
+
+def test_depthwise_conv1d_matches_pytorch():
+    torch.manual_seed(7)
+    model = nn.Sequential(nn.Conv1d(1, 33, 5, padding=2), nn.BatchNorm1d(33), nn.Hardtanh(),
+                          nn.Conv1d(33, 33, 3, padding=1, stride=2, groups=33), nn.BatchNorm1d(33), nn.Hardtanh(),
+                          nn.Conv1d(33, 33, 5, padding=2, groups=33), nn.BatchNorm1d(33), nn.Hardtanh(),
+                          nn.Flatten(), nn.LazyLinear(10))
+    _check(model, torch.randn(3, 1, 40), "reactnet", pad_value=1.0)
+
+
 def test_undeployable_layers_are_named():
     model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Conv2d(8, 8, 3, groups=2), nn.Conv2d(8, 4, 3))
     onebit.binarize(model, "bnn")
     with pytest.raises(NotDeployableError, match="layer '1'.*groups=2"):
+        export(model)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Conv2d(8, 8, 3, groups=8), nn.Conv2d(8, 16, 3, groups=8),
+                          nn.Conv2d(16, 4, 3))
+    onebit.binarize(model, "bnn")  # depthwise layer '1' deploys; '2' (channel multiplier 2) does not
+    with pytest.raises(NotDeployableError, match=r"layer '2'.*groups=8 \(in_channels=8, out_channels=16\)"):
         export(model)
     model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Conv2d(8, 8, 3), nn.Conv2d(8, 4, 3))
     onebit.binarize(model, "bnn", binarize_weights=False)

@@ -569,3 +569,291 @@ def test_forked_child_runs_multithreaded_layers():
             child.kill()
     assert torch.equal(torch.from_numpy(result), parent)
     assert backend == "own"
+
+
+# ------------------------------------------------------------------------------------------
+# depthwise convolution (groups == in_channels == out_channels): one portable kernel for every
+# path, bit-identical to the grouped float64 reference with the engine's epilogue order
+# ------------------------------------------------------------------------------------------
+
+
+@st.composite
+def depthwise_cases(draw):
+    k = draw(st.sampled_from([1, 3, 5]))
+    pad = draw(st.integers(0, k // 2 + 1))
+    return dict(
+        n=draw(st.integers(1, 2)),
+        c=draw(st.sampled_from(ODD_CHANNELS)),
+        h=draw(st.integers(max(1, k - 2 * pad), 9)),
+        w=draw(st.integers(max(1, k - 2 * pad), 9)),
+        k=k, pad=pad,
+        stride=draw(st.sampled_from([1, 2, 3])),
+        pad_value=draw(st.sampled_from([-1, 0, 1])),
+        output=draw(st.sampled_from(["float", "bits"])),
+        tkind=draw(st.integers(0, 3)),
+        threads=draw(st.sampled_from([1, 2])),
+        seed=draw(st.integers(0, 2**31 - 1)),
+    )  # fmt: skip
+
+
+def _check_exact(y, ref):
+    if isinstance(y, K.PackedActivations):
+        assert torch.equal(K.unpack_activations(y), ref)
+        tail = y.channels % 64
+        if tail:
+            assert not bool((y.data[..., -1] >> tail).any()), "tail bits of the output must be zero"
+    else:
+        assert y.shape == ref.shape
+        assert torch.equal(y, ref)
+
+
+@SETTINGS
+@given(case=depthwise_cases())
+def test_depthwise_conv_matches_reference(kernel, case):
+    c = case
+    g = torch.Generator().manual_seed(c["seed"])
+    x = _signs(c["n"], c["c"], c["h"], c["w"], gen=g)
+    wt = _signs(c["c"], 1, c["k"], c["k"], gen=g)
+    tr = _transform(c["tkind"], c["c"], g, c["output"])
+    kw = dict(stride=c["stride"], padding=c["pad"], pad_value=c["pad_value"], transform=tr)
+    K.set_num_threads(c["threads"])
+    wp = K.pack_weights(wt, groups=c["c"])
+    # (one channel: groups=1, an ordinary convolution)
+    assert isinstance(wp, K.PackedDepthwiseWeights if c["c"] > 1 else K.PackedWeights)
+    y = K.binary_conv2d(K.pack_activations(x), wp, groups=c["c"], **kw)
+    _check_exact(y, K.reference_binary_conv2d(x, wt, groups=c["c"], **kw))
+
+
+@SETTINGS
+@given(case=depthwise_cases(), planes=st.integers(1, 3), masked=st.booleans(), per_channel=st.booleans())
+def test_multibit_depthwise_conv_matches_reference(kernel, case, planes, masked, per_channel):
+    c = case
+    g = torch.Generator().manual_seed(c["seed"])
+    x = _signs(c["n"], c["c"], c["h"], c["w"], gen=g)
+    shape = (c["c"], 1, c["k"], c["k"])
+    ps = [_signs(*shape, gen=g) for _ in range(planes)]
+    ms = [(torch.rand(*shape, generator=g) < 0.6).float() for _ in range(planes)] if masked else None
+    if masked and planes > 1:
+        ms[0] = None
+    sc = [torch.rand(c["c"], generator=g) if per_channel else 0.5**j for j in range(planes)]
+    tr = _transform(c["tkind"], c["c"], g, c["output"])
+    kw = dict(stride=c["stride"], padding=c["pad"], pad_value=c["pad_value"], transform=tr)
+    K.set_num_threads(c["threads"])
+    wp = K.pack_weight_planes(ps, ms, sc, groups=c["c"])
+    assert wp.num_planes == planes
+    y = K.binary_conv2d(K.pack_activations(x), wp, groups=c["c"], **kw)
+    _check_exact(y, K.reference_binary_conv2d(x, ps, masks=ms, scales=sc, groups=c["c"], **kw))
+
+
+@pytest.mark.parametrize("c", ODD_CHANNELS)
+@pytest.mark.parametrize("pad_value", [-1, 0, 1])
+@pytest.mark.parametrize("k,stride", [(3, 1), (5, 2), (3, 3)])
+def test_depthwise_every_channel_count_exact(kernel, c, pad_value, k, stride):
+    g = torch.Generator().manual_seed(c * 7 + k)
+    x = _signs(2, c, 7, 6, gen=g)
+    wt = _signs(c, 1, k, k, gen=g)
+    kw = dict(stride=stride, padding=k // 2, pad_value=pad_value)
+    y = K.binary_conv2d(K.pack_activations(x), K.pack_weights(wt, groups=c), c, k, groups=c, **kw)
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    _check_exact(y, K.reference_binary_conv2d(x, wt, groups=c, **kw))
+    tr = K.OutputTransform(torch.randn(c, generator=g), torch.randn(c, generator=g), output="bits",
+                           threshold=torch.randn(c, generator=g))  # fmt: skip
+    yb = K.binary_conv2d(K.pack_activations(x), K.pack_weights(wt, groups=c), groups=c, transform=tr, **kw)
+    _check_exact(yb, K.reference_binary_conv2d(x, wt, groups=c, transform=tr, **kw))
+
+
+@pytest.mark.parametrize("k", [15, 16, 17])  # 225 taps: 8 counter planes; 256, 289: 9 (per-channel read-out)
+def test_depthwise_large_kernels_exact(kernel, k):
+    g = torch.Generator().manual_seed(k)
+    x = _signs(2, 65, k + 2, k + 1, gen=g)
+    ps = [_signs(65, 1, k, k, gen=g) for _ in range(2)]
+    ms = [(torch.rand(65, 1, k, k, generator=g) < 0.9).float(), None]
+    sc = [torch.rand(65, generator=g), 0.5]
+    tr = K.OutputTransform(torch.randn(65, generator=g), torch.randn(65, generator=g), output="bits")
+    for pad_value in (-1, 0, 1):
+        kw = dict(stride=(1, 2), padding=(1, 2), pad_value=pad_value)
+        y = K.binary_conv2d(K.pack_activations(x), K.pack_weights(ps[0], groups=65), groups=65, **kw)
+        _check_exact(y, K.reference_binary_conv2d(x, ps[0], groups=65, **kw))
+        wp = K.pack_weight_planes(ps, ms, sc, groups=65)
+        yb = K.binary_conv2d(K.pack_activations(x), wp, groups=65, transform=tr, **kw)
+        _check_exact(yb, K.reference_binary_conv2d(x, ps, masks=ms, scales=sc, groups=65, transform=tr, **kw))
+
+
+def test_depthwise_threads_give_identical_results(kernel, thread_backend):
+    g = torch.Generator().manual_seed(11)
+    x = K.pack_activations(torch.randn(2, 130, 16, 15, generator=g))
+    wt = torch.randn(130, 1, 3, 3, generator=g)
+    wp = K.pack_weights(wt, groups=130)
+    tr = K.OutputTransform(torch.rand(130, generator=g), torch.randn(130, generator=g), prelu=0.25)
+    trb = K.OutputTransform(torch.rand(130, generator=g), torch.randn(130, generator=g), output="bits")
+    outs = []
+    for n in (1, 2, 3):
+        K.set_num_threads(n)
+        outs.append((K.binary_conv2d(x, wp, padding=1, pad_value=-1, transform=tr, groups=130),
+                     K.binary_conv2d(x, wp, stride=2, padding=1, transform=trb, groups=130).data))  # fmt: skip
+    for a, b in outs[1:]:
+        assert torch.equal(a, outs[0][0]) and torch.equal(b, outs[0][1])
+    assert torch.equal(outs[0][0], K.reference_binary_conv2d(x, wt, padding=1, pad_value=-1, transform=tr,
+                                                             groups=130))  # fmt: skip
+
+
+def test_depthwise_chains_bits_with_regular_convs(kernel):
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(2, 70, 9, 9, generator=g)
+    w0, wd, w2 = _signs(65, 70, 1, 1, gen=g), _signs(65, 1, 3, 3, gen=g), _signs(20, 65, 1, 1, gen=g)
+    t0 = K.OutputTransform(torch.rand(65, generator=g), torch.randn(65, generator=g) * 3, output="bits")
+    td = K.OutputTransform(torch.rand(65, generator=g), torch.randn(65, generator=g), output="bits",
+                           threshold=torch.randn(65, generator=g))  # fmt: skip
+    h0 = K.binary_conv2d(K.pack_activations(x), K.pack_weights(w0), transform=t0)
+    h1 = K.binary_conv2d(h0, K.pack_weights(wd, groups=65), stride=2, padding=1, pad_value=1, transform=td,
+                         groups=65)  # fmt: skip
+    assert isinstance(h1, K.PackedActivations) and h1.data.shape == (2, 5, 5, 2)
+    y = K.binary_conv2d(h1, K.pack_weights(w2))
+    r0 = K.reference_binary_conv2d(x, w0, transform=t0)
+    r1 = K.reference_binary_conv2d(r0, wd, stride=2, padding=1, pad_value=1, transform=td, groups=65)
+    assert torch.equal(K.unpack_activations(h1), r1)
+    assert torch.equal(y, K.reference_binary_conv2d(r1, w2))
+
+
+@st.composite
+def depthwise_epilogue_cases(draw):
+    k = draw(st.sampled_from([1, 3, 3, 5]))
+    pad = draw(st.integers(0, k // 2 + 1))
+    c = draw(st.sampled_from([3, 63, 64, 65, 130]))
+    return dict(
+        n=draw(st.integers(1, 2)), c=c, k=k, pad=pad,
+        h=draw(st.integers(max(1, k - 2 * pad), 9)),
+        w=draw(st.integers(max(1, k - 2 * pad), 40)),  # rows of 8+ interior pixels: the 8-pixel kernel
+        stride=draw(st.sampled_from([1, 2])),
+        pad_value=draw(st.sampled_from([-1, 0, 1])),
+        masked=draw(st.booleans()),
+        scale=draw(st.sampled_from(["randn", "negative", "zero", "tiny", "huge"])),
+        tie=draw(st.booleans()),  # bias puts y == 0 exactly on an attainable dot product
+        prelu=draw(st.sampled_from([None, "positive", "zero", "mixed-sign"])),
+        clamp=draw(st.sampled_from([(None, None), (-3.0, 5.0), (0.5, 2.0), (-2.0, -1.0)])),
+        thr=draw(st.sampled_from([None, "randn", "nan"])),
+        mu=draw(st.sampled_from([None, "per-channel", "negative"])),
+        seed=draw(st.integers(0, 2**31 - 1)),
+    )  # fmt: skip
+
+
+@SETTINGS
+@given(e=depthwise_epilogue_cases())
+def test_depthwise_bit_sliced_bounds_give_the_float_epilogue_bits(kernel, e):
+    """One-plane depthwise layers with bits output compare the bit-sliced mismatch counters with
+    per-channel bounds precomputed from the transform (per count of valid taps), and read the
+    rest out of per-channel tables: the bits must be those of the float epilogue and of the
+    reference exactly, with ties at y == 0, zero / negative / huge scales, PReLU slopes of every
+    sign, clamps, NaN thresholds and masks."""
+    g = torch.Generator().manual_seed(e["seed"])
+    c = e["c"]
+    x = _signs(e["n"], c, e["h"], e["w"], gen=g)
+    wt = _signs(c, 1, e["k"], e["k"], gen=g)
+    mask = (torch.rand(c, 1, e["k"], e["k"], generator=g) < 0.7).float() if e["masked"] else None
+    mu = {None: torch.ones(c), "per-channel": torch.rand(c, generator=g) + 0.1,
+          "negative": -(torch.rand(c, generator=g) + 0.1)}[e["mu"]]  # fmt: skip
+    wp = K.pack_weight_planes([wt], None if mask is None else [mask], [mu], groups=c)
+    assert isinstance(wp, K.PackedDepthwiseWeights) and wp.num_planes == 1
+    scale = {"randn": torch.randn(c, generator=g), "negative": -torch.rand(c, generator=g),
+             "zero": torch.zeros(c), "tiny": torch.full((c,), 1e-30),
+             "huge": torch.full((c,), 3e37)}[e["scale"]]  # fmt: skip
+    taps = e["k"] ** 2
+    d0 = torch.randint(-taps, taps + 1, (c,), generator=g).float()
+    bias = -(mu * d0) * scale if e["tie"] else torch.randn(c, generator=g) * 3
+    prelu = {None: None, "positive": torch.rand(c, generator=g), "zero": torch.zeros(c),
+             "mixed-sign": torch.randn(c, generator=g)}[e["prelu"]]  # fmt: skip
+    thr = {None: None, "randn": torch.randn(c, generator=g), "nan": torch.full((c,), float("nan"))}[e["thr"]]
+    cmin, cmax = e["clamp"]
+    tb = K.OutputTransform(scale, bias, prelu, cmin, cmax, "bits", thr)
+    tf = K.OutputTransform(scale, bias, prelu, cmin, cmax, "float")
+    kw = dict(stride=e["stride"], padding=e["pad"], pad_value=e["pad_value"], groups=c)
+    xp = K.pack_activations(x)
+    bits = K.binary_conv2d(xp, wp, transform=tb, **kw)
+    y = K.binary_conv2d(xp, wp, transform=tf, **kw)
+    masks = None if mask is None else [mask]
+    ref_y = K.reference_binary_conv2d(x, [wt], masks=masks, scales=[mu], transform=tf, **kw)
+    assert torch.equal(y.isnan(), ref_y.isnan())  # (huge scale x PReLU 0: inf * 0)
+    assert torch.equal(torch.where(y.isnan(), 0.0, y), torch.where(ref_y.isnan(), 0.0, ref_y))
+    assert torch.equal(bits.data, K.pack_activations(y.contiguous(), thr).data)
+    _check_exact(bits, K.reference_binary_conv2d(x, [wt], masks=masks, scales=[mu], transform=tb, **kw))
+
+
+@pytest.mark.parametrize("c", [3, 64, 65, 130])
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("masked", [False, True])
+def test_depthwise_wide_rows_exact(kernel, c, stride, masked):
+    """Rows with 8+ interior pixels (the eight-pixel 3x3 kernel, adjacent or strided input words)
+    and their remainders and borders, for float and bits output, every padding value."""
+    g = torch.Generator().manual_seed(c + 10 * stride + masked)
+    x = _signs(1, c, 5, 41, gen=g)
+    wt = _signs(c, 1, 3, 3, gen=g)
+    ms = [(torch.rand(c, 1, 3, 3, generator=g) < 0.7).float()] if masked else None
+    sc = [torch.rand(c, generator=g) + 0.1]
+    wp = K.pack_weight_planes([wt], ms, sc, groups=c)
+    bias = torch.randn(c, generator=g)
+    for tr in (K.OutputTransform(torch.randn(c, generator=g), bias, prelu=0.1, clamp_min=-1.5),
+               K.OutputTransform(torch.randn(c, generator=g), bias, output="bits"),
+               K.OutputTransform(torch.randn(c, generator=g), bias, prelu=-0.5, output="bits")):  # fmt: skip
+        for pad_value in (-1, 0, 1):
+            kw = dict(stride=stride, padding=1, pad_value=pad_value, transform=tr, groups=c)
+            y = K.binary_conv2d(K.pack_activations(x), wp, **kw)
+            _check_exact(y, K.reference_binary_conv2d(x, [wt], masks=ms, scales=sc, **kw))
+
+
+def test_depthwise_transform_shared_by_layers(kernel):
+    """The per-channel tables and bounds a transform caches belong to one set of weights: a
+    transform shared by several depthwise layers (and alternated between them) gives each its own
+    results."""
+    g = torch.Generator().manual_seed(5)
+    x = _signs(1, 65, 8, 8, gen=g)
+    ws = [_signs(65, 1, 3, 3, gen=g) for _ in range(3)]
+    for output in ("bits", "float"):
+        tr = K.OutputTransform(torch.randn(65, generator=g), torch.randn(65, generator=g), output=output)
+        for _ in range(2):
+            for wt in ws:
+                y = K.binary_conv2d(K.pack_activations(x), K.pack_weights(wt, groups=65), padding=1, transform=tr,
+                                    groups=65)  # fmt: skip
+                _check_exact(y, K.reference_binary_conv2d(x, wt, padding=1, transform=tr, groups=65))
+
+
+def test_depthwise_bad_inputs_raise_clear_errors():
+    p = K.pack_activations(torch.randn(1, 8, 5, 5))
+    wd = K.pack_weights(torch.randn(8, 1, 3, 3), groups=8)
+    with pytest.raises(ValueError, match="need groups=8"):
+        K.binary_conv2d(p, wd)
+    with pytest.raises(ValueError, match="input channels"):
+        K.binary_conv2d(K.pack_activations(torch.randn(1, 9, 5, 5)), wd, groups=8)
+    with pytest.raises(NotImplementedError, match="groups=2"):
+        K.pack_weights(torch.randn(8, 4, 3, 3), groups=2)
+    with pytest.raises(NotImplementedError, match="depthwise"):
+        K.pack_weight_planes([torch.randn(16, 1, 3, 3)], groups=8)  # channel multiplier 2
+    with pytest.raises(NotImplementedError, match="groups=8"):
+        K.binary_conv2d(p, K.pack_weights(torch.randn(8, 1, 3, 3)), groups=8)
+    with pytest.raises(ValueError, match="groups must be"):
+        K.pack_weights(torch.randn(8, 1, 3, 3), groups=0)
+    with pytest.raises(TypeError, match="depthwise"):
+        K.binary_linear(K.pack_activations(torch.randn(1, 8)), wd)
+    with pytest.raises(ValueError, match=r"scale: expected shape \(8,\)"):
+        K.binary_conv2d(p, wd, groups=8, transform=K.OutputTransform(scale=torch.ones(5)))
+    with pytest.raises(ValueError, match="kernel_size"):
+        K.binary_conv2d(p, wd, kernel_size=5, groups=8)
+
+
+def test_engine_rejects_inconsistent_depthwise_layers():
+    wd = K.pack_weights(torch.randn(8, 1, 3, 3), groups=8)
+    with pytest.raises(ValueError, match="bits"):
+        _engine.DepthwiseWeights(wd.bits, None, wd.scales, 70, 3, 3)
+    with pytest.raises(ValueError, match="bits"):
+        _engine.DepthwiseWeights(wd.bits, None, wd.scales, 8, 3, 2)
+    with pytest.raises(ValueError, match="masks"):
+        _engine.DepthwiseWeights(wd.bits, wd.bits[:, :4], wd.scales, 8, 3, 3)
+    with pytest.raises(ValueError, match="scales"):
+        _engine.DepthwiseWeights(wd.bits, None, wd.scales[:, :4], 8, 3, 3)
+    t = K.OutputTransform().resolved(5)["engine"]
+    x = K.pack_activations(torch.randn(1, 8, 4, 4)).data
+    out = torch.empty(1, 2, 2, 8)
+    with pytest.raises(ValueError, match="transform is for 5 channels"):
+        _engine.depthwise_conv2d(x.data_ptr(), 1, 4, 4, wd.engine_weights(), t, 1, 1, 0, 0, 0, out.data_ptr(), 0, 1)
+    t8 = K.OutputTransform().resolved(8)["engine"]
+    with pytest.raises(ValueError, match="does not fit"):
+        _engine.depthwise_conv2d(x.data_ptr(), 1, 2, 2, wd.engine_weights(), t8, 1, 1, 0, 0, 0, out.data_ptr(), 0, 1)

@@ -252,6 +252,10 @@ def test_what_lce_cannot_express_is_named():
     onebit.binarize(grouped, "bnn")
     with pytest.raises(ExportError, match="layer '1'.*groups=2"):
         lce.to_lce_bytes(grouped, x)
+    depthwise = nn.Sequential(nn.Conv2d(4, 8, 3), nn.Conv2d(8, 8, 3, groups=8), nn.Conv2d(8, 4, 3))
+    onebit.binarize(depthwise, "bnn")
+    with pytest.raises(ExportError, match="layer '1'.*depthwise"):
+        lce.to_lce_bytes(depthwise, x)
     reflect = nn.Sequential(nn.Conv2d(4, 8, 3), BinaryConv2d(8, 8, 3, padding=1, padding_mode="reflect"),
                             nn.Conv2d(8, 4, 3))
     with pytest.raises(ExportError, match="layer '1'.*padding_mode='reflect'"):

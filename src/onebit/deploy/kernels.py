@@ -10,7 +10,9 @@ Conventions
   word are zero; every function here produces zero tails and the kernels rely on it.
 * Weights are packed once (at export) by :func:`pack_weights` / :func:`pack_weight_planes` into
   the kernel layout ``(planes, ceil(Cout/32), kh, kw, ceil(Cin/64), 32)`` int64 (blocks of 32
-  output channels innermost), plus small per-channel correction tables.
+  output channels innermost), plus small per-channel correction tables.  Depthwise weights
+  (``groups == Cin == Cout``, weight ``(C, 1, kh, kw)``, packed with ``groups=C``) become a
+  :class:`PackedDepthwiseWeights`: per tap one row of sign words in the activation layout.
 * A binary convolution computes ``acc[n,o,h,w] = sum_{c,i,j} sx * sw`` with ``sx`` the input sign,
   or ``pad_value`` (-1, 0 or +1) at padded positions (``pad_value=0``: padded taps contribute
   nothing).  Multi-bit (bit-serial) weights ``w = sum_j mu_j * m_j * b_j`` give
@@ -49,6 +51,7 @@ __all__ = [
     "KernelUnavailableError",
     "OutputTransform",
     "PackedActivations",
+    "PackedDepthwiseWeights",
     "PackedWeights",
     "active_kernel",
     "available_kernels",
@@ -248,6 +251,56 @@ class PackedWeights:
 
 
 @dataclass(frozen=True, eq=False)
+class PackedDepthwiseWeights:
+    """Binary or multi-bit depthwise weights (``groups == in_channels == out_channels = C``).
+
+    Built by :func:`pack_weights` / :func:`pack_weight_planes` with ``groups=C`` from a
+    ``(C, 1, kh, kw)`` weight.  ``bits``/``masks``: int64 ``(J, kh*kw, ceil(C/64))``, per plane and
+    tap the weight signs of all channels in the activation layout (bit ``c % 64`` of word
+    ``c // 64``, bit 1 = -1, tail bits zero); masks may be None (all weights active).
+    ``scales``: float32 ``(J, C)`` per-plane scales mu_j.
+    """
+
+    bits: torch.Tensor
+    masks: torch.Tensor | None
+    scales: torch.Tensor
+    channels: int
+    kernel_size: tuple[int, int]
+    _cache: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    @property
+    def num_planes(self) -> int:
+        return int(self.bits.shape[0])
+
+    @property
+    def in_channels(self) -> int:
+        return self.channels
+
+    @property
+    def out_channels(self) -> int:
+        return self.channels
+
+    @property
+    def groups(self) -> int:
+        return self.channels
+
+    def engine_weights(self) -> _engine.DepthwiseWeights:
+        """The engine-owned copy of these weights (built once, cached)."""
+        h = self._cache.get("engine")
+        if h is None:
+            h = _engine.DepthwiseWeights(
+                self.bits.contiguous(),
+                None if self.masks is None else self.masks.contiguous(),
+                self.scales.to(torch.float32).contiguous(),
+                int(self.channels),
+                int(self.kernel_size[0]),
+                int(self.kernel_size[1]),
+            )
+            self._cache["engine"] = h
+        return h
+
+
+@dataclass(frozen=True, eq=False)
 class OutputTransform:
     """Fused per-output-channel epilogue of a binary layer.
 
@@ -414,12 +467,15 @@ def _pack_bits(neg: torch.Tensor) -> torch.Tensor:
     return words.reshape(ncb, _BLOCK, kh, kw, kwords).permute(0, 2, 3, 4, 1).contiguous()
 
 
-def pack_weights(w_signs: torch.Tensor) -> PackedWeights:
+def pack_weights(w_signs: torch.Tensor, *, groups: int = 1) -> PackedWeights | PackedDepthwiseWeights:
     """Pack binary weights ``(Cout, Cin, kh, kw)`` (conv) or ``(Cout, Cin)`` (linear).
 
     Signs follow the module convention (``w >= 0 -> +1``), so +-1 tensors or latent real
-    weights both work.  Done once at export time.
+    weights both work.  Done once at export time.  ``groups=C`` with a ``(C, 1, kh, kw)`` weight
+    packs a depthwise convolution (:class:`PackedDepthwiseWeights`); other groups are refused.
     """
+    if groups != 1:
+        return pack_weight_planes([w_signs], groups=groups)
     w = _as_conv_weight(w_signs, "pack_weights")
     cout, cin, kh, kw = w.shape
     neg = w < 0
@@ -440,13 +496,19 @@ def pack_weight_planes(
     planes: Sequence[torch.Tensor],
     masks: Sequence[torch.Tensor | None] | None = None,
     scales: Sequence[float | torch.Tensor] | None = None,
-) -> PackedWeights:
+    *,
+    groups: int = 1,
+) -> PackedWeights | PackedDepthwiseWeights:
     """Pack multi-bit (bit-serial) weights ``w = sum_j scales[j] * masks[j] * planes[j]``.
 
     ``planes[j]``: +-1 tensors (signs taken as in :func:`pack_weights`), all of one shape
     ``(Cout, Cin, kh, kw)`` or ``(Cout, Cin)``; ``masks[j]``: 0/1 tensors of the same shape or
     None (all active); ``scales[j]``: a number or a ``(Cout,)`` tensor (default 1).
+    ``groups``: 1, or ``C`` for a depthwise convolution (planes ``(C, 1, kh, kw)``), which returns
+    :class:`PackedDepthwiseWeights`; other group counts raise NotImplementedError.
     """
+    if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
+        raise ValueError(f"pack_weight_planes: groups must be an int >= 1, got {groups!r}")
     if isinstance(planes, torch.Tensor) or len(planes) == 0:
         raise ValueError("pack_weight_planes: planes must be a non-empty sequence of tensors")
     J = len(planes)
@@ -460,6 +522,11 @@ def pack_weight_planes(
         if w.shape != shape:
             raise ValueError(f"pack_weight_planes: planes[{j}] has shape {tuple(w.shape)}, expected {tuple(shape)}")
     cout, cin, kh, kw = shape
+    if groups != 1 and not (cin == 1 and cout == groups):
+        raise NotImplementedError(
+            f"pack_weight_planes: groups={groups} with weights {tuple(shape)}: only groups=1 and depthwise "
+            f"convolution (groups == in_channels == out_channels, weights (C, 1, kh, kw)) are implemented"
+        )
     ms: list[torch.Tensor] | None = None
     if masks is not None and any(m is not None for m in masks):
         ms = []
@@ -477,6 +544,8 @@ def pack_weight_planes(
             if not bool(((m == 0) | (m == 1)).all()):
                 raise ValueError(f"pack_weight_planes: masks[{j}] must contain only 0 and 1")
             ms.append(m == 1)
+    if groups != 1:
+        return _pack_depthwise(ws, ms, scales, cout, kh, kw)
     bits, mbits, base, wsum, mus = [], [], [], [], []
     for j, w in enumerate(ws):
         neg = w < 0
@@ -499,6 +568,33 @@ def pack_weight_planes(
         scales=torch.stack(mus).contiguous(),
         out_channels=cout,
         in_channels=cin,
+        kernel_size=(kh, kw),
+    )
+
+
+def _pack_depthwise_bits(b: torch.Tensor) -> torch.Tensor:
+    """bool (C, 1, kh, kw) -> int64 (kh*kw, ceil(C/64)): per tap, channel c at bit c % 64."""
+    c, _, kh, kw = b.shape
+    v = b.reshape(c, kh * kw).T.to(torch.int64)  # (taps, C)
+    v = F.pad(v, (0, _words(c) * 64 - c)).reshape(kh * kw, _words(c), 64)
+    return (v << torch.arange(64, dtype=torch.int64)).sum(-1).contiguous()  # disjoint bits: sum == or
+
+
+def _pack_depthwise(ws, ms, scales, c: int, kh: int, kw: int) -> PackedDepthwiseWeights:
+    bits, mbits, mus = [], [], []
+    for j, w in enumerate(ws):
+        bits.append(_pack_depthwise_bits(w < 0))
+        if ms is not None:
+            mbits.append(_pack_depthwise_bits(ms[j]))
+        s = 1.0 if scales is None else scales[j]
+        if isinstance(s, torch.Tensor) and s.numel() != 1 and tuple(s.shape) != (c,):
+            raise ValueError(f"pack_weight_planes: scales[{j}] must be a number or shape ({c},)")
+        mus.append(_channel_vec(s, c, 1.0, f"scales[{j}]"))
+    return PackedDepthwiseWeights(
+        bits=torch.stack(bits).contiguous(),
+        masks=torch.stack(mbits).contiguous() if ms is not None else None,
+        scales=torch.stack(mus).contiguous(),
+        channels=c,
         kernel_size=(kh, kw),
     )
 
@@ -565,7 +661,8 @@ def _run(
     fn: str,
 ) -> tuple[torch.Tensor, bool]:
     """Calls the engine on a (N, H, W, words) input; returns the NHWC output buffer."""
-    if not isinstance(w, PackedWeights):
+    depthwise = isinstance(w, PackedDepthwiseWeights)
+    if not depthwise and not isinstance(w, PackedWeights):
         raise TypeError(f"{fn}: weights must be PackedWeights (see pack_weights), got {type(w).__name__}")
     if w.in_channels != cin:
         raise ValueError(f"{fn}: weights expect {w.in_channels} input channels, input has {cin}")
@@ -588,7 +685,8 @@ def _run(
         out = torch.empty(N, oh, ow, _words(cout), dtype=torch.int64)
     else:
         out = torch.empty(N, oh, ow, cout, dtype=torch.float32)
-    _engine.conv2d(
+    run = _engine.depthwise_conv2d if depthwise else _engine.conv2d
+    run(
         data.data_ptr(), N, H, W, w.engine_weights(), t["engine"], stride[0], stride[1],
         padding[0], padding[1], pad_value, out.data_ptr(), _kernel_id(), get_num_threads(),
     )  # fmt: skip
@@ -597,7 +695,7 @@ def _run(
 
 def binary_conv2d(
     x: PackedActivations | torch.Tensor,
-    w_packed: PackedWeights,
+    w_packed: PackedWeights | PackedDepthwiseWeights,
     in_channels: int | None = None,
     kernel_size: int | tuple[int, int] | None = None,
     stride: int | tuple[int, int] = 1,
@@ -613,6 +711,9 @@ def binary_conv2d(
     ``x``: :class:`PackedActivations` or int64 words ``(N, H, W, ceil(C/64))`` with ``in_channels``.
     ``kernel_size`` is optional (checked against the weights).  ``pad_value`` in {-1, 0, +1} is
     the value the padded input positions take (0: they contribute nothing).  Any stride >= 1.
+    ``groups``: 1, or ``C`` for a depthwise convolution, whose weights come from
+    ``pack_weights(w, groups=C)`` (:class:`PackedDepthwiseWeights`, ``w`` of shape ``(C, 1, kh, kw)``);
+    other group counts raise NotImplementedError.
 
     Returns float32 of logical shape ``(N, Cout, OH, OW)`` in **channels_last** memory format
     (a zero-copy view of the kernel's NHWC output; call ``.contiguous()`` for NCHW memory), or,
@@ -621,13 +722,19 @@ def binary_conv2d(
     fn = "binary_conv2d"
     if _pair(dilation, "dilation") != (1, 1):
         raise NotImplementedError(f"{fn}: dilation={dilation} is not implemented by the packed engine (only 1)")
-    if groups != 1:
+    if isinstance(w_packed, PackedDepthwiseWeights):
+        if groups != w_packed.channels:
+            raise ValueError(
+                f"{fn}: depthwise weights for {w_packed.channels} channels need groups={w_packed.channels}, "
+                f"got groups={groups}"
+            )
+    elif groups != 1:
         raise NotImplementedError(
-            f"{fn}: groups={groups} (grouped/depthwise binary convolution) is not implemented by the "
-            "packed engine; only groups=1"
+            f"{fn}: groups={groups}: the packed engine implements groups=1 and depthwise convolution "
+            "(groups == in_channels == out_channels, weights packed with pack_weights(w, groups=C)) only"
         )
     data, cin = _packed_input(x, in_channels, 4, fn)
-    if kernel_size is not None and isinstance(w_packed, PackedWeights):
+    if kernel_size is not None and isinstance(w_packed, (PackedWeights, PackedDepthwiseWeights)):
         if _pair(kernel_size, "kernel_size") != tuple(w_packed.kernel_size):
             raise ValueError(f"{fn}: kernel_size={kernel_size} but the weights are {w_packed.kernel_size}")
     s, p = _pair(stride, "stride"), _pair(padding, "padding")
@@ -656,6 +763,8 @@ def binary_linear(
     ``transform.output == 'bits'``, :class:`PackedActivations` ``(N, ceil(Cout/64))``.
     """
     fn = "binary_linear"
+    if isinstance(w_packed, PackedDepthwiseWeights):
+        raise TypeError(f"{fn}: depthwise weights are for binary_conv2d(..., groups=C), not a linear layer")
     data, cin = _packed_input(x, in_features, 2, fn)
     if isinstance(w_packed, PackedWeights) and tuple(w_packed.kernel_size) != (1, 1):
         raise ValueError(f"{fn}: weights have kernel {w_packed.kernel_size}; linear weights are (Cout, Cin)")
@@ -717,13 +826,14 @@ def reference_binary_conv2d(
     *,
     masks: Sequence[torch.Tensor | None] | None = None,
     scales: Sequence[float | torch.Tensor] | None = None,
+    groups: int = 1,
 ) -> torch.Tensor:
     """Slow oracle for :func:`binary_conv2d` on unpacked tensors (float64 ``F.conv2d``).
 
     ``x``: +-1 ``(N, C, H, W)`` (signs taken with sign(0)=+1) or PackedActivations; ``weight``:
-    +-1 ``(Cout, Cin, kh, kw)`` or a list of planes (with ``masks``/``scales`` as in
-    :func:`pack_weight_planes`).  Returns float32 NCHW; for ``output='bits'`` the +-1 signs of the
-    next layer's input (compare with :func:`unpack_activations`).
+    +-1 ``(Cout, Cin, kh, kw)`` (``(Cout, Cin/groups, kh, kw)`` with ``groups``) or a list of planes
+    (with ``masks``/``scales`` as in :func:`pack_weight_planes`).  Returns float32 NCHW; for
+    ``output='bits'`` the +-1 signs of the next layer's input (compare with :func:`unpack_activations`).
     """
     if isinstance(x, PackedActivations):
         x = unpack_activations(x)
@@ -731,7 +841,7 @@ def reference_binary_conv2d(
     ph, pw = _pair(padding, "padding")
     xs = F.pad(xs, (pw, pw, ph, ph), mode="constant", value=float(pad_value))
     ps, mus = _reference_planes(weight, masks, scales, xs.shape[1])
-    accs = [F.conv2d(xs, p, stride=_pair(stride, "stride")) for p in ps]
+    accs = [F.conv2d(xs, p, stride=_pair(stride, "stride"), groups=groups) for p in ps]
     return _reference_transform(accs, mus, transform or _IDENTITY, (1, -1, 1, 1))
 
 

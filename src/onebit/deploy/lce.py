@@ -591,6 +591,9 @@ class _Exporter:
         kind = cfg["kind"]
         if kind == "conv1d":
             raise ExportError(f"{label}: binary Conv1d layers are not exported to LCE (2-D convolutions only)")
+        if cfg.get("groups", 1) != 1:
+            raise ExportError(f"{label}: binary depthwise convolutions (groups={cfg['groups']}) are not exported "
+                              "to LCE by onebit; keep the layer in full precision for an LCE export")
         if cfg.get("padding_mode", "zeros") != "zeros" and any(cfg.get("padding", (0, 0))):
             raise ExportError(f"{label}: padding_mode={cfg['padding_mode']!r} pads the real input before "
                               "binarization; LCE exports support padding_mode='zeros' only")

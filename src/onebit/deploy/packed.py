@@ -128,11 +128,14 @@ class PackedBinary(_PackedBase):
         self._k = kernels
         shape = self.weight_shape
         w_shape = shape if self.kind != "conv1d" else (shape[0], shape[1], 1, shape[2])
+        # groups == channels: a depthwise convolution (config "groups", absent for 1)
+        self.groups = int(config.get("groups", 1))
         self.packed = kernels.pack_weight_planes(
             [s.reshape(w_shape) for s in self.signs],
             None if all(m is None for m in self.masks)
             else [None if m is None else m.reshape(w_shape).to(torch.uint8) for m in self.masks],
             [s.reshape(-1) for s in self.plane_scales],
+            groups=self.groups,
         )
         self.padding = tuple(config.get("padding", (0, 0)))
         self.stride = tuple(config.get("stride", (1, 1)))
@@ -208,7 +211,7 @@ class PackedBinary(_PackedBase):
 
     def _conv(self, packed: Any, transform: Any) -> Any:
         return self._k.binary_conv2d(packed, self.packed, stride=self.stride, padding=self.padding,
-                                     pad_value=self.pad_value, transform=transform)
+                                     pad_value=self.pad_value, transform=transform, groups=self.groups)
 
     def forward(self, x: Tensor) -> Tensor:
         kinds = self._k
@@ -237,7 +240,7 @@ class PackedBinary(_PackedBase):
         else:
             pad = (0, 0) if self.padding_mode != "zeros" else self.padding
             y = kinds.binary_conv2d(packed, self.packed, stride=self.stride, padding=pad,
-                                    pad_value=self.pad_value, transform=transform)
+                                    pad_value=self.pad_value, transform=transform, groups=self.groups)
         if self.kind == "conv1d":
             y = y.squeeze(2)
         if not fused:
@@ -270,6 +273,7 @@ class PackedBinaryWeightOnly(_PackedBase):
         self.stride = tuple(config.get("stride", (1, 1)))
         self.padding = tuple(config.get("padding", (0, 0)))
         self.padding_mode = config.get("padding_mode", "zeros")
+        self.groups = int(config.get("groups", 1))
 
     def forward(self, x: Tensor) -> Tensor:
         if self.kind == "linear":
@@ -281,7 +285,8 @@ class PackedBinaryWeightOnly(_PackedBase):
                 flat = [p for pair in reversed(pads) for p in (pair, pair)]
                 x = F.pad(x, flat, mode=self.padding_mode)
                 pads = (0,) * len(pads)
-            y = conv(x, self.weight, None, self.stride if self.kind == "conv2d" else self.stride[1:], pads)
+            y = conv(x, self.weight, None, self.stride if self.kind == "conv2d" else self.stride[1:], pads,
+                     1, self.groups)
         scale = self._tensors.get("out_scale")
         if scale is not None and scale.dim() > 1:
             y = y * scale.reshape((1,) + tuple(scale.shape))
@@ -291,8 +296,14 @@ class PackedBinaryWeightOnly(_PackedBase):
 def _geometry(layer: BinaryLayer) -> dict[str, Any]:
     if isinstance(layer, BinaryLinear):
         return {"kind": "linear"}
-    if layer.groups != 1:
-        raise NotDeployableError(f"{layer_label(layer)}: groups={layer.groups}; the packed engine runs groups=1 only")
+    groups = int(layer.groups)
+    if groups != 1 and not (layer.in_channels == groups and layer.out_channels == groups):
+        raise NotDeployableError(
+            f"{layer_label(layer)}: groups={groups} (in_channels={layer.in_channels}, out_channels="
+            f"{layer.out_channels}); the packed engine runs groups=1 and depthwise convolutions "
+            "(groups == in_channels == out_channels) only"
+        )
+    extra: dict[str, Any] = {"groups": groups} if groups != 1 else {}
     dil = tuple(layer.dilation)
     if any(d != 1 for d in dil):
         raise NotDeployableError(f"{layer_label(layer)}: dilation={dil}; the packed engine runs dilation 1 only")
@@ -305,10 +316,10 @@ def _geometry(layer: BinaryLayer) -> dict[str, Any]:
         )
     if isinstance(layer, BinaryConv1d):
         return {"kind": "conv1d", "stride": [1, layer.stride[0]], "padding": [0, pairs[0][0]],
-                "padding_mode": layer.padding_mode}
+                "padding_mode": layer.padding_mode, **extra}
     assert isinstance(layer, BinaryConv2d)
     return {"kind": "conv2d", "stride": list(layer.stride), "padding": [pairs[0][0], pairs[1][0]],
-            "padding_mode": layer.padding_mode}
+            "padding_mode": layer.padding_mode, **extra}
 
 
 def pack_layer(layer: BinaryLayer) -> _PackedBase:
