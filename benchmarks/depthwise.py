@@ -17,11 +17,10 @@ from __future__ import annotations
 
 import argparse
 import platform
-import statistics
-import time
 
 import torch
 import torch.nn.functional as F
+from kernels import timeit  # benchmarks/kernels.py, beside this script
 
 from onebit.deploy import kernels as K
 
@@ -33,22 +32,6 @@ SHAPES = [
     ("512ch 7x7", 512, 7, 7, 1),
     ("128ch 56x56 /s2", 128, 56, 56, 2),
 ]
-
-
-def timeit(fn, repeats: int, min_time: float = 0.01) -> float:
-    """Median over `repeats` samples of the mean time of a call (each sample >= min_time s)."""
-    fn()
-    t0 = time.perf_counter()
-    fn()
-    one = max(time.perf_counter() - t0, 1e-7)
-    inner = max(1, int(min_time / one))
-    samples = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        for _ in range(inner):
-            fn()
-        samples.append((time.perf_counter() - t0) / inner)
-    return statistics.median(samples)
 
 
 def main() -> None:

@@ -168,22 +168,22 @@ onebit::Transform* make_transform(int64_t cout, In<float> scale, In<float> bias,
   return guard.release();
 }
 
-// x: contiguous int64 (N, H, W, ceil(cin/64)); out: contiguous float32 (N, OH, OW, cout) or
-// int64 (N, OH, OW, ceil(cout/64)) as the transform says.  Raw addresses: internal API, the
-// caller (onebit.deploy.kernels) guarantees the buffers.
-void conv2d(uintptr_t x, int64_t N, int64_t H, int64_t W, const onebit::Weights& w, const onebit::Transform& t,
-            int sh, int sw, int ph, int pw, int pad_value, uintptr_t out, int isa, int num_threads) {
-  if (!x || !out) fail("conv2d: null buffer");
-  if (N < 1 || H < 1 || W < 1) fail("conv2d: empty input");
-  if (t.cout != w.cout) fail("conv2d: the transform is for " + std::to_string(t.cout) + " channels, weights have " +
-                            std::to_string(w.cout));
-  if (sh < 1 || sw < 1) fail("conv2d: stride must be >= 1");
-  if (ph < 0 || pw < 0) fail("conv2d: padding must be >= 0");
-  if (pad_value < -1 || pad_value > 1) fail("conv2d: pad_value must be -1, 0 or +1");
-  if (onebit::conv_out_size(H, static_cast<int>(w.kh), sh, ph) < 1 ||
-      onebit::conv_out_size(W, static_cast<int>(w.kw), sw, pw) < 1)
-    fail("conv2d: the kernel does not fit the (padded) input");
-  onebit::get_isa(isa);  // validates the kernel choice before releasing the GIL
+// The checks and the call description shared by conv2d and depthwise_conv2d.
+onebit::ConvCall checked_call(const std::string& op, uintptr_t x, int64_t N, int64_t H, int64_t W, int64_t kh,
+                              int64_t kw, int64_t weight_channels, const onebit::Transform& t, int sh, int sw,
+                              int ph, int pw, int pad_value, uintptr_t out, int isa, int num_threads) {
+  if (!x || !out) fail(op + ": null buffer");
+  if (N < 1 || H < 1 || W < 1) fail(op + ": empty input");
+  if (t.cout != weight_channels)
+    fail(op + ": the transform is for " + std::to_string(t.cout) + " channels, weights have " +
+         std::to_string(weight_channels));
+  if (sh < 1 || sw < 1) fail(op + ": stride must be >= 1");
+  if (ph < 0 || pw < 0) fail(op + ": padding must be >= 0");
+  if (pad_value < -1 || pad_value > 1) fail(op + ": pad_value must be -1, 0 or +1");
+  if (onebit::conv_out_size(H, static_cast<int>(kh), sh, ph) < 1 ||
+      onebit::conv_out_size(W, static_cast<int>(kw), sw, pw) < 1)
+    fail(op + ": the kernel does not fit the (padded) input");
+  onebit::get_isa(isa);  // validates the kernel choice (the CPU has it) before releasing the GIL
   onebit::ConvCall call;
   call.x = reinterpret_cast<const uint64_t*>(x);
   call.N = N;
@@ -197,6 +197,16 @@ void conv2d(uintptr_t x, int64_t N, int64_t H, int64_t W, const onebit::Weights&
   call.out = reinterpret_cast<void*>(out);
   call.isa = isa;
   call.num_threads = num_threads;
+  return call;
+}
+
+// x: contiguous int64 (N, H, W, ceil(cin/64)); out: contiguous float32 (N, OH, OW, cout) or
+// int64 (N, OH, OW, ceil(cout/64)) as the transform says.  Raw addresses: internal API, the
+// caller (onebit.deploy.kernels) guarantees the buffers.
+void conv2d(uintptr_t x, int64_t N, int64_t H, int64_t W, const onebit::Weights& w, const onebit::Transform& t,
+            int sh, int sw, int ph, int pw, int pad_value, uintptr_t out, int isa, int num_threads) {
+  const onebit::ConvCall call =
+      checked_call("conv2d", x, N, H, W, w.kh, w.kw, w.cout, t, sh, sw, ph, pw, pad_value, out, isa, num_threads);
   nb::gil_scoped_release nogil;
   onebit::conv2d(w, t, call);
 }
@@ -235,31 +245,8 @@ onebit::DepthwiseWeights* make_depthwise_weights(In<int64_t> w, std::optional<In
 void depthwise_conv2d(uintptr_t x, int64_t N, int64_t H, int64_t W, const onebit::DepthwiseWeights& w,
                       const onebit::Transform& t, int sh, int sw, int ph, int pw, int pad_value, uintptr_t out,
                       int isa, int num_threads) {
-  if (!x || !out) fail("depthwise_conv2d: null buffer");
-  if (N < 1 || H < 1 || W < 1) fail("depthwise_conv2d: empty input");
-  if (t.cout != w.C)
-    fail("depthwise_conv2d: the transform is for " + std::to_string(t.cout) + " channels, weights have " +
-         std::to_string(w.C));
-  if (sh < 1 || sw < 1) fail("depthwise_conv2d: stride must be >= 1");
-  if (ph < 0 || pw < 0) fail("depthwise_conv2d: padding must be >= 0");
-  if (pad_value < -1 || pad_value > 1) fail("depthwise_conv2d: pad_value must be -1, 0 or +1");
-  if (onebit::conv_out_size(H, static_cast<int>(w.kh), sh, ph) < 1 ||
-      onebit::conv_out_size(W, static_cast<int>(w.kw), sw, pw) < 1)
-    fail("depthwise_conv2d: the kernel does not fit the (padded) input");
-  onebit::get_isa(isa);  // validates the kernel choice (the CPU has it)
-  onebit::ConvCall call;
-  call.x = reinterpret_cast<const uint64_t*>(x);
-  call.N = N;
-  call.H = H;
-  call.W = W;
-  call.sh = sh;
-  call.sw = sw;
-  call.ph = ph;
-  call.pw = pw;
-  call.pad_value = pad_value;
-  call.out = reinterpret_cast<void*>(out);
-  call.isa = isa;
-  call.num_threads = num_threads;
+  const onebit::ConvCall call = checked_call("depthwise_conv2d", x, N, H, W, w.kh, w.kw, w.C, t, sh, sw, ph, pw,
+                                             pad_value, out, isa, num_threads);
   nb::gil_scoped_release nogil;
   onebit::depthwise_conv2d(w, t, call);
 }
