@@ -4,7 +4,8 @@ engine vs the same network in torch fp32; latency at 1 and 2 threads, and file s
     python benchmarks/e2e.py [--method bireal] [--repeats 20] [--kernel avx2]
 
 torch fp32 is timed in both NCHW and channels_last and the faster one is reported (the strongest
-baseline); the samples of every variant and thread count alternate, so the ratios are side by side.
+baseline); at each thread count the samples of the three variants alternate, so the speedups are
+side by side.
 The packed model keeps the full-precision stem, downsample 1x1 convs and classifier in torch, as the
 papers do; every binary 3x3 conv runs on the engine with BatchNorm and the activation fused.
 """
@@ -26,18 +27,20 @@ import onebit.models
 from onebit.deploy import export, kernels, save
 
 
-def timed_side_by_side(runs: dict[str, tuple], repeats: int) -> dict[str, float]:
-    """Median wall time in ms of each ``fn(x)`` in ``runs`` (name -> (threads, fn, x)), after warm-up.
+def timed_side_by_side(runs: dict[str, tuple], threads: int, repeats: int) -> dict[str, float]:
+    """Median wall time in ms of each ``fn(x)`` in ``runs`` (name -> (fn, x)) on ``threads`` threads.
 
-    The samples of all runs alternate (one call of each per round), so that a shared machine's speed
-    drifting over the measurement does not favour whichever ran first.
+    The samples of the runs alternate (one call of each per round, after warm-up rounds), so that a
+    shared machine's speed drifting over the measurement does not favour whichever ran first. The
+    thread count stays fixed within the call, as in an application (switching it costs OpenMP a
+    re-synchronisation of its team).
     """
+    torch.set_num_threads(threads)
+    kernels.set_num_threads(threads)
     samples: dict[str, list[float]] = {name: [] for name in runs}
     with torch.no_grad():
         for rnd in range(repeats + 3):
-            for name, (threads, fn, x) in runs.items():
-                torch.set_num_threads(threads)
-                kernels.set_num_threads(threads)
+            for name, (fn, x) in runs.items():
                 start = time.perf_counter()
                 fn(x)
                 if rnd >= 3:  # the first rounds warm up
@@ -86,19 +89,15 @@ def main() -> int:
     print("|---|---|---|---|---|")
     fp_cl = copy.deepcopy(fp).to(memory_format=torch.channels_last)  # Module.to works in place
     x_cl = x.to(memory_format=torch.channels_last)
-    runs = {}
+    packed_ms = {}
     for threads in args.threads:
-        runs[f"nchw{threads}"] = (threads, fp, x)
-        runs[f"cl{threads}"] = (threads, fp_cl, x_cl)
-        runs[f"packed{threads}"] = (threads, packed, x)
-    ms = timed_side_by_side(runs, args.repeats)
-    for threads in args.threads:
-        t_nchw, t_cl, t_packed = ms[f"nchw{threads}"], ms[f"cl{threads}"], ms[f"packed{threads}"]
-        best = min(t_nchw, t_cl)
-        print(f"| {threads} | {t_nchw:.2f} | {t_cl:.2f} | {t_packed:.2f} | {best / t_packed:.2f}x |")
+        ms = timed_side_by_side({"nchw": (fp, x), "cl": (fp_cl, x_cl), "packed": (packed, x)}, threads, args.repeats)
+        packed_ms[threads] = ms["packed"]
+        best = min(ms["nchw"], ms["cl"])
+        print(f"| {threads} | {ms['nchw']:.2f} | {ms['cl']:.2f} | {ms['packed']:.2f} | {best / ms['packed']:.2f}x |")
     if len(args.threads) > 1:
         t0 = args.threads[0]
-        print("\n" + ", ".join(f"onebit {t} threads vs {t0}: {ms[f'packed{t0}'] / ms[f'packed{t}']:.2f}x"
+        print("\n" + ", ".join(f"onebit {t} threads vs {t0}: {packed_ms[t0] / packed_ms[t]:.2f}x"
                                for t in args.threads[1:]))
     print(f"\nfile size: fp32 state_dict {fp_size / 2**20:.2f} MiB, packed {packed_size / 2**20:.2f} MiB "
           f"({fp_size / packed_size:.1f}x smaller)")
