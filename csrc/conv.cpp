@@ -80,17 +80,7 @@ std::shared_ptr<const SignIntervals> make_sign_intervals(const Weights& w, const
 
 std::shared_ptr<const SignIntervals> sign_intervals(const Weights& w, const Transform& t) {
   if (!t.bits || w.J != 1) return nullptr;
-  {
-    std::lock_guard<std::mutex> lock(t.intervals_mutex);
-    for (const auto& iv : t.intervals)
-      if (iv->weights_uid == w.uid) return iv;
-  }
-  std::shared_ptr<const SignIntervals> iv = make_sign_intervals(w, t);
-  if (!iv) return nullptr;
-  std::lock_guard<std::mutex> lock(t.intervals_mutex);
-  if (t.intervals.size() >= 8) t.intervals.erase(t.intervals.begin());
-  t.intervals.push_back(iv);
-  return iv;
+  return cached_for_weights(t, t.intervals, w.uid, [&] { return make_sign_intervals(w, t); });
 }
 
 }  // namespace

@@ -347,17 +347,7 @@ std::shared_ptr<const DepthwisePlan> make_plan(const DepthwiseWeights& w, const 
 
 std::shared_ptr<const DepthwisePlan> depthwise_plan(const DepthwiseWeights& w, const Transform& t, int B) {
   if (w.J != 1) return nullptr;
-  {
-    std::lock_guard<std::mutex> lock(t.intervals_mutex);
-    for (const auto& p : t.depthwise_plans)
-      if (p->weights_uid == w.uid) return p;
-  }
-  std::shared_ptr<const DepthwisePlan> p = make_plan(w, t, B);
-  if (!p) return nullptr;
-  std::lock_guard<std::mutex> lock(t.intervals_mutex);
-  if (t.depthwise_plans.size() >= 8) t.depthwise_plans.erase(t.depthwise_plans.begin());
-  t.depthwise_plans.push_back(p);
-  return p;
+  return cached_for_weights(t, t.depthwise_plans, w.uid, [&] { return make_plan(w, t, B); });
 }
 
 

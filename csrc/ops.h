@@ -30,11 +30,11 @@ struct Weights {
   std::vector<float> mu;       // (J, cpad): per-plane scales
 };
 
+struct DepthwisePlan;  // depthwise.cpp
+
 // The integer form of a bits-output transform for one set of single-plane weights: output bit
 // q is 1 exactly when the layer's integer dot product D = base - (2*popcount + correction) lies
 // in [lo[q], hi[q]] (see sign_intervals in conv.cpp).
-struct DepthwisePlan;  // depthwise.cpp
-
 struct SignIntervals {
   uint64_t weights_uid = 0;
   std::vector<int32_t> lo, hi;  // (cpad)
@@ -46,13 +46,32 @@ struct Transform {
   std::vector<float> scale, bias, prelu, thr;  // prelu / thr empty when absent
   float cmin = 0, cmax = 0;
   bool bits = false;  // output re-binarized bits instead of float32
-  // SignIntervals computed for the weights this transform has run with (a transform normally
-  // belongs to one layer; a few entries cover a transform shared by several).
-  mutable std::mutex intervals_mutex;
+  // Forms of this transform prepared for the weights it has run with (a transform normally
+  // belongs to one layer; a few entries cover a transform shared by several), through
+  // cached_for_weights: SignIntervals for convolutions, DepthwisePlan (per-channel output
+  // tables and bit-sliced bounds) for depthwise layers.
+  mutable std::mutex cache_mutex;
   mutable std::vector<std::shared_ptr<const SignIntervals>> intervals;
-  // The same for depthwise weights (per-channel output tables and bit-sliced bounds).
   mutable std::vector<std::shared_ptr<const DepthwisePlan>> depthwise_plans;
 };
+
+// The entry of one of t's caches for the weights with id `uid` (entries have a weights_uid),
+// made by make() on a miss; at most 8 entries, the oldest evicted; a null result is not kept.
+template <class T, class Make>
+std::shared_ptr<const T> cached_for_weights(const Transform& t, std::vector<std::shared_ptr<const T>>& cache,
+                                            uint64_t uid, Make make) {
+  {
+    std::lock_guard<std::mutex> lock(t.cache_mutex);
+    for (const auto& entry : cache)
+      if (entry->weights_uid == uid) return entry;
+  }
+  std::shared_ptr<const T> entry = make();  // outside the lock: may take a while
+  if (!entry) return nullptr;
+  std::lock_guard<std::mutex> lock(t.cache_mutex);
+  if (cache.size() >= 8) cache.erase(cache.begin());
+  cache.push_back(entry);
+  return entry;
+}
 
 struct ConvCall {
   const uint64_t* x = nullptr;  // (N, H, W, KW)

@@ -31,6 +31,16 @@
 namespace onebit {
 namespace {
 
+// Calls fn(i) for the items [0, n_items) that `next` hands to this thread, one at a time (the
+// loop every participant of a parallel_for runs, in either backend).
+void take_items(std::atomic<int64_t>& next, int64_t n_items, const std::function<void(int64_t)>& fn) {
+  for (;;) {
+    const int64_t i = next.fetch_add(1, std::memory_order_relaxed);
+    if (i >= n_items) break;
+    fn(i);
+  }
+}
+
 inline void cpu_relax() {
 #if defined(__x86_64__) || defined(__i386__)
   _mm_pause();
@@ -89,14 +99,7 @@ class Pool {
   }
 
  private:
-  void work() {
-    const std::function<void(int64_t)>& fn = *fn_;
-    for (;;) {
-      const int64_t i = next_.fetch_add(1, std::memory_order_relaxed);
-      if (i >= n_items_) break;
-      fn(i);
-    }
-  }
+  void work() { take_items(next_, n_items_, *fn_); }
 
   // `seen` starts at the generation current when the worker was created (before the job that
   // needed it is published), so a worker that starts late still takes part in that job.
@@ -194,11 +197,7 @@ struct OmpJob {
 
 void omp_team_body(void* data) {
   OmpJob& job = *static_cast<OmpJob*>(data);
-  for (;;) {
-    const int64_t i = job.next.fetch_add(1, std::memory_order_relaxed);
-    if (i >= job.n_items) break;
-    (*job.fn)(i);
-  }
+  take_items(job.next, job.n_items, *job.fn);
 }
 
 struct OmpRuntime {

@@ -467,12 +467,9 @@ def test_engine_rejects_inconsistent_layers():
 # ------------------------------------------------------------------------------------------
 
 
-@st.composite
-def epilogue_cases(draw):
-    cout = draw(st.sampled_from([1, 5, 33, 64, 70]))
+def _draw_adversarial_transform(draw) -> dict:
+    """Kinds of plane scale and transform that stress an integer form of the epilogue."""
     return dict(
-        case=draw(conv_cases()),
-        cout=cout,
         scale=draw(st.sampled_from(["randn", "negative", "zero", "tiny", "huge"])),
         tie=draw(st.booleans()),  # bias puts y == 0 exactly on an attainable dot product
         prelu=draw(st.sampled_from([None, "positive", "zero", "mixed-sign"])),
@@ -480,6 +477,33 @@ def epilogue_cases(draw):
         thr=draw(st.sampled_from([None, "randn", "nan"])),
         mu=draw(st.sampled_from([None, "per-channel", "negative"])),
     )
+
+
+def _adversarial_mu(e: dict, c: int, g: torch.Generator) -> torch.Tensor | None:
+    """The plane scale of kind e["mu"] (None: unit scale)."""
+    return {None: None, "per-channel": torch.rand(c, generator=g) + 0.1,
+            "negative": -(torch.rand(c, generator=g) + 0.1)}[e["mu"]]  # fmt: skip
+
+
+def _adversarial_transforms(e: dict, c: int, mu: torch.Tensor, d0: torch.Tensor, g: torch.Generator):
+    """(bits transform, float transform, threshold) of the kinds in e; with e["tie"], y == 0
+    exactly at the dot product d0 of each channel (plane scale mu)."""
+    scale = {"randn": torch.randn(c, generator=g), "negative": -torch.rand(c, generator=g),
+             "zero": torch.zeros(c), "tiny": torch.full((c,), 1e-30),
+             "huge": torch.full((c,), 3e37)}[e["scale"]]  # fmt: skip
+    bias = -(mu * d0) * scale if e["tie"] else torch.randn(c, generator=g) * 3
+    prelu = {None: None, "positive": torch.rand(c, generator=g), "zero": torch.zeros(c),
+             "mixed-sign": torch.randn(c, generator=g)}[e["prelu"]]  # fmt: skip
+    thr = {None: None, "randn": torch.randn(c, generator=g), "nan": torch.full((c,), float("nan"))}[e["thr"]]
+    cmin, cmax = e["clamp"]
+    return (K.OutputTransform(scale, bias, prelu, cmin, cmax, "bits", thr),
+            K.OutputTransform(scale, bias, prelu, cmin, cmax, "float"), thr)  # fmt: skip
+
+
+@st.composite
+def epilogue_cases(draw):
+    return dict(case=draw(conv_cases()), cout=draw(st.sampled_from([1, 5, 33, 64, 70])),
+                **_draw_adversarial_transform(draw))  # fmt: skip
 
 
 @SETTINGS
@@ -490,23 +514,14 @@ def test_integer_epilogue_gives_the_float_epilogue_bits(kernel, e):
     cout = c["cout"]
     x = _signs(c["n"], c["cin"], c["h"], c["w"], gen=g)
     wt = _signs(cout, c["cin"], c["k"], c["k"], gen=g)
-    mu = {None: None, "per-channel": torch.rand(cout, generator=g) + 0.1,
-          "negative": -(torch.rand(cout, generator=g) + 0.1)}[e["mu"]]  # fmt: skip
+    mu = _adversarial_mu(e, cout, g)
     w = K.pack_weights(wt) if mu is None else K.pack_weight_planes([wt], scales=[mu])
-    scale = {"randn": torch.randn(cout, generator=g), "negative": -torch.rand(cout, generator=g),
-             "zero": torch.zeros(cout), "tiny": torch.full((cout,), 1e-30),
-             "huge": torch.full((cout,), 3e37)}[e["scale"]]  # fmt: skip
     d0 = torch.randint(-3, 4, (cout,), generator=g).float()
-    mu_eff = torch.ones(cout) if mu is None else mu
-    bias = -(mu_eff * d0) * scale if e["tie"] else torch.randn(cout, generator=g) * 3
-    prelu = {None: None, "positive": torch.rand(cout, generator=g), "zero": torch.zeros(cout),
-             "mixed-sign": torch.randn(cout, generator=g)}[e["prelu"]]  # fmt: skip
-    thr = {None: None, "randn": torch.randn(cout, generator=g), "nan": torch.full((cout,), float("nan"))}[e["thr"]]
-    cmin, cmax = e["clamp"]
+    tb, tf, thr = _adversarial_transforms(e, cout, torch.ones(cout) if mu is None else mu, d0, g)
     kw = dict(stride=c["stride"], padding=c["pad"], pad_value=c["pad_value"])
     xp = K.pack_activations(x)
-    bits = K.binary_conv2d(xp, w, transform=K.OutputTransform(scale, bias, prelu, cmin, cmax, "bits", thr), **kw)
-    y = K.binary_conv2d(xp, w, transform=K.OutputTransform(scale, bias, prelu, cmin, cmax, "float"), **kw)
+    bits = K.binary_conv2d(xp, w, transform=tb, **kw)
+    y = K.binary_conv2d(xp, w, transform=tf, **kw)
     expected = K.pack_activations(y.contiguous(), thr)
     assert torch.equal(bits.data, expected.data)
 
@@ -727,13 +742,8 @@ def depthwise_epilogue_cases(draw):
         stride=draw(st.sampled_from([1, 2])),
         pad_value=draw(st.sampled_from([-1, 0, 1])),
         masked=draw(st.booleans()),
-        scale=draw(st.sampled_from(["randn", "negative", "zero", "tiny", "huge"])),
-        tie=draw(st.booleans()),  # bias puts y == 0 exactly on an attainable dot product
-        prelu=draw(st.sampled_from([None, "positive", "zero", "mixed-sign"])),
-        clamp=draw(st.sampled_from([(None, None), (-3.0, 5.0), (0.5, 2.0), (-2.0, -1.0)])),
-        thr=draw(st.sampled_from([None, "randn", "nan"])),
-        mu=draw(st.sampled_from([None, "per-channel", "negative"])),
         seed=draw(st.integers(0, 2**31 - 1)),
+        **_draw_adversarial_transform(draw),
     )  # fmt: skip
 
 
@@ -750,22 +760,13 @@ def test_depthwise_bit_sliced_bounds_give_the_float_epilogue_bits(kernel, e):
     x = _signs(e["n"], c, e["h"], e["w"], gen=g)
     wt = _signs(c, 1, e["k"], e["k"], gen=g)
     mask = (torch.rand(c, 1, e["k"], e["k"], generator=g) < 0.7).float() if e["masked"] else None
-    mu = {None: torch.ones(c), "per-channel": torch.rand(c, generator=g) + 0.1,
-          "negative": -(torch.rand(c, generator=g) + 0.1)}[e["mu"]]  # fmt: skip
+    mu = _adversarial_mu(e, c, g)
+    mu = torch.ones(c) if mu is None else mu
     wp = K.pack_weight_planes([wt], None if mask is None else [mask], [mu], groups=c)
     assert isinstance(wp, K.PackedDepthwiseWeights) and wp.num_planes == 1
-    scale = {"randn": torch.randn(c, generator=g), "negative": -torch.rand(c, generator=g),
-             "zero": torch.zeros(c), "tiny": torch.full((c,), 1e-30),
-             "huge": torch.full((c,), 3e37)}[e["scale"]]  # fmt: skip
     taps = e["k"] ** 2
     d0 = torch.randint(-taps, taps + 1, (c,), generator=g).float()
-    bias = -(mu * d0) * scale if e["tie"] else torch.randn(c, generator=g) * 3
-    prelu = {None: None, "positive": torch.rand(c, generator=g), "zero": torch.zeros(c),
-             "mixed-sign": torch.randn(c, generator=g)}[e["prelu"]]  # fmt: skip
-    thr = {None: None, "randn": torch.randn(c, generator=g), "nan": torch.full((c,), float("nan"))}[e["thr"]]
-    cmin, cmax = e["clamp"]
-    tb = K.OutputTransform(scale, bias, prelu, cmin, cmax, "bits", thr)
-    tf = K.OutputTransform(scale, bias, prelu, cmin, cmax, "float")
+    tb, tf, thr = _adversarial_transforms(e, c, mu, d0, g)
     kw = dict(stride=e["stride"], padding=e["pad"], pad_value=e["pad_value"], groups=c)
     xp = K.pack_activations(x)
     bits = K.binary_conv2d(xp, wp, transform=tb, **kw)
