@@ -1,6 +1,5 @@
-// Direct (im2col-free) binary convolution driver: explicit padding of the packed input, then
-// work items (32-output-channel block, image, output row) spread over the engine's threads;
-// each item runs the selected ISA's instantiation of conv_item (conv_impl.h).
+// Direct (im2col-free) binary convolution driver: work items (32-output-channel block, image,
+// output row) spread over the engine's threads; each item runs the selected ISA's instantiation of conv_item (conv_impl.h).
 #include <algorithm>
 #include <atomic>
 #include <climits>
@@ -103,8 +102,6 @@ void conv2d(const Weights& w, const Transform& t, const ConvCall& call) {
   c.sw = call.sw;
   c.ph = call.ph;
   c.pw = call.pw;
-  c.Hp = c.H + 2 * c.ph;
-  c.Wp = c.W + 2 * c.pw;
   c.OH = conv_out_size(c.H, c.kh, c.sh, c.ph);
   c.OW = conv_out_size(c.W, c.kw, c.sw, c.pw);
   if (c.OH <= 0 || c.OW <= 0) throw std::invalid_argument("conv2d: empty output");
@@ -118,7 +115,7 @@ void conv2d(const Weights& w, const Transform& t, const ConvCall& call) {
   c.blk_words = w.kh * w.kw * w.KW * kBlock;
   c.plane_words = w.ncb * c.blk_words;
   c.base = w.base.data();
-  c.wsum = w.wsum.data();
+  c.wsum_prefix = w.wsum_prefix.data();
   c.mu = w.mu.data();
   c.scale = t.scale.data();
   c.bias = t.bias.data();
@@ -134,38 +131,17 @@ void conv2d(const Weights& w, const Transform& t, const ConvCall& call) {
   c.out_f = t.bits ? nullptr : static_cast<float*>(call.out);
   c.out_bits = t.bits ? static_cast<uint64_t*>(call.out) : nullptr;
 
-  // Explicitly padded input.  +1 and 0 padding store +1 (all-zero words); -1 padding stores
-  // -1 in the valid channel bits.  0 padding is corrected per border pixel in conv_item.
-  c.xp = call.x;
-  if (c.ph > 0 || c.pw > 0) {
-    const int64_t KW = c.KW;
-    std::vector<uint64_t> padw(static_cast<size_t>(KW), 0);
-    if (call.pad_value == -1) {
-      for (int64_t k = 0; k < KW; ++k) padw[k] = ~0ull;
-      if (w.cin % 64) padw[KW - 1] = (1ull << (w.cin % 64)) - 1;
-    }
-    // The calling thread's reusable buffer (its own: the kernels' scratch is another), every word
-    // of which is written below, so no zero fill.
-    thread_local std::vector<uint64_t> padded_buffer;
-    const size_t padded_words = static_cast<size_t>(c.N * c.Hp * c.Wp * KW);
-    if (padded_buffer.size() < padded_words) padded_buffer.resize(padded_words);
-    uint64_t* padded = padded_buffer.data();
-    for (int64_t n = 0; n < c.N; ++n)
-      for (int64_t h = 0; h < c.Hp; ++h) {
-        uint64_t* dst = padded + ((n * c.Hp + h) * c.Wp) * KW;
-        const int64_t ih = h - c.ph;
-        if (ih < 0 || ih >= c.H) {
-          for (int64_t x = 0; x < c.Wp; ++x) std::memcpy(dst + x * KW, padw.data(), KW * sizeof(uint64_t));
-          continue;
-        }
-        for (int64_t x = 0; x < c.pw; ++x) {
-          std::memcpy(dst + x * KW, padw.data(), KW * sizeof(uint64_t));
-          std::memcpy(dst + (c.pw + c.W + x) * KW, padw.data(), KW * sizeof(uint64_t));
-        }
-        std::memcpy(dst + c.pw * KW, call.x + ((n * c.H + ih) * c.W) * KW, c.W * KW * sizeof(uint64_t));
-      }
-    c.xp = padded;
+  // What a padded input position reads: +1 and 0 padding read +1 (all-zero words); -1 padding
+  // reads -1 in the valid channel bits.  0 padding is corrected per border pixel in conv_item.
+  std::vector<uint64_t> pad_word(static_cast<size_t>(c.KW), 0);
+  if (call.pad_value == -1) {
+    for (auto& word : pad_word) word = ~0ull;
+    if (w.cin % 64) pad_word.back() = (1ull << (w.cin % 64)) - 1;
   }
+  c.x = call.x;
+  c.pad_word = pad_word.data();
+  static std::atomic<uint64_t> calls{0};
+  c.call_serial = calls.fetch_add(1, std::memory_order_relaxed) + 1;
   c.zero_pad = call.pad_value == 0 && (c.ph > 0 || c.pw > 0);
 
   const ItemFn run_item = isa.run_item;

@@ -14,8 +14,10 @@
 namespace onebit {
 
 struct ConvCtx {
-  const uint64_t* xp = nullptr;  // padded input (N, Hp, Wp, KW)
-  int64_t N = 0, H = 0, W = 0, Hp = 0, Wp = 0, KW = 0, OH = 0, OW = 0;
+  const uint64_t* x = nullptr;         // input (N, H, W, KW), not padded
+  const uint64_t* pad_word = nullptr;  // (KW) the words a padded position reads
+  uint64_t call_serial = 0;            // unique per conv2d call (keys the per-thread windows)
+  int64_t N = 0, H = 0, W = 0, KW = 0, OH = 0, OW = 0;
   int kh = 1, kw = 1, sh = 1, sw = 1, ph = 0, pw = 0;
   bool zero_pad = false;         // pad_value == 0 with some padding: correct border pixels
   int J = 1;
@@ -24,7 +26,7 @@ struct ConvCtx {
   const uint64_t* m = nullptr;   // same or nullptr
   int64_t blk_words = 0, plane_words = 0;
   const int32_t* base = nullptr;  // (J, cpad)
-  const int32_t* wsum = nullptr;  // (J, kh*kw, cpad)
+  const int32_t* wsum_prefix = nullptr;  // (J, kh+1, kw+1, cpad), see Weights
   const float* mu = nullptr;      // (J, cpad)
   const float* scale = nullptr;   // (cpad)
   const float* bias = nullptr;    // (cpad)
@@ -94,6 +96,45 @@ struct ScalarBits {
   }
 };
 
+// Points rows[0..kh) at a per-thread copy of the input window rows ih_first.., columns
+// iw_first.. (ncols of them), positions outside the image holding the pad word.  The window of
+// a left-border group and that of a right-border (or border-row) group are kept per thread for
+// the call, so the channel blocks of one output row, which one thread takes in turn, copy each
+// window once.
+ONEBIT_INLINE void padded_window(const ConvCtx& c, int64_t n, int64_t ih_first, int64_t iw_first,
+                                 int64_t ncols, const uint64_t** rows) {
+  struct Window {
+    uint64_t call = 0;  // ConvCtx::call_serial of the call that made it (0: none)
+    int64_t n = 0, ih_first = 0, iw_first = 0, ncols = 0;
+    std::vector<uint64_t> words;
+  };
+  thread_local Window windows[2];
+  Window& win = windows[iw_first < 0 ? 0 : 1];
+  const int64_t KW = c.KW;
+  const int64_t row_words = ncols * KW;
+  if (!(win.call == c.call_serial && win.n == n && win.ih_first == ih_first && win.iw_first == iw_first &&
+        win.ncols == ncols)) {
+    win.call = c.call_serial, win.n = n, win.ih_first = ih_first, win.iw_first = iw_first, win.ncols = ncols;
+    if (win.words.size() < static_cast<size_t>(c.kh * row_words)) win.words.resize(static_cast<size_t>(c.kh * row_words));
+    const int64_t valid_lo = iw_first < 0 ? -iw_first : 0;                     // first in-image column
+    const int64_t valid_hi = c.W - iw_first < ncols ? c.W - iw_first : ncols;  // one past the last
+    for (int i = 0; i < c.kh; ++i) {
+      uint64_t* dst = win.words.data() + i * row_words;
+      const int64_t ih = ih_first + i;
+      const bool row_in = ih >= 0 && ih < c.H && valid_lo < valid_hi;
+      const int64_t copy_lo = row_in ? valid_lo : ncols, copy_hi = row_in ? valid_hi : ncols;
+      for (int64_t j = 0; j < copy_lo; ++j)
+        for (int64_t k = 0; k < KW; ++k) dst[j * KW + k] = c.pad_word[k];
+      if (copy_hi > copy_lo)
+        std::memcpy(dst + copy_lo * KW, c.x + ((n * c.H + ih) * c.W + iw_first + copy_lo) * KW,
+                    static_cast<size_t>((copy_hi - copy_lo) * KW) * sizeof(uint64_t));
+      for (int64_t j = copy_hi > copy_lo ? copy_hi : copy_lo; j < ncols; ++j)
+        for (int64_t k = 0; k < KW; ++k) dst[j * KW + k] = c.pad_word[k];
+    }
+  }
+  for (int i = 0; i < c.kh; ++i) rows[i] = win.words.data() + i * row_words;
+}
+
 // Block must provide: static void run(const BlockArgs&)  (computes S for npix pixels), and the
 // two bit extractions of ScalarBits.
 template <class Block>
@@ -118,6 +159,7 @@ ONEBIT_INLINE void conv_item(const ConvCtx& c, int64_t item) {
   alignas(64) int32_t corr[kBlock];
 
   const int64_t ih0 = oh * c.sh;  // first (padded) input row of this output row
+  const int64_t ih_first = ih0 - c.ph;  // unpadded input row of kernel row 0 (may be outside)
   const bool row_border = c.zero_pad && (ih0 < c.ph || ih0 + c.kh > c.ph + c.H);
 
   BlockArgs args;
@@ -128,19 +170,26 @@ ONEBIT_INLINE void conv_item(const ConvCtx& c, int64_t item) {
   args.S = S;
 
   // Padded taps of a border pixel were computed as +1 inputs: corr removes their contribution
-  // (sum of the weight signs at those taps) for zero padding.
+  // (the sum of the weight signs at those taps: all taps minus the in-image rectangle of taps)
+  // for zero padding.
+  const int64_t i_in0 = ih_first < 0 ? -ih_first : 0;  // in-image kernel rows [i_in0, i_in1)
+  const int64_t i_in1 = c.H - ih_first < c.kh ? c.H - ih_first : c.kh;
+  const int64_t prow = (c.kw + 1) * c.cpad;
   auto border_correction = [&](int j, int64_t iw0, int32_t* corr) {
-    for (int q = 0; q < kBlock; ++q) corr[q] = 0;
-    for (int i = 0; i < c.kh; ++i) {
-      const int64_t ih = ih0 + i - c.ph;
-      for (int jj = 0; jj < c.kw; ++jj) {
-        const int64_t iw = iw0 + jj - c.pw;
-        if (ih < 0 || ih >= c.H || iw < 0 || iw >= c.W) {
-          const int32_t* ws = c.wsum + (static_cast<int64_t>(j) * taps + i * c.kw + jj) * c.cpad + o0;
-          for (int q = 0; q < kBlock; ++q) corr[q] += ws[q];
-        }
-      }
+    const int64_t iw_rel = iw0 - c.pw;  // unpadded input column of kernel column 0
+    const int64_t j0 = iw_rel < 0 ? -iw_rel : 0;
+    const int64_t j1 = c.W - iw_rel < c.kw ? c.W - iw_rel : c.kw;
+    const int32_t* P = c.wsum_prefix + static_cast<int64_t>(j) * (c.kh + 1) * prow + o0;
+    const int32_t* all = P + c.kh * prow + c.kw * c.cpad;
+    if (i_in0 >= i_in1 || j0 >= j1) {
+      for (int q = 0; q < kBlock; ++q) corr[q] = all[q];
+      return;
     }
+    const int32_t* a11 = P + i_in1 * prow + j1 * c.cpad;
+    const int32_t* a01 = P + i_in0 * prow + j1 * c.cpad;
+    const int32_t* a10 = P + i_in1 * prow + j0 * c.cpad;
+    const int32_t* a00 = P + i_in0 * prow + j0 * c.cpad;
+    for (int q = 0; q < kBlock; ++q) corr[q] = all[q] - (a11[q] - a01[q] - a10[q] + a00[q]);
   };
   auto store_bits = [&](int64_t pix, uint32_t bits) {
     if (nc < kBlock) bits &= (1u << nc) - 1;
@@ -149,9 +198,19 @@ ONEBIT_INLINE void conv_item(const ConvCtx& c, int64_t item) {
     if (cb == c.ncb - 1 && (cb & 1) == 0) store_half(word, 1, 0u);
   };
 
+  const bool rows_inside = ih_first >= 0 && ih_first + c.kh <= c.H;
   for (int64_t ow0 = 0; ow0 < c.OW; ow0 += kMaxPix) {
     const int npix = static_cast<int>(c.OW - ow0 < kMaxPix ? c.OW - ow0 : kMaxPix);
-    for (int i = 0; i < c.kh; ++i) rows[i] = c.xp + ((n * c.Hp + ih0 + i) * c.Wp + ow0 * c.sw) * c.KW;
+    // The input columns this pixel group reads; inside the image the kernel reads the input in
+    // place, and only groups that reach into the padding get a padded copy of their window
+    // (made by the thread that needs it: no serial padding pass before the parallel region).
+    const int64_t iw_first = ow0 * c.sw - c.pw;
+    const int64_t ncols = (npix - 1) * static_cast<int64_t>(c.sw) + c.kw;
+    if (rows_inside && iw_first >= 0 && iw_first + ncols <= c.W) {
+      for (int i = 0; i < c.kh; ++i) rows[i] = c.x + ((n * c.H + ih_first + i) * c.W + iw_first) * c.KW;
+    } else {
+      padded_window(c, n, ih_first, iw_first, ncols, rows);
+    }
     args.npix = npix;
 
     if (c.sign_lo) {

@@ -27,6 +27,9 @@ struct Weights {
   std::vector<uint64_t> m;     // same layout, or empty (no masks)
   std::vector<int32_t> base;   // (J, cpad): active weight bits over all taps
   std::vector<int32_t> wsum;   // (J, kh*kw, cpad): sum of active weight signs per tap
+  // (J, kh+1, kw+1, cpad): 2-D prefix sums of wsum over the taps, [a][b] = sum over taps (i, j)
+  // with i < a, j < b: the signs of any rectangle of taps in four lookups (0-padding borders).
+  std::vector<int32_t> wsum_prefix;
   std::vector<float> mu;       // (J, cpad): per-plane scales
 };
 

@@ -285,16 +285,24 @@ void parallel_ranges(int num_threads, int64_t n_items, int64_t grain,
     fn(0, n_items);
     return;
   }
-  std::atomic<int64_t> next{0};
-  // One slot per thread; a slot's loop runs until no unit is left, so a thread that arrives
-  // late (or not at all) only means the others take its share.
-  parallel_for(threads, threads, [&](int64_t) {
-    int64_t cur = next.load(std::memory_order_relaxed);
-    while (cur < units) {
-      const int64_t take = std::max<int64_t>(1, (units - cur) / (2 * threads));
-      if (next.compare_exchange_weak(cur, cur + take, std::memory_order_relaxed)) {
-        fn(cur * grain, std::min(n_items, (cur + take) * grain));
-        cur = next.load(std::memory_order_relaxed);
+  // Each slot owns a contiguous segment of the units and works it front to back, one unit per
+  // claim; a slot whose segment is done helps the others with theirs.
+  struct alignas(64) Segment {
+    std::atomic<int64_t> next{0};
+    int64_t end = 0;
+  };
+  std::unique_ptr<Segment[]> seg(new Segment[threads]);
+  for (int t = 0; t < threads; ++t) {
+    seg[t].next.store(units * t / threads, std::memory_order_relaxed);
+    seg[t].end = units * (t + 1) / threads;
+  }
+  parallel_for(threads, threads, [&](int64_t slot) {
+    for (int k = 0; k < threads; ++k) {
+      Segment& s = seg[(slot + k) % threads];
+      for (;;) {
+        const int64_t u = s.next.fetch_add(1, std::memory_order_relaxed);
+        if (u >= s.end) break;
+        fn(u * grain, std::min(n_items, (u + 1) * grain));
       }
     }
   });

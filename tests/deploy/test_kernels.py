@@ -294,6 +294,61 @@ def test_raw_word_input_with_in_channels(kernel):
     assert torch.equal(yl, K.reference_binary_linear(xl, wl))
 
 
+@pytest.mark.parametrize("pad_value", [-1, 0, 1])
+def test_prepared_conv_matches_binary_conv2d(kernel, pad_value):
+    g = torch.Generator().manual_seed(11)
+    x = _signs(2, 70, 9, 11, gen=g)
+    wt = _signs(40, 70, 3, 3, gen=g)
+    for output, stride in (("float", 1), ("bits", 2)):
+        tr = _transform(3, 40, g, output)
+        kw = dict(stride=stride, padding=1, pad_value=pad_value, transform=tr)
+        layer = K.PreparedConv2d(K.pack_weights(wt), **kw)
+        assert layer.stride == (stride, stride) and layer.padding == (1, 1) and layer.transform is tr
+        ref = K.reference_binary_conv2d(x, wt, **kw)
+        for _ in range(2):  # the second call reuses what the first resolved
+            y = layer(K.pack_activations(x))
+            _check(y, ref, tr)
+        y_fn = K.binary_conv2d(K.pack_activations(x), K.pack_weights(wt), **kw)
+        assert torch.equal(y.data if output == "bits" else y, y_fn.data if output == "bits" else y_fn)
+
+
+def test_prepared_conv_checks_its_layer_once_and_its_input_per_call():
+    wp = K.pack_weights(_signs(8, 65, 3, 3, gen=torch.Generator().manual_seed(1)))
+    with pytest.raises(ValueError, match="stride must be >= 1"):
+        K.PreparedConv2d(wp, stride=0)
+    with pytest.raises(ValueError, match="pad_value must be -1, 0 or \\+1"):
+        K.PreparedConv2d(wp, pad_value=2)
+    with pytest.raises(TypeError, match="transform must be an OutputTransform"):
+        K.PreparedConv2d(wp, transform="bn")
+    with pytest.raises(NotImplementedError, match="groups=2"):
+        K.PreparedConv2d(wp, groups=2)
+    layer = K.PreparedConv2d(wp, padding=1)
+    with pytest.raises(ValueError, match="weights expect 65 input channels, input has 64"):
+        layer(K.pack_activations(torch.randn(1, 64, 5, 5)))
+    with pytest.raises(ValueError, match="pass in_channels"):
+        layer(K.pack_activations(torch.randn(1, 65, 5, 5)).data)
+    with pytest.raises(ValueError, match="does not fit"):
+        K.PreparedConv2d(wp)(K.pack_activations(torch.randn(1, 65, 2, 2)))
+
+
+def test_padded_border_windows_follow_the_input_between_calls(kernel, thread_backend):
+    """Border windows are copied per thread and kept for the channel blocks of a row: a later call
+    on the same buffer with new contents (same address, same geometry) must see the new contents."""
+    g = torch.Generator().manual_seed(13)
+    wt = _signs(96, 130, 3, 3, gen=g)
+    wp = K.pack_weights(wt)
+    for pad_value in (-1, 0, 1):
+        layer = K.PreparedConv2d(wp, padding=1, pad_value=pad_value, transform=K.OutputTransform(output="bits"))
+        buf = K.pack_activations(_signs(1, 130, 7, 9, gen=g))
+        for threads in (1, 2, 1, 3):
+            K.set_num_threads(threads)
+            x = _signs(1, 130, 7, 9, gen=g)
+            buf.data.copy_(K.pack_activations(x).data)  # new contents, same address
+            ref = K.reference_binary_conv2d(x, wt, padding=1, pad_value=pad_value,
+                                            transform=K.OutputTransform(output="bits"))  # fmt: skip
+            assert torch.equal(K.unpack_activations(layer(buf)), ref)
+
+
 # ------------------------------------------------------------------------------------------
 # threads and kernel selection
 # ------------------------------------------------------------------------------------------

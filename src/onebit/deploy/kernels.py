@@ -53,6 +53,7 @@ __all__ = [
     "PackedActivations",
     "PackedDepthwiseWeights",
     "PackedWeights",
+    "PreparedConv2d",
     "active_kernel",
     "available_kernels",
     "binary_conv2d",
@@ -650,47 +651,123 @@ def _packed_input(x: PackedActivations | torch.Tensor, channels: int | None, dim
     return data.contiguous(), channels
 
 
-def _run(
-    data: torch.Tensor,
-    cin: int,
-    w: PackedWeights,
-    stride: tuple[int, int],
-    padding: tuple[int, int],
-    pad_value: int,
-    transform: OutputTransform,
-    fn: str,
-) -> tuple[torch.Tensor, bool]:
-    """Calls the engine on a (N, H, W, words) input; returns the NHWC output buffer."""
-    depthwise = isinstance(w, PackedDepthwiseWeights)
-    if not depthwise and not isinstance(w, PackedWeights):
-        raise TypeError(f"{fn}: weights must be PackedWeights (see pack_weights), got {type(w).__name__}")
-    if w.in_channels != cin:
-        raise ValueError(f"{fn}: weights expect {w.in_channels} input channels, input has {cin}")
-    if transform is None:
-        transform = _IDENTITY
-    if not isinstance(transform, OutputTransform):
-        raise TypeError(f"{fn}: transform must be an OutputTransform or None")
-    kh, kw = w.kernel_size
-    N, H, W, _ = data.shape
-    if data.numel() == 0:
-        raise ValueError(f"{fn}: empty input of shape {tuple(data.shape)}")
-    oh = (H + 2 * padding[0] - kh) // stride[0] + 1
-    ow = (W + 2 * padding[1] - kw) // stride[1] + 1
-    if H + 2 * padding[0] < kh or W + 2 * padding[1] < kw:
-        raise ValueError(f"{fn}: kernel {kh}x{kw} does not fit the padded {H}x{W} input (padding {padding})")
-    cout = w.out_channels
-    t = transform.resolved(cout)
-    bits_out = transform.output == "bits"
-    if bits_out:
-        out = torch.empty(N, oh, ow, _words(cout), dtype=torch.int64)
-    else:
-        out = torch.empty(N, oh, ow, cout, dtype=torch.float32)
-    run = _engine.depthwise_conv2d if depthwise else _engine.conv2d
-    run(
-        data.data_ptr(), N, H, W, w.engine_weights(), t["engine"], stride[0], stride[1],
-        padding[0], padding[1], pad_value, out.data_ptr(), _kernel_id(), get_num_threads(),
-    )  # fmt: skip
-    return out, bits_out
+class _Bound:
+    """A packed layer's weights and output transform, checked and resolved to engine objects once."""
+
+    __slots__ = ("weights", "transform", "in_channels", "out_channels", "bits", "_engine_fn", "_ew", "_te",
+                 "_kh", "_kw", "_out_last", "_out_dtype")  # fmt: skip
+
+    def __init__(self, w: PackedWeights | PackedDepthwiseWeights, transform: OutputTransform | None, fn: str) -> None:
+        depthwise = isinstance(w, PackedDepthwiseWeights)
+        if not depthwise and not isinstance(w, PackedWeights):
+            raise TypeError(f"{fn}: weights must be PackedWeights (see pack_weights), got {type(w).__name__}")
+        if transform is None:
+            transform = _IDENTITY
+        if not isinstance(transform, OutputTransform):
+            raise TypeError(f"{fn}: transform must be an OutputTransform or None")
+        self.weights, self.transform = w, transform
+        self.in_channels, self.out_channels = w.in_channels, w.out_channels
+        self.bits = transform.output == "bits"
+        self._engine_fn = _engine.depthwise_conv2d if depthwise else _engine.conv2d
+        self._ew = w.engine_weights()
+        self._te = transform.resolved(w.out_channels)["engine"]
+        self._kh, self._kw = w.kernel_size
+        self._out_last = _words(w.out_channels) if self.bits else w.out_channels
+        self._out_dtype = torch.int64 if self.bits else torch.float32
+
+    def run(self, data: torch.Tensor, cin: int, stride: tuple[int, int], padding: tuple[int, int],
+            pad_value: int, fn: str) -> torch.Tensor:
+        """Calls the engine on a (N, H, W, words) input; returns the NHWC output buffer."""
+        if cin != self.in_channels:
+            raise ValueError(f"{fn}: weights expect {self.in_channels} input channels, input has {cin}")
+        N, H, W, _ = data.shape
+        if N * H * W == 0:
+            raise ValueError(f"{fn}: empty input of shape {tuple(data.shape)}")
+        kh, kw = self._kh, self._kw
+        if H + 2 * padding[0] < kh or W + 2 * padding[1] < kw:
+            raise ValueError(f"{fn}: kernel {kh}x{kw} does not fit the padded {H}x{W} input (padding {padding})")
+        oh = (H + 2 * padding[0] - kh) // stride[0] + 1
+        ow = (W + 2 * padding[1] - kw) // stride[1] + 1
+        out = torch.empty(N, oh, ow, self._out_last, dtype=self._out_dtype)
+        self._engine_fn(
+            data.data_ptr(), N, H, W, self._ew, self._te, stride[0], stride[1], padding[0], padding[1],
+            pad_value, out.data_ptr(), _kernel_id(), get_num_threads(),
+        )  # fmt: skip
+        return out
+
+
+def _conv_geometry(w_packed: object, kernel_size, stride, padding, pad_value: int, dilation, groups: int,
+                   fn: str) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Checks a convolution's arguments against its packed weights; returns (stride, padding)."""
+    if _pair(dilation, "dilation") != (1, 1):
+        raise NotImplementedError(f"{fn}: dilation={dilation} is not implemented by the packed engine (only 1)")
+    if isinstance(w_packed, PackedDepthwiseWeights):
+        if groups != w_packed.channels:
+            raise ValueError(
+                f"{fn}: depthwise weights for {w_packed.channels} channels need groups={w_packed.channels}, "
+                f"got groups={groups}"
+            )
+    elif groups != 1:
+        raise NotImplementedError(
+            f"{fn}: groups={groups}: the packed engine implements groups=1 and depthwise convolution "
+            "(groups == in_channels == out_channels, weights packed with pack_weights(w, groups=C)) only"
+        )
+    if kernel_size is not None and isinstance(w_packed, (PackedWeights, PackedDepthwiseWeights)):
+        if _pair(kernel_size, "kernel_size") != tuple(w_packed.kernel_size):
+            raise ValueError(f"{fn}: kernel_size={kernel_size} but the weights are {w_packed.kernel_size}")
+    s, p = _pair(stride, "stride"), _pair(padding, "padding")
+    if min(s) < 1:
+        raise ValueError(f"{fn}: stride must be >= 1, got {stride}")
+    if min(p) < 0:
+        raise ValueError(f"{fn}: padding must be >= 0, got {padding}")
+    if pad_value not in (-1, 0, 1):
+        raise ValueError(f"{fn}: pad_value must be -1, 0 or +1, got {pad_value!r}")
+    return s, p
+
+
+class PreparedConv2d:
+    """:func:`binary_conv2d` with the layer bound once: ``PreparedConv2d(w_packed, stride=...,
+    padding=..., pad_value=..., transform=..., groups=...)(x)`` returns what
+    ``binary_conv2d(x, w_packed, ...)`` returns, but every argument except the input is checked
+    and resolved at construction, so a call costs about half the Python time (what an exported
+    model's layers run: the per-call overhead is a few percent of a small layer)."""
+
+    __slots__ = ("_bound", "stride", "padding", "pad_value")
+
+    def __init__(
+        self,
+        w_packed: PackedWeights | PackedDepthwiseWeights,
+        *,
+        stride: int | tuple[int, int] = 1,
+        padding: int | tuple[int, int] = 0,
+        pad_value: int = 0,
+        transform: OutputTransform | None = None,
+        groups: int = 1,
+        dilation: int | tuple[int, int] = 1,
+        kernel_size: int | tuple[int, int] | None = None,
+    ) -> None:
+        fn = "binary_conv2d"
+        self.stride, self.padding = _conv_geometry(w_packed, kernel_size, stride, padding, pad_value, dilation,
+                                                   groups, fn)  # fmt: skip
+        self.pad_value = int(pad_value)
+        self._bound = _Bound(w_packed, transform, fn)
+
+    @property
+    def weights(self) -> PackedWeights | PackedDepthwiseWeights:
+        return self._bound.weights
+
+    @property
+    def transform(self) -> OutputTransform:
+        return self._bound.transform
+
+    def __call__(self, x: PackedActivations | torch.Tensor, in_channels: int | None = None):
+        fn = "binary_conv2d"
+        data, cin = _packed_input(x, in_channels, 4, fn)
+        b = self._bound
+        out = b.run(data, cin, self.stride, self.padding, self.pad_value, fn)
+        if b.bits:
+            return PackedActivations._trusted(out, b.out_channels)
+        return out.permute(0, 3, 1, 2)
 
 
 def binary_conv2d(
@@ -713,41 +790,16 @@ def binary_conv2d(
     the value the padded input positions take (0: they contribute nothing).  Any stride >= 1.
     ``groups``: 1, or ``C`` for a depthwise convolution, whose weights come from
     ``pack_weights(w, groups=C)`` (:class:`PackedDepthwiseWeights`, ``w`` of shape ``(C, 1, kh, kw)``);
-    other group counts raise NotImplementedError.
+    other group counts raise NotImplementedError.  A layer called many times can bind its
+    arguments once with :class:`PreparedConv2d`.
 
     Returns float32 of logical shape ``(N, Cout, OH, OW)`` in **channels_last** memory format
     (a zero-copy view of the kernel's NHWC output; call ``.contiguous()`` for NCHW memory), or,
     when ``transform.output == 'bits'``, :class:`PackedActivations` ``(N, OH, OW, ceil(Cout/64))``.
     """
-    fn = "binary_conv2d"
-    if _pair(dilation, "dilation") != (1, 1):
-        raise NotImplementedError(f"{fn}: dilation={dilation} is not implemented by the packed engine (only 1)")
-    if isinstance(w_packed, PackedDepthwiseWeights):
-        if groups != w_packed.channels:
-            raise ValueError(
-                f"{fn}: depthwise weights for {w_packed.channels} channels need groups={w_packed.channels}, "
-                f"got groups={groups}"
-            )
-    elif groups != 1:
-        raise NotImplementedError(
-            f"{fn}: groups={groups}: the packed engine implements groups=1 and depthwise convolution "
-            "(groups == in_channels == out_channels, weights packed with pack_weights(w, groups=C)) only"
-        )
-    data, cin = _packed_input(x, in_channels, 4, fn)
-    if kernel_size is not None and isinstance(w_packed, (PackedWeights, PackedDepthwiseWeights)):
-        if _pair(kernel_size, "kernel_size") != tuple(w_packed.kernel_size):
-            raise ValueError(f"{fn}: kernel_size={kernel_size} but the weights are {w_packed.kernel_size}")
-    s, p = _pair(stride, "stride"), _pair(padding, "padding")
-    if min(s) < 1:
-        raise ValueError(f"{fn}: stride must be >= 1, got {stride}")
-    if min(p) < 0:
-        raise ValueError(f"{fn}: padding must be >= 0, got {padding}")
-    if pad_value not in (-1, 0, 1):
-        raise ValueError(f"{fn}: pad_value must be -1, 0 or +1, got {pad_value!r}")
-    out, bits = _run(data, cin, w_packed, s, p, int(pad_value), transform, fn)
-    if bits:
-        return PackedActivations._trusted(out, w_packed.out_channels)
-    return out.permute(0, 3, 1, 2)
+    prepared = PreparedConv2d(w_packed, stride=stride, padding=padding, pad_value=pad_value, transform=transform,
+                              groups=groups, dilation=dilation, kernel_size=kernel_size)  # fmt: skip
+    return prepared(x, in_channels)
 
 
 def binary_linear(
@@ -769,9 +821,9 @@ def binary_linear(
     if isinstance(w_packed, PackedWeights) and tuple(w_packed.kernel_size) != (1, 1):
         raise ValueError(f"{fn}: weights have kernel {w_packed.kernel_size}; linear weights are (Cout, Cin)")
     N = data.shape[0]
-    out, bits = _run(data.view(1, 1, N, -1), cin, w_packed, (1, 1), (0, 0), 0, transform, fn)
-    out = out.view(N, -1)
-    if bits:
+    b = _Bound(w_packed, transform, fn)
+    out = b.run(data.view(1, 1, N, -1), cin, (1, 1), (0, 0), 0, fn).view(N, -1)
+    if b.bits:
         return PackedActivations._trusted(out, w_packed.out_channels)
     return out
 

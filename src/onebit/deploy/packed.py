@@ -209,9 +209,17 @@ class PackedBinary(_PackedBase):
             x = x.unsqueeze(2)
         return self._k.pack_activations(x, self._tensors.get("threshold"))
 
-    def _conv(self, packed: Any, transform: Any) -> Any:
-        return self._k.binary_conv2d(packed, self.packed, stride=self.stride, padding=self.padding,
-                                     pad_value=self.pad_value, transform=transform, groups=self.groups)
+    def _conv(self, packed: Any, transform: Any, padding: tuple[int, int] | None = None) -> Any:
+        """The engine convolution with this layer's geometry, bound once per transform."""
+        pad = self.padding if padding is None else padding
+        key = ("prepared", id(transform), pad)
+        entry = self._cache.get(key)
+        if entry is None or entry[0] is not transform:
+            entry = (transform, self._k.PreparedConv2d(
+                self.packed, stride=self.stride, padding=pad, pad_value=self.pad_value, transform=transform,
+                groups=self.groups))  # fmt: skip
+            self._cache[key] = entry
+        return entry[1](packed)
 
     def forward(self, x: Tensor) -> Tensor:
         kinds = self._k
@@ -239,8 +247,7 @@ class PackedBinary(_PackedBase):
             y = kinds.binary_linear(packed, self.packed, transform=transform)
         else:
             pad = (0, 0) if self.padding_mode != "zeros" else self.padding
-            y = kinds.binary_conv2d(packed, self.packed, stride=self.stride, padding=pad,
-                                    pad_value=self.pad_value, transform=transform, groups=self.groups)
+            y = self._conv(packed, transform, pad)
         if self.kind == "conv1d":
             y = y.squeeze(2)
         if not fused:
