@@ -10,8 +10,8 @@ once).  Reports medians over repeats: latency, speedup vs torch, G binary-MAC/s,
 of the register-only xor+popcount peak of the same path (``_engine.popcount_peak``) measured in
 the same run (peak x threads for multi-threaded rows). Then the multi-thread speedup of each 3x3
 layer with 1- and 2-thread calls alternated (the ratio free of the machine's drift) beside the
-same ratio for the register-only probe (the hardware's ceiling), the cost of packing float
-activations, and the fixed cost of one call.
+same ratio for the register-only probe in the same blocks (the ceiling the hardware allowed), the
+cost of packing float activations, and the fixed cost of one call.
 
     .venv/bin/python benchmarks/kernels.py            # full table (a few minutes)
     .venv/bin/python benchmarks/kernels.py --quick    # fewer repeats
@@ -149,16 +149,6 @@ def main() -> None:
     K.set_kernel(None)
 
 
-def steal_ticks() -> int | None:
-    """CPU time the hypervisor gave to other guests (Linux /proc/stat 'steal', in clock ticks)."""
-    try:
-        with open("/proc/stat") as f:
-            fields = f.readline().split()
-        return int(fields[8])
-    except (OSError, IndexError, ValueError):
-        return None
-
-
 def per_call_samples(fn, n: int) -> list[float]:
     samples = []
     for _ in range(n):
@@ -169,39 +159,34 @@ def per_call_samples(fn, n: int) -> list[float]:
 
 
 def scaling_table(kernels: list[str], repeats: int, threads: int) -> None:
-    """Multi-thread speedup of each 3x3 layer, measured side by side: blocks of 10 calls on 1 and
-    on `threads` threads alternate, so the drift of a shared machine's speed does not enter the
-    ratio, and each column is the median latency of single calls, so a call that finds a vCPU
-    taken by the hypervisor (which stalls the whole parallel call) is an outlier, not a shift of
-    the statistic.  The first row is the hardware's own ceiling: the register-only probe on 1 and
-    on `threads` concurrent threads, alternated the same way."""
-    import threading
+    """Multi-thread speedup of each 3x3 layer, where its time goes, and the hardware's own speedup.
+
+    Per row, blocks alternate: 10 calls of the layer on 1 thread, 10 on `threads` threads, one
+    profiled call on each (``_engine.set_region_profiling``), then the register-only probe
+    (``popcount_peak``) on 1 thread and on `threads` threads of the same team.  The drift of a
+    shared machine's speed between blocks then enters no ratio; each latency is the median of
+    single calls (a call that finds the second vCPU taken stalls as a whole: an outlier, not a
+    shift of the statistic).  The columns split the multi-thread call into
+      * the probe's speedup in the same seconds: a register-only loop with no memory traffic, no
+        synchronisation and no serial part (the most the cores gave any code);
+      * busy: the threads' time inside work items as a share of threads x the parallel region
+        (100%: perfect balance, no waiting);
+      * work x: the threads' total time inside work items over the single thread's (1.00: the
+        items ran as fast on each core as on one alone; more: the cores slowed each other);
+      * outside: the call's time outside the parallel region (Python, allocation, dispatch).
+    """
+    from onebit import _engine
 
     torch.set_num_threads(threads)  # torch's OpenMP team (which the engine uses) at full size
-    steal0, t_start = steal_ticks(), time.perf_counter()
     print()
-    print(f"| {threads} threads vs 1, median single call, blocks alternated | kernel | 1 thread ms | "
-          f"{threads} threads ms | speedup |")
-    print("|---|---|---|---|---|")
+    print(f"| {threads} threads vs 1 (median single call, blocks alternated) | kernel | 1 thread ms | "
+          f"{threads} threads ms | speedup | probe speedup, same blocks | busy | work x | "
+          "outside region µs (1 / 2 thr) |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    probe_iters = {}  # ~1 ms per probe thread
     for kern in kernels:
-        iters = 4_000_000
-
-        def probe(n: int, kern: str = kern) -> float:
-            workers = [threading.Thread(target=K.popcount_peak, args=(kern, iters)) for _ in range(n)]
-            t0 = time.perf_counter()
-            for w in workers:
-                w.start()
-            for w in workers:
-                w.join()
-            return (time.perf_counter() - t0) / n  # time per thread's worth of work
-
-        pr: dict[int, list[float]] = {1: [], threads: []}
-        for _ in range(3 * repeats):
-            for t in (1, threads):
-                pr[t].append(probe(t))
-        p1, pn = statistics.median(pr[1]), statistics.median(pr[threads])
-        print(f"| register-only probe (ceiling) | {kern} | {p1 * 1e3:.3f} | {pn * 1e3:.3f} | {p1 / pn:.2f}x |",
-              flush=True)
+        t_million = timeit(lambda kern=kern: K.popcount_peak(kern, 1_000_000), 3, min_time=0.01)
+        probe_iters[kern] = max(1000, int(1e6 * 1e-3 / t_million))
     for name, (cin, h, w), cout, k, s, p in CONV_LAYERS:
         if k != 3:
             continue
@@ -210,25 +195,35 @@ def scaling_table(kernels: list[str], repeats: int, threads: int) -> None:
         layer = K.PreparedConv2d(wp, stride=s, padding=p, pad_value=0, transform=tr)
         for kern in kernels:
             K.set_kernel(kern)
-            samples: dict[int, list[float]] = {1: [], threads: []}
-            layer(xp)
-            blocks = max(repeats, int(0.05 / max(timeit(lambda: layer(xp), 1, min_time=0.005), 1e-6) / 10))
-            for _ in range(min(blocks, 40)):
-                for t in (1, threads):
+            ts = (1, threads)
+            calls: dict[int, list[float]] = {t: [] for t in ts}
+            probe: dict[int, list[float]] = {t: [] for t in ts}
+            wall: dict[int, list[float]] = {t: [] for t in ts}
+            busy: dict[int, list[float]] = {t: [] for t in ts}
+            one_call = timeit(lambda: layer(xp), 1, min_time=0.005)
+            blocks = min(60, max(4 * repeats, int(0.1 / (10 * one_call))))
+            for _ in range(blocks):
+                for t in ts:
                     K.set_num_threads(t)
-                    samples[t].extend(per_call_samples(lambda: layer(xp), 10))
-            t1, tn = statistics.median(samples[1]), statistics.median(samples[threads])
-            print(f"| {name} | {kern} | {t1 * 1e3:.3f} | {tn * 1e3:.3f} | {t1 / tn:.2f}x |", flush=True)
+                    calls[t].extend(per_call_samples(lambda: layer(xp), 10))
+                    _engine.set_region_profiling(True)
+                    layer(xp)
+                    _engine.set_region_profiling(False)
+                    region, per_thread = _engine.last_region_profile()
+                    wall[t].append(region)
+                    busy[t].append(sum(per_thread))
+                for t in ts:
+                    probe[t].append(K.popcount_peak(kern, probe_iters[kern], threads=t))
+            med = {name: {t: statistics.median(v[t]) for t in ts} for name, v in
+                   (("calls", calls), ("probe", probe), ("wall", wall), ("busy", busy))}  # fmt: skip
+            t1, tn = med["calls"][1], med["calls"][threads]
+            print(f"| {name} | {kern} | {t1 * 1e3:.3f} | {tn * 1e3:.3f} | {t1 / tn:.2f}x | "
+                  f"{med['probe'][threads] / med['probe'][1]:.2f}x | "
+                  f"{med['busy'][threads] / (threads * med['wall'][threads]):.0%} | "
+                  f"{med['busy'][threads] / med['busy'][1]:.2f} | "
+                  f"{(t1 - med['wall'][1]) * 1e6:.1f} / {(tn - med['wall'][threads]) * 1e6:.1f} |", flush=True)
     K.set_kernel(None)
     K.set_num_threads(1)
-    steal1 = steal_ticks()
-    if steal0 is not None and steal1 is not None:
-        import os
-
-        hz = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-        wall = time.perf_counter() - t_start
-        print(f"\n# hypervisor steal during this table: {(steal1 - steal0) / hz:.2f} s of CPU time "
-              f"over {wall:.1f} s of wall time ({os.cpu_count()} vCPUs)")
 
 
 if __name__ == "__main__":

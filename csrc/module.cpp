@@ -7,7 +7,9 @@
 #include <nanobind/stl/optional.h>
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/unique_ptr.h>
+#include <nanobind/stl/vector.h>
 
+#include <chrono>
 #include <cmath>
 #include <memory>
 #include <optional>
@@ -264,11 +266,26 @@ void depthwise_conv2d(uintptr_t x, int64_t N, int64_t H, int64_t W, const onebit
   onebit::depthwise_conv2d(w, t, call);
 }
 
-double popcount_peak(int isa, int64_t iterations) {
+double popcount_peak(int isa, int64_t iterations, int num_threads) {
   if (iterations < 1) fail("popcount_peak: iterations must be >= 1");
+  if (num_threads < 1) fail("popcount_peak: num_threads must be >= 1");
   const onebit::Isa& k = onebit::get_isa(isa);
   nb::gil_scoped_release nogil;
-  return k.peak(iterations);
+  if (num_threads == 1) return k.peak(iterations);
+  // The same loop on every thread of the engine's team at once: the aggregate rate the hardware
+  // gives that many threads (the ceiling of the kernels' multi-thread scaling).
+  using clock = std::chrono::steady_clock;
+  std::vector<double> ops(static_cast<size_t>(num_threads), 0.0);
+  const auto t0 = clock::now();
+  onebit::parallel_for(num_threads, num_threads, [&](int64_t i) {
+    const auto s = clock::now();
+    const double rate = k.peak(iterations);
+    ops[static_cast<size_t>(i)] = rate * std::chrono::duration<double>(clock::now() - s).count();
+  });
+  const double wall = std::chrono::duration<double>(clock::now() - t0).count();
+  double total = 0;
+  for (double o : ops) total += o;
+  return total / wall;
 }
 
 }  // namespace
@@ -315,7 +332,18 @@ NB_MODULE(_engine, mod) {
       .def_ro("kw", &onebit::DepthwiseWeights::kw);
   mod.def("depthwise_conv2d", &depthwise_conv2d, "x_addr"_a, "N"_a, "H"_a, "W"_a, "weights"_a, "transform"_a,
           "sh"_a, "sw"_a, "ph"_a, "pw"_a, "pad_value"_a, "out_addr"_a, "kernel_id"_a, "num_threads"_a);
-  mod.def("popcount_peak", &popcount_peak, "kernel_id"_a, "iterations"_a,
-          "Register-only xor+popcount+accumulate loop of one kernel path on the calling thread; "
-          "returns binary ops (bits) per second.");
+  mod.def("set_region_profiling", &onebit::set_region_profiling, "on"_a,
+          "Record the time of each parallel region of the kernels (diagnostics; off by default).");
+  mod.def(
+      "last_region_profile",
+      [] {
+        const onebit::RegionProfile p = onebit::last_region_profile();
+        return nb::make_tuple(p.wall, p.busy);
+      },
+      "(wall seconds, [seconds each thread spent in work items]) of the last parallel region "
+      "recorded while profiling was on.");
+  mod.def("popcount_peak", &popcount_peak, "kernel_id"_a, "iterations"_a, "num_threads"_a = 1,
+          "Register-only xor+popcount+accumulate loop of one kernel path, on the calling thread or "
+          "concurrently on num_threads threads of the engine's team; returns binary ops (bits) per "
+          "second, all threads together.");
 }

@@ -275,6 +275,23 @@ void parallel_for(int num_threads, int64_t n_items, const std::function<void(int
   pool().run(num_threads, n_items, fn);
 }
 
+namespace {
+
+using Clock = std::chrono::steady_clock;
+double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
+
+std::atomic<bool> profiling_on{false};
+std::mutex profile_mutex;
+RegionProfile last_profile;
+
+void record_region(double wall, const double* busy, int threads) {
+  std::lock_guard<std::mutex> lk(profile_mutex);
+  last_profile.wall = wall;
+  last_profile.busy.assign(busy, busy + threads);
+}
+
+}  // namespace
+
 void parallel_ranges(int num_threads, int64_t n_items, int64_t grain,
                      const std::function<void(int64_t, int64_t)>& fn) {
   if (n_items <= 0) return;
@@ -282,7 +299,14 @@ void parallel_ranges(int num_threads, int64_t n_items, int64_t grain,
   const int64_t units = (n_items + grain - 1) / grain;
   const int threads = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(num_threads, units)));
   if (threads == 1) {
+    if (!profiling_on.load(std::memory_order_relaxed)) {
+      fn(0, n_items);
+      return;
+    }
+    const auto t0 = Clock::now();
     fn(0, n_items);
+    const double t = seconds_since(t0);
+    record_region(t, &t, 1);
     return;
   }
   // Each slot owns a contiguous segment of the units and works it front to back, one unit per
@@ -296,17 +320,34 @@ void parallel_ranges(int num_threads, int64_t n_items, int64_t grain,
     seg[t].next.store(units * t / threads, std::memory_order_relaxed);
     seg[t].end = units * (t + 1) / threads;
   }
+  const bool profiling = profiling_on.load(std::memory_order_relaxed);
+  std::unique_ptr<double[]> busy(new double[threads]());
+  const auto region_start = Clock::now();
   parallel_for(threads, threads, [&](int64_t slot) {
     for (int k = 0; k < threads; ++k) {
       Segment& s = seg[(slot + k) % threads];
       for (;;) {
         const int64_t u = s.next.fetch_add(1, std::memory_order_relaxed);
         if (u >= s.end) break;
+        if (!profiling) {
+          fn(u * grain, std::min(n_items, (u + 1) * grain));
+          continue;
+        }
+        const auto t0 = Clock::now();
         fn(u * grain, std::min(n_items, (u + 1) * grain));
+        busy[slot] += seconds_since(t0);
       }
     }
   });
+  if (profiling) record_region(seconds_since(region_start), busy.get(), threads);
 }
+
+RegionProfile last_region_profile() {
+  std::lock_guard<std::mutex> lk(profile_mutex);
+  return last_profile;
+}
+
+void set_region_profiling(bool on) { profiling_on.store(on, std::memory_order_relaxed); }
 
 std::string set_thread_backend(const std::string& name) {
   std::lock_guard<std::mutex> lk(backend_mutex);

@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <functional>
 #include <string>
+#include <vector>
 
 namespace onebit {
 
@@ -20,6 +21,16 @@ void parallel_for(int num_threads, int64_t n_items, const std::function<void(int
 // thread) and the last are short (the threads finish together).
 void parallel_ranges(int num_threads, int64_t n_items, int64_t grain,
                      const std::function<void(int64_t, int64_t)>& fn);
+
+// Where the time of the last parallel_ranges call went, recorded while profiling is on (a
+// benchmark's diagnostic; off by default, when it costs one relaxed load per call): the region's
+// wall time (hand-out to join) and each thread's time inside fn.
+struct RegionProfile {
+  double wall = 0;
+  std::vector<double> busy;
+};
+void set_region_profiling(bool on);
+RegionProfile last_region_profile();
 
 enum ThreadBackend : int { kThreadsOwn = 0, kThreadsOpenMP = 1 };
 

@@ -436,6 +436,9 @@ def test_kernel_selection(monkeypatch):
 
 def test_popcount_peak_positive(kernel):
     assert K.popcount_peak(kernel, iterations=10_000) > 0
+    assert K.popcount_peak(kernel, iterations=10_000, threads=2) > 0
+    with pytest.raises(ValueError, match="threads must be an int >= 1"):
+        K.popcount_peak(kernel, threads=0)
 
 
 # ------------------------------------------------------------------------------------------
