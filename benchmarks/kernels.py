@@ -173,7 +173,8 @@ def scaling_table(kernels: list[str], repeats: int, threads: int) -> None:
         (100%: perfect balance, no waiting);
       * work x: the threads' total time inside work items over the single thread's (1.00: the
         items ran as fast on each core as on one alone; more: the cores slowed each other);
-      * outside: the call's time outside the parallel region (Python, allocation, dispatch).
+      * outside: the profiled call's time outside its parallel region (Python, allocation,
+        dispatch), median.
     """
     from onebit import _engine
 
@@ -200,6 +201,7 @@ def scaling_table(kernels: list[str], repeats: int, threads: int) -> None:
             probe: dict[int, list[float]] = {t: [] for t in ts}
             wall: dict[int, list[float]] = {t: [] for t in ts}
             busy: dict[int, list[float]] = {t: [] for t in ts}
+            outside: dict[int, list[float]] = {t: [] for t in ts}
             one_call = timeit(lambda: layer(xp), 1, min_time=0.005)
             blocks = min(60, max(4 * repeats, int(0.1 / (10 * one_call))))
             for _ in range(blocks):
@@ -207,21 +209,24 @@ def scaling_table(kernels: list[str], repeats: int, threads: int) -> None:
                     K.set_num_threads(t)
                     calls[t].extend(per_call_samples(lambda: layer(xp), 10))
                     _engine.set_region_profiling(True)
+                    t0 = time.perf_counter()
                     layer(xp)
+                    call = time.perf_counter() - t0
                     _engine.set_region_profiling(False)
                     region, per_thread = _engine.last_region_profile()
                     wall[t].append(region)
                     busy[t].append(sum(per_thread))
+                    outside[t].append(call - region)
                 for t in ts:
                     probe[t].append(K.popcount_peak(kern, probe_iters[kern], threads=t))
             med = {name: {t: statistics.median(v[t]) for t in ts} for name, v in
-                   (("calls", calls), ("probe", probe), ("wall", wall), ("busy", busy))}  # fmt: skip
+                   (("calls", calls), ("probe", probe), ("wall", wall), ("busy", busy), ("outside", outside))}  # fmt: skip
             t1, tn = med["calls"][1], med["calls"][threads]
             print(f"| {name} | {kern} | {t1 * 1e3:.3f} | {tn * 1e3:.3f} | {t1 / tn:.2f}x | "
                   f"{med['probe'][threads] / med['probe'][1]:.2f}x | "
                   f"{med['busy'][threads] / (threads * med['wall'][threads]):.0%} | "
                   f"{med['busy'][threads] / med['busy'][1]:.2f} | "
-                  f"{(t1 - med['wall'][1]) * 1e6:.1f} / {(tn - med['wall'][threads]) * 1e6:.1f} |", flush=True)
+                  f"{med['outside'][1] * 1e6:.1f} / {med['outside'][threads] * 1e6:.1f} |", flush=True)
     K.set_kernel(None)
     K.set_num_threads(1)
 

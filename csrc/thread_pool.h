@@ -15,10 +15,11 @@ namespace onebit {
 // several Python threads are serialized.  fn must not throw.
 void parallel_for(int num_threads, int64_t n_items, const std::function<void(int64_t)>& fn);
 
-// Runs fn(begin, end) over [0, n_items) in ranges that are multiples of `grain` items (the last
-// one may be shorter), handed out with guided scheduling: each grab takes about 1/(2 * threads)
-// of what is left, so the first ranges are long (few atomic hand-outs, contiguous output per
-// thread) and the last are short (the threads finish together).
+// Runs fn(begin, end) over [0, n_items) in units of `grain` items (the last may be shorter).
+// Each thread owns a contiguous segment of the units (usually the same one on every call: the
+// calling thread arrives first and takes the first) and takes them one at a time; a thread whose
+// segment is done takes the rest of another's, so the threads finish together and a thread that
+// starts late (a vCPU busy elsewhere) only means the others take its share.
 void parallel_ranges(int num_threads, int64_t n_items, int64_t grain,
                      const std::function<void(int64_t, int64_t)>& fn);
 
