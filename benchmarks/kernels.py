@@ -213,7 +213,7 @@ def scaling_table(kernels: list[str], repeats: int, threads: int) -> None:
                     layer(xp)
                     call = time.perf_counter() - t0
                     _engine.set_region_profiling(False)
-                    region, per_thread = _engine.last_region_profile()
+                    region, per_thread, _, _ = _engine.last_region_profile()
                     wall[t].append(region)
                     busy[t].append(sum(per_thread))
                     outside[t].append(call - region)

@@ -338,10 +338,11 @@ NB_MODULE(_engine, mod) {
       "last_region_profile",
       [] {
         const onebit::RegionProfile p = onebit::last_region_profile();
-        return nb::make_tuple(p.wall, p.busy);
+        return nb::make_tuple(p.wall, p.busy, p.start, p.end);
       },
-      "(wall seconds, [seconds each thread spent in work items]) of the last parallel region "
-      "recorded while profiling was on.");
+      "(wall, [busy], [start], [end]) of the last parallel region recorded while profiling was on, "
+      "in seconds: the region's wall time, each thread's time inside work items, and when each "
+      "thread started and finished its share (from the region's start).");
   mod.def("popcount_peak", &popcount_peak, "kernel_id"_a, "iterations"_a, "num_threads"_a = 1,
           "Register-only xor+popcount+accumulate loop of one kernel path, on the calling thread or "
           "concurrently on num_threads threads of the engine's team; returns binary ops (bits) per "

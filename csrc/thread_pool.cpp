@@ -284,10 +284,18 @@ std::atomic<bool> profiling_on{false};
 std::mutex profile_mutex;
 RegionProfile last_profile;
 
-void record_region(double wall, const double* busy, int threads) {
+// times: busy[threads], then (multi-threaded regions) start[threads] and end[threads].
+void record_region(double wall, const double* times, int threads) {
   std::lock_guard<std::mutex> lk(profile_mutex);
   last_profile.wall = wall;
-  last_profile.busy.assign(busy, busy + threads);
+  last_profile.busy.assign(times, times + threads);
+  if (threads > 1) {
+    last_profile.start.assign(times + threads, times + 2 * threads);
+    last_profile.end.assign(times + 2 * threads, times + 3 * threads);
+  } else {
+    last_profile.start.assign(1, 0.0);
+    last_profile.end.assign(1, wall);
+  }
 }
 
 }  // namespace
@@ -321,9 +329,10 @@ void parallel_ranges(int num_threads, int64_t n_items, int64_t grain,
     seg[t].end = units * (t + 1) / threads;
   }
   const bool profiling = profiling_on.load(std::memory_order_relaxed);
-  std::unique_ptr<double[]> busy(new double[threads]());
+  std::unique_ptr<double[]> busy(new double[3 * threads]());  // busy, first start, last end
   const auto region_start = Clock::now();
   parallel_for(threads, threads, [&](int64_t slot) {
+    if (profiling) busy[threads + slot] = seconds_since(region_start);
     for (int k = 0; k < threads; ++k) {
       Segment& s = seg[(slot + k) % threads];
       for (;;) {
@@ -338,6 +347,7 @@ void parallel_ranges(int num_threads, int64_t n_items, int64_t grain,
         busy[slot] += seconds_since(t0);
       }
     }
+    if (profiling) busy[2 * threads + slot] = seconds_since(region_start);
   });
   if (profiling) record_region(seconds_since(region_start), busy.get(), threads);
 }

@@ -25,10 +25,11 @@ void parallel_ranges(int num_threads, int64_t n_items, int64_t grain,
 
 // Where the time of the last parallel_ranges call went, recorded while profiling is on (a
 // benchmark's diagnostic; off by default, when it costs one relaxed load per call): the region's
-// wall time (hand-out to join) and each thread's time inside fn.
+// wall time (hand-out to join), each thread's time inside fn, and when each thread started and
+// finished its share, in seconds from the region's start.
 struct RegionProfile {
   double wall = 0;
-  std::vector<double> busy;
+  std::vector<double> busy, start, end;
 };
 void set_region_profiling(bool on);
 RegionProfile last_region_profile();
