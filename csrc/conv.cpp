@@ -129,6 +129,7 @@ void conv2d(const Weights& w, const Transform& t, const ConvCall& call) {
     c.sign_hi = intervals->hi.data();
   }
   c.out_f = t.bits ? nullptr : static_cast<float*>(call.out);
+  c.residual = t.bits ? nullptr : call.residual;
   c.out_bits = t.bits ? static_cast<uint64_t*>(call.out) : nullptr;
 
   // What a padded input position reads: +1 and 0 padding read +1 (all-zero words); -1 padding

@@ -36,6 +36,7 @@ struct ConvCtx {
   const int32_t* sign_lo = nullptr;  // (cpad) integer form of the transform, or nullptr
   const int32_t* sign_hi = nullptr;  //   (bits output, one plane): bit = lo <= D <= hi
   float* out_f = nullptr;         // (N, OH, OW, cout)
+  const float* residual = nullptr;  // (N, OH, OW, cout) added to y before PReLU / clamp, or nullptr
   uint64_t* out_bits = nullptr;   // (N, OH, OW, KWo)
 };
 
@@ -259,13 +260,19 @@ ONEBIT_INLINE void conv_item(const ConvCtx& c, int64_t item) {
       }
     }
 
-    // Fused output transform: y = scale*acc + bias -> PReLU -> clamp -> float or sign bits.
-    // (sign_intervals in conv.cpp evaluates exactly these operations, in this order.)
+    // Fused output transform: y = scale*acc + bias (+ residual) -> PReLU -> clamp -> float or
+    // sign bits.  (sign_intervals in conv.cpp evaluates exactly these operations, in this order,
+    // for the bits output, which has no residual.)
     const float* scale = c.scale + o0;
     const float* bias = c.bias + o0;
     for (int p = 0; p < npix; ++p) {
       float* y = acc + p * kBlock;
+      const int64_t pix = (n * c.OH + oh) * c.OW + ow0 + p;
       for (int q = 0; q < kBlock; ++q) y[q] = y[q] * scale[q] + bias[q];
+      if (c.residual) {
+        const float* r = c.residual + pix * c.cout + o0;
+        for (int q = 0; q < nc; ++q) y[q] = y[q] + r[q];
+      }
       if (c.prelu) {
         const float* s = c.prelu + o0;
         for (int q = 0; q < kBlock; ++q) y[q] = y[q] < 0.0f ? y[q] * s[q] : y[q];
@@ -274,7 +281,6 @@ ONEBIT_INLINE void conv_item(const ConvCtx& c, int64_t item) {
         float v = y[q] < c.cmin ? c.cmin : y[q];
         y[q] = v > c.cmax ? c.cmax : v;
       }
-      const int64_t pix = (n * c.OH + oh) * c.OW + ow0 + p;
       if (c.out_f) {
         std::memcpy(c.out_f + pix * c.cout + o0, y, sizeof(float) * nc);
       } else {

@@ -81,6 +81,9 @@ struct ConvCall {
   int64_t N = 0, H = 0, W = 0;
   int sh = 1, sw = 1, ph = 0, pw = 0, pad_value = 0;
   void* out = nullptr;          // float (N, OH, OW, cout) or words (N, OH, OW, ceil(cout/64))
+  // Float output only (conv2d, groups 1): a tensor of the output's shape added after the scale and
+  // bias, before PReLU and clamp (a ResNet block's shortcut and its activation, fused), or nullptr.
+  const float* residual = nullptr;
   int isa = 0;
   int num_threads = 1;
 };

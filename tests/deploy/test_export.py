@@ -122,7 +122,7 @@ def chain_net():
 def test_execution_plan_chains_bits_exactly(kernel, method, monkeypatch, tmp_path):
     """The plan forward() runs (bits handed from binary layer to binary layer, in-place adds and
     clamps) computes exactly what the exported graph computes, and never reaches the file."""
-    from onebit.deploy.export import _ChainedBinary
+    from onebit.deploy.export import _ChainedBinary, _ResidualBinary
 
     monkeypatch.setenv("ONEBIT_KERNEL", kernel)
     torch.manual_seed(12)
@@ -133,12 +133,48 @@ def test_execution_plan_chains_bits_exactly(kernel, method, monkeypatch, tmp_pat
     if method != "xnor":  # XNOR-Net scales its input by mean|x|: it needs the floats, no chain
         assert sum(m._consumer[0] is not None for m in chained) >= 2
         assert sum(m.bits_in for m in chained) >= 2
+        assert any(isinstance(m, _ResidualBinary) for m in plan.modules())  # Residual's add + Hardtanh
     with torch.no_grad():
         assert torch.equal(packed(x), packed.net(x.contiguous(memory_format=torch.channels_last)))
     assert not any("_onebit_plan" in k for k in packed.state_dict())
     path = tmp_path / "chain.onebit"
     save(packed, path)
     assert torch.equal(load(path)(x), packed(x))
+
+
+class ResidualVariants(nn.Module):
+    """Binary conv + BN followed by additions the engine can fuse (a channels_last shortcut, with
+    and without an activation after it) and ones it must leave to torch (an NCHW shortcut, a
+    broadcast per-channel tensor)."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.convs = nn.ModuleList(nn.Conv2d(c, c, 3, padding=1, bias=False) for _ in range(4))
+        self.bns = nn.ModuleList(nn.BatchNorm2d(c) for _ in range(4))
+        self.offset = nn.Parameter(torch.randn(1, c, 1, 1))
+        self.act, self.act6 = nn.Hardtanh(), nn.ReLU6()
+
+    def forward(self, x):
+        x = self.act(self.bns[0](self.convs[0](x)) + x)  # fused with its Hardtanh
+        x = self.bns[1](self.convs[1](x)) + x  # fused, no activation
+        x = self.act6(self.bns[2](self.convs[2](x)) + x.contiguous())  # NCHW shortcut: torch adds
+        return self.act(self.bns[3](self.convs[3](x)) + self.offset)  # broadcast: torch adds
+
+
+@pytest.mark.parametrize("kernel", PATHS)
+def test_execution_plan_fuses_residual_additions_exactly(kernel, monkeypatch):
+    from onebit.deploy.export import _ResidualBinary
+
+    monkeypatch.setenv("ONEBIT_KERNEL", kernel)
+    torch.manual_seed(14)
+    x = torch.randn(2, 3, 9, 7)
+    model = nn.Sequential(nn.Conv2d(3, 65, 3, padding=1), nn.BatchNorm2d(65), nn.Hardtanh(),
+                          ResidualVariants(65), nn.Flatten(), nn.LazyLinear(10))
+    packed = _check(model, x, "bireal")
+    fused = [m for m in packed.execution_plan().modules() if isinstance(m, _ResidualBinary)]
+    assert len(fused) == 4 and sum(m.clamp is not None for m in fused) == 3
+    with torch.no_grad():
+        assert torch.equal(packed(x), packed.net(x.contiguous(memory_format=torch.channels_last)))
 
 
 def test_execution_plan_follows_net_changes():

@@ -312,6 +312,47 @@ def test_prepared_conv_matches_binary_conv2d(kernel, pad_value):
         assert torch.equal(y.data if output == "bits" else y, y_fn.data if output == "bits" else y_fn)
 
 
+@pytest.mark.parametrize("cout", [5, 33, 64, 70])
+@pytest.mark.parametrize("tkind", [1, 2, 3])
+def test_conv_residual_matches_reference(kernel, cout, tkind):
+    """The residual is added after scale and bias, before PReLU and clamp: the same float32
+    operations as the unfused engine output + residual, then the activation."""
+    g = torch.Generator().manual_seed(cout * 10 + tkind)
+    x = _signs(2, 65, 7, 9, gen=g)
+    wt = _signs(cout, 65, 3, 3, gen=g)
+    tr = _transform(tkind, cout, g, "float")
+    for stride, pad_value in ((1, 0), (2, -1)):
+        kw = dict(stride=stride, padding=1, pad_value=pad_value, transform=tr)
+        oh, ow = (7 + 2 - 3) // stride + 1, (9 + 2 - 3) // stride + 1
+        r = (torch.randn(2, cout, oh, ow, generator=g) * 3).contiguous(memory_format=torch.channels_last)
+        y = K.binary_conv2d(K.pack_activations(x), K.pack_weights(wt), residual=r, **kw)
+        ref = K.reference_binary_conv2d(x, wt, residual=r, **kw)
+        torch.testing.assert_close(y, ref, rtol=1e-6, atol=1e-5)
+        if tkind == 1:  # no activation: exactly the unfused sum
+            y0 = K.binary_conv2d(K.pack_activations(x), K.pack_weights(wt), **kw)
+            assert torch.equal(y, y0 + r)
+
+
+def test_conv_residual_bad_inputs_raise_clear_errors():
+    g = torch.Generator().manual_seed(2)
+    xp, wp = K.pack_activations(_signs(1, 64, 5, 5, gen=g)), K.pack_weights(_signs(8, 64, 3, 3, gen=g))
+    good = torch.zeros(1, 8, 5, 5).contiguous(memory_format=torch.channels_last)
+    layer = K.PreparedConv2d(wp, padding=1)
+    assert torch.equal(layer(xp, residual=good), layer(xp))
+    with pytest.raises(ValueError, match="residual of shape \\(1, 8, 3, 3\\), the output is \\(1, 8, 5, 5\\)"):
+        layer(xp, residual=torch.zeros(1, 8, 3, 3).contiguous(memory_format=torch.channels_last))
+    with pytest.raises(ValueError, match="channels_last"):
+        layer(xp, residual=torch.zeros(1, 8, 5, 5))
+    with pytest.raises(TypeError, match="float32 CPU tensor, got torch.float64"):
+        layer(xp, residual=good.double())
+    with pytest.raises(ValueError, match="needs float output"):
+        K.PreparedConv2d(wp, padding=1, transform=K.OutputTransform(output="bits"))(xp, residual=good)
+    dw = K.pack_weights(_signs(64, 1, 3, 3, gen=g), groups=64)
+    with pytest.raises(NotImplementedError, match="depthwise"):
+        K.binary_conv2d(xp, dw, padding=1, groups=64,
+                        residual=torch.zeros(1, 64, 5, 5).contiguous(memory_format=torch.channels_last))
+
+
 def test_prepared_conv_checks_its_layer_once_and_its_input_per_call():
     wp = K.pack_weights(_signs(8, 65, 3, 3, gen=torch.Generator().manual_seed(1)))
     with pytest.raises(ValueError, match="stride must be >= 1"):

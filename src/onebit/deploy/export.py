@@ -222,6 +222,31 @@ class _ChainedBinary(nn.Module):
         return self.layer.forward_packed(x) if self.bits_in else self.layer(x)
 
 
+class _ResidualBinary(nn.Module):
+    """``act(layer(x) + residual)`` for a packed binary conv whose float output is read only by that
+    addition (``act``: the clamp of a Hardtanh/ReLU/ReLU6 after it, or none): one engine pass whose
+    epilogue adds the residual and clamps, with the float32 operations of the unfused graph. A
+    residual the engine cannot read in place (another dtype, layout or a broadcast shape) takes the
+    unfused path."""
+
+    def __init__(self, layer: nn.Module, bits_in: bool, clamp: tuple[float, float | None] | None) -> None:
+        super().__init__()
+        self.layer, self.bits_in, self.clamp = layer, bits_in, clamp
+
+    def forward(self, x: Any, residual: Any) -> Tensor:
+        layer = self.layer
+        if self.bits_in:
+            n, h, w = x.data.shape[:3]
+        else:
+            n, h, w = x.shape[0], x.shape[2], x.shape[3]
+        if (isinstance(residual, Tensor) and residual.dtype == torch.float32 and residual.is_cpu
+                and residual.shape == (n, layer.out_channels, *layer.output_hw(h, w))
+                and residual.is_contiguous(memory_format=torch.channels_last)):
+            return layer.forward_residual(x, residual, layer.residual_transform(self.clamp))
+        y = (layer.forward_packed(x) if self.bits_in else layer(x)) + residual
+        return y if self.clamp is None else y.clamp_(*self.clamp)
+
+
 def _add_(a: Tensor, b: Tensor) -> Tensor:
     """``a + b`` written into ``a`` (a temporary nobody else reads) when the result has a's shape."""
     if isinstance(a, Tensor) and isinstance(b, (Tensor, int, float)) and a.dtype.is_floating_point and (
@@ -247,6 +272,9 @@ def optimize_for_inference(gm: fx.GraphModule) -> fx.GraphModule:
       emits that consumer's input sign bits from its fused epilogue (bit = (y + t) < 0, the very
       float32 operations the consumer would apply to the float output), so the float tensor, its
       write-out and the consumer's packing pass disappear;
+    * a packed binary conv2d whose float output is read only by an addition ``y + r`` (a residual
+      block's shortcut), and that addition's Hardtanh/ReLU/ReLU6 if it is its only reader, run as one
+      engine pass: the epilogue adds ``r`` and clamps (the same float32 operations);
     * ``a + b`` and Hardtanh/ReLU/ReLU6 whose input is a temporary produced by a convolution,
       linear, BatchNorm, packed layer or addition and read by no one else run in place.
     """
@@ -292,14 +320,51 @@ def optimize_for_inference(gm: fx.GraphModule) -> fx.GraphModule:
             consumer = module(consumer_of[node]) if node in consumer_of else None
             node.target = install(_ChainedBinary(layer, consumer, node in bits_in))
 
-    # 2) in-place additions and clamps on temporaries
+    # 2) residual additions (and a clamp after them) fused into the packed conv before them
+    def clamp_of(node: fx.Node | None) -> tuple[float, float | None] | None:
+        m = module(node) if node is not None else None
+        if type(m) not in (nn.Hardtanh, nn.ReLU, nn.ReLU6) or len(node.args) != 1 or node.kwargs:
+            return None
+        if isinstance(m, nn.Hardtanh):
+            return float(m.min_val), float(m.max_val)
+        return 0.0, (6.0 if isinstance(m, nn.ReLU6) else None)
+
+    for node in list(graph.nodes):
+        if not (node.op == "call_function" and node.target in (operator.add, torch.add)
+                and len(node.args) == 2 and not node.kwargs):
+            continue
+        for conv, other in (node.args, node.args[::-1]):
+            m = module(conv) if isinstance(conv, fx.Node) else None
+            if isinstance(m, _ChainedBinary) and m._consumer[0] is None:
+                layer, bits = m.layer, m.bits_in
+            elif isinstance(m, PackedBinary):
+                layer, bits = m, False
+            else:
+                continue
+            if (conv is other or not isinstance(other, fx.Node) or sole_user(conv) is not node
+                    or len(conv.args) != 1 or conv.kwargs or layer.residual_transform(None) is None):
+                continue
+            act = sole_user(node)
+            clamp = clamp_of(act)
+            if clamp is not None and layer.residual_transform(clamp) is None:
+                clamp = None
+            last = act if clamp is not None else node
+            with graph.inserting_before(node):
+                fused = graph.call_module(install(_ResidualBinary(layer, bits, clamp)), (conv.args[0], other))
+            last.replace_all_uses_with(fused)
+            for dead in ((act, node, conv) if clamp is not None else (node, conv)):
+                graph.erase_node(dead)
+            break
+
+    # 3) in-place additions and clamps on temporaries
     def fresh(node: Any) -> bool:
         if not isinstance(node, fx.Node) or sole_user(node) is None:
             return False
         if node.op == "call_function" and node.target in (operator.add, torch.add, _add_):
             return True
         m = module(node)
-        return isinstance(m, _FRESH_MODULES) or (isinstance(m, PackedBinary) and m.kind != "linear") or (
+        return isinstance(m, (*_FRESH_MODULES, _ResidualBinary)) or (
+            isinstance(m, PackedBinary) and m.kind != "linear") or (
             isinstance(m, _ChainedBinary) and m._consumer[0] is None)
 
     for node in list(graph.nodes):

@@ -694,7 +694,7 @@ class _Bound:
         self._out_dtype = torch.int64 if self.bits else torch.float32
 
     def run(self, data: torch.Tensor, cin: int, stride: tuple[int, int], padding: tuple[int, int],
-            pad_value: int, fn: str) -> torch.Tensor:
+            pad_value: int, fn: str, residual: torch.Tensor | None = None) -> torch.Tensor:
         """Calls the engine on a (N, H, W, words) input; returns the NHWC output buffer."""
         if cin != self.in_channels:
             raise ValueError(f"{fn}: weights expect {self.in_channels} input channels, input has {cin}")
@@ -707,11 +707,32 @@ class _Bound:
         oh = (H + 2 * padding[0] - kh) // stride[0] + 1
         ow = (W + 2 * padding[1] - kw) // stride[1] + 1
         out = torch.empty(N, oh, ow, self._out_last, dtype=self._out_dtype)
+        if residual is None:
+            self._engine_fn(
+                data.data_ptr(), N, H, W, self._ew, self._te, stride[0], stride[1], padding[0], padding[1],
+                pad_value, out.data_ptr(), _kernel_id(), get_num_threads(),
+            )  # fmt: skip
+            return out
+        self._check_residual(residual, (N, self.out_channels, oh, ow), fn)
         self._engine_fn(
             data.data_ptr(), N, H, W, self._ew, self._te, stride[0], stride[1], padding[0], padding[1],
-            pad_value, out.data_ptr(), _kernel_id(), get_num_threads(),
+            pad_value, out.data_ptr(), _kernel_id(), get_num_threads(), residual.data_ptr(),
         )  # fmt: skip
         return out
+
+    def _check_residual(self, r: object, shape: tuple[int, int, int, int], fn: str) -> None:
+        if self.bits:
+            raise ValueError(f"{fn}: a residual needs float output (transform.output='float')")
+        if self._engine_fn is not _engine.conv2d:
+            raise NotImplementedError(f"{fn}: a residual is not implemented for depthwise convolutions")
+        if not isinstance(r, torch.Tensor) or r.dtype != torch.float32 or not r.is_cpu:
+            raise TypeError(f"{fn}: residual must be a float32 CPU tensor, got "
+                            f"{r.dtype if isinstance(r, torch.Tensor) else type(r).__name__}")  # fmt: skip
+        if tuple(r.shape) != shape:
+            raise ValueError(f"{fn}: residual of shape {tuple(r.shape)}, the output is {shape}")
+        if not r.is_contiguous(memory_format=torch.channels_last):
+            raise ValueError(f"{fn}: residual must be channels_last (NHWC) memory: "
+                             "r.contiguous(memory_format=torch.channels_last)")  # fmt: skip
 
 
 def _conv_geometry(w_packed: object, kernel_size, stride, padding, pad_value: int, dilation, groups: int,
@@ -778,11 +799,12 @@ class PreparedConv2d:
     def transform(self) -> OutputTransform:
         return self._bound.transform
 
-    def __call__(self, x: PackedActivations | torch.Tensor, in_channels: int | None = None):
+    def __call__(self, x: PackedActivations | torch.Tensor, in_channels: int | None = None,
+                 residual: torch.Tensor | None = None):
         fn = "binary_conv2d"
         data, cin = _packed_input(x, in_channels, 4, fn)
         b = self._bound
-        out = b.run(data, cin, self.stride, self.padding, self.pad_value, fn)
+        out = b.run(data, cin, self.stride, self.padding, self.pad_value, fn, residual)
         if b.bits:
             return PackedActivations._trusted(out, b.out_channels)
         return out.permute(0, 3, 1, 2)
@@ -800,6 +822,7 @@ def binary_conv2d(
     *,
     dilation: int | tuple[int, int] = 1,
     groups: int = 1,
+    residual: torch.Tensor | None = None,
 ) -> torch.Tensor | PackedActivations:
     """Binary (or multi-bit, see :func:`pack_weight_planes`) 2-D convolution on packed input.
 
@@ -811,13 +834,19 @@ def binary_conv2d(
     other group counts raise NotImplementedError.  A layer called many times can bind its
     arguments once with :class:`PreparedConv2d`.
 
+    ``residual`` (float output, groups 1): a float32 tensor of the output's shape ``(N, Cout, OH,
+    OW)`` in channels_last memory, added after the scale and bias and before PReLU and clamp, i.e.
+    ``clamp(prelu(scale * acc + bias + residual))``: a residual block's shortcut addition and its
+    activation fused into the convolution's epilogue (the same float32 operations as the unfused
+    ``y + residual`` and activation, so the same values).
+
     Returns float32 of logical shape ``(N, Cout, OH, OW)`` in **channels_last** memory format
     (a zero-copy view of the kernel's NHWC output; call ``.contiguous()`` for NCHW memory), or,
     when ``transform.output == 'bits'``, :class:`PackedActivations` ``(N, OH, OW, ceil(Cout/64))``.
     """
     prepared = PreparedConv2d(w_packed, stride=stride, padding=padding, pad_value=pad_value, transform=transform,
                               groups=groups, dilation=dilation, kernel_size=kernel_size)  # fmt: skip
-    return prepared(x, in_channels)
+    return prepared(x, in_channels, residual)
 
 
 def binary_linear(
@@ -851,7 +880,8 @@ def binary_linear(
 # --------------------------------------------------------------------------------------------
 
 
-def _reference_transform(acc_planes: list[torch.Tensor], mus: list[torch.Tensor], t: OutputTransform, shape):
+def _reference_transform(acc_planes: list[torch.Tensor], mus: list[torch.Tensor], t: OutputTransform, shape,
+                         residual: torch.Tensor | None = None):
     """Same float32 operation order as the engine's epilogue."""
     cout = acc_planes[0].shape[1]
     r = t.resolved(cout)
@@ -859,6 +889,8 @@ def _reference_transform(acc_planes: list[torch.Tensor], mus: list[torch.Tensor]
     for a, mu in zip(acc_planes, mus):
         acc = acc + mu.view(shape) * a.to(torch.float32)
     y = acc * r["scale"].view(shape) + r["bias"].view(shape)
+    if residual is not None:
+        y = y + residual.detach().cpu().to(torch.float32)
     if r["prelu"] is not None:
         y = torch.where(y < 0, y * r["prelu"].view(shape), y)
     y = torch.clamp(y, min=r["clamp_min"], max=r["clamp_max"])
@@ -897,6 +929,7 @@ def reference_binary_conv2d(
     masks: Sequence[torch.Tensor | None] | None = None,
     scales: Sequence[float | torch.Tensor] | None = None,
     groups: int = 1,
+    residual: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Slow oracle for :func:`binary_conv2d` on unpacked tensors (float64 ``F.conv2d``).
 
@@ -912,7 +945,7 @@ def reference_binary_conv2d(
     xs = F.pad(xs, (pw, pw, ph, ph), mode="constant", value=float(pad_value))
     ps, mus = _reference_planes(weight, masks, scales, xs.shape[1])
     accs = [F.conv2d(xs, p, stride=_pair(stride, "stride"), groups=groups) for p in ps]
-    return _reference_transform(accs, mus, transform or _IDENTITY, (1, -1, 1, 1))
+    return _reference_transform(accs, mus, transform or _IDENTITY, (1, -1, 1, 1), residual)
 
 
 def reference_binary_linear(

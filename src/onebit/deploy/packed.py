@@ -209,7 +209,8 @@ class PackedBinary(_PackedBase):
             x = x.unsqueeze(2)
         return self._k.pack_activations(x, self._tensors.get("threshold"))
 
-    def _conv(self, packed: Any, transform: Any, padding: tuple[int, int] | None = None) -> Any:
+    def _conv(self, packed: Any, transform: Any, padding: tuple[int, int] | None = None,
+              residual: Tensor | None = None) -> Any:
         """The engine convolution with this layer's geometry, bound once per transform."""
         pad = self.padding if padding is None else padding
         key = ("prepared", id(transform), pad)
@@ -219,7 +220,33 @@ class PackedBinary(_PackedBase):
                 self.packed, stride=self.stride, padding=pad, pad_value=self.pad_value, transform=transform,
                 groups=self.groups))  # fmt: skip
             self._cache[key] = entry
-        return entry[1](packed)
+        return entry[1](packed, residual=residual)
+
+    # -- a residual addition (and the activation after it) fused into the epilogue -----------------
+    def residual_transform(self, clamp: tuple[float, float | None] | None) -> Any:
+        """The epilogue of ``act(layer(x) + r)`` with ``act`` a clamp (or None): this layer's fused
+        float epilogue with the clamp after the engine's residual addition, or None where the layer's
+        own epilogue already ends in an activation (which must come before the addition) or cannot
+        take a residual (conv1d, linear, depthwise, non-zero padding modes, a run-time input scale)."""
+        key = ("residual", clamp)
+        if key not in self._cache:
+            t = self._transform()
+            ok = (self.kind == "conv2d" and self.groups == 1 and self.padding_mode == "zeros" and t is not None
+                  and t.prelu is None and t.clamp_min is None and t.clamp_max is None)
+            self._cache[key] = None if not ok else t if clamp is None else self._k.OutputTransform(
+                scale=t.scale, bias=t.bias, clamp_min=clamp[0], clamp_max=clamp[1])  # fmt: skip
+        return self._cache[key]
+
+    def output_hw(self, h: int, w: int) -> tuple[int, int]:
+        kh, kw = self.weight_shape[2], self.weight_shape[3]
+        return ((h + 2 * self.padding[0] - kh) // self.stride[0] + 1,
+                (w + 2 * self.padding[1] - kw) // self.stride[1] + 1)  # fmt: skip
+
+    def forward_residual(self, x: Tensor | Any, residual: Tensor, transform: Any) -> Tensor:
+        """``act(layer(x) + residual)`` in one engine pass (``transform`` from :meth:`residual_transform`);
+        ``x`` floats or this layer's packed input; ``residual`` float32, channels_last, output-shaped."""
+        packed = x if isinstance(x, self._k.PackedActivations) else self._pack_input(x)
+        return self._conv(packed, transform, residual=residual)
 
     def forward(self, x: Tensor) -> Tensor:
         kinds = self._k
