@@ -121,6 +121,17 @@ void conv2d(const Weights& w, const Transform& t, const ConvCall& call) {
   c.bias = t.bias.data();
   c.prelu = t.prelu.empty() ? nullptr : t.prelu.data();
   c.thr = t.thr.empty() ? nullptr : t.thr.data();
+  // Both outputs: the float output's threshold comes with the call, padded to the blocks.
+  std::vector<float> dual_thr;
+  if (!t.bits && call.out_bits) {
+    if (call.bits_threshold) {
+      dual_thr.assign(call.bits_threshold, call.bits_threshold + w.cout);
+      dual_thr.resize(static_cast<size_t>(w.cpad), 0.0f);
+      c.thr = dual_thr.data();
+    } else {
+      c.thr = nullptr;
+    }
+  }
   c.cmin = t.cmin;
   c.cmax = t.cmax;
   const std::shared_ptr<const SignIntervals> intervals = sign_intervals(w, t);
@@ -130,7 +141,7 @@ void conv2d(const Weights& w, const Transform& t, const ConvCall& call) {
   }
   c.out_f = t.bits ? nullptr : static_cast<float*>(call.out);
   c.residual = t.bits ? nullptr : call.residual;
-  c.out_bits = t.bits ? static_cast<uint64_t*>(call.out) : nullptr;
+  c.out_bits = t.bits ? static_cast<uint64_t*>(call.out) : call.out_bits;
 
   // What a padded input position reads: +1 and 0 padding read +1 (all-zero words); -1 padding
   // reads -1 in the valid channel bits.  0 padding is corrected per border pixel in conv_item.

@@ -31,13 +31,13 @@ struct ConvCtx {
   const float* scale = nullptr;   // (cpad)
   const float* bias = nullptr;    // (cpad)
   const float* prelu = nullptr;   // (cpad) or nullptr
-  const float* thr = nullptr;     // (cpad) or nullptr
+  const float* thr = nullptr;     // (cpad) or nullptr: bits = (y + thr) < 0
   float cmin = 0, cmax = 0;
   const int32_t* sign_lo = nullptr;  // (cpad) integer form of the transform, or nullptr
   const int32_t* sign_hi = nullptr;  //   (bits output, one plane): bit = lo <= D <= hi
   float* out_f = nullptr;         // (N, OH, OW, cout)
   const float* residual = nullptr;  // (N, OH, OW, cout) added to y before PReLU / clamp, or nullptr
-  uint64_t* out_bits = nullptr;   // (N, OH, OW, KWo)
+  uint64_t* out_bits = nullptr;   // (N, OH, OW, KWo); with out_f too: both outputs
 };
 
 #if defined(__GNUC__)
@@ -271,7 +271,11 @@ ONEBIT_INLINE void conv_item(const ConvCtx& c, int64_t item) {
       for (int q = 0; q < kBlock; ++q) y[q] = y[q] * scale[q] + bias[q];
       if (c.residual) {
         const float* r = c.residual + pix * c.cout + o0;
-        for (int q = 0; q < nc; ++q) y[q] = y[q] + r[q];
+        if (nc == kBlock) {  // (a fixed trip count: one vector loop, no remainder)
+          for (int q = 0; q < kBlock; ++q) y[q] = y[q] + r[q];
+        } else {
+          for (int q = 0; q < nc; ++q) y[q] = y[q] + r[q];
+        }
       }
       if (c.prelu) {
         const float* s = c.prelu + o0;
@@ -282,8 +286,11 @@ ONEBIT_INLINE void conv_item(const ConvCtx& c, int64_t item) {
         y[q] = v > c.cmax ? c.cmax : v;
       }
       if (c.out_f) {
-        std::memcpy(c.out_f + pix * c.cout + o0, y, sizeof(float) * nc);
-      } else {
+        // A fixed-size copy of a full block compiles to vector moves; a variable one is a call.
+        if (nc == kBlock) std::memcpy(c.out_f + pix * c.cout + o0, y, sizeof(float) * kBlock);
+        else std::memcpy(c.out_f + pix * c.cout + o0, y, sizeof(float) * nc);
+      }
+      if (c.out_bits) {
         if (c.thr) {
           const float* t = c.thr + o0;
           for (int q = 0; q < kBlock; ++q) y[q] = y[q] + t[q];

@@ -220,13 +220,14 @@ onebit::ConvCall checked_call(const std::string& op, uintptr_t x, int64_t N, int
 // caller (onebit.deploy.kernels) guarantees the buffers.
 void conv2d(uintptr_t x, int64_t N, int64_t H, int64_t W, const onebit::Weights& w, const onebit::Transform& t,
             int sh, int sw, int ph, int pw, int pad_value, uintptr_t out, int isa, int num_threads,
-            uintptr_t residual) {
+            uintptr_t residual, uintptr_t out_bits, uintptr_t bits_threshold) {
   onebit::ConvCall call =
       checked_call("conv2d", x, N, H, W, w.kh, w.kw, w.cout, t, sh, sw, ph, pw, pad_value, out, isa, num_threads);
-  if (residual) {
-    if (t.bits) fail("conv2d: a residual needs float output");
-    call.residual = reinterpret_cast<const float*>(residual);
-  }
+  if ((residual || out_bits) && t.bits) fail("conv2d: a residual or a second (bits) output needs float output");
+  if (bits_threshold && !out_bits) fail("conv2d: bits_threshold without a bits output");
+  call.residual = reinterpret_cast<const float*>(residual);
+  call.out_bits = reinterpret_cast<uint64_t*>(out_bits);
+  call.bits_threshold = reinterpret_cast<const float*>(bits_threshold);
   nb::gil_scoped_release nogil;
   onebit::conv2d(w, t, call);
 }
@@ -328,7 +329,7 @@ NB_MODULE(_engine, mod) {
       .def_ro("out_channels", &onebit::Transform::cout)
       .def_ro("bits", &onebit::Transform::bits);
   mod.def("conv2d", &conv2d, "x_addr"_a, "N"_a, "H"_a, "W"_a, "weights"_a, "transform"_a, "sh"_a, "sw"_a, "ph"_a,
-          "pw"_a, "pad_value"_a, "out_addr"_a, "kernel_id"_a, "num_threads"_a, "residual_addr"_a = 0);
+          "pw"_a, "pad_value"_a, "out_addr"_a, "kernel_id"_a, "num_threads"_a, "residual_addr"_a = 0, "out_bits_addr"_a = 0, "bits_threshold_addr"_a = 0);
   nb::class_<onebit::DepthwiseWeights>(mod, "DepthwiseWeights")
       .def(nb::new_(&make_depthwise_weights), "bits"_a, "masks"_a.none(), "scales"_a, "channels"_a, "kh"_a, "kw"_a)
       .def_ro("channels", &onebit::DepthwiseWeights::C)

@@ -84,6 +84,11 @@ struct ConvCall {
   // Float output only (conv2d, groups 1): a tensor of the output's shape added after the scale and
   // bias, before PReLU and clamp (a ResNet block's shortcut and its activation, fused), or nullptr.
   const float* residual = nullptr;
+  // Float output only (conv2d, groups 1): also write the next layer's input sign bits, bit =
+  // (y + threshold) < 0 of the final y, to words (N, OH, OW, ceil(cout/64)) (threshold (cout) or
+  // nullptr for 0), the packing the next binary layer would apply to the float output; or nullptr.
+  uint64_t* out_bits = nullptr;
+  const float* bits_threshold = nullptr;
   int isa = 0;
   int num_threads = 1;
 };

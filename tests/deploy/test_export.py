@@ -173,6 +173,8 @@ def test_execution_plan_fuses_residual_additions_exactly(kernel, monkeypatch):
     packed = _check(model, x, "bireal")
     fused = [m for m in packed.execution_plan().modules() if isinstance(m, _ResidualBinary)]
     assert len(fused) == 4 and sum(m.clamp is not None for m in fused) == 3
+    # the outputs of the first three are also the next binary conv's input: one pass writes both
+    assert sum(m._bits_for[0] is not None for m in fused) == 3
     with torch.no_grad():
         assert torch.equal(packed(x), packed.net(x.contiguous(memory_format=torch.channels_last)))
 

@@ -333,6 +333,24 @@ def test_conv_residual_matches_reference(kernel, cout, tkind):
             assert torch.equal(y, y0 + r)
 
 
+@pytest.mark.parametrize("cout", [5, 64, 70, 130])
+def test_conv_also_bits_gives_the_packed_float_output(kernel, cout):
+    """also_bits: the same pass writes pack_activations(y, threshold) of its float output y."""
+    g = torch.Generator().manual_seed(cout)
+    x = _signs(2, 65, 6, 7, gen=g)
+    wp = K.pack_weights(_signs(cout, 65, 3, 3, gen=g))
+    r = torch.randn(2, cout, 6, 7, generator=g).contiguous(memory_format=torch.channels_last)
+    for tkind, thr, residual in ((3, torch.randn(cout, generator=g), r), (1, None, None), (2, 0.25, r)):
+        tr = _transform(tkind, cout, g, "float")
+        kw = dict(padding=1, transform=tr)
+        y, bits = K.binary_conv2d(K.pack_activations(x), wp, residual=residual, also_bits=True,
+                                  bits_threshold=thr, **kw)  # fmt: skip
+        assert torch.equal(y, K.binary_conv2d(K.pack_activations(x), wp, residual=residual, **kw))
+        expected = K.pack_activations(y, None if thr is None else torch.full((cout,), thr) if
+                                      isinstance(thr, float) else thr)  # fmt: skip
+        assert bits.channels == cout and torch.equal(bits.data, expected.data)
+
+
 def test_conv_residual_bad_inputs_raise_clear_errors():
     g = torch.Generator().manual_seed(2)
     xp, wp = K.pack_activations(_signs(1, 64, 5, 5, gen=g)), K.pack_weights(_signs(8, 64, 3, 3, gen=g))
@@ -347,6 +365,12 @@ def test_conv_residual_bad_inputs_raise_clear_errors():
         layer(xp, residual=good.double())
     with pytest.raises(ValueError, match="needs float output"):
         K.PreparedConv2d(wp, padding=1, transform=K.OutputTransform(output="bits"))(xp, residual=good)
+    with pytest.raises(ValueError, match="also_bits adds a bits output to a float output"):
+        K.PreparedConv2d(wp, transform=K.OutputTransform(output="bits"), also_bits=True)
+    with pytest.raises(ValueError, match="pass also_bits=True"):
+        K.PreparedConv2d(wp, bits_threshold=0.5)
+    with pytest.raises(ValueError, match="bits_threshold: expected shape \\(8,\\)"):
+        K.PreparedConv2d(wp, also_bits=True, bits_threshold=torch.zeros(7))
     dw = K.pack_weights(_signs(64, 1, 3, 3, gen=g), groups=64)
     with pytest.raises(NotImplementedError, match="depthwise"):
         K.binary_conv2d(xp, dw, padding=1, groups=64,

@@ -232,9 +232,12 @@ class _ResidualBinary(nn.Module):
     def __init__(self, layer: nn.Module, bits_in: bool, clamp: tuple[float, float | None] | None) -> None:
         super().__init__()
         self.layer, self.bits_in, self.clamp = layer, bits_in, clamp
+        # A packed binary layer that reads this output's signs (a plain list: not a submodule): when
+        # set, forward returns (y, that layer's packed input), both written by the engine's pass.
+        self._bits_for: list[nn.Module | None] = [None]
 
-    def forward(self, x: Any, residual: Any) -> Tensor:
-        layer = self.layer
+    def forward(self, x: Any, residual: Any) -> Any:
+        layer, bits_for = self.layer, self._bits_for[0]
         if self.bits_in:
             n, h, w = x.data.shape[:3]
         else:
@@ -242,9 +245,11 @@ class _ResidualBinary(nn.Module):
         if (isinstance(residual, Tensor) and residual.dtype == torch.float32 and residual.is_cpu
                 and residual.shape == (n, layer.out_channels, *layer.output_hw(h, w))
                 and residual.is_contiguous(memory_format=torch.channels_last)):
-            return layer.forward_residual(x, residual, layer.residual_transform(self.clamp))
+            return layer.forward_residual(x, residual, layer.residual_transform(self.clamp), bits_for)
         y = (layer.forward_packed(x) if self.bits_in else layer(x)) + residual
-        return y if self.clamp is None else y.clamp_(*self.clamp)
+        if self.clamp is not None:
+            y = y.clamp_(*self.clamp)
+        return y if bits_for is None else (y, bits_for._pack_input(y))
 
 
 def _add_(a: Tensor, b: Tensor) -> Tensor:
@@ -274,7 +279,9 @@ def optimize_for_inference(gm: fx.GraphModule) -> fx.GraphModule:
       write-out and the consumer's packing pass disappear;
     * a packed binary conv2d whose float output is read only by an addition ``y + r`` (a residual
       block's shortcut), and that addition's Hardtanh/ReLU/ReLU6 if it is its only reader, run as one
-      engine pass: the epilogue adds ``r`` and clamps (the same float32 operations);
+      engine pass: the epilogue adds ``r`` and clamps (the same float32 operations); when a packed
+      binary conv2d reads the result (the next block's first conv), the same pass also writes its
+      packed input signs, bit = (y + t) < 0 as that layer would pack them;
     * ``a + b`` and Hardtanh/ReLU/ReLU6 whose input is a temporary produced by a convolution,
       linear, BatchNorm, packed layer or addition and read by no one else run in place.
     """
@@ -329,6 +336,26 @@ def optimize_for_inference(gm: fx.GraphModule) -> fx.GraphModule:
             return float(m.min_val), float(m.max_val)
         return 0.0, (6.0 if isinstance(m, nn.ReLU6) else None)
 
+    def bits_for_binary_reader(fused: fx.Node) -> None:
+        """A packed binary conv2d reading the fused output (a block's output, read by the next
+        block's first conv and its shortcut) gets its packed input from the same engine pass."""
+        for user in list(fused.users):
+            m = module(user)
+            reader = m.layer if isinstance(m, _ChainedBinary) and not m.bits_in else m
+            if not (isinstance(reader, PackedBinary) and reader.kind == "conv2d" and reader.accepts_bits()
+                    and user.args == (fused,) and not user.kwargs):
+                continue
+            modules[fused.target]._bits_for[0] = reader
+            with graph.inserting_after(fused):
+                bits = graph.call_function(operator.getitem, (fused, 1))
+            with graph.inserting_after(fused):
+                floats = graph.call_function(operator.getitem, (fused, 0))
+            fused.replace_all_uses_with(floats, delete_user_cb=lambda n: n not in (floats, bits))
+            user.args = (bits,)
+            if not isinstance(m, _ChainedBinary):  # a chain's first layer takes bits as they are
+                user.target = install(_ChainedBinary(reader, None, True))
+            return
+
     for node in list(graph.nodes):
         if not (node.op == "call_function" and node.target in (operator.add, torch.add)
                 and len(node.args) == 2 and not node.kwargs):
@@ -354,6 +381,7 @@ def optimize_for_inference(gm: fx.GraphModule) -> fx.GraphModule:
             last.replace_all_uses_with(fused)
             for dead in ((act, node, conv) if clamp is not None else (node, conv)):
                 graph.erase_node(dead)
+            bits_for_binary_reader(fused)
             break
 
     # 3) in-place additions and clamps on temporaries

@@ -672,10 +672,11 @@ def _packed_input(x: PackedActivations | torch.Tensor, channels: int | None, dim
 class _Bound:
     """A packed layer's weights and output transform, checked and resolved to engine objects once."""
 
-    __slots__ = ("weights", "transform", "in_channels", "out_channels", "bits", "_engine_fn", "_ew", "_te",
-                 "_kh", "_kw", "_out_last", "_out_dtype")  # fmt: skip
+    __slots__ = ("weights", "transform", "in_channels", "out_channels", "bits", "also_bits", "_engine_fn", "_ew",
+                 "_te", "_kh", "_kw", "_out_last", "_out_dtype", "_bits_thr")  # fmt: skip
 
-    def __init__(self, w: PackedWeights | PackedDepthwiseWeights, transform: OutputTransform | None, fn: str) -> None:
+    def __init__(self, w: PackedWeights | PackedDepthwiseWeights, transform: OutputTransform | None, fn: str,
+                 also_bits: bool = False, bits_threshold: torch.Tensor | float | None = None) -> None:
         depthwise = isinstance(w, PackedDepthwiseWeights)
         if not depthwise and not isinstance(w, PackedWeights):
             raise TypeError(f"{fn}: weights must be PackedWeights (see pack_weights), got {type(w).__name__}")
@@ -692,6 +693,17 @@ class _Bound:
         self._kh, self._kw = w.kernel_size
         self._out_last = _words(w.out_channels) if self.bits else w.out_channels
         self._out_dtype = torch.int64 if self.bits else torch.float32
+        self.also_bits = bool(also_bits)
+        self._bits_thr = None
+        if self.also_bits:
+            if self.bits:
+                raise ValueError(f"{fn}: also_bits adds a bits output to a float output (transform.output='float')")
+            if depthwise:
+                raise NotImplementedError(f"{fn}: also_bits is not implemented for depthwise convolutions")
+            if bits_threshold is not None:
+                self._bits_thr = _channel_vec(bits_threshold, w.out_channels, 0.0, "bits_threshold")
+        elif bits_threshold is not None:
+            raise ValueError(f"{fn}: bits_threshold is the threshold of the also_bits output; pass also_bits=True")
 
     def run(self, data: torch.Tensor, cin: int, stride: tuple[int, int], padding: tuple[int, int],
             pad_value: int, fn: str, residual: torch.Tensor | None = None) -> torch.Tensor:
@@ -707,18 +719,22 @@ class _Bound:
         oh = (H + 2 * padding[0] - kh) // stride[0] + 1
         ow = (W + 2 * padding[1] - kw) // stride[1] + 1
         out = torch.empty(N, oh, ow, self._out_last, dtype=self._out_dtype)
-        if residual is None:
+        if residual is None and not self.also_bits:
             self._engine_fn(
                 data.data_ptr(), N, H, W, self._ew, self._te, stride[0], stride[1], padding[0], padding[1],
                 pad_value, out.data_ptr(), _kernel_id(), get_num_threads(),
             )  # fmt: skip
             return out
-        self._check_residual(residual, (N, self.out_channels, oh, ow), fn)
+        if residual is not None:
+            self._check_residual(residual, (N, self.out_channels, oh, ow), fn)
+        bits = torch.empty(N, oh, ow, _words(self.out_channels), dtype=torch.int64) if self.also_bits else None
         self._engine_fn(
             data.data_ptr(), N, H, W, self._ew, self._te, stride[0], stride[1], padding[0], padding[1],
-            pad_value, out.data_ptr(), _kernel_id(), get_num_threads(), residual.data_ptr(),
+            pad_value, out.data_ptr(), _kernel_id(), get_num_threads(),
+            0 if residual is None else residual.data_ptr(), 0 if bits is None else bits.data_ptr(),
+            0 if self._bits_thr is None else self._bits_thr.data_ptr(),
         )  # fmt: skip
-        return out
+        return out if bits is None else (out, bits)
 
     def _check_residual(self, r: object, shape: tuple[int, int, int, int], fn: str) -> None:
         if self.bits:
@@ -784,12 +800,14 @@ class PreparedConv2d:
         groups: int = 1,
         dilation: int | tuple[int, int] = 1,
         kernel_size: int | tuple[int, int] | None = None,
+        also_bits: bool = False,
+        bits_threshold: torch.Tensor | float | None = None,
     ) -> None:
         fn = "binary_conv2d"
         self.stride, self.padding = _conv_geometry(w_packed, kernel_size, stride, padding, pad_value, dilation,
                                                    groups, fn)  # fmt: skip
         self.pad_value = int(pad_value)
-        self._bound = _Bound(w_packed, transform, fn)
+        self._bound = _Bound(w_packed, transform, fn, also_bits, bits_threshold)
 
     @property
     def weights(self) -> PackedWeights | PackedDepthwiseWeights:
@@ -807,6 +825,9 @@ class PreparedConv2d:
         out = b.run(data, cin, self.stride, self.padding, self.pad_value, fn, residual)
         if b.bits:
             return PackedActivations._trusted(out, b.out_channels)
+        if b.also_bits:
+            out, bits = out
+            return out.permute(0, 3, 1, 2), PackedActivations._trusted(bits, b.out_channels)
         return out.permute(0, 3, 1, 2)
 
 
@@ -823,7 +844,9 @@ def binary_conv2d(
     dilation: int | tuple[int, int] = 1,
     groups: int = 1,
     residual: torch.Tensor | None = None,
-) -> torch.Tensor | PackedActivations:
+    also_bits: bool = False,
+    bits_threshold: torch.Tensor | float | None = None,
+) -> torch.Tensor | PackedActivations | tuple[torch.Tensor, PackedActivations]:
     """Binary (or multi-bit, see :func:`pack_weight_planes`) 2-D convolution on packed input.
 
     ``x``: :class:`PackedActivations` or int64 words ``(N, H, W, ceil(C/64))`` with ``in_channels``.
@@ -840,12 +863,18 @@ def binary_conv2d(
     activation fused into the convolution's epilogue (the same float32 operations as the unfused
     ``y + residual`` and activation, so the same values).
 
+    ``also_bits`` (float output, groups 1): return ``(y, bits)``, ``bits`` the
+    :class:`PackedActivations` ``pack_activations(y, bits_threshold)`` would give, i.e. bit =
+    ``(y + bits_threshold) < 0`` (the next binary layer's input) written by the same pass, for a
+    float output that another layer reads too (a residual block's output).
+
     Returns float32 of logical shape ``(N, Cout, OH, OW)`` in **channels_last** memory format
     (a zero-copy view of the kernel's NHWC output; call ``.contiguous()`` for NCHW memory), or,
     when ``transform.output == 'bits'``, :class:`PackedActivations` ``(N, OH, OW, ceil(Cout/64))``.
     """
     prepared = PreparedConv2d(w_packed, stride=stride, padding=padding, pad_value=pad_value, transform=transform,
-                              groups=groups, dilation=dilation, kernel_size=kernel_size)  # fmt: skip
+                              groups=groups, dilation=dilation, kernel_size=kernel_size, also_bits=also_bits,
+                              bits_threshold=bits_threshold)  # fmt: skip
     return prepared(x, in_channels, residual)
 
 

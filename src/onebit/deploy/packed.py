@@ -210,17 +210,19 @@ class PackedBinary(_PackedBase):
         return self._k.pack_activations(x, self._tensors.get("threshold"))
 
     def _conv(self, packed: Any, transform: Any, padding: tuple[int, int] | None = None,
-              residual: Tensor | None = None) -> Any:
-        """The engine convolution with this layer's geometry, bound once per transform."""
+              residual: Tensor | None = None, bits_for: PackedBinary | None = None) -> Any:
+        """The engine convolution with this layer's geometry, bound once per transform (and per
+        ``bits_for``: a consumer whose packed input the same pass also writes)."""
         pad = self.padding if padding is None else padding
-        key = ("prepared", id(transform), pad)
+        key = ("prepared", id(transform), pad, id(bits_for))
         entry = self._cache.get(key)
-        if entry is None or entry[0] is not transform:
-            entry = (transform, self._k.PreparedConv2d(
+        if entry is None or entry[0] is not transform or entry[1] is not bits_for:
+            threshold = None if bits_for is None else bits_for._tensors.get("threshold")
+            entry = (transform, bits_for, self._k.PreparedConv2d(
                 self.packed, stride=self.stride, padding=pad, pad_value=self.pad_value, transform=transform,
-                groups=self.groups))  # fmt: skip
+                groups=self.groups, also_bits=bits_for is not None, bits_threshold=threshold))  # fmt: skip
             self._cache[key] = entry
-        return entry[1](packed, residual=residual)
+        return entry[2](packed, residual=residual)
 
     # -- a residual addition (and the activation after it) fused into the epilogue -----------------
     def residual_transform(self, clamp: tuple[float, float | None] | None) -> Any:
@@ -242,11 +244,13 @@ class PackedBinary(_PackedBase):
         return ((h + 2 * self.padding[0] - kh) // self.stride[0] + 1,
                 (w + 2 * self.padding[1] - kw) // self.stride[1] + 1)  # fmt: skip
 
-    def forward_residual(self, x: Tensor | Any, residual: Tensor, transform: Any) -> Tensor:
+    def forward_residual(self, x: Tensor | Any, residual: Tensor, transform: Any,
+                         bits_for: PackedBinary | None = None) -> Any:
         """``act(layer(x) + residual)`` in one engine pass (``transform`` from :meth:`residual_transform`);
-        ``x`` floats or this layer's packed input; ``residual`` float32, channels_last, output-shaped."""
+        ``x`` floats or this layer's packed input; ``residual`` float32, channels_last, output-shaped.
+        With ``bits_for`` (a layer that :meth:`accepts_bits`), returns ``(y, bits_for's packed input)``."""
         packed = x if isinstance(x, self._k.PackedActivations) else self._pack_input(x)
-        return self._conv(packed, transform, residual=residual)
+        return self._conv(packed, transform, residual=residual, bits_for=bits_for)
 
     def forward(self, x: Tensor) -> Tensor:
         kinds = self._k
