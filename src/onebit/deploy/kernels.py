@@ -18,8 +18,12 @@ Conventions
   nothing).  Multi-bit (bit-serial) weights ``w = sum_j mu_j * m_j * b_j`` give
   ``acc = sum_j mu_j * sum m_j * sx * b_j``.
 * The fused :class:`OutputTransform` then computes ``y = scale * acc + bias`` (folded BatchNorm),
-  optional PReLU (``y < 0 -> slope * y``), optional clamp, and returns either float32 or the
-  re-binarized bits ``(y + threshold) < 0`` of the next binary layer.
+  optionally ``+ residual`` (a channels_last shortcut tensor, float output), optional PReLU
+  (``y < 0 -> slope * y``), optional clamp, and returns either float32, or the re-binarized bits
+  ``(y + threshold) < 0`` of the next binary layer, or (``also_bits``) both.
+* :func:`binary_conv2d` checks every argument at each call; :class:`PreparedConv2d` binds a
+  layer's weights, geometry and transform once and checks only the input per call (what an
+  exported model's layers run).
 
 Kernel paths: ``portable`` (plain C++ for the baseline ISA, SWAR popcount), ``popcnt`` (the same
 plain C++ with the scalar POPCNT instruction of x86-64-v2), ``avx2`` (vpshufb nibble LUT) and
