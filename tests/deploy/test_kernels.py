@@ -351,6 +351,23 @@ def test_conv_also_bits_gives_the_packed_float_output(kernel, cout):
         assert bits.channels == cout and torch.equal(bits.data, expected.data)
 
 
+def test_residual_and_also_bits_identical_on_every_thread_count(kernel, thread_backend):
+    g = torch.Generator().manual_seed(17)
+    x = K.pack_activations(torch.randn(2, 130, 21, 19, generator=g))
+    wp = K.pack_weights(torch.randn(97, 130, 3, 3, generator=g))
+    tr = K.OutputTransform(torch.rand(97, generator=g), torch.randn(97, generator=g), clamp_min=-1.0, clamp_max=1.0)
+    r = torch.randn(2, 97, 11, 10, generator=g).contiguous(memory_format=torch.channels_last)
+    layer = K.PreparedConv2d(wp, stride=2, padding=1, transform=tr, also_bits=True,
+                             bits_threshold=torch.randn(97, generator=g))  # fmt: skip
+    outs = []
+    for n in (1, 2, 3):
+        K.set_num_threads(n)
+        y, bits = layer(x, residual=r)
+        outs.append((y, bits.data))
+    for y, bits in outs[1:]:
+        assert torch.equal(y, outs[0][0]) and torch.equal(bits, outs[0][1])
+
+
 def test_conv_residual_bad_inputs_raise_clear_errors():
     g = torch.Generator().manual_seed(2)
     xp, wp = K.pack_activations(_signs(1, 64, 5, 5, gen=g)), K.pack_weights(_signs(8, 64, 3, 3, gen=g))
