@@ -182,7 +182,7 @@ def scaling_table(kernels: list[str], repeats: int, threads: int) -> None:
     print()
     print(f"| {threads} threads vs 1 (median single call, blocks alternated) | kernel | 1 thread ms | "
           f"{threads} threads ms | speedup | probe speedup, same blocks | busy | work x | "
-          "outside region µs (1 / 2 thr) |")
+          f"outside region µs (1 / {threads} thr) |")
     print("|---|---|---|---|---|---|---|---|---|")
     probe_iters = {}  # ~1 ms per probe thread
     for kern in kernels:
@@ -219,7 +219,7 @@ def scaling_table(kernels: list[str], repeats: int, threads: int) -> None:
                     outside[t].append(call - region)
                 for t in ts:
                     probe[t].append(K.popcount_peak(kern, probe_iters[kern], threads=t))
-            med = {name: {t: statistics.median(v[t]) for t in ts} for name, v in
+            med = {key: {t: statistics.median(v[t]) for t in ts} for key, v in
                    (("calls", calls), ("probe", probe), ("wall", wall), ("busy", busy), ("outside", outside))}  # fmt: skip
             t1, tn = med["calls"][1], med["calls"][threads]
             print(f"| {name} | {kern} | {t1 * 1e3:.3f} | {tn * 1e3:.3f} | {t1 / tn:.2f}x | "

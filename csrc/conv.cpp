@@ -1,5 +1,6 @@
 // Direct (im2col-free) binary convolution driver: work items (32-output-channel block, image,
-// output row) spread over the engine's threads; each item runs the selected ISA's instantiation of conv_item (conv_impl.h).
+// output row) spread over the engine's threads; each item runs the selected ISA's instantiation
+// of conv_item (conv_impl.h).
 #include <algorithm>
 #include <atomic>
 #include <climits>
@@ -120,18 +121,8 @@ void conv2d(const Weights& w, const Transform& t, const ConvCall& call) {
   c.scale = t.scale.data();
   c.bias = t.bias.data();
   c.prelu = t.prelu.empty() ? nullptr : t.prelu.data();
-  c.thr = t.thr.empty() ? nullptr : t.thr.data();
-  // Both outputs: the float output's threshold comes with the call, padded to the blocks.
-  std::vector<float> dual_thr;
-  if (!t.bits && call.out_bits) {
-    if (call.bits_threshold) {
-      dual_thr.assign(call.bits_threshold, call.bits_threshold + w.cout);
-      dual_thr.resize(static_cast<size_t>(w.cpad), 0.0f);
-      c.thr = dual_thr.data();
-    } else {
-      c.thr = nullptr;
-    }
-  }
+  // Both outputs: the bits' threshold of a float output comes with the call.
+  c.thr = t.bits ? (t.thr.empty() ? nullptr : t.thr.data()) : call.bits_threshold;
   c.cmin = t.cmin;
   c.cmax = t.cmax;
   const std::shared_ptr<const SignIntervals> intervals = sign_intervals(w, t);

@@ -147,7 +147,6 @@ ONEBIT_INLINE void conv_item(const ConvCtx& c, int64_t item) {
   const int64_t oh = (item / c.ncb) % c.OH;
   const int64_t n = item / (c.ncb * c.OH);
   const int nc = static_cast<int>(c.cout - cb * kBlock < kBlock ? c.cout - cb * kBlock : kBlock);
-  const int taps = c.kh * c.kw;
   const int64_t o0 = cb * kBlock;
 
   const uint64_t* rows_buf[16];

@@ -26,9 +26,9 @@ struct Weights {
   std::vector<uint64_t> w;     // (J, ncb, kh, kw, KW, 32)
   std::vector<uint64_t> m;     // same layout, or empty (no masks)
   std::vector<int32_t> base;   // (J, cpad): active weight bits over all taps
-  std::vector<int32_t> wsum;   // (J, kh*kw, cpad): sum of active weight signs per tap
-  // (J, kh+1, kw+1, cpad): 2-D prefix sums of wsum over the taps, [a][b] = sum over taps (i, j)
-  // with i < a, j < b: the signs of any rectangle of taps in four lookups (0-padding borders).
+  // (J, kh+1, kw+1, cpad): 2-D prefix sums over the taps of the sum of active weight signs per
+  // tap, [a][b] = sum over taps (i, j) with i < a, j < b: the signs of any rectangle of taps in
+  // four lookups (0-padding borders).
   std::vector<int32_t> wsum_prefix;
   std::vector<float> mu;       // (J, cpad): per-plane scales
 };
@@ -85,8 +85,9 @@ struct ConvCall {
   // bias, before PReLU and clamp (a ResNet block's shortcut and its activation, fused), or nullptr.
   const float* residual = nullptr;
   // Float output only (conv2d, groups 1): also write the next layer's input sign bits, bit =
-  // (y + threshold) < 0 of the final y, to words (N, OH, OW, ceil(cout/64)) (threshold (cout) or
-  // nullptr for 0), the packing the next binary layer would apply to the float output; or nullptr.
+  // (y + threshold) < 0 of the final y, to words (N, OH, OW, ceil(cout/64)) (threshold padded to
+  // cpad channels, or nullptr for 0), the packing the next binary layer would apply to the float
+  // output; or nullptr.
   uint64_t* out_bits = nullptr;
   const float* bits_threshold = nullptr;
   int isa = 0;

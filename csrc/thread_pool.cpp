@@ -329,10 +329,11 @@ void parallel_ranges(int num_threads, int64_t n_items, int64_t grain,
     seg[t].end = units * (t + 1) / threads;
   }
   const bool profiling = profiling_on.load(std::memory_order_relaxed);
-  std::unique_ptr<double[]> busy(new double[3 * threads]());  // busy, first start, last end
+  // profiling only: per thread, time in fn, then start and end of its share
+  std::unique_ptr<double[]> times(profiling ? new double[3 * threads]() : nullptr);
   const auto region_start = Clock::now();
   parallel_for(threads, threads, [&](int64_t slot) {
-    if (profiling) busy[threads + slot] = seconds_since(region_start);
+    if (profiling) times[threads + slot] = seconds_since(region_start);
     for (int k = 0; k < threads; ++k) {
       Segment& s = seg[(slot + k) % threads];
       for (;;) {
@@ -344,12 +345,12 @@ void parallel_ranges(int num_threads, int64_t n_items, int64_t grain,
         }
         const auto t0 = Clock::now();
         fn(u * grain, std::min(n_items, (u + 1) * grain));
-        busy[slot] += seconds_since(t0);
+        times[slot] += seconds_since(t0);
       }
     }
-    if (profiling) busy[2 * threads + slot] = seconds_since(region_start);
+    if (profiling) times[2 * threads + slot] = seconds_since(region_start);
   });
-  if (profiling) record_region(seconds_since(region_start), busy.get(), threads);
+  if (profiling) record_region(seconds_since(region_start), times.get(), threads);
 }
 
 RegionProfile last_region_profile() {

@@ -704,8 +704,9 @@ class _Bound:
                 raise ValueError(f"{fn}: also_bits adds a bits output to a float output (transform.output='float')")
             if depthwise:
                 raise NotImplementedError(f"{fn}: also_bits is not implemented for depthwise convolutions")
-            if bits_threshold is not None:
-                self._bits_thr = _channel_vec(bits_threshold, w.out_channels, 0.0, "bits_threshold")
+            if bits_threshold is not None:  # padded to the engine's 32-channel blocks, as it reads it
+                thr = _channel_vec(bits_threshold, w.out_channels, 0.0, "bits_threshold")
+                self._bits_thr = F.pad(thr, (0, -w.out_channels % _BLOCK)).contiguous()
         elif bits_threshold is not None:
             raise ValueError(f"{fn}: bits_threshold is the threshold of the also_bits output; pass also_bits=True")
 
@@ -723,20 +724,18 @@ class _Bound:
         oh = (H + 2 * padding[0] - kh) // stride[0] + 1
         ow = (W + 2 * padding[1] - kw) // stride[1] + 1
         out = torch.empty(N, oh, ow, self._out_last, dtype=self._out_dtype)
-        if residual is None and not self.also_bits:
-            self._engine_fn(
-                data.data_ptr(), N, H, W, self._ew, self._te, stride[0], stride[1], padding[0], padding[1],
-                pad_value, out.data_ptr(), _kernel_id(), get_num_threads(),
-            )  # fmt: skip
-            return out
-        if residual is not None:
-            self._check_residual(residual, (N, self.out_channels, oh, ow), fn)
-        bits = torch.empty(N, oh, ow, _words(self.out_channels), dtype=torch.int64) if self.also_bits else None
+        bits = None
+        extra: tuple[int, ...] = ()  # conv2d's optional residual, bits output and its threshold
+        if residual is not None or self.also_bits:
+            if residual is not None:
+                self._check_residual(residual, (N, self.out_channels, oh, ow), fn)
+            if self.also_bits:
+                bits = torch.empty(N, oh, ow, _words(self.out_channels), dtype=torch.int64)
+            extra = (0 if residual is None else residual.data_ptr(), 0 if bits is None else bits.data_ptr(),
+                     0 if self._bits_thr is None else self._bits_thr.data_ptr())  # fmt: skip
         self._engine_fn(
             data.data_ptr(), N, H, W, self._ew, self._te, stride[0], stride[1], padding[0], padding[1],
-            pad_value, out.data_ptr(), _kernel_id(), get_num_threads(),
-            0 if residual is None else residual.data_ptr(), 0 if bits is None else bits.data_ptr(),
-            0 if self._bits_thr is None else self._bits_thr.data_ptr(),
+            pad_value, out.data_ptr(), _kernel_id(), get_num_threads(), *extra,
         )  # fmt: skip
         return out if bits is None else (out, bits)
 
