@@ -4,6 +4,7 @@ file format round-trips and rejects bad files with one clear error."""
 
 import json
 import math
+import random
 import subprocess
 import sys
 
@@ -249,8 +250,52 @@ def test_bad_files_give_one_clear_error(tmp_path):
     meta["graph"] = json.dumps(graph)
     evil = tmp_path / "evil.onebit"
     evil.write_bytes(st_save(tensors, metadata=meta))
-    with pytest.raises(ModelFileError, match="not part of the format"):
+    with pytest.raises(ModelFileError, match="does not match the SHA-256 digest"):
         load(evil)
+    # the digest guards against damage, not against a crafted file: re-signed, the allow-list refuses it
+    with pytest.raises(ModelFileError, match="not part of the format"):
+        load(_write(evil, meta, tensors))
+
+
+@pytest.mark.parametrize("compress", [True, False])
+def test_any_damaged_byte_gives_one_clear_error(tmp_path, compress):
+    """Every byte of a file matters: a flipped bit or a cut anywhere raises ModelFileError, and in
+    particular never loads a silently different model (raw weight planes have no other check)."""
+    torch.manual_seed(8)
+    x = torch.randn(2, 3, 8, 8)
+    packed = _check(fp_heavy_net(), x, "bireal")
+    good = tmp_path / "good.onebit"
+    save(packed, good, compress=compress)
+    data = good.read_bytes()
+    rng = random.Random(8)
+    bad = tmp_path / "bad.onebit"
+    offsets = sorted(rng.sample(range(len(data)), 150)) + [0, 7, 8, len(data) - 1]
+    for offset in offsets:
+        broken = bytearray(data)
+        broken[offset] ^= 1 << rng.randrange(8)
+        bad.write_bytes(bytes(broken))
+        with pytest.raises(ModelFileError, match="bad.onebit"):
+            load(bad)
+    for cut in sorted(rng.sample(range(1, len(data)), 40)):
+        bad.write_bytes(data[:cut])
+        with pytest.raises(ModelFileError, match="bad.onebit"):
+            load(bad)
+    bad.write_bytes(data + b"\0")  # trailing bytes
+    with pytest.raises(ModelFileError, match="bad.onebit"):
+        load(bad)
+    assert torch.equal(load(good)(x), packed(x))
+
+
+def test_version_3_needs_its_digest(tmp_path):
+    torch.manual_seed(9)
+    packed = _check(linear_net(), torch.randn(2, 3, 8, 8), "bnn")
+    good = tmp_path / "good.onebit"
+    save(packed, good)
+    metadata, tensors = _read(good)
+    assert metadata["format_version"] == "3" and len(metadata["sha256"]) == 64
+    del metadata["sha256"]
+    with pytest.raises(ModelFileError, match="format version 3 without its 'sha256' entry"):
+        load(_write(tmp_path / "unsigned.onebit", metadata, tensors, sign=False))
 
 
 def test_corrupt_file_never_crashes_the_process(tmp_path):
@@ -273,6 +318,7 @@ def test_corrupt_file_never_crashes_the_process(tmp_path):
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "ModelFileError"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -403,9 +449,16 @@ def _read(path):
         return dict(fh.metadata()), {k: fh.get_tensor(k) for k in fh.keys()}
 
 
-def _write(path, metadata, tensors):
+def _write(path, metadata, tensors, *, sign=True):
+    """Writes a crafted file; with ``sign``, a version-3 file gets the digest of what it now holds
+    (what a tool writing a consistent but wrong file would do), so the checks after the digest run."""
     from safetensors.torch import save as st_save
 
+    from onebit.deploy.export import DIGEST_KEY, content_digest
+
+    metadata = dict(metadata)
+    if sign and metadata.get("format_version") == "3":
+        metadata[DIGEST_KEY] = content_digest(metadata, tensors)
     path.write_bytes(st_save(tensors, metadata=metadata))
     return path
 
@@ -420,10 +473,10 @@ def test_compressed_files_load_bit_exact_and_are_smaller(tmp_path):
     save(packed, small)
     save(packed, raw, compress=False)
     assert small.stat().st_size < raw.stat().st_size
-    assert FORMAT_VERSION == 2
+    assert FORMAT_VERSION == 3
     meta_small, stored = _read(small)
     meta_raw, _ = _read(raw)
-    assert meta_small["format_version"] == meta_raw["format_version"] == "2"
+    assert meta_small["format_version"] == meta_raw["format_version"] == "3"
     assert json.loads(meta_raw["encoding"]) == {}
     encoding = json.loads(meta_small["encoding"])
     assert "11/weight" in encoding  # the classifier compresses ...
@@ -449,7 +502,7 @@ def test_compressed_files_load_bit_exact_and_are_smaller(tmp_path):
     assert not list(tmp_path.glob(".*tmp*"))  # atomic writes leave no temporary behind
 
 
-def test_version_1_files_still_load(tmp_path):
+def test_version_1_and_2_files_still_load(tmp_path):
     from onebit.deploy.export import FORMAT_NAME
     from onebit.deploy.graph import graph_to_json
 
@@ -463,9 +516,11 @@ def test_version_1_files_still_load(tmp_path):
     old = _write(tmp_path / "v1.onebit", metadata, {k: v.contiguous() for k, v in tensors.items()})
     again = load(old)
     assert torch.equal(again(x), packed(x)) and again.meta == {"note": "v1"}
-    newer = _write(tmp_path / "v3.onebit", dict(metadata, format_version="3"), tensors)
-    with pytest.raises(ModelFileError, match="format version 3; this onebit reads versions 1 and 2"):
+    newer = _write(tmp_path / "v4.onebit", dict(metadata, format_version="4"), tensors)
+    with pytest.raises(ModelFileError, match="format version 4; this onebit reads versions 1, 2 and 3"):
         load(newer)
+    v2 = _write(tmp_path / "v2ok.onebit", dict(metadata, format_version="2", encoding="{}"), tensors)
+    assert torch.equal(load(v2)(x), packed(x))  # version 2: no digest to check
     no_encoding = _write(tmp_path / "v2.onebit", dict(metadata, format_version="2"), tensors)
     with pytest.raises(ModelFileError, match="not a readable onebit packed model.*'encoding'"):
         load(no_encoding)
@@ -518,7 +573,7 @@ def test_corrupt_compressed_tensors_give_one_clear_error(tmp_path):
         broken[offset] ^= 0x5A
         bad = tmp_path / "in_place.onebit"
         bad.write_bytes(bytes(broken))
-        with pytest.raises(ModelFileError, match="not a readable onebit packed model"):
+        with pytest.raises(ModelFileError, match="does not match the SHA-256 digest"):
             load(bad)
 
 

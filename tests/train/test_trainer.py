@@ -171,6 +171,45 @@ def test_cli_errors_are_one_clear_line(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
 
 
+def test_damaged_checkpoints_give_one_clear_error(tmp_path):
+    """A flipped bit anywhere in a checkpoint raises CheckpointError (torch.load alone would load
+    most such files with silently different weights), unless it only hit alignment padding."""
+    import random
+
+    from onebit.train.trainer import load_checkpoint, save_checkpoint
+
+    torch.manual_seed(0)
+    payload = {"model": {"w": torch.randn(128, 128), "b": torch.randn(128)}, "epoch": 3}
+    good = tmp_path / "model.pt"
+    save_checkpoint(good, payload)
+    data = good.read_bytes()
+    rng = random.Random(0)
+    bad = tmp_path / "bad.pt"
+    detected = 0
+    for offset in rng.sample(range(len(data)), 150):
+        broken = bytearray(data)
+        broken[offset] ^= 1 << rng.randrange(8)
+        bad.write_bytes(bytes(broken))
+        try:
+            loaded = load_checkpoint(bad)
+        except CheckpointError as err:
+            assert "bad.pt" in str(err)
+            detected += 1
+            continue
+        assert loaded["epoch"] == 3  # loaded: then nothing that matters changed
+        assert all(torch.equal(loaded["model"][k], payload["model"][k]) for k in payload["model"])
+    assert detected >= 140
+    bad.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="not a readable onebit checkpoint"):
+        load_checkpoint(bad)
+    weight = payload["model"]["w"].numpy().tobytes()
+    broken = bytearray(data)
+    broken[data.index(weight) + 1000] ^= 0x10
+    bad.write_bytes(bytes(broken))
+    with pytest.raises(CheckpointError, match="fails its CRC-32 check"):
+        load_checkpoint(bad)
+
+
 def test_init_from_full_precision_accepts_method_state_only():
     from torch import nn
 

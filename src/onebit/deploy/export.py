@@ -9,11 +9,17 @@ Format version 2 may store a tensor losslessly compressed (byte shuffle + zlib, 
 :mod:`onebit.deploy._codec`): it is then a 1-D ``uint8`` tensor under its own name, and the metadata
 entry ``"encoding"`` (a JSON object, empty when nothing is compressed) maps that name to the codec,
 dtype and shape that restore it bit for bit. Version 1 files (no ``"encoding"`` entry) still load.
+
+Format version 3 adds the metadata entry ``"sha256"``: a SHA-256 digest over every other metadata
+entry and every stored tensor (name, dtype, shape and bytes; see :func:`content_digest`), checked
+by :func:`load`, so a flipped bit anywhere in the file (a raw weight plane included, where nothing
+else would notice) raises :class:`ModelFileError` instead of loading a silently different model.
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import operator
 from pathlib import Path
@@ -30,8 +36,10 @@ __all__ = ["export", "save", "load", "PackedModel", "ModelFileError", "FORMAT_NA
            "optimize_for_inference"]
 
 FORMAT_NAME = "onebit-packed"
-FORMAT_VERSION = 2
-READABLE_VERSIONS = ("1", "2")  # version 1: no "encoding" entry, every tensor stored raw
+FORMAT_VERSION = 3
+# version 1: no "encoding" entry, every tensor stored raw; version 2: no "sha256" entry
+READABLE_VERSIONS = ("1", "2", "3")
+DIGEST_KEY = "sha256"
 
 COMPRESS_MIN_NUMEL = 4096  # smaller tensors are always stored raw
 COMPRESS_MAX_FRACTION = 0.98  # a tensor is stored compressed only if that saves at least 2%
@@ -136,12 +144,40 @@ def save(packed: PackedModel, path: str | Path, *, compress: bool = True) -> Non
         "meta": json.dumps(packed.meta),
         "encoding": json.dumps(encoding, sort_keys=True),
     }
+    metadata[DIGEST_KEY] = content_digest(metadata, stored)
     data = st_save(stored, metadata=metadata)
     atomic_write_bytes(path, data)
 
 
+def content_digest(metadata: dict[str, str], stored: dict[str, Tensor]) -> str:
+    """SHA-256 (hex) over the metadata entries other than ``"sha256"`` and the tensors as stored.
+
+    Entries and tensors are taken in sorted name order, each field length-prefixed (so no two
+    different contents serialize alike); a tensor contributes its name, dtype, shape and raw bytes.
+    """
+    digest = hashlib.sha256()
+
+    def field(data: Any) -> None:  # bytes, or a 1-D uint8 array (no copy)
+        digest.update(len(data).to_bytes(8, "little"))
+        digest.update(data)
+
+    for key in sorted(metadata):
+        if key != DIGEST_KEY:
+            field(key.encode())
+            field(metadata[key].encode())
+    for name in sorted(stored):
+        tensor = stored[name].contiguous()
+        field(name.encode())
+        field(f"{str(tensor.dtype).removeprefix('torch.')}{list(tensor.shape)}".encode())
+        field(tensor.reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
 def load(path: str | Path) -> PackedModel:
-    """Read a file written by :func:`save` (format version 1 or 2); compressed tensors are restored."""
+    """Read a file written by :func:`save` (format version 1, 2 or 3).
+
+    Version 3 files are checked against their SHA-256 digest first; compressed tensors are restored.
+    """
     from safetensors import safe_open
 
     path = Path(path)
@@ -167,7 +203,16 @@ def load(path: str | Path) -> PackedModel:
     version = metadata.get("format_version")
     if version not in READABLE_VERSIONS:
         raise ModelFileError(f"{path} has format version {version}; this onebit reads versions "
-                             f"{' and '.join(READABLE_VERSIONS)}")
+                             f"{', '.join(READABLE_VERSIONS[:-1])} and {READABLE_VERSIONS[-1]}")
+    if version not in ("1", "2"):
+        if DIGEST_KEY not in metadata:
+            raise ModelFileError(f"{path} is not a readable onebit packed model (format version {version} "
+                                 f"without its {DIGEST_KEY!r} entry: truncated, corrupt or foreign file)")
+        if content_digest(metadata, tensors) != metadata[DIGEST_KEY]:
+            raise ModelFileError(
+                f"{path} is corrupt: its content does not match the SHA-256 digest it was saved with "
+                "(damaged in storage or transfer?); copy it again or re-export it with `onebit export`"
+            )
     if version != "1":
         try:
             _decode_tensors(metadata, tensors)

@@ -17,6 +17,7 @@ import os
 import platform
 import sys
 import time
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -122,6 +123,18 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         path = path / FINAL
     if not path.exists():
         raise CheckpointError(f"checkpoint {path} does not exist; pass a run directory or its {FINAL}")
+    try:
+        # torch.save writes a zip archive with a CRC-32 per record, but torch.load does not check
+        # them: without this, a flipped bit in a weight loads silently.
+        with zipfile.ZipFile(path) as archive:
+            damaged = archive.testzip()
+    except Exception as err:
+        raise CheckpointError(
+            f"{path} is not a readable onebit checkpoint (truncated, corrupt or foreign: {type(err).__name__})"
+        ) from None
+    if damaged is not None:
+        raise CheckpointError(f"{path} is corrupt: its record {damaged!r} fails its CRC-32 check (damaged in "
+                              "storage or transfer?); copy it again or train again")  # fmt: skip
     try:
         # weights_only: a checkpoint is data (tensors, numbers, strings), never code to run.
         payload = torch.load(path, map_location="cpu", weights_only=True)
