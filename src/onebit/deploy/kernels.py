@@ -45,6 +45,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -482,12 +483,12 @@ def _pack_bits(neg: torch.Tensor) -> torch.Tensor:
     """bool (Cout, Cin, kh, kw) -> int64 (ceil(Cout/32), kh, kw, ceil(Cin/64), 32)."""
     cout, cin, kh, kw = neg.shape
     kwords, ncb = _words(cin), (cout + _BLOCK - 1) // _BLOCK
-    b = neg.permute(0, 2, 3, 1).to(torch.int64)  # (Cout, kh, kw, Cin)
-    b = F.pad(b, (0, kwords * 64 - cin))
-    b = b.reshape(cout, kh, kw, kwords, 64)
-    words = (b << torch.arange(64, dtype=torch.int64)).sum(-1)  # disjoint bits: sum == or
-    words = F.pad(words, (0, 0, 0, 0, 0, 0, 0, ncb * _BLOCK - cout))
-    return words.reshape(ncb, _BLOCK, kh, kw, kwords).permute(0, 2, 3, 4, 1).contiguous()
+    b = torch.zeros((ncb * _BLOCK, kh, kw, kwords * 64), dtype=torch.bool)  # padded channels: 0 bits
+    b[:cout, :, :, :cin] = neg.permute(0, 2, 3, 1)
+    # channel c of a word at bit c % 64: little-endian bit order, then 8 bytes as a little-endian int64
+    words = np.packbits(b.numpy(), axis=-1, bitorder="little").view("<i8").astype(np.int64, copy=False)
+    words = torch.from_numpy(words).reshape(ncb, _BLOCK, kh, kw, kwords)
+    return words.permute(0, 2, 3, 4, 1).contiguous()
 
 
 def pack_weights(w_signs: torch.Tensor, *, groups: int = 1) -> PackedWeights | PackedDepthwiseWeights:
@@ -502,12 +503,11 @@ def pack_weights(w_signs: torch.Tensor, *, groups: int = 1) -> PackedWeights | P
     w = _as_conv_weight(w_signs, "pack_weights")
     cout, cin, kh, kw = w.shape
     neg = w < 0
-    signs = 1 - 2 * neg.to(torch.int32)
     return PackedWeights(
         bits=_pack_bits(neg).unsqueeze(0),
         masks=None,
         base=torch.full((1, cout), cin * kh * kw, dtype=torch.int32),
-        wsum=signs.sum(1).reshape(1, cout, kh * kw).to(torch.int32).contiguous(),
+        wsum=(cin - 2 * neg.sum(1, dtype=torch.int32)).reshape(1, cout, kh * kw).contiguous(),
         scales=torch.ones((1, cout), dtype=torch.float32),
         out_channels=cout,
         in_channels=cin,
@@ -572,13 +572,15 @@ def pack_weight_planes(
     bits, mbits, base, wsum, mus = [], [], [], [], []
     for j, w in enumerate(ws):
         neg = w < 0
-        signs = 1 - 2 * neg.to(torch.int32)
-        active = ms[j].to(torch.int32) if ms is not None else torch.ones_like(signs)
         bits.append(_pack_bits(neg))
-        if ms is not None:
+        if ms is None:  # every weight active: sum of signs = Cin - 2 * #negative
+            base.append(torch.full((cout,), cin * kh * kw, dtype=torch.int32))
+            wsum.append(cin - 2 * neg.sum(1, dtype=torch.int32).reshape(cout, kh * kw))
+        else:
             mbits.append(_pack_bits(ms[j]))
-        base.append(active.sum((1, 2, 3)))
-        wsum.append((signs * active).sum(1).reshape(cout, kh * kw))
+            base.append(ms[j].sum((1, 2, 3), dtype=torch.int32))
+            wsum.append((ms[j].sum(1, dtype=torch.int32) - 2 * (neg & ms[j]).sum(1, dtype=torch.int32))
+                        .reshape(cout, kh * kw))  # fmt: skip
         s = 1.0 if scales is None else scales[j]
         if isinstance(s, torch.Tensor) and s.numel() != 1 and tuple(s.shape) != (cout,):
             raise ValueError(f"pack_weight_planes: scales[{j}] must be a number or shape ({cout},)")

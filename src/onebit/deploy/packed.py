@@ -52,13 +52,20 @@ class _PackedBase(nn.Module):
         self.kind = config["kind"]  # "conv1d", "conv2d", "linear"
         self._tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
         self._cache: dict[str, Any] = {}
-        self.signs = [unpack_bits(self._tensors[f"plane{j}"], shape) for j in range(self.planes)]
-        self.masks = [
-            unpack_bits(self._tensors[f"mask{j}"], shape) < 0 if f"mask{j}" in self._tensors else None
-            for j in range(self.planes)
-        ]
         self.plane_scales = [self._tensors[f"plane_scale{j}"].float() for j in range(self.planes)]
         self.out_channels = shape[0]
+
+    # Unpacked on demand, not kept: as float32 they would take 32x the memory of the stored bits.
+    @property
+    def signs(self) -> list[Tensor]:
+        """The ±1 weight planes (float32 of the layer's weight shape), unpacked from the stored bits."""
+        return [unpack_bits(self._tensors[f"plane{j}"], self.weight_shape) for j in range(self.planes)]
+
+    @property
+    def masks(self) -> list[Tensor | None]:
+        """Per plane, the bool mask of active weights, or None (all active)."""
+        return [unpack_bits(self._tensors[f"mask{j}"], self.weight_shape) < 0 if f"mask{j}" in self._tensors
+                else None for j in range(self.planes)]  # fmt: skip
 
     # -- the epilogue ---------------------------------------------------------------------------
     def _vec(self, name: str) -> Tensor | None:
@@ -130,10 +137,11 @@ class PackedBinary(_PackedBase):
         w_shape = shape if self.kind != "conv1d" else (shape[0], shape[1], 1, shape[2])
         # groups == channels: a depthwise convolution (config "groups", absent for 1)
         self.groups = int(config.get("groups", 1))
+        masks = self.masks
         self.packed = kernels.pack_weight_planes(
             [s.reshape(w_shape) for s in self.signs],
-            None if all(m is None for m in self.masks)
-            else [None if m is None else m.reshape(w_shape).to(torch.uint8) for m in self.masks],
+            None if all(m is None for m in masks)
+            else [None if m is None else m.reshape(w_shape).to(torch.uint8) for m in masks],
             [s.reshape(-1) for s in self.plane_scales],
             groups=self.groups,
         )
@@ -302,7 +310,7 @@ class PackedBinaryWeightOnly(_PackedBase):
     def __init__(self, config: dict[str, Any], tensors: dict[str, Tensor]) -> None:
         super().__init__(config, tensors)
         weight = torch.zeros(self.weight_shape)
-        for sign, scale, mask in zip(self.signs, self.plane_scales, self.masks):
+        for sign, scale, mask in zip(self.signs, self.plane_scales, self.masks):  # (unpacked once here)
             term = sign * scale.reshape((-1,) + (1,) * (sign.dim() - 1))
             weight = weight + (term if mask is None else term * mask)
         if "out_scale" in self._tensors and self._tensors["out_scale"].dim() == 1:
