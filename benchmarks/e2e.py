@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 import onebit.models
-from onebit.deploy import export, kernels, save
+from onebit.deploy import export, kernels, load, save
 from onebit.deploy.export import optimize_for_inference
 
 
@@ -82,6 +82,11 @@ def main() -> int:
         path = Path(tmp) / "resnet18.onebit"
         save(packed, path)
         packed_size = path.stat().st_size
+        load_ms = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            load(path)
+            load_ms.append(1e3 * (time.perf_counter() - t0))
     buffer = io.BytesIO()
     torch.save(fp.state_dict(), buffer)
     fp_size = len(buffer.getvalue())
@@ -103,7 +108,8 @@ def main() -> int:
         print("\n" + ", ".join(f"onebit {t} threads vs {t0}: {packed_ms[t0] / packed_ms[t]:.2f}x"
                                for t in args.threads[1:]))
     print(f"\nfile size: fp32 state_dict {fp_size / 2**20:.2f} MiB, packed {packed_size / 2**20:.2f} MiB "
-          f"({fp_size / packed_size:.1f}x smaller)")
+          f"({fp_size / packed_size:.1f}x smaller); load() {statistics.median(load_ms):.0f} ms "
+          "(median of 3, digest check included)")
     if args.ablation:
         # The execution plan with and without the residual rewrite (conv + shortcut add + activation,
         # and the next conv's packed input, in one engine pass), samples alternated.
