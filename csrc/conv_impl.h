@@ -36,7 +36,8 @@ struct ConvCtx {
   const int32_t* sign_lo = nullptr;  // (cpad) integer form of the transform, or nullptr
   const int32_t* sign_hi = nullptr;  //   (bits output, one plane): bit = lo <= D <= hi
   float* out_f = nullptr;         // (N, OH, OW, cout)
-  const float* residual = nullptr;  // (N, OH, OW, cout) added to y before PReLU / clamp, or nullptr
+  const float* residual = nullptr;  // (N, OH, OW, cout) added to y before PReLU / clamp, or nullptr;
+                                    // may be out_f itself (each value read before it is written)
   uint64_t* out_bits = nullptr;   // (N, OH, OW, KWo); with out_f too: both outputs
 };
 
@@ -136,6 +137,48 @@ ONEBIT_INLINE void padded_window(const ConvCtx& c, int64_t n, int64_t ih_first, 
   for (int i = 0; i < c.kh; ++i) rows[i] = win.words.data() + i * row_words;
 }
 
+// Identity operands that let the one-pass epilogue run without branches: a zero correction, a
+// PReLU slope of 1 (y < 0 ? y * 1 : y is y for every float) and a zero bits threshold ((y + 0) < 0
+// is y < 0 for every float, -0 and NaN included).
+struct EpilogueIdentities {
+  alignas(64) int32_t zero_i[kBlock];
+  alignas(64) float one_f[kBlock];
+  alignas(64) float zero_f[kBlock];
+};
+inline const EpilogueIdentities& epilogue_identities() {
+  static const EpilogueIdentities k = [] {
+    EpilogueIdentities e{};
+    for (int q = 0; q < kBlock; ++q) e.one_f[q] = 1.0f;
+    return e;
+  }();
+  return k;
+}
+
+// One pixel of conv_item's one-plane float epilogue over a full block: y = clamp(prelu(scale * mu *
+// (base - (2 S + corr)) + bias [+ residual])) to y_out, and y + thr (the bits' operand) to y_thr.
+// The float32 operations and their order are those of conv_item's general path.  InPlace: the
+// residual is read from y_out itself (each value read before it is overwritten); otherwise the
+// outputs overlap no input (restrict: one vector loop, no run-time alias checks).
+template <bool HasResidual, bool InPlace>
+ONEBIT_INLINE void epilogue_pixel(const int32_t* __restrict S, const int32_t* __restrict corr,
+                                  const int32_t* __restrict base, const float* __restrict mu,
+                                  const float* __restrict scale, const float* __restrict bias,
+                                  const float* __restrict residual, const float* __restrict slope, float cmin,
+                                  float cmax, const float* __restrict thr, float* __restrict y_out,
+                                  float* __restrict y_thr) {
+  for (int q = 0; q < kBlock; ++q) {
+    const float a = 0.0f + mu[q] * static_cast<float>(base[q] - (2 * S[q] + corr[q]));
+    float y = a * scale[q] + bias[q];
+    if (HasResidual) y = y + (InPlace ? y_out[q] : residual[q]);
+    const float scaled = y * slope[q];
+    y = y < 0.0f ? scaled : y;
+    const float v = y < cmin ? cmin : y;
+    y = v > cmax ? cmax : v;
+    y_out[q] = y;
+    y_thr[q] = y + thr[q];
+  }
+}
+
 // Block must provide: static void run(const BlockArgs&)  (computes S for npix pixels), and the
 // two bit extractions of ScalarBits.
 template <class Block>
@@ -198,6 +241,36 @@ ONEBIT_INLINE void conv_item(const ConvCtx& c, int64_t item) {
     if (cb == c.ncb - 1 && (cb & 1) == 0) store_half(word, 1, 0u);
   };
 
+  // y = clamp(prelu(scale * mu * (base - (2 S + corr)) + bias [+ residual])) -> float and/or bits,
+  // for one plane and a full block of kBlock channels.
+  auto one_plane_epilogue = [&](auto has_residual, auto in_place, int64_t ow0, int npix) {
+    const EpilogueIdentities& id = epilogue_identities();
+    const int32_t* base = c.base + o0;
+    const float* mu = c.mu + o0;
+    const float* scale = c.scale + o0;
+    const float* bias = c.bias + o0;
+    const float* slope = c.prelu ? c.prelu + o0 : id.one_f;
+    const float* thr = c.thr ? c.thr + o0 : id.zero_f;
+    const float cmin = c.cmin, cmax = c.cmax;
+    alignas(64) float y_local[kBlock];
+    alignas(64) float y_thr[kBlock];
+    for (int p = 0; p < npix; ++p) {
+      const int64_t iw0 = (ow0 + p) * c.sw;
+      const bool border = row_border || (c.zero_pad && (iw0 < c.pw || iw0 + c.kw > c.pw + c.W));
+      const int32_t* cp = id.zero_i;
+      if (border) {
+        border_correction(0, iw0, corr);
+        cp = corr;
+      }
+      const int64_t pix = (n * c.OH + oh) * c.OW + ow0 + p;
+      epilogue_pixel<decltype(has_residual)::value, decltype(in_place)::value>(
+          S + p * kBlock, cp, base, mu, scale, bias,
+          has_residual && !in_place ? c.residual + pix * c.cout + o0 : nullptr,
+          slope, cmin, cmax, thr, c.out_f ? c.out_f + pix * c.cout + o0 : y_local, y_thr);
+      if (c.out_bits) store_bits(pix, Block::negative_bits(y_thr));
+    }
+  };
+
   const bool rows_inside = ih_first >= 0 && ih_first + c.kh <= c.H;
   for (int64_t ow0 = 0; ow0 < c.OW; ow0 += kMaxPix) {
     const int npix = static_cast<int>(c.OW - ow0 < kMaxPix ? c.OW - ow0 : kMaxPix);
@@ -237,6 +310,19 @@ ONEBIT_INLINE void conv_item(const ConvCtx& c, int64_t item) {
       continue;
     }
 
+    if (c.J == 1 && nc == kBlock) {
+      // One weight plane, a full block (the common case): the whole float epilogue in one pass
+      // per pixel, each value kept in registers from the popcount to the stored float and bit,
+      // instead of a pass through memory per step.  Same float32 operations in the same order
+      // as the general path below.
+      args.w = c.w + cb * c.blk_words;
+      args.m = c.m ? c.m + cb * c.blk_words : nullptr;
+      Block::run(args);
+      if (!c.residual) one_plane_epilogue(std::false_type{}, std::false_type{}, ow0, npix);
+      else if (c.residual == c.out_f) one_plane_epilogue(std::true_type{}, std::true_type{}, ow0, npix);
+      else one_plane_epilogue(std::true_type{}, std::false_type{}, ow0, npix);
+      continue;
+    }
     for (int e = 0; e < npix * kBlock; ++e) acc[e] = 0.0f;
     for (int j = 0; j < c.J; ++j) {
       args.w = c.w + j * c.plane_words + cb * c.blk_words;
@@ -278,7 +364,10 @@ ONEBIT_INLINE void conv_item(const ConvCtx& c, int64_t item) {
       }
       if (c.prelu) {
         const float* s = c.prelu + o0;
-        for (int q = 0; q < kBlock; ++q) y[q] = y[q] < 0.0f ? y[q] * s[q] : y[q];
+        for (int q = 0; q < kBlock; ++q) {
+          const float scaled = y[q] * s[q];
+          y[q] = y[q] < 0.0f ? scaled : y[q];
+        }
       }
       for (int q = 0; q < kBlock; ++q) {
         float v = y[q] < c.cmin ? c.cmin : y[q];

@@ -176,8 +176,31 @@ def test_execution_plan_fuses_residual_additions_exactly(kernel, monkeypatch):
     assert len(fused) == 4 and sum(m.clamp is not None for m in fused) == 3
     # the outputs of the first three are also the next binary conv's input: one pass writes both
     assert sum(m._bits_for[0] is not None for m in fused) == 3
+    # the first two write their output over a shortcut nobody reads after them (the stem's clamped
+    # BatchNorm output, the previous block's output); the NCHW copy and the parameter are left alone
+    assert [m.overwrite_residual for m in fused] == [True, True, False, False]
+    x_before = x.clone()
+    offset = packed.net.get_submodule("3").offset.detach().clone()
     with torch.no_grad():
         assert torch.equal(packed(x), packed.net(x.contiguous(memory_format=torch.channels_last)))
+        assert torch.equal(packed(x), packed(x))
+    assert torch.equal(x, x_before) and torch.equal(packed.net.get_submodule("3").offset, offset)
+
+
+def test_a_fused_block_never_overwrites_the_callers_input():
+    from onebit.deploy.export import _ResidualBinary
+
+    torch.manual_seed(15)
+    x = torch.randn(2, 64, 6, 6).contiguous(memory_format=torch.channels_last)
+    model = nn.Sequential(ResidualVariants(64), nn.Flatten(), nn.LazyLinear(10))
+    packed = _check(model, x, "bireal", keep_full_precision=("last",))  # the first conv binary too
+    fused = [m for m in packed.execution_plan().modules() if isinstance(m, _ResidualBinary)]
+    # the first block's shortcut is the model's input: read, never written
+    assert len(fused) == 4 and [m.overwrite_residual for m in fused] == [False, True, False, False]
+    x_before = x.clone()
+    with torch.no_grad():
+        assert torch.equal(packed(x), packed.net(x))
+    assert torch.equal(x, x_before)
 
 
 def test_execution_plan_follows_net_changes():

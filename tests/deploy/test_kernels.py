@@ -368,6 +368,64 @@ def test_residual_and_also_bits_identical_on_every_thread_count(kernel, thread_b
         assert torch.equal(y, outs[0][0]) and torch.equal(bits, outs[0][1])
 
 
+@pytest.mark.parametrize("cout", [5, 64, 70])
+@pytest.mark.parametrize("planes", [1, 2])
+def test_out_and_in_place_residual_give_the_same_output(kernel, thread_backend, cout, planes):
+    """out= a fresh buffer, and out= the residual itself (the epilogue reads each value before
+    overwriting it): the same floats and bits as a call that allocates, on 1-3 threads, for full and
+    partial channel blocks, one and two weight planes (the one-pass and the general epilogue)."""
+    g = torch.Generator().manual_seed(cout + 100 * planes)
+    x = K.pack_activations(torch.randn(2, 65, 9, 8, generator=g))
+    ws = [_signs(cout, 65, 3, 3, gen=g) for _ in range(planes)]
+    wp = K.pack_weight_planes(ws, None, [torch.rand(cout, generator=g) for _ in ws])
+    for tkind in (1, 2, 3):
+        tr = _transform(tkind, cout, g, "float")
+        layer = K.PreparedConv2d(wp, padding=1, transform=tr, also_bits=True,
+                                 bits_threshold=torch.randn(cout, generator=g))  # fmt: skip
+        r = torch.randn(2, cout, 9, 8, generator=g).contiguous(memory_format=torch.channels_last)
+        y0, b0 = layer(x, residual=r)
+        for n in (1, 2, 3):
+            K.set_num_threads(n)
+            out = torch.full_like(r, float("nan"))
+            y, b = layer(x, residual=r, out=out)
+            assert y is out and torch.equal(y, y0) and torch.equal(b.data, b0.data)
+            shortcut = r.clone()
+            y, b = layer(x, residual=shortcut, out=shortcut)
+            assert y is shortcut and torch.equal(y, y0) and torch.equal(b.data, b0.data)
+        K.set_num_threads(None)
+        out = torch.empty_like(r)
+        assert K.binary_conv2d(x, wp, padding=1, transform=tr, out=out) is out
+        assert torch.equal(out, K.PreparedConv2d(wp, padding=1, transform=tr)(x))
+
+
+def test_out_bad_arguments_raise_clear_errors():
+    g = torch.Generator().manual_seed(3)
+    xp, wp = K.pack_activations(_signs(1, 64, 5, 5, gen=g)), K.pack_weights(_signs(8, 64, 3, 3, gen=g))
+    layer = K.PreparedConv2d(wp, padding=1)
+    cl = torch.channels_last
+    with pytest.raises(ValueError, match="out of shape \\(1, 8, 4, 5\\), the output is \\(1, 8, 5, 5\\)"):
+        layer(xp, out=torch.empty(1, 8, 4, 5).contiguous(memory_format=cl))
+    with pytest.raises(ValueError, match="out must be channels_last"):
+        layer(xp, out=torch.empty(1, 8, 5, 5))
+    with pytest.raises(TypeError, match="out must be a float32 CPU tensor, got torch.float16"):
+        layer(xp, out=torch.empty(1, 8, 5, 5, dtype=torch.float16).contiguous(memory_format=cl))
+    with pytest.raises(ValueError, match="out= takes a float output"):
+        K.PreparedConv2d(wp, padding=1, transform=K.OutputTransform(output="bits"))(
+            xp, out=torch.empty(1, 8, 5, 5).contiguous(memory_format=cl))
+    flat = torch.zeros(400)
+
+    def nhwc(offset):  # a channels_last (1, 8, 5, 5) view of flat from `offset`
+        return flat[offset:offset + 200].view(1, 5, 5, 8).permute(0, 3, 1, 2)
+
+    with pytest.raises(ValueError, match="out overlaps the residual"):  # shifted by one pixel
+        layer(xp, residual=nhwc(0), out=nhwc(8))
+    words = flat[:50].view(torch.int64).view(1, 5, 5, 1)
+    words.copy_(xp.data)
+    with pytest.raises(ValueError, match="out overlaps the input"):
+        layer(words, 64, out=nhwc(0))
+    assert torch.equal(layer(words, 64, out=nhwc(200)), layer(xp))  # disjoint: fine
+
+
 def test_conv_residual_bad_inputs_raise_clear_errors():
     g = torch.Generator().manual_seed(2)
     xp, wp = K.pack_activations(_signs(1, 64, 5, 5, gen=g)), K.pack_weights(_signs(8, 64, 3, 3, gen=g))

@@ -280,6 +280,8 @@ class _ResidualBinary(nn.Module):
         # A packed binary layer that reads this output's signs (a plain list: not a submodule): when
         # set, forward returns (y, that layer's packed input), both written by the engine's pass.
         self._bits_for: list[nn.Module | None] = [None]
+        # Set by the plan when the residual is a temporary read by nothing else: y overwrites it.
+        self.overwrite_residual = False
 
     def forward(self, x: Any, residual: Any) -> Any:
         layer, bits_for = self.layer, self._bits_for[0]
@@ -290,7 +292,8 @@ class _ResidualBinary(nn.Module):
         if (isinstance(residual, Tensor) and residual.dtype == torch.float32 and residual.is_cpu
                 and residual.shape == (n, layer.out_channels, *layer.output_hw(h, w))
                 and residual.is_contiguous(memory_format=torch.channels_last)):
-            return layer.forward_residual(x, residual, layer.residual_transform(self.clamp), bits_for)
+            return layer.forward_residual(x, residual, layer.residual_transform(self.clamp), bits_for,
+                                          self.overwrite_residual)  # fmt: skip
         y = (layer.forward_packed(x) if self.bits_in else layer(x)) + residual
         if self.clamp is not None:
             y = y.clamp_(*self.clamp)
@@ -310,7 +313,9 @@ def _clamp_(x: Tensor, lo: float | None, hi: float | None) -> Tensor:
     return x.clamp_(lo, hi)
 
 
-_FRESH_MODULES = (nn.Conv1d, nn.Conv2d, nn.Linear, nn.modules.batchnorm._BatchNorm)
+# Modules whose output is always a new tensor (never a view of the input or of a parameter).
+_FRESH_MODULES = (nn.Conv1d, nn.Conv2d, nn.Linear, nn.modules.batchnorm._BatchNorm, nn.MaxPool1d, nn.MaxPool2d,
+                  nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d)
 
 
 def optimize_for_inference(gm: fx.GraphModule, *, fuse_residuals: bool = True) -> fx.GraphModule:
@@ -329,7 +334,9 @@ def optimize_for_inference(gm: fx.GraphModule, *, fuse_residuals: bool = True) -
       binary conv2d reads the result (the next block's first conv), the same pass also writes its
       packed input signs, bit = (y + t) < 0 as that layer would pack them;
     * ``a + b`` and Hardtanh/ReLU/ReLU6 whose input is a temporary produced by a convolution,
-      linear, BatchNorm, packed layer or addition and read by no one else run in place.
+      linear, BatchNorm, packed layer or addition and read by no one else run in place, and so does
+      a fused residual block whose shortcut is such a temporary (or the float output of the fused
+      block before it): the engine writes its output over the shortcut it has just read.
     """
     from .packed import PackedBinary
 
@@ -345,6 +352,12 @@ def optimize_for_inference(gm: fx.GraphModule, *, fuse_residuals: bool = True) -
     def sole_user(node: fx.Node) -> fx.Node | None:
         users = list(node.users)
         return users[0] if len(users) == 1 else None
+
+    # 0) nn.Identity (a residual block's plain shortcut) returns its input: read the input directly
+    for node in list(graph.nodes):
+        if type(module(node)) is nn.Identity and len(node.args) == 1 and not node.kwargs:
+            node.replace_all_uses_with(node.args[0])
+            graph.erase_node(node)
 
     counter = [0]
 
@@ -434,8 +447,8 @@ def optimize_for_inference(gm: fx.GraphModule, *, fuse_residuals: bool = True) -
     def fresh(node: Any) -> bool:
         if not isinstance(node, fx.Node) or sole_user(node) is None:
             return False
-        if node.op == "call_function" and node.target in (operator.add, torch.add, _add_):
-            return True
+        if node.op == "call_function" and node.target in (operator.add, torch.add, _add_, _clamp_):
+            return True  # (_clamp_ runs only on a temporary, and returns it)
         m = module(node)
         return isinstance(m, (*_FRESH_MODULES, _ResidualBinary)) or (
             isinstance(m, PackedBinary) and m.kind != "linear") or (
@@ -461,6 +474,15 @@ def optimize_for_inference(gm: fx.GraphModule, *, fuse_residuals: bool = True) -
                 new = graph.call_function(_clamp_, (node.args[0], float(lo), None if hi is None else float(hi)))
             node.replace_all_uses_with(new)
             graph.erase_node(node)
+    for node in list(graph.nodes):  # a fused block writes its output into a shortcut nobody else reads
+        m = module(node)
+        if isinstance(m, _ResidualBinary):
+            # (the conv may read the shortcut too: it packs its input before the engine writes)
+            residual = node.args[1]
+            m.overwrite_residual = (fresh(residual) or (
+                isinstance(residual, fx.Node) and sole_user(residual) is node
+                and residual.op == "call_function" and residual.target is operator.getitem
+                and residual.args[1] == 0 and isinstance(module(residual.args[0]), _ResidualBinary)))
 
     graph.eliminate_dead_code()
     plan.recompile()

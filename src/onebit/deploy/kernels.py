@@ -675,6 +675,12 @@ def _packed_input(x: PackedActivations | torch.Tensor, channels: int | None, dim
     return data.contiguous(), channels
 
 
+def _overlaps(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether the memory spans of two dense tensors share a byte."""
+    a0, b0 = a.data_ptr(), b.data_ptr()
+    return a0 < b0 + b.numel() * b.element_size() and b0 < a0 + a.numel() * a.element_size()
+
+
 class _Bound:
     """A packed layer's weights and output transform, checked and resolved to engine objects once."""
 
@@ -713,8 +719,10 @@ class _Bound:
             raise ValueError(f"{fn}: bits_threshold is the threshold of the also_bits output; pass also_bits=True")
 
     def run(self, data: torch.Tensor, cin: int, stride: tuple[int, int], padding: tuple[int, int],
-            pad_value: int, fn: str, residual: torch.Tensor | None = None) -> torch.Tensor:
-        """Calls the engine on a (N, H, W, words) input; returns the NHWC output buffer."""
+            pad_value: int, fn: str, residual: torch.Tensor | None = None,
+            out: torch.Tensor | None = None) -> torch.Tensor:
+        """Calls the engine on a (N, H, W, words) input; returns the NHWC output buffer (``out``'s
+        memory when given: a channels_last (N, Cout, OH, OW) float32 tensor, possibly ``residual``)."""
         if cin != self.in_channels:
             raise ValueError(f"{fn}: weights expect {self.in_channels} input channels, input has {cin}")
         N, H, W, _ = data.shape
@@ -725,7 +733,10 @@ class _Bound:
             raise ValueError(f"{fn}: kernel {kh}x{kw} does not fit the padded {H}x{W} input (padding {padding})")
         oh = (H + 2 * padding[0] - kh) // stride[0] + 1
         ow = (W + 2 * padding[1] - kw) // stride[1] + 1
-        out = torch.empty(N, oh, ow, self._out_last, dtype=self._out_dtype)
+        if out is None:
+            out = torch.empty(N, oh, ow, self._out_last, dtype=self._out_dtype)
+        else:
+            out = self._check_out(out, (N, self.out_channels, oh, ow), data, residual, fn).permute(0, 2, 3, 1)
         bits = None
         extra: tuple[int, ...] = ()  # conv2d's optional residual, bits output and its threshold
         if residual is not None or self.also_bits:
@@ -740,6 +751,26 @@ class _Bound:
             pad_value, out.data_ptr(), _kernel_id(), get_num_threads(), *extra,
         )  # fmt: skip
         return out if bits is None else (out, bits)
+
+    def _check_out(self, out: object, shape: tuple[int, int, int, int], data: torch.Tensor,
+                   residual: torch.Tensor | None, fn: str) -> torch.Tensor:
+        if self.bits:
+            raise ValueError(f"{fn}: out= takes a float output (transform.output='float')")
+        if not isinstance(out, torch.Tensor) or out.dtype != torch.float32 or not out.is_cpu:
+            raise TypeError(f"{fn}: out must be a float32 CPU tensor, got "
+                            f"{out.dtype if isinstance(out, torch.Tensor) else type(out).__name__}")  # fmt: skip
+        if tuple(out.shape) != shape:
+            raise ValueError(f"{fn}: out of shape {tuple(out.shape)}, the output is {shape}")
+        if not out.is_contiguous(memory_format=torch.channels_last):
+            raise ValueError(f"{fn}: out must be channels_last (NHWC) memory: "
+                             "torch.empty(shape).contiguous(memory_format=torch.channels_last)")  # fmt: skip
+        # the engine may write into the residual it reads (value by value), into nothing else it reads
+        same_as_residual = residual is not None and out.data_ptr() == residual.data_ptr()
+        for other, what in ((data, "the input"), (None if same_as_residual else residual, "the residual")):
+            if other is not None and _overlaps(out, other):
+                raise ValueError(f"{fn}: out overlaps {what} (it may be the residual tensor itself, "
+                                 "nothing else the call reads)")  # fmt: skip
+        return out
 
     def _check_residual(self, r: object, shape: tuple[int, int, int, int], fn: str) -> None:
         if self.bits:
@@ -823,17 +854,17 @@ class PreparedConv2d:
         return self._bound.transform
 
     def __call__(self, x: PackedActivations | torch.Tensor, in_channels: int | None = None,
-                 residual: torch.Tensor | None = None):
+                 residual: torch.Tensor | None = None, out: torch.Tensor | None = None):
         fn = "binary_conv2d"
         data, cin = _packed_input(x, in_channels, 4, fn)
         b = self._bound
-        out = b.run(data, cin, self.stride, self.padding, self.pad_value, fn, residual)
+        y = b.run(data, cin, self.stride, self.padding, self.pad_value, fn, residual, out)
         if b.bits:
-            return PackedActivations._trusted(out, b.out_channels)
+            return PackedActivations._trusted(y, b.out_channels)
         if b.also_bits:
-            out, bits = out
-            return out.permute(0, 3, 1, 2), PackedActivations._trusted(bits, b.out_channels)
-        return out.permute(0, 3, 1, 2)
+            y, bits = y
+            return (y.permute(0, 3, 1, 2) if out is None else out), PackedActivations._trusted(bits, b.out_channels)
+        return y.permute(0, 3, 1, 2) if out is None else out
 
 
 def binary_conv2d(
@@ -851,6 +882,7 @@ def binary_conv2d(
     residual: torch.Tensor | None = None,
     also_bits: bool = False,
     bits_threshold: torch.Tensor | float | None = None,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor | PackedActivations | tuple[torch.Tensor, PackedActivations]:
     """Binary (or multi-bit, see :func:`pack_weight_planes`) 2-D convolution on packed input.
 
@@ -873,14 +905,21 @@ def binary_conv2d(
     ``(y + bits_threshold) < 0`` (the next binary layer's input) written by the same pass, for a
     float output that another layer reads too (a residual block's output).
 
+    ``out`` (float output): a float32 ``(N, Cout, OH, OW)`` channels_last tensor the output is
+    written into and returned, e.g. ``residual`` itself when nothing else needs the shortcut after
+    this call (the epilogue reads each residual value before overwriting it; the output then costs
+    no new memory and no read-for-ownership of fresh cache lines).  Any other overlap with what the
+    call reads is refused.
+
     Returns float32 of logical shape ``(N, Cout, OH, OW)`` in **channels_last** memory format
-    (a zero-copy view of the kernel's NHWC output; call ``.contiguous()`` for NCHW memory), or,
-    when ``transform.output == 'bits'``, :class:`PackedActivations` ``(N, OH, OW, ceil(Cout/64))``.
+    (a zero-copy view of the kernel's NHWC output, or ``out``; call ``.contiguous()`` for NCHW
+    memory), or, when ``transform.output == 'bits'``, :class:`PackedActivations` ``(N, OH, OW,
+    ceil(Cout/64))``.
     """
     prepared = PreparedConv2d(w_packed, stride=stride, padding=padding, pad_value=pad_value, transform=transform,
                               groups=groups, dilation=dilation, kernel_size=kernel_size, also_bits=also_bits,
                               bits_threshold=bits_threshold)  # fmt: skip
-    return prepared(x, in_channels, residual)
+    return prepared(x, in_channels, residual, out)
 
 
 def binary_linear(

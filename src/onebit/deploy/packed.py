@@ -218,7 +218,8 @@ class PackedBinary(_PackedBase):
         return self._k.pack_activations(x, self._tensors.get("threshold"))
 
     def _conv(self, packed: Any, transform: Any, padding: tuple[int, int] | None = None,
-              residual: Tensor | None = None, bits_for: PackedBinary | None = None) -> Any:
+              residual: Tensor | None = None, bits_for: PackedBinary | None = None,
+              out: Tensor | None = None) -> Any:
         """The engine convolution with this layer's geometry, bound once per transform (and per
         ``bits_for``: a consumer whose packed input the same pass also writes)."""
         pad = self.padding if padding is None else padding
@@ -230,7 +231,7 @@ class PackedBinary(_PackedBase):
                 self.packed, stride=self.stride, padding=pad, pad_value=self.pad_value, transform=transform,
                 groups=self.groups, also_bits=bits_for is not None, bits_threshold=threshold))  # fmt: skip
             self._cache[key] = entry
-        return entry[2](packed, residual=residual)
+        return entry[2](packed, residual=residual, out=out)
 
     # -- a residual addition (and the activation after it) fused into the epilogue -----------------
     def residual_transform(self, clamp: tuple[float, float | None] | None) -> Any:
@@ -253,12 +254,14 @@ class PackedBinary(_PackedBase):
                 (w + 2 * self.padding[1] - kw) // self.stride[1] + 1)  # fmt: skip
 
     def forward_residual(self, x: Tensor | Any, residual: Tensor, transform: Any,
-                         bits_for: PackedBinary | None = None) -> Any:
+                         bits_for: PackedBinary | None = None, overwrite_residual: bool = False) -> Any:
         """``act(layer(x) + residual)`` in one engine pass (``transform`` from :meth:`residual_transform`);
         ``x`` floats or this layer's packed input; ``residual`` float32, channels_last, output-shaped.
-        With ``bits_for`` (a layer that :meth:`accepts_bits`), returns ``(y, bits_for's packed input)``."""
+        With ``bits_for`` (a layer that :meth:`accepts_bits`), returns ``(y, bits_for's packed input)``.
+        ``overwrite_residual``: write y into ``residual``'s memory (a temporary nobody reads after)."""
         packed = x if isinstance(x, self._k.PackedActivations) else self._pack_input(x)
-        return self._conv(packed, transform, residual=residual, bits_for=bits_for)
+        return self._conv(packed, transform, residual=residual, bits_for=bits_for,
+                          out=residual if overwrite_residual else None)  # fmt: skip
 
     def forward(self, x: Tensor) -> Tensor:
         kinds = self._k
