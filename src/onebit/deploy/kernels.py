@@ -733,6 +733,8 @@ class _Bound:
             raise ValueError(f"{fn}: kernel {kh}x{kw} does not fit the padded {H}x{W} input (padding {padding})")
         oh = (H + 2 * padding[0] - kh) // stride[0] + 1
         ow = (W + 2 * padding[1] - kw) // stride[1] + 1
+        if residual is not None:
+            self._check_residual(residual, (N, self.out_channels, oh, ow), fn)
         if out is None:
             out = torch.empty(N, oh, ow, self._out_last, dtype=self._out_dtype)
         else:
@@ -740,8 +742,6 @@ class _Bound:
         bits = None
         extra: tuple[int, ...] = ()  # conv2d's optional residual, bits output and its threshold
         if residual is not None or self.also_bits:
-            if residual is not None:
-                self._check_residual(residual, (N, self.out_channels, oh, ow), fn)
             if self.also_bits:
                 bits = torch.empty(N, oh, ow, _words(self.out_channels), dtype=torch.int64)
             extra = (0 if residual is None else residual.data_ptr(), 0 if bits is None else bits.data_ptr(),
@@ -756,14 +756,7 @@ class _Bound:
                    residual: torch.Tensor | None, fn: str) -> torch.Tensor:
         if self.bits:
             raise ValueError(f"{fn}: out= takes a float output (transform.output='float')")
-        if not isinstance(out, torch.Tensor) or out.dtype != torch.float32 or not out.is_cpu:
-            raise TypeError(f"{fn}: out must be a float32 CPU tensor, got "
-                            f"{out.dtype if isinstance(out, torch.Tensor) else type(out).__name__}")  # fmt: skip
-        if tuple(out.shape) != shape:
-            raise ValueError(f"{fn}: out of shape {tuple(out.shape)}, the output is {shape}")
-        if not out.is_contiguous(memory_format=torch.channels_last):
-            raise ValueError(f"{fn}: out must be channels_last (NHWC) memory: "
-                             "torch.empty(shape).contiguous(memory_format=torch.channels_last)")  # fmt: skip
+        _check_nhwc_float(out, "out", shape, fn)
         # the engine may write into the residual it reads (value by value), into nothing else it reads
         same_as_residual = residual is not None and out.data_ptr() == residual.data_ptr()
         for other, what in ((data, "the input"), (None if same_as_residual else residual, "the residual")):
@@ -777,14 +770,19 @@ class _Bound:
             raise ValueError(f"{fn}: a residual needs float output (transform.output='float')")
         if self._engine_fn is not _engine.conv2d:
             raise NotImplementedError(f"{fn}: a residual is not implemented for depthwise convolutions")
-        if not isinstance(r, torch.Tensor) or r.dtype != torch.float32 or not r.is_cpu:
-            raise TypeError(f"{fn}: residual must be a float32 CPU tensor, got "
-                            f"{r.dtype if isinstance(r, torch.Tensor) else type(r).__name__}")  # fmt: skip
-        if tuple(r.shape) != shape:
-            raise ValueError(f"{fn}: residual of shape {tuple(r.shape)}, the output is {shape}")
-        if not r.is_contiguous(memory_format=torch.channels_last):
-            raise ValueError(f"{fn}: residual must be channels_last (NHWC) memory: "
-                             "r.contiguous(memory_format=torch.channels_last)")  # fmt: skip
+        _check_nhwc_float(r, "residual", shape, fn)
+
+
+def _check_nhwc_float(t: object, name: str, shape: tuple[int, int, int, int], fn: str) -> None:
+    """``t`` must be a float32 CPU tensor of logical ``shape`` (N, C, H, W) in channels_last memory."""
+    if not isinstance(t, torch.Tensor) or t.dtype != torch.float32 or not t.is_cpu:
+        raise TypeError(f"{fn}: {name} must be a float32 CPU tensor, got "
+                        f"{t.dtype if isinstance(t, torch.Tensor) else type(t).__name__}")  # fmt: skip
+    if tuple(t.shape) != shape:
+        raise ValueError(f"{fn}: {name} of shape {tuple(t.shape)}, the output is {shape}")
+    if not t.is_contiguous(memory_format=torch.channels_last):
+        raise ValueError(f"{fn}: {name} must be channels_last (NHWC) memory: "
+                         "t.contiguous(memory_format=torch.channels_last)")  # fmt: skip
 
 
 def _conv_geometry(w_packed: object, kernel_size, stride, padding, pad_value: int, dilation, groups: int,
