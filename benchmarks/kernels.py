@@ -6,7 +6,9 @@ For each layer shape (batch 1) and thread count, times:
   * ``binary_conv2d`` / ``binary_linear`` on each kernel path, packed input -> fused
     BatchNorm (scale, bias) + sign -> packed output (the layer as it runs inside a BNN).
 The binary layer is timed as an exported model runs it: a ``PreparedConv2d`` (arguments bound
-once).  Reports medians over repeats: latency, speedup vs torch, G binary-MAC/s, and the fraction
+once).  The samples of torch (both layouts) and of every kernel path alternate, round by round, so
+a shared machine's drift reaches all of them alike.  Reports medians over repeats: latency,
+speedup vs torch, G binary-MAC/s, and the fraction
 of the register-only xor+popcount peak of the same path (``_engine.popcount_peak``) measured in
 the same run (peak x threads for multi-threaded rows). Then the multi-thread speedup of each 3x3
 layer with 1- and 2-thread calls alternated (the ratio free of the machine's drift) beside the
@@ -57,6 +59,28 @@ def timeit(fn, repeats: int, min_time: float = 0.02) -> float:
     return statistics.median(samples)
 
 
+def timeit_interleaved(fns: dict, repeats: int, min_time: float = 0.02) -> dict:
+    """Medians like :func:`timeit` for several variants whose samples alternate (round r times every
+    variant once), so that drift of a shared machine reaches all of them alike.  ``fns`` maps a
+    name to ``(setup, fn)``: ``setup()`` runs untimed before each sample (e.g. selecting a kernel)."""
+    inner = {}
+    for name, (setup, fn) in fns.items():
+        setup()
+        fn()
+        t0 = time.perf_counter()
+        fn()
+        inner[name] = max(1, int(min_time / max(time.perf_counter() - t0, 1e-7)))
+    samples: dict = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, (setup, fn) in fns.items():
+            setup()
+            t0 = time.perf_counter()
+            for _ in range(inner[name]):
+                fn()
+            samples[name].append((time.perf_counter() - t0) / inner[name])
+    return {name: statistics.median(v) for name, v in samples.items()}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", default="1,2", help="comma-separated thread counts (default 1,2)")
@@ -82,32 +106,34 @@ def main() -> None:
     for t in threads:
         torch.set_num_threads(t)
         K.set_num_threads(t)
-        rows = []
+        rows = []  # (name, MACs, torch variants, binary layer call)
         for name, (cin, h, w), cout, k, s, p in CONV_LAYERS:
             x = torch.randn(1, cin, h, w)
             wt = torch.randn(cout, cin, k, k)
-            t_nchw = timeit(lambda: F.conv2d(x, wt, stride=s, padding=p), repeats)
             xc, wc = x.to(memory_format=torch.channels_last), wt.to(memory_format=torch.channels_last)
-            t_cl = timeit(lambda: F.conv2d(xc, wc, stride=s, padding=p), repeats)
-            t_torch = min(t_nchw, t_cl)
+            torch_fns = {"nchw": lambda x=x, wt=wt, s=s, p=p: F.conv2d(x, wt, stride=s, padding=p),
+                         "channels_last": lambda x=xc, wt=wc, s=s, p=p: F.conv2d(x, wt, stride=s, padding=p)}
             xp, wp = K.pack_activations(x), K.pack_weights(wt)
             tr = K.OutputTransform(scale=torch.rand(cout) + 0.5, bias=torch.randn(cout), output="bits")
             oh, ow = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
             macs = oh * ow * cout * cin * k * k
             layer = K.PreparedConv2d(wp, stride=s, padding=p, pad_value=0, transform=tr)
-            rows.append((name, t_torch, macs, lambda xp=xp, layer=layer: layer(xp)))
+            rows.append((name, macs, torch_fns, lambda xp=xp, layer=layer: layer(xp)))
         for name, cin, cout in LINEAR_LAYERS:
             x = torch.randn(1, cin)
             wt = torch.randn(cout, cin)
-            t_torch = timeit(lambda: F.linear(x, wt), repeats)
             xp, wp = K.pack_activations(x), K.pack_weights(wt)
             tr = K.OutputTransform(scale=torch.rand(cout) + 0.5, bias=torch.randn(cout))
-            rows.append((name, t_torch, cin * cout,
+            rows.append((name, cin * cout, {"linear": lambda x=x, wt=wt: F.linear(x, wt)},
                          lambda xp=xp, wp=wp, tr=tr: K.binary_linear(xp, wp, transform=tr)))
-        for name, t_torch, macs, fn in rows:
+        for name, macs, torch_fns, fn in rows:
+            # torch in both layouts and every kernel path, samples alternated
+            variants = {f"torch {v}": (lambda: K.set_kernel(None), f) for v, f in torch_fns.items()}
+            variants.update({kern: (lambda kern=kern: K.set_kernel(kern), fn) for kern in kernels})
+            med = timeit_interleaved(variants, repeats)
+            t_torch = min(med[f"torch {v}"] for v in torch_fns)
             for kern in kernels:
-                K.set_kernel(kern)
-                tb = timeit(fn, repeats)
+                tb = med[kern]
                 gops = macs / tb
                 print(f"| {name} | {t} | {t_torch * 1e3:.3f} | {kern} | {tb * 1e3:.3f} | "
                       f"{t_torch / tb:.1f}x | {gops / 1e9:.0f} | {100 * gops / (peaks[kern] * t):.0f}% |",
