@@ -398,6 +398,15 @@ def test_out_and_in_place_residual_give_the_same_output(kernel, thread_backend, 
         assert torch.equal(out, K.PreparedConv2d(wp, padding=1, transform=tr)(x))
 
 
+def test_out_serves_depthwise_layers_too(kernel):
+    g = torch.Generator().manual_seed(4)
+    x = K.pack_activations(torch.randn(2, 65, 7, 6, generator=g))
+    dw = K.pack_weights(torch.randn(65, 1, 3, 3, generator=g), groups=65)
+    out = torch.empty(2, 65, 4, 3).contiguous(memory_format=torch.channels_last)
+    y = K.binary_conv2d(x, dw, stride=2, padding=1, groups=65, out=out)
+    assert y is out and torch.equal(y, K.binary_conv2d(x, dw, stride=2, padding=1, groups=65))
+
+
 def test_out_bad_arguments_raise_clear_errors():
     g = torch.Generator().manual_seed(3)
     xp, wp = K.pack_activations(_signs(1, 64, 5, 5, gen=g)), K.pack_weights(_signs(8, 64, 3, 3, gen=g))
