@@ -220,9 +220,22 @@ def _image_tensor(image: Any, info: dict[str, Any]) -> Any:
     x = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0)
     x = x.unsqueeze(0) if x.dim() == 2 else x.permute(2, 0, 1)
     x = F.interpolate(x.unsqueeze(0), size=(height, width), mode="bilinear", align_corners=False)
-    mean = torch.tensor(info.get("mean", [0.0] * channels)).reshape(1, -1, 1, 1)
-    std = torch.tensor(info.get("std", [1.0] * channels)).reshape(1, -1, 1, 1)
-    return (x - mean) / std
+    return _normalize(x, info)
+
+
+def _normalize(x: Any, info: dict[str, Any]) -> Any:
+    """(x - mean) / std per channel (dim 1), with the training data's statistics from the model file."""
+    import torch
+
+    if "mean" not in info or "std" not in info:
+        raise ValueError("this model's file records no input mean/std to normalize with; pass a batch "
+                         "normalized as in training, without --normalize")  # fmt: skip
+    mean, std = torch.tensor(info["mean"]), torch.tensor(info["std"])
+    if x.dim() < 2 or x.shape[1] != mean.numel():
+        raise ValueError(f"--normalize: input of shape {tuple(x.shape)} has no channel dimension 1 of "
+                         f"{mean.numel()} (the recorded mean/std)")  # fmt: skip
+    view = (1, -1) + (1,) * (x.dim() - 2)
+    return (x - mean.reshape(view)) / std.reshape(view)
 
 
 def _cmd_infer(args: argparse.Namespace) -> int:
@@ -242,6 +255,8 @@ def _cmd_infer(args: argparse.Namespace) -> int:
             x = x.unsqueeze(0)
         else:
             raise ValueError(f"input has shape {tuple(x.shape)}; this model takes batches of {tuple(shape)}")
+    if args.normalize and not is_image:  # (an image is always normalized)
+        x = _normalize(x, info)
     logits = packed(x)
     if args.out:
         import numpy as np
@@ -337,7 +352,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("infer", help="run a packed model on an input file and print the top classes")
     p.add_argument("model", help="a packed model file written by onebit export")
-    p.add_argument("input", help="a .npy or .safetensors batch, or an image file")
+    p.add_argument("input", help="a .npy or .safetensors batch of model inputs (already normalized as in "
+                                 "training, or raw in [0, 1] with --normalize), or an image file "
+                                 "(resized and normalized as in training)")  # fmt: skip
+    p.add_argument("--normalize", action="store_true",
+                   help="apply the training data's per-channel mean/std (recorded in the model file) to "
+                        "a .npy/.safetensors batch of raw values in [0, 1]")  # fmt: skip
     p.add_argument("--top", type=int, default=3, help="classes to print per sample")
     p.add_argument("--out", help="also save the logits as .npy")
     p.add_argument("--threads", type=int, help="engine threads (default: torch's)")

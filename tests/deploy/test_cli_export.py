@@ -40,6 +40,26 @@ def test_export_onebit_then_infer(run_dir, tmp_path, capsys):
     assert "packed layers" in capsys.readouterr().out
 
 
+def test_infer_normalizes_a_raw_batch_with_the_training_statistics(run_dir, tmp_path, capsys):
+    from sklearn.datasets import load_digits
+
+    from onebit.deploy import load
+
+    model = tmp_path / "model.onebit"
+    assert main(["export", str(run_dir), str(model)]) == 0
+    info = load(model).meta["data"]
+    raw = (load_digits().images[:6] / 16.0).astype(np.float32)[:, None]  # pixels in [0, 1]
+    np.save(tmp_path / "raw.npy", raw)
+    np.save(tmp_path / "normalized.npy", ((raw - info["mean"][0]) / info["std"][0]).astype(np.float32))
+    assert main(["infer", str(model), str(tmp_path / "raw.npy"), "--normalize", "--out", str(tmp_path / "a.npy")]) == 0
+    assert main(["infer", str(model), str(tmp_path / "normalized.npy"), "--out", str(tmp_path / "b.npy")]) == 0
+    np.testing.assert_allclose(np.load(tmp_path / "a.npy"), np.load(tmp_path / "b.npy"), rtol=1e-5, atol=1e-5)
+    capsys.readouterr()
+    np.save(tmp_path / "flat.npy", raw.reshape(6, 64))
+    assert main(["infer", str(model), str(tmp_path / "flat.npy"), "--normalize"]) == 2
+    assert "this model takes batches of (1, 8, 8)" in capsys.readouterr().err
+
+
 def test_export_of_a_missing_run_is_one_line(tmp_path, capsys):
     assert main(["export", str(tmp_path / "none"), str(tmp_path / "m.onnx"), "--format", "onnx"]) == 2
     err = capsys.readouterr().err
