@@ -318,9 +318,11 @@ _FRESH_MODULES = (nn.Conv1d, nn.Conv2d, nn.Linear, nn.modules.batchnorm._BatchNo
                   nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d)
 
 
-def optimize_for_inference(gm: fx.GraphModule, *, fuse_residuals: bool = True) -> fx.GraphModule:
+def optimize_for_inference(gm: fx.GraphModule, *, fuse_residuals: bool = True,
+                           overwrite_residuals: bool = True) -> fx.GraphModule:
     """A faster GraphModule computing what ``gm`` (an exported graph) computes; shares its modules.
-    (``fuse_residuals=False`` leaves out the residual rewrite below, for measuring what it saves.)
+    (``fuse_residuals=False`` leaves out the residual rewrite below, ``overwrite_residuals=False``
+    its writing over the shortcut, for measuring what they save.)
 
     Rewrites, each applied only where it cannot change what any other node sees:
 
@@ -474,7 +476,7 @@ def optimize_for_inference(gm: fx.GraphModule, *, fuse_residuals: bool = True) -
                 new = graph.call_function(_clamp_, (node.args[0], float(lo), None if hi is None else float(hi)))
             node.replace_all_uses_with(new)
             graph.erase_node(node)
-    for node in list(graph.nodes):  # a fused block writes its output into a shortcut nobody else reads
+    for node in list(graph.nodes) if overwrite_residuals else ():  # (into a shortcut nobody reads after)
         m = module(node)
         if isinstance(m, _ResidualBinary):
             # (the conv may read the shortcut too: it packs its input before the engine writes)
