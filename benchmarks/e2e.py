@@ -1,7 +1,7 @@
 """End to end: a binarized ResNet-18 (ImageNet shape, 224x224, batch 1) exported to the packed 1-bit
 engine vs the same network in torch fp32; latency at 1 and 2 threads, and file size.
 
-    python benchmarks/e2e.py [--method bireal] [--repeats 20] [--kernel avx2]
+    python benchmarks/e2e.py [--method bireal] [--repeats 20] [--kernel avx2] [--ablation] [--profile]
 
 torch fp32 is timed in both NCHW and channels_last and the faster one is reported (the strongest
 baseline); at each thread count the samples of the three variants alternate, so the speedups are
@@ -49,6 +49,46 @@ def timed_side_by_side(runs: dict[str, tuple], threads: int, repeats: int) -> di
     return {name: 1000 * statistics.median(v) for name, v in samples.items()}
 
 
+def profile_plan(plan: torch.fx.GraphModule, x: torch.Tensor, repeats: int) -> None:
+    """Median time per node of the packed model's execution plan on 1 thread (run node by node by
+    torch.fx's Interpreter, whose own overhead lands in no node), grouped into the engine's nodes
+    and torch's."""
+    from onebit.deploy.export import _ChainedBinary, _ResidualBinary
+    from onebit.deploy.packed import PackedBinary
+
+    torch.set_num_threads(1)
+    kernels.set_num_threads(1)
+    samples: dict[str, list[float]] = {}
+    engine_nodes = set()
+
+    class Timed(torch.fx.Interpreter):
+        def run_node(self, n: torch.fx.Node):
+            start = time.perf_counter()
+            result = super().run_node(n)
+            if n.op in ("call_module", "call_function", "call_method"):
+                if n.op == "call_module":
+                    m = self.module.get_submodule(n.target)
+                    key = f"{type(m).__name__} {n.target}"
+                    if isinstance(m, (PackedBinary, _ChainedBinary, _ResidualBinary)):
+                        engine_nodes.add(key)
+                else:
+                    key = f"{getattr(n.target, '__name__', n.target)} ({n.name})"
+                samples.setdefault(key, []).append(time.perf_counter() - start)
+            return result
+
+    with torch.no_grad():
+        for _ in range(repeats + 3):
+            Timed(plan).run(x)
+    ms = {k: 1000 * statistics.median(v[3:]) for k, v in samples.items()}
+    engine = sum(v for k, v in ms.items() if k in engine_nodes)
+    other = sum(v for k, v in ms.items() if k not in engine_nodes)
+    print(f"\nexecution plan, 1 thread, median per node: engine nodes {engine:.2f} ms "
+          f"({len(engine_nodes)} nodes), torch nodes {other:.2f} ms ({len(ms) - len(engine_nodes)} nodes)")
+    print("\n| node (top 12) | ms | runs on |\n|---|---|---|")
+    for k, v in sorted(ms.items(), key=lambda kv: -kv[1])[:12]:
+        print(f"| {k} | {v:.3f} | {'engine' if k in engine_nodes else 'torch'} |")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--method", default="bireal")
@@ -57,6 +97,8 @@ def main() -> int:
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--ablation", action="store_true",
                         help="also time the packed model without its residual-block fusion, side by side")
+    parser.add_argument("--profile", action="store_true",
+                        help="also split the packed model's time by node of its execution plan (1 thread)")
     args = parser.parse_args()
     if args.kernel:
         kernels.set_kernel(args.kernel)
@@ -126,6 +168,8 @@ def main() -> int:
             ms = timed_side_by_side(plans, threads, 4 * args.repeats)
             print(f"| {threads} | {ms['fused']:.2f} | {ms['fresh']:.2f} | {ms['unfused']:.2f} | "
                   f"{ms['unfused'] / ms['fused']:.3f}x | {ms['fresh'] / ms['fused']:.3f}x |")
+    if args.profile:
+        profile_plan(packed.execution_plan(), x_cl, args.repeats)
     return 0
 
 
