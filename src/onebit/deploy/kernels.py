@@ -819,7 +819,9 @@ class PreparedConv2d:
     padding=..., pad_value=..., transform=..., groups=...)(x)`` returns what
     ``binary_conv2d(x, w_packed, ...)`` returns, but every argument except the input is checked
     and resolved at construction, so a call costs about half the Python time (what an exported
-    model's layers run: the per-call overhead is a few percent of a small layer)."""
+    model's layers run: the per-call overhead is a few percent of a small layer).  A call takes
+    ``(x, in_channels=None, residual=None, out=None)``, the per-call arguments of
+    :func:`binary_conv2d`; ``also_bits`` and ``bits_threshold`` are bound at construction."""
 
     __slots__ = ("_bound", "stride", "padding", "pad_value")
 
