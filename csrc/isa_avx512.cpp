@@ -10,6 +10,12 @@
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
 
+// GCC 12's _mm512_cvtepi64_epi32 passes _mm256_undefined_si256() as its pass-through operand and
+// then warns that this value is used uninitialized (GCC bug 105593, fixed in GCC 13).
+#if defined(__GNUC__) && !defined(__clang__) && __GNUC__ < 13
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#endif
+
 #define ONEBIT_AVX512 __attribute__((target("avx512f,avx512vpopcntdq")))
 
 namespace onebit {
