@@ -60,6 +60,24 @@ def test_infer_normalizes_a_raw_batch_with_the_training_statistics(run_dir, tmp_
     assert "this model takes batches of (1, 8, 8)" in capsys.readouterr().err
 
 
+def test_infer_normalize_needs_recorded_statistics(tmp_path, capsys):
+    from torch import nn
+
+    import onebit
+    from onebit.deploy import export, save
+
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.Linear(8, 8), nn.Linear(8, 3))
+    onebit.binarize(model, "bnn")
+    path = tmp_path / "bare.onebit"
+    save(export(model.eval()), path)  # no training run: no data statistics in the file
+    np.save(tmp_path / "x.npy", np.zeros((2, 16), dtype=np.float32))
+    assert main(["infer", str(path), str(tmp_path / "x.npy")]) == 0
+    capsys.readouterr()
+    assert main(["infer", str(path), str(tmp_path / "x.npy"), "--normalize"]) == 2
+    err = capsys.readouterr().err
+    assert "records no input mean/std" in err and err.count("\n") == 1
+
+
 def test_export_of_a_missing_run_is_one_line(tmp_path, capsys):
     assert main(["export", str(tmp_path / "none"), str(tmp_path / "m.onnx"), "--format", "onnx"]) == 2
     err = capsys.readouterr().err
