@@ -1,7 +1,8 @@
 // Standalone check of the engine's binary conv2d against a naive reference, without Python or
 // torch: every kernel path this CPU runs, random shapes (odd channel counts, strides 1-2, padding
-// values -1/0/+1, 1x1 to 5x5 kernels), float output with every epilogue feature (scale, bias,
-// PReLU, clamp, a residual, also in place, the extra bits output) and bits output, on 1-3 threads.
+// values -1/0/+1, 1x1 to 5x5 kernels), one plane or two masked planes (heterogeneous bitwidth),
+// float output with every epilogue feature (scale, bias, PReLU, clamp, a residual, also in place,
+// the extra bits output) and bits output, on 1-3 threads.
 // Float outputs must be identical (the reference applies the engine's float32 operations in the
 // engine's order to the exact integer dot product), bits too.
 //
@@ -32,6 +33,7 @@ int random_sign() { return (rng() & 1) ? -1 : 1; }
 
 struct Case {
   int N, H, W, cin, cout, kh, kw, sh, sw, ph, pw, pad_value;
+  int planes;   // 1, or 2 masked bit planes (heterogeneous bitwidth)
   bool bits_out, prelu, clamp, residual, in_place, also_bits;
   float mu_scale;
 };
@@ -39,10 +41,10 @@ struct Case {
 std::string describe(const Case& c) {
   char buf[256];
   std::snprintf(buf, sizeof buf,
-                "N=%d H=%d W=%d cin=%d cout=%d k=%dx%d s=%dx%d p=%dx%d pad_value=%d bits=%d prelu=%d clamp=%d "
-                "residual=%d in_place=%d also_bits=%d",
-                c.N, c.H, c.W, c.cin, c.cout, c.kh, c.kw, c.sh, c.sw, c.ph, c.pw, c.pad_value, c.bits_out, c.prelu,
-                c.clamp, c.residual, c.in_place, c.also_bits);
+                "N=%d H=%d W=%d cin=%d cout=%d k=%dx%d s=%dx%d p=%dx%d pad_value=%d planes=%d bits=%d prelu=%d "
+                "clamp=%d residual=%d in_place=%d also_bits=%d",
+                c.N, c.H, c.W, c.cin, c.cout, c.kh, c.kw, c.sh, c.sw, c.ph, c.pw, c.pad_value, c.planes, c.bits_out,
+                c.prelu, c.clamp, c.residual, c.in_place, c.also_bits);
   return buf;
 }
 
@@ -59,41 +61,52 @@ std::vector<uint64_t> pack_signs(const std::vector<int>& s, int64_t P, int64_t C
 int run_case(const Case& c, int isa, int threads) {
   const int64_t OH = conv_out_size(c.H, c.kh, c.sh, c.ph), OW = conv_out_size(c.W, c.kw, c.sw, c.pw);
   if (OH < 1 || OW < 1) return 0;
-  // input signs (N, H, W, cin) and weight signs (cout, cin, kh, kw)
-  std::vector<int> xs(static_cast<size_t>(c.N) * c.H * c.W * c.cin), ws(static_cast<size_t>(c.cout) * c.cin * c.kh * c.kw);
+  // input signs (N, H, W, cin); per plane j, weight signs and masks (cout, cin, kh, kw)
+  const int J = c.planes;
+  const size_t wn = static_cast<size_t>(c.cout) * c.cin * c.kh * c.kw;
+  std::vector<int> xs(static_cast<size_t>(c.N) * c.H * c.W * c.cin), ws(J * wn), ms(J * wn, 1);
   for (auto& v : xs) v = random_sign();
   for (auto& v : ws) v = random_sign();
+  if (J > 1)
+    for (auto& v : ms) v = uniform(0, 3) != 0;  // masked planes: ~3/4 of the weights active
   const std::vector<uint64_t> x = pack_signs(xs, static_cast<int64_t>(c.N) * c.H * c.W, c.cin);
+  auto widx = [&](int j, int o, int ci, int i, int jj) {
+    return j * wn + ((static_cast<size_t>(o) * c.cin + ci) * c.kh + i) * c.kw + jj;
+  };
 
   Weights w;
-  w.J = 1, w.cin = c.cin, w.cout = c.cout, w.kh = c.kh, w.kw = c.kw, w.KW = (c.cin + 63) / 64;
+  w.J = J, w.cin = c.cin, w.cout = c.cout, w.kh = c.kh, w.kw = c.kw, w.KW = (c.cin + 63) / 64;
   w.ncb = (c.cout + kBlock - 1) / kBlock, w.cpad = w.ncb * kBlock;
-  w.w.assign(static_cast<size_t>(w.ncb * c.kh * c.kw * w.KW * kBlock), 0);
-  for (int o = 0; o < c.cout; ++o)
-    for (int ci = 0; ci < c.cin; ++ci)
-      for (int i = 0; i < c.kh; ++i)
-        for (int j = 0; j < c.kw; ++j)
-          if (ws[((static_cast<size_t>(o) * c.cin + ci) * c.kh + i) * c.kw + j] < 0) {
+  const int64_t plane_words = w.ncb * c.kh * c.kw * w.KW * kBlock;
+  w.w.assign(static_cast<size_t>(J * plane_words), 0);
+  if (J > 1) w.m.assign(static_cast<size_t>(J * plane_words), 0);
+  w.base.assign(static_cast<size_t>(J * w.cpad), 0);
+  w.mu.assign(static_cast<size_t>(J * w.cpad), 0.0f);
+  w.wsum_prefix.assign(static_cast<size_t>(J * (c.kh + 1) * (c.kw + 1) * w.cpad), 0);
+  for (int j = 0; j < J; ++j) {
+    for (int o = 0; o < c.cout; ++o)
+      for (int ci = 0; ci < c.cin; ++ci)
+        for (int i = 0; i < c.kh; ++i)
+          for (int jj = 0; jj < c.kw; ++jj) {
             const int64_t cb = o / kBlock, q = o % kBlock;
-            w.w[(((cb * c.kh + i) * c.kw + j) * w.KW + ci / 64) * kBlock + q] |= 1ull << (ci % 64);
+            const int64_t word = j * plane_words + (((cb * c.kh + i) * c.kw + jj) * w.KW + ci / 64) * kBlock + q;
+            if (ws[widx(j, o, ci, i, jj)] < 0) w.w[word] |= 1ull << (ci % 64);
+            if (J > 1 && ms[widx(j, o, ci, i, jj)]) w.m[word] |= 1ull << (ci % 64);
+            w.base[j * w.cpad + o] += ms[widx(j, o, ci, i, jj)];
           }
-  w.base.assign(static_cast<size_t>(w.cpad), 0);
-  w.mu.assign(static_cast<size_t>(w.cpad), 0.0f);
-  w.wsum_prefix.assign(static_cast<size_t>((c.kh + 1) * (c.kw + 1) * w.cpad), 0);
-  for (int o = 0; o < c.cout; ++o) {
-    w.base[o] = c.cin * c.kh * c.kw;
-    w.mu[o] = c.mu_scale * (0.5f + static_cast<float>(uniform(0, 100)) / 100.0f);
+    for (int o = 0; o < c.cout; ++o)
+      w.mu[j * w.cpad + o] = c.mu_scale * (0.5f + static_cast<float>(uniform(0, 100)) / 100.0f);
+    int32_t* P = w.wsum_prefix.data() + static_cast<int64_t>(j) * (c.kh + 1) * (c.kw + 1) * w.cpad;
+    for (int a = 1; a <= c.kh; ++a)  // prefix sums of the per-tap sums of the active weight signs
+      for (int b = 1; b <= c.kw; ++b)
+        for (int o = 0; o < c.cout; ++o) {
+          int sum = 0;
+          for (int ci = 0; ci < c.cin; ++ci) sum += ws[widx(j, o, ci, a - 1, b - 1)] * ms[widx(j, o, ci, a - 1, b - 1)];
+          P[(a * (c.kw + 1) + b) * w.cpad + o] = sum + P[((a - 1) * (c.kw + 1) + b) * w.cpad + o] +
+                                                 P[(a * (c.kw + 1) + b - 1) * w.cpad + o] -
+                                                 P[((a - 1) * (c.kw + 1) + b - 1) * w.cpad + o];
+        }
   }
-  for (int a = 1; a <= c.kh; ++a)  // prefix sums of the per-tap weight sign sums
-    for (int b = 1; b <= c.kw; ++b)
-      for (int o = 0; o < c.cout; ++o) {
-        int sum = 0;
-        for (int ci = 0; ci < c.cin; ++ci) sum += ws[((static_cast<size_t>(o) * c.cin + ci) * c.kh + a - 1) * c.kw + b - 1];
-        int32_t* P = w.wsum_prefix.data();
-        P[(a * (c.kw + 1) + b) * w.cpad + o] = sum + P[((a - 1) * (c.kw + 1) + b) * w.cpad + o] +
-                                               P[(a * (c.kw + 1) + b - 1) * w.cpad + o] -
-                                               P[((a - 1) * (c.kw + 1) + b - 1) * w.cpad + o];
-      }
 
   Transform t;
   t.cout = c.cout, t.cpad = w.cpad, t.bits = c.bits_out;
@@ -110,7 +123,8 @@ int run_case(const Case& c, int isa, int threads) {
   t.cmin = c.clamp ? -3.0f : -INFINITY;
   t.cmax = c.clamp ? 5.0f : INFINITY;
 
-  // reference: the exact integer dot product, then the engine's float32 operations in order
+  // reference: per plane the exact integer dot product over the active weights, then the engine's
+  // float32 operations in the engine's order
   const int64_t pixels = static_cast<int64_t>(c.N) * OH * OW;
   std::vector<float> residual(static_cast<size_t>(pixels * c.cout));
   for (auto& v : residual) v = normal(3.0f);
@@ -119,18 +133,21 @@ int run_case(const Case& c, int isa, int threads) {
     for (int64_t oh = 0; oh < OH; ++oh)
       for (int64_t ow = 0; ow < OW; ++ow)
         for (int o = 0; o < c.cout; ++o) {
-          int64_t D = 0;
-          for (int i = 0; i < c.kh; ++i)
-            for (int j = 0; j < c.kw; ++j) {
-              const int64_t ih = oh * c.sh - c.ph + i, iw = ow * c.sw - c.pw + j;
-              const bool inside = ih >= 0 && ih < c.H && iw >= 0 && iw < c.W;
-              for (int ci = 0; ci < c.cin; ++ci) {
-                const int xv = inside ? xs[((static_cast<size_t>(n) * c.H + ih) * c.W + iw) * c.cin + ci] : c.pad_value;
-                D += xv * ws[((static_cast<size_t>(o) * c.cin + ci) * c.kh + i) * c.kw + j];
+          float a = 0.0f;
+          for (int j = 0; j < J; ++j) {
+            int64_t D = 0;
+            for (int i = 0; i < c.kh; ++i)
+              for (int jj = 0; jj < c.kw; ++jj) {
+                const int64_t ih = oh * c.sh - c.ph + i, iw = ow * c.sw - c.pw + jj;
+                const bool inside = ih >= 0 && ih < c.H && iw >= 0 && iw < c.W;
+                for (int ci = 0; ci < c.cin; ++ci) {
+                  const int xv = inside ? xs[((static_cast<size_t>(n) * c.H + ih) * c.W + iw) * c.cin + ci] : c.pad_value;
+                  D += xv * ws[widx(j, o, ci, i, jj)] * ms[widx(j, o, ci, i, jj)];
+                }
               }
-            }
+            a = a + w.mu[j * w.cpad + o] * static_cast<float>(D);
+          }
           const int64_t pix = (static_cast<int64_t>(n) * OH + oh) * OW + ow;
-          const float a = 0.0f + w.mu[o] * static_cast<float>(D);
           float y = a * t.scale[o] + t.bias[o];
           if (c.residual) y = y + residual[pix * c.cout + o];
           if (c.prelu) y = y < 0.0f ? y * t.prelu[o] : y;
@@ -201,6 +218,7 @@ int main(int argc, char** argv) {
     c.sh = uniform(1, 2), c.sw = k % 7 == 0 ? uniform(1, 2) : c.sh;
     c.ph = uniform(0, c.kh / 2), c.pw = uniform(0, c.kw / 2);
     c.pad_value = uniform(-1, 1);
+    c.planes = k % 4 == 1 ? 2 : 1;
     c.bits_out = k % 3 == 0;
     c.prelu = uniform(0, 1), c.clamp = uniform(0, 1);
     c.residual = !c.bits_out && uniform(0, 1);
