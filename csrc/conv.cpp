@@ -23,6 +23,21 @@ uint64_t new_weights_uid() {
   return next.fetch_add(1, std::memory_order_relaxed);
 }
 
+void set_tap_sign_sums(Weights& w, const int32_t* wsum) {
+  const int64_t kh = w.kh, kw = w.kw, cpad = w.cpad, taps = kh * kw;
+  w.wsum_prefix.assign(static_cast<size_t>(w.J * (kh + 1) * (kw + 1) * cpad), 0);
+  for (int64_t j = 0; j < w.J; ++j) {
+    int32_t* P = w.wsum_prefix.data() + j * (kh + 1) * (kw + 1) * cpad;
+    for (int64_t a = 1; a <= kh; ++a)
+      for (int64_t b = 1; b <= kw; ++b)
+        for (int64_t o = 0; o < w.cout; ++o)
+          P[(a * (kw + 1) + b) * cpad + o] = wsum[(j * w.cout + o) * taps + (a - 1) * kw + (b - 1)] +
+                                             P[((a - 1) * (kw + 1) + b) * cpad + o] +
+                                             P[(a * (kw + 1) + b - 1) * cpad + o] -
+                                             P[((a - 1) * (kw + 1) + b - 1) * cpad + o];
+  }
+}
+
 namespace {
 
 // Output bit of one channel for the integer dot product D, by exactly the float operations, in

@@ -105,19 +105,7 @@ onebit::Weights* make_weights(In<int64_t> w, std::optional<In<int64_t>> m, In<in
       r->base[j * r->cpad + o] = base.data()[j * cout + o];
       r->mu[j * r->cpad + o] = mu.data()[j * cout + o];
     }
-  // wsum (J, cout, kh*kw) -> its 2-D prefix sums over the taps (padded channels stay 0)
-  const int64_t kh = r->kh, kw = r->kw, cpad = r->cpad;
-  r->wsum_prefix.assign(static_cast<size_t>(r->J * (kh + 1) * (kw + 1) * cpad), 0);
-  for (int64_t j = 0; j < r->J; ++j) {
-    int32_t* P = r->wsum_prefix.data() + j * (kh + 1) * (kw + 1) * cpad;
-    for (int64_t a = 1; a <= kh; ++a)
-      for (int64_t b = 1; b <= kw; ++b)
-        for (int64_t o = 0; o < cout; ++o)
-          P[(a * (kw + 1) + b) * cpad + o] = wsum.data()[(j * cout + o) * taps + (a - 1) * kw + (b - 1)] +
-                                             P[((a - 1) * (kw + 1) + b) * cpad + o] +
-                                             P[(a * (kw + 1) + b - 1) * cpad + o] -
-                                             P[((a - 1) * (kw + 1) + b - 1) * cpad + o];
-  }
+  onebit::set_tap_sign_sums(*r, wsum.data());
   return guard.release();
 }
 

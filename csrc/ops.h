@@ -33,6 +33,10 @@ struct Weights {
   std::vector<float> mu;       // (J, cpad): per-plane scales
 };
 
+// Fills w.wsum_prefix (w's J, kh, kw, cout and cpad set) from the per-tap sums of the active weight
+// signs, wsum (J, cout, kh*kw); padded channels stay 0.
+void set_tap_sign_sums(Weights& w, const int32_t* wsum);
+
 struct DepthwisePlan;  // depthwise.cpp
 
 // The integer form of a bits-output transform for one set of single-plane weights: output bit

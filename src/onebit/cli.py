@@ -220,7 +220,8 @@ def _image_tensor(image: Any, info: dict[str, Any]) -> Any:
     x = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0)
     x = x.unsqueeze(0) if x.dim() == 2 else x.permute(2, 0, 1)
     x = F.interpolate(x.unsqueeze(0), size=(height, width), mode="bilinear", align_corners=False)
-    return _normalize(x, info)
+    # (a model file without statistics: the image's [0, 1] values as they are)
+    return _normalize(x, {"mean": info.get("mean", [0.0] * channels), "std": info.get("std", [1.0] * channels)})
 
 
 def _normalize(x: Any, info: dict[str, Any]) -> Any:

@@ -82,7 +82,9 @@ int run_case(const Case& c, int isa, int threads) {
   if (J > 1) w.m.assign(static_cast<size_t>(J * plane_words), 0);
   w.base.assign(static_cast<size_t>(J * w.cpad), 0);
   w.mu.assign(static_cast<size_t>(J * w.cpad), 0.0f);
-  w.wsum_prefix.assign(static_cast<size_t>(J * (c.kh + 1) * (c.kw + 1) * w.cpad), 0);
+  // per plane, output channel and tap, the sum of the active weight signs (what the Python
+  // packer hands the engine, which builds its prefix table from it)
+  std::vector<int32_t> wsum(static_cast<size_t>(J) * c.cout * c.kh * c.kw, 0);
   for (int j = 0; j < J; ++j) {
     for (int o = 0; o < c.cout; ++o)
       for (int ci = 0; ci < c.cin; ++ci)
@@ -90,23 +92,16 @@ int run_case(const Case& c, int isa, int threads) {
           for (int jj = 0; jj < c.kw; ++jj) {
             const int64_t cb = o / kBlock, q = o % kBlock;
             const int64_t word = j * plane_words + (((cb * c.kh + i) * c.kw + jj) * w.KW + ci / 64) * kBlock + q;
-            if (ws[widx(j, o, ci, i, jj)] < 0) w.w[word] |= 1ull << (ci % 64);
-            if (J > 1 && ms[widx(j, o, ci, i, jj)]) w.m[word] |= 1ull << (ci % 64);
-            w.base[j * w.cpad + o] += ms[widx(j, o, ci, i, jj)];
+            const size_t e = widx(j, o, ci, i, jj);
+            if (ws[e] < 0) w.w[word] |= 1ull << (ci % 64);
+            if (J > 1 && ms[e]) w.m[word] |= 1ull << (ci % 64);
+            w.base[j * w.cpad + o] += ms[e];
+            wsum[(static_cast<size_t>(j) * c.cout + o) * c.kh * c.kw + i * c.kw + jj] += ws[e] * ms[e];
           }
     for (int o = 0; o < c.cout; ++o)
       w.mu[j * w.cpad + o] = c.mu_scale * (0.5f + static_cast<float>(uniform(0, 100)) / 100.0f);
-    int32_t* P = w.wsum_prefix.data() + static_cast<int64_t>(j) * (c.kh + 1) * (c.kw + 1) * w.cpad;
-    for (int a = 1; a <= c.kh; ++a)  // prefix sums of the per-tap sums of the active weight signs
-      for (int b = 1; b <= c.kw; ++b)
-        for (int o = 0; o < c.cout; ++o) {
-          int sum = 0;
-          for (int ci = 0; ci < c.cin; ++ci) sum += ws[widx(j, o, ci, a - 1, b - 1)] * ms[widx(j, o, ci, a - 1, b - 1)];
-          P[(a * (c.kw + 1) + b) * w.cpad + o] = sum + P[((a - 1) * (c.kw + 1) + b) * w.cpad + o] +
-                                                 P[(a * (c.kw + 1) + b - 1) * w.cpad + o] -
-                                                 P[((a - 1) * (c.kw + 1) + b - 1) * w.cpad + o];
-        }
   }
+  set_tap_sign_sums(w, wsum.data());
 
   Transform t;
   t.cout = c.cout, t.cpad = w.cpad, t.bits = c.bits_out;

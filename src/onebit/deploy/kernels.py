@@ -861,10 +861,9 @@ class PreparedConv2d:
         y = b.run(data, cin, self.stride, self.padding, self.pad_value, fn, residual, out)
         if b.bits:
             return PackedActivations._trusted(y, b.out_channels)
-        if b.also_bits:
-            y, bits = y
-            return (y.permute(0, 3, 1, 2) if out is None else out), PackedActivations._trusted(bits, b.out_channels)
-        return y.permute(0, 3, 1, 2) if out is None else out
+        y, bits = y if b.also_bits else (y, None)
+        y = y.permute(0, 3, 1, 2) if out is None else out  # (N, C, H, W) over the NHWC buffer
+        return y if bits is None else (y, PackedActivations._trusted(bits, b.out_channels))
 
 
 def binary_conv2d(

@@ -128,6 +128,8 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         # them: without this, a flipped bit in a weight loads silently.
         with zipfile.ZipFile(path) as archive:
             damaged = archive.testzip()
+        # weights_only: a checkpoint is data (tensors, numbers, strings), never code to run.
+        payload = None if damaged else torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
         raise CheckpointError(
             f"{path} is not a readable onebit checkpoint (truncated, corrupt or foreign: {type(err).__name__})"
@@ -135,13 +137,6 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if damaged is not None:
         raise CheckpointError(f"{path} is corrupt: its record {damaged!r} fails its CRC-32 check (damaged in "
                               "storage or transfer?); copy it again or train again")  # fmt: skip
-    try:
-        # weights_only: a checkpoint is data (tensors, numbers, strings), never code to run.
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise CheckpointError(
-            f"{path} is not a readable onebit checkpoint (truncated, corrupt or foreign: {type(err).__name__})"
-        ) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path} was not written by onebit train (format {FORMAT!r} expected)")
     return payload
