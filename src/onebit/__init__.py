@@ -10,6 +10,7 @@
 from typing import Any
 
 from . import methods, nn
+from .errors import OnebitError
 from .nn import binarize, extra_loss, schedule_step
 
 
@@ -22,4 +23,4 @@ def summary(model: Any, input_shape: Any = None, **kwargs: Any) -> Any:
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "binarize", "extra_loss", "methods", "nn", "schedule_step", "summary"]
+__all__ = ["OnebitError", "__version__", "binarize", "extra_loss", "methods", "nn", "schedule_step", "summary"]

@@ -23,6 +23,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..errors import OnebitError
+
 __all__ = ["METRICS", "SCHEMA_VERSION", "DatabaseError", "ResultsDB", "RunRecord", "records_from"]
 
 SCHEMA_VERSION = 1
@@ -74,7 +76,7 @@ CREATE TABLE IF NOT EXISTS metrics (
 """
 
 
-class DatabaseError(RuntimeError):
+class DatabaseError(OnebitError, RuntimeError):
     """The results file is not a onebit results database (or is of a newer format)."""
 
 

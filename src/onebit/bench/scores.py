@@ -35,6 +35,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..errors import OnebitError
 from . import metrics as M
 from .db import ResultsDB, RunRecord, records_from
 
@@ -53,7 +54,7 @@ FP = "fp"
 CORRUPT_PREFIX = "corrupt/"
 
 
-class MissingBaselineError(ValueError):
+class MissingBaselineError(OnebitError, ValueError):
     """A binarized run has no full-precision run of the same role, architecture, task, seed and
     hyper-parameters to be compared with."""
 

@@ -47,6 +47,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..errors import OnebitError
 from ..methods import available as available_methods
 
 __all__ = [
@@ -86,7 +87,7 @@ _DEFAULT_GRID = (
 )
 
 
-class SuiteError(ValueError):
+class SuiteError(OnebitError, ValueError):
     """A suite file or table is invalid; the message names the entry and what is allowed."""
 
 

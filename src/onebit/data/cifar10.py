@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from onebit.data._bundle import DataBundle, InMemoryDataset
+from onebit.errors import OnebitError
 from onebit.data._registry import DatasetSpec, Option, is_bool
 from onebit.data.transforms import Compose, Normalize, RandomCrop, RandomHorizontalFlip, ToFloat
 
@@ -38,7 +39,7 @@ LAYOUT = """expected layout (the "CIFAR-10 python version" archive, cifar-10-pyt
       batches.meta                    pickled dict: b'label_names'"""
 
 
-class UnsafePickleError(ValueError):
+class UnsafePickleError(OnebitError, ValueError):
     """A pickle asked for a global outside the allow-list (it could run arbitrary code)."""
 
 

@@ -29,6 +29,7 @@ import torch
 from torch import Tensor, fx, nn
 
 from .._io import atomic_write_bytes
+from ..errors import OnebitError
 from . import _codec
 from .graph import ExportError, fuse, graph_from_json, graph_to_json, trace
 
@@ -45,7 +46,7 @@ COMPRESS_MIN_NUMEL = 4096  # smaller tensors are always stored raw
 COMPRESS_MAX_FRACTION = 0.98  # a tensor is stored compressed only if that saves at least 2%
 
 
-class ModelFileError(ValueError):
+class ModelFileError(OnebitError, ValueError):
     """A packed-model file is missing, truncated, corrupt, from a newer onebit, or not onebit's."""
 
 

@@ -50,6 +50,7 @@ import torch
 import torch.nn.functional as F
 
 from onebit import _engine
+from onebit.errors import OnebitError
 
 __all__ = [
     "KERNELS",
@@ -80,7 +81,7 @@ _BLOCK = int(_engine.BLOCK)  # output channels per weight block (32)
 _ENV = "ONEBIT_KERNEL"
 
 
-class KernelUnavailableError(RuntimeError):
+class KernelUnavailableError(OnebitError, RuntimeError):
     """A kernel path was requested that this CPU (or this build) cannot run."""
 
 

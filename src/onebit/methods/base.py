@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 from torch import Tensor
 
+from ..errors import OnebitError
 from .functional import sign
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -98,7 +99,7 @@ class Option:
 # --------------------------------------------------------------------------------------------------
 # What a deployed layer computes
 # --------------------------------------------------------------------------------------------------
-class NotDeployableError(ValueError):
+class NotDeployableError(OnebitError, ValueError):
     """The layer's current form cannot run as 1-bit arithmetic; the message names the layer and why."""
 
 

@@ -37,6 +37,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..errors import OnebitError
+
 __all__ = [
     "RecipeError",
     "DataSpec",
@@ -60,7 +62,7 @@ WD_GROUPS = ("all", "no_norm_bias", "conv_fc_only")
 DISTILL_LOSSES = ("kl", "kl+ce")
 
 
-class RecipeError(ValueError):
+class RecipeError(OnebitError, ValueError):
     """A recipe is malformed; the message names the key, the bad value and what is allowed."""
 
 

@@ -29,6 +29,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Sampler
+
+from ..errors import OnebitError
 from torch.utils.data.distributed import DistributedSampler
 
 from .. import __version__
@@ -44,7 +46,7 @@ FINAL = "model.pt"
 FORMAT = "onebit-train/1"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(OnebitError, ValueError):
     """A checkpoint is missing, truncated, corrupt, or was not written by ``onebit train``."""
 
 
