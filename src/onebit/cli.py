@@ -346,8 +346,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="write report.md and report.html from a benchmark directory")
     p.add_argument("dir", help="a directory written by onebit bench (holding results.sqlite)")
     p.add_argument("--out", help="report directory (default: DIR/report)")
-    p.add_argument("--overall", default="geometric", choices=["geometric", "quadratic", "arithmetic"],
-                   help="how the overall score combines the track scores (default: geometric mean)")
+    p.add_argument("--overall", default="rank", choices=["rank"],
+                   help="how the overall score combines the tracks: the mean of per-track ranks (bounded)")
     p.add_argument("--strict", action="store_true", help="fail when a binarized run lacks its fp baseline")
     p.set_defaults(func=_cmd_report)
 

@@ -24,6 +24,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
 
 __all__ = [
     "TRACKS",
@@ -36,6 +39,7 @@ __all__ = [
     "arch_score",
     "corruption_gap",
     "robustness_ratio",
+    "bounded_robustness_ratio",
     "robustness_score",
     "training_score",
     "bibench_flops",
@@ -146,6 +150,21 @@ def robustness_ratio(gap_fp: float, gap_bi: float, eps: float = DEFAULT_EPS) -> 
     return max(float(gap_fp), eps) / max(float(gap_bi), eps)
 
 
+def bounded_robustness_ratio(gap_fp: Any, gap_bi: Any, floor: float, clip: float = 4.0) -> Any:
+    """onebit's bounded form of ``G_FP / G_bi`` (3.3), used by the leaderboard: the binarized gap is
+    floored at ``floor`` — its own test-set noise, below which a drop cannot be told from 0 — a negative
+    FP gap counts as 0, and the ratio is clipped to ``[1/clip, clip]`` so that no single corruption can
+    dominate the track. Works elementwise on numpy arrays (bootstrap replicates) as well as on numbers.
+
+    The paper's wording averages raw ratios; those are unbounded where a binarized model has nothing left
+    to lose (a model at chance scored 200 on one corruption and 42.95 on the track in an earlier report).
+    """
+    if not floor > 0 or not clip >= 1:
+        raise ValueError(f"floor must be positive and clip >= 1, got floor={floor!r}, clip={clip!r}")
+    ratio = np.clip(np.maximum(gap_fp, 0.0) / np.maximum(gap_bi, floor), 1.0 / clip, clip)
+    return float(ratio) if np.ndim(ratio) == 0 else ratio
+
+
 def robustness_score(ratios_by_corruption: Mapping[str, float | Sequence[float]]) -> float:
     """Corruption-robustness track (3.3): ``OM_robust = sqrt( (1/C) Σ_c E²[G_FP^c / G_bi^c] )``
     over the C corruptions; ``ratios_by_corruption[c]`` holds :func:`robustness_ratio` of each setting."""
@@ -204,7 +223,9 @@ def inference_score(latency_ratios: float | Sequence[float], storage_ratios: flo
 
 def overall_score(track_scores: Mapping[str, float | None], kind: str = "geometric") -> float | None:
     """One number per method across tracks — **ours, not BiBench's** (the paper reports the six track
-    metrics side by side and defines no single score).
+    metrics side by side and defines no single score). The leaderboard no longer ranks by it: means of
+    raw track ratios are unbounded, so one track (robustness, complexity) decided the ranking; it ranks
+    by the mean of per-track ranks (:mod:`onebit.bench.scores`). Kept for comparisons.
 
     ``kind="geometric"`` (default): the geometric mean of the track scores the method has (``None``
     entries are skipped; no track at all gives ``None``). Every track score is a ratio to FP, and the

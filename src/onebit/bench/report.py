@@ -636,7 +636,7 @@ def _atomic_write(path: Path, data: bytes) -> None:
 
 
 def write_report(
-    results_dir: str | Path, out_dir: str | Path | None = None, *, overall: str = "geometric", strict: bool = False
+    results_dir: str | Path, out_dir: str | Path | None = None, *, overall: str = "rank", strict: bool = False
 ) -> dict[str, Path]:
     """Write ``report.md``, ``report.html`` and ``plots/*.png`` for the results in ``results_dir`` (a
     directory holding ``results.sqlite``, or the database file) into ``out_dir`` (default: ``report/``

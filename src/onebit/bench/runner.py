@@ -82,6 +82,7 @@ def _recipe(spec: RunSpec) -> Any:
     stage = Stage(
         name="main",
         method=None if spec.method == FP else spec.method,
+        method_options=dict(spec.layer_options),  # e.g. binarize_activations: the run's W/A bit widths
         epochs=hp["epochs"],
         optimizer=OptimizerSpec(
             name=hp["optimizer"], lr=hp["lr"], momentum=hp["momentum"], weight_decay=hp["weight_decay"]
@@ -202,6 +203,16 @@ def _complexity(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, flo
     return {k: float(totals[k]) for k in keys}
 
 
+def _identity(model: nn.Module, bundle: Any) -> dict[str, float]:
+    """The run's bit widths (part of its identity: scores never rank W1A32 against W1A1) and what the
+    statistics need: the test-set size (binomial noise) and the class count (chance level)."""
+    from .precision import model_bits
+
+    w_bits, a_bits = model_bits(model)
+    return {"w_bits": w_bits, "a_bits": a_bits, "n_test": float(len(bundle.test)),
+            "n_classes": float(bundle.num_classes)}
+
+
 def execute(spec: RunSpec, out_dir: str | Path, threads: int | None = None) -> RunRecord:
     """Train and measure one run; never raises (a failure becomes a ``failed`` record with the error)."""
     from ..train.trainer import load_data
@@ -235,6 +246,7 @@ def execute(spec: RunSpec, out_dir: str | Path, threads: int | None = None) -> R
         }
         bundle = load_data(recipe)
         input_shape = tuple(bundle.input_shape)
+        metrics.update(_identity(model, bundle))
         if "complexity" in spec.tracks:
             metrics.update(_complexity(model, input_shape))
         if "robustness" in spec.tracks:

@@ -7,6 +7,8 @@ Example::
     methods = ["bnn", "reactnet"]      # or "all"; the full-precision baseline "fp" is always added
     seeds = [0]
     tracks = ["accuracy", "robustness", "training", "sensitivity", "complexity", "inference"]
+    activations = "binary"             # W1A1 for every method (default); "method": each method's default
+    weight_only = ["pcpp-pc"]          # optional: also run these with real activations (group W1A32)
 
     [train]                            # defaults of every run (BiBench's eff_train grid varies these)
     epochs = 8
@@ -127,12 +129,16 @@ class RunSpec:
     corruptions: tuple[str, ...] | str = "all"
     severities: tuple[int, ...] = (1, 2, 3, 4, 5)
     inference: dict[str, Any] = field(default_factory=dict)
+    #: binary-layer options of the run, e.g. ``{"binarize_activations": True}`` (see :attr:`Suite.activations`)
+    layer_options: dict[str, Any] = field(default_factory=dict)
 
     @property
     def run_id(self) -> str:
         """A stable id of what the run computes (the suite's name is not part of it)."""
         content = asdict(self)
         content.pop("suite")
+        if not content["layer_options"]:  # ids of runs with the method's own layers predate the field
+            content.pop("layer_options")
         blob = json.dumps(content, sort_keys=True, default=list).encode()
         return f"{self.method}-{self.setting.arch}-{self.setting.task}-{hashlib.sha1(blob).hexdigest()[:10]}"
 
@@ -166,6 +172,24 @@ class Suite:
     sensitivity_train: dict[str, Any] = field(default_factory=dict)
     inference: dict[str, Any] = field(default_factory=lambda: {"threads": 1, "repeats": 20})
     description: str = ""
+    #: "binary": every method binarizes activations (W1A1, BiBench's setting; methods whose default keeps
+    #: them real — the PC++ presets, bnn++ — run with ``binarize_activations=True``); "method": each
+    #: method's own default
+    activations: str = "binary"
+    #: methods also run with real activations (weight-only, W1A32): a separate group, never ranked against W1A1
+    weight_only: list[str] = field(default_factory=list)
+
+    def layer_options(self, method: str, weight_only: bool = False) -> dict[str, Any]:
+        """The binary-layer options a run of ``method`` gets from :attr:`activations` / :attr:`weight_only`."""
+        if method == FP:
+            return {}
+        if weight_only:
+            return {"binarize_activations": False}
+        from ..methods import method_class
+
+        if self.activations == "binary" and not method_class(method).binarizes_activations:
+            return {"binarize_activations": True}
+        return {}
 
     def hparams(self, setting: Setting, **changes: Any) -> dict[str, Any]:
         hp = {
@@ -188,9 +212,10 @@ class Suite:
         grid if that track is on."""
         main_tracks = tuple(t for t in self.tracks if t != "sensitivity")
         out: list[RunSpec] = []
+        variants = [(m, False) for m in [FP, *self.methods]] + [(m, True) for m in self.weight_only]
         for setting in self.settings:
             for seed in self.seeds:
-                for method in [FP, *self.methods]:
+                for method, weight_only in variants:
                     out.append(
                         RunSpec(
                             self.name,
@@ -203,6 +228,7 @@ class Suite:
                             self.corruptions,
                             self.severities,
                             dict(self.inference),
+                            self.layer_options(method, weight_only),
                         )
                     )
         if "sensitivity" in self.tracks:
@@ -212,7 +238,8 @@ class Suite:
                     for point in self.sensitivity_grid:
                         for schedule in self.sensitivity_schedules:
                             hp = self.hparams(setting, **self.sensitivity_train, **point, schedule=schedule)
-                            out.append(RunSpec(self.name, "sensitivity", method, setting, seed, hp, ("accuracy",)))
+                            out.append(RunSpec(self.name, "sensitivity", method, setting, seed, hp, ("accuracy",),
+                                               layer_options=self.layer_options(method)))
         return out
 
 
@@ -313,6 +340,8 @@ def suite_from_dict(table: dict[str, Any], default_name: str = "suite") -> Suite
             "robustness",
             "sensitivity",
             "inference",
+            "activations",
+            "weight_only",
         },
     )
     name = table.get("name", default_name)
@@ -338,6 +367,13 @@ def suite_from_dict(table: dict[str, Any], default_name: str = "suite") -> Suite
         settings,
         description=str(table.get("description", "")),
     )
+
+    suite.activations = table.get("activations", "binary")
+    if suite.activations not in ("binary", "method"):
+        raise _fail("activations", f'must be "binary" (W1A1 for every method) or "method" (each method\'s '
+                    f"default), got {suite.activations!r}")
+    if "weight_only" in table:
+        suite.weight_only = _methods(table["weight_only"], "weight_only")
 
     rob = _table(table.get("robustness", {}), "robustness", {"corruptions", "severities"})
     corruptions = rob.get("corruptions", "all")

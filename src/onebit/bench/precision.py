@@ -1,0 +1,93 @@
+"""A run's bit widths — weights and activations of its binary layers — and the group label built from
+them (``W1A1``, ``W1A32``, ``W1.4A1``, ``W32A32``).
+
+BiBench compares 1-bit weights *and* activations throughout (Qin et al., ICML 2023, Sec. 3); a method
+run with real activations (ProxConnect++'s presets and BNN++ by default, ``binarize_activations=False``)
+or with several weight bits (HBNN's heterogeneous bitwidths, 1.4 average bits by default) is a
+different setting. The benchmark records the widths of every run (metrics ``w_bits`` and ``a_bits``)
+and ranks only runs of the same label against each other (:mod:`onebit.bench.scores`).
+
+Widths are averages over the binary layers weighted by their number of weights; the first and last
+layers the papers keep real are not binary layers and do not count (every method keeps them alike).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+__all__ = ["FULL_PRECISION", "PRIMARY", "declared_bits", "model_bits", "precision_label"]
+
+FULL_PRECISION = 32.0
+#: The setting BiBench compares and the default suite ranks: 1-bit weights and activations.
+PRIMARY = "W1A1"
+
+
+def _fmt(bits: float) -> str:
+    rounded = round(float(bits), 1)
+    return f"{rounded:g}"
+
+
+def precision_label(w_bits: float, a_bits: float) -> str:
+    """``W<weight bits>A<activation bits>``, each rounded to one decimal (``W1A1``, ``W1.4A1``)."""
+    return f"W{_fmt(w_bits)}A{_fmt(a_bits)}"
+
+
+def _layer_bits(layer: nn.Module) -> tuple[float, float]:
+    method = layer.method
+    if not getattr(layer, "binarize_weights", True):
+        w_bits = FULL_PRECISION
+    elif getattr(method, "multibit", False):
+        from ..methods.hbnn import average_bits
+
+        w_bits = float(average_bits(layer))
+    else:
+        w_bits = 1.0
+    if not getattr(layer, "binarize_activations", True):
+        a_bits = FULL_PRECISION
+    elif getattr(method, "config", {}).get("activations") == "hetero":  # HBNN's multi-bit activations
+        a_bits = float(method.target_average)
+    else:
+        a_bits = 1.0
+    return w_bits, a_bits
+
+
+def model_bits(model: nn.Module) -> tuple[float, float]:
+    """Average weight and activation bit widths of ``model``'s binary layers (weighted by weight count);
+    ``(32, 32)`` for a network without binary layers."""
+    from ..nn.layers import BinaryLayer
+
+    total = w_sum = a_sum = 0.0
+    for module in model.modules():
+        if isinstance(module, BinaryLayer):
+            n = float(module.weight.numel())
+            w_bits, a_bits = _layer_bits(module)
+            total += n
+            w_sum += n * w_bits
+            a_sum += n * a_bits
+    if total == 0:
+        return FULL_PRECISION, FULL_PRECISION
+    return w_sum / total, a_sum / total
+
+
+def declared_bits(method: str, options: dict[str, Any] | None = None) -> tuple[float, float]:
+    """The widths a run of ``method`` with layer/method ``options`` asks for, without building it (for
+    results recorded before the runner measured ``w_bits``/``a_bits``): the method's activation default
+    unless ``binarize_activations`` is given, HBNN's ``average_bits`` (1.4 by default) for its weights."""
+    from ..methods import method_class
+
+    options = dict(options or {})
+    if method == "fp":
+        return FULL_PRECISION, FULL_PRECISION
+    cls = method_class(method)
+    w_bits = FULL_PRECISION if options.get("binarize_weights") is False else 1.0
+    if w_bits == 1.0 and getattr(cls, "multibit", False):
+        from ..methods.hbnn import DEFAULT_AVERAGE_BITS
+
+        w_bits = float(options.get("average_bits") or DEFAULT_AVERAGE_BITS)
+    binary_a = options.get("binarize_activations", cls.binarizes_activations)
+    a_bits = 1.0 if binary_a else FULL_PRECISION
+    if binary_a and options.get("activations") == "hetero":
+        a_bits = w_bits
+    return w_bits, a_bits
