@@ -166,3 +166,128 @@ def test_consistent_mix_and_average_are_accepted():
     m = onebit.methods.get("hbnn", mix=(0.6, 0.4, 0.0), average_bits=1.4)
     assert m.target_mix == (0.6, 0.4, 0.0)
     assert onebit.methods.get("hbnn").with_options(average_bits=2.5).target_mix == (0.0, 0.5, 0.5)
+
+
+# --------------------------------------------------------------------------------------------------
+# Bit selection: Algorithm 1 ("paper") and the residual variant; the order-statistic selection
+# --------------------------------------------------------------------------------------------------
+def reference_bitmap(x, counts, selection):
+    """The straightforward implementation: at each level a full stable argsort of the middle-out
+    distances over the eligible elements, the first ``count`` stop (the rule of Fromm et al.'s
+    Algorithm 1 for "paper"; over the level's residuals for "residual")."""
+    x = x.detach()
+    magnitude, residual = x.abs(), x.clone()
+    remaining = torch.ones_like(x, dtype=torch.bool)
+    bitmap = torch.zeros_like(x, dtype=torch.int64)
+    for level, count in enumerate(counts, start=1):
+        values = magnitude if selection == "paper" else residual.abs()
+        kept = torch.where(remaining, values, torch.zeros_like(values))
+        center = kept.sum(dim=1, keepdim=True) / remaining.sum(dim=1, keepdim=True).clamp(min=1)
+        if count:
+            distance = (values - center).abs().masked_fill(~remaining, float("inf"))
+            chosen = distance.argsort(dim=1, stable=True)[:, :count]
+            stop = torch.zeros_like(remaining).scatter_(1, chosen, True)
+            bitmap[stop] = level
+        else:
+            stop = torch.zeros_like(remaining)
+        if selection == "residual":
+            residual = residual - torch.where(remaining, center * sign(residual), torch.zeros_like(residual))
+        remaining = remaining & ~stop
+    return bitmap
+
+
+def test_paper_and_residual_maps_differ_at_level_two_by_hand():
+    x = torch.tensor([[1.0, 2.0, 3.0, 4.0, 5.0, 12.0]])
+    mix = (1 / 3, 1 / 3, 1 / 3)  # two elements per bitwidth
+    # level 1 (both rules): mean|x| = 4.5, distances 3.5 2.5 1.5 0.5 0.5 7.5 -> 4 and 5 stop at 1 bit.
+    # paper, level 2: mean of the remaining |x| (1, 2, 3, 12) = 4.5, distances 3.5 2.5 1.5 7.5 -> 3, 2.
+    # residual, level 2: residuals -3.5 -2.5 -1.5 7.5, μ2 = 3.75, distances .25 1.25 2.25 3.75 -> 1, 2.
+    paper = residual_binarize(x, (1, 2, 3), mix, "paper")
+    residual = residual_binarize(x, (1, 2, 3), mix, "residual")
+    assert paper.bitmap.tolist() == [[3, 2, 2, 1, 1, 3]]
+    assert residual.bitmap.tolist() == [[2, 2, 3, 1, 1, 3]]
+    # both share μ1 = 4.5 and μ2 = 3.75 (the same four elements reach level 2); level 3 differs:
+    # paper: residuals .25 (of 1) and 3.75 (of 12), μ3 = 2; residual rule: 2.25 (of 3) and 3.75, μ3 = 3
+    assert paper.approx[0].tolist() == pytest.approx([2.75, 0.75, 0.75, 4.5, 4.5, 10.25])
+    assert residual.approx[0].tolist() == pytest.approx([0.75, 0.75, 3.75, 4.5, 4.5, 11.25])
+    assert [s.item() for s in paper.scales] == pytest.approx([4.5, 3.75, 2.0])
+    assert [s.item() for s in residual.scales] == pytest.approx([4.5, 3.75, 3.0])
+
+
+def test_the_method_option_picks_the_rule():
+    x = torch.tensor([[1.0, 2.0, 3.0, 4.0, 5.0, 12.0]])
+    for selection, expected in (("paper", [3, 2, 2, 1, 1, 3]), ("residual", [2, 2, 3, 1, 1, 3])):
+        layer = linear_with(x, mix=(1 / 3, 1 / 3, 1 / 3), selection=selection)
+        assert bit_planes(layer)[2][2][0].int().tolist() == [int(b == 3) for b in expected]
+    assert onebit.methods.get("hbnn").selection == "paper"
+    with pytest.raises(ValueError, match="selection='sorted' is not allowed"):
+        onebit.methods.get("hbnn", selection="sorted")
+
+
+def test_rules_agree_at_level_one_and_differ_on_gaussian_three_bit_maps():
+    torch.manual_seed(5)
+    w = torch.randn(1, 20000)
+    for mix in ((0.7, 0.2, 0.1), (0.5, 0.3, 0.2)):
+        paper = residual_binarize(w, (1, 2, 3), mix, "paper").bitmap
+        residual = residual_binarize(w, (1, 2, 3), mix, "residual").bitmap
+        assert torch.equal(paper == 1, residual == 1)
+        assert 0.08 < (paper != residual).double().mean().item() < 0.3
+    two_bits = (0.6, 0.4, 0.0)  # two bitwidths: level 2 takes everyone left, the maps are equal
+    assert torch.equal(residual_binarize(w, (1, 2, 3), two_bits, "paper").bitmap,
+                       residual_binarize(w, (1, 2, 3), two_bits, "residual").bitmap)
+
+
+@pytest.mark.parametrize("selection", ["paper", "residual"])
+@pytest.mark.parametrize("mix", [(0.7, 0.2, 0.1), (0.8, 0.0, 0.2), (0.0, 0.5, 0.5), (0.3, 0.3, 0.4)])
+def test_order_statistic_selection_equals_full_sorts(selection, mix):
+    counts = stop_counts(3001, (1, 2, 3), mix)
+    gen = torch.Generator().manual_seed(7)
+    random = torch.randn(3, 3001, generator=gen, dtype=torch.float64)
+    ties = torch.randint(-4, 5, (3, 3001), generator=gen).float() / 4  # 9 values: ties everywhere
+    for x in (random, ties):
+        got = residual_binarize(x, (1, 2, 3), mix, selection).bitmap
+        assert torch.equal(got.long(), reference_bitmap(x, counts, selection))
+        assert [int((got == b).sum()) for b in (1, 2, 3)] == [3 * c for c in counts] + [0] * (3 - len(counts))
+
+
+def test_ties_go_to_the_lower_index():
+    x = torch.tensor([[2.0, -2.0, 2.0, 0.0, 4.0, -2.0]])  # mean|x| = 2: four elements at distance 0
+    assert residual_binarize(x, (1, 2), (0.5, 0.5)).bitmap.tolist() == [[1, 1, 1, 2, 2, 2]]
+
+
+# --------------------------------------------------------------------------------------------------
+# The default mix and when the bit map is recomputed
+# --------------------------------------------------------------------------------------------------
+def test_default_is_the_papers_70_20_10_setting():
+    method = onebit.methods.get("hbnn")
+    assert method.target_bits == (1, 2, 3) and method.target_mix == (0.7, 0.2, 0.1)
+    layer = big_layer()
+    masks = [mask for _, _, mask in bit_planes(layer)]
+    assert [int(m.sum()) for m in masks] == [10000, 3000, 1000]
+    assert average_bits(layer) == pytest.approx(1.4)
+    with pytest.raises(ValueError, match=r"needs bitwidths 1, 2 and 3 in bits=\(1, 2\)"):
+        onebit.methods.get("hbnn", bits=(1, 2))
+    assert onebit.methods.get("hbnn", bits=(1, 2), average_bits=1.4).target_mix == pytest.approx((0.6, 0.4))
+
+
+def test_bit_map_recomputed_every_training_forward_and_kept_in_eval(monkeypatch):
+    import onebit.methods.hbnn as hbnn
+
+    calls = []
+    original = hbnn.middle_out_bitmap
+    monkeypatch.setattr(hbnn, "middle_out_bitmap", lambda *a: calls.append(1) or original(*a))
+    layer = big_layer()
+    x = torch.randn(4, 100)
+    layer(x), layer(x)
+    assert len(calls) == 2  # training: every forward
+    layer.eval()
+    first = layer(x)
+    assert torch.equal(layer(x), first) and len(calls) == 3  # eval, weights unchanged: once
+    bit_planes(layer), average_bits(layer), layer.inference_form()
+    assert len(calls) == 3
+    with torch.no_grad():
+        layer.weight.mul_(-1)  # an in-place update: torch's version counter moves
+    assert torch.equal(layer(x), -first) and len(calls) == 4
+    layer.weight.data.mul_(-1)  # invisible to the version counter: forget the map by hand
+    hbnn.forget_bit_maps(layer)
+    assert torch.equal(layer(x), first) and len(calls) == 5

@@ -14,16 +14,22 @@ from .functional import clip, sign, ste
 
 __all__ = [
     "HBNN",
+    "PAPER_MIX",
     "ResidualBinarization",
     "average_bits",
+    "binarize_with_bitmap",
     "bit_planes",
+    "forget_bit_maps",
+    "middle_out_bitmap",
     "model_average_bits",
     "residual_binarize",
     "stop_counts",
 ]
 
 MAX_BITS = 8
-DEFAULT_AVERAGE_BITS = 1.4
+#: The paper's 1.4-bit setting (Fromm et al. 2018, Sec. 4.3): 70 % of the values at 1 bit, 20 % at 2, 10 % at 3.
+PAPER_MIX = {1: 0.7, 2: 0.2, 3: 0.1}
+SELECTIONS = ("paper", "residual")
 
 
 def stop_counts(n: int, bits: tuple[int, ...], mix: tuple[float, ...]) -> list[int]:
@@ -46,7 +52,7 @@ def stop_counts(n: int, bits: tuple[int, ...], mix: tuple[float, ...]) -> list[i
 class ResidualBinarization:
     """The result of :func:`residual_binarize` on a ``(rows, n)`` tensor: the approximation, and per bit
     level j the ±1 plane ``sign(R_j)``, its scale ``μ_j`` (one per row, shape ``(rows, 1)``) and the
-    mask of elements that use bit j; ``bitmap`` holds each element's bitwidth."""
+    mask of elements that use bit j; ``bitmap`` (int8) holds each element's bitwidth."""
 
     approx: Tensor
     planes: list[Tensor]
@@ -55,46 +61,107 @@ class ResidualBinarization:
     bitmap: Tensor
 
 
-def residual_binarize(x: Tensor, bits: tuple[int, ...], mix: tuple[float, ...]) -> ResidualBinarization:
-    """Heterogeneous residual binarization of each row of ``x`` (shape ``(rows, n)``), no gradient.
+def _smallest(distance: Tensor, count: int, eligible: Tensor) -> Tensor:
+    """The mask of the ``count`` eligible elements of each row with the smallest ``distance``, ties broken
+    toward the lower index: exactly the first ``count`` of a stable ascending sort over the eligible
+    elements, found from one order statistic (``kthvalue``, linear time) instead of a full sort."""
+    if count == 0:
+        return torch.zeros_like(eligible)
+    if bool((eligible.sum(dim=1) == count).all()):  # everyone left is chosen: no order needed
+        return eligible.clone()
+    distance = distance.masked_fill(~eligible, math.inf)
+    threshold = distance.kthvalue(count, dim=1, keepdim=True).values
+    below = distance < threshold
+    tied = distance == threshold
+    room = count - below.sum(dim=1, keepdim=True)
+    return below | (tied & (tied.cumsum(dim=1) <= room))
 
-    With ``R_1 = x`` and all elements active, for each bit level j: ``μ_j`` = mean ``|R_j|`` over the
-    row's active elements, every active element adds ``μ_j·sign(R_j)`` to the approximation and
-    ``R_{j+1} = R_j − μ_j·sign(R_j)`` (Fromm et al., NeurIPS 2018, residual binarization; the loop
-    of ``jwfromm/BinOps`` ``multibit.cc``). Middle-out selection then decides who stops at j bits: of
-    the active elements, the ``count_j`` (:func:`stop_counts`) whose ``|R_j|`` is closest to ``μ_j``
-    — those ``±μ_j`` represents best — stop, the rest continue to bit j + 1.
 
-    Differences from BinOps: ``sign(0) = +1`` (BinOps' ``carry_over > 0`` test sends 0 to −μ); a level
-    with no active element would divide by zero there and cannot occur here (levels end at the
-    highest used bitwidth).
-    """
+def _masked_mean(values: Tensor, mask: Tensor) -> Tensor:
+    """Per-row mean of ``values`` over ``mask`` (0 for a row with no element), shape ``(rows, 1)``."""
+    total = torch.where(mask, values, torch.zeros_like(values)).sum(dim=1, keepdim=True)
+    return total / mask.sum(dim=1, keepdim=True).clamp(min=1).to(values.dtype)
+
+
+def middle_out_bitmap(x: Tensor, counts: list[int]) -> Tensor:
+    """The bit map of Algorithm 1 (Fromm et al., NeurIPS 2018) for each row of ``x``: with R the values
+    not yet assigned (all of them at first), for bitwidth b = 1, 2, … sort R by Eq. 6's middle-out
+    distance ``| |t| − mean_R |t| |`` ascending, give the first ``counts[b−1]`` of them b bits and remove
+    them from R. The sort always runs over the original values, re-centred on the mean magnitude of
+    those still in R. Returns an int8 tensor of ``x``'s shape."""
+    magnitude = x.abs()
+    remaining = torch.ones_like(x, dtype=torch.bool)
+    bitmap = torch.zeros_like(x, dtype=torch.int8)
+    for level, count in enumerate(counts, start=1):
+        if count == 0:
+            continue
+        distance = (magnitude - _masked_mean(magnitude, remaining)).abs()
+        chosen = _smallest(distance, count, remaining)
+        bitmap.masked_fill_(chosen, level)
+        remaining &= ~chosen
+    return bitmap
+
+
+def binarize_with_bitmap(x: Tensor, bitmap: Tensor) -> ResidualBinarization:
+    """Residual binarization of each row of ``x`` under a given bit map (Fromm et al., Eq. 4/5; the loop
+    of ``jwfromm/BinOps`` ``multibit.cc``): with ``R_1 = x``, at bit level j the elements with
+    ``bitmap ≥ j`` are active, ``μ_j`` = mean ``|R_j|`` over them, each adds ``μ_j·sign(R_j)`` to the
+    approximation and ``R_{j+1} = R_j − μ_j·sign(R_j)``. No gradient."""
     with torch.no_grad():
         residual = x.detach().clone()
-        n = residual.shape[1]
-        active = torch.ones_like(residual, dtype=torch.bool)
-        bitmap = torch.zeros_like(residual, dtype=torch.int64)
         approx = torch.zeros_like(residual)
         planes, scales, masks = [], [], []
-        for level, count in enumerate(stop_counts(n, bits, mix), start=1):
-            magnitude = residual.abs()
-            n_active = active.sum(dim=1, keepdim=True)
-            mu = torch.where(active, magnitude, torch.zeros_like(magnitude)).sum(dim=1, keepdim=True)
-            mu = mu / n_active.clamp(min=1).to(mu.dtype)
+        for level in range(1, int(bitmap.max()) + 1 if bitmap.numel() else 1):
+            active = bitmap >= level
+            mu = _masked_mean(residual.abs(), active)
             plane = sign(residual)
             step = torch.where(active, mu * plane, torch.zeros_like(plane))
             planes.append(plane)
             scales.append(mu)
-            masks.append(active.clone())
-            approx = approx + step
-            if count > 0:
-                distance = (magnitude - mu).abs().masked_fill(~active, math.inf)
-                chosen = distance.argsort(dim=1, stable=True)[:, :count]
-                stop = torch.zeros_like(active).scatter_(1, chosen, True)
-                bitmap[stop] = level
-                active = active & ~stop
-            residual = residual - step
+            masks.append(active)
+            approx += step
+            residual -= step
         return ResidualBinarization(approx, planes, scales, masks, bitmap)
+
+
+def _residual_rule(x: Tensor, counts: list[int]) -> ResidualBinarization:
+    """The ``selection="residual"`` variant: residual binarization where, at each level j, of the active
+    elements the ``counts[j−1]`` whose residual magnitude ``|R_j|`` is closest to ``μ_j`` stop at j bits
+    (those ``±μ_j`` represents best), the rest continue."""
+    residual = x.detach().clone()
+    active = torch.ones_like(residual, dtype=torch.bool)
+    bitmap = torch.zeros_like(residual, dtype=torch.int8)
+    for level, count in enumerate(counts, start=1):
+        magnitude = residual.abs()
+        mu = _masked_mean(magnitude, active)
+        chosen = _smallest((magnitude - mu).abs(), count, active)
+        bitmap.masked_fill_(chosen, level)
+        residual -= torch.where(active, mu * sign(residual), torch.zeros_like(residual))
+        active &= ~chosen
+    return binarize_with_bitmap(x, bitmap)
+
+
+def residual_binarize(x: Tensor, bits: tuple[int, ...], mix: tuple[float, ...],
+                      selection: str = "paper") -> ResidualBinarization:
+    """Heterogeneous residual binarization of each row of ``x`` (shape ``(rows, n)``), no gradient.
+
+    The bit map gives ``count_j`` elements (:func:`stop_counts` of ``mix``) j bits; ``selection`` picks
+    which: ``"paper"`` is Algorithm 1 with the middle-out heuristic over the original values
+    (:func:`middle_out_bitmap`); ``"residual"`` decides level by level on the residuals, stopping the
+    active elements whose ``|R_j|`` is closest to ``μ_j``. Both give the same map at level 1 and differ
+    from level 2 on (with three or more bitwidths, or two when nobody stops at 1 bit). Then
+    :func:`binarize_with_bitmap`.
+
+    Differences from BinOps: ``sign(0) = +1`` (BinOps' ``carry_over > 0`` test sends 0 to −μ); a level
+    with no active element would divide by zero there and gives μ = 0 here.
+    """
+    if selection not in SELECTIONS:
+        raise ValueError(f"hbnn: selection={selection!r} is not one of {', '.join(map(repr, SELECTIONS))}")
+    with torch.no_grad():
+        counts = stop_counts(x.shape[1], bits, mix)
+        if selection == "residual":
+            return _residual_rule(x, counts)
+        return binarize_with_bitmap(x, middle_out_bitmap(x.detach(), counts))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -145,27 +212,51 @@ def mix_for_average(bits: tuple[int, ...], average: float) -> tuple[float, ...]:
     return tuple(weights.get(b, 0.0) for b in bits)
 
 
+def paper_mix(bits: tuple[int, ...]) -> tuple[float, ...]:
+    """The paper's 1.4-bit setting (:data:`PAPER_MIX`: 70/20/10 % at 1/2/3 bits) over ``bits``, which must
+    hold 1, 2 and 3."""
+    if not set(PAPER_MIX) <= set(bits):
+        raise ValueError(
+            f"hbnn: the default mix (the paper's 70 % 1-bit, 20 % 2-bit, 10 % 3-bit) needs bitwidths 1, 2 and 3 "
+            f"in bits={tuple(bits)}; add them or give the fractions with mix=... (or average_bits=...)"
+        )
+    return tuple(PAPER_MIX.get(b, 0.0) for b in bits)
+
+
 @register
 class HBNN(Method):
     """Heterogeneous bitwidth binarization (Fromm, Patel, Philipose, NeurIPS 2018).
 
-    * weights: :func:`residual_binarize` over the whole tensor (one μ_j per bit level, as BinOps'
-      ``multibit`` op when the bit map has the weight's shape), with a bit map chosen at every forward
-      by middle-out selection toward the target mix; backward the STE ``g·1{|W| ≤ 1}`` (BinOps'
-      ``multibit_grad``), no gradient through the scales or the bit map;
+    * weights: residual binarization over the whole tensor (Eq. 4/5; one μ_j per bit level, as BinOps'
+      ``multibit`` op when the bit map has the weight's shape) under a per-weight bit map;
+      backward the STE ``g·1{|W| ≤ 1}`` (BinOps' ``multibit_grad``), no gradient through the scales or
+      the bit map;
+    * the bit map (``selection``): ``"paper"`` (default) is Algorithm 1 literally: for each bitwidth in
+      increasing order, the not-yet-assigned original weights are ordered by Eq. 6's middle-out distance
+      ``| |t| − mean|t| |`` (the mean over those weights), ascending, and the first ``p_b·N`` get b bits.
+      ``"residual"`` is the variant onebit used before the paper's text was read: at level j the active
+      weights whose residual ``|R_j|`` is closest to ``μ_j`` stop. Both give the same map at level 1; with
+      three bitwidths 10–24 % of the weights of a Gaussian tensor get another bitwidth;
     * activations (``activations``): ``"binary"`` (default) is ``sign(x)`` with the same clip STE
       (BinOps' ``binarize`` op); ``"hetero"`` applies the same heterogeneous scheme and mix to the
       activations, with μ_j and the bit map computed per sample (over one sample's features);
     * the target mix: ``bits`` (allowed bitwidths) with ``mix`` (the fraction of elements at each), or
       the shorthand ``average_bits`` (split between the two neighbouring bitwidths, see
-      :func:`mix_for_average`). With neither, 1.4 average bits (60 % 1-bit, 40 % 2-bit), the paper's
-      headline setting.
+      :func:`mix_for_average`). With neither, the paper's 1.4-bit setting: 70 % 1-bit, 20 % 2-bit, 10 %
+      3-bit (Sec. 4.3; it reports 80/0/20 about as good).
 
-    Verified: residual binarization with masked means and the STE against BinOps' code; the 1.4-bit
-    headline and "bitwidths chosen at parameter granularity during training" against the abstract.
-    Assumed (the paper body was not reachable): middle-out's rule "the elements whose residual is
-    closest to μ_j stop at j bits"; the fractions are of the whole tensor; the bit map is recomputed at
-    every forward (training and eval) and for activations per sample.
+    When the bit map is computed: at every forward in training mode (the weights change at every step,
+    so the map must follow them); in eval mode it is kept on the layer until the weight tensor changes
+    (torch's version counter, which every in-place update of the parameter bumps: an optimizer step,
+    ``load_state_dict``, ``with torch.no_grad(): w.copy_(...)``). A write through ``w.data`` bypasses
+    that counter: call ``layer.train()`` or :func:`forget_bit_maps` after one. Activation maps are
+    computed per forward (every input is new). Selection takes one ``kthvalue`` per level (linear time)
+    instead of a sort, with the sort's order on ties (lower index first).
+
+    Verified: residual binarization with masked means and the STE against BinOps' code; Algorithm 1,
+    Eq. 6 and the 70/20/10 setting against the paper's camera-ready text. Assumed (the paper does not
+    say): the fractions are of the whole tensor; the map's recomputation schedule above; activations'
+    granularity (per sample).
 
     Differences: activation statistics are per sample (BinOps' op, applied to a batch, takes one μ over
     the whole batch, so one sample's output would depend on the others); ``sign(0) = +1``.
@@ -177,10 +268,12 @@ class HBNN(Method):
     multibit = True
     options: ClassVar[dict[str, Option]] = {
         "bits": Option((1, 2, 3), "the allowed bitwidths, increasing", check=_check_bits),
-        "mix": Option(None, "fraction of elements at each bitwidth of bits (>= 0, summing to 1), or None",
-                      check=_check_mix),
+        "mix": Option(None, "fraction of elements at each bitwidth of bits (>= 0, summing to 1), or None "
+                      "(the paper's 70/20/10 at 1/2/3 bits)", check=_check_mix),
         "average_bits": Option(None, "target average bitwidth (shorthand for mix), or None",
                                check=_check_average),
+        "selection": Option("paper", "bit map rule: 'paper' (Algorithm 1, middle-out over the original values) "
+                            "or 'residual' (middle-out over each level's residuals)", choices=SELECTIONS),
         "activations": Option("binary", "'binary': sign(x); 'hetero': heterogeneous bits like the weights",
                               choices=("binary", "hetero")),
     }
@@ -200,9 +293,10 @@ class HBNN(Method):
                     f"hbnn: mix={tuple(self.mix)} averages {realized:g} bits but average_bits="
                     f"{self.average_bits:g}; give only one of mix and average_bits"
                 )
+        elif self.average_bits is not None:
+            mix = mix_for_average(bits, float(self.average_bits))
         else:
-            average = DEFAULT_AVERAGE_BITS if self.average_bits is None else float(self.average_bits)
-            mix = mix_for_average(bits, average)
+            mix = paper_mix(bits)
         self.__dict__["target_bits"] = bits
         self.__dict__["target_mix"] = mix
 
@@ -212,12 +306,28 @@ class HBNN(Method):
         return sum(b * f for b, f in zip(self.target_bits, self.target_mix))
 
     def binarize_tensor(self, rows: Tensor) -> ResidualBinarization:
-        """:func:`residual_binarize` of a ``(rows, n)`` tensor with this method's mix."""
-        return residual_binarize(rows, self.target_bits, self.target_mix)
+        """:func:`residual_binarize` of a ``(rows, n)`` tensor with this method's mix and selection."""
+        return residual_binarize(rows, self.target_bits, self.target_mix, self.selection)
+
+    def weight_binarization(self, layer: nn.Module, w: Tensor | None = None) -> ResidualBinarization:
+        """The residual binarization of ``w`` (default ``layer.weight``) as one row. In eval mode the bit
+        map of the layer's own weight is reused while the weight is unchanged (see the class notes)."""
+        w = layer.weight if w is None else w
+        rows = w.detach().reshape(1, -1)
+        if layer.training or w is not layer.weight:
+            return self.binarize_tensor(rows)
+        key = (w.data_ptr(), w._version, w.shape, w.dtype, w.device, self.selection, self.target_bits,
+               self.target_mix)
+        cached = layer.__dict__.get(_CACHE)
+        if cached is not None and cached[0] == key:
+            return binarize_with_bitmap(rows, cached[1])
+        result = self.binarize_tensor(rows)
+        layer.__dict__[_CACHE] = (key, result.bitmap)
+        return result
 
     # -- hooks ---------------------------------------------------------------------------------------
     def quantize_weight(self, layer: nn.Module, w: Tensor) -> Tensor:
-        approx = self.binarize_tensor(w.reshape(1, -1)).approx.reshape(w.shape)
+        approx = self.weight_binarization(layer, w).approx.reshape(w.shape)
         return ste(approx, clip(w))
 
     def quantize_input(self, layer: nn.Module, x: Tensor) -> Tensor:
@@ -228,10 +338,12 @@ class HBNN(Method):
         return ste(approx, clip(x))
 
     def inference(self, layer: nn.Module) -> InferenceForm:
-        planes = bit_planes(layer)
+        binarization = self.weight_binarization(layer)
+        planes = _planes_of(layer, binarization)
         c_out = layer.weight.shape[0]
         quantized_input = bool(getattr(layer, "binarize_activations", True))
         hetero_input = self.activations == "hetero" and quantized_input
+        realized = binarization.bitmap.double().mean().item()
         return InferenceForm(
             weight_planes=[plane for plane, _, _ in planes],
             plane_scales=[scale.reshape(1).expand(c_out).clone() for _, scale, _ in planes],
@@ -242,8 +354,18 @@ class HBNN(Method):
             pad_value=float(getattr(layer, "pad_value", 0.0)) if quantized_input else 0.0,
             input_bits=self.target_bits if hetero_input else None,
             input_mix=self.target_mix if hetero_input else None,
-            notes=[f"hbnn: {len(planes)} weight bit planes, realized {average_bits(layer):.4f} average bits"],
+            notes=[f"hbnn: {len(planes)} weight bit planes, realized {realized:.4f} average bits"],
         )
+
+
+_CACHE = "_hbnn_weight_bitmap"
+
+
+def forget_bit_maps(model: nn.Module) -> None:
+    """Drop the eval-mode bit maps kept by the hbnn layers of ``model`` (needed only after writing a
+    weight through ``.data``, which torch's version counter does not see)."""
+    for module in model.modules():
+        module.__dict__.pop(_CACHE, None)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -260,8 +382,15 @@ def _hbnn_method(layer: nn.Module) -> HBNN:
 
 
 def _weight_binarization(layer: nn.Module) -> ResidualBinarization:
-    method = _hbnn_method(layer)
-    return method.binarize_tensor(layer.weight.detach().reshape(1, -1))
+    return _hbnn_method(layer).weight_binarization(layer)
+
+
+def _planes_of(layer: nn.Module, result: ResidualBinarization) -> list[tuple[Tensor, Tensor, Tensor]]:
+    shape = layer.weight.shape
+    return [
+        (plane.reshape(shape), scale.reshape(()), mask.reshape(shape))
+        for plane, scale, mask in zip(result.planes, result.scales, result.masks)
+    ]
 
 
 def bit_planes(layer: nn.Module) -> list[tuple[Tensor, Tensor, Tensor]]:
@@ -269,12 +398,7 @@ def bit_planes(layer: nn.Module) -> list[tuple[Tensor, Tensor, Tensor]]:
     the ±1 tensor ``sign(R_j)`` of the weight's shape, ``scale`` the per-tensor scalar ``μ_j`` (0-d),
     and ``mask`` the boolean tensor of the weights that use bit j. The quantized weight is
     ``Σ_j scale·mask·plane``."""
-    result = _weight_binarization(layer)
-    shape = layer.weight.shape
-    return [
-        (plane.reshape(shape), scale.reshape(()), mask.reshape(shape))
-        for plane, scale, mask in zip(result.planes, result.scales, result.masks)
-    ]
+    return _planes_of(layer, _weight_binarization(layer))
 
 
 def average_bits(layer: nn.Module) -> float:
