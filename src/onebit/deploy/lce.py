@@ -71,6 +71,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 from .._io import atomic_write_bytes
 from ..methods.base import NotDeployableError
 from ..nn.blocks import LearnableBias, RPReLU, RSign
+from ._finite import guard_inputs, mark_outputs
 from ..nn.layers import BinaryLayer
 from .export import PackedModel, export
 from .graph import ExportError
@@ -139,7 +140,10 @@ class LceInterpreter:
     """LCE's ``LiteInterpreter`` (TFLite with LCE's kernels registered) around one model.
 
     ``predict(*inputs)`` takes one float32 array per model input (NHWC for images, batch included)
-    and returns the list of outputs; ``input_shapes``/``output_shapes`` describe them."""
+    and returns the list of outputs; ``input_shapes``/``output_shapes`` describe them. LCE's
+    ``LceQuantize`` binarizes NaN to +1 and answers with a confident class, so an input with NaN/±inf
+    raises :class:`~onebit.deploy.NonFiniteInputError`, or with ``predict(..., nonfinite="propagate")``
+    gives NaN outputs for those samples (see :mod:`onebit.deploy._finite`)."""
 
     def __init__(self, raw: Any) -> None:
         self._raw = raw
@@ -152,7 +156,7 @@ class LceInterpreter:
     def output_shapes(self) -> list[tuple[int, ...]]:
         return [tuple(s) for s in self._raw.output_shapes]
 
-    def predict(self, *inputs: np.ndarray) -> list[np.ndarray]:
+    def predict(self, *inputs: np.ndarray, nonfinite: str = "raise") -> list[np.ndarray]:
         shapes = self.input_shapes
         if len(inputs) != len(shapes):
             raise ValueError(f"the model takes {len(shapes)} input(s), got {len(inputs)}")
@@ -163,9 +167,11 @@ class LceInterpreter:
                 raise ValueError(f"input {i} has shape {tuple(x.shape)}; the model was exported for {shape} "
                                  "(NHWC for images: x.permute(0, 2, 3, 1))")
             arrays.append(x)
+        arrays, bad = guard_inputs(tuple(arrays), nonfinite, "LCE interpreter")
         with _numpy2_itemsize_shim():
-            outputs = self._raw.predict(arrays)
-        return [np.array(y) for y in outputs]
+            outputs = self._raw.predict(list(arrays))
+        outputs = [np.array(y) for y in outputs]
+        return outputs if bad is None else mark_outputs(outputs, bad)
 
 
 class _numpy2_itemsize_shim:
@@ -294,7 +300,7 @@ class _Exporter:
             from ._tflite_builder import ModelBuilder
         except ImportError as err:
             raise ImportError(f"to_lce writes TFLite flatbuffers with the `tflite` and `flatbuffers` packages "
-                              f"({err}); pip install 'tflite>=2.18' 'flatbuffers>=23'") from None
+                              f"({err}); pip install 'tflite>=2.10' 'flatbuffers>=23'") from None
 
         self.gm = gm
         self.example = example

@@ -32,6 +32,7 @@ teacher. Example (TOML)::
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -84,6 +85,7 @@ def _take(table: dict[str, Any], where: str, cls: type) -> dict[str, Any]:
 def _number(value: Any, where: str, *, low: float | None = None, integer: bool = False,
             low_open: bool = False) -> Any:
     ok = isinstance(value, int if integer else (int, float)) and not isinstance(value, bool)
+    ok = ok and math.isfinite(value)  # NaN and inf are no epochs, rates or sizes
     if ok and low is not None:
         ok = value > low if low_open else value >= low
     if not ok:
@@ -108,8 +110,14 @@ class DataSpec:
     options: dict[str, Any] = field(default_factory=dict)
 
     def check(self, where: str = "data") -> None:
-        if not isinstance(self.name, str):
-            raise _fail(f"{where}.name", "must be a dataset name")
+        from ..data import available
+
+        if self.name not in available():
+            raise _fail(f"{where}.name", f"{self.name!r} is not a dataset; available: {', '.join(available())}")
+        if self.root is not None and not isinstance(self.root, str):
+            raise _fail(f"{where}.root", f"{self.root!r} is not a directory path")
+        if not isinstance(self.options, dict):
+            raise _fail(f"{where}.options", f"{self.options!r} is not a table")
         _number(self.batch_size, f"{where}.batch_size", low=1, integer=True)
         if self.eval_batch_size is not None:
             _number(self.eval_batch_size, f"{where}.eval_batch_size", low=1, integer=True)
@@ -121,10 +129,12 @@ class ModelSpec:
     options: dict[str, Any] = field(default_factory=dict)
 
     def check(self, where: str = "model") -> None:
-        if not isinstance(self.name, str):
-            raise _fail(f"{where}.name", "must be a model name")
+        from ..models import available
+
+        if self.name not in available():
+            raise _fail(f"{where}.name", f"{self.name!r} is not a model; available: {', '.join(available())}")
         if not isinstance(self.options, dict):
-            raise _fail(f"{where}.options", "must be a table")
+            raise _fail(f"{where}.options", f"{self.options!r} is not a table")
 
 
 @dataclass
@@ -145,8 +155,12 @@ class OptimizerSpec:
         _number(self.momentum, f"{where}.momentum", low=0.0)
         _number(self.weight_decay, f"{where}.weight_decay", low=0.0)
         _choice(self.weight_decay_groups, f"{where}.weight_decay_groups", WD_GROUPS)
-        if len(tuple(self.betas)) != 2:
-            raise _fail(f"{where}.betas", "must be two numbers")
+        if not isinstance(self.nesterov, bool):
+            raise _fail(f"{where}.nesterov", f"{self.nesterov!r} is not true or false")
+        if not isinstance(self.betas, (list, tuple)) or len(self.betas) != 2:
+            raise _fail(f"{where}.betas", f"{self.betas!r} is not two numbers")
+        for beta in self.betas:
+            _number(beta, f"{where}.betas", low=0.0)
 
 
 @dataclass
@@ -170,6 +184,8 @@ class ScheduleSpec:
         _number(self.gamma, f"{where}.gamma", low=0.0, low_open=True)
         if self.decay_epochs is not None:
             _number(self.decay_epochs, f"{where}.decay_epochs", low=0.0, low_open=True)
+        if not isinstance(self.milestones, (list, tuple)):
+            raise _fail(f"{where}.milestones", f"{self.milestones!r} is not a list of epochs")
         for m in self.milestones:
             _number(m, f"{where}.milestones", low=0, integer=True)
 
@@ -220,10 +236,15 @@ class Stage:
         if self.method is not None:
             from ..methods import method_class
 
+            if not isinstance(self.method, str):
+                raise _fail(f"{where}.method", f"{self.method!r} is not a method name")
             try:
                 method_class(self.method)
             except ValueError as err:
                 raise _fail(f"{where}.method", str(err)) from None
+        self._check_method_options(where)
+        if not isinstance(self.init, str):
+            raise _fail(f"{where}.init", f"{self.init!r} is not 'scratch', 'previous', 'stage:NAME' or a path")
         _number(self.epochs, f"{where}.epochs", low=1, integer=True)
         self.optimizer.check(f"{where}.optimizer")
         self.lr_schedule.check(f"{where}.lr_schedule")
@@ -234,6 +255,30 @@ class Stage:
         _number(self.label_smoothing, f"{where}.label_smoothing", low=0.0)
         if self.grad_clip is not None:
             _number(self.grad_clip, f"{where}.grad_clip", low=0.0, low_open=True)
+
+    def _check_method_options(self, where: str) -> None:
+        """method_options: a table of the method's own options (values checked by the method) and the
+        binary layers' options; reported under this key, not under the model."""
+        from ..methods import method_class
+        from ..models._registry import LAYER_OPTIONS
+
+        options = self.method_options
+        if not isinstance(options, dict):
+            raise _fail(f"{where}.method_options", f"{options!r} is not a table")
+        if self.method is None:
+            if options:
+                raise _fail(f"{where}.method_options", "a full-precision stage (no method) takes no method options")
+            return
+        cls = method_class(self.method)
+        unknown = sorted(k for k in options if k not in cls.options and k not in LAYER_OPTIONS)
+        if unknown:
+            raise _fail(f"{where}.method_options", f"unknown option(s) {', '.join(map(repr, unknown))}; "
+                        f"{self.method} options: {', '.join(cls.options) or '(none)'}; layer options: "
+                        f"{', '.join(LAYER_OPTIONS)}")
+        try:
+            cls(**{k: v for k, v in options.items() if k in cls.options})
+        except (ValueError, TypeError) as err:
+            raise _fail(f"{where}.method_options", str(err)) from None
 
 
 @dataclass
@@ -246,6 +291,10 @@ class Recipe:
     description: str = ""
 
     def check(self) -> Recipe:
+        if not isinstance(self.name, str) or not self.name.strip():
+            raise _fail("name", f"{self.name!r} is not a run name (a non-empty string)")
+        if not isinstance(self.description, str):
+            raise _fail("description", f"{self.description!r} is not a string")
         _number(self.seed, "seed", low=0, integer=True)
         self.data.check()
         self.model.check()
@@ -286,6 +335,8 @@ class Recipe:
             raise _fail("stage", "a recipe needs at least one [[stage]] table")
         if isinstance(stages_raw, dict):
             stages_raw = [stages_raw]
+        if not isinstance(stages_raw, list):
+            raise _fail("stage", f"{stages_raw!r} is not a list of [[stage]] tables")
         stages = [_stage_from_dict(s, i) for i, s in enumerate(stages_raw)]
         try:
             recipe = cls(data=data, model=model, stages=stages, **table)
@@ -299,7 +350,7 @@ def _stage_from_dict(raw: dict[str, Any], index: int) -> Stage:
     raw = dict(_take(raw, where, Stage))
     if "optimizer" in raw:
         opt = dict(_take(raw["optimizer"], f"{where}.optimizer", OptimizerSpec))
-        if "betas" in opt:
+        if isinstance(opt.get("betas"), list):
             opt["betas"] = tuple(opt["betas"])
         raw["optimizer"] = OptimizerSpec(**opt)
     if "lr_schedule" in raw:
@@ -316,7 +367,11 @@ def read_table(path: Path, what: str, error: type[Exception]) -> dict[str, Any]:
     non-table document raises ``error`` with a message naming the ``what`` ("recipe", "suite")."""
     text = path.read_text(encoding="utf-8")
     try:
-        if path.suffix in (".yaml", ".yml"):
+        if path.suffix == ".json":  # a run's recipe.json
+            import json
+
+            table = json.loads(text)
+        elif path.suffix in (".yaml", ".yml"):
             try:
                 import yaml
             except ImportError:

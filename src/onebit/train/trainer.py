@@ -50,6 +50,10 @@ class CheckpointError(OnebitError, ValueError):
     """A checkpoint is missing, truncated, corrupt, or was not written by ``onebit train``."""
 
 
+class TrainingDivergedError(OnebitError, FloatingPointError):
+    """The loss became NaN or infinite; the message names the stage, epoch and step."""
+
+
 @dataclass
 class TrainResult:
     run_dir: Path
@@ -295,7 +299,10 @@ class _Progress:
     def bar(self, total: int, desc: str) -> Any:
         from tqdm.auto import tqdm
 
-        return tqdm(total=total, desc=desc, leave=False, disable=not self.enabled, dynamic_ncols=True,
+        # Without a terminal (a log file, CI) the bar's carriage returns would pile up on one line:
+        # the per-epoch lines alone are printed then.
+        live = self.enabled and sys.stderr.isatty()
+        return tqdm(total=total, desc=desc, leave=False, disable=not live, dynamic_ncols=True,
                     mininterval=0.5, file=sys.stderr)
 
     def line(self, text: str) -> None:
@@ -426,20 +433,22 @@ def _run(recipe: Recipe, run_dir: Path, resume: bool, device: torch.device, show
             raise CheckpointError(f"--resume: {ckpt_path} does not exist; start the run without --resume")
         state = load_checkpoint(ckpt_path)
         if state["recipe"] != recipe.to_dict():
+            changed = "; ".join(recipe_differences(state["recipe"], recipe.to_dict()))
             raise RecipeError(
-                f"--resume: the recipe differs from the one {ckpt_path} was trained with; "
-                "resume with the same recipe or start a new run directory"
+                f"--resume: the recipe differs from the one {ckpt_path} was trained with: {changed}; "
+                f"resume with the same settings (`onebit train --resume {run_dir}` alone reads the run's "
+                "own recipe) or start a new run directory"
             )
     elif ckpt_path.exists() and procs.main:
         raise CheckpointError(
             f"{run_dir} already holds a run ({CHECKPOINT}); pass --resume to continue it or choose a new --out"
         )
+    bundle = load_data(recipe)  # (a bad data name, option or root fails before the run directory exists)
     if procs.main:
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(run_dir / "recipe.json", json.dumps(recipe.to_dict(), indent=2).encode())
     procs.barrier()
 
-    bundle = load_data(recipe)
     input_shape = tuple(bundle.input_shape)
     history: list[dict[str, Any]] = list(state["history"]) if state else []
     progress = _Progress(show)
@@ -467,7 +476,7 @@ def _run(recipe: Recipe, run_dir: Path, resume: bool, device: torch.device, show
             teacher = _build_teacher(run_dir, recipe, stage.distill, index, bundle, device)
         start_epoch = 0
         if state is not None and index == state["stage_index"]:
-            model.load_state_dict(state["model"])
+            load_weights(model, state["model"], str(ckpt_path))
             optimizer.load_state_dict(state["optimizer"])
             start_epoch = state["epoch"] + 1
             state = None
@@ -551,7 +560,7 @@ def _train_epoch(net: nn.Module, model: nn.Module, teacher: nn.Module | None, op
         extra = extra_loss(model)
         loss = task + extra
         if not torch.isfinite(loss):
-            raise FloatingPointError(
+            raise TrainingDivergedError(
                 f"[{stage.name}] epoch {epoch + 1} step {step + 1}: the loss is {loss.item()}; lower the "
                 "learning rate or check the data for NaN"
             )
@@ -619,8 +628,41 @@ def load_run_model(checkpoint: str | Path | dict[str, Any]) -> tuple[nn.Module, 
     # Stage files record the data's shape; a per-epoch checkpoint does not, so the data is read then.
     info = payload.get("data_info") or _data_info(load_data(recipe))
     model = build_model(recipe, stage, info["num_classes"], tuple(info["input_shape"]))
-    model.load_state_dict(payload["model"])
+    load_weights(model, payload["model"], "checkpoint" if isinstance(checkpoint, dict) else str(checkpoint))
     return model.eval(), recipe, stage
+
+
+def load_weights(model: nn.Module, state: Any, source: str) -> None:
+    """``model.load_state_dict(state)``; weights that do not fit the model its recipe builds raise one
+    CheckpointError naming the first mismatch (instead of torch's list of every key)."""
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{source}: its weights are not a table of tensors; train again")
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    wrong = [k for k in own if k in state and (not isinstance(state[k], Tensor) or (
+        not nn.parameter.is_lazy(own[k]) and state[k].shape != own[k].shape))]
+    if missing or unexpected or wrong:
+        first = (f"{wrong[0]} has shape {tuple(getattr(state[wrong[0]], 'shape', ()))}, the model's "
+                 f"{tuple(own[wrong[0]].shape)}" if wrong else f"e.g. {(missing or unexpected)[0]!r}")
+        raise CheckpointError(
+            f"{source}: its weights do not fit the model its recipe builds ({len(missing)} missing, "
+            f"{len(unexpected)} unexpected, {len(wrong)} of another shape; {first}); the file was edited or "
+            "written by another version: train again or use the matching onebit"
+        )
+    model.load_state_dict(state)
+
+
+def recipe_differences(old: Any, new: Any, where: str = "") -> list[str]:
+    """The keys whose values differ between two recipe dicts, as ``key was OLD, now NEW``."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out: list[str] = []
+        for key in list(old) + [k for k in new if k not in old]:
+            out += recipe_differences(old.get(key), new.get(key), f"{where}.{key}" if where else str(key))
+        return out
+    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
+        return [d for i, (a, b) in enumerate(zip(old, new)) for d in recipe_differences(a, b, f"{where}.{i}")]
+    return [] if old == new else [f"{where} was {old!r}, now {new!r}"]
 
 
 def evaluate_checkpoint(checkpoint: str | Path, *, data: str | None = None, root: str | None = None,
