@@ -16,9 +16,10 @@ Only the coordinating process writes; workers return their metrics to it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -108,26 +109,66 @@ class ResultsDB:
     Use as a context manager or call :meth:`close`.
     """
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, readonly: bool = False) -> None:
+        """Open (``readonly``: without ever writing, e.g. for a report) or create the database at ``path``.
+
+        Raises :class:`DatabaseError` for a corrupt file, a newer schema, or an SQLite database that is
+        not onebit's (onebit never adds its tables to a database it did not create).
+        """
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            self._con = sqlite3.connect(self.path, isolation_level=None)
-            self._con.execute("PRAGMA foreign_keys = ON")
-            self._con.executescript(_SCHEMA)
-            row = self._con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+            if readonly:
+                self._con = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True,
+                                            isolation_level=None)
+            else:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._con = sqlite3.connect(self.path, isolation_level=None)
         except sqlite3.DatabaseError as exc:
+            raise DatabaseError(f"{self.path} cannot be opened as a results database ({exc})") from None
+        try:
+            self._open(readonly)
+        except BaseException:
+            self._con.close()
+            raise
+
+    def _open(self, readonly: bool) -> None:
+        with self._reading():
+            tables = {name for (name,) in self._con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            row = (self._con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+                   if "meta" in tables else None)  # fmt: skip
+        if tables and (row is None or "runs" not in tables):
             raise DatabaseError(
-                f"{self.path} is not a onebit results database ({exc}); pass another output directory "
-                "or remove the file"
-            ) from None
-        if row is None:
-            self._con.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-        elif int(row[0]) > SCHEMA_VERSION:
+                f"{self.path} is an SQLite database but not onebit's results (no onebit schema; tables: "
+                f"{', '.join(sorted(tables))}); onebit does not write into a database it did not create: "
+                "pass the folder of a `onebit bench` run, or another output directory"
+            )
+        if row is not None and int(row[0]) > SCHEMA_VERSION:
             raise DatabaseError(
                 f"{self.path} has results schema {row[0]}, newer than this onebit's {SCHEMA_VERSION}: "
                 "upgrade onebit to read it"
             )
+        if readonly:
+            if not tables:
+                raise DatabaseError(f"{self.path} holds no onebit results (an empty database)")
+            return
+        with self._reading():
+            self._con.execute("PRAGMA foreign_keys = ON")
+            self._con.executescript(_SCHEMA)
+            if row is None:
+                self._con.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[None]:
+        """SQLite's "not a database" / "malformed" errors as one :class:`DatabaseError`."""
+        try:
+            yield
+        except sqlite3.OperationalError:
+            raise  # locked, read-only, disk full: the caller's to report
+        except sqlite3.DatabaseError as exc:
+            raise DatabaseError(
+                f"{self.path} is not a onebit results database or is corrupt ({exc}); pass another output "
+                "directory or remove the file"
+            ) from None
 
     def close(self) -> None:
         self._con.close()
@@ -166,11 +207,16 @@ class ResultsDB:
 
     def done_ids(self, run_ids: Iterable[str] | None = None) -> set[str]:
         """The ids (among ``run_ids``, or all) of runs that finished successfully."""
-        done = {r for (r,) in self._con.execute("SELECT run_id FROM runs WHERE status = 'done'")}
+        with self._reading():
+            done = {r for (r,) in self._con.execute("SELECT run_id FROM runs WHERE status = 'done'")}
         return done if run_ids is None else done & set(run_ids)
 
     def runs(self, *, suite: str | None = None, status: str | None = "done") -> list[RunRecord]:
         """Runs with their metrics, optionally only those of ``suite`` and/or with ``status``."""
+        with self._reading():
+            return self._runs(suite, status)
+
+    def _runs(self, suite: str | None, status: str | None) -> list[RunRecord]:
         where, args = [], []
         if suite is not None:
             where.append("suite = ?")
@@ -195,8 +241,9 @@ class ResultsDB:
 
     def count(self) -> dict[str, int]:
         """Number of runs per status and of metric rows (for progress and tests)."""
-        counts = dict(self._con.execute("SELECT status, COUNT(*) FROM runs GROUP BY status").fetchall())
-        counts["metrics"] = self._con.execute("SELECT COUNT(*) FROM metrics").fetchone()[0]
+        with self._reading():
+            counts = dict(self._con.execute("SELECT status, COUNT(*) FROM runs GROUP BY status").fetchall())
+            counts["metrics"] = self._con.execute("SELECT COUNT(*) FROM metrics").fetchone()[0]
         return counts
 
 
@@ -211,6 +258,6 @@ def records_from(source: str | Path | ResultsDB | Iterable[RunRecord]) -> list[R
             path = path / "results.sqlite"
         if not path.is_file():
             raise FileNotFoundError(f"no results database at {path}: run `onebit bench SUITE --out DIR` first")
-        with ResultsDB(path) as db:
+        with ResultsDB(path, readonly=True) as db:
             return db.runs()
     return list(source)

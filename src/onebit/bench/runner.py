@@ -13,6 +13,7 @@ import functools
 import json
 import os
 import platform
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -29,7 +30,10 @@ from torch.utils.data import DataLoader
 
 from .. import __version__
 from .._io import atomic_write_bytes
+from ..errors import OnebitError
+from ._lifetime import OutputLock, die_with_parent, output_folder_error
 from .db import ResultsDB, RunRecord
+from .preflight import check_runs
 from .suite import FP, RunSpec, Suite, load_suite
 
 __all__ = ["run_suite", "execute", "code_version", "machine_description", "EXECUTORS"]
@@ -276,8 +280,10 @@ def _local(specs: list[RunSpec], out_dir: Path, workers: int, threads: int) -> I
     import multiprocessing as mp
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
-    # spawn: forked children would inherit torch's thread pools and OpenMP state.
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"))
+    # spawn: forked children would inherit torch's thread pools and OpenMP state. The workers die with
+    # this process, even on kill -9 (see _lifetime).
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"),
+                               initializer=die_with_parent, initargs=(os.getpid(),))
     try:
         pending = {pool.submit(execute, spec, out_dir, threads) for spec in specs}
         while pending:
@@ -344,8 +350,9 @@ class _Display:
 
     def update(self, record: RunRecord, label: str) -> None:
         if self.progress is not None:
-            status = f"{record.metrics.get('acc', float('nan')):.2f}%" if record.status == "done" else "FAILED"
-            self.progress.update(self.task, advance=1, description=f"last: {label} -> {status}")
+            status = "FAILED" if record.status != "done" else (
+                f"{record.metrics['acc']:.1f}%" if "acc" in record.metrics else "done")
+            self.progress.update(self.task, advance=1, description=f"{status} {label}")
 
     def close(self) -> None:
         if self.progress is not None:
@@ -385,23 +392,30 @@ def run_suite(
         raise ValueError(f"workers must be >= 1, got {workers}")
     threads = max(1, cores // workers)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     specs = list({spec.run_id: spec for spec in suite.runs()}.values())  # shared fp baselines once
-    atomic_write_bytes(
-        out / "suite.json",
-        json.dumps(
-            {
-                "name": suite.name,
-                "description": suite.description,
-                "runs": [s.run_id for s in specs],
-                "tracks": list(suite.tracks),
-            },
-            indent=2,
-        ).encode(),
-    )
+    check_runs(specs, suite.name)  # every problem of the suite, reported before anything trains
+    with OutputLock(out):  # one benchmark per folder
+        return _run_specs(suite, specs, out, executor, workers, threads, address, progress, report)
+
+
+@contextlib.contextmanager
+def _writing(out: Path) -> Iterator[None]:
+    """An OS or SQLite write failure in ``out`` (read-only, full) as one error naming the folder."""
+    try:
+        yield
+    except (OSError, sqlite3.OperationalError) as err:
+        if isinstance(err, OnebitError):
+            raise
+        raise output_folder_error(out, err) from None
+
+
+def _run_specs(suite: Suite, specs: list[RunSpec], out: Path, executor: str, workers: int, threads: int,
+               address: str | None, progress: bool, report: bool) -> dict[str, Any]:
+    with _writing(out):
+        _write_suite_file(suite, specs, out)
     start = time.perf_counter()
     failed: list[str] = []
-    with ResultsDB(out / RESULTS_FILE) as db:
+    with _writing(out), ResultsDB(out / RESULTS_FILE) as db:
         done = db.done_ids(s.run_id for s in specs)
         todo = [s for s in specs if s.run_id not in done]
         labels = {s.run_id: s.label for s in todo}
@@ -428,12 +442,14 @@ def run_suite(
         "wall_s": time.perf_counter() - start,
         "report": None,
     }
-    if report:
+    if report and not result["done"]:
+        print(f"no report: every run failed (errors in {out / 'runs'}/*/error.txt)", file=sys.stderr)
+    elif report:
         from .report import write_report
 
         try:
             result["report"] = write_report(out).get("html")
-        except ValueError as err:  # e.g. every run failed: nothing to report
+        except ValueError as err:
             print(f"no report: {err}", file=sys.stderr)
     if progress:
         from .scores import leaderboard, print_leaderboard

@@ -31,10 +31,11 @@ from torch import Tensor, fx, nn
 from .._io import atomic_write_bytes
 from ..errors import OnebitError
 from . import _codec
+from ._finite import NonFiniteInputError, check_policy, guard_inputs, mark_outputs
 from .graph import ExportError, fuse, graph_from_json, graph_to_json, trace
 
 __all__ = ["export", "save", "load", "PackedModel", "ModelFileError", "FORMAT_NAME", "FORMAT_VERSION",
-           "optimize_for_inference"]
+           "optimize_for_inference", "NonFiniteInputError"]
 
 FORMAT_NAME = "onebit-packed"
 FORMAT_VERSION = 3
@@ -51,10 +52,18 @@ class ModelFileError(OnebitError, ValueError):
 
 
 class PackedModel(nn.Module):
-    """An exported network: binary layers run on the 1-bit engine, the rest in torch. Inference only."""
+    """An exported network: binary layers run on the 1-bit engine, the rest in torch. Inference only.
 
-    def __init__(self, graph_module: fx.GraphModule, meta: dict[str, Any] | None = None) -> None:
+    ``nonfinite`` is what a call does with an input holding NaN or ±inf (which the engine's sign would
+    silently turn into +1): ``"raise"`` (default) a :class:`~onebit.deploy.NonFiniteInputError`;
+    ``"propagate"``, NaN outputs for those samples, NaN in, NaN out (see
+    :mod:`onebit.deploy._finite`). One ``isfinite`` pass over the input; settable at any time.
+    """
+
+    def __init__(self, graph_module: fx.GraphModule, meta: dict[str, Any] | None = None, *,
+                 nonfinite: str = "raise") -> None:
         super().__init__()
+        self.nonfinite = check_policy(nonfinite)
         self.net = graph_module.to(memory_format=torch.channels_last)  # 4-D conv weights too
         self.meta = dict(meta or {})
         # (net, execution plan): built on the first call, outside the module tree so that the
@@ -67,7 +76,9 @@ class PackedModel(nn.Module):
         # Images run channels_last end to end: the engine's native layout and torch's fastest on CPU.
         args = tuple(a.contiguous(memory_format=torch.channels_last)
                      if isinstance(a, Tensor) and a.dim() == 4 else a for a in args)
-        return self.execution_plan()(*args, **kwargs)
+        args, bad = guard_inputs(args, self.nonfinite, "packed model")
+        out = self.execution_plan()(*args, **kwargs)
+        return out if bad is None else mark_outputs(out, bad)
 
     def execution_plan(self) -> fx.GraphModule:
         """The graph that :meth:`forward` runs: ``net`` rewritten for speed, same results.
@@ -174,11 +185,13 @@ def content_digest(metadata: dict[str, str], stored: dict[str, Tensor]) -> str:
     return digest.hexdigest()
 
 
-def load(path: str | Path) -> PackedModel:
+def load(path: str | Path, *, nonfinite: str = "raise") -> PackedModel:
     """Read a file written by :func:`save` (format version 1, 2 or 3).
 
     Version 3 files are checked against their SHA-256 digest first; compressed tensors are restored.
+    ``nonfinite``: the model's policy for NaN/inf inputs (see :class:`PackedModel`).
     """
+    check_policy(nonfinite)
     from safetensors import safe_open
 
     path = Path(path)
@@ -231,7 +244,7 @@ def load(path: str | Path) -> PackedModel:
     except Exception as err:
         reason = f"{type(err).__name__}: {str(err)[:200]}"
         raise ModelFileError(f"{path}: the graph description is invalid ({reason})") from None
-    return PackedModel(gm, meta)
+    return PackedModel(gm, meta, nonfinite=nonfinite)
 
 
 def _decode_tensors(metadata: dict[str, str], tensors: dict[str, Tensor]) -> None:

@@ -62,6 +62,7 @@ from torch import Tensor, nn
 from .._io import atomic_write_bytes
 from ..methods.base import InferenceForm, NotDeployableError, layer_label
 from ..nn.blocks import RSign
+from ._finite import guard_inputs, mark_outputs
 from ..nn.layers import BinaryConv1d, BinaryLayer, BinaryLinear
 from .graph import ExportError
 
@@ -541,19 +542,32 @@ def to_onnx(
 # --------------------------------------------------------------------------------------------------
 # Running a file
 # --------------------------------------------------------------------------------------------------
-def run_onnx(path: str | Path, *inputs: Tensor | Any, flavor: str | None = None) -> list[Any]:
+def run_onnx(path: str | Path, *inputs: Tensor | Any, flavor: str | None = None,
+             nonfinite: str = "raise") -> list[Any]:
     """Run an exported file on ``inputs`` (tensors or numpy arrays) and return its outputs as numpy
     arrays: with onnxruntime for ``"float"`` files, with QONNX's executor
     (``qonnx.core.onnx_exec.execute_onnx`` on a ``ModelWrapper``) for ``"qonnx"`` ones. ``flavor``
-    defaults to the one recorded in the file's metadata."""
+    defaults to the one recorded in the file's metadata.
+
+    Both runtimes binarize NaN to −1 (``Where(x >= 0, 1, -1)``, ``BipolarQuant``) and answer with a
+    confident class, so an input with NaN/±inf raises :class:`~onebit.deploy.NonFiniteInputError`,
+    or with ``nonfinite="propagate"`` gives NaN outputs for those samples (see
+    :mod:`onebit.deploy._finite`)."""
     import numpy as np
-    import onnx
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist; write one with onebit.deploy.onnx_export.to_onnx")
     arrays = [x.detach().cpu().numpy() if isinstance(x, Tensor) else np.asarray(x) for x in inputs]
     arrays = [a.astype(np.float32) if a.dtype == np.float64 else a for a in arrays]
+    arrays, bad = guard_inputs(tuple(arrays), nonfinite, str(path))
+    outputs = _run_file(path, list(arrays), flavor)
+    return outputs if bad is None else mark_outputs(outputs, bad)
+
+
+def _run_file(path: Path, arrays: list[Any], flavor: str | None) -> list[Any]:
+    import onnx
+
     proto = onnx.load(str(path))
     if flavor is None:
         flavor = {p.key: p.value for p in proto.metadata_props}.get("onebit.flavor", "float")

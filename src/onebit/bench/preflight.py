@@ -1,0 +1,117 @@
+"""Check a whole suite before its first run trains: every problem found up front, reported together.
+
+A suite's file is validated when it is read (:mod:`onebit.bench.suite`), but some of its entries are
+only checked by what they configure: a model option by the model, a method option by the method, a
+data option by the dataset, a corruption name by the corruption set of the task's input shape, and
+the robustness track's optional packages (the ``[bench]`` extra) by importing them. A benchmark used
+to find these only after training every affected run. :func:`check_runs` builds each distinct piece
+once, cheaply — the recipe of every run, each dataset once, each (setting, method) model once with one
+forward pass on one test sample, each corruption once on that sample — and raises one
+:class:`~onebit.bench.suite.SuiteError` listing everything that would fail.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+
+from .suite import RunSpec, SuiteError
+
+__all__ = ["check_runs"]
+
+
+def _key(*parts: Any) -> str:
+    return json.dumps(parts, sort_keys=True, default=str)
+
+
+def _reason(err: BaseException) -> str:
+    if isinstance(err, ImportError):
+        return f"needs the [bench] extra: pip install 'onebit[bench]' ({err})"
+    return str(err) if isinstance(err, ValueError) else f"{type(err).__name__}: {err}"
+
+
+class _Checker:
+    """Collects problems (each once, in suite order) while building every distinct piece once."""
+
+    def __init__(self) -> None:
+        self.problems: dict[str, None] = {}
+        self.done: dict[str, Any] = {}
+
+    def once(self, key: str, where: str, build: Callable[[], Any]) -> Any:
+        """``build()``'s result, computed once per key; None (and a recorded problem) if it fails."""
+        if key not in self.done:
+            try:
+                self.done[key] = build()
+            except Exception as err:  # any failure here is a failure the run would meet after training
+                self.done[key] = None
+                self.problems[f"{where}: {_reason(err)}"] = None
+        return self.done[key]
+
+    def run(self, spec: RunSpec) -> None:
+        from .runner import _recipe
+        from ..train.trainer import build_model, load_data
+
+        if spec.role == "inference":  # a deployment network timed untrained: nothing trains
+            return
+        setting = spec.setting
+        where = f"{spec.method} on {setting.label}"
+        if spec.role == "inference":  # a deployment network (onebit.bench.deployment): no recipe, no data
+            return
+        recipe = self.once(_key("recipe", spec.run_id), where, lambda: _recipe(spec))
+        if recipe is None:
+            return
+        bundle = self.once(_key("data", setting.task, setting.data_options), f"{setting.label}: data",
+                           lambda: load_data(recipe))
+        if bundle is None:
+            return
+        sample = bundle.test[0][0].unsqueeze(0)
+
+        def model() -> None:
+            net = build_model(recipe, recipe.stages[0], bundle.num_classes, tuple(bundle.input_shape)).eval()
+            with torch.no_grad():
+                net(sample)
+
+        self.once(_key("model", setting.arch, setting.model_options, spec.method, spec_layer_options(spec),
+                       bundle.input_shape), f"{where}: model", model)
+        if "robustness" in spec.tracks:
+            self.corruptions(spec, bundle, sample)
+
+    def corruptions(self, spec: RunSpec, bundle: Any, sample: torch.Tensor) -> None:
+        from . import corruptions as C
+
+        where = f"{spec.setting.label}: robustness"
+        valid = self.once(_key("corruption-set", bundle.input_shape), where,
+                          lambda: C.corruptions_for(bundle.input_shape))
+        if valid is None:
+            return
+        names = valid if spec.corruptions == "all" else spec.corruptions
+        unknown = [n for n in names if n not in valid]
+        if unknown:
+            self.problems[f"{where}: unknown corruption(s) {', '.join(map(repr, unknown))} for inputs of shape "
+                          f"{tuple(bundle.input_shape)}; valid: {', '.join(valid)}"] = None
+        for name in (n for n in names if n in valid):
+            self.once(_key("corruption", spec.setting.task, spec.setting.data_options, name),
+                      f"{where}: corruption {name!r}",
+                      lambda name=name: C.corrupt_tensor(sample, name, spec.severities[0], mean=bundle.mean,
+                                                         std=bundle.std))
+
+
+def spec_layer_options(spec: RunSpec) -> dict[str, Any]:
+    return dict(getattr(spec, "layer_options", {}) or {})
+
+
+def check_runs(specs: Iterable[RunSpec], suite_name: str = "suite") -> None:
+    """Raise one :class:`SuiteError` naming every problem the runs of a suite would meet, before any
+    run trains; return quietly when there is none."""
+    checker = _Checker()
+    for spec in specs:
+        checker.run(spec)
+    if checker.problems:
+        problems = list(checker.problems)
+        raise SuiteError(
+            f"suite {suite_name!r}: {len(problems)} problem(s) found before any training (nothing was run): "
+            + "; ".join(f"[{i}] {p}" for i, p in enumerate(problems, 1))
+        )
