@@ -3,7 +3,9 @@
 Conventions
 -----------
 * Sign: a real value ``v`` maps to +1 if ``v >= 0`` else -1 (``sign(0) = +1``, as Larq/LCE).
-  In packed form **bit 1 means -1, bit 0 means +1**.
+  In packed form **bit 1 means -1, bit 0 means +1**. NaN has no sign: the bit ``(v + t) < 0`` is
+  false, so NaN packs as +1 without a word; these kernels do not check (it would cost a pass per
+  layer), :class:`~onebit.deploy.PackedModel` checks its input once (:mod:`onebit.deploy._finite`).
 * Activations are packed along the channel axis into 64-bit words (bit ``c % 64`` of word
   ``c // 64``), pixels in NHWC order: a :class:`PackedActivations` holds an int64 tensor of
   shape ``(N, H, W, ceil(C/64))`` (conv) or ``(N, ceil(K/64))`` (linear).  Tail bits of the last
@@ -415,7 +417,8 @@ def _check_float_tensor(x: object, name: str) -> torch.Tensor:
 
 
 def pack_activations(x: torch.Tensor, threshold: torch.Tensor | None = None) -> PackedActivations:
-    """Binarize and pack ``x`` (float32, ``(N, C, H, W)`` or ``(N, C)``): bit = ``(x + threshold) < 0``.
+    """Binarize and pack ``x`` (float32, ``(N, C, H, W)`` or ``(N, C)``): bit = ``(x + threshold) < 0``
+    (so NaN packs as +1: check inputs with ``torch.isfinite`` first where they may hold NaN).
 
     ``threshold`` is an optional ``(C,)`` float32 tensor.  Any memory format is accepted
     (NCHW-contiguous and channels_last are read in place; others are copied first).
