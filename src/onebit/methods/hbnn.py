@@ -61,26 +61,37 @@ class ResidualBinarization:
     bitmap: Tensor
 
 
-def _smallest(distance: Tensor, count: int, eligible: Tensor) -> Tensor:
-    """The mask of the ``count`` eligible elements of each row with the smallest ``distance``, ties broken
-    toward the lower index: exactly the first ``count`` of a stable ascending sort over the eligible
-    elements, found from one order statistic (``kthvalue``, linear time) instead of a full sort."""
-    if count == 0:
-        return torch.zeros_like(eligible)
-    if bool((eligible.sum(dim=1) == count).all()):  # everyone left is chosen: no order needed
-        return eligible.clone()
-    distance = distance.masked_fill(~eligible, math.inf)
+def _smallest(distance: Tensor, count: int) -> Tensor:
+    """The mask of the ``count`` elements of each row with the smallest ``distance`` (``inf`` marks the
+    ineligible ones), ties broken toward the lower index: exactly the first ``count`` of a stable
+    ascending sort, found from one order statistic (``kthvalue``, linear time) instead of a full sort."""
     threshold = distance.kthvalue(count, dim=1, keepdim=True).values
+    chosen = distance <= threshold
+    if bool((chosen.sum(dim=1) == count).all()):  # no surplus tie at the threshold (the usual case)
+        return chosen
     below = distance < threshold
-    tied = distance == threshold
+    tied = chosen & ~below
     room = count - below.sum(dim=1, keepdim=True)
     return below | (tied & (tied.cumsum(dim=1) <= room))
 
 
-def _masked_mean(values: Tensor, mask: Tensor) -> Tensor:
-    """Per-row mean of ``values`` over ``mask`` (0 for a row with no element), shape ``(rows, 1)``."""
-    total = torch.where(mask, values, torch.zeros_like(values)).sum(dim=1, keepdim=True)
-    return total / mask.sum(dim=1, keepdim=True).clamp(min=1).to(values.dtype)
+def _masked_mean(values: Tensor, mask: Tensor | None, count: int | Tensor) -> Tensor:
+    """Per-row mean of ``values`` over ``mask`` (all elements when None), which holds ``count`` elements
+    per row (0 gives 0), shape ``(rows, 1)``."""
+    kept = values if mask is None else torch.where(mask, values, torch.zeros_like(values))
+    denominator = count.clamp(min=1).to(values.dtype) if isinstance(count, Tensor) else max(count, 1)
+    return kept.sum(dim=1, keepdim=True) / denominator
+
+
+def _stop(bitmap: Tensor, remaining: Tensor, distance: Tensor, count: int, left: int, level: int) -> Tensor:
+    """Give ``level`` bits to the ``count`` of the ``left`` remaining elements per row closest in
+    ``distance`` and return the new remaining mask."""
+    if count == left:  # everyone left stops here: no order needed
+        bitmap.masked_fill_(remaining, level)
+        return torch.zeros_like(remaining)
+    chosen = _smallest(distance.masked_fill_(~remaining, math.inf), count)
+    bitmap.masked_fill_(chosen, level)
+    return remaining & ~chosen
 
 
 def middle_out_bitmap(x: Tensor, counts: list[int]) -> Tensor:
@@ -92,13 +103,13 @@ def middle_out_bitmap(x: Tensor, counts: list[int]) -> Tensor:
     magnitude = x.abs()
     remaining = torch.ones_like(x, dtype=torch.bool)
     bitmap = torch.zeros_like(x, dtype=torch.int8)
+    n = left = x.shape[1]
     for level, count in enumerate(counts, start=1):
         if count == 0:
             continue
-        distance = (magnitude - _masked_mean(magnitude, remaining)).abs()
-        chosen = _smallest(distance, count, remaining)
-        bitmap.masked_fill_(chosen, level)
-        remaining &= ~chosen
+        distance = (magnitude - _masked_mean(magnitude, None if left == n else remaining, left)).abs_()
+        remaining = _stop(bitmap, remaining, distance, count, left, level)
+        left -= count
     return bitmap
 
 
@@ -108,12 +119,15 @@ def binarize_with_bitmap(x: Tensor, bitmap: Tensor) -> ResidualBinarization:
     ``bitmap ≥ j`` are active, ``μ_j`` = mean ``|R_j|`` over them, each adds ``μ_j·sign(R_j)`` to the
     approximation and ``R_{j+1} = R_j − μ_j·sign(R_j)``. No gradient."""
     with torch.no_grad():
-        residual = x.detach().clone()
-        approx = torch.zeros_like(residual)
-        planes, scales, masks = [], [], []
-        for level in range(1, int(bitmap.max()) + 1 if bitmap.numel() else 1):
+        x = x.detach()
+        mu = x.abs().mean(dim=1, keepdim=True)  # level 1: every element is active
+        plane = sign(x)
+        approx = mu * plane
+        residual = x - approx
+        planes, scales, masks = [plane], [mu], [torch.ones_like(x, dtype=torch.bool)]
+        for level in range(2, int(bitmap.max()) + 1 if bitmap.numel() else 1):
             active = bitmap >= level
-            mu = _masked_mean(residual.abs(), active)
+            mu = _masked_mean(residual.abs(), active, active.sum(dim=1, keepdim=True))
             plane = sign(residual)
             step = torch.where(active, mu * plane, torch.zeros_like(plane))
             planes.append(plane)
@@ -131,13 +145,15 @@ def _residual_rule(x: Tensor, counts: list[int]) -> ResidualBinarization:
     residual = x.detach().clone()
     active = torch.ones_like(residual, dtype=torch.bool)
     bitmap = torch.zeros_like(residual, dtype=torch.int8)
+    left = x.shape[1]
     for level, count in enumerate(counts, start=1):
         magnitude = residual.abs()
-        mu = _masked_mean(magnitude, active)
-        chosen = _smallest((magnitude - mu).abs(), count, active)
-        bitmap.masked_fill_(chosen, level)
-        residual -= torch.where(active, mu * sign(residual), torch.zeros_like(residual))
-        active &= ~chosen
+        mu = _masked_mean(magnitude, active, left)
+        step = torch.where(active, mu * sign(residual), torch.zeros_like(residual))
+        if count:
+            active = _stop(bitmap, active, (magnitude - mu).abs_(), count, left, level)
+            left -= count
+        residual -= step
     return binarize_with_bitmap(x, bitmap)
 
 
