@@ -67,6 +67,15 @@ def test_propagate_gives_nan_for_those_samples_and_leaves_the_others(name, metho
     assert torch.isnan(x[1]).any()  # the caller's input is not modified
 
 
+def test_huge_finite_inputs_pass():
+    """The check's fast path is a sum; a sum that overflows on finite values must not be taken for NaN."""
+    net = model("mlp", "bnn")
+    packed = export(net)
+    x = torch.full((2, *net.input_shape), 3e38)
+    x[1] = -3e38
+    assert torch.isfinite(packed(x)).all()  # no error: every value is finite (the sum is not)
+
+
 def test_policy_is_validated_and_travels_with_load(tmp_path):
     net = model("mlp", "bnn")
     path = tmp_path / "m.onebit"

@@ -57,7 +57,7 @@ class PackedModel(nn.Module):
     ``nonfinite`` is what a call does with an input holding NaN or ±inf (which the engine's sign would
     silently turn into +1): ``"raise"`` (default) a :class:`~onebit.deploy.NonFiniteInputError`;
     ``"propagate"``, NaN outputs for those samples, NaN in, NaN out (see
-    :mod:`onebit.deploy._finite`). One ``isfinite`` pass over the input; settable at any time.
+    :mod:`onebit.deploy._finite`). One pass (a sum) over the input; settable at any time.
     """
 
     def __init__(self, graph_module: fx.GraphModule, meta: dict[str, Any] | None = None, *,
