@@ -80,13 +80,27 @@ _TRAIN_KEYS = {
     "weight_decay": float,
     "momentum": float,
 }
-#: BiBench's eff_train grid (configs/eff_train): {SGD 0.1, 0.01; Adam 1e-3, 1e-4} × {cosine, step}.
+#: BiBench's eff_train grid (configs/eff_train): {SGD 0.1, 0.01; Adam 1e-3, 1e-4} × {cosine, step}, each point
+#: with its config's momentum and weight decay (:func:`bibench_regularization`).
 _DEFAULT_GRID = (
     {"optimizer": "sgd", "lr": 0.1},
     {"optimizer": "sgd", "lr": 0.01},
     {"optimizer": "adam", "lr": 1e-3},
     {"optimizer": "adam", "lr": 1e-4},
 )
+
+
+def bibench_regularization(optimizer: str, schedule: str) -> dict[str, float]:
+    """Momentum and weight decay of BiBench's schedule configs (``configs/_base_/schedules/``, e.g.
+    ``sgd_1e-1_steplr_200e.py``) for one point of the sensitivity grid: SGD with the step schedule has no
+    momentum and weight decay 1e-4; SGD with cosine decay momentum 0.9 and weight decay 1e-4; Adam no weight
+    decay (torch's default betas, as mmcv's). Keys set in ``[sensitivity].train`` override these; other
+    optimizers keep the suite's values."""
+    if optimizer == "sgd":
+        return {"momentum": 0.0 if schedule == "step" else 0.9, "weight_decay": 1e-4}
+    if optimizer == "adam":
+        return {"weight_decay": 0.0}
+    return {}
 
 
 class SuiteError(OnebitError, ValueError):
@@ -238,6 +252,8 @@ class Suite:
                     for point in self.sensitivity_grid:
                         for schedule in self.sensitivity_schedules:
                             hp = self.hparams(setting, **self.sensitivity_train, **point, schedule=schedule)
+                            hp.update({k: v for k, v in bibench_regularization(hp["optimizer"], schedule).items()
+                                       if k not in self.sensitivity_train})
                             out.append(RunSpec(self.name, "sensitivity", method, setting, seed, hp, ("accuracy",),
                                                layer_options=self.layer_options(method)))
         return out
