@@ -60,7 +60,10 @@ class FDA(Method):
     Differences from BiBench: the activation NA module is built with the layer (BiBench builds it at
     the first forward, after the optimizer was made, so it is never trained); and the NA terms are
     added only in training mode, so the eval-mode layer is the deployed binary operator (at the end of
-    the schedule α = 0 and the two agree).
+    the schedule α = 0 and the two agree); and :class:`NoiseAdaptation` has ``max(1, d // 64)`` hidden
+    units where BiBench's ``NoiseAdaption``/``NoiseAdaption_a`` build ``d // 64``, which is 0 for
+    d < 64 (torch accepts a 0-wide layer, so its fallback to k = 4 never fires): there the reference's
+    NA is exactly ``0.1·sin(x)``, onebit's learns.
     """
 
     name = "fda"

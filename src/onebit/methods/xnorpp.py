@@ -37,6 +37,11 @@ class XNORPlusPlus(Method):
     the real output: from the ``output_size`` option when given, else at the first forward pass (the
     parameters are created uninitialised and materialised in place, so an optimizer built before that
     pass still holds them). A later input of another output size raises a clear error.
+
+    Difference from BiBench's ``XNORPlusPlusLinear`` (its Linear class differs from its own conv classes,
+    which onebit follows for every layer kind): its ``BinaryQuantizer`` blocks the gradient where
+    ``|x| ≥ 1`` (weights and activations); onebit's clip-STE passes it at exactly ``|x| = 1``, as
+    ``torch.clamp`` in ``XNORPlusPlusConv2d``/``Conv1d`` does.
     """
 
     name = "xnorpp"
