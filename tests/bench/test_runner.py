@@ -70,7 +70,13 @@ def test_default_suite_covers_every_method_family_and_track():
     runs = suite.runs()
     assert len({r.run_id for r in runs}) == len(runs)
     main_runs = [r for r in runs if r.role == "main"]
-    assert len(main_runs) == len(suite.settings) * (len(available()) + 1)
+    assert len(main_runs) == len(suite.settings) * len(suite.seeds) * (len(available()) + 1)
+    assert len(suite.seeds) >= 3  # intervals and rank stability need several seeds
+    # the inference track times every method on the deployment networks, not the trained models
+    deploy = [r for r in runs if r.role == "inference"]
+    assert len(deploy) == len(available()) * len(suite.inference["networks"])
+    assert {r.setting.arch for r in deploy} == {"bireal18", "reactnet_a"}
+    assert all("inference" not in r.tracks for r in main_runs)
     sens = [r for r in runs if r.role == "sensitivity"]
     assert {(r.hparams["optimizer"], r.hparams["lr"], r.hparams["schedule"]) for r in sens} == {
         (o, lr, s) for o, lr in (("sgd", 0.1), ("sgd", 0.01), ("adam", 1e-3), ("adam", 1e-4))

@@ -82,10 +82,9 @@ def declared_bits(method: str, options: dict[str, Any] | None = None) -> tuple[f
         return FULL_PRECISION, FULL_PRECISION
     cls = method_class(method)
     w_bits = FULL_PRECISION if options.get("binarize_weights") is False else 1.0
-    if w_bits == 1.0 and getattr(cls, "multibit", False):
-        from ..methods.hbnn import DEFAULT_AVERAGE_BITS
-
-        w_bits = float(options.get("average_bits") or DEFAULT_AVERAGE_BITS)
+    if w_bits == 1.0 and getattr(cls, "multibit", False):  # HBNN: the average its configuration asks for
+        method_options = {k: v for k, v in options.items() if k in cls.options}
+        w_bits = float(cls(**method_options).target_average)
     binary_a = options.get("binarize_activations", cls.binarizes_activations)
     a_bits = 1.0 if binary_a else FULL_PRECISION
     if binary_a and options.get("activations") == "hetero":

@@ -58,8 +58,6 @@ class _Checker:
             return
         setting = spec.setting
         where = f"{spec.method} on {setting.label}"
-        if spec.role == "inference":  # a deployment network (onebit.bench.deployment): no recipe, no data
-            return
         recipe = self.once(_key("recipe", spec.run_id), where, lambda: _recipe(spec))
         if recipe is None:
             return

@@ -217,6 +217,21 @@ def _identity(model: nn.Module, bundle: Any) -> dict[str, float]:
             "n_classes": float(bundle.num_classes)}
 
 
+def _execute_deployment(spec: RunSpec, record: RunRecord, run_dir: Path) -> RunRecord:
+    """The inference track's run on a deployment network (:func:`onebit.bench.deployment.measure`)."""
+    from .deployment import measure
+
+    try:
+        record.metrics = measure(spec.method, spec.setting.arch, threads=spec.inference["threads"],
+                                 repeats=spec.inference["repeats"], layer_options=dict(spec.layer_options))
+    except Exception as err:  # recorded like a failed training run
+        record.status, record.error = "failed", f"{type(err).__name__}: {err}"
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(run_dir / "error.txt", traceback.format_exc().encode())
+    record.finished = time.time()
+    return record
+
+
 def execute(spec: RunSpec, out_dir: str | Path, threads: int | None = None) -> RunRecord:
     """Train and measure one run; never raises (a failure becomes a ``failed`` record with the error)."""
     from ..train.trainer import load_data
@@ -238,6 +253,8 @@ def execute(spec: RunSpec, out_dir: str | Path, threads: int | None = None) -> R
         machine=machine_description(),
         started=time.time(),
     )
+    if spec.role == "inference":  # a deployment network: timed with random weights, not trained
+        return _execute_deployment(spec, record, run_dir)
     train_threads = torch.get_num_threads()
     try:
         recipe = _recipe(spec)
@@ -323,7 +340,7 @@ def _ray(specs: list[RunSpec], out_dir: Path, workers: int, threads: int, addres
 class _Display:
     """A rich progress bar: run i of n, the runs in flight, elapsed time and ETA."""
 
-    def __init__(self, enabled: bool, total: int) -> None:
+    def __init__(self, enabled: bool, total: int, console: Any = None) -> None:
         self.progress = None
         if enabled and total:
             from rich.progress import (
@@ -335,15 +352,21 @@ class _Display:
                 TimeRemainingColumn,
             )
 
+            from rich.table import Column
+
+            # fixed-width columns (46 characters) and the last run's result first, its label cut with an
+            # ellipsis: the line stays one line in an 80-column terminal
             self.progress = Progress(
                 TextColumn("[bold]bench[/]"),
-                BarColumn(),
+                BarColumn(bar_width=10),
                 MofNCompleteColumn(),
                 TimeElapsedColumn(),
                 TextColumn("ETA"),
                 TimeRemainingColumn(),
-                TextColumn("{task.description}"),
+                TextColumn("{task.description}", table_column=Column(no_wrap=True, overflow="ellipsis",
+                                                                     max_width=32)),
                 transient=False,
+                console=console,
             )
             self.task = self.progress.add_task("", total=total)
             self.progress.start()

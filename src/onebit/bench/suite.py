@@ -33,7 +33,8 @@ Example::
     schedules = ["cosine", "step"]
 
     [inference]
-    threads = 1
+    networks = ["bireal18", "reactnet_a"]  # deployment networks timed at 224x224 (onebit.bench.deployment);
+    threads = [1, 2]                   # without networks, the trained models are timed (threads: one int)
     repeats = 20
 
 Each suite expands into :class:`RunSpec` s; a run's id hashes everything that changes its result, so
@@ -65,6 +66,8 @@ __all__ = [
 ]
 
 SUITE_DIR = Path(__file__).parent / "suites"
+#: The task name of inference-track runs on deployment networks (random 224x224 inputs, no data set).
+DEPLOY_TASK = "random224"
 TRACKS = ("accuracy", "robustness", "training", "sensitivity", "complexity", "inference")
 FP = "fp"
 
@@ -160,6 +163,8 @@ class RunSpec:
     def label(self) -> str:
         hp = self.hparams
         extra = f" {hp['optimizer']} {hp['lr']:g} {hp['schedule']}" if self.role == "sensitivity" else ""
+        if self.layer_options.get("binarize_activations") is False:
+            extra += " W1A32"  # the weight-only variant of a method
         return f"{self.method} {self.setting.label} seed {self.seed}{extra}"
 
     def config(self) -> dict[str, Any]:
@@ -221,10 +226,27 @@ class Suite:
         hp.update(changes)
         return hp
 
+    def _deployment_runs(self, networks: list[str], variants: list[tuple[str, bool]]) -> list[RunSpec]:
+        """One inference-track run per (method, network): random weights, timed at 224x224, batch 1."""
+        if not networks:  # the trained models are timed in their own runs
+            return []
+        timing = {"threads": list(self.inference["threads"]), "repeats": self.inference["repeats"]}
+        return [
+            RunSpec(self.name, "inference", method, Setting(DEPLOY_TASK, network, "cnn"), 0, {}, ("inference",),
+                    inference=timing, layer_options=self.layer_options(method, weight_only))
+            for network in networks
+            for method, weight_only in variants
+            if method != FP  # each run times torch fp32 beside the packed model
+        ]
+
     def runs(self) -> list[RunSpec]:
         """The suite's runs: the main grid (every method and fp × setting × seed), then the sensitivity
         grid if that track is on."""
-        main_tracks = tuple(t for t in self.tracks if t != "sensitivity")
+        networks = self.inference.get("networks") or []
+        # with deployment networks, the trained models keep their accuracy role only: the inference track
+        # times the networks (onebit.bench.deployment), not the tiny trained models
+        main_tracks = tuple(t for t in self.tracks if t != "sensitivity" and not (t == "inference" and networks))
+        main_inference = {} if networks else dict(self.inference)
         out: list[RunSpec] = []
         variants = [(m, False) for m in [FP, *self.methods]] + [(m, True) for m in self.weight_only]
         for setting in self.settings:
@@ -241,10 +263,12 @@ class Suite:
                             main_tracks,
                             self.corruptions,
                             self.severities,
-                            dict(self.inference),
+                            main_inference,
                             self.layer_options(method, weight_only),
                         )
                     )
+        if "inference" in self.tracks:
+            out += self._deployment_runs(networks, variants)
         if "sensitivity" in self.tracks:
             setting = self.settings[self.sensitivity_setting]
             for seed in self.seeds:
@@ -422,12 +446,21 @@ def suite_from_dict(table: dict[str, Any], default_name: str = "suite") -> Suite
         ]
     suite.sensitivity_train = _train(sens.get("train", {}), "sensitivity.train")
 
-    inf = _table(table.get("inference", {}), "inference", {"threads", "repeats"})
-    for key, default in (("threads", 1), ("repeats", 20)):
+    inf = _table(table.get("inference", {}), "inference", {"threads", "repeats", "networks"})
+    networks = inf.get("networks", [])
+    from .deployment import NETWORKS
+
+    if not isinstance(networks, list) or not all(n in NETWORKS for n in networks):
+        raise _fail("inference.networks", f"must be a list from {', '.join(NETWORKS)}, got {networks!r}")
+    for key, default in (("threads", [1, 2] if networks else 1), ("repeats", 20)):
         value = inf.get(key, default)
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise _fail(f"inference.{key}", f"must be an integer >= 1, got {value!r}")
-        suite.inference[key] = value
+        values = value if key == "threads" and networks and isinstance(value, list) else [value]
+        if not values or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in values):
+            listed = " (or, with networks, a list of them)" if key == "threads" else ""
+            raise _fail(f"inference.{key}", f"must be an integer >= 1{listed}, got {value!r}")
+        suite.inference[key] = values if key == "threads" and networks else value
+    if networks:
+        suite.inference["networks"] = list(networks)
     return suite
 
 
