@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import onebit
-from onebit.cli import EXTRA_REQUIREMENTS, main
+from onebit.cli import main
 
 TINY = ["--epochs", "1", "--set", "model.options.hidden=[32,32,32]", "--batch-size", "256", "--quiet"]
 
@@ -229,6 +229,8 @@ def test_install_hints_match_pyproject():
     else:  # pragma: no cover
         import tomli as tomllib
     pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    from onebit.cli import EXTRA_REQUIREMENTS
+
     extras = pyproject["project"]["optional-dependencies"]
     pinned = {req.split(";")[0].strip() for reqs in extras.values() for req in reqs}
     for feature, requirements in EXTRA_REQUIREMENTS.items():

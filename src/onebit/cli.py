@@ -635,6 +635,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         status = 2 if isinstance(err, USAGE_ERRORS) and not _is_fault(err) else 1
         print(f"onebit {args.command}: error: {_one_line(err)}", file=sys.stderr)
         return status
+    except Exception as err:  # a bug, not a bad input: still one line, with the way to the traceback
+        if args.debug:
+            raise
+        print(f"onebit {args.command}: internal error: {type(err).__name__}: {' '.join(str(err).split())[:300]}; "
+              "rerun with --debug for the traceback and please report it", file=sys.stderr)
+        return 1
 
 
 def _is_fault(err: BaseException) -> bool:

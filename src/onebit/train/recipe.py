@@ -275,6 +275,9 @@ class Stage:
             raise _fail(f"{where}.method_options", f"unknown option(s) {', '.join(map(repr, unknown))}; "
                         f"{self.method} options: {', '.join(cls.options) or '(none)'}; layer options: "
                         f"{', '.join(LAYER_OPTIONS)}")
+        for key in ("binarize_weights", "binarize_activations"):
+            if options.get(key) is not None and not isinstance(options[key], bool):
+                raise _fail(f"{where}.method_options.{key}", f"{options[key]!r} is not true or false")
         try:
             cls(**{k: v for k, v in options.items() if k in cls.options})
         except (ValueError, TypeError) as err:
@@ -296,10 +299,15 @@ class Recipe:
         if not isinstance(self.description, str):
             raise _fail("description", f"{self.description!r} is not a string")
         _number(self.seed, "seed", low=0, integer=True)
+        if self.seed >= 2**32:
+            raise _fail("seed", f"{self.seed} is not below 2**32 (the random generators' seed range)")
         self.data.check()
         self.model.check()
         if not self.stages:
             raise _fail("stage", "a recipe needs at least one [[stage]]")
+        for i, stage in enumerate(self.stages):  # (each name a string before they are compared)
+            if not isinstance(stage.name, str) or not stage.name:
+                raise _fail(f"stage[{i}].name", f"{stage.name!r} is not a non-empty string")
         names = [s.name for s in self.stages]
         if len(set(names)) != len(names):
             raise _fail("stage", f"stage names must be unique, got {names}")

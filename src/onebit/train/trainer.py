@@ -173,6 +173,11 @@ def build_model(recipe: Recipe, stage: Stage, num_classes: int, input_shape: tup
                       **options, **stage.method_options)
     except ValueError as err:
         raise RecipeError(f"recipe: model/stage {stage.name!r}: {err}") from None
+    except (MemoryError, RuntimeError) as err:  # sizes no memory can hold (torch's allocator fails at once)
+        if not isinstance(err, MemoryError) and not any(w in str(err) for w in ("alloc", "overflow", "memory")):
+            raise
+        raise RecipeError(f"recipe: model {spec.name!r} (stage {stage.name!r}) does not fit in memory with "
+                          f"options {spec.options}; make it smaller") from None
 
 
 def _param_groups(model: nn.Module, spec: OptimizerSpec) -> list[dict[str, Any]]:
@@ -619,17 +624,32 @@ def load_run_model(checkpoint: str | Path | dict[str, Any]) -> tuple[nn.Module, 
     """The trained model of a run (``model.pt``, a run directory, or a payload already read with
     :func:`load_checkpoint`), in eval mode, with its recipe and the stage that produced it."""
     payload = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
+    where = "checkpoint" if isinstance(checkpoint, dict) else checkpoint
     try:
+        if not isinstance(payload.get("recipe"), dict) or type(payload.get("stage_index")) is not int:
+            raise KeyError("recipe or stage_index")
         recipe = load_recipe(payload["recipe"])
-        stage = recipe.stages[payload["stage_index"]]
+        stage = recipe.stages[payload["stage_index"]] if payload["stage_index"] >= 0 else None
+        if stage is None:
+            raise IndexError(payload["stage_index"])
     except (KeyError, IndexError, RecipeError) as err:
-        where = "checkpoint" if isinstance(checkpoint, dict) else checkpoint
         raise CheckpointError(f"{where}: its recipe is unreadable ({err})") from None
     # Stage files record the data's shape; a per-epoch checkpoint does not, so the data is read then.
     info = payload.get("data_info") or _data_info(load_data(recipe))
+    if not _valid_data_info(info):
+        raise CheckpointError(f"{where}: its data_info {info!r} is not a shape and a class count; train again")
     model = build_model(recipe, stage, info["num_classes"], tuple(info["input_shape"]))
     load_weights(model, payload["model"], "checkpoint" if isinstance(checkpoint, dict) else str(checkpoint))
     return model.eval(), recipe, stage
+
+
+def _valid_data_info(info: Any) -> bool:
+    def positive(v: Any) -> bool:
+        return type(v) is int and v >= 1
+
+    return (isinstance(info, dict) and positive(info.get("num_classes"))
+            and isinstance(info.get("input_shape"), (list, tuple)) and len(info["input_shape"]) >= 1
+            and all(positive(v) for v in info["input_shape"]))
 
 
 def load_weights(model: nn.Module, state: Any, source: str) -> None:
