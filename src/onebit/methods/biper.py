@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from .base import InferenceForm, Method, NotDeployableError, Option, layer_label, register
-from .functional import approx_sign, sign, ste
+from .functional import sign, sign_approx_ste, sign_identity_ste
 from .recu import standardize_per_sample
 
 __all__ = ["TAU_STAGE1", "TAU_STAGE2", "BiPer", "quantization_error", "to_stage2"]
@@ -68,13 +68,13 @@ class BiPer(Method):
 
     def quantize_input(self, layer: nn.Module, x: Tensor) -> Tensor:
         a0 = standardize_per_sample(x, layer.sample_dims(x)) if layer.training else x
-        return ste(sign(a0), approx_sign(a0))
+        return sign_approx_ste(a0)
 
     def quantize_weight(self, layer: nn.Module, w: Tensor) -> Tensor:
         wave = torch.sin(self.omega * w)
         if self.stage == 1:
             return wave
-        return ste(sign(wave), wave)
+        return sign_identity_ste(wave)
 
     def scale_output(self, layer: nn.Module, y: Tensor) -> Tensor:
         return y * layer.channel_view(layer.alpha, y.dim())

@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from .base import Method, register
-from .functional import approx_sign, clip, per_channel_mean_abs, sign, ste
+from .functional import per_channel_mean_abs, sign_approx_ste, sign_clip_ste
 
 
 @register
@@ -24,7 +24,7 @@ class BiReal(Method):
     paper = "Liu et al., Bi-Real Net, ECCV 2018"
 
     def quantize_input(self, layer: nn.Module, x: Tensor) -> Tensor:
-        return ste(sign(x), approx_sign(x))
+        return sign_approx_ste(x)
 
     def quantize_weight(self, layer: nn.Module, w: Tensor) -> Tensor:
-        return ste(per_channel_mean_abs(w).detach() * sign(w), clip(w))
+        return sign_clip_ste(w, per_channel_mean_abs(w).detach())

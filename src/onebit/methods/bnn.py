@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from .base import Method, register
-from .functional import clip, sign, ste
+from .functional import sign_clip_ste
 
 
 @register
@@ -20,7 +20,7 @@ class BNN(Method):
     paper = "Hubara et al., Binarized Neural Networks, NeurIPS 2016"
 
     def quantize_input(self, layer: nn.Module, x: Tensor) -> Tensor:
-        return ste(sign(x), clip(x))
+        return sign_clip_ste(x)
 
     def quantize_weight(self, layer: nn.Module, w: Tensor) -> Tensor:
-        return ste(sign(w), clip(w))
+        return sign_clip_ste(w)

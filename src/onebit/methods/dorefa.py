@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from .base import Method, register
-from .functional import clip, per_channel_mean_abs, sign, ste
+from .functional import per_channel_mean_abs, sign_clip_ste
 
 
 @register
@@ -29,7 +29,7 @@ class DoReFa(Method):
     paper = "Zhou et al., DoReFa-Net, arXiv:1606.06160 (BiBench's 1-bit form)"
 
     def quantize_input(self, layer: nn.Module, x: Tensor) -> Tensor:
-        return ste(sign(x), clip(x))
+        return sign_clip_ste(x)
 
     def quantize_weight(self, layer: nn.Module, w: Tensor) -> Tensor:
-        return ste(per_channel_mean_abs(w).detach() * sign(w), clip(w))
+        return sign_clip_ste(w, per_channel_mean_abs(w).detach())

@@ -9,13 +9,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .base import Method, Option, register
-from .functional import per_channel_mean_abs, sign, ste
+from .functional import per_channel_mean_abs, sign_fourier
 
 
 def fourier_sign(x: Tensor, terms: int, omega: float) -> Tensor:
     """Truncated Fourier series of the square wave (Xu et al., NeurIPS 2021, Eq. 5):
     ``(4/π)·Σ_{i=0..n} sin((2i+1)ωx)/(2i+1)`` on ``|x| ≤ 1``, constant outside, so its derivative is
-    ``(4ω/π)·Σ cos((2i+1)ωx)`` inside and 0 outside, as the reference backward."""
+    ``(4ω/π)·Σ cos((2i+1)ωx)`` inside and 0 outside, as the reference backward. This is the formula;
+    training uses :func:`onebit.methods.functional.sign_fourier`, which applies that derivative with
+    the sum in closed form."""
     xc = x.clamp(-1.0, 1.0)
     total = torch.zeros_like(xc)
     for i in range(terms + 1):
@@ -82,7 +84,7 @@ class FDA(Method):
             layer.input_noise = NoiseAdaptation(layer.in_features_count).to(device=w.device, dtype=w.dtype)
 
     def _binary(self, layer: nn.Module, x: Tensor) -> Tensor:
-        return ste(sign(x), fourier_sign(x, int(layer.fda_terms), self.omega))
+        return sign_fourier(x, int(layer.fda_terms), self.omega)
 
     def quantize_input(self, layer: nn.Module, x: Tensor) -> Tensor:
         out = self._binary(layer, x)

@@ -16,6 +16,13 @@ from torch import Tensor
 
 __all__ = [
     "sign",
+    "sign_clip_ste",
+    "sign_approx_ste",
+    "sign_ede",
+    "sign_fourier",
+    "sign_identity_ste",
+    "sign_swish_ste",
+    "clamp_ste",
     "ste",
     "clip",
     "approx_sign",
@@ -35,7 +42,8 @@ def sign(x: Tensor) -> Tensor:
     # sign(sign(x) + 0.5) maps {-1, 0, +1} to {-1, +1, +1} with two vectorised arithmetic kernels; a
     # comparison + where is several times slower on CPU (bool tensors), and this runs on every weight
     # and activation of every step. (-0.0 maps to +1 too, as the kernels' `x < 0` test does.)
-    return torch.sign(torch.sign(x) + 0.5)
+    # In place after the first kernel: the same values with one allocation instead of three.
+    return torch.sign(x).add_(0.5).sign_()
 
 
 def ste(forward: Tensor, surrogate: Tensor) -> Tensor:
@@ -82,3 +90,202 @@ def per_channel_mean_abs(w: Tensor) -> Tensor:
 def log_linear(start: float, end: float, fraction: float) -> float:
     """Geometric interpolation from ``start`` to ``end`` at ``fraction`` ∈ [0, 1]."""
     return 10 ** (math.log10(start) + (math.log10(end) - math.log10(start)) * fraction)
+
+
+# --------------------------------------------------------------------------------------------------
+# Fused quantizers
+# --------------------------------------------------------------------------------------------------
+# ``ste(sign(x), surrogate(x))`` costs, on every activation of every step, the sign's kernels, the
+# surrogate's forward (its value is thrown away), the ste's subtract and add, and in backward the
+# surrogate's autograd chain (clamp's backward alone is four passes: ge, le, logical_and, where). Each
+# function below is one torch.autograd.Function that computes the value with the sign's kernels only,
+# saves one tensor of the input's size (the input, or the surrogate's derivative when the backward
+# would otherwise recompute it), and applies the derivative in backward with as few kernels as torch's
+# eager ops allow. Their values and gradients equal the ``ste`` formulas (tests/methods/
+# test_fused_quantizers.py keeps those formulas as the oracle).
+#
+# Why the float input is saved rather than a 1-bit mask: on CPU, torch's boolean kernels (comparisons
+# writing bool, masked_fill/where reading it) run 5-10x slower than float arithmetic, so building and
+# applying a mask would cost more time than the memory it saves; clip's gradient is instead one
+# ``hardtanh_backward`` kernel over the saved input.
+
+
+def _above_one(dtype: torch.dtype) -> float:
+    """The next ``dtype`` value above 1: hardtanh_backward passes the gradient on the open interval
+    (−b, b), which for this b is exactly clamp's closed [−1, 1]."""
+    return 1.0 + torch.finfo(dtype).eps
+
+
+def _clip_grad(grad: Tensor, x: Tensor) -> Tensor:
+    """``grad·1{|x| ≤ 1}`` in one kernel (clamp's backward, boundary included)."""
+    bound = _above_one(x.dtype)
+    return torch.ops.aten.hardtanh_backward(grad, x, -bound, bound)
+
+
+class _SignClip(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, scale: Tensor | None) -> Tensor:
+        ctx.save_for_backward(x)
+        out = sign(x)
+        return out if scale is None else out.mul_(scale)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, None]:
+        (x,) = ctx.saved_tensors
+        return _clip_grad(grad, x), None
+
+
+def sign_clip_ste(x: Tensor, scale: Tensor | None = None) -> Tensor:
+    """``scale·sign(x)`` with BNN's clip STE ``g·1{|x| ≤ 1}`` (Hubara et al., 2016, Eq. 4), the
+    gradient not multiplied by ``scale`` (a detached per-channel or per-sample scale, or None):
+    ``ste(scale·sign(x), clip(x))``, fused."""
+    return _SignClip.apply(x, None if scale is None else scale.detach())
+
+
+class _SignApprox(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:
+        ctx.save_for_backward(x)
+        return sign(x)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        (x,) = ctx.saved_tensors
+        inside = _clip_grad(grad, x)
+        return torch.addcmul(inside * 2, inside, x.abs(), value=-2)  # g·(2 − 2|x|) on |x| ≤ 1
+
+
+def sign_approx_ste(x: Tensor) -> Tensor:
+    """``sign(x)`` with Bi-Real Net's ApproxSign derivative ``g·max(0, 2 − 2|x|)`` (Liu et al., ECCV
+    2018, Eq. 6): ``ste(sign(x), approx_sign(x))``, fused."""
+    return _SignApprox.apply(x)
+
+
+class _SignEDE(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, k: Tensor | float, t: Tensor | float) -> Tensor:
+        y = torch.tanh(t * x)
+        ctx.save_for_backward(y)
+        ctx.k, ctx.t = k, t
+        return sign(x)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:
+        (y,) = ctx.saved_tensors
+        # The order of autograd's chain through k·tanh(t·x), so the result is bit-identical to it.
+        return torch.ops.aten.tanh_backward(grad * ctx.k, y) * ctx.t, None, None
+
+
+def sign_ede(x: Tensor, k: Tensor | float, t: Tensor | float) -> Tensor:
+    """``sign(x)`` with IR-Net's error decay estimator ``g·k·t·(1 − tanh²(t·x))``, the derivative of
+    ``k·tanh(t·x)`` (Qin et al., CVPR 2020): ``ste(sign(x), k·tanh(t·x))``, fused. ``k`` and ``t``
+    carry no gradient (schedule buffers)."""
+    return _SignEDE.apply(x, _no_grad(k), _no_grad(t))
+
+
+def _no_grad(v: Tensor | float) -> Tensor | float:
+    return v.detach() if isinstance(v, Tensor) else v
+
+
+def fourier_derivative_sum(x: Tensor, terms: int, omega: float) -> Tensor:
+    """``Σ_{i=0..n} cos((2i+1)·ω·x)`` (n = ``terms``) in closed form,
+    ``sin(2(n+1)θ) / (2 sin θ)`` with θ = ωx, written as ``(n+1)·sinc(2(n+1)u)/sinc(u)`` with
+    u = θ/π so that θ → 0 takes its limit n + 1 inside ``torch.sinc``. When ω|x| can reach π (ω ≥ π on
+    the clipped input) the zeros of sin θ at θ = mπ, m ≠ 0, are taken in float64 with the limit
+    (n+1)(−1)^m at exact multiples."""
+    n1 = terms + 1
+    if omega < math.pi:
+        u = x * (omega / math.pi)
+        return torch.sinc(u * (2 * n1)).div_(torch.sinc(u)).mul_(n1)
+    u = x.double() * (omega / math.pi)
+    m = torch.round(u)
+    limit = n1 * (1 - 2 * torch.remainder(m, 2))
+    ratio = torch.sinc(u * (2 * n1)) / torch.sinc(u) * n1
+    return torch.where(u == m, limit, ratio).to(x.dtype)
+
+
+class _SignFourier(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, terms: int, omega: float) -> Tensor:
+        ctx.save_for_backward(x)
+        ctx.terms, ctx.omega = terms, omega
+        return sign(x)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:
+        (x,) = ctx.saved_tensors
+        series = fourier_derivative_sum(x.clamp(-1.0, 1.0), ctx.terms, ctx.omega)
+        return _clip_grad(grad, x).mul_(series).mul_(4 * ctx.omega / math.pi), None, None
+
+
+def sign_fourier(x: Tensor, terms: int, omega: float) -> Tensor:
+    """``sign(x)`` with the derivative of FDA's truncated Fourier series of the square wave (Xu et al.,
+    NeurIPS 2021, Eq. 5), ``g·(4ω/π)·Σ_{i=0..n} cos((2i+1)ωx)`` on ``|x| ≤ 1`` and 0 outside, the sum in
+    closed form (:func:`fourier_derivative_sum`): one pass instead of n."""
+    return _SignFourier.apply(x, int(terms), float(omega))
+
+
+class _SignIdentity(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:
+        return sign(x)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        return grad
+
+
+def sign_identity_ste(x: Tensor) -> Tensor:
+    """``sign(x)`` with the identity straight-through gradient (BinaryConnect; BiPer's ``sign(sin ωW)``):
+    ``ste(sign(x), x)``, fused; nothing is saved."""
+    return _SignIdentity.apply(x)
+
+
+class _SignSwish(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, beta: Tensor | float, value: str) -> Tensor:
+        bx = beta * x
+        s = torch.sigmoid(bx)
+        one_minus_s = 1 - s
+        out = None
+        if value != "sign":  # the SignSwish value, in sign_swish's own order of operations
+            out = 2 * s * (1 + bx * one_minus_s) - 1
+        # d/dx SS_β(x) = 2β·s(1 − s)·(2 + βx(1 − 2s)), s = σ(βx); saved instead of x.
+        ctx.save_for_backward(torch.mul(s, one_minus_s).mul_(2 + bx * (one_minus_s - s)).mul_(2 * beta))
+        if value == "swish":
+            return out
+        return sign(x if value == "sign" else out)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:
+        (derivative,) = ctx.saved_tensors
+        return grad * derivative, None, None
+
+
+def sign_swish_ste(x: Tensor, beta: Tensor | float, value: str = "sign") -> Tensor:
+    """A quantizer with BNN+'s SignSwish derivative ``β[2 − βx·tanh(βx/2)]/[1 + cosh(βx)]`` (Darabi et
+    al., 2018, Eq. 3) as gradient, fused. Its value: ``"sign"`` → ``sign(x)``; ``"sign_swish"`` →
+    ``sign(SS_β(x))`` (PC++'s F = sign∘B, which differs from sign(x) only where SS_β(x) rounds to 0);
+    ``"swish"`` → ``SS_β(x)`` itself (BNN++ before its hard epochs)."""
+    if value not in ("sign", "sign_swish", "swish"):
+        raise ValueError(f"sign_swish_ste: value={value!r}; use 'sign', 'sign_swish' or 'swish'")
+    return _SignSwish.apply(x, _no_grad(beta), value)
+
+
+class _ClampSign(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, bound: Tensor) -> Tensor:
+        ctx.save_for_backward((x >= -bound) & (x <= bound))  # a bool mask (weights: small tensors)
+        return sign(x.clamp(-bound, bound))
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
+        (inside,) = ctx.saved_tensors
+        return torch.where(inside, grad, torch.zeros((), dtype=grad.dtype, device=grad.device)), None
+
+
+def clamp_ste(x: Tensor, bound: Tensor) -> Tensor:
+    """``sign(clamp(x, −q, q))`` with clamp's gradient ``g·1{−q ≤ x ≤ q}`` (ReCU's weight quantizer,
+    Xu et al., ICCV 2021, Eq. 11–13, ``q`` detached): ``ste(sign(w2), w2)`` with ``w2 = clamp(x, ±q)``,
+    fused."""
+    return _ClampSign.apply(x, bound.detach())

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from .base import Method, Option, register
-from .functional import log_linear, sign, ste
+from .functional import log_linear, sign_ede
 
 __all__ = ["IRNet", "ede", "irnet_tk", "libra_pb"]
 
@@ -22,8 +22,9 @@ def irnet_tk(epoch: int, epochs: int, t_min: float, t_max: float) -> tuple[float
 
 def ede(x: Tensor, k: Tensor | float, t: Tensor | float) -> Tensor:
     """``sign(x)`` with the error decay estimator's gradient ``g·k·t·(1 − tanh²(t·x))``, the derivative
-    of ``k·tanh(t·x)`` (the paper's EDE; reference ``binaryfunction.BinaryQuantize``)."""
-    return ste(sign(x), k * torch.tanh(t * x))
+    of ``k·tanh(t·x)`` (the paper's EDE; reference ``binaryfunction.BinaryQuantize``), fused
+    (:func:`onebit.methods.functional.sign_ede`)."""
+    return sign_ede(x, k, t)
 
 
 def libra_pb(w: Tensor) -> tuple[Tensor, Tensor]:

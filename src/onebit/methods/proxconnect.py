@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from .base import InferenceForm, Method, NotDeployableError, Option, layer_label, register
-from .functional import clip, sign, sign_swish, ste
+from .functional import clip, sign, sign_clip_ste, sign_identity_ste, sign_swish, sign_swish_ste, ste
 
 __all__ = [
     "PCBNN",
@@ -64,6 +64,18 @@ def pcpp_quantize(u: Tensor, prox, backward, mu: Tensor | float, hard: bool) -> 
     with torch.no_grad():
         f = sign(b) if hard else prox(b, mu)
     return ste(f, b)
+
+
+class _ProxIdentity(torch.autograd.Function):
+    """``P^μ(u)`` forward, identity gradient: ``pcpp_quantize`` of the ProxConnect preset, fused."""
+
+    @staticmethod
+    def forward(ctx, u: Tensor, mu: Tensor) -> Tensor:
+        return prox_sign(u, mu)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
+        return grad, None
 
 
 def _identity(u: Tensor, mu: Tensor | float) -> Tensor:
@@ -140,14 +152,22 @@ class ProxConnectPP(Method):
             return None
         return w.abs().mean(dim=tuple(range(1, w.dim())), keepdim=True).detach()
 
+    # The fused forms of pcpp_quantize(u, prox, backward_quantizer, μ, hard) and of
+    # ste(sign(x), backward_quantizer(x, μ)); the preset formulas above stay as their definition.
+    def fused_weight(self, u: Tensor, mu: Tensor, hard: bool) -> Tensor:
+        return sign_identity_ste(u)
+
+    def fused_input(self, x: Tensor, mu: Tensor) -> Tensor:
+        return sign_identity_ste(x)
+
     def quantize_weight(self, layer: nn.Module, w: Tensor) -> Tensor:
         alpha = self._scale(w)
         u = w if alpha is None else w / alpha
-        q = pcpp_quantize(u, self.prox, self.backward_quantizer, layer.pcpp_mu, bool(layer.pcpp_hard))
+        q = self.fused_weight(u, layer.pcpp_mu, bool(layer.pcpp_hard))
         return q if alpha is None else q * alpha
 
     def quantize_input(self, layer: nn.Module, x: Tensor) -> Tensor:
-        return ste(sign(x), self.backward_quantizer(x, layer.pcpp_mu))
+        return self.fused_input(x, layer.pcpp_mu)
 
     def schedule(self, layer: nn.Module, epoch: int, epochs: int) -> None:
         start, end = self.mu_range()
@@ -204,6 +224,9 @@ class PCProxConnect(ProxConnectPP):
     def prox(self, u: Tensor, mu: Tensor | float) -> Tensor:
         return prox_sign(u, mu)
 
+    def fused_weight(self, u: Tensor, mu: Tensor, hard: bool) -> Tensor:
+        return sign_identity_ste(u) if hard else _ProxIdentity.apply(u, mu.detach())
+
     def mu_range(self) -> tuple[float, float]:
         return float(self.mu_start), float(self.mu_end)
 
@@ -223,6 +246,12 @@ class PCBNN(ProxConnectPP):
     def backward_quantizer(self, u: Tensor, mu: Tensor | float) -> Tensor:
         return clip(u)
 
+    def fused_weight(self, u: Tensor, mu: Tensor, hard: bool) -> Tensor:
+        return sign_clip_ste(u)  # sign∘clip = sign
+
+    def fused_input(self, x: Tensor, mu: Tensor) -> Tensor:
+        return sign_clip_ste(x)
+
 
 @register
 class PCBNNPlus(ProxConnectPP):
@@ -239,6 +268,12 @@ class PCBNNPlus(ProxConnectPP):
 
     def backward_quantizer(self, u: Tensor, mu: Tensor | float) -> Tensor:
         return sign_swish(u, self.beta)
+
+    def fused_weight(self, u: Tensor, mu: Tensor, hard: bool) -> Tensor:
+        return sign_swish_ste(u, self.beta, value="sign_swish")
+
+    def fused_input(self, x: Tensor, mu: Tensor) -> Tensor:
+        return sign_swish_ste(x, self.beta)
 
 
 @register
@@ -268,6 +303,12 @@ class BNNPlusPlus(ProxConnectPP):
 
     def backward_quantizer(self, u: Tensor, mu: Tensor | float) -> Tensor:
         return sign_swish(u, mu)
+
+    def fused_weight(self, u: Tensor, mu: Tensor, hard: bool) -> Tensor:
+        return sign_swish_ste(u, mu, value="sign_swish" if hard else "swish")
+
+    def fused_input(self, x: Tensor, mu: Tensor) -> Tensor:
+        return sign_swish_ste(x, mu)
 
     def mu_range(self) -> tuple[float, float]:
         return float(self.mu_start), float(self.mu_end)

@@ -6,7 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from .base import Method, register
-from .functional import approx_sign, clip, per_channel_mean_abs, sign, ste
+from .functional import per_channel_mean_abs, sign_approx_ste, sign_clip_ste
 
 
 @register
@@ -35,10 +35,10 @@ class ReActNet(Method):
 
     def quantize_input(self, layer: nn.Module, x: Tensor) -> Tensor:
         shifted = x + layer.channel_view(layer.rsign_bias, x.dim())
-        return ste(sign(shifted), approx_sign(shifted))
+        return sign_approx_ste(shifted)
 
     def input_threshold(self, layer: nn.Module) -> Tensor | None:
         return layer.rsign_bias.detach().clone()
 
     def quantize_weight(self, layer: nn.Module, w: Tensor) -> Tensor:
-        return ste(per_channel_mean_abs(w).detach() * sign(w), clip(w))
+        return sign_clip_ste(w, per_channel_mean_abs(w).detach())

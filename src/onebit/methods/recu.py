@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from .base import Method, Option, register
-from .functional import approx_sign, sign, ste
+from .functional import clamp_ste, sign_approx_ste
 
 EPS = 1e-5
 
@@ -69,15 +69,14 @@ class ReCU(Method):
 
     def quantize_input(self, layer: nn.Module, x: Tensor) -> Tensor:
         a0 = standardize_per_sample(x, layer.sample_dims(x)) if layer.training else x
-        return ste(sign(a0), approx_sign(a0))
+        return sign_approx_ste(a0)
 
     def quantize_weight(self, layer: nn.Module, w: Tensor) -> Tensor:
         dims = tuple(range(1, w.dim()))
         w0 = w - w.mean(dim=dims, keepdim=True)
         w1 = w0 / (torch.sqrt(unbiased_var(w0, dims) + EPS) / (2 * math.sqrt(2)))
         q_tau = (-w1.abs().mean() * torch.log(2 - 2 * layer.tau)).detach()
-        w2 = w1.clamp(-q_tau, q_tau)
-        return ste(sign(w2), w2)
+        return clamp_ste(w1, q_tau)
 
     def scale_output(self, layer: nn.Module, y: Tensor) -> Tensor:
         return y * layer.channel_view(layer.alpha, y.dim())

@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from .base import Method, register
-from .functional import clip, per_channel_mean_abs, sign, ste
+from .functional import per_channel_mean_abs, sign_clip_ste
 
 
 @register
@@ -30,7 +30,7 @@ class XNOR(Method):
         return x.abs().mean(dim=layer.sample_dims(x), keepdim=True).detach()
 
     def quantize_input(self, layer: nn.Module, x: Tensor) -> Tensor:
-        return ste(self._input_scale(layer, x) * sign(x), clip(x))
+        return sign_clip_ste(x, self._input_scale(layer, x))
 
     def input_pad_scale(self, layer: nn.Module, x: Tensor) -> Tensor | None:
         return self._input_scale(layer, x)
@@ -39,4 +39,4 @@ class XNOR(Method):
         return "mean_abs"
 
     def quantize_weight(self, layer: nn.Module, w: Tensor) -> Tensor:
-        return ste(per_channel_mean_abs(w).detach() * sign(w), clip(w))
+        return sign_clip_ste(w, per_channel_mean_abs(w).detach())

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from .base import Method, Option, register
-from .functional import clip, sign, ste
+from .functional import sign_clip_ste
 
 _SPATIAL_NAMES = ("gamma_h", "gamma_w")
 
@@ -72,10 +72,10 @@ class XNORPlusPlus(Method):
             layer._register_load_state_dict_pre_hook(_materialize_from_state, with_module=True)
 
     def quantize_input(self, layer: nn.Module, x: Tensor) -> Tensor:
-        return ste(sign(x), clip(x))
+        return sign_clip_ste(x)
 
     def quantize_weight(self, layer: nn.Module, w: Tensor) -> Tensor:
-        return ste(sign(w), clip(w))
+        return sign_clip_ste(w)
 
     def _factors(self, layer: nn.Module, spatial_size: tuple[int, ...]) -> list[Tensor]:
         factors = []

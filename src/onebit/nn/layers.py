@@ -128,7 +128,9 @@ class BinaryLayer:
 
 class _BinaryConvMixin(BinaryLayer):
     """Explicit padding: torch's ``_reversed_padding_repeated_twice`` already resolves int, tuple and
-    'same' padding into F.pad order; the convolution itself then runs unpadded."""
+    'same' padding into F.pad order. Zero padding after binarization goes to the convolution itself
+    (no padded copy of the binary input is made or saved for backward); ±1 padding and asymmetric
+    padding pad the binary tensor explicitly, and the convolution then runs unpadded."""
 
     padding_mode: str
     _reversed_padding_repeated_twice: list[int]
@@ -141,18 +143,29 @@ class _BinaryConvMixin(BinaryLayer):
             return F.pad(x, self._reversed_padding_repeated_twice, mode=self.padding_mode)
         return x
 
+    def _conv_padding(self) -> tuple[int, ...] | None:
+        """The padding to hand to the convolution itself, which pads with zeros without copying the
+        input: for zero padding after binarization (``pad_value = 0``, or real activations), when the
+        padding is the same on both sides of every dim; else None (pad explicitly)."""
+        if self.padding_mode != "zeros" or (self.pad_value != 0.0 and self.binarize_activations):
+            return None
+        pads = self._reversed_padding_repeated_twice
+        left, right = pads[0::2], pads[1::2]
+        if left != right:
+            return None
+        return tuple(reversed(left))
+
     def _post_pad(self, xq: Tensor, x: Tensor) -> Tensor:
-        if self.padding_mode != "zeros" or not self._has_padding():
+        if self.padding_mode != "zeros" or not self._has_padding() or self._conv_padding() is not None:
             return xq
-        padded = F.pad(xq, self._reversed_padding_repeated_twice, value=0.0)
         if self.pad_value == 0.0 or not self.binarize_activations:
-            return padded
-        border = F.pad(torch.zeros_like(xq[:1, :1]), self._reversed_padding_repeated_twice, value=1.0)
-        fill = self.pad_value * border
+            return F.pad(xq, self._reversed_padding_repeated_twice, value=0.0)
         scale = self.method.input_pad_scale(self, x)
-        if scale is not None:
-            fill = fill * scale
-        return padded + fill
+        if scale is None:  # ±1 padding of a binary tensor: one padded copy, no border arithmetic
+            return F.pad(xq, self._reversed_padding_repeated_twice, value=self.pad_value)
+        padded = F.pad(xq, self._reversed_padding_repeated_twice, value=0.0)
+        border = F.pad(torch.zeros_like(xq[:1, :1]), self._reversed_padding_repeated_twice, value=1.0)
+        return padded + self.pad_value * border * scale
 
     def _check_input(self, x: Tensor, spatial: int) -> bool:
         """Validate the rank; True when the input is batched (unbatched inputs count as one sample)."""
@@ -196,7 +209,7 @@ class BinaryConv1d(_BinaryConvMixin, nn.Conv1d):
     def forward(self, x: Tensor) -> Tensor:
         batched = self._check_input(x, 1)
         xq, wq = self._binary_operands(x if batched else x.unsqueeze(0))
-        y = self._finish(F.conv1d(xq, wq, None, self.stride, 0, self.dilation, self.groups))
+        y = self._finish(F.conv1d(xq, wq, None, self.stride, self._conv_padding() or 0, self.dilation, self.groups))
         return y if batched else y.squeeze(0)
 
 
@@ -232,7 +245,7 @@ class BinaryConv2d(_BinaryConvMixin, nn.Conv2d):
     def forward(self, x: Tensor) -> Tensor:
         batched = self._check_input(x, 2)
         xq, wq = self._binary_operands(x if batched else x.unsqueeze(0))
-        y = self._finish(F.conv2d(xq, wq, None, self.stride, 0, self.dilation, self.groups))
+        y = self._finish(F.conv2d(xq, wq, None, self.stride, self._conv_padding() or 0, self.dilation, self.groups))
         return y if batched else y.squeeze(0)
 
 

@@ -1,0 +1,267 @@
+"""Training-step cost of every method relative to its full-precision twin: time of one forward +
+backward + SGD step and peak memory allocated during it, on ResNet-20 (CIFAR shape, batch 128) and on
+the digits MLP of the ``fast`` recipe (512x3, 8x8 inputs, batch 32).
+
+    python benchmarks/train_step.py                                   # the full table (~10 min, 2 cores)
+    python benchmarks/train_step.py --baseline-src /tmp/base/src      # before (that copy) and after
+    python benchmarks/train_step.py --models mlp --methods bnn fda --repeats 3 --threads 2   # quick look
+
+How it measures: each (source tree, model, thread count) runs in a fresh subprocess that builds every
+method's network (and the full-precision one) and then takes its timed samples round-robin over the
+methods — fp32, m1, m2, …, fp32, m1, … — so load on the machine hits every method alike; the figure is
+each method's median step time divided by fp32's median from the same process. With ``--baseline-src``
+the "before" and "after" subprocesses alternate per (model, threads), and the two ratio tables are
+printed side by side. Peak memory is the highest total of bytes allocated by torch during one step
+(torch.profiler's memory events; on CUDA ``max_memory_allocated``), minus what was allocated before
+it, relative to fp32.
+
+The variants beside the registered method names: ``biper-s2`` (BiPer stage 2, binary weights) and
+``<pcpp preset>-a`` (a ProxConnect++ preset with binary activations, ``binarize_activations=True``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+PCPP = ("pcpp-bc", "pcpp-pc", "pcpp-bnn", "pcpp-bnn+", "bnn++")
+MODELS = {
+    # name: (zoo model, model options, input shape of one sample, batch size)
+    "resnet20": ("resnet20", {}, (3, 32, 32), 128),
+    "mlp": ("mlp", {"hidden": (512, 512, 512), "input_shape": (1, 8, 8)}, (1, 8, 8), 32),
+}
+
+
+def variant(name: str) -> tuple[str | None, dict]:
+    """A table row name -> (registered method or None for fp32, extra options)."""
+    if name == "fp32":
+        return None, {}
+    if name == "biper-s2":
+        return "biper", {"stage": 2}
+    if name.endswith("-a") and name[:-2] in PCPP:
+        return name[:-2], {"binarize_activations": True}
+    return name, {}
+
+
+def default_rows(available: list[str]) -> list[str]:
+    rows = [m for m in available]
+    rows.insert(rows.index("biper") + 1, "biper-s2")
+    rows += [f"{p}-a" for p in PCPP if p in available]
+    return rows
+
+
+# --------------------------------------------------------------------------------------------------
+# Worker: one process, one source tree, one model, one thread count
+# --------------------------------------------------------------------------------------------------
+def build(model: str, row: str, device: str):
+    import torch
+
+    from onebit import models
+
+    zoo, options, shape, batch = MODELS[model]
+    method, extra = variant(row)
+    torch.manual_seed(0)
+    net = models.create(zoo, method=method, **options, **extra).to(device).train()
+    opt = torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.9)
+    x = torch.randn(batch, *shape, device=device)
+    y = torch.randint(0, 10, (batch,), device=device)
+    if getattr(torch, "compile", None) is not None and os.environ.get("ONEBIT_BENCH_COMPILE") == "1":
+        net = torch.compile(net)
+    return net, opt, x, y
+
+
+def make_step(net, opt, x, y):
+    import torch
+    import torch.nn.functional as F
+
+    import onebit
+
+    extra_loss = getattr(onebit, "extra_loss", None)
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(net(x), y)
+        extra = extra_loss(net) if extra_loss is not None else None
+        if isinstance(extra, torch.Tensor):
+            loss = loss + extra
+        loss.backward()
+        opt.step()
+
+    return step
+
+
+def sync(device: str) -> None:
+    import torch
+
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def peak_memory(step, device: str) -> int:
+    """Bytes allocated at the step's high-water mark beyond what was allocated when it began."""
+    import torch
+
+    if device == "cuda":
+        sync(device)
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        step()
+        sync(device)
+        return torch.cuda.max_memory_allocated() - base
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        step()
+    # Every allocation and free (signed nbytes) in time order; the running sum's maximum is the peak.
+    events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
+    total = peak = 0
+    for event in sorted(events, key=lambda e: e.start_ns()):
+        total += event.nbytes()
+        peak = max(peak, total)
+    return peak
+
+
+def worker(args: argparse.Namespace) -> int:
+    if args.src:
+        sys.path.insert(0, str(Path(args.src).resolve()))
+    import torch
+
+    import onebit
+
+    torch.set_num_threads(args.threads)
+    rows = args.methods
+    steps = {}
+    for row in rows:
+        net, opt, x, y = build(args.model, row, args.device)
+        steps[row] = make_step(net, opt, x, y)
+        for _ in range(args.warmup):
+            steps[row]()
+    times: dict[str, list[float]] = {row: [] for row in rows}
+    for _ in range(args.repeats):
+        for row in rows:
+            sync(args.device)
+            start = time.perf_counter()
+            steps[row]()
+            sync(args.device)
+            times[row].append(time.perf_counter() - start)
+    memory = {row: peak_memory(steps[row], args.device) for row in rows} if args.memory else {}
+    json.dump({"onebit": str(Path(onebit.__file__).parent), "times": times, "memory": memory}, sys.stdout)
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------
+# Driver
+# --------------------------------------------------------------------------------------------------
+def run_worker(src: str | None, model: str, threads: int, rows: list[str], args, memory: bool) -> dict:
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", "--model", model, "--threads", str(threads),
+           "--repeats", str(args.repeats), "--warmup", str(args.warmup), "--device", args.device,
+           "--methods", *rows]
+    if src:
+        cmd += ["--src", src]
+    if memory:
+        cmd.append("--memory")
+    # The editable install's import hook would win over --src; skip it so each side imports its own tree.
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), SKBUILD_EDITABLE_SKIP="1")
+    if args.compile:
+        env["ONEBIT_BENCH_COMPILE"] = "1"
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if done.returncode != 0:
+        raise SystemExit(f"worker failed ({' '.join(cmd)}):\n{done.stderr[-4000:]}")
+    return json.loads(done.stdout)
+
+
+def ratios(result: dict) -> tuple[dict[str, float], dict[str, float], float]:
+    med = {row: statistics.median(ts) for row, ts in result["times"].items()}
+    fp = med["fp32"]
+    mem = result["memory"]
+    mem_ratio = {row: mem[row] / mem["fp32"] for row in mem} if mem else {}
+    return {row: t / fp for row, t in med.items()}, mem_ratio, fp
+
+
+def print_table(model: str, threads: list[int], results: dict, sides: list[str], rows: list[str]) -> None:
+    head = ["method"]
+    for side in sides:
+        head += [f"{side} {t}T" for t in threads]
+    mem_sides = [s for s in sides if results[(s, threads[0])][1]]
+    head += [f"{side} peak mem" for side in mem_sides]
+    print(f"\n{model}, batch {MODELS[model][3]}: step time (forward + backward + SGD) and peak memory vs fp32")
+    fp_line = ", ".join(f"{side} {t}T {results[(side, t)][2] * 1000:.1f} ms" for side in sides for t in threads)
+    print(f"fp32 step: {fp_line}\n")
+    print("| " + " | ".join(head) + " |")
+    print("|" + "---|" * len(head))
+    for row in rows:
+        cells = [row]
+        for side in sides:
+            cells += [f"{results[(side, t)][0][row]:.2f}x" for t in threads]
+        cells += [f"{results[(side, threads[0])][1][row]:.2f}x" for side in mem_sides]
+        print("| " + " | ".join(cells) + " |")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--methods", nargs="+", default=None,
+                        help="rows (registered names, biper-s2, <pcpp preset>-a); default: all")
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--repeats", type=int, default=5, help="timed steps per method (median taken)")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    parser.add_argument("--baseline-src", default=None,
+                        help="a second onebit source tree (its src/ folder) measured as 'before'")
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory column")
+    parser.add_argument("--compile", action="store_true", help="wrap every network in torch.compile")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--src", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--model", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--memory", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        args.threads = args.threads[0]
+        return worker(args)
+    if args.device == "cuda":
+        args.threads = args.threads[:1]
+    sys.path.insert(0, str(HERE.parent / "src"))
+    import torch
+
+    import onebit
+
+    rows = ["fp32"] + [r for r in (args.methods or default_rows(onebit.methods.available())) if r != "fp32"]
+    sides = ["before", "after"] if args.baseline_src else ["after"]
+    srcs = {"before": args.baseline_src, "after": str(HERE.parent / "src")}
+    cpu = _cpu_name()
+    print(f"torch {torch.__version__}, device {args.device} ({cpu}), {args.repeats} samples per method, "
+          f"interleaved; {'compiled' if args.compile else 'eager'}")
+    start = time.perf_counter()
+    for model in args.models:
+        results = {}
+        for threads in args.threads:
+            for side in sides:
+                memory = not args.no_memory and threads == args.threads[0]
+                out = run_worker(srcs[side], model, threads, rows, args, memory)
+                results[(side, threads)] = ratios(out)
+                print(f"  {model} {threads}T {side}: fp32 {results[(side, threads)][2] * 1000:.1f} ms "
+                      f"({out['onebit']})", file=sys.stderr, flush=True)
+        print_table(model, args.threads, results, sides, rows)
+    print(f"\ntotal {time.perf_counter() - start:.0f} s")
+    return 0
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip() + f", {os.cpu_count()} cores"
+    except OSError:
+        pass
+    return "unknown CPU"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,326 @@
+"""The fused quantizers against the formulas they replace.
+
+Every method's quantizers used to be written ``ste(forward, surrogate)``, with autograd differentiating
+the surrogate; they now run as one autograd.Function each (onebit.methods.functional). The old
+formulas are copied here verbatim as the oracle: forward values must be bit-identical, and input,
+weight and parameter gradients bit-identical for the sign-based quantizers (clip STE, identity STE,
+EDE, ReCU's clamp) and within 1e-6 (relative to the largest gradient) where the arithmetic changed
+(ApproxSign, the closed-form Fourier sum, SignSwish's derivative). Inputs: a hand-checked row of edge
+values (exact ±0, ±1, the floats next to ±1, the boundaries of clip) and random tensors salted with
+exact zeros and |x| = 1.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import onebit
+from onebit.methods import functional as fx
+from onebit.methods.fda import fourier_sign
+from onebit.methods.irnet import libra_pb
+from onebit.methods.proxconnect import pcpp_quantize
+from onebit.methods.recu import EPS, standardize_per_sample, unbiased_var
+
+
+# ---- the oracle: the formulas as they were written before fusion ---------------------------------
+def old_sign(x):
+    return torch.sign(torch.sign(x) + 0.5)
+
+
+def old_ste(forward, surrogate):
+    return forward.detach() + (surrogate - surrogate.detach())
+
+
+def old_clip(x):
+    return x.clamp(-1.0, 1.0)
+
+
+def old_approx_sign(x):
+    xc = x.clamp(-1.0, 1.0)
+    return 2 * xc - xc * xc.abs()
+
+
+def old_sign_swish(x, beta):
+    bx = beta * x
+    s = torch.sigmoid(bx)
+    return 2 * s * (1 + bx * (1 - s)) - 1
+
+
+def old_pcma(w):
+    return w.abs().mean(dim=tuple(range(1, w.dim())), keepdim=True)
+
+
+def old_scaled_clip_weight(layer, w):
+    return old_ste(old_pcma(w).detach() * old_sign(w), old_clip(w))
+
+
+def old_clip_input(layer, x):
+    return old_ste(old_sign(x), old_clip(x))
+
+
+def old_approx_input(layer, x):
+    return old_ste(old_sign(x), old_approx_sign(x))
+
+
+def old_xnor_input(layer, x):
+    k = x.abs().mean(dim=layer.sample_dims(x), keepdim=True).detach()
+    return old_ste(k * old_sign(x), old_clip(x))
+
+
+def old_reactnet_input(layer, x):
+    shifted = x + layer.channel_view(layer.rsign_bias, x.dim())
+    return old_ste(old_sign(shifted), old_approx_sign(shifted))
+
+
+def old_ede(x, k, t):
+    return old_ste(old_sign(x), k * torch.tanh(t * x))
+
+
+def old_irnet_weight(layer, w):
+    balanced, scale = libra_pb(w)
+    return old_ede(balanced, layer.ede_k, layer.ede_t) * scale
+
+
+def old_recu_input(layer, x):
+    a0 = standardize_per_sample(x, layer.sample_dims(x)) if layer.training else x
+    return old_ste(old_sign(a0), old_approx_sign(a0))
+
+
+def old_recu_weight(layer, w):
+    dims = tuple(range(1, w.dim()))
+    w0 = w - w.mean(dim=dims, keepdim=True)
+    w1 = w0 / (torch.sqrt(unbiased_var(w0, dims) + EPS) / (2 * math.sqrt(2)))
+    q_tau = (-w1.abs().mean() * torch.log(2 - 2 * layer.tau)).detach()
+    w2 = w1.clamp(-q_tau, q_tau)
+    return old_ste(old_sign(w2), w2)
+
+
+def old_biper_weight(layer, w):
+    wave = torch.sin(layer.method.omega * w)
+    return wave if layer.method.stage == 1 else old_ste(old_sign(wave), wave)
+
+
+def old_fda_binary(layer, x):
+    return old_ste(old_sign(x), fourier_sign(x, int(layer.fda_terms), layer.method.omega))
+
+
+def old_fda_input(layer, x):
+    out = old_fda_binary(layer, x)
+    if layer.training:
+        channels_last = x if layer.features_last else x.movedim(1, -1)
+        noise = layer.input_noise(channels_last)
+        out = out + layer.fda_alpha * (noise if layer.features_last else noise.movedim(-1, 1))
+    return out
+
+
+def old_fda_weight(layer, w):
+    out = old_fda_binary(layer, w)
+    if layer.training:
+        out = out + layer.fda_alpha * layer.weight_noise(w.reshape(w.shape[0], -1)).reshape(w.shape)
+    return out * old_pcma(w).detach()
+
+
+def old_pcpp_weight(layer, w):
+    method = layer.method
+    alpha = None if method.scale == "none" else old_pcma(w).detach()
+    u = w if alpha is None else w / alpha
+    q = pcpp_quantize(u, method.prox, method.backward_quantizer, layer.pcpp_mu, bool(layer.pcpp_hard))
+    return q if alpha is None else q * alpha
+
+
+def old_pcpp_input(layer, x):
+    return old_ste(old_sign(x), layer.method.backward_quantizer(x, layer.pcpp_mu))
+
+
+# (method, options, old input quantizer, old weight quantizer, exact gradients?)
+CASES = [
+    ("bnn", {}, old_clip_input, lambda layer, w: old_ste(old_sign(w), old_clip(w)), True),
+    ("xnorpp", {}, old_clip_input, lambda layer, w: old_ste(old_sign(w), old_clip(w)), True),
+    ("dorefa", {}, old_clip_input, old_scaled_clip_weight, True),
+    ("xnor", {}, old_xnor_input, old_scaled_clip_weight, True),
+    ("bireal", {}, old_approx_input, old_scaled_clip_weight, False),
+    ("reactnet", {}, old_reactnet_input, old_scaled_clip_weight, False),
+    ("irnet", {}, lambda layer, x: old_ede(x, layer.ede_k, layer.ede_t), old_irnet_weight, True),
+    ("recu", {}, old_recu_input, old_recu_weight, False),
+    ("biper", {"stage": 1}, old_recu_input, old_biper_weight, False),
+    ("biper", {"stage": 2}, old_recu_input, old_biper_weight, False),
+    ("fda", {}, old_fda_input, old_fda_weight, False),
+    ("fda", {"omega": 4.0}, old_fda_input, old_fda_weight, False),
+    ("pcpp-bc", {}, old_pcpp_input, old_pcpp_weight, True),
+    ("pcpp-pc", {}, old_pcpp_input, old_pcpp_weight, True),
+    ("pcpp-bnn", {}, old_pcpp_input, old_pcpp_weight, True),
+    ("pcpp-bnn+", {}, old_pcpp_input, old_pcpp_weight, False),
+    ("bnn++", {}, old_pcpp_input, old_pcpp_weight, False),
+]
+IDS = [f"{m}-{'-'.join(f'{k}{v}' for k, v in o.items())}" if o else m for m, o, *_ in CASES]
+
+EDGES = [0.0, -0.0, 1.0, -1.0, 1.0 + 2**-23, -1.0 - 2**-23, 1.0 - 2**-24, -1.0 + 2**-24, 0.5, -0.5, 2.0, -3.0,
+         1e-30, -1e-30, 0.25, -0.75]
+
+
+def salted(shape, seed, scale=1.0):
+    """Random values with exact zeros, ±1 and the edge row written into the first entries."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(shape, generator=g) * scale
+    flat = x.view(-1)
+    pick = torch.randperm(flat.numel(), generator=g)
+    third = flat.numel() // 10
+    flat[pick[:third]] = 0.0
+    flat[pick[third:2 * third]] = torch.where(torch.rand(third, generator=g) < 0.5, 1.0, -1.0)
+    n = min(len(EDGES), flat.numel())
+    flat[:n] = torch.tensor(EDGES[:n])
+    return x
+
+
+def make_layer(kind, method, options, seed=0):
+    torch.manual_seed(seed)
+    if kind == "conv":
+        layer = onebit.nn.BinaryConv2d(4, 6, 3, padding=1, method=method, **options)
+        x = salted((3, 4, 5, 5), seed + 1, 1.5)
+    else:
+        layer = onebit.nn.BinaryLinear(12, 5, method=method, **options)
+        x = salted((2, 3, 12), seed + 1, 1.5)
+    with torch.no_grad():
+        layer.weight.copy_(salted(layer.weight.shape, seed + 2, 0.3))
+        for name, p in layer.named_parameters():
+            if isinstance(p, torch.nn.UninitializedParameter):
+                continue
+            if name != "weight" and name != "bias" and p.dim() == 1 and "noise" not in name:
+                p.copy_(torch.randn(p.shape) * 0.2)
+    return layer, x
+
+
+def run(layer, x, quantize, which, grad_out_seed):
+    layer.zero_grad(set_to_none=True)
+    xin = x.clone().requires_grad_(True)
+    target = xin if which == "input" else layer.weight
+    out = quantize(layer, target)
+    g = torch.randn(out.shape, generator=torch.Generator().manual_seed(grad_out_seed))
+    (out * g).sum().backward()
+    grads = {"x": xin.grad} if which == "input" else {}
+    grads.update({n: p.grad for n, p in layer.named_parameters()
+                  if not isinstance(p, torch.nn.UninitializedParameter) and p.grad is not None})
+    return out.detach(), grads
+
+
+def assert_same(new, old, exact, what):
+    if exact:
+        assert torch.equal(new, old), f"{what}: max diff {(new - old).abs().max().item()}"
+    else:
+        scale = old.abs().max().item() or 1.0
+        torch.testing.assert_close(new, old, rtol=1e-6, atol=1e-6 * scale, msg=lambda m: f"{what}: {m}")
+
+
+def set_state(layer, method, state):
+    if method in ("pcpp-pc", "bnn++"):
+        layer.pcpp_mu.fill_(0.6 if method == "pcpp-pc" else 4.0)
+        layer.pcpp_hard.fill_(state == "hard")
+    elif method == "irnet":
+        layer.ede_t.fill_(0.7)
+        layer.ede_k.fill_(1 / 0.7 if state == "hard" else 1.0)
+    elif method == "fda":
+        layer.fda_terms.fill_(13)
+    elif method == "recu":
+        layer.tau.fill_(0.93)
+
+
+@pytest.mark.parametrize("state", ["soft", "hard"])
+@pytest.mark.parametrize("kind", ["conv", "linear"])
+@pytest.mark.parametrize("method,options,old_input,old_weight,exact", CASES, ids=IDS)
+def test_fused_quantizers_equal_the_ste_formulas(method, options, old_input, old_weight, exact, kind, state):
+    layer, x = make_layer(kind, method, options)
+    set_state(layer, method, state)
+    checks = [("input", old_input, layer.method.quantize_input), ("weight", old_weight, layer.method.quantize_weight)]
+    for train in (True, False):
+        layer.train(train)
+        for which, old, new in checks:
+            # The noise modules of FDA run the same way in both, so seed their dropout-free paths alike.
+            value_new, grads_new = run(layer, x, new, which, 7)
+            value_old, grads_old = run(layer, x, old, which, 7)
+            assert torch.equal(value_new, value_old), f"{method} {which} value differs"
+            assert grads_new.keys() == grads_old.keys(), f"{method} {which}: {grads_new.keys()} vs {grads_old.keys()}"
+            for name in grads_old:
+                assert_same(grads_new[name], grads_old[name], exact, f"{method} {which} grad of {name}")
+
+
+def test_the_edge_row_by_hand():
+    x = torch.tensor([-2.0, -1.0 - 2**-23, -1.0, -0.5, -0.0, 0.0, 0.5, 1.0, 1.0 + 2**-23], requires_grad=True)
+    out = fx.sign_clip_ste(x)
+    out.backward(torch.ones_like(x))
+    assert out.tolist() == [-1, -1, -1, -1, 1, 1, 1, 1, 1]
+    assert x.grad.tolist() == [0, 0, 1, 1, 1, 1, 1, 1, 0]
+    x.grad = None
+    fx.sign_approx_ste(x).backward(torch.ones_like(x))
+    assert x.grad.tolist() == [0, 0, 0, 1, 2, 2, 1, 0, 0]
+    x.grad = None
+    scaled = fx.sign_clip_ste(x, torch.tensor(0.25))
+    scaled.backward(torch.ones_like(x))
+    assert scaled.tolist() == [-0.25] * 4 + [0.25] * 5
+    assert x.grad.tolist() == [0, 0, 1, 1, 1, 1, 1, 1, 0]  # the gradient is not multiplied by the scale
+
+
+def test_fourier_closed_form_is_the_series():
+    x = torch.linspace(-1, 1, 2001, dtype=torch.float64)
+    for terms, omega in [(9, 0.1), (18, 0.1), (0, 1.0), (12, 4.0), (9, 2 * math.pi)]:
+        series = sum(torch.cos((2 * i + 1) * omega * x) for i in range(terms + 1))
+        closed = fx.fourier_derivative_sum(x, terms, omega)
+        torch.testing.assert_close(closed, series, rtol=1e-9, atol=1e-9 * (terms + 1))
+    # θ = 0 and θ = ±π (ω = π, x = ±1): the limits n + 1 and (n + 1)(−1).
+    limits = fx.fourier_derivative_sum(torch.tensor([0.0, 1.0, -1.0], dtype=torch.float64), 4, math.pi)
+    torch.testing.assert_close(limits, torch.tensor([5.0, -5.0, -5.0], dtype=torch.float64))
+
+
+def with_surrogate_value(fused, surrogate):
+    """The fused function's backward under the surrogate's value, so gradcheck compares that backward
+    with the surrogate's numerical derivative."""
+    def f(x):
+        return fused(x) - fused(x).detach() + surrogate(x).detach()
+    return f
+
+
+SMOOTH = {
+    "approx_sign": (fx.sign_approx_ste, old_approx_sign),
+    "ede": (lambda x: fx.sign_ede(x, 1.3, 2.0), lambda x: 1.3 * torch.tanh(2.0 * x)),
+    "fourier": (lambda x: fx.sign_fourier(x, 11, 0.1), lambda x: fourier_sign(x, 11, 0.1)),
+    "fourier_high_omega": (lambda x: fx.sign_fourier(x, 5, 5.0), lambda x: fourier_sign(x, 5, 5.0)),
+    "sign_swish": (lambda x: fx.sign_swish_ste(x, 3.0), lambda x: old_sign_swish(x, 3.0)),
+    "swish_value": (lambda x: fx.sign_swish_ste(x, 3.0, value="swish"), lambda x: old_sign_swish(x, 3.0)),
+}
+
+
+@pytest.mark.parametrize("name", list(SMOOTH))
+def test_gradcheck_of_each_smooth_surrogate(name):
+    fused, surrogate = SMOOTH[name]
+    g = torch.Generator().manual_seed(3)
+    # Away from the kinks of clip (|x| = 1) where the surrogate is not differentiable.
+    x = (torch.rand(40, generator=g, dtype=torch.float64) * 1.9 - 0.95)
+    x = torch.cat([x, torch.tensor([1.5, -2.0, 0.0], dtype=torch.float64)]).requires_grad_(True)
+    assert torch.autograd.gradcheck(with_surrogate_value(fused, surrogate), (x,), eps=1e-6, atol=1e-6)
+
+
+def test_sign_swish_value_keeps_pcpps_sign_of_the_rounded_swish():
+    # SS_β(u) rounds to 0 for tiny negative u: PC++'s F = sign∘SS gives +1 there, sign(u) gives −1.
+    u = torch.tensor([-1e-10, 1e-10, -0.3])
+    assert fx.sign_swish_ste(u, 5.0, value="sign_swish").tolist() == [1.0, 1.0, -1.0]
+    assert fx.sign_swish_ste(u, 5.0).tolist() == [-1.0, 1.0, -1.0]
+    with pytest.raises(ValueError, match="value="):
+        fx.sign_swish_ste(u, 5.0, value="hard")
+
+
+def test_fused_functions_save_one_tensor_at_most():
+    saved = []
+
+    def pack(t):
+        saved.append(t)
+        return t
+
+    x = torch.randn(64, requires_grad=True)
+    for fn in (fx.sign_clip_ste, fx.sign_approx_ste, fx.sign_identity_ste, lambda v: fx.sign_ede(v, 1.0, 1.0),
+               lambda v: fx.sign_fourier(v, 9, 0.1), lambda v: fx.sign_swish_ste(v, 2.0)):
+        saved.clear()
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            fn(x)
+        assert len(saved) <= 1
