@@ -243,7 +243,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def stage_method(meta: dict[str, Any]) -> str:
+def _method_label(meta: dict[str, Any]) -> str:
     return "full precision" if meta["method"] in ("None", None) else meta["method"]
 
 
@@ -285,7 +285,8 @@ def _export_foreign(args: argparse.Namespace, model: Any, payload: dict[str, Any
         expected = model.eval()(x)
     got = torch.as_tensor(run(args.out, x)[0]).reshape(expected.shape)
     diff = (got - expected).abs().max().item() / max(expected.abs().max().item(), 1e-12)
-    print(f"exported {args.format} ({stage_method(meta)}) -> {args.out} ({Path(args.out).stat().st_size / 1024:.1f} KiB);"
+    size = Path(args.out).stat().st_size
+    print(f"exported {args.format} ({_method_label(meta)}) -> {args.out} ({size / 1024:.1f} KiB);"
           f" {runtime} matches PyTorch to {diff:.1e} of the output scale")
     return 0
 

@@ -16,9 +16,9 @@ import numpy as np
 import torch
 
 from onebit.data._bundle import DataBundle, InMemoryDataset
-from onebit.errors import OnebitError
 from onebit.data._registry import DatasetSpec, Option, is_bool
 from onebit.data.transforms import Compose, Normalize, RandomCrop, RandomHorizontalFlip, ToFloat
+from onebit.errors import OnebitError
 
 __all__ = ["CIFAR10_MEAN", "CIFAR10_STD", "RestrictedUnpickler", "UnsafePickleError", "load_cifar10", "read_batch"]
 

@@ -29,12 +29,11 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Sampler
-
-from ..errors import OnebitError
 from torch.utils.data.distributed import DistributedSampler
 
 from .. import __version__
 from .._io import atomic_write_bytes
+from ..errors import OnebitError
 from ..nn import BinaryLayer, extra_loss, schedule_step
 from .recipe import DistillSpec, OptimizerSpec, Recipe, RecipeError, Stage, load_recipe
 from .schedules import lr_at
