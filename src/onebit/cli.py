@@ -158,6 +158,8 @@ def _recipe_from_args(args: argparse.Namespace, run_dir: Path | None = None) -> 
         recipe["data"]["batch_size"] = args.batch_size
     if args.seed is not None:
         recipe["seed"] = args.seed
+    if getattr(args, "compile", False):
+        recipe["compile"] = True
     for stage in recipe["stage"]:
         if args.epochs is not None:
             stage["epochs"] = args.epochs
@@ -539,6 +541,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override any recipe entry, e.g. stage.0.optimizer.lr=0.01 or stage.*.epochs=2")
     p.add_argument("--workers", type=_integer(0), default=0, help="data-loading worker processes")
     p.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
+    p.add_argument("--compile", action="store_true", help="train with torch.compile (the recipe key compile = true)")
     p.set_defaults(func=_cmd_train)
 
     p = command("eval", help="test accuracy of a trained run")

@@ -292,6 +292,9 @@ class Recipe:
     model: ModelSpec = field(default_factory=ModelSpec)
     stages: list[Stage] = field(default_factory=lambda: [Stage()])
     description: str = ""
+    #: Wrap the model in torch.compile for training and evaluation (opt-in; same numbers as eager
+    #: within float tolerance, tests/train/test_compile.py).
+    compile: bool = False
 
     def check(self) -> Recipe:
         if not isinstance(self.name, str) or not self.name.strip():
@@ -299,6 +302,8 @@ class Recipe:
         if not isinstance(self.description, str):
             raise _fail("description", f"{self.description!r} is not a string")
         _number(self.seed, "seed", low=0, integer=True)
+        if not isinstance(self.compile, bool):
+            raise _fail("compile", f"{self.compile!r} is not true or false")
         if self.seed >= 2**32:
             raise _fail("seed", f"{self.seed} is not below 2**32 (the random generators' seed range)")
         self.data.check()

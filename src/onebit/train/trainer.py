@@ -490,6 +490,8 @@ def _run(recipe: Recipe, run_dir: Path, resume: bool, device: torch.device, show
                 model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
             ids = [device.index] if device.type == "cuda" else None
             net = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+        if recipe.compile:  # the eager `model` keeps the state; the compiled wrapper shares it
+            net = torch.compile(net)
 
         for epoch in range(start_epoch, stage.epochs):
             torch.manual_seed(derive_seed(recipe.seed, index, epoch))
