@@ -134,7 +134,9 @@ def test_report_renders(tmp_path, full):
 
     md = paths["markdown"].read_text(encoding="utf-8")
     assert "## Leaderboard" in md
-    assert "| # | method | Learning task | Architecture | Robustness | Training | Complexity | Inference |" in md
+    assert ("| # | method | mean track rank [95% CI] | Learning task | Architecture | Robustness | Training | "
+            "Complexity | Inference |") in md
+    assert "## Full-precision baselines" in md and "Rank stability" in md and "onebit's own choices" in md
     n_runs = 24 + 9 if full else 24
     assert f"| runs | {n_runs} finished" in md
     for name in expected_plots:
