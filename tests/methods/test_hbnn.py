@@ -1,6 +1,9 @@
 """HBNN: residual binarization by hand, middle-out bit selection toward the target mix, bit planes and
 the inference form, the STE, per-sample activations and option validation."""
 
+import copy
+import io
+
 import pytest
 import torch
 from torch import nn
@@ -291,3 +294,8 @@ def test_bit_map_recomputed_every_training_forward_and_kept_in_eval(monkeypatch)
     layer.weight.data.mul_(-1)  # invisible to the version counter: forget the map by hand
     hbnn.forget_bit_maps(layer)
     assert torch.equal(layer(x), first) and len(calls) == 5
+    torch.save(layer, io.BytesIO())  # the kept maps live outside the layer: it still pickles
+    twin = copy.deepcopy(layer)
+    with torch.no_grad():
+        twin.weight.copy_(layer.weight * 2)
+    assert torch.equal(twin(x), 2 * first) and torch.equal(layer(x), first)

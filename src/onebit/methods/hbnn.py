@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import weakref
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -332,13 +333,14 @@ class HBNN(Method):
         rows = w.detach().reshape(1, -1)
         if layer.training or w is not layer.weight:
             return self.binarize_tensor(rows)
+        # the same tensor object (a weak reference: a new Parameter never matches), unchanged since
         key = (w.data_ptr(), w._version, w.shape, w.dtype, w.device, self.selection, self.target_bits,
                self.target_mix)
-        cached = layer.__dict__.get(_CACHE)
-        if cached is not None and cached[0] == key:
-            return binarize_with_bitmap(rows, cached[1])
+        cached = _EVAL_BITMAPS.get(layer)
+        if cached is not None and cached[0]() is w and cached[1] == key:
+            return binarize_with_bitmap(rows, cached[2])
         result = self.binarize_tensor(rows)
-        layer.__dict__[_CACHE] = (key, result.bitmap)
+        _EVAL_BITMAPS[layer] = (weakref.ref(w), key, result.bitmap)
         return result
 
     # -- hooks ---------------------------------------------------------------------------------------
@@ -374,14 +376,15 @@ class HBNN(Method):
         )
 
 
-_CACHE = "_hbnn_weight_bitmap"
+#: The eval-mode bit maps, per layer, outside the layers so that they never reach a pickle or a deepcopy.
+_EVAL_BITMAPS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def forget_bit_maps(model: nn.Module) -> None:
     """Drop the eval-mode bit maps kept by the hbnn layers of ``model`` (needed only after writing a
     weight through ``.data``, which torch's version counter does not see)."""
     for module in model.modules():
-        module.__dict__.pop(_CACHE, None)
+        _EVAL_BITMAPS.pop(module, None)
 
 
 # --------------------------------------------------------------------------------------------------
