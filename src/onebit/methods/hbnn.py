@@ -263,10 +263,11 @@ class HBNN(Method):
       3-bit (Sec. 4.3; it reports 80/0/20 about as good).
 
     When the bit map is computed: at every forward in training mode (the weights change at every step,
-    so the map must follow them); in eval mode it is kept on the layer until the weight tensor changes
-    (torch's version counter, which every in-place update of the parameter bumps: an optimizer step,
-    ``load_state_dict``, ``with torch.no_grad(): w.copy_(...)``). A write through ``w.data`` bypasses
-    that counter: call ``layer.train()`` or :func:`forget_bit_maps` after one. Activation maps are
+    so the map must follow them); in eval mode the layer's map is kept until its weight changes (the
+    same Parameter object and torch's version counter, which every in-place update of the parameter
+    bumps: an optimizer step, ``load_state_dict``, ``with torch.no_grad(): w.copy_(...)``), so eval
+    forwards, :func:`bit_planes`, :func:`average_bits` and the exporters select once. A write through
+    ``w.data`` bypasses that counter: call :func:`forget_bit_maps` after one. Activation maps are
     computed per forward (every input is new). Selection takes one ``kthvalue`` per level (linear time)
     instead of a sort, with the sort's order on ties (lower index first).
 
