@@ -217,6 +217,9 @@ def test_every_run_failed_does_not_say_run_bench_first(tmp_path, monkeypatch, ca
     assert result["done"] == 0 and len(result["failed"]) == 2
     assert "onebit bench" not in err and "first" not in err, err
     assert "every run failed" in err and "loss is NaN" in err
+    assert main(["report", str(tmp_path / "out")]) != 0  # the report command says the same
+    line = one_error_line(capsys.readouterr().err)
+    assert "every one of its 2 runs failed" in line and "first" not in line
 
 
 # --------------------------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ from typing import Any
 
 from ..errors import OnebitError
 
-__all__ = ["METRICS", "SCHEMA_VERSION", "DatabaseError", "ResultsDB", "RunRecord", "records_from"]
+__all__ = ["METRICS", "SCHEMA_VERSION", "DatabaseError", "NoResultsError", "ResultsDB", "RunRecord", "records_from"]
 
 SCHEMA_VERSION = 1
 
@@ -75,6 +75,10 @@ CREATE TABLE IF NOT EXISTS metrics (
     PRIMARY KEY (run_id, name)
 );
 """
+
+
+class NoResultsError(OnebitError, ValueError):
+    """The results database holds runs, but none finished (every one failed)."""
 
 
 class DatabaseError(OnebitError, RuntimeError):
@@ -259,5 +263,11 @@ def records_from(source: str | Path | ResultsDB | Iterable[RunRecord]) -> list[R
         if not path.is_file():
             raise FileNotFoundError(f"no results database at {path}: run `onebit bench SUITE --out DIR` first")
         with ResultsDB(path, readonly=True) as db:
-            return db.runs()
+            records, counts = db.runs(), db.count()
+        if not records and counts.get("failed"):  # not "run onebit bench first": it ran, and failed
+            raise NoResultsError(
+                f"{path}: every one of its {counts['failed']} runs failed (each run's error is in "
+                f"{path.parent / 'runs'}/<run_id>/error.txt); nothing to report"
+            )
+        return records
     return list(source)
