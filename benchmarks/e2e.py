@@ -24,29 +24,9 @@ from pathlib import Path
 import torch
 
 import onebit.models
+from onebit.bench.deployment import timed_side_by_side  # samples of every runtime alternate
 from onebit.deploy import export, kernels, load, save
 from onebit.deploy.export import optimize_for_inference
-
-
-def timed_side_by_side(runs: dict[str, tuple], threads: int, repeats: int) -> dict[str, float]:
-    """Median wall time in ms of each ``fn(x)`` in ``runs`` (name -> (fn, x)) on ``threads`` threads.
-
-    The samples of the runs alternate (one call of each per round, after warm-up rounds), so that a
-    shared machine's speed drifting over the measurement does not favour whichever ran first. The
-    thread count stays fixed within the call, as in an application (switching it costs OpenMP a
-    re-synchronisation of its team).
-    """
-    torch.set_num_threads(threads)
-    kernels.set_num_threads(threads)
-    samples: dict[str, list[float]] = {name: [] for name in runs}
-    with torch.no_grad():
-        for rnd in range(repeats + 3):
-            for name, (fn, x) in runs.items():
-                start = time.perf_counter()
-                fn(x)
-                if rnd >= 3:  # the first rounds warm up
-                    samples[name].append(time.perf_counter() - start)
-    return {name: 1000 * statistics.median(v) for name, v in samples.items()}
 
 
 def profile_plan(plan: torch.fx.GraphModule, x: torch.Tensor, repeats: int) -> None:

@@ -41,7 +41,8 @@ NETWORKS: dict[str, tuple[str, dict[str, Any], str]] = {
 WARMUP = 3
 
 
-def timed_side_by_side(runs: dict[str, tuple[Callable[[Any], Any], Any]], threads: int, repeats: int) -> dict[str, float]:
+def timed_side_by_side(runs: dict[str, tuple[Callable[[Any], Any], Any]], threads: int,
+                       repeats: int) -> dict[str, float]:
     """Median wall time in ms of each ``fn(x)`` in ``runs`` (name -> (fn, x)) on ``threads`` threads.
 
     The samples of the runs alternate (one call of each per round, after :data:`WARMUP` rounds), so that

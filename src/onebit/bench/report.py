@@ -554,7 +554,9 @@ def _group_setting(group: str) -> str:
 
 
 def _tie(r, track: str) -> str:
-    return " ≈" if r.tied_best.get(track) and (r.track_ranks.get(track) != 1 if track != "overall" else r.rank != 1) else ""
+    """The ``≈`` mark: the method ties the best on ``track`` (or "overall") without being ranked first."""
+    first = r.rank == 1 if track == "overall" else r.track_ranks.get(track) == 1
+    return " ≈" if r.tied_best.get(track) and not first else ""
 
 
 def _score_rank(r, track: str) -> str:
@@ -700,8 +702,8 @@ def _fp_drops(lb: Leaderboard) -> list:
     rows = []
     for name, entries in sorted(per.items()):
         scored = sum(1 for e in entries if e["gap_fp"] > e["noise_fp"])
-        rows.append([name, fmt(_avg([e["acc_clean"] for e in entries]), 2), fmt(_avg([e["acc_fp"] for e in entries]), 2),
-                     fmt(_avg([e["gap_fp"] for e in entries]), 2), fmt(_avg([e["noise_fp"] for e in entries]), 2),
+        mean = {k: fmt(_avg([e[k] for e in entries]), 2) for k in ("acc_clean", "acc_fp", "gap_fp", "noise_fp")}
+        rows.append([name, mean["acc_clean"], mean["acc_fp"], mean["gap_fp"], mean["noise_fp"],
                      f"{scored} of {len(entries)}" if scored else "no: FP drop within noise, left out"])
     return ["The FP model per corruption (means over settings): a corruption enters a setting's ratio only "
             "where the FP drop exceeds its 95% test-set noise.",
@@ -736,8 +738,8 @@ def _training_section(lb: Leaderboard, plot: list) -> _Section:
         return sec
     rank = {(r.method, r.group): i for i, r in enumerate(lb.rows)}
     sec.blocks.append(_Table(["method", "E[T_fp / T_bi]", "E[std_fp / std_bi]", "OM_train [95% CI]"],
-                             [[_label(r), fmt(r.time_ratio), fmt(r.std_ratio), fmt_ci(r.scores["train"], r.ci.get("train"))]
-                              for r in lb.rows]))
+                             [[_label(r), fmt(r.time_ratio), fmt(r.std_ratio),
+                               fmt_ci(r.scores["train"], r.ci.get("train"))] for r in lb.rows]))
     if lb.sensitivity:
         sec.blocks += [
             "Accuracy over the hyper-parameter grid (standard deviation in points):",

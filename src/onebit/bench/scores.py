@@ -602,8 +602,8 @@ def _replicate(cell: Cell, b: int, seed: int) -> _Draws:
         return np.take_along_axis(values, idx, axis=1).mean(axis=1)
 
     if cell.acc_bi_seeds:
-        clean_bi = S.binomial_draws(_rng(seed, "bi", cell.method, cell.precision, *setting), np.array(cell.acc_bi_seeds),
-                                    cell.n_test, b)
+        clean_bi = S.binomial_draws(_rng(seed, "bi", cell.method, cell.precision, *setting),
+                                    np.array(cell.acc_bi_seeds), cell.n_test, b)
         clean_fp = S.binomial_draws(_rng(seed, "fp", *setting), np.array(cell.acc_fp_seeds), cell.n_test, b)
         mean_bi, mean_fp = resampled(clean_bi), resampled(clean_fp)
         out.acc_ratio = mean_bi / np.maximum(mean_fp, 1e-9)
@@ -750,7 +750,8 @@ def _rank_group(rows: list[LeaderboardRow], reps: dict[str, dict[str, np.ndarray
     for i, r in enumerate(ranked):
         r.rank = i + 1
         best = ranked[0]
-        r.tied_best["overall"] = r is best or not S.differs_from_zero(overall_reps[r.method] - overall_reps[best.method])
+        diff = overall_reps[r.method] - overall_reps[best.method]
+        r.tied_best["overall"] = r is best or not S.differs_from_zero(diff)
 
 
 # ---------------------------------------------------------------------------------------------------
