@@ -22,7 +22,7 @@ from onebit.methods import functional as fx
 from onebit.methods.fda import fourier_sign
 from onebit.methods.irnet import libra_pb
 from onebit.methods.proxconnect import pcpp_quantize
-from onebit.methods.recu import EPS, standardize_per_sample, unbiased_var
+from onebit.methods.recu import EPS, standardize_per_sample, standardized_sign_approx, unbiased_var
 
 
 # ---- the oracle: the formulas as they were written before fusion ---------------------------------
@@ -288,6 +288,8 @@ SMOOTH = {
     "fourier_high_omega": (lambda x: fx.sign_fourier(x, 5, 5.0), lambda x: fourier_sign(x, 5, 5.0)),
     "sign_swish": (lambda x: fx.sign_swish_ste(x, 3.0), lambda x: old_sign_swish(x, 3.0)),
     "swish_value": (lambda x: fx.sign_swish_ste(x, 3.0, value="swish"), lambda x: old_sign_swish(x, 3.0)),
+    "standardized_approx": (lambda x: standardized_sign_approx(x, (0,)),
+                            lambda x: old_approx_sign(standardize_per_sample(x, (0,)))),
 }
 
 
@@ -324,3 +326,8 @@ def test_fused_functions_save_one_tensor_at_most():
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             fn(x)
         assert len(saved) <= 1
+
+
+def test_standardized_sign_approx_refuses_non_trailing_dims():
+    with pytest.raises(ValueError, match="trailing"):
+        standardized_sign_approx(torch.randn(2, 3, 4), (1,))

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from .base import InferenceForm, Method, NotDeployableError, Option, layer_label, register
 from .functional import sign, sign_approx_ste, sign_identity_ste
-from .recu import standardize_per_sample
+from .recu import standardized_sign_approx
 
 __all__ = ["TAU_STAGE1", "TAU_STAGE2", "BiPer", "quantization_error", "to_stage2"]
 
@@ -67,8 +67,9 @@ class BiPer(Method):
         layer.alpha = nn.Parameter(torch.rand(w.shape[0], dtype=w.dtype, device=w.device))
 
     def quantize_input(self, layer: nn.Module, x: Tensor) -> Tensor:
-        a0 = standardize_per_sample(x, layer.sample_dims(x)) if layer.training else x
-        return sign_approx_ste(a0)
+        if layer.training:
+            return standardized_sign_approx(x, layer.sample_dims(x))
+        return sign_approx_ste(x)
 
     def quantize_weight(self, layer: nn.Module, w: Tensor) -> Tensor:
         wave = torch.sin(self.omega * w)
