@@ -108,7 +108,7 @@ BASE_RECIPE: dict[str, Any] = {
 #   text: any non-empty string; choice: one of the listed strings; bool; free: the verdict is not predicted.
 KINDS: dict[str, Any] = {
     "name": "text", "seed": "seed", "description": "any_text",
-    "data.name": ("choice", "digits"), "data.batch_size": "pos_int", "data.eval_batch_size": "pos_int",
+    "data.name": ("choice", "digits"), "data.batch_size": "pos_int", "data.eval_batch_size": "opt_pos_int",
     "data.options.test_fraction": "open_unit",
     "model.name": ("choice", "mlp"), "model.options.hidden": "free", "model.options.activation": "free",
     "stage.*.name": "text", "stage.*.epochs": "pos_int", "stage.*.method": ("choice", "reactnet"),
@@ -120,7 +120,7 @@ KINDS: dict[str, Any] = {
     "stage.*.lr_schedule.warmup_epochs": "nonneg", "stage.*.lr_schedule.final_lr": "nonneg",
     "stage.*.lr_schedule.gamma": "pos", "stage.*.lr_schedule.milestones": "free",
     "stage.*.lr_schedule.milestones.*": "nonneg_int", "stage.*.label_smoothing": "nonneg",
-    "stage.*.grad_clip": "pos", "stage.*.method_options.binarize_activations": "bool",
+    "stage.*.grad_clip": "opt_pos", "stage.*.method_options.binarize_activations": "bool",
     "stage.*.distill.teacher": "free", "stage.*.distill.loss": ("choice", "kl", "kl+ce"),
     "stage.*.distill.alpha": "unit", "stage.*.distill.temperature": "pos",
 }
@@ -143,6 +143,8 @@ def valid(kind: Any, value: Any) -> bool | None:
         return None
     if isinstance(kind, tuple):
         return value in kind[1:]
+    if kind.startswith("opt_"):  # (None: the default)
+        return True if value is None else valid(kind[4:], value)
     return {
         "text": isinstance(value, str) and bool(value.strip()),
         "any_text": isinstance(value, str),
@@ -258,6 +260,61 @@ def fuzz_cli_values(tally: Tally, capsys, rng: random.Random, n: int) -> None:
         code, out, err = run(capsys, [*argv, option, text])
         tally.cases += 1
         check_rejection(tally, f"{' '.join(argv)} {option} {text!r}", code, err)
+
+
+# --------------------------------------------------------------------------------------------------
+# Benchmark suites: `onebit bench` checks the whole suite before anything trains
+# --------------------------------------------------------------------------------------------------
+BASE_SUITE: dict[str, Any] = {
+    "name": "fuzz", "methods": ["xnor", "bnn"], "seeds": [0], "tracks": ["accuracy", "robustness", "complexity"],
+    "train": {"epochs": 1, "batch_size": 64, "optimizer": "adam", "lr": 1e-3, "schedule": "cosine"},
+    "setting": [{"task": "digits", "arch": "mlp", "model_options": {"hidden": [16, 16]}}],
+    "robustness": {"corruptions": ["gaussian_noise"], "severities": [1]},
+}
+
+
+@pytest.fixture
+def no_benchmarking(monkeypatch):
+    """`bench` checks the suite (onebit.bench.preflight), then this stand-in stops before any run."""
+    import onebit.bench.runner as runner
+
+    def stand_in(*args, **kwargs):
+        raise Accepted
+
+    monkeypatch.setattr(runner, "_run_specs", stand_in)
+
+
+def fuzz_suites(tally: Tally, capsys, folder: Path, rng: random.Random, n: int) -> None:
+    """Suite mutations; their verdicts are not predicted except unknown keys (refused), but each must be
+    one clean line or pass every check."""
+    import shutil
+
+    for i in range(n):
+        suite = copy.deepcopy(BASE_SUITE)
+        path = rng.choice(leaves(suite))
+        parent, key = locate(suite, path)
+        if rng.random() < 0.2 and isinstance(parent, dict):
+            parent["bogus"] = 1
+            what, expected = f"{'.'.join(path)}+bogus", False
+        else:
+            parent[key] = rng.choice(WEIRD + ["all", "binary", "nope"])
+            what, expected = f"{'.'.join(path)}={parent[key]!r}", None
+        file = folder / f"s{i}.json"
+        file.write_text(json.dumps(suite, allow_nan=True))
+        out = folder / f"bench{i}"
+        code, _, err = run(capsys, ["bench", file, "--out", out, "--quiet"])
+        tally.cases += 1
+        case = f"suite {what}"
+        if code == "accepted":
+            tally.accepted += 1
+            if expected is False:
+                tally.fail(case, "invalid suite accepted")
+            shutil.rmtree(out, ignore_errors=True)
+        else:
+            check_rejection(tally, case, code, err)
+            if out.exists():
+                tally.fail(case, "left an output folder behind")
+        file.unlink()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -398,7 +455,8 @@ def infer_input(rng: random.Random) -> tuple[Any, str, bool | None]:
         array = values.astype(dtype) if np.dtype(dtype).kind == "f" else np.abs(values).astype(dtype)
         if np.dtype(dtype).kind == "f" and rng.random() < 0.3:
             special = rng.choice(["nan", "inf", "-inf", "1e39"])
-            array.flat[rng.randrange(array.size)] = float(special)
+            with np.errstate(over="ignore"):
+                array.flat[rng.randrange(array.size)] = float(special)
     if rng.random() < 0.1 and array.ndim >= 2:
         array = np.asfortranarray(array)
     # NaN, inf and 1e39 (inf once cast to the engine's float32) have no sign to take: refused
@@ -439,13 +497,14 @@ def fuzz_infer_inputs(tally: Tally, capsys, ref: Path, folder: Path, rng: random
 # --------------------------------------------------------------------------------------------------
 # The test
 # --------------------------------------------------------------------------------------------------
-def test_fuzz_the_command_line(ref, tmp_path, capsys, no_training, monkeypatch):
+def test_fuzz_the_command_line(ref, tmp_path, capsys, no_training, no_benchmarking, monkeypatch):
     monkeypatch.setattr("os.fsync", lambda fd: None)  # (durability is not what is fuzzed; a busy disk is slow)
     rng = random.Random(SEED)
     tally = Tally()
     start, cpu = time.perf_counter(), time.process_time()
     fuzz_cli_values(tally, capsys, rng, 300)
     fuzz_recipes(tally, capsys, tmp_path, rng, 900)
+    fuzz_suites(tally, capsys, tmp_path, rng, 100)
     fuzz_model_files(tally, capsys, ref, tmp_path, rng, 400)
     fuzz_checkpoints(tally, capsys, ref, tmp_path, rng, 150)
     fuzz_infer_inputs(tally, capsys, ref, tmp_path, rng, 600)

@@ -329,9 +329,10 @@ def _read_input(path: str) -> Any:
             array = np.load(p, allow_pickle=False)
         except (ValueError, OSError, EOFError) as err:
             raise UsageError(f"input {path}: not a plain numeric .npy array ({err})") from None
-        real = array.dtype.kind in "biuf"  # (any byte order; torch takes native float32)
-        return _numeric(torch.from_numpy(np.array(array, dtype=np.float32)) if real else array,
-                        path), False
+        if array.dtype.kind not in "biuf":
+            return _numeric(array, path), False
+        with np.errstate(over="ignore"):  # (a value beyond float32 becomes inf: the engine refuses it)
+            return _numeric(torch.from_numpy(np.array(array, dtype=np.float32)), path), False
     if suffix == ".safetensors":
         from safetensors.torch import load_file
 

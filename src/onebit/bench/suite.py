@@ -392,7 +392,7 @@ def suite_from_dict(table: dict[str, Any], default_name: str = "suite") -> Suite
     if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and s >= 0 for s in seeds):
         raise _fail("seeds", f"must be a non-empty list of integers >= 0, got {seeds!r}")
     tracks = table.get("tracks", list(TRACKS))
-    if not isinstance(tracks, list) or not set(tracks) <= set(TRACKS) or "accuracy" not in tracks:
+    if not isinstance(tracks, list) or not all(t in TRACKS for t in tracks) or "accuracy" not in tracks:
         raise _fail("tracks", f"must be a list from {', '.join(TRACKS)} that includes accuracy, got {tracks!r}")
     settings_raw = table.get("setting")
     if not isinstance(settings_raw, list) or not settings_raw:
