@@ -125,7 +125,7 @@ def _to_html(title: str, sections: list[_Section]) -> str:
                 out.append('<table class="scores">')
                 out.append("<thead><tr>" + "".join(f"<th>{esc(h)}</th>" for h in block.headers) + "</tr></thead>")
                 out.append("<tbody>")
-                out += ["<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>" for row in block.rows]
+                out += ["<tr>" + "".join(f"<td>{_inline_code(esc(c))}</td>" for c in row) + "</tr>" for row in block.rows]
                 out.append("</tbody></table>")
             elif isinstance(block, _Image):
                 data = base64.b64encode(block.png).decode("ascii")
@@ -137,7 +137,10 @@ def _to_html(title: str, sections: list[_Section]) -> str:
 
 
 def _inline_code(text: str) -> str:
-    """Markdown's `code` spans as <code> (the text is already HTML-escaped)."""
+    """Markdown's `code` spans as <code> and **strong** spans as <strong> (the text is already
+    HTML-escaped)."""
+    bold = text.split("**")
+    text = "".join(f"<strong>{p}</strong>" if i % 2 and i < len(bold) - 1 else p for i, p in enumerate(bold))
     parts = text.split("`")
     return "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(parts))
 
