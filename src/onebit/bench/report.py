@@ -199,9 +199,10 @@ def _plot_acc_vs_bops(lb: Leaderboard) -> bytes | None:
         zero_x = (min(positive) / 8) if positive else 1.0
         xs = {id(c): (c.bops if c.bops else zero_x) for c in here}
         for c, x in _spread(here, xs):
-            ax.scatter(x, c.acc_bi, color=colors[c.method], marker=markers[archs.index(c.arch) % len(markers)],
-                       edgecolor="black", linewidth=0.4, s=40, zorder=3,
-                       facecolor=colors[c.method] if c.precision == PRIMARY else "none")
+            primary = c.precision == PRIMARY  # other groups hollow, in the method's colour
+            ax.scatter(x, c.acc_bi, marker=markers[archs.index(c.arch) % len(markers)], s=40, zorder=3,
+                       facecolor=colors[c.method] if primary else "none",
+                       edgecolor="black" if primary else colors[c.method], linewidth=0.4 if primary else 1.5)
         if any(not c.bops for c in here):
             ax.axvline(zero_x * 2.5, color="grey", linestyle="--", linewidth=0.8)
             ax.annotate("0 BOPs", (zero_x, 0.02), xycoords=("data", "axes fraction"), fontsize=7, ha="center")
@@ -258,15 +259,16 @@ def _plot_sensitivity(lb: Leaderboard) -> bytes | None:
     if not lb.sensitivity:
         return None
     groups = sorted({(s.arch, s.task) for s in lb.sensitivity})
-    order = {r.method: i for i, r in enumerate(lb.rows)}
+    order = {(r.method, r.group): i for i, r in enumerate(lb.rows)}
     rows, cols = _grid(len(groups), 2)
     width = max(5.0, 0.5 * (len(order) + 1) + 2)
     fig = _figure(width * cols, 3.8 * rows)
     axes = fig.subplots(rows, cols, squeeze=False)
     for ax, (arch, task) in zip(axes.flat, groups):
-        items = sorted((s for s in lb.sensitivity if (s.arch, s.task) == (arch, task)), key=lambda s: order[s.method])
+        items = sorted((s for s in lb.sensitivity if (s.arch, s.task) == (arch, task)),
+                       key=lambda s: order.get((s.method, s.precision), 0))
         data = [items[0].acc_fp] + [s.acc_bi for s in items]
-        labels = ["fp"] + [s.method for s in items]
+        labels = ["fp"] + [_name(s.method, s.precision) for s in items]
         if _mpl_has_tick_labels():
             ax.boxplot(data, tick_labels=labels)
         else:
@@ -297,9 +299,10 @@ def _plot_latency(lb: Leaderboard) -> bytes | None:
     groups = sorted({(c.arch, c.task) for c in cells})
     bars = {"fp (torch fp32)": [_mean_or_zero([c.latency_fp for c in cells if (c.arch, c.task) == g])
                                 for g in groups]}
-    for m in dict.fromkeys(c.method for c in cells):
-        bars[m] = [_mean_or_zero([c.latency_bi for c in cells if (c.arch, c.task) == g and c.method == m])
-                   for g in groups]
+    for m, p in dict.fromkeys((c.method, c.precision) for c in cells):
+        bars[_name(m, p)] = [_mean_or_zero([c.latency_bi for c in cells
+                                            if (c.arch, c.task) == g and (c.method, c.precision) == (m, p)])
+                             for g in groups]
     return _bar_chart(lb, [f"{a}\n{t}" for a, t in groups], bars, "batch-1 latency, ms",
                       "Latency of the trained models: onebit packed engine vs torch fp32 (lower is better)")
 
@@ -520,9 +523,10 @@ def _plot_deployment(lb: Leaderboard) -> bytes | None:
     if any(d.latency_lce for d in cells):
         bars["LCE (bnn)"] = [_mean_or_zero([d.latency_lce for d in cells if (d.network, d.threads) == g
                                             and d.latency_lce and d.method == "bnn"]) for g in groups]
-    for m in dict.fromkeys(d.method for d in cells):
-        bars[m] = [_mean_or_zero([d.latency_bi for d in cells if (d.network, d.threads) == g and d.method == m])
-                   for g in groups]
+    for m, p in dict.fromkeys((d.method, d.precision) for d in cells):
+        bars[_name(m, p)] = [_mean_or_zero([d.latency_bi for d in cells
+                                            if (d.network, d.threads) == g and (d.method, d.precision) == (m, p)])
+                             for g in groups]
     return _bar_chart(lb, [f"{n}\n{t} thread{'s' if t > 1 else ''}" for n, t in groups], bars,
                       "batch-1 latency at 224x224, ms",
                       "Deployment networks: onebit packed engine per method vs torch fp32 (lower is better)")
@@ -535,8 +539,9 @@ def _bar_chart(lb: Leaderboard, labels: list[str], bars: dict[str, list[float]],
     ax = fig.subplots()
     for k, (name, heights) in enumerate(bars.items()):
         xs = [i - 0.4 + width * (k + 0.5) for i in range(len(labels))]
-        ax.bar(xs, heights, width, label=name, color=colors.get(name, "dimgrey" if k == 0 else "silver"),
-               edgecolor="black", linewidth=0.3)
+        method, other_group = name.split(" (")[0], " (" in name  # other groups: the method's colour, hatched
+        ax.bar(xs, heights, width, label=name, color=colors.get(method, "dimgrey" if k == 0 else "silver"),
+               edgecolor="black", linewidth=0.3, hatch="//" if other_group else None)
     ax.set_xticks(range(len(labels)), labels)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
@@ -627,8 +632,12 @@ def _baselines_section(lb: Leaderboard) -> _Section:
 
 
 def _label(r) -> str:
-    """A row's method, with its group when the leaderboard has several."""
-    return r.method if r.group == PRIMARY else f"{r.method} ({r.group})"
+    """A row's method, with its group when it is not W1A1."""
+    return _name(r.method, r.group)
+
+
+def _name(method: str, group: str) -> str:
+    return method if group == PRIMARY else f"{method} ({group})"
 
 
 def _accuracy_section(lb: Leaderboard, plot: list) -> _Section:
@@ -747,7 +756,7 @@ def _training_section(lb: Leaderboard, plot: list) -> _Section:
         sec.blocks += [
             "Accuracy over the hyper-parameter grid (standard deviation in points):",
             _Table(["method", "arch", "task", "settings", "mean acc", "std", "fp std", "std_fp / std_bi"],
-                   [[s.method if s.precision == PRIMARY else f"{s.method} ({s.precision})", s.arch, s.task,
+                   [[_name(s.method, s.precision), s.arch, s.task,
                      str(len(s.hparams)), fmt(sum(s.acc_bi) / len(s.acc_bi), 2), fmt(s.std_bi, 2), fmt(s.std_fp, 2),
                      fmt(s.ratio)]
                     for s in sorted(lb.sensitivity, key=lambda s: (rank.get((s.method, s.precision), 0), s.arch))]),
@@ -780,7 +789,7 @@ def _inference_section(lb: Leaderboard, plot: list) -> _Section:
             "one process. Methods whose models do not deploy have no score (—).",
             _Table(["method", "network", "threads", "packed ms", "torch fp32 ms", "LCE ms", "speed-up vs fp32",
                     "file MiB", "fp32 file MiB"],
-                   [[d.method if d.precision == PRIMARY else f"{d.method} ({d.precision})", d.network, str(d.threads),
+                   [[_name(d.method, d.precision), d.network, str(d.threads),
                      fmt(d.latency_bi, 2), fmt(d.latency_fp, 2), fmt(d.latency_lce, 2), fmt(d.latency_ratio, 2),
                      fmt(d.file_bi / 2**20 if d.file_bi else None, 2), fmt(d.file_fp / 2**20 if d.file_fp else None, 2)]
                     for d in lb.deployment]),
