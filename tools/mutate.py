@@ -1,0 +1,443 @@
+#!/usr/bin/env python3
+"""Mutation testing for onebit: does a plausible one-line bug make a test fail?
+
+Each mutant is one small AST edit of one source line (drop ``.detach()``, ``round``↔``floor``, ``<``↔``<=``,
+an integer ±1, ``+``↔``-``, ``*``↔``/``, ``min``↔``max``, ``and``↔``or``, swapped call arguments, a
+constant tweak, …). It is applied in a private copy of the tree (``git archive`` of a commit, or the
+working files with ``--worktree``; the checkout itself is never written), and only the tests mapped to
+its file (``TEST_MAP``) run against it, stopping at the first failure, so a mutant takes seconds. A mutant
+is *killed* when a test fails (or the run times out), *survived* when every mapped test passes.
+
+    python tools/mutate.py                               # every mutant of every area (long)
+    python tools/mutate.py --sample 300 --seed 1         # a seeded random sample (bounded time)
+    python tools/mutate.py --area methods --area deploy  # some areas only
+    python tools/mutate.py --list                        # print the mutants without running them
+    python tools/mutate.py --cpp --sample 5              # C++ kernels: rebuilds the extension per mutant
+
+Prints the kill rate per area and every survivor (file:line and its diff); ``--json`` writes the same
+as data. Not run in CI: a full run takes tens of minutes. Lines marked ``# pragma: no mutate`` are skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import copy
+import difflib
+import json
+import os
+import random
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SRC = "src/onebit"
+
+#: area -> source files (globs relative to the repository root).
+AREAS: dict[str, list[str]] = {
+    "methods": [f"{SRC}/methods/*.py"],
+    "nn": [f"{SRC}/nn/*.py"],
+    "deploy": [f"{SRC}/deploy/*.py"],
+    "train": [f"{SRC}/train/*.py"],
+    "bench": [f"{SRC}/bench/metrics.py", f"{SRC}/bench/scores.py"],
+}
+
+#: source file (or glob) -> the tests that exercise it; the first match wins.
+TEST_MAP: list[tuple[str, list[str]]] = [
+    (f"{SRC}/methods/hbnn.py", ["tests/methods/test_hbnn.py", "tests/methods/test_method_gradients.py",
+                                "tests/deploy/test_hbnn_three_planes.py"]),
+    (f"{SRC}/methods/*.py", ["tests/methods/test_method_gradients.py", "tests/methods/test_bibench_methods.py",
+                             "tests/methods/test_registry.py", "tests/methods/test_irnet.py",
+                             "tests/methods/test_biper.py", "tests/methods/test_proxconnect.py",
+                             "tests/methods/test_fused_quantizers.py", "tests/train/test_schedule_values.py"]),
+    (f"{SRC}/nn/*.py", ["tests/methods/test_method_gradients.py", "tests/nn/test_layers.py",
+                        "tests/deploy/test_graph_fold_users.py", "tests/nn/test_binarize.py"]),
+    (f"{SRC}/deploy/kernels.py", ["tests/deploy/test_kernels.py", "tests/deploy/test_long_reductions.py"]),
+    (f"{SRC}/deploy/packed.py", ["tests/deploy/test_export.py", "tests/deploy/test_graph_fold_users.py",
+                                 "tests/deploy/test_kernels.py", "tests/deploy/test_hbnn_three_planes.py"]),
+    (f"{SRC}/deploy/graph.py", ["tests/deploy/test_graph_fold_users.py", "tests/deploy/test_export.py"]),
+    (f"{SRC}/deploy/onnx_export.py", ["tests/deploy/test_onnx_export.py"]),
+    (f"{SRC}/deploy/lce.py", ["tests/deploy/test_lce.py"]),
+    (f"{SRC}/deploy/_tflite_builder.py", ["tests/deploy/test_lce.py"]),
+    (f"{SRC}/deploy/*.py", ["tests/deploy/test_export.py", "tests/deploy/test_cli_export.py"]),
+    (f"{SRC}/train/trainer.py", ["tests/train/test_schedule_values.py", "tests/train/test_trainer.py"]),
+    (f"{SRC}/train/*.py", ["tests/train/test_recipe.py", "tests/train/test_schedule_values.py",
+                           "tests/train/test_trainer.py"]),
+    (f"{SRC}/bench/metrics.py", ["tests/bench/test_metrics.py"]),
+    (f"{SRC}/bench/scores.py", ["tests/bench/test_scores_*.py", "tests/bench/test_report.py"]),
+    ("csrc/*", ["tests/deploy/test_long_reductions.py", "tests/deploy/test_kernels.py"]),
+]
+
+SWAP_NAMES = {"round": "floor", "floor": "round", "ceil": "floor", "min": "max", "max": "min",
+              "amin": "amax", "amax": "amin", "any": "all", "all": "any", "sum": "mean", "mean": "sum"}
+SWAP_COMPARE = {ast.Lt: ast.LtE, ast.LtE: ast.Lt, ast.Gt: ast.GtE, ast.GtE: ast.Gt, ast.Eq: ast.NotEq,
+                ast.NotEq: ast.Eq, ast.Is: ast.IsNot, ast.IsNot: ast.Is, ast.In: ast.NotIn, ast.NotIn: ast.In}
+SWAP_BINOP = {ast.Add: ast.Sub, ast.Sub: ast.Add, ast.Mult: ast.Div, ast.Div: ast.Mult, ast.FloorDiv: ast.Div,
+              ast.Pow: ast.Mult, ast.Mod: ast.FloorDiv, ast.LShift: ast.RShift, ast.RShift: ast.LShift,
+              ast.BitAnd: ast.BitOr, ast.BitOr: ast.BitAnd}
+
+
+@dataclass
+class Mutant:
+    path: str
+    line: int
+    kind: str
+    before: str
+    after: str
+    area: str = ""
+    status: str = ""  # killed / survived / timeout / error
+    killer: str = ""
+    seconds: float = 0.0
+    span: tuple[int, int, int, int] = field(default=(0, 0, 0, 0), repr=False)
+
+    def diff(self) -> str:
+        return f"-{self.before.strip()}\n+{self.after.strip()}"
+
+
+# --------------------------------------------------------------------------------------------------
+# Making mutants (Python)
+# --------------------------------------------------------------------------------------------------
+def _skipped_lines(tree: ast.Module, lines: list[str]) -> set[int]:
+    """Docstrings, error messages, __all__, TYPE_CHECKING blocks, logging/printing, pragma'd lines."""
+    skip = {i + 1 for i, text in enumerate(lines) if "pragma: no mutate" in text}
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if isinstance(body, list) and body and isinstance(body[0], ast.Expr) and \
+                isinstance(getattr(body[0], "value", None), ast.Constant) and isinstance(body[0].value.value, str):
+            skip.update(range(body[0].lineno, body[0].end_lineno + 1))
+        if isinstance(node, ast.Raise) and node.exc is not None:
+            skip.update(range(node.lineno, node.end_lineno + 1))
+        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "__all__" for t in node.targets):
+            skip.update(range(node.lineno, node.end_lineno + 1))
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            skip.update(range(node.lineno, node.end_lineno + 1))
+        if isinstance(node, ast.Call) and ast.unparse(node.func).split(".")[-1] in {"print", "warn", "line",
+                                                                                    "set_postfix", "debug", "info"}:
+            skip.update(range(node.lineno, node.end_lineno + 1))
+    return skip
+
+
+def _variants(node: ast.AST) -> Iterator[tuple[str, ast.AST]]:
+    """(kind, replacement node) for every mutation of ``node`` itself."""
+    if isinstance(node, ast.Call):
+        func = node.func
+        if isinstance(func, ast.Attribute) and func.attr in {"detach", "item"} and not node.args:
+            yield f"drop .{func.attr}()", func.value
+        name = func.attr if isinstance(func, ast.Attribute) else func.id if isinstance(func, ast.Name) else None
+        if name in SWAP_NAMES:
+            new = copy.deepcopy(node)
+            if isinstance(new.func, ast.Attribute):
+                new.func.attr = SWAP_NAMES[name]
+            else:
+                new.func.id = SWAP_NAMES[name]
+            yield f"{name} -> {SWAP_NAMES[name]}", new
+        if len(node.args) >= 2 and not any(isinstance(a, ast.Starred) for a in node.args[:2]) and \
+                ast.dump(node.args[0]) != ast.dump(node.args[1]):
+            new = copy.deepcopy(node)
+            new.args[0], new.args[1] = new.args[1], new.args[0]
+            yield "swap arguments", new
+    elif isinstance(node, ast.Compare) and len(node.ops) == 1 and type(node.ops[0]) in SWAP_COMPARE:
+        new = copy.deepcopy(node)
+        new.ops = [SWAP_COMPARE[type(node.ops[0])]()]
+        yield "comparison", new
+    elif isinstance(node, ast.BinOp) and type(node.op) in SWAP_BINOP:
+        new = copy.deepcopy(node)
+        new.op = SWAP_BINOP[type(node.op)]()
+        yield "operator", new
+    elif isinstance(node, ast.BoolOp):
+        new = copy.deepcopy(node)
+        new.op = ast.Or() if isinstance(node.op, ast.And) else ast.And()
+        yield "and/or", new
+    elif isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.Not, ast.USub)):
+        yield "drop unary " + ("not" if isinstance(node.op, ast.Not) else "minus"), node.operand
+    elif isinstance(node, ast.Constant) and type(node.value) in (int, float, bool):
+        yield from _constant_variants(node)
+
+
+def _constant_variants(node: ast.Constant) -> Iterator[tuple[str, ast.AST]]:
+    value = node.value
+    if isinstance(value, bool):
+        yield "boolean", ast.Constant(not value)
+    elif isinstance(value, int):
+        yield "integer +1", ast.Constant(value + 1)
+        if value != 0:
+            yield "integer -1", ast.Constant(value - 1)
+    elif value != 0.0:
+        yield "constant x1.5", ast.Constant(value * 1.5)
+    else:
+        yield "constant 0 -> 1", ast.Constant(1.0)
+
+
+def _in_annotation_or_string(node: ast.AST, parents: dict[ast.AST, ast.AST]) -> bool:
+    child, parent = node, parents.get(node)
+    while parent is not None:
+        if isinstance(parent, ast.JoinedStr) or (isinstance(parent, (ast.arg, ast.AnnAssign)) and
+                                                 getattr(parent, "annotation", None) is child):
+            return True
+        if isinstance(parent, ast.FunctionDef) and child is parent.returns:
+            return True
+        if isinstance(parent, ast.Subscript) and isinstance(parent.value, ast.Name) and \
+                parent.value.id in {"tuple", "list", "dict", "Literal"}:
+            return True
+        child, parent = parent, parents.get(parent)
+    return False
+
+
+def python_mutants(tree: Path, path: str, area: str) -> list[Mutant]:
+    text = (tree / path).read_text()
+    lines = text.splitlines(keepends=True)
+    tree = ast.parse(text)
+    skip = _skipped_lines(tree, lines)
+    parents = {child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
+    found: list[Mutant] = []
+    for node in ast.walk(tree):
+        if not hasattr(node, "lineno") or node.lineno in skip or node.lineno != node.end_lineno:
+            continue  # one-line mutants only
+        if _in_annotation_or_string(node, parents) or isinstance(getattr(node, "ctx", None), (ast.Store, ast.Del)):
+            continue  # (a parenthesized expression replacing an expression always parses)
+        for kind, new in _variants(node):
+            line = lines[node.lineno - 1]
+            b = _byte_col(line, node.col_offset)
+            e = _byte_col(line, node.end_col_offset)
+            replacement = ast.unparse(new)
+            if isinstance(new, (ast.BinOp, ast.BoolOp, ast.Compare, ast.UnaryOp)) or kind.startswith("drop unary"):
+                replacement = f"({replacement})"
+            after = line[:b] + replacement + line[e:]
+            if after.strip() == line.strip() or ast.dump(new) == ast.dump(node):
+                continue
+            found.append(Mutant(path, node.lineno, kind, line.rstrip("\n"), after.rstrip("\n"), area,
+                                span=(node.lineno, b, e, 0)))
+    return found
+
+
+def _byte_col(line: str, col: int) -> int:
+    """ast column offsets count UTF-8 bytes; convert to a str index."""
+    return len(line.encode()[:col].decode(errors="ignore"))
+
+
+# --------------------------------------------------------------------------------------------------
+# Making mutants (C++): a few token-level edits, one per line
+# --------------------------------------------------------------------------------------------------
+CPP_RULES = [
+    (r"(?<![<>=!])<=(?!=)", "<", "comparison"), (r"(?<![<>=!-])<(?![<=])", "<=", "comparison"),
+    (r"(?<![<>=!-])>(?![>=])", ">=", "comparison"), (r">=", ">", "comparison"),
+    (r"\b(\d+)\b", None, "integer +1"), (r"\+=", "-=", "operator"), (r"(?<=[\w)\]] )\+(?= [\w(])", "-", "operator"),
+    (r">>", "<<", "shift"), (r"&(?=[ ]*[\w(])(?<!&&)", "|", "bit operator"),
+]
+
+
+def cpp_mutants(tree: Path, path: str) -> list[Mutant]:
+    found: list[Mutant] = []
+    for number, line in enumerate((tree / path).read_text().splitlines(), start=1):
+        code = line.split("//")[0]
+        if not code.strip() or code.lstrip().startswith(("#", "*", "static_assert")) or "pragma: no mutate" in line:
+            continue
+        for pattern, repl, kind in CPP_RULES:
+            for match in re.finditer(pattern, code):
+                new = str(int(match.group(1)) + 1) if repl is None else repl
+                after = line[: match.start()] + new + line[match.end():]
+                found.append(Mutant(path, number, kind, line, after, "csrc"))
+    return found
+
+
+# --------------------------------------------------------------------------------------------------
+# Running a mutant in a copy of the tree
+# --------------------------------------------------------------------------------------------------
+BOOT = """import sys
+sys.meta_path[:] = [f for f in sys.meta_path if type(f).__name__ != "ScikitBuildRedirectingFinder"]
+"""
+
+
+def make_copy(commit: str | None, dest: Path) -> None:
+    """The tree at ``commit`` (``git archive``) or the working files (``commit=None``) in ``dest``, with
+    the built extension, and a sitecustomize that makes every Python process import ``dest``'s onebit
+    (an editable install would otherwise redirect ``import onebit`` to the checkout)."""
+    if commit is not None:
+        archive = subprocess.run(["git", "-C", str(ROOT), "archive", commit], check=True, capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
+    else:
+        files = subprocess.run(["git", "-C", str(ROOT), "ls-files", "-co", "--exclude-standard"], check=True,
+                               capture_output=True, text=True).stdout.split()
+        for name in files:
+            if (ROOT / name).is_file():
+                (dest / name).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(ROOT / name, dest / name)
+    shutil.copy2(_extension(), dest / SRC / Path(_extension()).name)
+    (dest / ".mutate-boot").mkdir(exist_ok=True)
+    (dest / ".mutate-boot" / "sitecustomize.py").write_text(BOOT)
+
+
+def _extension() -> str:
+    found = subprocess.run([sys.executable, "-c", "import onebit._engine as e; print(e.__file__)"],
+                           check=True, capture_output=True, text=True, cwd="/").stdout.strip()
+    return found
+
+
+def tests_for(path: str, tree: Path) -> list[str]:
+    for pattern, tests in TEST_MAP:
+        if Path(path).match(pattern) or (pattern.endswith("*") and path.startswith(pattern[:-1])):
+            out = []
+            for t in tests:
+                out.extend(sorted(str(p.relative_to(tree)) for p in tree.glob(t)) if "*" in t else [t])
+            return [t for t in out if (tree / t).exists()]
+    raise SystemExit(f"mutate.py: no tests mapped to {path}; add it to TEST_MAP")
+
+
+def run_tests(tree: Path, tests: list[str], timeout: float) -> tuple[str, str, float]:
+    """('passed' | 'failed' | 'timeout', first failing test, seconds) of ``tests`` in ``tree``."""
+    env = dict(os.environ, PYTHONPATH=f"{tree / '.mutate-boot'}{os.pathsep}{tree / 'src'}",
+               PYTHONDONTWRITEBYTECODE="1", HYPOTHESIS_PROFILE=os.environ.get("HYPOTHESIS_PROFILE", "default"))
+    cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "--no-header", "-rf", *tests]
+    start = time.perf_counter()
+    try:
+        done = subprocess.run(cmd, cwd=tree, env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return "timeout", "", time.perf_counter() - start
+    seconds = time.perf_counter() - start
+    if done.returncode == 0:
+        return "passed", "", seconds
+    failed = re.findall(r"^(?:FAILED|ERROR) (\S+)", done.stdout, re.M)
+    return "failed", failed[0] if failed else (done.stdout + done.stderr).strip().splitlines()[-1][:200], seconds
+
+
+def apply(tree: Path, m: Mutant) -> str:
+    """Write the mutant into ``tree``; returns the original text to restore."""
+    target = tree / m.path
+    original = target.read_text()
+    lines = original.splitlines(keepends=True)
+    assert lines[m.line - 1].rstrip("\n") == m.before, f"{m.path}:{m.line} changed since the mutants were made"
+    lines[m.line - 1] = m.after + "\n"
+    target.write_text("".join(lines))
+    return original
+
+
+def _rebuild(tree: Path, build: Path) -> bool:
+    """Build the extension from ``tree``'s csrc into ``build`` and install it into the copy."""
+    if not (build / "build.ninja").exists() and not (build / "Makefile").exists():
+        subprocess.run(["cmake", "-S", str(tree), "-B", str(build), "-DCMAKE_BUILD_TYPE=Release",
+                        f"-DPython_EXECUTABLE={sys.executable}"], check=True, capture_output=True)
+    done = subprocess.run(["cmake", "--build", str(build), "-j2"], capture_output=True)
+    if done.returncode != 0:
+        return False
+    for so in build.glob("_engine*.so"):
+        shutil.copy2(so, tree / SRC / so.name)
+    return True
+
+
+def run_mutant(tree: Path, m: Mutant, timeout: float, build: Path | None) -> None:
+    original = apply(tree, m)
+    try:
+        if build is not None and not _rebuild(tree, build):
+            m.status, m.killer = "killed", "does not compile"
+            return
+        outcome, killer, m.seconds = run_tests(tree, tests_for(m.path, tree), timeout)
+        m.status = {"passed": "survived", "failed": "killed", "timeout": "timeout"}[outcome]
+        m.killer = killer
+    finally:
+        (tree / m.path).write_text(original)
+
+
+# --------------------------------------------------------------------------------------------------
+# Command line
+# --------------------------------------------------------------------------------------------------
+def collect(tree: Path, areas: list[str], cpp: bool) -> list[Mutant]:
+    """The mutants of ``tree``'s sources (the copy that will be mutated, so lines always match)."""
+    mutants: list[Mutant] = []
+    for area in areas:
+        for pattern in AREAS[area]:
+            for path in sorted(tree.glob(pattern)):
+                mutants.extend(python_mutants(tree, str(path.relative_to(tree)), area))
+    if cpp:
+        for path in sorted(tree.glob("csrc/*.cpp")) + sorted(tree.glob("csrc/*.h")):
+            mutants.extend(cpp_mutants(tree, str(path.relative_to(tree))))
+    return mutants
+
+
+def report(mutants: list[Mutant]) -> str:
+    rows, out = {}, []
+    for m in mutants:
+        killed, total = rows.get(m.area, (0, 0))
+        rows[m.area] = (killed + (m.status in ("killed", "timeout")), total + 1)
+    out.append(f"{'area':<10} {'killed':>7} {'total':>6} {'kill rate':>10}")
+    for area, (killed, total) in sorted(rows.items()):
+        out.append(f"{area:<10} {killed:>7} {total:>6} {100 * killed / total:>9.1f}%")
+    killed = sum(k for k, _ in rows.values())
+    total = sum(t for _, t in rows.values())
+    if total:
+        out.append(f"{'overall':<10} {killed:>7} {total:>6} {100 * killed / total:>9.1f}%")
+    survivors = [m for m in mutants if m.status == "survived"]
+    out.append(f"\nsurvivors ({len(survivors)}):")
+    for m in survivors:
+        out.append(f"{m.path}:{m.line} [{m.kind}]\n" + "\n".join("    " + d for d in m.diff().splitlines()))
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--area", action="append", choices=sorted(AREAS), help="areas to mutate (default: all)")
+    parser.add_argument("--file", action="append", default=[], help="only mutants of these source files")
+    parser.add_argument("--sample", type=int, default=None, help="run a random sample of this many mutants")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the sample (default 0)")
+    parser.add_argument("--timeout", type=float, default=300.0, help="seconds before a mutant's tests count as "
+                        "killed by timeout (default 300)")
+    parser.add_argument("--commit", default="HEAD", help="the commit to mutate (default HEAD)")
+    parser.add_argument("--worktree", action="store_true", help="mutate the working files instead of a commit")
+    parser.add_argument("--cpp", action="store_true", help="also mutate csrc/ (rebuilds the extension per mutant)")
+    parser.add_argument("--list", action="store_true", help="print the mutants and exit")
+    parser.add_argument("--json", type=Path, help="write every mutant and its outcome to this file")
+    args = parser.parse_args(argv)
+
+    areas = args.area or ([] if args.cpp else sorted(AREAS))
+    with tempfile.TemporaryDirectory(prefix="onebit-mutate-") as tmp:
+        tree = Path(tmp) / "tree"
+        tree.mkdir()
+        make_copy(None if args.worktree else args.commit, tree)
+        mutants = collect(tree, areas, args.cpp)
+        if args.file:
+            mutants = [m for m in mutants if m.path in args.file]
+        if args.sample is not None and args.sample < len(mutants):
+            mutants = sorted(random.Random(args.seed).sample(mutants, args.sample), key=lambda m: (m.path, m.line))
+        if args.list:
+            for m in mutants:
+                print(f"{m.path}:{m.line} [{m.kind}]\n" + "\n".join("    " + d for d in m.diff().splitlines()))
+            print(f"{len(mutants)} mutants")
+            return 0
+        build = Path(tmp) / "build" if args.cpp else None
+        if build is not None and not _rebuild(tree, build):
+            raise SystemExit("mutate.py: the unmutated extension does not build (cmake, nanobind needed)")
+        broken = _check_baseline(tree, mutants, args.timeout)
+        if broken:
+            print(f"skipping the {sum(tuple(tests_for(m.path, tree)) in broken for m in mutants)} mutants whose "
+                  "tests fail unmutated", flush=True)
+            mutants = [m for m in mutants if tuple(tests_for(m.path, tree)) not in broken]
+        for index, m in enumerate(mutants, start=1):
+            run_mutant(tree, m, args.timeout, build if m.path.startswith("csrc/") else None)
+            print(f"[{index}/{len(mutants)}] {m.status:<8} {m.seconds:5.1f}s {m.path}:{m.line} [{m.kind}] "
+                  f"{m.killer}", flush=True)
+    print()
+    print(report(mutants))
+    if args.json:
+        args.json.write_text(json.dumps([asdict(m) for m in mutants], indent=1))
+    return 0
+
+
+def _check_baseline(tree: Path, mutants: list[Mutant], timeout: float) -> set[tuple[str, ...]]:
+    """The mapped test sets that fail on the unmutated copy (their mutants would all look killed)."""
+    broken = set()
+    for tests in sorted({tuple(tests_for(m.path, tree)) for m in mutants}):
+        outcome, failed, seconds = run_tests(tree, list(tests), timeout)
+        print(f"baseline {outcome} in {seconds:.0f}s: {' '.join(tests)} {failed}", flush=True)
+        if outcome != "passed":
+            broken.add(tests)
+    return broken
+
+
+if __name__ == "__main__":
+    sys.exit(main())
