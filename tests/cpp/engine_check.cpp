@@ -36,6 +36,10 @@ struct Case {
   int planes;   // 1, or 2 masked bit planes (heterogeneous bitwidth)
   bool bits_out, prelu, clamp, residual, in_place, also_bits;
   float mu_scale;
+  // Worst case for the popcount accumulators: one sign pattern per input channel at every pixel,
+  // output channel 0's weights its negation and channel 1's the pattern itself (all active), so
+  // their counters take the largest value at every step (random signs never get near it).
+  bool worst = false;
 };
 
 std::string describe(const Case& c) {
@@ -69,6 +73,19 @@ int run_case(const Case& c, int isa, int threads) {
   for (auto& v : ws) v = random_sign();
   if (J > 1)
     for (auto& v : ms) v = uniform(0, 3) != 0;  // masked planes: ~3/4 of the weights active
+  if (c.worst) {
+    std::vector<int> pattern(static_cast<size_t>(c.cin));
+    for (auto& v : pattern) v = random_sign();
+    for (size_t e = 0; e < xs.size(); ++e) xs[e] = pattern[e % c.cin];
+    const size_t taps = static_cast<size_t>(c.kh) * c.kw;
+    for (int j = 0; j < J; ++j)
+      for (int o = 0; o < 2 && o < c.cout; ++o)
+        for (size_t e = 0; e < static_cast<size_t>(c.cin) * taps; ++e) {
+          const size_t at = j * wn + static_cast<size_t>(o) * c.cin * taps + e;
+          ws[at] = (o == 0 ? -1 : 1) * pattern[e / taps];
+          ms[at] = 1;
+        }
+  }
   const std::vector<uint64_t> x = pack_signs(xs, static_cast<int64_t>(c.N) * c.H * c.W, c.cin);
   auto widx = [&](int j, int o, int ci, int i, int jj) {
     return j * wn + ((static_cast<size_t>(o) * c.cin + ci) * c.kh + i) * c.kw + jj;
@@ -230,7 +247,20 @@ int main(int argc, char** argv) {
       }
     }
   }
-  std::printf("engine_check: %d of %d runs failed (%d random cases x kernel paths [%s] x 1-3 threads)\n", failures,
-              runs, cases, paths.c_str());
+  // Worst-case long reductions (see Case::worst): 4x4 x 2 words = 32 steps (one past the portable SWAR
+  // counters' 31), 36 and 45 steps (SWAR), 72 (ResNet-18's 512-channel 3x3, carry-save), 32 and 48
+  // one-word steps of 1x1 convolutions; one plane and two masked planes.
+  const int worst[][2] = {{128, 4}, {256, 3}, {320, 3}, {512, 3}, {2048, 1}, {3072, 1}};
+  int worst_runs = 0;
+  for (const auto& shape : worst)
+    for (int planes = 1; planes <= 2; ++planes) {
+      Case c{};
+      c.N = 1, c.cin = shape[0], c.cout = 5, c.kh = c.kw = shape[1], c.H = c.W = shape[1] + 1;
+      c.sh = c.sw = 1, c.planes = planes, c.mu_scale = 1.0f, c.worst = true;
+      for (int isa = 0; isa < kNumIsa; ++isa)
+        if (cpu_supports(isa)) failures += run_case(c, isa, 1 + worst_runs % 3) != 0, ++runs, ++worst_runs;
+    }
+  std::printf("engine_check: %d of %d runs failed (%d random cases x kernel paths [%s] x 1-3 threads, and %d "
+              "worst-case long reductions)\n", failures, runs, cases, paths.c_str(), worst_runs);
   return failures ? 1 : 0;
 }
