@@ -417,10 +417,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"skipping the {sum(tuple(tests_for(m.path, tree)) in broken for m in mutants)} mutants whose "
                   "tests fail unmutated", flush=True)
             mutants = [m for m in mutants if tuple(tests_for(m.path, tree)) not in broken]
-        for index, m in enumerate(mutants, start=1):
-            run_mutant(tree, m, args.timeout, build if m.path.startswith("csrc/") else None)
-            print(f"[{index}/{len(mutants)}] {m.status:<8} {m.seconds:5.1f}s {m.path}:{m.line} [{m.kind}] "
-                  f"{m.killer}", flush=True)
+        try:
+            for index, m in enumerate(mutants, start=1):
+                run_mutant(tree, m, args.timeout, build if m.path.startswith("csrc/") else None)
+                print(f"[{index}/{len(mutants)}] {m.status:<8} {m.seconds:5.1f}s {m.path}:{m.line} [{m.kind}] "
+                      f"{m.killer}", flush=True)
+        except KeyboardInterrupt:  # Ctrl-C: report the mutants run so far
+            print("interrupted", flush=True)
+        mutants = [m for m in mutants if m.status]
     print()
     print(report(mutants))
     if args.json:
