@@ -118,7 +118,7 @@ def test_kill_9_of_bench_takes_its_pool_workers_with_it(tmp_path):
     suite = write_toml(tmp_path / "kill.toml", small_suite("kill"))
     cmd = [sys.executable, "-m", "onebit", "bench", str(suite), "--out", str(tmp_path / "out"), "--workers", "2",
            "--quiet", "--no-report"]
-    result = run_harness(tmp_path, cmd, marker="multiprocessing", grace=2.0)
+    result = run_harness(tmp_path, cmd, marker="spawn_main", grace=2.0)
     assert result["bench_alive"] and len(result["workers"]) >= 2, result  # a real pool was running
     assert result["left_after_30s"] == [], result  # workers (and the resource tracker) went with it
 
@@ -137,7 +137,7 @@ def test_watchdog_ends_workers_without_the_death_signal(tmp_path):
             with ProcessPoolExecutor(2, mp_context=mp.get_context("spawn"), initializer=init) as pool:
                 list(pool.map(time.sleep, [120, 120]))
     """))
-    result = run_harness(tmp_path, [sys.executable, str(script)], marker="multiprocessing", grace=3.0)
+    result = run_harness(tmp_path, [sys.executable, str(script)], marker="spawn_main", grace=3.0)
     assert len(result["workers"]) >= 2, result
     assert result["left_after_30s"] == [], result
 
