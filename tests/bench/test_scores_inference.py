@@ -63,3 +63,14 @@ def test_inference_track_on_a_deployment_size_network():
 def test_unknown_network_is_a_clear_error():
     with pytest.raises(ValueError, match="unknown deployment network 'vgg'; available: bireal18, reactnet_a"):
         measure("bnn", "vgg", threads=(1,), repeats=1)
+
+
+@pytest.mark.parametrize(("method", "options"), [("pcpp-pc", {"binarize_activations": True}), ("biper", {})])
+def test_deployed_form_is_the_end_of_training(method, options):
+    """Random-weight networks are put in their deployed state: PC++'s schedule finished (hard sign),
+    BiPer's stage-2 binary weights — both export to the packed engine."""
+    from onebit.bench.deployment import deployment_models
+    from onebit.deploy import export
+
+    _, binary = deployment_models("bireal18", method, size=64, layer_options=options)
+    export(binary)  # raises NotDeployableError for a model still in a training-only state
