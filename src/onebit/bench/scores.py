@@ -899,7 +899,8 @@ def print_leaderboard(lb: Leaderboard, console: Any = None) -> None:
         table.add_column("rank", justify="right", style="bold", no_wrap=True)
         for r in lb.group_rows(group):
             table.add_row(
-                (str(r.rank) if r.rank is not None else "—") + ("≈" if r.tied_best.get("overall") else ""),
+                (str(r.rank) if r.rank is not None else "—")
+                + ("≈" if r.tied_best.get("overall") and r.rank != 1 else ""),
                 r.method,
                 *(fmt(r.scores.get(t)) for t in lb.tracks),
                 fmt(r.overall, 2),
