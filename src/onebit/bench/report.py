@@ -691,8 +691,10 @@ def _robustness_section(lb: Leaderboard, plot: list) -> _Section:
 
 def _robust_row(lb: Leaderboard, r) -> list[str]:
     cells = [c for c in lb.cells if (c.method, c.precision) == (r.method, r.group) and c.excluded is None]
-    clean = [c.acc_bi for c in cells if c.acc_bi is not None and c.corruption]
-    corr = [e["acc_bi"] for c in cells for e in c.corruption.values()]
+    # both over the same settings: the clean accuracy, and the corrupted one averaged over its corruptions
+    with_corr = [c for c in cells if c.acc_bi is not None and c.corruption]
+    clean = [c.acc_bi for c in with_corr]
+    corr = [_avg([e["acc_bi"] for e in c.corruption.values()]) for c in with_corr]
     at_chance = sum(1 for c in cells if c.robust_excluded)
     return [_label(r), fmt_ci(r.scores.get("robust"), r.ci.get("robust")), str(len(r.by_corruption)),
             fmt(sum(clean) / len(clean), 2) if clean else "—", fmt(sum(corr) / len(corr), 2) if corr else "—",
