@@ -93,3 +93,12 @@ def test_suites_run_w1a1_and_label_weight_only_runs():
     own = load_suite({"methods": ["pcpp-pc"], "activations": "method", "tracks": ["accuracy"],
                       "setting": [{"task": "digits", "arch": "mlp"}]})
     assert all(r.layer_options == {} for r in own.runs())
+
+
+def test_sensitivity_grid_seeds():
+    suite = load_suite({"methods": ["bnn"], "seeds": [0, 1, 2], "tracks": ["accuracy", "sensitivity"],
+                        "setting": [{"task": "digits", "arch": "mlp"}], "sensitivity": {"seeds": [0]}})
+    assert {r.seed for r in suite.runs() if r.role == "sensitivity"} == {0}
+    assert {r.seed for r in suite.runs() if r.role == "main"} == {0, 1, 2}
+    with pytest.raises(ValueError, match="sensitivity.seeds"):
+        load_suite({"methods": ["bnn"], "setting": [{"task": "digits", "arch": "mlp"}], "sensitivity": {"seeds": []}})

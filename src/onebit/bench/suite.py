@@ -189,6 +189,8 @@ class Suite:
     sensitivity_grid: list[dict[str, Any]] = field(default_factory=lambda: [dict(g) for g in _DEFAULT_GRID])
     sensitivity_schedules: list[str] = field(default_factory=lambda: ["cosine", "step"])
     sensitivity_train: dict[str, Any] = field(default_factory=dict)
+    #: seeds of the grid (default: the suite's); BiBench trains each grid point once
+    sensitivity_seeds: list[int] = field(default_factory=list)
     inference: dict[str, Any] = field(default_factory=lambda: {"threads": 1, "repeats": 20})
     description: str = ""
     #: "binary": every method binarizes activations (W1A1, BiBench's setting; methods whose default keeps
@@ -271,7 +273,7 @@ class Suite:
             out += self._deployment_runs(networks, variants)
         if "sensitivity" in self.tracks:
             setting = self.settings[self.sensitivity_setting]
-            for seed in self.seeds:
+            for seed in self.sensitivity_seeds or self.seeds:
                 for method in [FP, *(self.sensitivity_methods or self.methods)]:
                     for point in self.sensitivity_grid:
                         for schedule in self.sensitivity_schedules:
@@ -425,7 +427,8 @@ def suite_from_dict(table: dict[str, Any], default_name: str = "suite") -> Suite
         raise _fail("robustness.severities", f"must be a non-empty list from 1..5, got {severities!r}")
     suite.severities = tuple(severities)
 
-    sens = _table(table.get("sensitivity", {}), "sensitivity", {"setting", "methods", "grid", "schedules", "train"})
+    sens = _table(table.get("sensitivity", {}), "sensitivity",
+                  {"setting", "methods", "grid", "schedules", "train", "seeds"})
     index = sens.get("setting", 0)
     if not isinstance(index, int) or not 0 <= index < len(settings):
         raise _fail("sensitivity.setting", f"must be an index into [[setting]] (0..{len(settings) - 1})")
@@ -445,6 +448,11 @@ def suite_from_dict(table: dict[str, Any], default_name: str = "suite") -> Suite
             _train({"schedule": s}, "sensitivity.schedules")["schedule"] for s in sens["schedules"]
         ]
     suite.sensitivity_train = _train(sens.get("train", {}), "sensitivity.train")
+    if "seeds" in sens:
+        seeds = sens["seeds"]
+        if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and s >= 0 for s in seeds):
+            raise _fail("sensitivity.seeds", f"must be a non-empty list of integers >= 0, got {seeds!r}")
+        suite.sensitivity_seeds = list(seeds)
 
     inf = _table(table.get("inference", {}), "inference", {"threads", "repeats", "networks"})
     networks = inf.get("networks", [])
