@@ -624,7 +624,7 @@ def build_parser() -> argparse.ArgumentParser:
 #: Errors that mean "the command cannot run as given" (a bad value, file, name or a missing package):
 #: exit status 2, like argparse's. Any other onebit error, an OS error or a diverged training is a
 #: fault met while running: exit status 1.
-USAGE_ERRORS = (UsageError, ValueError, LookupError, ImportError, NotImplementedError, FileNotFoundError)
+USAGE_ERRORS = (UsageError, ValueError, ImportError, NotImplementedError, FileNotFoundError)
 FAULTS = (OnebitError, OSError, ArithmeticError)
 
 
