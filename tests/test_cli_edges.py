@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno
 import io
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -75,6 +76,17 @@ def test_os_errors_are_one_line_with_the_fix_and_exit_1(runs, tmp_path, capsys, 
     assert code == 1
     assert_one_line(err, "Read-only file system", "writable")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("code, fix", [(errno.ENOSPC, "the disk is full"), (errno.EACCES, "writable --out")])
+def test_a_full_or_unwritable_run_directory_is_one_line(tmp_path, capsys, monkeypatch, code, fix):
+    def failing(path, *args, **kwargs):
+        raise OSError(code, os.strerror(code), str(path))
+
+    monkeypatch.setattr("onebit._io.open", failing, raising=False)
+    status, _, err = run_cli(capsys, "train", "fast", *TINY, "--out", tmp_path / "run")
+    assert status == 1
+    assert_one_line(err, os.strerror(code), fix)
 
 
 def test_debug_shows_the_traceback(tmp_path, capsys):
@@ -287,8 +299,6 @@ def test_broken_pipe_is_quiet(capsys, monkeypatch):
 
         def fileno(self):
             return fd
-
-    import os
 
     fd = os.open(os.devnull, os.O_WRONLY)
     monkeypatch.setattr(sys, "stdout", Closed())
