@@ -130,6 +130,8 @@ def peak_memory(step, device: str) -> int:
 
 def worker(args: argparse.Namespace) -> int:
     if args.src:
+        # An editable install's import hook would win over sys.path; drop it so --src is what runs.
+        sys.meta_path[:] = [f for f in sys.meta_path if not type(f).__module__.startswith("_editable")]
         sys.path.insert(0, str(Path(args.src).resolve()))
     import torch
 
@@ -161,14 +163,14 @@ def worker(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------------------------------
 def run_worker(src: str | None, model: str, threads: int, rows: list[str], args, memory: bool) -> dict:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", "--model", model, "--threads", str(threads),
-           "--repeats", str(args.repeats), "--warmup", str(args.warmup), "--device", args.device,
+           "--repeats", str(args.mlp_repeats if model == "mlp" else args.repeats), "--warmup", str(args.warmup),
+           "--device", args.device,
            "--methods", *rows]
     if src:
         cmd += ["--src", src]
     if memory:
         cmd.append("--memory")
-    # The editable install's import hook would win over --src; skip it so each side imports its own tree.
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), SKBUILD_EDITABLE_SKIP="1")
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     if args.compile:
         env["ONEBIT_BENCH_COMPILE"] = "1"
     done = subprocess.run(cmd, capture_output=True, text=True, env=env)
@@ -210,7 +212,9 @@ def main() -> int:
     parser.add_argument("--methods", nargs="+", default=None,
                         help="rows (registered names, biper-s2, <pcpp preset>-a); default: all")
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--repeats", type=int, default=5, help="timed steps per method (median taken)")
+    parser.add_argument("--repeats", type=int, default=5, help="timed ResNet-20 steps per method (median taken)")
+    parser.add_argument("--mlp-repeats", type=int, default=40,
+                        help="timed MLP steps per method (a step is milliseconds, so take more)")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--baseline-src", default=None,
@@ -236,8 +240,8 @@ def main() -> int:
     sides = ["before", "after"] if args.baseline_src else ["after"]
     srcs = {"before": args.baseline_src, "after": str(HERE.parent / "src")}
     cpu = _cpu_name()
-    print(f"torch {torch.__version__}, device {args.device} ({cpu}), {args.repeats} samples per method, "
-          f"interleaved; {'compiled' if args.compile else 'eager'}")
+    print(f"torch {torch.__version__}, device {args.device} ({cpu}), {args.repeats} samples per method "
+          f"(MLP: {args.mlp_repeats}), interleaved; {'compiled' if args.compile else 'eager'}")
     start = time.perf_counter()
     for model in args.models:
         results = {}

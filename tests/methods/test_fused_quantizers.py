@@ -331,3 +331,72 @@ def test_fused_functions_save_one_tensor_at_most():
 def test_standardized_sign_approx_refuses_non_trailing_dims():
     with pytest.raises(ValueError, match="trailing"):
         standardized_sign_approx(torch.randn(2, 3, 4), (1,))
+
+
+FUSABLE = ["bnn", "xnorpp", "dorefa", "xnor", "bireal", "reactnet", "irnet", "recu", "biper", "pcpp-bc", "pcpp-pc",
+           "pcpp-bnn", "pcpp-bnn+", "bnn++"]
+
+
+def layer_and_input(kind, method, seed=0):
+    torch.manual_seed(seed)
+    act = {"binarize_activations": True} if method.startswith("pcpp") or method == "bnn++" else {}
+    if kind == "conv2d":
+        layer = onebit.nn.BinaryConv2d(4, 6, 3, stride=2, padding=1, method=method, **act)
+        x = salted((3, 4, 7, 7), seed + 1, 1.5)
+    elif kind == "conv1d":
+        layer = onebit.nn.BinaryConv1d(4, 6, 3, padding=2, dilation=2, groups=2, method=method, **act)
+        x = salted((3, 4, 9), seed + 1, 1.5)
+    else:
+        layer = onebit.nn.BinaryLinear(12, 5, method=method, **act)
+        x = salted((2, 3, 12), seed + 1, 1.5)
+    return layer, x
+
+
+def apart(layer, x, kind):
+    """The unfused path: quantize, then the product (what quantized_product must equal)."""
+    xq = layer.method.quantize_input(layer, x)
+    wq = layer.method.quantize_weight(layer, layer.weight)
+    if kind == "linear":
+        y = torch.nn.functional.linear(xq, wq)
+    else:
+        op = torch.nn.functional.conv2d if kind == "conv2d" else torch.nn.functional.conv1d
+        y = op(xq, wq, None, layer.stride, layer.padding, layer.dilation, layer.groups)
+    return layer._finish(y)
+
+
+@pytest.mark.parametrize("kind", ["conv2d", "conv1d", "linear"])
+@pytest.mark.parametrize("method", FUSABLE)
+def test_quantizer_fused_with_the_product_equals_quantize_then_multiply(method, kind):
+    layer, x = layer_and_input(kind, method)
+    assert layer.method.input_quantizer(layer, x) is not None
+    results = []
+    for forward in (layer, lambda v: apart(layer, v, kind)):
+        layer.zero_grad(set_to_none=True)
+        xin = x.clone().requires_grad_(True)
+        y = forward(xin)
+        y.backward(torch.randn(y.shape, generator=torch.Generator().manual_seed(5)))
+        grads = {n: p.grad.clone() for n, p in layer.named_parameters() if p.grad is not None}
+        results.append((y.detach(), xin.grad, grads))
+    (y1, gx1, g1), (y2, gx2, g2) = results
+    assert torch.equal(y1, y2)
+    torch.testing.assert_close(gx1, gx2, rtol=1e-6, atol=1e-7)
+    assert g1.keys() == g2.keys()
+    for name in g1:
+        torch.testing.assert_close(g1[name], g2[name], rtol=1e-6, atol=1e-6, msg=lambda m, n=name: f"{n}: {m}")
+
+
+@pytest.mark.parametrize("method,kept", [("bnn", "int8"), ("xnor", "int8"), ("bireal", "input")])
+def test_the_fused_layer_keeps_no_float_copy_of_the_binary_input(method, kept):
+    layer = onebit.nn.BinaryConv2d(8, 8, 3, padding=1, method=method)
+    x = torch.randn(4, 8, 10, 10, requires_grad=True)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        layer(x)
+    big = [t for t in saved if t.numel() >= x.numel()]
+    assert len(big) == 1
+    if kept == "int8":  # clip STE: sign and clip mask in one byte per element
+        assert big[0].dtype == torch.int8
+        assert torch.equal(big[0].float().clamp(-1, 1), torch.where(x < 0, -1.0, 1.0))
+        assert torch.equal(big[0].abs() <= 1, x.abs() <= 1)
+    else:  # ApproxSign needs |x|: the real input, as nn.Conv2d keeps
+        assert big[0] is x

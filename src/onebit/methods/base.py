@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from ..errors import OnebitError
-from .functional import sign
+from .functional import QuantizerCall, sign
 
 if TYPE_CHECKING:  # pragma: no cover
     from torch import nn
@@ -194,9 +194,16 @@ class Method:
         """Register the method's parameters and buffers on ``layer`` (called once, at construction)."""
 
     # -- forward -------------------------------------------------------------------------------------
+    def input_quantizer(self, layer: nn.Module, x: Tensor) -> QuantizerCall | None:
+        """The activation quantizer as a fused quantizer call (:mod:`onebit.methods.functional`), which
+        the layer can fuse with its convolution so that the binary activations are recomputed in
+        backward instead of kept; None for a method without one (it overrides :meth:`quantize_input`)."""
+        return None
+
     def quantize_input(self, layer: nn.Module, x: Tensor) -> Tensor:
         """Binarized activations with the method's surrogate gradient."""
-        return x
+        call = self.input_quantizer(layer, x)
+        return x if call is None else call.apply()
 
     def input_pad_scale(self, layer: nn.Module, x: Tensor) -> Tensor | None:
         """The activation scale that padded positions are multiplied by (XNOR-Net's K), or None."""

@@ -9,8 +9,8 @@ import torch
 from torch import Tensor, nn
 
 from .base import InferenceForm, Method, NotDeployableError, Option, layer_label, register
-from .functional import sign, sign_approx_ste, sign_identity_ste
-from .recu import standardized_sign_approx
+from .functional import ApproxSTE, QuantizerCall, sign, sign_identity_ste
+from .recu import standardized_call
 
 __all__ = ["TAU_STAGE1", "TAU_STAGE2", "BiPer", "quantization_error", "to_stage2"]
 
@@ -66,10 +66,10 @@ class BiPer(Method):
         w = layer.weight
         layer.alpha = nn.Parameter(torch.rand(w.shape[0], dtype=w.dtype, device=w.device))
 
-    def quantize_input(self, layer: nn.Module, x: Tensor) -> Tensor:
+    def input_quantizer(self, layer: nn.Module, x: Tensor) -> QuantizerCall:
         if layer.training:
-            return standardized_sign_approx(x, layer.sample_dims(x))
-        return sign_approx_ste(x)
+            return standardized_call(x, layer.sample_dims(x))
+        return QuantizerCall(x, ApproxSTE)
 
     def quantize_weight(self, layer: nn.Module, w: Tensor) -> Tensor:
         wave = torch.sin(self.omega * w)

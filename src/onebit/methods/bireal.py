@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from .base import Method, register
-from .functional import per_channel_mean_abs, sign_approx_ste, sign_clip_ste
+from .functional import ApproxSTE, QuantizerCall, per_channel_mean_abs, sign_clip_ste
 
 
 @register
@@ -23,8 +23,8 @@ class BiReal(Method):
     name = "bireal"
     paper = "Liu et al., Bi-Real Net, ECCV 2018"
 
-    def quantize_input(self, layer: nn.Module, x: Tensor) -> Tensor:
-        return sign_approx_ste(x)
+    def input_quantizer(self, layer: nn.Module, x: Tensor) -> QuantizerCall:
+        return QuantizerCall(x, ApproxSTE)
 
     def quantize_weight(self, layer: nn.Module, w: Tensor) -> Tensor:
         return sign_clip_ste(w, per_channel_mean_abs(w).detach())

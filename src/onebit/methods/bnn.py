@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from .base import Method, register
-from .functional import sign_clip_ste
+from .functional import ClipSTE, QuantizerCall, sign_clip_ste
 
 
 @register
@@ -19,8 +19,8 @@ class BNN(Method):
     name = "bnn"
     paper = "Hubara et al., Binarized Neural Networks, NeurIPS 2016"
 
-    def quantize_input(self, layer: nn.Module, x: Tensor) -> Tensor:
-        return sign_clip_ste(x)
+    def input_quantizer(self, layer: nn.Module, x: Tensor) -> QuantizerCall:
+        return QuantizerCall(x, ClipSTE, (None,))
 
     def quantize_weight(self, layer: nn.Module, w: Tensor) -> Tensor:
         return sign_clip_ste(w)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from .base import Method, register
-from .functional import per_channel_mean_abs, sign_clip_ste
+from .functional import ClipSTE, QuantizerCall, per_channel_mean_abs, sign_clip_ste
 
 
 @register
@@ -28,8 +28,8 @@ class DoReFa(Method):
     name = "dorefa"
     paper = "Zhou et al., DoReFa-Net, arXiv:1606.06160 (BiBench's 1-bit form)"
 
-    def quantize_input(self, layer: nn.Module, x: Tensor) -> Tensor:
-        return sign_clip_ste(x)
+    def input_quantizer(self, layer: nn.Module, x: Tensor) -> QuantizerCall:
+        return QuantizerCall(x, ClipSTE, (None,))
 
     def quantize_weight(self, layer: nn.Module, w: Tensor) -> Tensor:
         return sign_clip_ste(w, per_channel_mean_abs(w).detach())

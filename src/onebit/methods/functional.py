@@ -10,8 +10,11 @@ and a surrogate is just a differentiable function that ``torch.autograd.gradchec
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = [
@@ -97,17 +100,21 @@ def log_linear(start: float, end: float, fraction: float) -> float:
 # --------------------------------------------------------------------------------------------------
 # ``ste(sign(x), surrogate(x))`` costs, on every activation of every step, the sign's kernels, the
 # surrogate's forward (its value is thrown away), the ste's subtract and add, and in backward the
-# surrogate's autograd chain (clamp's backward alone is four passes: ge, le, logical_and, where). Each
-# function below is one torch.autograd.Function that computes the value with the sign's kernels only,
-# saves one tensor of the input's size (the input, or the surrogate's derivative when the backward
-# would otherwise recompute it), and applies the derivative in backward with as few kernels as torch's
-# eager ops allow. Their values and gradients equal the ``ste`` formulas (tests/methods/
+# surrogate's autograd chain (clamp's backward alone is four passes: ge, le, logical_and, where). A
+# quantizer below is a pair of functions, ``value(x, *args)`` -> (binary value, small tensors to keep)
+# and ``grad(g, x, kept, *args)`` -> the surrogate's gradient, run by one autograd.Function
+# (:class:`QuantizerCall`): the value costs the sign's kernels only, backward applies the derivative
+# with as few kernels as torch's eager ops allow, and only the input is saved. The binary layers go
+# one step further (:func:`quantized_conv`): the convolution and its quantizer are one Function that
+# keeps the real input and recomputes the binary one in backward, so a step holds no float copy of
+# the binary activations. Values and gradients equal the ``ste`` formulas (tests/methods/
 # test_fused_quantizers.py keeps those formulas as the oracle).
 #
 # Why the float input is saved rather than a 1-bit mask: on CPU, torch's boolean kernels (comparisons
 # writing bool, masked_fill/where reading it) run 5-10x slower than float arithmetic, so building and
 # applying a mask would cost more time than the memory it saves; clip's gradient is instead one
-# ``hardtanh_backward`` kernel over the saved input.
+# ``hardtanh_backward`` kernel over the saved input. And the input is what the full-precision layer
+# keeps for its own backward, so the binary layer keeps no more than its twin.
 
 
 def _above_one(dtype: torch.dtype) -> float:
@@ -122,69 +129,163 @@ def _clip_grad(grad: Tensor, x: Tensor) -> Tensor:
     return torch.ops.aten.hardtanh_backward(grad, x, -bound, bound)
 
 
-class _SignClip(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x: Tensor, scale: Tensor | None) -> Tensor:
-        ctx.save_for_backward(x)
-        out = sign(x)
-        return out if scale is None else out.mul_(scale)
+class ClipSTE:
+    """``scale·sign(x)``, gradient ``g·1{|x| ≤ 1}`` not multiplied by the (detached) scale."""
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, None]:
-        (x,) = ctx.saved_tensors
-        return _clip_grad(grad, x), None
+    def value(x: Tensor, scale: Tensor | None) -> tuple[Tensor, tuple[Tensor, ...]]:
+        out = sign(x)
+        return (out if scale is None else out.mul_(scale)), ()
+
+    @staticmethod
+    def grad(grad: Tensor, x: Tensor, kept: tuple[Tensor, ...], scale: Tensor | None) -> Tensor:
+        return _clip_grad(grad, x)
+
+    # What the fused product keeps instead of x: one int8 per element, sign(x)·(1 if |x| ≤ 1 else 2),
+    # which gives back both sign(x) and the clip mask (|code| ≤ 1 exactly where |x| ≤ 1).
+    @staticmethod
+    def pack(x: Tensor, scale: Tensor | None) -> Tensor:
+        return x.abs().clamp_(1.0, 2.0).ceil_().mul_(sign(x)).to(torch.int8)
+
+    @staticmethod
+    def unpack(code: Tensor, dtype: torch.dtype, scale: Tensor | None) -> tuple[Tensor, Tensor]:
+        as_float = code.to(dtype)
+        xq = as_float.clamp(-1.0, 1.0)
+        return (xq if scale is None else xq.mul_(scale)), as_float
+
+
+class ApproxSTE:
+    """``sign(x)``, gradient ``g·max(0, 2 − 2|x|)`` (ApproxSign)."""
+
+    @staticmethod
+    def value(x: Tensor) -> tuple[Tensor, tuple[Tensor, ...]]:
+        return sign(x), ()
+
+    @staticmethod
+    def grad(grad: Tensor, x: Tensor, kept: tuple[Tensor, ...]) -> Tensor:
+        inside = _clip_grad(grad, x)
+        return torch.addcmul(inside * 2, inside, x.abs(), value=-2)  # g·(2 − 2|x|) on |x| ≤ 1
+
+
+class EDESTE:
+    """``sign(x)``, gradient ``g·k·t·(1 − tanh²(t·x))``."""
+
+    @staticmethod
+    def value(x: Tensor, k: Tensor | float, t: Tensor | float) -> tuple[Tensor, tuple[Tensor, ...]]:
+        return sign(x), ()
+
+    @staticmethod
+    def grad(grad: Tensor, x: Tensor, kept: tuple[Tensor, ...], k: Tensor | float, t: Tensor | float) -> Tensor:
+        # The order of autograd's chain through k·tanh(t·x), so the result is bit-identical to it.
+        return torch.ops.aten.tanh_backward(grad * k, torch.tanh(t * x)) * t
+
+
+class FourierSTE:
+    """``sign(x)``, gradient ``g·(4ω/π)·Σ_{i=0..n} cos((2i+1)ωx)`` on ``|x| ≤ 1``, 0 outside."""
+
+    @staticmethod
+    def value(x: Tensor, terms: int, omega: float) -> tuple[Tensor, tuple[Tensor, ...]]:
+        return sign(x), ()
+
+    @staticmethod
+    def grad(grad: Tensor, x: Tensor, kept: tuple[Tensor, ...], terms: int, omega: float) -> Tensor:
+        series = fourier_derivative_sum(x.clamp(-1.0, 1.0), terms, omega)
+        return _clip_grad(grad, x).mul_(series).mul_(4 * omega / math.pi)
+
+
+class IdentitySTE:
+    """``sign(x)``, gradient ``g``."""
+
+    @staticmethod
+    def value(x: Tensor) -> tuple[Tensor, tuple[Tensor, ...]]:
+        return sign(x), ()
+
+    @staticmethod
+    def grad(grad: Tensor, x: Tensor, kept: tuple[Tensor, ...]) -> Tensor:
+        return grad
+
+    @staticmethod
+    def pack(x: Tensor) -> Tensor:
+        return sign(x).to(torch.int8)
+
+    @staticmethod
+    def unpack(code: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        xq = code.to(dtype)
+        return xq, xq
+
+
+class SwishSTE:
+    """Gradient ``g·SS'_β(x) = g·2β·s(1 − s)·(2 + βx(1 − 2s))``, s = σ(βx); value ``sign(x)``,
+    ``sign(SS_β(x))`` or ``SS_β(x)`` (``kind`` "sign", "sign_swish", "swish")."""
+
+    @staticmethod
+    def value(x: Tensor, beta: Tensor | float, kind: str) -> tuple[Tensor, tuple[Tensor, ...]]:
+        if kind == "sign":
+            return sign(x), ()
+        bx = beta * x
+        s = torch.sigmoid(bx)
+        swish = 2 * s * (1 + bx * (1 - s)) - 1  # sign_swish's own order of operations
+        return (swish if kind == "swish" else sign(swish)), ()
+
+    @staticmethod
+    def grad(grad: Tensor, x: Tensor, kept: tuple[Tensor, ...], beta: Tensor | float, kind: str) -> Tensor:
+        bx = beta * x
+        s = torch.sigmoid(bx)
+        one_minus_s = 1 - s
+        derivative = torch.mul(s, one_minus_s).mul_(2 + bx * (one_minus_s - s)).mul_(2 * beta)
+        return derivative.mul_(grad)
+
+
+class _Fused(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, quantizer: type, *args: Any) -> Tensor:
+        out, kept = quantizer.value(x, *args)
+        ctx.save_for_backward(x, *kept)
+        ctx.quantizer, ctx.args = quantizer, args
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:
+        x, *kept = ctx.saved_tensors
+        return (ctx.quantizer.grad(grad, x, tuple(kept), *ctx.args), None) + (None,) * len(ctx.args)
+
+
+@dataclass(frozen=True)
+class QuantizerCall:
+    """A quantizer applied to ``x`` with ``args`` (detached tensors or numbers): what a method's
+    :meth:`~onebit.methods.Method.input_quantizer` returns, so the layer can fuse it with its
+    convolution; :meth:`apply` runs it alone."""
+
+    x: Tensor
+    quantizer: type
+    args: tuple[Any, ...] = ()
+
+    def apply(self) -> Tensor:
+        return _Fused.apply(self.x, self.quantizer, *self.args)
+
+
+def _no_grad(v: Any) -> Any:
+    return v.detach() if isinstance(v, Tensor) else v
 
 
 def sign_clip_ste(x: Tensor, scale: Tensor | None = None) -> Tensor:
     """``scale·sign(x)`` with BNN's clip STE ``g·1{|x| ≤ 1}`` (Hubara et al., 2016, Eq. 4), the
     gradient not multiplied by ``scale`` (a detached per-channel or per-sample scale, or None):
     ``ste(scale·sign(x), clip(x))``, fused."""
-    return _SignClip.apply(x, None if scale is None else scale.detach())
-
-
-class _SignApprox(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x: Tensor) -> Tensor:
-        ctx.save_for_backward(x)
-        return sign(x)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> Tensor:
-        (x,) = ctx.saved_tensors
-        inside = _clip_grad(grad, x)
-        return torch.addcmul(inside * 2, inside, x.abs(), value=-2)  # g·(2 − 2|x|) on |x| ≤ 1
+    return QuantizerCall(x, ClipSTE, (_no_grad(scale),)).apply()
 
 
 def sign_approx_ste(x: Tensor) -> Tensor:
     """``sign(x)`` with Bi-Real Net's ApproxSign derivative ``g·max(0, 2 − 2|x|)`` (Liu et al., ECCV
     2018, Eq. 6): ``ste(sign(x), approx_sign(x))``, fused."""
-    return _SignApprox.apply(x)
-
-
-class _SignEDE(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x: Tensor, k: Tensor | float, t: Tensor | float) -> Tensor:
-        y = torch.tanh(t * x)
-        ctx.save_for_backward(y)
-        ctx.k, ctx.t = k, t
-        return sign(x)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:
-        (y,) = ctx.saved_tensors
-        # The order of autograd's chain through k·tanh(t·x), so the result is bit-identical to it.
-        return torch.ops.aten.tanh_backward(grad * ctx.k, y) * ctx.t, None, None
+    return QuantizerCall(x, ApproxSTE).apply()
 
 
 def sign_ede(x: Tensor, k: Tensor | float, t: Tensor | float) -> Tensor:
     """``sign(x)`` with IR-Net's error decay estimator ``g·k·t·(1 − tanh²(t·x))``, the derivative of
     ``k·tanh(t·x)`` (Qin et al., CVPR 2020): ``ste(sign(x), k·tanh(t·x))``, fused. ``k`` and ``t``
     carry no gradient (schedule buffers)."""
-    return _SignEDE.apply(x, _no_grad(k), _no_grad(t))
-
-
-def _no_grad(v: Tensor | float) -> Tensor | float:
-    return v.detach() if isinstance(v, Tensor) else v
+    return QuantizerCall(x, EDESTE, (_no_grad(k), _no_grad(t))).apply()
 
 
 def fourier_derivative_sum(x: Tensor, terms: int, omega: float) -> Tensor:
@@ -204,62 +305,17 @@ def fourier_derivative_sum(x: Tensor, terms: int, omega: float) -> Tensor:
     return torch.where(u == m, limit, ratio).to(x.dtype)
 
 
-class _SignFourier(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x: Tensor, terms: int, omega: float) -> Tensor:
-        ctx.save_for_backward(x)
-        ctx.terms, ctx.omega = terms, omega
-        return sign(x)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:
-        (x,) = ctx.saved_tensors
-        series = fourier_derivative_sum(x.clamp(-1.0, 1.0), ctx.terms, ctx.omega)
-        return _clip_grad(grad, x).mul_(series).mul_(4 * ctx.omega / math.pi), None, None
-
-
 def sign_fourier(x: Tensor, terms: int, omega: float) -> Tensor:
     """``sign(x)`` with the derivative of FDA's truncated Fourier series of the square wave (Xu et al.,
     NeurIPS 2021, Eq. 5), ``g·(4ω/π)·Σ_{i=0..n} cos((2i+1)ωx)`` on ``|x| ≤ 1`` and 0 outside, the sum in
     closed form (:func:`fourier_derivative_sum`): one pass instead of n."""
-    return _SignFourier.apply(x, int(terms), float(omega))
-
-
-class _SignIdentity(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x: Tensor) -> Tensor:
-        return sign(x)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> Tensor:
-        return grad
+    return QuantizerCall(x, FourierSTE, (int(terms), float(omega))).apply()
 
 
 def sign_identity_ste(x: Tensor) -> Tensor:
     """``sign(x)`` with the identity straight-through gradient (BinaryConnect; BiPer's ``sign(sin ωW)``):
-    ``ste(sign(x), x)``, fused; nothing is saved."""
-    return _SignIdentity.apply(x)
-
-
-class _SignSwish(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x: Tensor, beta: Tensor | float, value: str) -> Tensor:
-        bx = beta * x
-        s = torch.sigmoid(bx)
-        one_minus_s = 1 - s
-        out = None
-        if value != "sign":  # the SignSwish value, in sign_swish's own order of operations
-            out = 2 * s * (1 + bx * one_minus_s) - 1
-        # d/dx SS_β(x) = 2β·s(1 − s)·(2 + βx(1 − 2s)), s = σ(βx); saved instead of x.
-        ctx.save_for_backward(torch.mul(s, one_minus_s).mul_(2 + bx * (one_minus_s - s)).mul_(2 * beta))
-        if value == "swish":
-            return out
-        return sign(x if value == "sign" else out)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:
-        (derivative,) = ctx.saved_tensors
-        return grad * derivative, None, None
+    ``ste(sign(x), x)``, fused."""
+    return QuantizerCall(x, IdentitySTE).apply()
 
 
 def sign_swish_ste(x: Tensor, beta: Tensor | float, value: str = "sign") -> Tensor:
@@ -269,7 +325,7 @@ def sign_swish_ste(x: Tensor, beta: Tensor | float, value: str = "sign") -> Tens
     ``"swish"`` → ``SS_β(x)`` itself (BNN++ before its hard epochs)."""
     if value not in ("sign", "sign_swish", "swish"):
         raise ValueError(f"sign_swish_ste: value={value!r}; use 'sign', 'sign_swish' or 'swish'")
-    return _SignSwish.apply(x, _no_grad(beta), value)
+    return QuantizerCall(x, SwishSTE, (_no_grad(beta), value)).apply()
 
 
 class _ClampSign(torch.autograd.Function):
@@ -289,3 +345,64 @@ def clamp_ste(x: Tensor, bound: Tensor) -> Tensor:
     Xu et al., ICCV 2021, Eq. 11–13, ``q`` detached): ``ste(sign(w2), w2)`` with ``w2 = clamp(x, ±q)``,
     fused."""
     return _ClampSign.apply(x, bound.detach())
+
+
+# --------------------------------------------------------------------------------------------------
+# The quantizer fused with the layer's product
+# --------------------------------------------------------------------------------------------------
+def _product(kind: str, xq: Tensor, weight: Tensor, conv: tuple) -> Tensor:
+    if kind == "linear":
+        return F.linear(xq, weight)
+    op = F.conv1d if kind == "conv1d" else F.conv2d
+    return op(xq, weight, None, *conv)
+
+
+def _product_backward(kind: str, grad: Tensor, xq: Tensor, weight: Tensor, conv: tuple,
+                      needs: tuple[bool, bool]) -> tuple[Tensor | None, Tensor | None]:
+    if kind == "linear":
+        gx = grad.matmul(weight) if needs[0] else None
+        gw = grad.reshape(-1, grad.shape[-1]).t().mm(xq.reshape(-1, xq.shape[-1])) if needs[1] else None
+        return gx, gw
+    stride, padding, dilation, groups = conv
+    gx, gw, _ = torch.ops.aten.convolution_backward(
+        grad, xq, weight, None, list(stride), list(padding), list(dilation), False, [0] * len(stride), groups,
+        [needs[0], needs[1], False],
+    )
+    return gx, gw
+
+
+class _QuantizedProduct(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, kind: str, conv: tuple, quantizer: type, *args: Any) -> Tensor:
+        ctx.kind, ctx.conv, ctx.quantizer, ctx.args, ctx.dtype = kind, conv, quantizer, args, x.dtype
+        ctx.packed = hasattr(quantizer, "pack")
+        if ctx.packed:  # one int8 per element holds all that backward needs (clip / identity STE)
+            code = quantizer.pack(x, *args)
+            xq, _ = quantizer.unpack(code, x.dtype, *args)
+            ctx.save_for_backward(code, weight)
+        else:
+            xq, kept = quantizer.value(x, *args)
+            ctx.save_for_backward(x, weight, *kept)
+        return _product(kind, xq, weight, conv)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:
+        x, weight, *kept = ctx.saved_tensors
+        if ctx.packed:
+            xq, x = ctx.quantizer.unpack(x, ctx.dtype, *ctx.args)
+        else:  # recomputed: a few elementwise passes instead of a stored float copy
+            xq, _ = ctx.quantizer.value(x, *ctx.args)
+        needs = (ctx.needs_input_grad[0], ctx.needs_input_grad[1])
+        gxq, gw = _product_backward(ctx.kind, grad.contiguous(), xq, weight, ctx.conv, needs)
+        gx = None if gxq is None else ctx.quantizer.grad(gxq, x, tuple(kept), *ctx.args)
+        return (gx, gw, None, None, None) + (None,) * len(ctx.args)
+
+
+def quantized_product(call: QuantizerCall, weight: Tensor, kind: str, conv: tuple = ()) -> Tensor:
+    """``F.linear`` / ``F.conv1d`` / ``F.conv2d`` (``kind`` "linear", "conv1d", "conv2d"; ``conv`` =
+    (stride, padding, dilation, groups)) of the quantized input ``call`` and ``weight``, as one
+    autograd.Function that keeps no float copy of the binary input: it keeps one int8 per element
+    when the quantizer can say all it needs in one (``pack``/``unpack``: the clip and identity STEs),
+    else the real input (what the full-precision layer keeps), and recomputes the binary input in
+    backward. Values and gradients are those of ``product(call.apply(), weight)``."""
+    return _QuantizedProduct.apply(call.x, weight, kind, tuple(conv), call.quantizer, *call.args)

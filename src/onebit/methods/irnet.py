@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from .base import Method, Option, register
-from .functional import log_linear, sign_ede
+from .functional import EDESTE, QuantizerCall, log_linear, sign_ede
 
 __all__ = ["IRNet", "ede", "irnet_tk", "libra_pb"]
 
@@ -93,8 +93,8 @@ class IRNet(Method):
         layer.register_buffer("ede_t", torch.tensor(t, dtype=w.dtype, device=w.device))
         layer.register_buffer("ede_k", torch.tensor(k, dtype=w.dtype, device=w.device))
 
-    def quantize_input(self, layer: nn.Module, x: Tensor) -> Tensor:
-        return ede(x, layer.ede_k, layer.ede_t)
+    def input_quantizer(self, layer: nn.Module, x: Tensor) -> QuantizerCall:
+        return QuantizerCall(x, EDESTE, (layer.ede_k.detach(), layer.ede_t.detach()))
 
     def quantize_weight(self, layer: nn.Module, w: Tensor) -> Tensor:
         balanced, scale = libra_pb(w)

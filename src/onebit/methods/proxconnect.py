@@ -21,7 +21,19 @@ import torch
 from torch import Tensor, nn
 
 from .base import InferenceForm, Method, NotDeployableError, Option, layer_label, register
-from .functional import clip, sign, sign_clip_ste, sign_identity_ste, sign_swish, sign_swish_ste, ste
+from .functional import (
+    ClipSTE,
+    IdentitySTE,
+    QuantizerCall,
+    SwishSTE,
+    clip,
+    sign,
+    sign_clip_ste,
+    sign_identity_ste,
+    sign_swish,
+    sign_swish_ste,
+    ste,
+)
 
 __all__ = [
     "PCBNN",
@@ -157,8 +169,8 @@ class ProxConnectPP(Method):
     def fused_weight(self, u: Tensor, mu: Tensor, hard: bool) -> Tensor:
         return sign_identity_ste(u)
 
-    def fused_input(self, x: Tensor, mu: Tensor) -> Tensor:
-        return sign_identity_ste(x)
+    def fused_input(self, x: Tensor, mu: Tensor) -> QuantizerCall:
+        return QuantizerCall(x, IdentitySTE)
 
     def quantize_weight(self, layer: nn.Module, w: Tensor) -> Tensor:
         alpha = self._scale(w)
@@ -166,7 +178,7 @@ class ProxConnectPP(Method):
         q = self.fused_weight(u, layer.pcpp_mu, bool(layer.pcpp_hard))
         return q if alpha is None else q * alpha
 
-    def quantize_input(self, layer: nn.Module, x: Tensor) -> Tensor:
+    def input_quantizer(self, layer: nn.Module, x: Tensor) -> QuantizerCall:
         return self.fused_input(x, layer.pcpp_mu)
 
     def schedule(self, layer: nn.Module, epoch: int, epochs: int) -> None:
@@ -249,8 +261,8 @@ class PCBNN(ProxConnectPP):
     def fused_weight(self, u: Tensor, mu: Tensor, hard: bool) -> Tensor:
         return sign_clip_ste(u)  # sign∘clip = sign
 
-    def fused_input(self, x: Tensor, mu: Tensor) -> Tensor:
-        return sign_clip_ste(x)
+    def fused_input(self, x: Tensor, mu: Tensor) -> QuantizerCall:
+        return QuantizerCall(x, ClipSTE, (None,))
 
 
 @register
@@ -272,8 +284,8 @@ class PCBNNPlus(ProxConnectPP):
     def fused_weight(self, u: Tensor, mu: Tensor, hard: bool) -> Tensor:
         return sign_swish_ste(u, self.beta, value="sign_swish")
 
-    def fused_input(self, x: Tensor, mu: Tensor) -> Tensor:
-        return sign_swish_ste(x, self.beta)
+    def fused_input(self, x: Tensor, mu: Tensor) -> QuantizerCall:
+        return QuantizerCall(x, SwishSTE, (self.beta, "sign"))
 
 
 @register
@@ -307,8 +319,8 @@ class BNNPlusPlus(ProxConnectPP):
     def fused_weight(self, u: Tensor, mu: Tensor, hard: bool) -> Tensor:
         return sign_swish_ste(u, mu, value="sign_swish" if hard else "swish")
 
-    def fused_input(self, x: Tensor, mu: Tensor) -> Tensor:
-        return sign_swish_ste(x, mu)
+    def fused_input(self, x: Tensor, mu: Tensor) -> QuantizerCall:
+        return QuantizerCall(x, SwishSTE, (mu.detach(), "sign"))
 
     def mu_range(self) -> tuple[float, float]:
         return float(self.mu_start), float(self.mu_end)

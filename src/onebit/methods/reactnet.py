@@ -6,7 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from .base import Method, register
-from .functional import per_channel_mean_abs, sign_approx_ste, sign_clip_ste
+from .functional import ApproxSTE, QuantizerCall, per_channel_mean_abs, sign_clip_ste
 
 
 @register
@@ -33,9 +33,8 @@ class ReActNet(Method):
         w = layer.weight
         layer.rsign_bias = nn.Parameter(torch.zeros(layer.in_features_count, dtype=w.dtype, device=w.device))
 
-    def quantize_input(self, layer: nn.Module, x: Tensor) -> Tensor:
-        shifted = x + layer.channel_view(layer.rsign_bias, x.dim())
-        return sign_approx_ste(shifted)
+    def input_quantizer(self, layer: nn.Module, x: Tensor) -> QuantizerCall:
+        return QuantizerCall(x + layer.channel_view(layer.rsign_bias, x.dim()), ApproxSTE)
 
     def input_threshold(self, layer: nn.Module) -> Tensor | None:
         return layer.rsign_bias.detach().clone()

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from .base import Method, Option, register
-from .functional import _clip_grad, clamp_ste, sign, sign_approx_ste
+from .functional import ApproxSTE, QuantizerCall, _clip_grad, clamp_ste, sign
 
 EPS = 1e-5
 
@@ -34,32 +34,45 @@ def standardize_per_sample(x: Tensor, dims: tuple[int, ...]) -> Tensor:
     return x / torch.sqrt(unbiased_var(x, dims) + EPS)
 
 
-class _StandardizedSignApprox(torch.autograd.Function):
-    """``ste(sign(a), approx_sign(a))`` with ``a = standardize_per_sample(x)``, fused: the variance in
-    two passes (mean, then a dot product of the centred rows: torch's Welford ``var`` is ~20x slower
-    on CPU), and the backward through ApproxSign and the standardisation in closed form,
+class StandardizedApproxSTE:
+    """``ste(sign(a), approx_sign(a))`` with ``a = standardize_per_sample(x)``, as a fused quantizer
+    (:class:`onebit.methods.functional.QuantizerCall`): the variance in two passes (mean, then a dot
+    product of the centred rows: torch's Welford ``var`` is ~20x slower on CPU), and the backward
+    through ApproxSign and the standardisation in closed form,
     ``g_x = g_a/σ − (Σ g_a·a)·(x − m)/((n − 1)σ²)`` per sample (σ = sqrt(var + ε), n features)."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, features: int) -> Tensor:
+    def value(x: Tensor, features: int) -> tuple[Tensor, tuple[Tensor, ...]]:
         rows = x.reshape(-1, features)
         mean = rows.mean(dim=1, keepdim=True)
         centred = rows - mean
-        count = features - 1 if features > 1 else 1  # unbiased_var's fan-in-of-one rule (var = 0)
-        std = torch.sqrt(torch.linalg.vecdot(centred, centred).unsqueeze(1) / count + EPS)
-        ctx.save_for_backward(x, mean, std)
-        ctx.features, ctx.count = features, count
-        return sign(rows / std).reshape(x.shape)
+        std = torch.sqrt(torch.linalg.vecdot(centred, centred).unsqueeze(1) / _dof(features) + EPS)
+        return sign(rows / std).reshape(x.shape), (mean, std)
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
-        x, mean, std = ctx.saved_tensors
-        rows = x.reshape(-1, ctx.features)
+    def grad(grad: Tensor, x: Tensor, kept: tuple[Tensor, ...], features: int) -> Tensor:
+        mean, std = kept
+        rows = x.reshape(-1, features)
         a = rows / std
         inside = _clip_grad(grad.reshape(a.shape), a)
         grad_a = torch.addcmul(inside * 2, inside, a.abs(), value=-2)  # ApproxSign: g·(2 − 2|a|)
-        coef = torch.linalg.vecdot(grad_a, a).unsqueeze(1) / (ctx.count * std * std)
-        return grad_a.div_(std).addcmul_(rows - mean, coef, value=-1).reshape(x.shape), None
+        coef = torch.linalg.vecdot(grad_a, a).unsqueeze(1) / (_dof(features) * std * std)
+        return grad_a.div_(std).addcmul_(rows - mean, coef, value=-1).reshape(x.shape)
+
+
+def _dof(features: int) -> int:
+    """unbiased_var's divisor: n − 1, or 1 for a fan-in of one (whose variance is 0)."""
+    return features - 1 if features > 1 else 1
+
+
+def standardized_call(x: Tensor, dims: tuple[int, ...]) -> QuantizerCall:
+    """The :class:`StandardizedApproxSTE` quantizer on ``x`` over one sample's trailing ``dims``."""
+    if tuple(dims) != tuple(range(x.dim() - len(dims), x.dim())):
+        raise ValueError(f"standardized_sign_approx: dims {dims} are not the trailing dims of a {x.dim()}-D input")
+    features = 1
+    for d in dims:
+        features *= x.shape[d]
+    return QuantizerCall(x, StandardizedApproxSTE, (features,))
 
 
 def standardized_sign_approx(x: Tensor, dims: tuple[int, ...]) -> Tensor:
@@ -68,10 +81,7 @@ def standardized_sign_approx(x: Tensor, dims: tuple[int, ...]) -> Tensor:
     1e-5, as :func:`standardize_per_sample`). ``dims`` are one sample's trailing feature dims."""
     if tuple(dims) != tuple(range(x.dim() - len(dims), x.dim())):
         raise ValueError(f"standardized_sign_approx: dims {dims} are not the trailing dims of a {x.dim()}-D input")
-    features = 1
-    for d in dims:
-        features *= x.shape[d]
-    return _StandardizedSignApprox.apply(x, features)
+    return standardized_call(x, dims).apply()
 
 
 @register
@@ -107,10 +117,10 @@ class ReCU(Method):
         layer.alpha = nn.Parameter(torch.rand(w.shape[0], dtype=w.dtype, device=w.device))
         layer.register_buffer("tau", torch.tensor(float(self.tau_min)))
 
-    def quantize_input(self, layer: nn.Module, x: Tensor) -> Tensor:
+    def input_quantizer(self, layer: nn.Module, x: Tensor) -> QuantizerCall:
         if layer.training:
-            return standardized_sign_approx(x, layer.sample_dims(x))
-        return sign_approx_ste(x)
+            return standardized_call(x, layer.sample_dims(x))
+        return QuantizerCall(x, ApproxSTE)
 
     def quantize_weight(self, layer: nn.Module, w: Tensor) -> Tensor:
         dims = tuple(range(1, w.dim()))

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 from .base import Method, register
-from .functional import per_channel_mean_abs, sign_clip_ste
+from .functional import ClipSTE, QuantizerCall, per_channel_mean_abs, sign_clip_ste
 
 
 @register
@@ -27,10 +28,11 @@ class XNOR(Method):
     paper = "Rastegari et al., XNOR-Net, ECCV 2016"
 
     def _input_scale(self, layer: nn.Module, x: Tensor) -> Tensor:
-        return x.abs().mean(dim=layer.sample_dims(x), keepdim=True).detach()
+        with torch.no_grad():  # detached: no autograd record of |x| (it would keep x for nothing)
+            return x.abs().mean(dim=layer.sample_dims(x), keepdim=True)
 
-    def quantize_input(self, layer: nn.Module, x: Tensor) -> Tensor:
-        return sign_clip_ste(x, self._input_scale(layer, x))
+    def input_quantizer(self, layer: nn.Module, x: Tensor) -> QuantizerCall:
+        return QuantizerCall(x, ClipSTE, (self._input_scale(layer, x),))
 
     def input_pad_scale(self, layer: nn.Module, x: Tensor) -> Tensor | None:
         return self._input_scale(layer, x)

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from .base import Method, Option, register
-from .functional import sign_clip_ste
+from .functional import ClipSTE, QuantizerCall, sign_clip_ste
 
 _SPATIAL_NAMES = ("gamma_h", "gamma_w")
 
@@ -71,8 +71,8 @@ class XNORPlusPlus(Method):
         if spatial:
             layer._register_load_state_dict_pre_hook(_materialize_from_state, with_module=True)
 
-    def quantize_input(self, layer: nn.Module, x: Tensor) -> Tensor:
-        return sign_clip_ste(x)
+    def input_quantizer(self, layer: nn.Module, x: Tensor) -> QuantizerCall:
+        return QuantizerCall(x, ClipSTE, (None,))
 
     def quantize_weight(self, layer: nn.Module, w: Tensor) -> Tensor:
         return sign_clip_ste(w)

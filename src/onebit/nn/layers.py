@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from ..methods import Method, get
 from ..methods.base import InferenceForm, NotDeployableError, layer_label
+from ..methods.functional import quantized_product
 
 __all__ = ["BinaryLayer", "BinaryConv1d", "BinaryConv2d", "BinaryLinear", "PAD_VALUES"]
 
@@ -80,12 +81,25 @@ class BinaryLayer:
             return (x.dim() - 1,)
         return tuple(range(1, x.dim()))
 
-    def _binary_operands(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    def _binary_product(self, x: Tensor, kind: str, conv: tuple, padding: tuple[int, ...] | None) -> Tensor:
+        """``product(quantize_input(x) padded, quantize_weight(W))``. When the method's input quantizer
+        is a fused one and the padding is the product's own zero padding, quantizer and product run as
+        one autograd.Function (:func:`~onebit.methods.functional.quantized_product`) that keeps the real
+        input rather than a float copy of the binary one; otherwise quantize, pad and multiply apart."""
         x = self._pre_pad(x)
+        call = None
+        if self.binarize_activations and padding is not None:
+            call = self.method.input_quantizer(self, x)
+        if call is not None:
+            wq = self.method.quantize_weight(self, self.weight) if self.binarize_weights else self.weight
+            return quantized_product(call, wq, kind, conv[:1] + (padding,) + conv[1:] if conv else ())
         xq = self.method.quantize_input(self, x) if self.binarize_activations else x
         xq = self._post_pad(xq, x)
         wq = self.method.quantize_weight(self, self.weight) if self.binarize_weights else self.weight
-        return xq, wq
+        if kind == "linear":
+            return F.linear(xq, wq)
+        op = F.conv1d if kind == "conv1d" else F.conv2d
+        return op(xq, wq, None, conv[0], padding or 0, *conv[1:])
 
     def _finish(self, y: Tensor) -> Tensor:
         y = self.method.scale_output(self, y)
@@ -147,7 +161,9 @@ class _BinaryConvMixin(BinaryLayer):
         """The padding to hand to the convolution itself, which pads with zeros without copying the
         input: for zero padding after binarization (``pad_value = 0``, or real activations), when the
         padding is the same on both sides of every dim; else None (pad explicitly)."""
-        if self.padding_mode != "zeros" or (self.pad_value != 0.0 and self.binarize_activations):
+        if self.padding_mode != "zeros":
+            return (0,) * len(self.kernel_size)  # the real input was padded before binarization
+        if self.pad_value != 0.0 and self.binarize_activations:
             return None
         pads = self._reversed_padding_repeated_twice
         left, right = pads[0::2], pads[1::2]
@@ -208,8 +224,8 @@ class BinaryConv1d(_BinaryConvMixin, nn.Conv1d):
 
     def forward(self, x: Tensor) -> Tensor:
         batched = self._check_input(x, 1)
-        xq, wq = self._binary_operands(x if batched else x.unsqueeze(0))
-        y = self._finish(F.conv1d(xq, wq, None, self.stride, self._conv_padding() or 0, self.dilation, self.groups))
+        conv = (self.stride, self.dilation, self.groups)
+        y = self._finish(self._binary_product(x if batched else x.unsqueeze(0), "conv1d", conv, self._conv_padding()))
         return y if batched else y.squeeze(0)
 
 
@@ -244,8 +260,8 @@ class BinaryConv2d(_BinaryConvMixin, nn.Conv2d):
 
     def forward(self, x: Tensor) -> Tensor:
         batched = self._check_input(x, 2)
-        xq, wq = self._binary_operands(x if batched else x.unsqueeze(0))
-        y = self._finish(F.conv2d(xq, wq, None, self.stride, self._conv_padding() or 0, self.dilation, self.groups))
+        conv = (self.stride, self.dilation, self.groups)
+        y = self._finish(self._binary_product(x if batched else x.unsqueeze(0), "conv2d", conv, self._conv_padding()))
         return y if batched else y.squeeze(0)
 
 
@@ -278,5 +294,4 @@ class BinaryLinear(BinaryLayer, nn.Linear):
                 f"BinaryLinear expects inputs whose last dimension is in_features={self.in_features}, "
                 f"got shape {tuple(x.shape)}"
             )
-        xq, wq = self._binary_operands(x)
-        return self._finish(F.linear(xq, wq))
+        return self._finish(self._binary_product(x, "linear", (), ()))
