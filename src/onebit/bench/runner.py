@@ -482,3 +482,18 @@ def _run_specs(suite: Suite, specs: list[RunSpec], out: Path, executor: str, wor
         for line in failed:
             print(f"FAILED {line}", file=sys.stderr)
     return result
+
+
+def _write_suite_file(suite: Suite, specs: list[RunSpec], out: Path) -> None:
+    atomic_write_bytes(
+        out / "suite.json",
+        json.dumps(
+            {
+                "name": suite.name,
+                "description": suite.description,
+                "runs": [s.run_id for s in specs],
+                "tracks": list(suite.tracks),
+            },
+            indent=2,
+        ).encode(),
+    )
