@@ -382,3 +382,16 @@ def test_irnet_scale_rounds_rather_than_floors():
     # y = s·Σ sign(Ŵ_i)·sign(x_i) with sign(Ŵ) = (−, −, +, +, +, −) and sign(x) = (+, +, +, +, +, −): 2s, s = 1
     y = layer(torch.tensor([[2.0, 2.0, 2.0, 2.0, 2.0, -2.0]], dtype=DT))
     torch.testing.assert_close(y, torch.full((1, 4), 2.0, dtype=DT))
+
+
+# -- option boundaries the mutation run found untested (tools/mutate.py survivors) -------------------------
+def test_option_boundaries_are_inclusive_or_open_as_documented():
+    from onebit.methods import get
+
+    assert get("biper", omega=0.5).omega == 0.5  # ω only has to be > 0
+    with pytest.raises(ValueError, match="omega"):
+        get("biper", omega=0.0)
+    for name in ("bnn++", "pcpp-pc", "pcpp-bc"):
+        assert get(name, hard_epochs=0).hard_epochs == 0  # no final hard-sign epochs is allowed
+        with pytest.raises(ValueError, match="hard_epochs"):
+            get(name, hard_epochs=-1)
