@@ -400,3 +400,16 @@ def test_the_fused_layer_keeps_no_float_copy_of_the_binary_input(method, kept):
         assert torch.equal(big[0].abs() <= 1, x.abs() <= 1)
     else:  # ApproxSign needs |x|: the real input, as nn.Conv2d keeps
         assert big[0] is x
+
+
+def test_a_subclass_that_overrides_quantize_input_keeps_its_own_path():
+    class Halved(onebit.methods.method_class("bnn")):
+        name = "bnn-halved-test"
+
+        def quantize_input(self, layer, x):
+            return super().quantize_input(layer, x) * 0.5
+
+    layer = onebit.nn.BinaryConv2d(2, 3, 3, padding=1, method=Halved())
+    x = torch.randn(1, 2, 5, 5)
+    expected = torch.nn.functional.conv2d(fx.sign_clip_ste(x) * 0.5, fx.sign_clip_ste(layer.weight), padding=1)
+    torch.testing.assert_close(layer(x) - layer.bias.reshape(1, -1, 1, 1), expected)

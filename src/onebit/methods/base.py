@@ -6,6 +6,8 @@ so it lands in the layer's ``state_dict`` and ``parameters()`` like any torch mo
 (``onebit.nn``) calls the hooks in this order::
 
     x_q = quantize_input(layer, x)          # binary (or multi-bit) activations, surrogate gradient
+                                            # (= input_quantizer(layer, x).apply() when the method
+                                            # has a fused quantizer, which the layer fuses with conv)
     w_q = quantize_weight(layer, W)         # binary weights, surrogate gradient
     y   = scale_output(layer, conv(x_q, w_q)) + bias
 

@@ -88,7 +88,9 @@ class BinaryLayer:
         input rather than a float copy of the binary one; otherwise quantize, pad and multiply apart."""
         x = self._pre_pad(x)
         call = None
-        if self.binarize_activations and padding is not None:
+        # (A method class that overrides quantize_input itself keeps its own path.)
+        own_path = type(self.method).quantize_input is not Method.quantize_input
+        if self.binarize_activations and padding is not None and not own_path:
             call = self.method.input_quantizer(self, x)
         if call is not None:
             wq = self.method.quantize_weight(self, self.weight) if self.binarize_weights else self.weight
