@@ -1,5 +1,5 @@
 """LCE export geometry the other LCE tests never meet (found by tools/mutate.py): a 5x5 binary conv
-with padding 2 (the explicit-padding arithmetic), a full-precision conv with unequal strides, and an
+with padding 2 and a 3x3 one padded only along the width (the explicit-padding arithmetic), a full-precision conv with unequal strides, and an
 average pool with count_include_pad=False (TFLite's SAME average), then a flatten of a multi-channel
 spatial map into a linear head. Compared with PyTorch through LCE's interpreter."""
 
@@ -20,8 +20,9 @@ def model():
     net = nn.Sequential(
         nn.Conv2d(3, 8, 3, stride=(2, 1), padding=1), nn.BatchNorm2d(8), nn.Hardtanh(),
         BinaryConv2d(8, 8, 5, padding=2, method="bireal"), nn.BatchNorm2d(8),
+        BinaryConv2d(8, 8, 3, padding=(0, 1), method="bireal"), nn.BatchNorm2d(8),
         nn.AvgPool2d(3, 2, 1, count_include_pad=False),
-        nn.Flatten(), nn.Linear(8 * 3 * 5, 10),
+        nn.Flatten(), nn.Linear(8 * 2 * 5, 10),
     )
     randomize_norms(net)
     return net.eval()
