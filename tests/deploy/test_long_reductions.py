@@ -13,6 +13,8 @@ and the largest layers the model zoo builds (ResNet-18's 512-channel 3x3, ReActN
 
 from __future__ import annotations
 
+from functools import cache
+
 import pytest
 import torch
 
@@ -48,19 +50,24 @@ def adversarial_rows(pattern, cout, gen):
 LENGTHS = list(range(28, 50)) + [64, 72, 120, 121, 4096, 4097]
 
 
+@cache
+def linear_case(words):
+    """Operands (packed once, shared by every kernel path) and the float64 reference."""
+    g = torch.Generator().manual_seed(words)
+    x = signs(2, 64 * words, gen=g)
+    w = adversarial_rows(x[0], 3, g)
+    return K.pack_activations(x), K.pack_weights(w), K.reference_binary_linear(x, w)
+
+
 def test_linear_worst_case_every_length(kernel):
     """Linear layers: one step per 64-bit word, so every reduction length from 28 to 49 steps (all
     flush points of the byte counters, both sides of the SWAR / carry-save switch at 48), the
     ViT-size 3072 / 4096 features (48 / 64 words) and the 16-bit segment boundary at 4095 words."""
     for words in LENGTHS:
-        g = torch.Generator().manual_seed(words)
-        k = 64 * words
-        x = signs(2, k, gen=g)
-        w = adversarial_rows(x[0], 3, g)
-        y = K.binary_linear(K.pack_activations(x), K.pack_weights(w))
-        ref = K.reference_binary_linear(x, w)
+        x, w, ref = linear_case(words)
+        y = K.binary_linear(x, w)
         assert torch.equal(y, ref), f"{words} words"
-        assert y[0, 0].item() == -k and y[0, 1].item() == k  # the extremes were really reached
+        assert y[0, 0].item() == -64 * words and y[0, 1].item() == 64 * words  # the extremes were reached
 
 
 @pytest.mark.parametrize("cin,k,planes", [
@@ -74,23 +81,25 @@ def test_conv_worst_case_largest_shapes(kernel, cin, k, planes):
     """Convolutions whose input is one sign pattern per channel at every position, so the adversarial
     channels mismatch (or match) at every tap of every interior output; one plane, or two masked planes
     (the masked kernel variant, masks all-active on the first plane)."""
+    x, w, ref, extreme = conv_case(cin, k, planes)
+    y = K.binary_conv2d(x, w)
+    torch.testing.assert_close(y, ref, rtol=0, atol=0)
+    assert bool((y[0, 0] == -extreme).all()) and bool((y[0, 1] == extreme).all())
+
+
+@cache
+def conv_case(cin, k, planes):
     g = torch.Generator().manual_seed(cin * 10 + k)
     pattern = signs(cin, gen=g)
     x = pattern.reshape(1, cin, 1, 1).expand(2, cin, k + 2, k + 1).clone()
     x[1] = signs(cin, k + 2, k + 1, gen=g)  # a second, random sample
     w = adversarial_rows(pattern.reshape(cin, 1, 1).expand(cin, k, k), 5, g)
     if planes == 1:
-        y = K.binary_conv2d(K.pack_activations(x), K.pack_weights(w))
-        ref = K.reference_binary_conv2d(x, w)
-        assert torch.equal(y, ref)
-        assert bool((y[0, 0] == -cin * k * k).all()) and bool((y[0, 1] == cin * k * k).all())
-    else:
-        ps = [w, signs(*w.shape, gen=g)]
-        ms = [torch.ones_like(w), (torch.rand(*w.shape, generator=g) < 0.5).float()]
-        ms[1][:2] = 1.0  # the adversarial channels count every bit on both planes
-        ps[1][:2] = w[:2]
-        sc = [torch.ones(w.shape[0]), torch.ones(w.shape[0])]
-        y = K.binary_conv2d(K.pack_activations(x), K.pack_weight_planes(ps, ms, sc))
-        ref = K.reference_binary_conv2d(x, ps, masks=ms, scales=sc)
-        torch.testing.assert_close(y, ref, rtol=0, atol=0)
-        assert bool((y[0, 0] == -2 * cin * k * k).all())
+        return K.pack_activations(x), K.pack_weights(w), K.reference_binary_conv2d(x, w), cin * k * k
+    ps = [w, signs(*w.shape, gen=g)]
+    ms = [torch.ones_like(w), (torch.rand(*w.shape, generator=g) < 0.5).float()]
+    ms[1][:2] = 1.0  # the adversarial channels count every bit on both planes
+    ps[1][:2] = w[:2]
+    sc = [torch.ones(w.shape[0]), torch.ones(w.shape[0])]
+    ref = K.reference_binary_conv2d(x, ps, masks=ms, scales=sc)
+    return K.pack_activations(x), K.pack_weight_planes(ps, ms, sc), ref, 2 * cin * k * k

@@ -20,7 +20,7 @@ from torch.optim.optimizer import register_optimizer_step_pre_hook
 from onebit.nn import BinaryLayer
 from onebit.train import train
 
-EPOCHS = 4
+EPOCHS = 3
 BASE_LR = 1e-3
 
 
