@@ -103,3 +103,10 @@ def conv_case(cin, k, planes):
     sc = [torch.ones(w.shape[0]), torch.ones(w.shape[0])]
     ref = K.reference_binary_conv2d(x, ps, masks=ms, scales=sc)
     return K.pack_activations(x), K.pack_weight_planes(ps, ms, sc), ref, 2 * cin * k * k
+
+
+def test_popcount_peak_checks_the_kernel_it_is_given():
+    """popcount_peak(kernel=...) validates that name (not the active kernel's); None means the active one."""
+    with pytest.raises(ValueError, match="nope"):
+        K.popcount_peak(iterations=1000, kernel="nope")
+    assert K.popcount_peak(iterations=1000) > 0
