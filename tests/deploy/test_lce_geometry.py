@@ -1,5 +1,6 @@
 """LCE export geometry the other LCE tests never meet (found by tools/mutate.py): a 5x5 binary conv
-with padding 2 and a 3x3 one padded only along the width (the explicit-padding arithmetic), a full-precision conv with unequal strides, and an
+with padding 2 and a 3x3 one padded only along the width (the explicit-padding arithmetic), a
+full-precision conv with unequal strides, and an
 average pool with count_include_pad=False (TFLite's SAME average), then a flatten of a multi-channel
 spatial map into a linear head. Compared with PyTorch through LCE's interpreter."""
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import math
 
 import pytest
-import torch
 from torch.nn.modules.module import register_module_forward_hook
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
