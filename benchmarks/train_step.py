@@ -146,13 +146,14 @@ def worker(args: argparse.Namespace) -> int:
         for _ in range(args.warmup):
             steps[row]()
     times: dict[str, list[float]] = {row: [] for row in rows}
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
     for _ in range(args.repeats):
         for row in rows:
             sync(args.device)
-            start = time.perf_counter()
+            start = clock()
             steps[row]()
             sync(args.device)
-            times[row].append(time.perf_counter() - start)
+            times[row].append(clock() - start)
     memory = {row: peak_memory(steps[row], args.device) for row in rows} if args.memory else {}
     json.dump({"onebit": str(Path(onebit.__file__).parent), "times": times, "memory": memory}, sys.stdout)
     return 0
@@ -164,7 +165,7 @@ def worker(args: argparse.Namespace) -> int:
 def run_worker(src: str | None, model: str, threads: int, rows: list[str], args, memory: bool) -> dict:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", "--model", model, "--threads", str(threads),
            "--repeats", str(args.mlp_repeats if model == "mlp" else args.repeats), "--warmup", str(args.warmup),
-           "--device", args.device,
+           "--device", args.device, "--clock", args.clock,
            "--methods", *rows]
     if src:
         cmd += ["--src", src]
@@ -220,6 +221,9 @@ def main() -> int:
     parser.add_argument("--baseline-src", default=None,
                         help="a second onebit source tree (its src/ folder) measured as 'before'")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory column")
+    parser.add_argument("--clock", default="wall", choices=("wall", "cpu"),
+                        help="wall time, or the process's CPU time (with 1 thread: the work done, little "
+                             "affected by other jobs on a busy machine)")
     parser.add_argument("--compile", action="store_true", help="wrap every network in torch.compile")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--src", default=None, help=argparse.SUPPRESS)
