@@ -2,7 +2,7 @@
 backward + SGD step and peak memory allocated during it, on ResNet-20 (CIFAR shape, batch 128) and on
 the digits MLP of the ``fast`` recipe (512x3, 8x8 inputs, batch 32).
 
-    python benchmarks/train_step.py                                   # the full table (~10 min, 2 cores)
+    python benchmarks/train_step.py                                   # the full table (~10 min, quiet 2 cores)
     python benchmarks/train_step.py --baseline-src /tmp/base/src      # before (that copy) and after
     python benchmarks/train_step.py --models mlp --methods bnn fda --repeats 3 --threads 2   # quick look
 
@@ -213,10 +213,10 @@ def main() -> int:
     parser.add_argument("--methods", nargs="+", default=None,
                         help="rows (registered names, biper-s2, <pcpp preset>-a); default: all")
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--repeats", type=int, default=5, help="timed ResNet-20 steps per method (median taken)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed ResNet-20 steps per method (median taken)")
     parser.add_argument("--mlp-repeats", type=int, default=40,
                         help="timed MLP steps per method (a step is milliseconds, so take more)")
-    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--baseline-src", default=None,
                         help="a second onebit source tree (its src/ folder) measured as 'before'")
