@@ -54,7 +54,7 @@ TEST_MAP: list[tuple[str, list[str]]] = [
     (f"{SRC}/methods/*.py", ["tests/methods/test_method_gradients.py", "tests/methods/test_bibench_methods.py",
                              "tests/methods/test_registry.py", "tests/methods/test_irnet.py",
                              "tests/methods/test_biper.py", "tests/methods/test_proxconnect.py",
-                             "tests/methods/test_fda_formula.py"]),
+                             "tests/methods/test_fda_formula.py", "tests/methods/test_proxconnect_activations.py"]),
     (f"{SRC}/nn/*.py", ["tests/methods/test_method_gradients.py", "tests/nn/test_layers.py",
                         "tests/deploy/test_graph_fold_users.py", "tests/nn/test_binarize.py"]),
     (f"{SRC}/deploy/kernels.py", ["tests/deploy/test_long_reductions.py", "tests/deploy/test_kernels.py"]),
