@@ -30,7 +30,6 @@ import torch
 import onebit
 from onebit.train import load_recipe, train
 
-
 #: The mixes compared by ``--hbnn-bits`` (percent of weights at 1/2/3 bits): homogeneous 1 bit, the paper's
 #: 1.4-bit setting and its 80/0/20 alternative (Fromm et al. 2018, Sec. 4.3), homogeneous 2 bits.
 HBNN_MIXES = ("100/0/0", "70/20/10", "80/0/20", "0/100/0")

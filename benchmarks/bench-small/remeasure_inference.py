@@ -7,6 +7,7 @@ Why: in the suite run, these runs were timed while the other worker trained, and
 still in a training-only state (fixed since: onebit.bench.deployment puts networks in their deployed form).
 """
 import sys
+
 from onebit.bench.db import ResultsDB
 from onebit.bench.runner import execute
 from onebit.bench.suite import load_suite
@@ -18,4 +19,5 @@ with ResultsDB(f"{OUT}/results.sqlite") as db:
     for spec in specs:
         record = execute(spec, OUT)
         db.write_run(record)
-        print(spec.label, record.status, {k: round(v, 1) for k, v in record.metrics.items() if k.startswith("latency_ms")}, flush=True)
+        latency = {k: round(v, 1) for k, v in record.metrics.items() if k.startswith("latency_ms")}
+        print(spec.label, record.status, latency, flush=True)

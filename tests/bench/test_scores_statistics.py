@@ -11,7 +11,6 @@ import pytest
 from onebit.bench import stats as S
 from onebit.bench.scores import CHANCE_MARGIN, clearly_above_chance, leaderboard
 
-
 # ---------------------------------------------------------------------------------------------------
 # the statistics themselves
 

@@ -52,8 +52,8 @@ class _Checker:
         return self.done[key]
 
     def run(self, spec: RunSpec) -> None:
-        from .runner import _recipe
         from ..train.trainer import build_model, load_data
+        from .runner import _recipe
 
         if spec.role == "inference":  # a deployment network timed untrained: nothing trains
             return

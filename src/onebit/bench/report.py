@@ -125,7 +125,8 @@ def _to_html(title: str, sections: list[_Section]) -> str:
                 out.append('<table class="scores">')
                 out.append("<thead><tr>" + "".join(f"<th>{esc(h)}</th>" for h in block.headers) + "</tr></thead>")
                 out.append("<tbody>")
-                out += ["<tr>" + "".join(f"<td>{_inline_code(esc(c))}</td>" for c in row) + "</tr>" for row in block.rows]
+                out += ["<tr>" + "".join(f"<td>{_inline_code(esc(c))}</td>" for c in row) + "</tr>"
+                        for row in block.rows]
                 out.append("</tbody></table>")
             elif isinstance(block, _Image):
                 data = base64.b64encode(block.png).decode("ascii")

@@ -351,7 +351,6 @@ class _Display:
                 TimeElapsedColumn,
                 TimeRemainingColumn,
             )
-
             from rich.table import Column
 
             # fixed-width columns (46 characters) and the last run's result first, its label cut with an

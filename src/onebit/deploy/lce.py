@@ -71,8 +71,8 @@ from torch.fx.passes.shape_prop import ShapeProp
 from .._io import atomic_write_bytes
 from ..methods.base import NotDeployableError
 from ..nn.blocks import LearnableBias, RPReLU, RSign
-from ._finite import guard_inputs, mark_outputs
 from ..nn.layers import BinaryLayer
+from ._finite import guard_inputs, mark_outputs
 from .export import PackedModel, export
 from .graph import ExportError
 from .packed import PackedBinary, PackedBinaryWeightOnly, _PackedBase

@@ -62,8 +62,8 @@ from torch import Tensor, nn
 from .._io import atomic_write_bytes
 from ..methods.base import InferenceForm, NotDeployableError, layer_label
 from ..nn.blocks import RSign
-from ._finite import guard_inputs, mark_outputs
 from ..nn.layers import BinaryConv1d, BinaryLayer, BinaryLinear
+from ._finite import guard_inputs, mark_outputs
 from .graph import ExportError
 
 __all__ = ["to_onnx", "run_onnx", "inference_module", "FLAVORS", "QONNX_DOMAIN", "DEFAULT_OPSET"]
