@@ -1,0 +1,79 @@
+"""Scoring details that one-line mutants of src/onebit/bench/scores.py changed without a test failing
+(tools/mutate.py --sample 30 --seed 11 --area methods --area nn --area train --area bench)."""
+
+from __future__ import annotations
+
+import io
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from rich.console import Console
+
+from onebit.bench import stats as S
+from onebit.bench.scores import _stability, leaderboard, print_leaderboard
+
+
+def _seeded(run, method_accs: dict[str, float], seeds: int = 3, **kw):
+    return [run(m, a, seed=s, **kw) for s in range(seeds) for m, a in {"fp": 95.0, **method_accs}.items()]
+
+
+def test_fp_gap_noise_counts_every_seeds_test_samples(run):
+    """scores.py:444: the clean FP accuracy is a mean over k seeds of n samples each, so its binomial
+    noise is that of n·k samples (n / k would widen the noise band k² times)."""
+    corrupt = {f"corrupt/gaussian_noise/{s}": 60.0 for s in (1, 2)}
+    recs = _seeded(run, {"bnn": 80.0}, seeds=3, n_test=1000, **corrupt)
+    cell = next(c for c in leaderboard(recs, bootstrap=50).cells if c.method == "bnn")
+    entry = cell.corruption["gaussian_noise"]
+    assert entry["noise_fp"] == pytest.approx(S.gap_noise(95.0, 3000, 60.0, 1000 * 2 * 3))
+    assert entry["noise_bi"] == pytest.approx(S.gap_noise(80.0, 3000, 60.0, 1000 * 2 * 3))
+
+
+def test_a_training_time_on_one_side_only_gives_no_time_ratio(run):
+    """scores.py:472: FP runs without ``epoch_time_s`` (e.g. older results): the binarized side's time
+    alone gives no speed ratio, and is not an error."""
+    recs = _seeded(run, {"bnn": 80.0}, seeds=2)
+    for r in recs:
+        if r.method == "fp":
+            del r.metrics["epoch_time_s"]
+    lb = leaderboard(recs, bootstrap=50)
+    cell = next(c for c in lb.cells if c.method == "bnn")
+    assert cell.time_ratio is None and not cell.time_bi_seeds and cell.epoch_time_bi is None
+    assert lb.row("bnn").scores["task"] == pytest.approx(80.0 / 95.0)
+
+
+def test_training_track_interval_comes_from_the_scored_cells(run):
+    """scores.py:709: the bootstrap replicates of the training track use the cells that are scored (not
+    the excluded ones): with timings and no excluded cell, the track has an interval around its score."""
+    recs = _seeded(run, {"bnn": 80.0, "xnor": 82.0}, seeds=3)
+    for r in recs:
+        r.metrics["epoch_time_s"] = {"fp": 1.0, "bnn": 2.0, "xnor": 4.0}[r.method] * (1 + 0.1 * r.seed)
+    lb = leaderboard(recs, bootstrap=200)
+    for method in ("bnn", "xnor"):
+        row = lb.row(method)
+        assert row.scores["train"] is not None
+        lo, hi = row.ci["train"]
+        assert lo <= row.scores["train"] <= hi
+
+
+def test_bootstrap_rank_stability_is_the_median_over_every_replicate():
+    """scores.py:783: Kendall's τ between the point ranking and each of the B replicates' rankings
+    (columns of the methods × B matrix), not just the first (number of methods) replicates."""
+    rows = [SimpleNamespace(method=m, scores={"task": s}) for m, s in (("a", 1.0), ("b", 2.0), ("c", 3.0))]
+    same, reversed_ = np.array([1.0, 2.0, 3.0]), np.array([3.0, 2.0, 1.0])
+    cols = [same] * 3 + [reversed_] * 7  # the first 3 replicates agree, the other 7 reverse the order
+    mat = np.stack(cols, axis=1)
+    reps = {r.method: {"task": mat[i]} for i, r in enumerate(rows)}
+    out = _stability(rows, [], reps)
+    assert out["bootstrap_median"] == pytest.approx(-1.0)
+
+
+def test_print_leaderboard_writes_to_the_given_console_or_stdout(run, capsys):
+    """scores.py:885: the tables go to the console passed in; without one, to a new Console (stdout)."""
+    lb = leaderboard(_seeded(run, {"bnn": 80.0}, seeds=2), bootstrap=50)
+    buf = io.StringIO()
+    print_leaderboard(lb, console=Console(file=buf, width=200))
+    assert "bnn" in buf.getvalue()
+    assert "bnn" not in capsys.readouterr().out
+    print_leaderboard(lb)
+    assert "bnn" in capsys.readouterr().out
