@@ -219,6 +219,13 @@ class Method:
         """Output scaling (analytic or learnable) applied to the conv/linear result, before the bias."""
         return y
 
+    def output_scale_factors(self, layer: nn.Module, spatial_size: tuple[int, ...]) -> tuple[Tensor, ...] | None:
+        """:meth:`scale_output` as factors the fused product applies itself (:func:`onebit.methods.
+        functional.quantized_product`): ``()`` for no scale, ``(c,)`` for ``y·c`` per output channel,
+        ``(c, h[, w])`` for ``y·c`` then ``·h`` along the first and ``·w`` along the second spatial
+        dim (``spatial_size`` is the output's). None: no such form; the layer calls scale_output."""
+        return () if type(self).scale_output is Method.scale_output else None
+
     # -- training ------------------------------------------------------------------------------------
     def schedule(self, layer: nn.Module, epoch: int, epochs: int) -> None:
         """Per-epoch update of the layer's schedule buffers; called before epoch ``epoch`` of ``epochs``
