@@ -25,6 +25,7 @@ import ast
 import copy
 import json
 import os
+import queue
 import random
 import re
 import shutil
@@ -33,11 +34,17 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import tomllib
+
 ROOT = Path(__file__).resolve().parents[1]
 SRC = "src/onebit"
+#: mutants known to change nothing observable, each with the reason; a survivor listed here is reported as
+#: ``equivalent`` and left out of the kill rate (matched by file and the mutated line's text, not its number).
+EQUIVALENT_FILE = ROOT / "tools" / "mutate_equivalent.toml"
 
 #: area -> source files (globs relative to the repository root).
 AREAS: dict[str, list[str]] = {
@@ -45,18 +52,24 @@ AREAS: dict[str, list[str]] = {
     "nn": [f"{SRC}/nn/*.py"],
     "deploy": [f"{SRC}/deploy/*.py"],
     "train": [f"{SRC}/train/*.py"],
-    "bench": [f"{SRC}/bench/metrics.py", f"{SRC}/bench/scores.py"],
+    "bench": [f"{SRC}/bench/metrics.py", f"{SRC}/bench/scores.py", f"{SRC}/bench/stats.py"],
 }
 
 #: source file (or glob) -> the tests that exercise it; the first match wins.
 TEST_MAP: list[tuple[str, list[str]]] = [
-    (f"{SRC}/methods/hbnn.py", ["tests/methods/test_hbnn.py", "tests/methods/test_method_gradients.py"]),
+    (f"{SRC}/methods/hbnn.py", ["tests/methods/test_hbnn.py", "tests/methods/test_option_checks.py",
+                                "tests/methods/test_method_gradients.py", "tests/methods/test_registry.py",
+                                "tests/nn/test_layers.py"]),
     (f"{SRC}/methods/*.py", ["tests/methods/test_method_gradients.py", "tests/methods/test_bibench_methods.py",
                              "tests/methods/test_registry.py", "tests/methods/test_irnet.py",
                              "tests/methods/test_biper.py", "tests/methods/test_proxconnect.py",
-                             "tests/methods/test_fda_formula.py", "tests/methods/test_proxconnect_activations.py"]),
+                             "tests/methods/test_fda_formula.py", "tests/methods/test_proxconnect_activations.py",
+                             "tests/methods/test_option_checks.py", "tests/methods/test_bibench_linear_differences.py",
+                             "tests/methods/test_fused_quantizers.py", "tests/methods/test_*_mutants.py",
+                             "tests/nn/test_layers.py"]),
     (f"{SRC}/nn/*.py", ["tests/methods/test_method_gradients.py", "tests/nn/test_layers.py",
-                        "tests/deploy/test_graph_fold_users.py", "tests/nn/test_binarize.py"]),
+                        "tests/deploy/test_graph_fold_users.py", "tests/nn/test_binarize.py",
+                        "tests/nn/test_*_mutants.py", "tests/models/test_model_forward.py"]),
     (f"{SRC}/deploy/kernels.py", ["tests/deploy/test_long_reductions.py", "tests/deploy/test_kernels.py"]),
     (f"{SRC}/deploy/onnx_export.py", ["tests/deploy/test_onnx_export.py"]),
     (f"{SRC}/deploy/lce.py", ["tests/deploy/test_lce_layouts.py", "tests/deploy/test_lce_geometry.py",
@@ -65,11 +78,15 @@ TEST_MAP: list[tuple[str, list[str]]] = [
     (f"{SRC}/deploy/*.py", ["tests/deploy/test_graph_fold_users.py", "tests/deploy/test_graph_attributes.py",
                             "tests/deploy/test_export.py"]),
     (f"{SRC}/train/trainer.py", ["tests/train/test_model_memory.py", "tests/train/test_distill_loss.py",
-                                 "tests/train/test_schedule_values.py", "tests/train/test_trainer.py"]),
+                                 "tests/train/test_schedule_values.py", "tests/train/test_trainer.py",
+                                 "tests/train/test_checkpoint_data_info.py", "tests/train/test_*_mutants.py"]),
     (f"{SRC}/train/*.py", ["tests/train/test_recipe_bounds.py", "tests/train/test_recipe.py",
-                          "tests/train/test_schedule_values.py"]),
-    (f"{SRC}/bench/metrics.py", ["tests/bench/test_metrics.py"]),
+                          "tests/train/test_schedule_values.py", "tests/train/test_trainer.py",
+                          "tests/train/test_*_mutants.py"]),
+    (f"{SRC}/bench/metrics.py", ["tests/bench/test_metrics.py", "tests/bench/test_scores_*.py"]),
     (f"{SRC}/bench/scores.py", ["tests/bench/test_scores_*.py"]),
+    (f"{SRC}/bench/stats.py", ["tests/bench/test_scores_statistics.py", "tests/bench/test_scores_*.py",
+                               "tests/bench/test_metrics.py"]),
     ("csrc/*", ["tests/deploy/test_long_reductions.py", "tests/deploy/test_kernels.py"]),
 ]
 
@@ -90,8 +107,8 @@ class Mutant:
     before: str
     after: str
     area: str = ""
-    status: str = ""  # killed / survived / timeout / error
-    killer: str = ""
+    status: str = ""  # killed / survived / timeout / equivalent (a listed survivor) / stale (--rerun)
+    killer: str = ""  # the first failing test, or the reason a listed equivalent mutant changes nothing
     seconds: float = 0.0
     span: tuple[int, int, int, int] = field(default=(0, 0, 0, 0), repr=False)
 
@@ -289,7 +306,7 @@ def tests_for(path: str, tree: Path) -> list[str]:
             out = []
             for t in tests:
                 out.extend(sorted(str(p.relative_to(tree)) for p in tree.glob(t)) if "*" in t else [t])
-            return [t for t in out if (tree / t).exists()]
+            return list(dict.fromkeys(t for t in out if (tree / t).exists()))  # in order, once each
     raise SystemExit(f"mutate.py: no tests mapped to {path}; add it to TEST_MAP")
 
 
@@ -363,26 +380,77 @@ def collect(tree: Path, areas: list[str], cpp: bool) -> list[Mutant]:
     return mutants
 
 
-def report(mutants: list[Mutant]) -> str:
-    rows, out = {}, []
+def summary(mutants: list[Mutant]) -> dict[str, dict[str, float]]:
+    """Per area (and ``overall``): killed, survived, equivalent, total and the kill rate in percent over the
+    non-equivalent mutants (a timeout counts as killed)."""
+    rows: dict[str, dict[str, float]] = {}
     for m in mutants:
-        killed, total = rows.get(m.area, (0, 0))
-        rows[m.area] = (killed + (m.status in ("killed", "timeout")), total + 1)
-    out.append(f"{'area':<10} {'killed':>7} {'total':>6} {'kill rate':>10}")
-    for area, (killed, total) in sorted(rows.items()):
-        out.append(f"{area:<10} {killed:>7} {total:>6} {100 * killed / total:>9.1f}%")
-    killed = sum(k for k, _ in rows.values())
-    total = sum(t for _, t in rows.values())
-    if total:
-        out.append(f"{'overall':<10} {killed:>7} {total:>6} {100 * killed / total:>9.1f}%")
-    survivors = [m for m in mutants if m.status == "survived"]
-    out.append(f"\nsurvivors ({len(survivors)}):")
-    for m in survivors:
-        out.append(f"{m.path}:{m.line} [{m.kind}]\n" + "\n".join("    " + d for d in m.diff().splitlines()))
+        for area in (m.area, "overall"):
+            row = rows.setdefault(area, {"killed": 0, "survived": 0, "equivalent": 0, "total": 0})
+            row["total"] += 1
+            status = "killed" if m.status == "timeout" else m.status
+            row[status] = row.get(status, 0) + 1
+    for row in rows.values():
+        counted = row["killed"] + row["survived"]
+        row["kill_rate"] = round(100 * row["killed"] / counted, 1) if counted else float("nan")
+    return dict(sorted(rows.items(), key=lambda item: (item[0] == "overall", item[0])))
+
+
+def report(mutants: list[Mutant]) -> str:
+    out = [f"{'area':<10} {'killed':>7} {'survived':>9} {'equivalent':>11} {'total':>6} {'kill rate':>10}"]
+    for area, row in summary(mutants).items():
+        out.append(f"{area:<10} {row['killed']:>7} {row['survived']:>9} {row['equivalent']:>11} {row['total']:>6} "
+                   f"{row['kill_rate']:>9.1f}%")
+    out.append("(kill rate = killed / (total - equivalent); a timeout counts as killed)")
+    for status in ("survived", "equivalent", "stale"):
+        chosen = [m for m in mutants if m.status == status]
+        if chosen or status == "survived":
+            out.append(f"\n{status} ({len(chosen)}):")
+        for m in chosen:
+            why = f"  -- {m.killer}" if status != "survived" else ""
+            out.append(f"{m.path}:{m.line} [{m.kind}]{why}\n" + "\n".join("    " + d for d in m.diff().splitlines()))
     return "\n".join(out)
 
 
 def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    areas = args.area or ([] if args.cpp else sorted(AREAS))
+    OVERRIDE[:] = args.tests or []
+    known = load_equivalents(args.equivalent)
+    commit = "working files" if args.worktree else _describe(args.commit)
+    with tempfile.TemporaryDirectory(prefix="onebit-mutate-") as tmp:
+        tree = Path(tmp) / "tree"
+        tree.mkdir()
+        make_copy(None if args.worktree else args.commit, tree)
+        mutants = rerun_mutants(tree, args.rerun) if args.rerun else _chosen(tree, areas, args)
+        if args.list:
+            for m in mutants:
+                print(f"{m.path}:{m.line} [{m.kind}]\n" + "\n".join("    " + d for d in m.diff().splitlines()))
+            print(f"{len(mutants)} mutants")
+            return 0
+        cpp = any(m.path.startswith("csrc/") for m in mutants)
+        builds = [Path(tmp) / f"build{i}" for i in range(args.jobs)] if cpp else [None] * args.jobs
+        if cpp and not _rebuild(tree, builds[0]):
+            raise SystemExit("mutate.py: the unmutated extension does not build (cmake, nanobind needed)")
+        broken = _check_baseline(tree, [m for m in mutants if m.status != "stale"], args.timeout)
+        if broken:
+            print(f"skipping the {sum(tuple(tests_for(m.path, tree)) in broken for m in mutants)} mutants whose "
+                  "tests fail unmutated", flush=True)
+            mutants = [m for m in mutants if tuple(tests_for(m.path, tree)) not in broken]
+        print(f"{len(mutants)} mutants of {commit}, {args.jobs} at a time", flush=True)
+        _run_all(tree, mutants, builds, args.timeout, known)
+        mutants = [m for m in mutants if m.status]
+    print()
+    print(report(mutants))
+    if args.json:
+        data = {"summary": {"commit": commit, "command": " ".join(["tools/mutate.py", *(argv or sys.argv[1:])]),
+                            "areas": summary(mutants)},
+                "mutants": [asdict(m) for m in mutants]}
+        args.json.write_text(json.dumps(data, indent=1))
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--area", action="append", choices=sorted(AREAS), help="areas to mutate (default: all)")
     parser.add_argument("--file", action="append", default=[], help="only mutants of these source files")
@@ -396,46 +464,110 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tests", nargs="+", help="run these tests (paths or node ids) for every mutant instead "
                         "of TEST_MAP's (e.g. a quick subset when the mapped files are slow)")
     parser.add_argument("--list", action="store_true", help="print the mutants and exit")
-    parser.add_argument("--json", type=Path, help="write every mutant and its outcome to this file")
-    args = parser.parse_args(argv)
+    parser.add_argument("--json", type=Path, help="write a summary (commit, command, per-area counts) and every "
+                        "mutant with its outcome to this file")
+    parser.add_argument("--rerun", type=Path, help="run again the survivors (and listed equivalents) of an "
+                        "earlier --json file, found by their line's text (e.g. with --worktree, to check that "
+                        "new tests kill them)")
+    parser.add_argument("--jobs", type=int, default=1, help="mutants run at a time, each in its own copy")
+    parser.add_argument("--equivalent", type=Path, default=EQUIVALENT_FILE, help="the list of known equivalent "
+                        f"mutants (default {EQUIVALENT_FILE.relative_to(ROOT)})")
+    return parser
 
-    areas = args.area or ([] if args.cpp else sorted(AREAS))
-    OVERRIDE[:] = args.tests or []
-    with tempfile.TemporaryDirectory(prefix="onebit-mutate-") as tmp:
-        tree = Path(tmp) / "tree"
-        tree.mkdir()
-        make_copy(None if args.worktree else args.commit, tree)
-        mutants = collect(tree, areas, args.cpp)
-        if args.file:
-            mutants = [m for m in mutants if m.path in args.file]
-        if args.sample is not None and args.sample < len(mutants):
-            mutants = sorted(random.Random(args.seed).sample(mutants, args.sample), key=lambda m: (m.path, m.line))
-        if args.list:
-            for m in mutants:
-                print(f"{m.path}:{m.line} [{m.kind}]\n" + "\n".join("    " + d for d in m.diff().splitlines()))
-            print(f"{len(mutants)} mutants")
-            return 0
-        build = Path(tmp) / "build" if args.cpp else None
-        if build is not None and not _rebuild(tree, build):
-            raise SystemExit("mutate.py: the unmutated extension does not build (cmake, nanobind needed)")
-        broken = _check_baseline(tree, mutants, args.timeout)
-        if broken:
-            print(f"skipping the {sum(tuple(tests_for(m.path, tree)) in broken for m in mutants)} mutants whose "
-                  "tests fail unmutated", flush=True)
-            mutants = [m for m in mutants if tuple(tests_for(m.path, tree)) not in broken]
+
+def _chosen(tree: Path, areas: list[str], args: argparse.Namespace) -> list[Mutant]:
+    mutants = collect(tree, areas, args.cpp)
+    if args.file:
+        mutants = [m for m in mutants if m.path in args.file]
+    if args.sample is not None and args.sample < len(mutants):
+        mutants = sorted(random.Random(args.seed).sample(mutants, args.sample), key=lambda m: (m.path, m.line))
+    return mutants
+
+
+def _describe(commit: str) -> str:
+    return subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", commit], check=True,
+                          capture_output=True, text=True).stdout.strip()
+
+
+def _run_all(tree: Path, mutants: list[Mutant], builds: list[Path | None], timeout: float,
+             known: list[dict[str, str]]) -> None:
+    """Run ``mutants`` (not the stale ones), ``len(builds)`` at a time, each worker in its own copy of ``tree``."""
+    todo = [m for m in mutants if m.status != "stale"]
+    trees: queue.Queue[tuple[Path, Path | None]] = queue.Queue()
+    for i, build in enumerate(builds):
+        copy_ = tree if i == 0 else tree.with_name(f"tree{i}")
+        if i:
+            shutil.copytree(tree, copy_, symlinks=True)
+        trees.put((copy_, build))
+    done = [0]
+
+    def one(m: Mutant) -> None:
+        where, build = trees.get()
         try:
-            for index, m in enumerate(mutants, start=1):
-                run_mutant(tree, m, args.timeout, build if m.path.startswith("csrc/") else None)
-                print(f"[{index}/{len(mutants)}] {m.status:<8} {m.seconds:5.1f}s {m.path}:{m.line} [{m.kind}] "
-                      f"{m.killer}", flush=True)
-        except KeyboardInterrupt:  # Ctrl-C: report the mutants run so far
-            print("interrupted", flush=True)
-        mutants = [m for m in mutants if m.status]
-    print()
-    print(report(mutants))
-    if args.json:
-        args.json.write_text(json.dumps([asdict(m) for m in mutants], indent=1))
-    return 0
+            run_mutant(where, m, timeout, build if m.path.startswith("csrc/") else None)
+            reason = equivalence(m, known)
+            if m.status == "survived" and reason:
+                m.status, m.killer = "equivalent", reason
+            elif reason:
+                m.killer += "  (listed as equivalent, but a test fails: check the list)"
+        finally:
+            trees.put((where, build))
+        done[0] += 1
+        print(f"[{done[0]}/{len(todo)}] {m.status:<10} {m.seconds:5.1f}s {m.path}:{m.line} [{m.kind}] "
+              f"{m.killer}", flush=True)
+
+    try:
+        with ThreadPoolExecutor(len(builds)) as pool:
+            list(pool.map(one, todo))
+    except KeyboardInterrupt:  # Ctrl-C: report the mutants run so far
+        print("interrupted", flush=True)
+
+
+def load_equivalents(path: Path) -> list[dict[str, str]]:
+    """The ``[[mutant]]`` entries (path, before, after, reason) of the equivalence list, if it exists."""
+    if not path.exists():
+        return []
+    entries = tomllib.loads(path.read_text()).get("mutant", [])
+    for entry in entries:
+        missing = {"path", "before", "after", "reason"} - set(entry)
+        if missing:
+            raise SystemExit(f"mutate.py: {path}: an entry lacks {sorted(missing)}: {entry}")
+    return entries
+
+
+def _squash(code: str) -> str:
+    return " ".join(code.split())
+
+
+def equivalence(m: Mutant, known: list[dict[str, str]]) -> str:
+    """The reason ``m`` is listed as equivalent, or ``""``."""
+    for entry in known:
+        if entry["path"] == m.path and _squash(entry["before"]) == _squash(m.before) and \
+                _squash(entry["after"]) == _squash(m.after):
+            return entry["reason"]
+    return ""
+
+
+def rerun_mutants(tree: Path, path: Path) -> list[Mutant]:
+    """The survivors and equivalents saved in an earlier ``--json`` file, re-located in ``tree`` by their
+    line's text (status ``stale`` where that line is gone or no longer unique near its old place)."""
+    data = json.loads(path.read_text())
+    saved = data["mutants"] if isinstance(data, dict) else data
+    mutants = []
+    for d in saved:
+        if d["status"] not in ("survived", "equivalent"):
+            continue
+        m = Mutant(d["path"], d["line"], d["kind"], d["before"], d["after"], d["area"])
+        lines = (tree / m.path).read_text().splitlines() if (tree / m.path).exists() else []
+        hits = [i + 1 for i, line in enumerate(lines) if line == m.before]
+        if len(hits) > 1:
+            hits = [min(hits, key=lambda i: abs(i - m.line))]
+        if hits:
+            m.line = hits[0]
+        else:
+            m.status, m.killer = "stale", "the mutated line is no longer in the file"
+        mutants.append(m)
+    return mutants
 
 
 def _check_baseline(tree: Path, mutants: list[Mutant], timeout: float) -> set[tuple[str, ...]]:
