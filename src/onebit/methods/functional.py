@@ -371,38 +371,115 @@ def _product_backward(kind: str, grad: Tensor, xq: Tensor, weight: Tensor, conv:
     return gx, gw
 
 
+def _scale_views(kind: str, ndim: int, scales: tuple[Tensor | None, ...]) -> list[Tensor]:
+    """The output scale factors shaped to broadcast against the product's output: the channel factor
+    over dim 1 (the last dim for linear), the spatial ones over dims 2, 3."""
+    views = []
+    for i, factor in enumerate(scales):
+        if factor is None:
+            continue
+        if kind == "linear":
+            views.append(factor)
+            continue
+        shape = [1] * ndim
+        shape[1 + i] = -1
+        views.append(factor.reshape(shape))
+    return views
+
+
+def _per_out_channel(v: Tensor, weight: Tensor) -> Tensor:
+    return v.reshape((-1,) + (1,) * (weight.dim() - 1))
+
+
 class _QuantizedProduct(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor, kind: str, conv: tuple, quantizer: type, *args: Any) -> Tensor:
+    def forward(ctx, x: Tensor, weight: Tensor, channel: Tensor | None, height: Tensor | None,
+                width: Tensor | None, kind: str, conv: tuple, quantizer: type, *args: Any) -> Tensor:
         ctx.kind, ctx.conv, ctx.quantizer, ctx.args, ctx.dtype = kind, conv, quantizer, args, x.dtype
         ctx.packed = hasattr(quantizer, "pack")
         if ctx.packed:  # one int8 per element holds all that backward needs (clip / identity STE)
             code = quantizer.pack(x, *args)
             xq, _ = quantizer.unpack(code, x.dtype, *args)
-            ctx.save_for_backward(code, weight)
+            first = code
         else:
             xq, kept = quantizer.value(x, *args)
-            ctx.save_for_backward(x, weight, *kept)
-        return _product(kind, xq, weight, conv)
+            first = x
+        y = _product(kind, xq, weight, conv)
+        views = _scale_views(kind, y.dim(), (channel, height, width))
+        ctx.spatial = height is not None
+        # A per-channel factor alone needs no saved output (its gradient comes from the weight
+        # gradient, see backward); spatial factors need the unscaled product, kept once.
+        out = y.mul(views[0]) if ctx.spatial else (y.mul_(views[0]) if views else y)
+        for view in views[1:]:
+            out.mul_(view)  # the order of scale_output's products: bit-identical values
+        scales = [t for t in (channel, height, width)]
+        ctx.has = [t is not None for t in scales]
+        extra = [t for t in scales if t is not None] + ([y] if ctx.spatial else [])
+        ctx.save_for_backward(first, weight, *extra, *([] if ctx.packed else kept))
+        return out
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:
-        x, weight, *kept = ctx.saved_tensors
+        first, weight, *rest = ctx.saved_tensors
+        scales: list[Tensor | None] = [rest.pop(0) if has else None for has in ctx.has]
+        y = rest.pop(0) if ctx.spatial else None
+        kept = tuple(rest)
         if ctx.packed:
-            xq, x = ctx.quantizer.unpack(x, ctx.dtype, *ctx.args)
+            xq, x = ctx.quantizer.unpack(first, ctx.dtype, *ctx.args)
         else:  # recomputed: a few elementwise passes instead of a stored float copy
+            x = first
             xq, _ = ctx.quantizer.value(x, *ctx.args)
-        needs = (ctx.needs_input_grad[0], ctx.needs_input_grad[1])
-        gxq, gw = _product_backward(ctx.kind, grad.contiguous(), xq, weight, ctx.conv, needs)
-        gx = None if gxq is None else ctx.quantizer.grad(gxq, x, tuple(kept), *ctx.args)
-        return (gx, gw, None, None, None) + (None,) * len(ctx.args)
+        grad = grad.contiguous()
+        channel, height, width = scales
+        needs = ctx.needs_input_grad
+        grads_scale: list[Tensor | None] = [None, None, None]
+        if ctx.spatial:
+            grad, grads_scale[1:] = _spatial_backward(ctx.kind, grad, y, channel, height, width, needs[3:5])
+        # y·c per output channel is the product with the weight scaled by c, so the product's
+        # gradients are taken once with the unscaled grad: ∂/∂x through W·c, ∂/∂W = c·G, and
+        # ∂/∂c = Σ G·W with G the weight gradient of the unscaled product — no pass over the output.
+        w_eff = weight if channel is None else weight * _per_out_channel(channel, weight)
+        need_gw = needs[1] or (channel is not None and needs[2])
+        gxq, gw = _product_backward(ctx.kind, grad, xq, w_eff, ctx.conv, (needs[0], need_gw))
+        if channel is not None and gw is not None:
+            if needs[2]:
+                grads_scale[0] = (gw * weight).reshape(weight.shape[0], -1).sum(1).reshape(channel.shape)
+            gw = gw.mul_(_per_out_channel(channel, weight)) if needs[1] else None
+        gx = None if gxq is None else ctx.quantizer.grad(gxq, x, kept, *ctx.args)
+        return (gx, gw, *grads_scale, None, None, None) + (None,) * len(ctx.args)
 
 
-def quantized_product(call: QuantizerCall, weight: Tensor, kind: str, conv: tuple = ()) -> Tensor:
+def _spatial_backward(kind: str, grad: Tensor, y: Tensor, channel: Tensor | None, height: Tensor,
+                      width: Tensor | None, needs: tuple[bool, bool]) -> tuple[Tensor, list[Tensor | None]]:
+    """The spatial factors of ``y·c·h·w``: the product's gradient without c (``g·h·w``) and the
+    gradients of h and w from ``S = Σ_n g·y`` (one pass over the output)."""
+    spatial = height if width is None else height.unsqueeze(1) * width  # (H,) or (H, W)
+    per_sample = (grad * y).sum(0)  # S: (C, *spatial)
+    weighted = per_sample if channel is None else per_sample * channel.reshape((-1,) + (1,) * spatial.dim())
+    grad_spatial = weighted.sum(0)  # ∂L/∂(h⊗w)
+    grad_h = grad_w = None
+    if width is None:
+        grad_h = grad_spatial if needs[0] else None
+    else:
+        grad_h = (grad_spatial * width).sum(1) if needs[0] else None
+        grad_w = (grad_spatial * height.unsqueeze(1)).sum(0) if needs[1] else None
+    return grad * spatial, [grad_h, grad_w]
+
+
+def quantized_product(call: QuantizerCall, weight: Tensor, kind: str, conv: tuple = (),
+                      scales: tuple[Tensor, ...] = ()) -> Tensor:
     """``F.linear`` / ``F.conv1d`` / ``F.conv2d`` (``kind`` "linear", "conv1d", "conv2d"; ``conv`` =
     (stride, padding, dilation, groups)) of the quantized input ``call`` and ``weight``, as one
     autograd.Function that keeps no float copy of the binary input: it keeps one int8 per element
     when the quantizer can say all it needs in one (``pack``/``unpack``: the clip and identity STEs),
     else the real input (what the full-precision layer keeps), and recomputes the binary input in
-    backward. Values and gradients are those of ``product(call.apply(), weight)``."""
-    return _QuantizedProduct.apply(call.x, weight, kind, tuple(conv), call.quantizer, *call.args)
+    backward. ``scales`` (:meth:`onebit.methods.Method.output_scale_factors`) multiply the output
+    in the method's order: a per-output-channel factor costs one in-place pass and nothing in
+    backward (its gradient is read off the weight gradient); spatial factors (XNOR-Net++'s h, w)
+    keep the unscaled product once. Values are those of ``product(call.apply(), weight)`` times the
+    factors; gradients equal within float rounding (the products are taken in another order)."""
+    if len(scales) > 3 or (kind == "linear" and len(scales) > 1):
+        raise ValueError(f"quantized_product: {len(scales)} output scale factors for a {kind} product")
+    channel, height, width = (tuple(scales) + (None, None, None))[:3]
+    return _QuantizedProduct.apply(call.x, weight, channel, height, width, kind, tuple(conv), call.quantizer,
+                                   *call.args)

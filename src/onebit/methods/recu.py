@@ -132,6 +132,9 @@ class ReCU(Method):
     def scale_output(self, layer: nn.Module, y: Tensor) -> Tensor:
         return y * layer.channel_view(layer.alpha, y.dim())
 
+    def output_scale_factors(self, layer: nn.Module, spatial_size: tuple[int, ...]) -> tuple[Tensor, ...]:
+        return (layer.alpha,)
+
     def output_scale_tensor(self, layer: nn.Module) -> Tensor | None:
         return layer.alpha.detach().clone()
 

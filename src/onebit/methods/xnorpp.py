@@ -105,6 +105,11 @@ class XNORPlusPlus(Method):
             y = y * factor.reshape(shape)
         return y
 
+    def output_scale_factors(self, layer: nn.Module, spatial_size: tuple[int, ...]) -> tuple[Tensor, ...]:
+        if layer.features_last:
+            return (layer.gamma_o,)
+        return (layer.gamma_o, *self._factors(layer, spatial_size))
+
     def output_scale_tensor(self, layer: nn.Module) -> Tensor | None:
         gamma = layer.gamma_o.detach()
         spatial = layer.weight.dim() - 2

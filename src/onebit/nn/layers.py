@@ -94,17 +94,35 @@ class BinaryLayer:
             call = self.method.input_quantizer(self, x)
         if call is not None:
             wq = self.method.quantize_weight(self, self.weight) if self.binarize_weights else self.weight
-            return quantized_product(call, wq, kind, conv[:1] + (padding,) + conv[1:] if conv else ())
+            full_conv = conv[:1] + (padding,) + conv[1:] if conv else ()
+            scales = self._fused_scales(x, full_conv)
+            y = quantized_product(call, wq, kind, full_conv, scales or ())
+            return y if scales is not None else self.method.scale_output(self, y)
         xq = self.method.quantize_input(self, x) if self.binarize_activations else x
         xq = self._post_pad(xq, x)
         wq = self.method.quantize_weight(self, self.weight) if self.binarize_weights else self.weight
         if kind == "linear":
-            return F.linear(xq, wq)
+            return self.method.scale_output(self, F.linear(xq, wq))
         op = F.conv1d if kind == "conv1d" else F.conv2d
-        return op(xq, wq, None, conv[0], padding or 0, *conv[1:])
+        return self.method.scale_output(self, op(xq, wq, None, conv[0], padding or 0, *conv[1:]))
+
+    def _fused_scales(self, x: Tensor, conv: tuple) -> tuple[Tensor, ...] | None:
+        """The method's output scale as factors for the fused product, or None (scale_output then
+        runs after it): also None when a subclass overrides scale_output below the class that
+        defines output_scale_factors, whose factors would then not be its scale."""
+        method_type = type(self.method)
+        if not issubclass(_owner(method_type, "output_scale_factors"), _owner(method_type, "scale_output")):
+            return None
+        spatial = ()
+        if conv:
+            stride, padding, dilation = conv[0], conv[1], conv[2]
+            spatial = tuple(
+                (n + 2 * p - d * (k - 1) - 1) // s + 1
+                for n, p, d, k, s in zip(x.shape[2:], padding, dilation, self.kernel_size, stride)
+            )
+        return self.method.output_scale_factors(self, spatial)
 
     def _finish(self, y: Tensor) -> Tensor:
-        y = self.method.scale_output(self, y)
         if self.bias is not None:
             y = y + self.channel_view(self.bias, y.dim())
         return y
@@ -140,6 +158,11 @@ class BinaryLayer:
         if getattr(self, "pad_value", 0.0) != 0.0:
             extras.append(f"pad_value={self.pad_value:g}")
         return ", ".join([base] + extras)
+
+
+def _owner(cls: type, name: str) -> type:
+    """The class in ``cls``'s MRO that defines ``name``."""
+    return next(c for c in cls.__mro__ if name in c.__dict__)
 
 
 class _BinaryConvMixin(BinaryLayer):
