@@ -71,12 +71,19 @@ TEST_MAP: list[tuple[str, list[str]]] = [
                         "tests/deploy/test_graph_fold_users.py", "tests/nn/test_binarize.py",
                         "tests/nn/test_*_mutants.py", "tests/models/test_model_forward.py"]),
     (f"{SRC}/deploy/kernels.py", ["tests/deploy/test_long_reductions.py", "tests/deploy/test_kernels.py"]),
-    (f"{SRC}/deploy/onnx_export.py", ["tests/deploy/test_onnx_export.py"]),
+    (f"{SRC}/deploy/onnx_export.py", ["tests/deploy/test_onnx_export.py", "tests/deploy/test_hbnn_three_planes.py",
+                                      "tests/deploy/test_*_mutants.py"]),
     (f"{SRC}/deploy/lce.py", ["tests/deploy/test_lce_layouts.py", "tests/deploy/test_lce_geometry.py",
-                               "tests/deploy/test_lce.py"]),
-    (f"{SRC}/deploy/_tflite_builder.py", ["tests/deploy/test_lce.py"]),
+                               "tests/deploy/test_lce.py", "tests/deploy/test_hbnn_three_planes.py",
+                               "tests/deploy/test_*_mutants.py"]),
+    (f"{SRC}/deploy/_tflite_builder.py", ["tests/deploy/test_lce.py", "tests/deploy/test_lce_layouts.py"]),
+    (f"{SRC}/deploy/_finite.py", ["tests/deploy/test_nonfinite.py", "tests/deploy/test_lce.py",
+                                  "tests/deploy/test_onnx_export.py"]),
     (f"{SRC}/deploy/*.py", ["tests/deploy/test_graph_fold_users.py", "tests/deploy/test_graph_attributes.py",
-                            "tests/deploy/test_export.py"]),
+                            "tests/deploy/test_graph_round_trip.py", "tests/deploy/test_nonfinite.py",
+                            "tests/deploy/test_*_mutants.py", "tests/deploy/test_export.py",
+                            "tests/deploy/test_cli_export.py", "tests/deploy/test_engine_cpp.py",
+                            "tests/deploy/test_hbnn_three_planes.py"]),
     (f"{SRC}/train/trainer.py", ["tests/train/test_model_memory.py", "tests/train/test_distill_loss.py",
                                  "tests/train/test_schedule_values.py", "tests/train/test_trainer.py",
                                  "tests/train/test_checkpoint_data_info.py", "tests/train/test_*_mutants.py"]),
@@ -432,7 +439,8 @@ def main(argv: list[str] | None = None) -> int:
         builds = [Path(tmp) / f"build{i}" for i in range(args.jobs)] if cpp else [None] * args.jobs
         if cpp and not _rebuild(tree, builds[0]):
             raise SystemExit("mutate.py: the unmutated extension does not build (cmake, nanobind needed)")
-        broken = _check_baseline(tree, [m for m in mutants if m.status != "stale"], args.timeout)
+        broken = set() if args.no_baseline else \
+            _check_baseline(tree, [m for m in mutants if m.status != "stale"], args.timeout, args.jobs)
         if broken:
             print(f"skipping the {sum(tuple(tests_for(m.path, tree)) in broken for m in mutants)} mutants whose "
                   "tests fail unmutated", flush=True)
@@ -469,6 +477,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--rerun", type=Path, help="run again the survivors (and listed equivalents) of an "
                         "earlier --json file, found by their line's text (e.g. with --worktree, to check that "
                         "new tests kill them)")
+    parser.add_argument("--no-baseline", action="store_true", help="skip running the mapped tests unmutated "
+                        "first (only when they are known to pass: a failing set makes its mutants look killed)")
     parser.add_argument("--jobs", type=int, default=1, help="mutants run at a time, each in its own copy")
     parser.add_argument("--equivalent", type=Path, default=EQUIVALENT_FILE, help="the list of known equivalent "
                         f"mutants (default {EQUIVALENT_FILE.relative_to(ROOT)})")
@@ -570,15 +580,17 @@ def rerun_mutants(tree: Path, path: Path) -> list[Mutant]:
     return mutants
 
 
-def _check_baseline(tree: Path, mutants: list[Mutant], timeout: float) -> set[tuple[str, ...]]:
+def _check_baseline(tree: Path, mutants: list[Mutant], timeout: float, jobs: int) -> set[tuple[str, ...]]:
     """The mapped test sets that fail on the unmutated copy (their mutants would all look killed)."""
-    broken = set()
-    for tests in sorted({tuple(tests_for(m.path, tree)) for m in mutants}):
+    sets = sorted({tuple(tests_for(m.path, tree)) for m in mutants})
+
+    def check(tests: tuple[str, ...]) -> bool:
         outcome, failed, seconds = run_tests(tree, list(tests), timeout)
         print(f"baseline {outcome} in {seconds:.0f}s: {' '.join(tests)} {failed}", flush=True)
-        if outcome != "passed":
-            broken.add(tests)
-    return broken
+        return outcome != "passed"
+
+    with ThreadPoolExecutor(jobs) as pool:  # read-only runs: they can share the one copy
+        return {tests for tests, bad in zip(sets, pool.map(check, sets)) if bad}
 
 
 if __name__ == "__main__":
