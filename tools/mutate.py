@@ -99,6 +99,8 @@ TEST_MAP: list[tuple[str, list[str]]] = [
 
 SWAP_NAMES = {"round": "floor", "floor": "round", "ceil": "floor", "min": "max", "max": "min",
               "amin": "amax", "amax": "amin", "any": "all", "all": "any", "sum": "mean", "mean": "sum"}
+#: element-wise calls whose first two arguments commute (NaN included), so swapping them is no mutant.
+SYMMETRIC = {"maximum", "minimum", "fmax", "fmin", "hypot", "logical_and", "logical_or", "logical_xor"}
 SWAP_COMPARE = {ast.Lt: ast.LtE, ast.LtE: ast.Lt, ast.Gt: ast.GtE, ast.GtE: ast.Gt, ast.Eq: ast.NotEq,
                 ast.NotEq: ast.Eq, ast.Is: ast.IsNot, ast.IsNot: ast.Is, ast.In: ast.NotIn, ast.NotIn: ast.In}
 SWAP_BINOP = {ast.Add: ast.Sub, ast.Sub: ast.Add, ast.Mult: ast.Div, ast.Div: ast.Mult, ast.FloorDiv: ast.Div,
@@ -161,7 +163,7 @@ def _variants(node: ast.AST) -> Iterator[tuple[str, ast.AST]]:
                 new.func.id = SWAP_NAMES[name]
             yield f"{name} -> {SWAP_NAMES[name]}", new
         if len(node.args) >= 2 and not any(isinstance(a, ast.Starred) for a in node.args[:2]) and \
-                ast.dump(node.args[0]) != ast.dump(node.args[1]):
+                ast.dump(node.args[0]) != ast.dump(node.args[1]) and name not in SYMMETRIC:
             new = copy.deepcopy(node)
             new.args[0], new.args[1] = new.args[1], new.args[0]
             yield "swap arguments", new
@@ -393,28 +395,29 @@ def summary(mutants: list[Mutant]) -> dict[str, dict[str, float]]:
     rows: dict[str, dict[str, float]] = {}
     for m in mutants:
         for area in (m.area, "overall"):
-            row = rows.setdefault(area, {"killed": 0, "survived": 0, "equivalent": 0, "total": 0})
+            row = rows.setdefault(area, {"killed": 0, "timeout": 0, "survived": 0, "equivalent": 0, "total": 0})
             row["total"] += 1
-            status = "killed" if m.status == "timeout" else m.status
-            row[status] = row.get(status, 0) + 1
+            row[m.status] = row.get(m.status, 0) + 1
     for row in rows.values():
-        counted = row["killed"] + row["survived"]
-        row["kill_rate"] = round(100 * row["killed"] / counted, 1) if counted else float("nan")
+        counted = row["killed"] + row["timeout"] + row["survived"]
+        row["kill_rate"] = round(100 * (row["killed"] + row["timeout"]) / counted, 1) if counted else float("nan")
     return dict(sorted(rows.items(), key=lambda item: (item[0] == "overall", item[0])))
 
 
 def report(mutants: list[Mutant]) -> str:
-    out = [f"{'area':<10} {'killed':>7} {'survived':>9} {'equivalent':>11} {'total':>6} {'kill rate':>10}"]
+    out = [f"{'area':<10} {'killed':>7} {'timeout':>8} {'survived':>9} {'equivalent':>11} {'total':>6} "
+           f"{'kill rate':>10}"]
     for area, row in summary(mutants).items():
-        out.append(f"{area:<10} {row['killed']:>7} {row['survived']:>9} {row['equivalent']:>11} {row['total']:>6} "
-                   f"{row['kill_rate']:>9.1f}%")
-    out.append("(kill rate = killed / (total - equivalent); a timeout counts as killed)")
-    for status in ("survived", "equivalent", "stale"):
+        out.append(f"{area:<10} {row['killed']:>7} {row['timeout']:>8} {row['survived']:>9} {row['equivalent']:>11} "
+                   f"{row['total']:>6} {row['kill_rate']:>9.1f}%")
+    out.append("(kill rate = (killed + timeout) / (total - equivalent); on a busy machine a timeout may be a slow "
+               "survivor: rerun those with a longer --timeout)")
+    for status in ("survived", "timeout", "equivalent", "stale"):
         chosen = [m for m in mutants if m.status == status]
         if chosen or status == "survived":
             out.append(f"\n{status} ({len(chosen)}):")
         for m in chosen:
-            why = f"  -- {m.killer}" if status != "survived" else ""
+            why = f"  -- {m.killer}" if status in ("equivalent", "stale") else ""
             out.append(f"{m.path}:{m.line} [{m.kind}]{why}\n" + "\n".join("    " + d for d in m.diff().splitlines()))
     return "\n".join(out)
 
@@ -474,7 +477,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--list", action="store_true", help="print the mutants and exit")
     parser.add_argument("--json", type=Path, help="write a summary (commit, command, per-area counts) and every "
                         "mutant with its outcome to this file")
-    parser.add_argument("--rerun", type=Path, help="run again the survivors (and listed equivalents) of an "
+    parser.add_argument("--rerun", type=Path, help="run again the survivors (timeouts, listed equivalents) of an "
                         "earlier --json file, found by their line's text (e.g. with --worktree, to check that "
                         "new tests kill them)")
     parser.add_argument("--no-baseline", action="store_true", help="skip running the mapped tests unmutated "
@@ -565,7 +568,7 @@ def rerun_mutants(tree: Path, path: Path) -> list[Mutant]:
     saved = data["mutants"] if isinstance(data, dict) else data
     mutants = []
     for d in saved:
-        if d["status"] not in ("survived", "equivalent"):
+        if d["status"] not in ("survived", "timeout", "equivalent"):
             continue
         m = Mutant(d["path"], d["line"], d["kind"], d["before"], d["after"], d["area"])
         lines = (tree / m.path).read_text().splitlines() if (tree / m.path).exists() else []
