@@ -313,7 +313,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         _require("ray", "--executor ray")
     out = args.out or str(Path("bench") / Path(args.suite).stem)
     result = run_suite(args.suite, out, executor=args.executor, workers=args.workers, address=args.address,
-                       progress=not args.quiet, report=not args.no_report)
+                       progress=not args.quiet, report=not args.no_report, device=args.device,
+                       data_root=args.data_root)
     print(f"{result['runs']} runs ({result['skipped']} already done, {len(result['failed'])} failed) in "
           f"{result['wall_s']:.0f} s -> {Path(out) / 'results.sqlite'}"
           + (f"; report: {result['report']}" if result["report"] else ""))
@@ -580,7 +581,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--executor", default="local", choices=["local", "ray"],
                    help="local: a process pool here; ray: Ray tasks (--address, or a local Ray instance)")
     p.add_argument("--workers", type=_integer(1), help="parallel runs (default: one per core, at most 4)")
-    p.add_argument("--address", help="Ray cluster address (with --executor ray)")
+    p.add_argument("--address", help="Ray cluster address, HOST:PORT of `ray start --head`, or auto "
+                                     "(with --executor ray; README: Benchmark)")
+    p.add_argument("--device", help="where runs train and are evaluated: cpu (default, or the suite's device), "
+                                    "cuda, cuda:N")
+    p.add_argument("--data-root", help="local folder of datasets read from disk (CIFAR-10: the folder holding "
+                                       "cifar-10-batches-py/); default: the suite's data_root")
     p.add_argument("--no-report", action="store_true", help="do not write the report at the end")
     p.add_argument("--quiet", action="store_true", help="no progress display or leaderboard")
     p.set_defaults(func=_cmd_bench)

@@ -207,7 +207,7 @@ def test_missing_bench_extra_is_found_before_any_training(tmp_path, monkeypatch)
 def test_every_run_failed_does_not_say_run_bench_first(tmp_path, monkeypatch, capsys):
     from onebit.bench import runner
 
-    def broken(recipe, run_dir):
+    def broken(recipe, run_dir, device):
         raise RuntimeError("loss is NaN")
 
     monkeypatch.setattr(runner, "_train", broken)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -37,9 +38,10 @@ def _reason(err: BaseException) -> str:
 class _Checker:
     """Collects problems (each once, in suite order) while building every distinct piece once."""
 
-    def __init__(self) -> None:
+    def __init__(self, data_root: str | None = None) -> None:
         self.problems: dict[str, None] = {}
         self.done: dict[str, Any] = {}
+        self.data_root = data_root
 
     def once(self, key: str, where: str, build: Callable[[], Any]) -> Any:
         """``build()``'s result, computed once per key; None (and a recorded problem) if it fails."""
@@ -59,8 +61,10 @@ class _Checker:
             return
         setting = spec.setting
         where = f"{spec.method} on {setting.label}"
-        recipe = self.once(_key("recipe", spec.run_id), where, lambda: _recipe(spec))
+        recipe = self.once(_key("recipe", spec.run_id), where, lambda: _recipe(spec, self.data_root))
         if recipe is None:
+            return
+        if not self.once(_key("root", setting.task), f"{setting.label}: data", lambda: self.root(setting.task)):
             return
         bundle = self.once(_key("data", setting.task, setting.data_options), f"{setting.label}: data",
                            lambda: load_data(recipe))
@@ -78,6 +82,22 @@ class _Checker:
                        bundle.input_shape), f"{where}: model", model)
         if "robustness" in spec.tracks:
             self.corruptions(spec, bundle, sample)
+
+    def root(self, task: str) -> bool:
+        """Whether ``task``'s local folder is given and exists (for datasets read from disk); else one
+        short problem naming the fix, instead of the dataset's own multi-line layout message."""
+        from .runner import needs_data_root
+
+        if not needs_data_root(task):
+            return True
+        fix = (f"pass --data-root PATH (the folder holding {task}'s files, e.g. cifar-10-batches-py/ from "
+               "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz) or set data_root in the suite")
+        if self.data_root is None:
+            raise ValueError(f"{task} is read from a local copy and no data root is given: {fix}")
+        folder = Path(self.data_root).expanduser()
+        if not folder.is_dir():
+            raise ValueError(f"data root {str(folder)!r} is not a folder (from {Path.cwd()}): {fix}")
+        return True
 
     def corruptions(self, spec: RunSpec, bundle: Any, sample: torch.Tensor) -> None:
         from . import corruptions as C
@@ -103,10 +123,11 @@ def spec_layer_options(spec: RunSpec) -> dict[str, Any]:
     return dict(getattr(spec, "layer_options", {}) or {})
 
 
-def check_runs(specs: Iterable[RunSpec], suite_name: str = "suite") -> None:
+def check_runs(specs: Iterable[RunSpec], suite_name: str = "suite", data_root: str | None = None) -> None:
     """Raise one :class:`SuiteError` naming every problem the runs of a suite would meet, before any
-    run trains; return quietly when there is none."""
-    checker = _Checker()
+    run trains; return quietly when there is none. ``data_root`` is the folder of datasets read from
+    disk (checked to exist, then read once per setting like any other dataset)."""
+    checker = _Checker(data_root)
     for spec in specs:
         checker.run(spec)
     if checker.problems:

@@ -4,6 +4,12 @@ Each :class:`~onebit.bench.suite.RunSpec` runs in a worker (a local process pool
 trains it with :func:`onebit.train.train` into ``OUT/runs/<run_id>/`` and returns its metrics; only
 this process writes ``OUT/results.sqlite``, one transaction per run. A re-run skips the runs already
 recorded, and a run killed half-way resumes from its last epoch checkpoint.
+
+Training, evaluation and the robustness track run on the suite's ``device`` (``--device cuda``); the
+complexity and inference tracks measure the CPU deployment form and run on the CPU. With
+``executor="ray"`` and a cluster ``address``, every worker machine needs onebit installed and the
+data at the same ``data_root`` path; its run folders go to ``out_dir`` on its own disk (a shared file
+system makes resume work across machines) and its results come back to this process's database.
 """
 
 from __future__ import annotations
@@ -34,9 +40,10 @@ from ..errors import OnebitError
 from ._lifetime import OutputLock, die_with_parent, output_folder_error
 from .db import ResultsDB, RunRecord
 from .preflight import check_runs
-from .suite import FP, RunSpec, Suite, load_suite
+from .suite import FP, RunSpec, Suite, SuiteError, load_suite
 
-__all__ = ["run_suite", "execute", "code_version", "machine_description", "EXECUTORS"]
+__all__ = ["run_suite", "execute", "code_version", "machine_description", "check_device", "needs_data_root",
+           "EXECUTORS"]
 
 EXECUTORS = ("local", "ray")
 RESULTS_FILE = "results.sqlite"
@@ -73,10 +80,52 @@ def machine_description() -> str:
     return f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.machine()}, torch {torch.__version__}"
 
 
+def _machine(device: torch.device) -> str:
+    """:func:`machine_description`, plus the GPU's name when the run trains on one."""
+    if device.type == "cuda":
+        return f"{machine_description()}, {torch.cuda.get_device_name(device)}"
+    return machine_description()
+
+
+# --------------------------------------------------------------------------------------------------
+# Where runs execute: the device and the data folder
+# --------------------------------------------------------------------------------------------------
+def check_device(device: str, *, on_this_machine: bool = True) -> str:
+    """``device`` as torch spells it ("cpu", "cuda", "cuda:1"); one :class:`SuiteError` naming the fix when
+    it is not a CPU/CUDA device or, for runs on this machine, when CUDA is not available here."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda"):
+        raise SuiteError(f"device {device!r} is not one of cpu, cuda, cuda:N; pass --device cpu or --device cuda")
+    if dev.type == "cuda" and on_this_machine:
+        if not torch.cuda.is_available():
+            build = "a CPU-only build of torch" if torch.version.cuda is None else "no CUDA GPU is visible"
+            raise SuiteError(f"--device {device}: CUDA is not available on this machine ({build}, torch "
+                             f"{torch.__version__}); run with --device cpu, or on a machine with an NVIDIA GPU "
+                             "and a CUDA build of torch (or on a Ray cluster with GPU workers: --executor ray "
+                             "--address HOST:PORT)")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise SuiteError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s) "
+                             f"(cuda:0..cuda:{torch.cuda.device_count() - 1}); pick one of them")
+    return str(dev)
+
+
+def needs_data_root(task: str) -> bool:
+    """Whether the dataset ``task`` is read from a local folder (cifar10, imagefolder)."""
+    from ..data._registry import _REGISTRY
+
+    spec = _REGISTRY.get(task.lower())
+    return bool(spec is not None and spec.needs_root)
+
+
 # --------------------------------------------------------------------------------------------------
 # One run (executed in a worker)
 # --------------------------------------------------------------------------------------------------
-def _recipe(spec: RunSpec) -> Any:
+def _recipe(spec: RunSpec, data_root: str | None = None) -> Any:
+    """The one-stage training recipe of a run; ``data_root`` is the folder of a dataset read from disk
+    (ignored by the others, so that it never changes a run's recipe where it plays no part)."""
     from ..train.recipe import DataSpec, ModelSpec, OptimizerSpec, Recipe, ScheduleSpec, Stage
 
     hp = spec.hparams
@@ -96,28 +145,32 @@ def _recipe(spec: RunSpec) -> Any:
     return Recipe(
         name=f"bench-{spec.run_id}",
         seed=spec.seed,
-        data=DataSpec(name=spec.setting.task, batch_size=hp["batch_size"], options=dict(spec.setting.data_options)),
+        data=DataSpec(name=spec.setting.task, batch_size=hp["batch_size"], options=dict(spec.setting.data_options),
+                      root=data_root if needs_data_root(spec.setting.task) else None),
         model=ModelSpec(name=spec.setting.arch, options=dict(spec.setting.model_options)),
         stages=[stage],
     ).check()
 
 
-def _train(recipe: Any, run_dir: Path) -> tuple[nn.Module, list[dict[str, Any]]]:
-    """The trained model and its epoch history; finishes or resumes an interrupted run directory."""
+def _train(recipe: Any, run_dir: Path, device: torch.device) -> tuple[nn.Module, list[dict[str, Any]]]:
+    """The trained model (on ``device``) and its epoch history; finishes or resumes an interrupted run
+    directory."""
     from ..train.trainer import load_checkpoint, load_run_model, train
 
     final, checkpoint = run_dir / "model.pt", run_dir / "checkpoint.pt"
     if final.exists() and checkpoint.exists():
         model, _, _ = load_run_model(final)
-        return model, load_checkpoint(checkpoint)["history"]
-    result = train(recipe, run_dir, resume=checkpoint.exists(), progress=False)
+        return model.to(device), load_checkpoint(checkpoint)["history"]
+    result = train(recipe, run_dir, resume=checkpoint.exists(), progress=False, device=str(device))
     return result.model.eval(), result.history
 
 
 def _accuracy(model: nn.Module, dataset: Any, batch_size: int = 256) -> float:
+    """Test accuracy (%) of ``model`` on ``dataset``, on the device the model's weights are on."""
     from ..train.trainer import evaluate
 
-    acc, _ = evaluate(model, DataLoader(dataset, batch_size=batch_size), torch.device("cpu"))
+    device = next(model.parameters(), torch.empty(0)).device
+    acc, _ = evaluate(model, DataLoader(dataset, batch_size=batch_size), device)
     return acc
 
 
@@ -232,8 +285,13 @@ def _execute_deployment(spec: RunSpec, record: RunRecord, run_dir: Path) -> RunR
     return record
 
 
-def execute(spec: RunSpec, out_dir: str | Path, threads: int | None = None) -> RunRecord:
-    """Train and measure one run; never raises (a failure becomes a ``failed`` record with the error)."""
+def execute(spec: RunSpec, out_dir: str | Path, threads: int | None = None, device: str = "cpu",
+            data_root: str | None = None) -> RunRecord:
+    """Train and measure one run; never raises (a failure becomes a ``failed`` record with the error).
+
+    Training, the accuracy and the robustness track run on ``device``; complexity and inference on the
+    CPU (the packed engine's deployment form). ``data_root`` is the folder of a dataset read from disk.
+    """
     from ..train.trainer import load_data
 
     if threads is not None:
@@ -253,12 +311,14 @@ def execute(spec: RunSpec, out_dir: str | Path, threads: int | None = None) -> R
         machine=machine_description(),
         started=time.time(),
     )
+    dev = torch.device(device)
     if spec.role == "inference":  # a deployment network: timed with random weights, not trained
         return _execute_deployment(spec, record, run_dir)
     train_threads = torch.get_num_threads()
     try:
-        recipe = _recipe(spec)
-        model, history = _train(recipe, run_dir)
+        record.machine = _machine(dev)
+        recipe = _recipe(spec, data_root)
+        model, history = _train(recipe, run_dir, dev)
         epochs = [row["epoch_time"] for row in history]
         metrics: dict[str, float] = {
             "acc": float(history[-1]["test_acc"]),
@@ -268,10 +328,11 @@ def execute(spec: RunSpec, out_dir: str | Path, threads: int | None = None) -> R
         bundle = load_data(recipe)
         input_shape = tuple(bundle.input_shape)
         metrics.update(_identity(model, bundle))
-        if "complexity" in spec.tracks:
-            metrics.update(_complexity(model, input_shape))
         if "robustness" in spec.tracks:
             metrics.update(_robustness(spec, model, bundle, Path(out_dir) / "cache"))
+        model = model.cpu()  # the deployment form is measured and timed on the CPU
+        if "complexity" in spec.tracks:
+            metrics.update(_complexity(model, input_shape))
         if "inference" in spec.tracks:
             metrics.update(_inference(spec, recipe, model, run_dir, bundle))
         record.metrics = metrics
@@ -289,10 +350,11 @@ def execute(spec: RunSpec, out_dir: str | Path, threads: int | None = None) -> R
 # --------------------------------------------------------------------------------------------------
 # Executors
 # --------------------------------------------------------------------------------------------------
-def _local(specs: list[RunSpec], out_dir: Path, workers: int, threads: int) -> Iterator[RunRecord]:
+def _local(specs: list[RunSpec], out_dir: Path, workers: int, threads: int, device: str,
+           data_root: str | None) -> Iterator[RunRecord]:
     if workers == 1:  # in this process: simplest to debug, and no pool start-up
         for spec in specs:
-            yield execute(spec, out_dir, threads)
+            yield execute(spec, out_dir, threads, device, data_root)
         return
     import multiprocessing as mp
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -302,7 +364,7 @@ def _local(specs: list[RunSpec], out_dir: Path, workers: int, threads: int) -> I
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"),
                                initializer=die_with_parent, initargs=(os.getpid(),))
     try:
-        pending = {pool.submit(execute, spec, out_dir, threads) for spec in specs}
+        pending = {pool.submit(execute, spec, out_dir, threads, device, data_root) for spec in specs}
         while pending:
             done, pending = wait(pending, return_when=FIRST_COMPLETED)
             for future in done:
@@ -311,7 +373,11 @@ def _local(specs: list[RunSpec], out_dir: Path, workers: int, threads: int) -> I
         pool.shutdown(wait=False, cancel_futures=True)
 
 
-def _ray(specs: list[RunSpec], out_dir: Path, workers: int, threads: int, address: str | None) -> Iterator[RunRecord]:
+def _ray(specs: list[RunSpec], out_dir: Path, workers: int, threads: int, address: str | None, device: str,
+         data_root: str | None) -> Iterator[RunRecord]:
+    """Ray tasks on the cluster at ``address`` ("HOST:PORT" or "auto": one started with ``ray start``) or on
+    a local instance of ``workers`` CPUs. A CUDA run asks Ray for one GPU, so that Ray places it on a GPU
+    machine and gives it a GPU of its own (``CUDA_VISIBLE_DEVICES``)."""
     try:
         import ray
     except ImportError:
@@ -323,8 +389,15 @@ def _ray(specs: list[RunSpec], out_dir: Path, workers: int, threads: int, addres
         else:  # a local instance sized to the worker count
             ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
     try:
-        task = ray.remote(num_cpus=1, max_retries=0)(execute)
-        pending = [task.remote(spec, str(out_dir), threads) for spec in specs]
+        gpus = 1 if device.startswith("cuda") else 0
+        if gpus and ray.cluster_resources().get("GPU", 0) < 1:
+            raise SuiteError(f"--device {device}: the Ray cluster{f' at {address}' if address else ''} has no GPU; "
+                             "start its GPU machines with `ray start --address HOST:PORT --num-gpus N`, or run "
+                             "with --device cpu")
+        if gpus and device != "cuda":  # Ray hides all but the task's own GPU: it is cuda:0 in the task
+            device = "cuda"
+        task = ray.remote(num_cpus=1, num_gpus=gpus, max_retries=0)(execute)
+        pending = [task.remote(spec, str(out_dir), threads, device, data_root) for spec in specs]
         while pending:
             done, pending = ray.wait(pending, num_returns=1)
             for ref in done:
@@ -390,6 +463,8 @@ def run_suite(
     address: str | None = None,
     progress: bool = True,
     report: bool = True,
+    device: str | None = None,
+    data_root: str | Path | None = None,
 ) -> dict[str, Any]:
     """Run every run of ``suite`` not yet in ``out_dir``'s results database and record it.
 
@@ -398,7 +473,12 @@ def run_suite(
         out_dir: where ``results.sqlite``, ``runs/`` and the report go.
         executor: ``"local"`` (a process pool on this machine) or ``"ray"`` (Ray tasks, on the cluster at
             ``address`` or on a local instance).
-        workers: parallel runs (default: one per core, at most 4); each run gets cores / workers threads.
+        workers: parallel runs (default: one per core, at most 4; one with a local CUDA device); each run
+            gets cores / workers threads.
+        device: where training, evaluation and robustness run ("cpu", "cuda", "cuda:N"); default: the
+            suite's ``device`` ("cpu" unless it says otherwise).
+        data_root: the local folder of datasets read from disk (CIFAR-10); default: the suite's
+            ``data_root``. On a Ray cluster, every worker machine reads it at this same path.
         progress: show a live progress bar and the leaderboard at the end.
         report: write the Markdown/HTML report into ``out_dir/report`` at the end.
 
@@ -408,16 +488,20 @@ def run_suite(
     if executor not in EXECUTORS:
         raise ValueError(f"executor {executor!r} is not one of {', '.join(EXECUTORS)}")
     suite = load_suite(suite)
+    remote = executor == "ray" and bool(address)  # the workers, not this machine, need the GPU
+    device = check_device(device or suite.device, on_this_machine=not remote)
+    root = str(data_root) if data_root is not None else suite.data_root
     cores = os.cpu_count() or 1
-    workers = workers or min(cores, 4)
+    workers = workers or (1 if device.startswith("cuda") and executor == "local" else min(cores, 4))
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     threads = max(1, cores // workers)
     out = Path(out_dir)
     specs = list({spec.run_id: spec for spec in suite.runs()}.values())  # shared fp baselines once
-    check_runs(specs, suite.name)  # every problem of the suite, reported before anything trains
+    check_runs(specs, suite.name, root)  # every problem of the suite, reported before anything trains
     with OutputLock(out):  # one benchmark per folder
-        return _run_specs(suite, specs, out, executor, workers, threads, address, progress, report)
+        return _run_specs(suite, specs, out, executor, workers, threads, address, progress, report,
+                          device, root)
 
 
 @contextlib.contextmanager
@@ -432,7 +516,8 @@ def _writing(out: Path) -> Iterator[None]:
 
 
 def _run_specs(suite: Suite, specs: list[RunSpec], out: Path, executor: str, workers: int, threads: int,
-               address: str | None, progress: bool, report: bool) -> dict[str, Any]:
+               address: str | None, progress: bool, report: bool, device: str = "cpu",
+               data_root: str | None = None) -> dict[str, Any]:
     with _writing(out):
         _write_suite_file(suite, specs, out)
     start = time.perf_counter()
@@ -444,9 +529,9 @@ def _run_specs(suite: Suite, specs: list[RunSpec], out: Path, executor: str, wor
         display = _Display(progress, len(todo))
         try:
             records = (
-                _local(todo, out, workers, threads)
+                _local(todo, out, workers, threads, device, data_root)
                 if executor == "local"
-                else _ray(todo, out, workers, threads, address)
+                else _ray(todo, out, workers, threads, address, device, data_root)
             )
             for record in records:
                 db.write_run(record)

@@ -9,6 +9,8 @@ Example::
     tracks = ["accuracy", "robustness", "training", "sensitivity", "complexity", "inference"]
     activations = "binary"             # W1A1 for every method (default); "method": each method's default
     weight_only = ["pcpp-pc"]          # optional: also run these with real activations (group W1A32)
+    device = "cpu"                     # or "cuda" / "cuda:N" (training, evaluation, robustness); --device
+    data_root = "data/cifar10"         # datasets read from disk (cifar10, imagefolder); --data-root
 
     [train]                            # defaults of every run (BiBench's eff_train grid varies these)
     epochs = 8
@@ -199,6 +201,13 @@ class Suite:
     activations: str = "binary"
     #: methods also run with real activations (weight-only, W1A32): a separate group, never ranked against W1A1
     weight_only: list[str] = field(default_factory=list)
+    #: where training, evaluation and robustness run ("cpu", "cuda", "cuda:N"; ``onebit bench --device``
+    #: overrides it). Not part of a run's id: the same run on another device is the same run.
+    device: str = "cpu"
+    #: the local folder of datasets read from disk (cifar10, imagefolder); ``--data-root`` overrides it.
+    #: Relative paths are taken from the working directory. Not part of a run's id (each machine of a
+    #: Ray cluster may keep its copy elsewhere).
+    data_root: str | None = None
 
     def layer_options(self, method: str, weight_only: bool = False) -> dict[str, Any]:
         """The binary-layer options a run of ``method`` gets from :attr:`activations` / :attr:`weight_only`."""
@@ -384,6 +393,8 @@ def suite_from_dict(table: dict[str, Any], default_name: str = "suite") -> Suite
             "inference",
             "activations",
             "weight_only",
+            "device",
+            "data_root",
         },
     )
     name = table.get("name", default_name)
@@ -416,6 +427,11 @@ def suite_from_dict(table: dict[str, Any], default_name: str = "suite") -> Suite
                     f"default), got {suite.activations!r}")
     if "weight_only" in table:
         suite.weight_only = _methods(table["weight_only"], "weight_only")
+    for key in ("device", "data_root"):
+        if key in table and (not isinstance(table[key], str) or not table[key]):
+            raise _fail(key, f"must be a non-empty string, got {table[key]!r}")
+    suite.device = table.get("device", "cpu")
+    suite.data_root = table.get("data_root")
 
     rob = _table(table.get("robustness", {}), "robustness", {"corruptions", "severities"})
     corruptions = rob.get("corruptions", "all")
