@@ -279,6 +279,58 @@ sys.meta_path[:] = [f for f in sys.meta_path if type(f).__name__ != "ScikitBuild
 """
 
 
+#: A pytest plugin (``-p mutate_cover``) that records which test executes which line of ``src/onebit``: one JSON
+#: line per test, ``{"test": nodeid, "lines": {path: [line, ...]}}``; lines run outside any test (imports,
+#: collection) go under ``"<import>"``. sys.settrace only enters onebit's own frames, so the cost is modest.
+COVER_PLUGIN = """import json, os, sys, threading
+import pytest
+
+_ROOT = os.environ["MUTATE_ROOT"]
+_SRC = os.path.join(_ROOT, "src", "onebit")
+_out = open(os.environ["MUTATE_COVER"], "a")
+_lines = set()
+
+
+def _local(frame, event, arg):
+    if event == "line":
+        _lines.add((frame.f_code.co_filename, frame.f_lineno))
+    return _local
+
+
+def _global(frame, event, arg):
+    if frame.f_code.co_filename.startswith(_SRC):
+        _lines.add((frame.f_code.co_filename, frame.f_lineno))
+        return _local
+    return None
+
+
+def _flush(name):
+    by_file = {}
+    for path, line in _lines:
+        by_file.setdefault(os.path.relpath(path, _ROOT), []).append(line)
+    _lines.clear()
+    if by_file:
+        _out.write(json.dumps({"test": name, "lines": by_file}) + "\\n")
+        _out.flush()
+
+
+def pytest_configure(config):
+    sys.settrace(_global)
+    threading.settrace(_global)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    _flush("<import>")
+    yield
+    _flush(item.nodeid)
+
+
+def pytest_sessionfinish(session):
+    _flush("<import>")
+"""
+
+
 def make_copy(commit: str | None, dest: Path) -> None:
     """The tree at ``commit`` (``git archive``) or the working files (``commit=None``) in ``dest``, with
     the built extension, and a sitecustomize that makes every Python process import ``dest``'s onebit
@@ -296,6 +348,7 @@ def make_copy(commit: str | None, dest: Path) -> None:
     shutil.copy2(_extension(), dest / SRC / Path(_extension()).name)
     (dest / ".mutate-boot").mkdir(exist_ok=True)
     (dest / ".mutate-boot" / "sitecustomize.py").write_text(BOOT)
+    (dest / ".mutate-boot" / "mutate_cover.py").write_text(COVER_PLUGIN)
 
 
 def _extension() -> str:
@@ -319,21 +372,77 @@ def tests_for(path: str, tree: Path) -> list[str]:
     raise SystemExit(f"mutate.py: no tests mapped to {path}; add it to TEST_MAP")
 
 
-def run_tests(tree: Path, tests: list[str], timeout: float) -> tuple[str, str, float]:
-    """('passed' | 'failed' | 'timeout', first failing test, seconds) of ``tests`` in ``tree``."""
+def run_tests(tree: Path, tests: list[str], timeout: float, extra: tuple[str, ...] = ("-x",),
+              env_extra: dict[str, str] | None = None) -> tuple[str, str, float]:
+    """('passed' | 'failed' | 'timeout' | 'error', first failing test, seconds) of ``tests`` in ``tree``
+    ('error': pytest found no such test or no tests at all, exit status 4 or 5)."""
+    outcome, failed, seconds = _pytest(tree, tests, timeout, extra, env_extra)
+    return outcome, failed[0] if failed else "", seconds
+
+
+def _pytest(tree: Path, tests: list[str], timeout: float, extra: tuple[str, ...],
+            env_extra: dict[str, str] | None) -> tuple[str, list[str], float]:
     env = dict(os.environ, PYTHONPATH=f"{tree / '.mutate-boot'}{os.pathsep}{tree / 'src'}",
-               PYTHONDONTWRITEBYTECODE="1", HYPOTHESIS_PROFILE=os.environ.get("HYPOTHESIS_PROFILE", "default"))
-    cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "--no-header", "-rf", *tests]
+               PYTHONDONTWRITEBYTECODE="1", HYPOTHESIS_PROFILE=os.environ.get("HYPOTHESIS_PROFILE", "default"),
+               **(env_extra or {}))
+    cmd = [sys.executable, "-m", "pytest", *extra, "-q", "-p", "no:cacheprovider", "--no-header", "-rfE", *tests]
     start = time.perf_counter()
     try:
         done = subprocess.run(cmd, cwd=tree, env=env, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
-        return "timeout", "", time.perf_counter() - start
+        return "timeout", [], time.perf_counter() - start
     seconds = time.perf_counter() - start
     if done.returncode == 0:
-        return "passed", "", seconds
-    failed = re.findall(r"^(?:FAILED|ERROR) (\S+)", done.stdout, re.M)
-    return "failed", failed[0] if failed else (done.stdout + done.stderr).strip().splitlines()[-1][:200], seconds
+        return "passed", [], seconds
+    if done.returncode in (4, 5):
+        return "error", [(done.stdout + done.stderr).strip()[-300:]], seconds
+    failed = re.findall(r"^(?:FAILED|ERROR) (.+?)(?: - .*)?$", done.stdout, re.M)
+    return "failed", failed or [(done.stdout + done.stderr).strip().splitlines()[-1][:200]], seconds
+
+
+@dataclass
+class Coverage:
+    """What the unmutated run of one mapped test set saw: the tests that fail anyway (left out of every
+    mutant's run), and which tests execute each line of ``src/onebit`` (a mutant then runs only those)."""
+
+    files: list[str]
+    outcome: str = ""
+    failing: list[str] = field(default_factory=list)
+    lines: dict[tuple[str, int], list[str]] = field(default_factory=dict)
+
+    def selection(self, m: Mutant) -> list[str]:
+        """The node ids that execute ``m``'s line (in run order), or every test of the set when none
+        does in a test (a line run at import, in a subprocess, or not at all)."""
+        chosen = [t for t in self.lines.get((m.path, m.line), []) if t not in self.failing]
+        if chosen:
+            return chosen
+        broken = {f for f in self.failing if "::" not in f}  # a file that does not even collect
+        return [f for f in self.files if f not in broken] + \
+            [arg for f in self.failing if "::" in f for arg in ("--deselect", f)]
+
+
+COVERAGE: dict[tuple[str, ...], Coverage] = {}  # mapped test set -> its unmutated run (filled by _check_baseline)
+
+
+def measure(tree: Path, files: list[str], timeout: float, coverage: bool) -> Coverage:
+    """Run ``files`` unmutated (all of them, no -x), recording per-test line coverage unless not ``coverage``."""
+    result = Coverage(list(files))
+    log = Path(tempfile.mkstemp(prefix="cover-", suffix=".jsonl", dir=tree.parent)[1])
+    extra = ("-p", "mutate_cover", "--continue-on-collection-errors") if coverage else \
+        ("--continue-on-collection-errors",)
+    result.outcome, failed, seconds = _pytest(tree, files, timeout, extra,
+                                              {"MUTATE_ROOT": str(tree), "MUTATE_COVER": str(log)})
+    result.failing = failed if result.outcome == "failed" else []
+    for row in map(json.loads, log.read_text().splitlines()):
+        if row["test"] == "<import>":
+            continue
+        for path, numbers in row["lines"].items():
+            for number in numbers:
+                result.lines.setdefault((path, number), []).append(row["test"])
+    log.unlink()
+    print(f"baseline {result.outcome} in {seconds:.0f}s ({len(result.failing)} failing, left out"
+          f"{': ' + ' '.join(result.failing[:5]) if result.failing else ''}): {' '.join(files)}", flush=True)
+    return result
 
 
 def apply(tree: Path, m: Mutant) -> str:
@@ -366,8 +475,13 @@ def run_mutant(tree: Path, m: Mutant, timeout: float, build: Path | None) -> Non
         if build is not None and not _rebuild(tree, build):
             m.status, m.killer = "killed", "does not compile"
             return
-        outcome, killer, m.seconds = run_tests(tree, tests_for(m.path, tree), timeout)
-        m.status = {"passed": "survived", "failed": "killed", "timeout": "timeout"}[outcome]
+        files = tests_for(m.path, tree)
+        cover = COVERAGE.get(tuple(files))
+        chosen = cover.selection(m) if cover is not None else files
+        outcome, killer, m.seconds = run_tests(tree, chosen, timeout)
+        if outcome == "error" and chosen != files:  # a node id pytest cannot find again: run the files
+            outcome, killer, m.seconds = run_tests(tree, cover.selection(Mutant("", 0, "", "", "")), timeout)
+        m.status = {"passed": "survived", "failed": "killed", "timeout": "timeout", "error": "error"}[outcome]
         m.killer = killer
     finally:
         (tree / m.path).write_text(original)
@@ -443,7 +557,8 @@ def main(argv: list[str] | None = None) -> int:
         if cpp and not _rebuild(tree, builds[0]):
             raise SystemExit("mutate.py: the unmutated extension does not build (cmake, nanobind needed)")
         broken = set() if args.no_baseline else \
-            _check_baseline(tree, [m for m in mutants if m.status != "stale"], args.timeout, args.jobs)
+            _check_baseline(tree, [m for m in mutants if m.status != "stale"], args.baseline_timeout, args.jobs,
+                            not args.no_coverage)
         if broken:
             print(f"skipping the {sum(tuple(tests_for(m.path, tree)) in broken for m in mutants)} mutants whose "
                   "tests fail unmutated", flush=True)
@@ -465,7 +580,11 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--area", action="append", choices=sorted(AREAS), help="areas to mutate (default: all)")
     parser.add_argument("--file", action="append", default=[], help="only mutants of these source files")
+    parser.add_argument("--line", type=int, action="append", default=[], help="only mutants of these line "
+                        "numbers (with --file: check one mutant against new tests)")
     parser.add_argument("--sample", type=int, default=None, help="run a random sample of this many mutants")
+    parser.add_argument("--per-area", type=int, help="a random sample of this many mutants from each area "
+                        "(stratified: every area gets a kill rate of its own)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the sample (default 0)")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds before a mutant's tests count as "
                         "killed by timeout (default 300)")
@@ -482,6 +601,10 @@ def _parser() -> argparse.ArgumentParser:
                         "new tests kill them)")
     parser.add_argument("--no-baseline", action="store_true", help="skip running the mapped tests unmutated "
                         "first (only when they are known to pass: a failing set makes its mutants look killed)")
+    parser.add_argument("--no-coverage", action="store_true", help="run every mapped test for each mutant "
+                        "(default: only the tests that execute its line, found by one traced unmutated run)")
+    parser.add_argument("--baseline-timeout", type=float, default=1800.0, help="seconds for the unmutated, "
+                        "traced run of a mapped test set (default 1800)")
     parser.add_argument("--jobs", type=int, default=1, help="mutants run at a time, each in its own copy")
     parser.add_argument("--equivalent", type=Path, default=EQUIVALENT_FILE, help="the list of known equivalent "
                         f"mutants (default {EQUIVALENT_FILE.relative_to(ROOT)})")
@@ -492,9 +615,18 @@ def _chosen(tree: Path, areas: list[str], args: argparse.Namespace) -> list[Muta
     mutants = collect(tree, areas, args.cpp)
     if args.file:
         mutants = [m for m in mutants if m.path in args.file]
-    if args.sample is not None and args.sample < len(mutants):
-        mutants = sorted(random.Random(args.seed).sample(mutants, args.sample), key=lambda m: (m.path, m.line))
-    return mutants
+    if args.line:
+        mutants = [m for m in mutants if m.line in args.line]
+    if args.per_area is not None:
+        by_area: dict[str, list[Mutant]] = {}
+        for m in mutants:
+            by_area.setdefault(m.area, []).append(m)
+        rng = random.Random(args.seed)
+        mutants = [m for area in sorted(by_area) for m in rng.sample(by_area[area], min(args.per_area,
+                                                                                         len(by_area[area])))]
+    elif args.sample is not None and args.sample < len(mutants):
+        mutants = random.Random(args.seed).sample(mutants, args.sample)
+    return sorted(mutants, key=lambda m: (m.path, m.line))
 
 
 def _describe(commit: str) -> str:
@@ -583,17 +715,15 @@ def rerun_mutants(tree: Path, path: Path) -> list[Mutant]:
     return mutants
 
 
-def _check_baseline(tree: Path, mutants: list[Mutant], timeout: float, jobs: int) -> set[tuple[str, ...]]:
-    """The mapped test sets that fail on the unmutated copy (their mutants would all look killed)."""
+def _check_baseline(tree: Path, mutants: list[Mutant], timeout: float, jobs: int,
+                    coverage: bool) -> set[tuple[str, ...]]:
+    """Run each mapped test set unmutated (recording coverage); returns the sets with no usable run (a
+    timeout: their mutants would all look killed). Tests that fail unmutated are left out of every run."""
     sets = sorted({tuple(tests_for(m.path, tree)) for m in mutants})
-
-    def check(tests: tuple[str, ...]) -> bool:
-        outcome, failed, seconds = run_tests(tree, list(tests), timeout)
-        print(f"baseline {outcome} in {seconds:.0f}s: {' '.join(tests)} {failed}", flush=True)
-        return outcome != "passed"
-
     with ThreadPoolExecutor(jobs) as pool:  # read-only runs: they can share the one copy
-        return {tests for tests, bad in zip(sets, pool.map(check, sets)) if bad}
+        runs = list(pool.map(lambda files: measure(tree, list(files), timeout, coverage), sets))
+    COVERAGE.update(zip(sets, runs))
+    return {files for files, run in zip(sets, runs) if run.outcome in ("timeout", "error")}
 
 
 if __name__ == "__main__":
