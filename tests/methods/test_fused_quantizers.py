@@ -414,3 +414,33 @@ def test_a_subclass_that_overrides_quantize_input_keeps_its_own_path():
     x = torch.randn(1, 2, 5, 5)
     expected = torch.nn.functional.conv2d(fx.sign_clip_ste(x) * 0.5, fx.sign_clip_ste(layer.weight), padding=1)
     torch.testing.assert_close(layer(x) - layer.bias.reshape(1, -1, 1, 1), expected)
+
+
+def test_output_scales_keep_no_float_copy_of_the_output():
+    """XNOR-Net++'s h, w keep the unscaled product once, as int16 (an exact integer: ±1 times ±1);
+    ReCU's α keeps nothing of the output (its gradient is read off the weight gradient)."""
+    x = torch.randn(4, 8, 10, 10, requires_grad=True)
+    for method, dtypes in [("xnorpp", [torch.int8, torch.int16]), ("recu", [torch.float32])]:
+        layer = onebit.nn.BinaryConv2d(8, 8, 3, padding=1, method=method, bias=False)
+        saved = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+            y = layer(x)
+        big = [t for t in saved if t.numel() >= x.numel()]
+        assert sorted(map(str, (t.dtype for t in big))) == sorted(map(str, dtypes))
+        if method == "xnorpp":
+            product = torch.nn.functional.conv2d(fx.sign(x), fx.sign(layer.weight), padding=1)
+            assert torch.equal(next(t for t in big if t.dtype == torch.int16).float(), product)
+            torch.testing.assert_close(y, product * layer.gamma_o.reshape(1, -1, 1, 1))
+        else:
+            assert big[0] is x  # the real input, as nn.Conv2d keeps
+
+
+def test_xnorpp_keeps_a_float_product_when_it_is_not_an_integer():
+    layer = onebit.nn.BinaryConv2d(4, 4, 3, padding=1, method="xnorpp")
+    x = torch.randn(2, 4, 6, 6)
+    wq = torch.randn(4, 4, 3, 3)  # not ±1: the product is not an integer
+    call = layer.method.input_quantizer(layer, x)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        fx.quantized_product(call, wq, "conv2d", (1, (1, 1), 1, 1), (layer.gamma_o, *layer.method._factors(layer, (6, 6))))
+    assert torch.float32 in [t.dtype for t in saved if t.numel() == 2 * 4 * 6 * 6]

@@ -414,7 +414,8 @@ class _QuantizedProduct(torch.autograd.Function):
             out.mul_(view)  # the order of scale_output's products: bit-identical values
         scales = [t for t in (channel, height, width)]
         ctx.has = [t is not None for t in scales]
-        extra = [t for t in scales if t is not None] + ([y] if ctx.spatial else [])
+        extra = [t for t in scales if t is not None] + ([_compact_product(y, xq, weight, ctx.packed, args)]
+                                                         if ctx.spatial else [])
         ctx.save_for_backward(first, weight, *extra, *([] if ctx.packed else kept))
         return out
 
@@ -447,6 +448,18 @@ class _QuantizedProduct(torch.autograd.Function):
             gw = gw.mul_(_per_out_channel(channel, weight)) if needs[1] else None
         gx = None if gxq is None else ctx.quantizer.grad(gxq, x, kept, *ctx.args)
         return (gx, gw, *grads_scale, None, None, None) + (None,) * len(ctx.args)
+
+
+def _compact_product(y: Tensor, xq: Tensor, weight: Tensor, packed: bool, args: tuple) -> Tensor:
+    """The unscaled product as backward keeps it: as int16 when it is exactly an integer that fits
+    (±1 activations from an unscaled packed quantizer, ±1 weights, fan-in < 2¹⁵: every output is an
+    exact sum of ±1 terms), else the float tensor itself."""
+    fan_in = weight[0].numel()
+    if not packed or any(a is not None for a in args) or fan_in >= 2**15:
+        return y
+    if not bool(weight.detach().abs().eq(1).all()):
+        return y
+    return y.to(torch.int16)
 
 
 def _spatial_backward(kind: str, grad: Tensor, y: Tensor, channel: Tensor | None, height: Tensor,

@@ -11,6 +11,7 @@ from torch.fx._symbolic_trace import is_fx_symbolic_tracing as is_fx_tracing
 
 from ..methods import Method
 from ..nn import BinaryConv1d, BinaryConv2d, BinaryLinear, RPReLU
+from ..nn.lean import keep_int8_for_backward
 
 __all__ = ["ACTIVATIONS", "LAYER_OPTIONS", "LayerFactory", "ZooModel", "make_activation", "resolve_activation"]
 
@@ -83,8 +84,8 @@ def resolve_activation(activation: str | None, binary: bool) -> str:
 
 def make_activation(kind: str, channels: int) -> nn.Module:
     """One activation module; ``channels`` sizes the per-channel slopes of PReLU and RPReLU."""
-    if kind == "hardtanh":
-        return nn.Hardtanh()
+    if kind == "hardtanh":  # one int8 per element kept for backward instead of the float input
+        return keep_int8_for_backward(nn.Hardtanh())
     if kind == "prelu":
         return nn.PReLU(channels)
     if kind == "rprelu":

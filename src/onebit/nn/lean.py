@@ -1,0 +1,63 @@
+"""Training memory of the binary networks' Hardtanh: one int8 per element kept for backward.
+
+``nn.Hardtanh`` keeps its float input for backward, whose gradient ``g·1{−1 < x < 1}`` needs only
+where the input lies: inside (−1, 1), at or below −1, at or above 1. In a binary network the
+Hardtanh in front of every binary convolution then keeps as much as the convolution did in full
+precision (the binary convolution itself keeps one byte per element), and is the largest tensor a
+binary step keeps beyond its full-precision twin's. :func:`keep_int8_for_backward` makes a Hardtanh
+keep ``clamp(x, −1, 1)`` truncated to int8 instead — −1, 0 or +1, which torch's own backward reads
+exactly as it reads ``x`` (strictly inside iff 0) — so gradients are bit-identical. The module
+stays an ``nn.Hardtanh`` (export recognises it by type); the saving is done by autograd's
+saved-tensor hooks, entered by a forward pre-hook and left by a forward hook.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["keep_int8_for_backward"]
+
+
+def _pack(t: Tensor) -> tuple[Tensor, torch.dtype]:
+    return t.clamp(-1.0, 1.0).to(torch.int8), t.dtype
+
+
+def _unpack(packed: tuple[Tensor, torch.dtype]) -> Tensor:
+    code, dtype = packed
+    return code.to(dtype)
+
+
+def _applies(module: nn.Hardtanh, x: Any) -> bool:
+    """Only for the default bounds ±1 (the code's meaning), a float input that autograd will save,
+    and plain eager execution (not while tracing, exporting or compiling)."""
+    if not isinstance(x, Tensor) or not x.is_floating_point() or not torch.is_grad_enabled():
+        return False
+    if module.min_val != -1.0 or module.max_val != 1.0 or not x.requires_grad:
+        return False
+    return not (torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling())
+
+
+def _enter(module: nn.Hardtanh, args: tuple) -> None:
+    if args and _applies(module, args[0]):
+        hooks = torch.autograd.graph.saved_tensors_hooks(_pack, _unpack)
+        hooks.__enter__()
+        module._onebit_saved_hooks = hooks
+
+
+def _leave(module: nn.Hardtanh, args: tuple, output: Any) -> None:
+    hooks = module.__dict__.pop("_onebit_saved_hooks", None)
+    if hooks is not None:
+        hooks.__exit__(None, None, None)
+
+
+def keep_int8_for_backward(module: nn.Hardtanh) -> nn.Hardtanh:
+    """Make ``module`` keep one int8 per element for backward instead of its float input (see the
+    module docstring); values and gradients are unchanged. Returns ``module``."""
+    if not isinstance(module, nn.Hardtanh):
+        raise TypeError(f"keep_int8_for_backward: expected an nn.Hardtanh, got {type(module).__name__}")
+    module.register_forward_pre_hook(_enter)
+    module.register_forward_hook(_leave, always_call=True)
+    return module
