@@ -271,6 +271,11 @@ def test_fourier_closed_form_is_the_series():
     # θ = 0 and θ = ±π (ω = π, x = ±1): the limits n + 1 and (n + 1)(−1).
     limits = fx.fourier_derivative_sum(torch.tensor([0.0, 1.0, -1.0], dtype=torch.float64), 4, math.pi)
     torch.testing.assert_close(limits, torch.tensor([5.0, -5.0, -5.0], dtype=torch.float64))
+    # ω < π: the limit n + 1 at θ = 0 and where θ or sin θ underflow (float32), finite everywhere.
+    tiny = torch.tensor([0.0, -0.0, 1e-45, -1e-45, 1e-38, 1e-30, 1.0, -1.0])
+    near_zero = fx.fourier_derivative_sum(tiny, 13, 0.1)
+    assert near_zero[:6].tolist() == [14.0] * 6
+    assert torch.isfinite(near_zero).all()
 
 
 def with_surrogate_value(fused, surrogate):
