@@ -59,22 +59,26 @@ def write_toml(path: Path, table: dict) -> Path:
 # --------------------------------------------------------------------------------------------------
 # Suites
 # --------------------------------------------------------------------------------------------------
-def test_default_suite_covers_every_method_family_and_track():
+def test_default_suite_covers_bibench_methods_both_tasks_and_every_track():
+    from onebit.bench.literature import IMAGENET_RESNET18
     from onebit.methods import available
 
     suite = load_suite("default")
     assert "default" in builtin_suites()
-    assert set(suite.methods) == set(available())
-    assert {s.family for s in suite.settings} == {"cnn", "mlp", "transformer"}
+    # BiBench's eight methods plus every method with a published ImageNet number (the side by side)
+    bibench = {"bnn", "xnor", "dorefa", "bireal", "xnorpp", "reactnet", "recu", "fda"}
+    assert set(suite.methods) == bibench | set(IMAGENET_RESNET18) and set(suite.methods) <= set(available())
+    assert {s.family for s in suite.settings} == {"cnn", "mlp"}
     assert {s.task for s in suite.settings} == {"digits", "mnist1d"}
+    assert set(suite.tracks) == {"accuracy", "robustness", "training", "sensitivity", "complexity", "inference"}
     runs = suite.runs()
     assert len({r.run_id for r in runs}) == len(runs)
     main_runs = [r for r in runs if r.role == "main"]
-    assert len(main_runs) == len(suite.settings) * len(suite.seeds) * (len(available()) + 1)
+    assert len(main_runs) == len(suite.settings) * len(suite.seeds) * (len(suite.methods) + 1)
     assert len(suite.seeds) >= 3  # intervals and rank stability need several seeds
     # the inference track times every method on the deployment networks, not the trained models
     deploy = [r for r in runs if r.role == "inference"]
-    assert len(deploy) == len(available()) * len(suite.inference["networks"])
+    assert len(deploy) == len(suite.methods) * len(suite.inference["networks"])
     assert {r.setting.arch for r in deploy} == {"bireal18", "reactnet_a"}
     assert all("inference" not in r.tracks for r in main_runs)
     sens = [r for r in runs if r.role == "sensitivity"]

@@ -77,9 +77,14 @@ def test_model_bits_of_built_models():
 def test_suites_run_w1a1_and_label_weight_only_runs():
     default = load_suite("default")
     assert default.activations == "binary" and len(default.seeds) >= 3
-    main = [r for r in default.runs() if r.role == "main"]
+    # every method of the shipped suite is W1A1 (no layer keeps real activations)
+    assert all(r.layer_options in ({}, {"binarize_activations": True}) for r in default.runs())
+    every = load_suite({"methods": "all", "seeds": [0], "tracks": ["accuracy"],
+                        "setting": [{"task": "digits", "arch": "mlp"}]})
+    main = [r for r in every.runs() if r.role == "main"]
     for method in ("pcpp-pc", "pcpp-bnn", "bnn++"):
-        assert all(r.layer_options == {"binarize_activations": True} for r in main if r.method == method)
+        cells = [r for r in main if r.method == method]
+        assert cells and all(r.layer_options == {"binarize_activations": True} for r in cells)
     assert all(r.layer_options == {} for r in main if r.method in ("bnn", "fp"))
 
     suite = load_suite({"methods": ["bnn", "pcpp-pc"], "weight_only": ["pcpp-pc"], "seeds": [0],

@@ -112,3 +112,19 @@ def test_shift_augmentation_is_off_by_default_and_seeded() -> None:
 def test_bad_option() -> None:
     with pytest.raises(ValueError, match="shift=-1.*0..40"):
         D.load("mnist1d", shift=-1)
+
+
+def test_train_split_moves_samples_to_the_test_set() -> None:
+    """The benchmark's MNIST-1D is 24,000 signals split 50/50: a large test set (small binomial noise)
+    without a longer training epoch. The split is the generator's own, so the samples are the same ones
+    and only the cut moves."""
+    m1d.clear_memory_cache()
+    default = D.load("mnist1d", num_samples=200, cache=False)
+    half = D.load("mnist1d", num_samples=200, train_split=0.5, cache=False)
+    assert (len(half.train), len(half.test)) == (100, 100)
+    assert torch.equal(half.train.data, default.train.data[:100])
+    assert torch.equal(half.test.data[-40:], default.test.data)
+    with pytest.raises(ValueError, match="train_split=1.*strictly between 0 and 1"):
+        D.load("mnist1d", num_samples=200, train_split=1, cache=False)
+    with pytest.raises(ValueError, match="train_split must be in"):
+        m1d.load_mnist1d(num_samples=200, train_split=0.0, cache=False)

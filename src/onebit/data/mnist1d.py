@@ -47,11 +47,12 @@ def clear_memory_cache() -> None:
     _MEMORY.clear()
 
 
-def _generation_args(num_samples: int, data_seed: int) -> dict[str, object]:
+def _generation_args(num_samples: int, data_seed: int, train_split: float = 0.8) -> dict[str, object]:
     mnist1d_data = require("mnist1d.data", "mnist1d", "mnist1d")
     args = dict(mnist1d_data.get_dataset_args(as_dict=True))
     args["num_samples"] = num_samples
     args["seed"] = data_seed
+    args["train_split"] = float(train_split)
     return args
 
 
@@ -141,8 +142,9 @@ def load_mnist1d(
     data_seed: int = 42,
     shift: int = 0,
     cache: bool = True,
+    train_split: float = 0.8,
 ) -> DataBundle:
-    """Load MNIST-1D: (1, 40) float signals, 10 classes, 80/20 train/test split.
+    """Load MNIST-1D: (1, 40) float signals, 10 classes, by default an 80/20 train/test split.
 
     Args:
         root: cache directory override (see module docstring).
@@ -154,8 +156,13 @@ def load_mnist1d(
         shift: if > 0, training signals are randomly shifted by up to this many
             positions (zero-filled); off by default.
         cache: also cache the generated arrays on disk.
+        train_split: the fraction of the samples used for training (the generator's own ``train_split``);
+            the rest is the test set. A benchmark that needs a large test set (small binomial noise)
+            without a longer training epoch lowers it, e.g. 0.5.
     """
-    args = _generation_args(num_samples, data_seed)
+    if not 0.0 < train_split < 1.0:
+        raise ValueError(f"load_mnist1d: train_split must be in (0, 1), got {train_split!r}")
+    args = _generation_args(num_samples, data_seed, train_split)
     arrays = _arrays(args, root, cache)
     # Copies, so that editing a dataset's tensors cannot corrupt the process-wide cache.
     x = torch.tensor(arrays["x"]).unsqueeze(1)
@@ -176,6 +183,10 @@ def load_mnist1d(
     )
 
 
+def _is_fraction(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0.0 < float(value) < 1.0
+
+
 SPEC = DatasetSpec(
     name="mnist1d",
     builder=lambda root, seed, **opts: load_mnist1d(root, seed, **opts),
@@ -184,6 +195,7 @@ SPEC = DatasetSpec(
         "data_seed": Option(42, is_int(0, 2**32 - 1), "an int in [0, 2**32)"),
         "shift": Option(0, is_int(0, 40), "an int in 0..40 (0 = no shift augmentation)"),
         "cache": Option(True, is_bool, "True or False"),
+        "train_split": Option(0.8, _is_fraction, "a number strictly between 0 and 1 (the training fraction)"),
     },
     summary="MNIST-1D generated locally: 4000 train / 1000 test signals of length 40.",
 )
