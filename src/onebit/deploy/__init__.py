@@ -2,7 +2,8 @@
 it on the C++ XNOR/popcount engine (:mod:`onebit.deploy.kernels`)."""
 
 from ._finite import NONFINITE_POLICIES, NonFiniteInputError
-from .export import FORMAT_VERSION, ModelFileError, PackedModel, export, load, save
+from .export import PackedModel, export
+from .fileformat import FORMAT_VERSION, ModelFileError, load, save
 from .graph import ExportError
 
 __all__ = ["FORMAT_VERSION", "ExportError", "ModelFileError", "NONFINITE_POLICIES", "NonFiniteInputError",
