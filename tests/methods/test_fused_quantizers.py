@@ -143,7 +143,9 @@ CASES = [
     ("xnor", {}, old_xnor_input, old_scaled_clip_weight, True),
     ("bireal", {}, old_approx_input, old_scaled_clip_weight, False),
     ("reactnet", {}, old_reactnet_input, old_scaled_clip_weight, False),
-    ("irnet", {}, lambda layer, x: old_ede(x, layer.ede_k, layer.ede_t), old_irnet_weight, True),
+    # Libra-PB's standardisation is now a two-pass variance and a closed-form backward: the weight's
+    # gradient within 1e-6, its value and the activation's gradient still bit-identical.
+    ("irnet", {}, lambda layer, x: old_ede(x, layer.ede_k, layer.ede_t), old_irnet_weight, "input"),
     ("recu", {}, old_recu_input, old_recu_weight, False),
     ("biper", {"stage": 1}, old_recu_input, old_biper_weight, False),
     ("biper", {"stage": 2}, old_recu_input, old_biper_weight, False),
@@ -242,8 +244,9 @@ def test_fused_quantizers_equal_the_ste_formulas(method, options, old_input, old
             value_old, grads_old = run(layer, x, old, which, 7)
             assert torch.equal(value_new, value_old), f"{method} {which} value differs"
             assert grads_new.keys() == grads_old.keys(), f"{method} {which}: {grads_new.keys()} vs {grads_old.keys()}"
+            bitwise = exact is True or exact == which
             for name in grads_old:
-                assert_same(grads_new[name], grads_old[name], exact, f"{method} {which} grad of {name}")
+                assert_same(grads_new[name], grads_old[name], bitwise, f"{method} {which} grad of {name}")
 
 
 def test_the_edge_row_by_hand():
@@ -449,3 +452,23 @@ def test_xnorpp_keeps_a_float_product_when_it_is_not_an_integer():
     with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
         fx.quantized_product(call, wq, "conv2d", (1, (1, 1), 1, 1), (layer.gamma_o, *layer.method._factors(layer, (6, 6))))
     assert torch.float32 in [t.dtype for t in saved if t.numel() == 2 * 4 * 6 * 6]
+
+
+@pytest.mark.parametrize("method,old", [("irnet", old_irnet_weight), ("recu", old_recu_weight)])
+@pytest.mark.parametrize("fan_in", [1, 6])
+def test_standardized_weights_on_constant_channels_and_a_fan_in_of_one(method, old, fan_in):
+    """The fused weight standardisations on a constant output channel (zero variance: Libra-PB divides
+    by 1 there, ReCU by sqrt(ε)) and on a fan-in of one (variance undefined), against the formulas."""
+    layer = onebit.nn.BinaryLinear(fan_in, 4, method=method)
+    if method == "recu":
+        layer.tau.fill_(0.93)
+    with torch.no_grad():
+        layer.weight.copy_(salted(layer.weight.shape, 3, 0.4))
+        layer.weight[1] = 0.25  # constant channel
+    grads = []
+    for quantize in (layer.method.quantize_weight, old):
+        value, g = run(layer, torch.zeros(1, fan_in), quantize, "weight", 9)
+        grads.append((value, g["weight"]))
+    assert torch.equal(grads[0][0], grads[1][0])
+    assert torch.isfinite(grads[0][1]).all()
+    assert_same(grads[0][1], grads[1][1], False, f"{method} weight grad")

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from .base import Method, Option, register
-from .functional import EDESTE, QuantizerCall, log_linear, sign_ede
+from .functional import EDESTE, QuantizerCall, libra_ede, log_linear, sign_ede
 
 __all__ = ["IRNet", "ede", "irnet_tk", "libra_pb"]
 
@@ -97,8 +97,8 @@ class IRNet(Method):
         return QuantizerCall(x, EDESTE, (layer.ede_k.detach(), layer.ede_t.detach()))
 
     def quantize_weight(self, layer: nn.Module, w: Tensor) -> Tensor:
-        balanced, scale = libra_pb(w)
-        return ede(balanced, layer.ede_k, layer.ede_t) * scale
+        # libra_pb then ede(Ŵ)·s, as one autograd.Function (tests/methods/test_fused_quantizers.py)
+        return libra_ede(w, layer.ede_k, layer.ede_t)
 
     def schedule(self, layer: nn.Module, epoch: int, epochs: int) -> None:
         t, k = irnet_tk(epoch, epochs, self.t_min, self.t_max)

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from .base import Method, Option, register
-from .functional import ApproxSTE, QuantizerCall, _clip_grad, clamp_ste, sign
+from .functional import ApproxSTE, QuantizerCall, _clip_grad, recu_weight, sign
 
 EPS = 1e-5
 
@@ -123,11 +123,10 @@ class ReCU(Method):
         return QuantizerCall(x, ApproxSTE)
 
     def quantize_weight(self, layer: nn.Module, w: Tensor) -> Tensor:
-        dims = tuple(range(1, w.dim()))
-        w0 = w - w.mean(dim=dims, keepdim=True)
-        w1 = w0 / (torch.sqrt(unbiased_var(w0, dims) + EPS) / (2 * math.sqrt(2)))
-        q_tau = (-w1.abs().mean() * torch.log(2 - 2 * layer.tau)).detach()
-        return clamp_ste(w1, q_tau)
+        # W1 = (W − mean)/(sqrt(var + ε)/(2√2)) per channel, Q_τ = −mean|W1|·ln(2 − 2τ) detached,
+        # sign(clamp(W1, ±Q_τ)) with clamp's gradient: one autograd.Function (the formulas are the
+        # oracle in tests/methods/test_fused_quantizers.py).
+        return recu_weight(w, layer.tau, EPS)
 
     def scale_output(self, layer: nn.Module, y: Tensor) -> Tensor:
         return y * layer.channel_view(layer.alpha, y.dim())
