@@ -212,6 +212,8 @@ def _plot_acc_vs_bops(lb: Leaderboard) -> bytes | None:
             ax.annotate(f"fp {arch}", (0.01, acc), xycoords=("axes fraction", "data"), fontsize=7, color="grey",
                         va="bottom")
         ax.set_xscale("log")
+        if any(not c.bops for c in here):  # the strip is no BOP count: no log-axis tick labels over it
+            _blank_ticks_left_of(ax, zero_x * 2.5)
         ax.set_title(task)
         ax.set_xlabel("BOPs per sample (log; coinciding points spread sideways)")
         ax.set_ylabel("test accuracy, %")
@@ -509,6 +511,25 @@ def _spread(cells: list, xs: dict[int, float], step: float = 1.08) -> list[tuple
     return out
 
 
+def _blank_ticks_left_of(ax, boundary: float) -> None:
+    """Keep the x axis's tick labels (major and minor) right of ``boundary`` only: left of it lies the
+    0-BOPs strip, where a log-axis label (e.g. 6x10^2) would read as those methods' BOP count."""
+    from matplotlib.ticker import Formatter
+
+    class Blank(Formatter):
+        def __init__(self, inner: Formatter) -> None:
+            self.inner = inner
+
+        def set_locs(self, locs) -> None:
+            self.inner.set_locs(locs)
+
+        def __call__(self, x: float, pos: int | None = None) -> str:
+            return "" if x < boundary else self.inner(x, pos)
+
+    ax.xaxis.set_major_formatter(Blank(ax.xaxis.get_major_formatter()))
+    ax.xaxis.set_minor_formatter(Blank(ax.xaxis.get_minor_formatter()))
+
+
 def _mean_or_zero(values: list[float]) -> float:
     return sum(values) / len(values) if values else 0.0
 
@@ -606,13 +627,7 @@ def _literature_section(lb: Leaderboard) -> _Section:
         sec.blocks.append("Disagreements (a method two or more places away from its published rank), with the "
                           "numbers behind them:")
         sec.blocks += comp.notes
-    sec.blocks.append(
-        "What differs between the two rankings' conditions: the published numbers are ImageNet (1000 "
-        "classes, 224x224, ResNet-18) with each paper's full recipe (hundreds of epochs, two-stage training, "
-        "distillation for ReActNet); this suite trains small networks from scratch for a few epochs on "
-        "10-class tasks whose FP accuracy is close to its ceiling, where methods differ by a few points — "
-        "compare the differences with each task's resolvable difference below."
-    )
+    sec.blocks.append(L.conditions(lb))
     return sec
 
 
