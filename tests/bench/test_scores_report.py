@@ -83,6 +83,26 @@ def test_literature_side_by_side(report, run):
     assert "| reactnet | 65.9 | 1 |" in report
 
 
+def test_disagreements_and_conditions_cite_the_runs_and_the_published_recipes(run):
+    """Issue 16 item 7: each disagreement is explained with evidence (epochs, architecture, accuracy ratio,
+    the published recipe), and the conditions paragraph is built from the suite's own settings."""
+    from onebit.bench.literature import PUBLISHED_RECIPE, conditions
+
+    recs = [r for r in _records(run) if r.task == "digits"]
+    for r in recs:  # bnn first here (published last): a disagreement of 5 places
+        if r.method == "bnn":
+            r.metrics["acc"] += 20.0
+    lb = leaderboard(recs, bootstrap=100)
+    notes = compare(lb).notes
+    bnn = next(n for n in notes if n.startswith("**bnn**"))
+    assert "published rank 6, here 1" in bnn
+    assert "mlp/digits 2 epochs (A_bi/A_fp 0.947)" in bnn  # 90/95
+    assert PUBLISHED_RECIPE["bnn"] in bnn
+    text = conditions(lb)
+    assert "digits × mlp: 2 epochs, 1000 test samples, FP 95.00%" in text
+    assert "A_bi/A_fp 0.821–0.947 across methods" in text  # xnor 78/95 .. bnn 90/95
+
+
 def test_robustness_tables_fit_the_page_and_show_the_track_score(report):
     section = report.split("## Corruption robustness")[1].split("\n## ")[0]
     for table in _tables(section):

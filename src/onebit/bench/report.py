@@ -627,13 +627,7 @@ def _literature_section(lb: Leaderboard) -> _Section:
         sec.blocks.append("Disagreements (a method two or more places away from its published rank), with the "
                           "numbers behind them:")
         sec.blocks += comp.notes
-    sec.blocks.append(
-        "What differs between the two rankings' conditions: the published numbers are ImageNet (1000 "
-        "classes, 224x224, ResNet-18) with each paper's full recipe (hundreds of epochs, two-stage training, "
-        "distillation for ReActNet); this suite trains small networks from scratch for a few epochs on "
-        "10-class tasks whose FP accuracy is close to its ceiling, where methods differ by a few points — "
-        "compare the differences with each task's resolvable difference below."
-    )
+    sec.blocks.append(L.conditions(lb))
     return sec
 
 
