@@ -465,7 +465,7 @@ def _save_npy(path: str, array: Any) -> None:
 
 
 def _cmd_summary(args: argparse.Namespace) -> int:
-    from .bench.summary import summary
+    from .nn.summary import summary
 
     model, shape = _summary_model(args)
     print(summary(model, args.input_shape or shape))

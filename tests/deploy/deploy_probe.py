@@ -10,10 +10,10 @@ import onebit
 
 
 def finish_training(model: nn.Module, method: str) -> None:
-    """Bring a model to its deployable state: BiPer's stage 2, the hard sign at the end of PC++/BNN++."""
-    if method == "biper":
-        onebit.methods.biper.to_stage2(model)
+    """Bring a model to its deployable state: every schedule at its end (as after the last epoch), then
+    each method's finalize (BiPer's stage 2, the hard sign at the end of PC++/BNN++)."""
     onebit.schedule_step(model, 10, 10)
+    onebit.finalize(model)
 
 
 class Residual(nn.Module):

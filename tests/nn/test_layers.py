@@ -22,18 +22,10 @@ EXTRA_PARAMS = {
     "pcpp-bc": set(), "pcpp-pc": set(), "pcpp-bnn": set(), "pcpp-bnn+": set(), "bnn++": set(),
 }
 
-# Methods whose default state trains with non-binary weights, and how a layer reaches its deployable
-# state (their tests in tests/methods check that inference raises NotDeployableError before).
-TO_DEPLOYABLE = {
-    "biper": lambda layer: onebit.methods.biper.to_stage2(layer),
-    "pcpp-pc": lambda layer: layer.schedule_step(10, 10),
-    "bnn++": lambda layer: layer.schedule_step(10, 10),
-}
-
-
 def deployable(layer):
-    TO_DEPLOYABLE.get(layer.method.name, lambda layer: None)(layer)
-    return layer
+    """The layer in its deployable state (Method.finalize: BiPer's stage 2, PC++'s hard sign; their
+    tests in tests/methods check that inference raises NotDeployableError before)."""
+    return onebit.finalize(layer)
 
 
 def make(kind, method, **kw):

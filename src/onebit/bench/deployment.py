@@ -39,9 +39,6 @@ NETWORKS: dict[str, tuple[str, dict[str, Any], str]] = {
 }
 #: Warm-up rounds before samples are kept.
 WARMUP = 3
-#: Method options of a method's deployed form where it differs from the default one: BiPer's stage 1
-#: trains real sin(ωW) weights; the network it deploys is its stage-2 binary sign(sin(ωW)) one.
-DEPLOYED_FORM: dict[str, dict[str, Any]] = {"biper": {"stage": 2}}
 
 
 def timed_side_by_side(runs: dict[str, tuple[Callable[[Any], Any], Any]], threads: int,
@@ -89,7 +86,7 @@ def deployment_models(network: str, method: str, *, size: int = 224, num_classes
     """The full-precision and the binarized ``network`` (a key of :data:`NETWORKS`) at ``size`` x ``size``,
     random weights with trained-looking BatchNorm statistics, in eval mode."""
     from ..models import create
-    from ..nn.convert import schedule_step
+    from ..nn.convert import finalize, schedule_step
 
     if network not in NETWORKS:
         raise ValueError(f"unknown deployment network {network!r}; available: {', '.join(NETWORKS)}")
@@ -97,9 +94,9 @@ def deployment_models(network: str, method: str, *, size: int = 224, num_classes
     options = dict(options, input_size=size) if "input_size" in _model_options(name) else dict(options)
     torch.manual_seed(seed)
     fp = create(name, num_classes=num_classes, **options).eval()
-    binary = create(name, num_classes=num_classes, method=method, **options, **DEPLOYED_FORM.get(method, {}),
-                    **(layer_options or {}))
-    schedule_step(binary, 1, 1)  # the end of every training schedule (PC++'s μ, ReCU's τ): the deployed state
+    binary = create(name, num_classes=num_classes, method=method, **options, **(layer_options or {}))
+    schedule_step(binary, 1, 1)  # the end of every training schedule (ReCU's τ, IRNet's t)
+    finalize(binary)  # the deployed state (BiPer's stage-2 sign(sin(ωW)) weights, PC++'s hard sign)
     return fp, _trained_looking(binary, seed)
 
 

@@ -235,6 +235,12 @@ class Method:
         """An extra loss term of this layer, added to the task loss, or None."""
         return None
 
+    def finalize(self, layer: nn.Module) -> None:
+        """Bring ``layer``, trained, to the state it is deployed in (in place; :func:`onebit.finalize`
+        calls it on every binary layer once training is over, before export): BiPer's stage 2,
+        ProxConnect++'s hard sign. Most methods deploy as they train: nothing. (State sized by the
+        first forward pass, such as XNOR-Net++'s Γ, is sized by ``onebit.finalize(model, x)``.)"""
+
     # -- deployment ----------------------------------------------------------------------------------
     def input_threshold(self, layer: nn.Module) -> Tensor | None:
         """Per-input-channel threshold b in ``sign(x + b)`` at inference, or None."""
@@ -247,6 +253,26 @@ class Method:
     def output_scale_tensor(self, layer: nn.Module) -> Tensor | None:
         """The output scale at inference (broadcasting against one sample's output), or None."""
         return None
+
+    # -- complexity (onebit.summary; BiBench, Qin et al. 2023, Sec. 3.5) ---------------------------------
+    def weight_bits(self, layer: nn.Module) -> float:
+        """Average bits per binarized weight: 1 (one ±1 plane); HBNN, its active bit planes."""
+        return 1.0
+
+    def activation_bits(self, layer: nn.Module) -> float:
+        """Bits per binarized activation."""
+        return 1.0
+
+    def extra_fp_ops(self, layer: nn.Module, inputs: int, outputs: int) -> int:
+        """Full-precision operations the method adds to a call of ``layer`` with ``inputs`` input and
+        ``outputs`` output elements, read from its inference hooks: a multiply per output element for
+        an output scale (α, Γ); with binary activations, an add per input element for a threshold
+        (RSign) and a multiply-add per input element for a runtime input scale (XNOR-Net's K)."""
+        extra = outputs if self.output_scale_tensor(layer) is not None else 0
+        if getattr(layer, "binarize_activations", True):
+            extra += inputs if self.input_threshold(layer) is not None else 0
+            extra += 2 * inputs if self.input_scale_kind(layer) == "mean_abs" else 0
+        return extra
 
     def inference(self, layer: nn.Module) -> InferenceForm:
         """What the eval-mode layer computes, for export. The default reads the quantized weight and

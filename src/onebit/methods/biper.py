@@ -86,6 +86,10 @@ class BiPer(Method):
     def output_scale_tensor(self, layer: nn.Module) -> Tensor | None:
         return layer.alpha.detach().clone()
 
+    def finalize(self, layer: nn.Module) -> None:
+        """Stage 2 (binary sign(sin(ωW)) weights), as :func:`to_stage2`; τ is kept."""
+        layer.method = self.with_options(stage=2)
+
     def loss(self, layer: nn.Module) -> Tensor | None:
         if self.tau == 0:
             return None

@@ -356,6 +356,10 @@ class HBNN(Method):
         approx = self.binarize_tensor(rows).approx.reshape(x.shape)
         return ste(approx, clip(x))
 
+    def weight_bits(self, layer: nn.Module) -> float:
+        """The realized average bitwidth of the layer's weights (:func:`average_bits`)."""
+        return average_bits(layer)
+
     def inference(self, layer: nn.Module) -> InferenceForm:
         binarization = self.weight_binarization(layer)
         planes = _planes_of(layer, binarization)

@@ -187,6 +187,10 @@ class ProxConnectPP(Method):
         layer.pcpp_mu.fill_(mu)
         layer.pcpp_hard.fill_(hard)
 
+    def finalize(self, layer: nn.Module) -> None:
+        """The state after training (epoch == epochs): μ at its end, the hard sign forward."""
+        self.schedule(layer, 1, 1)
+
     def is_binary(self, layer: nn.Module) -> bool:
         """Whether the layer's forward quantizer gives binary weights in its current state."""
         return self.always_binary or bool(layer.pcpp_hard)

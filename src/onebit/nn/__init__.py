@@ -1,7 +1,7 @@
 """Binary layers, the blocks binary architectures need, and model conversion."""
 
 from .blocks import LearnableBias, RPReLU, RSign
-from .convert import binarize, binary_layers, convertible_layers, extra_loss, schedule_step
+from .convert import binarize, binary_layers, convertible_layers, extra_loss, finalize, schedule_step
 from .layers import PAD_VALUES, BinaryConv1d, BinaryConv2d, BinaryLayer, BinaryLinear
 
 __all__ = [
@@ -17,5 +17,6 @@ __all__ = [
     "binary_layers",
     "convertible_layers",
     "extra_loss",
+    "finalize",
     "schedule_step",
 ]

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from ..methods import Method, get
 from .layers import BinaryConv1d, BinaryConv2d, BinaryLayer, BinaryLinear
 
-__all__ = ["binarize", "binary_layers", "schedule_step", "extra_loss", "convertible_layers"]
+__all__ = ["binarize", "binary_layers", "schedule_step", "extra_loss", "convertible_layers", "finalize"]
 
 _SWAP: dict[type[nn.Module], type[nn.Module]] = {
     nn.Conv1d: BinaryConv1d,
@@ -212,6 +212,27 @@ def schedule_step(model: nn.Module, epoch: int, epochs: int) -> None:
         for module in model.modules():
             if isinstance(module, BinaryLayer):
                 module.schedule_step(epoch, epochs)
+
+
+def finalize(model: nn.Module, example_input: Any = None) -> nn.Module:
+    """Bring a trained model (or one binary layer) to its deployable state, in place: each binary
+    layer's :meth:`onebit.methods.Method.finalize` (BiPer's stage 2, ProxConnect++'s hard sign).
+    ``example_input``, if given, is run through the model first (eval mode, no gradient), which sizes
+    lazily sized state (lazy layers, XNOR-Net++'s Γ). Call it once after training, before export;
+    returns ``model``."""
+    if example_input is not None:
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                _call(model, example_input)
+        finally:
+            model.train(was_training)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, BinaryLayer):
+                module.method.finalize(module)
+    return model
 
 
 def extra_loss(model: nn.Module) -> Tensor:

@@ -7,11 +7,13 @@ Counting rules (BiBench, Qin et al., ICML 2023, Sec. 3.5, "theoretical complexit
 * a MAC between 1-bit weights and 1-bit activations is a binary operation (BOP); BiBench's FLOPs of a
   binarized network are ``BOPs / 64 + FP FLOPs`` (a 64-bit word does 64 XNOR/popcount MACs at once);
 * binary parameters count 1/32 of a 32-bit parameter: ``Params_bi = binary / 32 + FP params``;
-* the extra full-precision work of each method is counted as FP operations: one multiply per output
-  element for an output scale (α, Γ), one add per input element for a threshold (RSign), and one
-  multiply-add per input element for a runtime activation scale (XNOR-Net's K);
-* multi-bit weights (HBNN) count one BOP per MAC per active bit plane (their average bit width), and
-  their "1-bit params" are the stored bits (weights × average bits).
+* the extra full-precision work of each method is counted as FP operations
+  (:meth:`onebit.methods.Method.extra_fp_ops`): one multiply per output element for an output scale
+  (α, Γ), one add per input element for a threshold (RSign), and one multiply-add per input element
+  for a runtime activation scale (XNOR-Net's K);
+* multi-bit weights (HBNN) count one BOP per MAC per active bit plane (their average bit width,
+  :meth:`onebit.methods.Method.weight_bits`), and their "1-bit params" are the stored bits (weights ×
+  average bits).
 """
 
 from __future__ import annotations
@@ -23,8 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..methods import Method
-from ..nn.layers import BinaryLayer
+from .layers import BinaryLayer
 
 __all__ = ["summary", "Summary", "LayerSummary"]
 
@@ -116,29 +117,16 @@ def _layer(name: str, module: nn.Module, inp: Tensor, out: Tensor) -> LayerSumma
                             weight_count + bias)
     binary_w = module.binarize_weights
     binary_a = module.binarize_activations
-    planes = 1.0
-    if binary_w and getattr(module.method, "multibit", False):
-        try:
-            from ..methods.hbnn import average_bits
-
-            planes = float(average_bits(module))
-        except Exception:  # a multi-bit method without that helper: count one plane
-            planes = 1.0
+    method = module.method
+    planes = float(method.weight_bits(module)) if binary_w else 1.0
     w_bits = f"{planes:g}" if binary_w else "32"
-    precision = f"{w_bits}/{1 if binary_a else 32}"
+    precision = f"{w_bits}/{f'{float(method.activation_bits(module)):g}' if binary_a else 32}"
     extra_params = sum(p.numel() for n, p in module.named_parameters() if n not in ("weight", "bias"))
     p1 = int(round(weight_count * planes)) if binary_w else 0
     p32 = (0 if binary_w else weight_count) + bias + extra_params
     bops = int(macs * planes) if (binary_w and binary_a) else 0
     fp = 0 if (binary_w and binary_a) else macs
-    extra = 0
-    method = module.method
-    if type(method).scale_output is not Method.scale_output:
-        extra += out.numel()
-    if binary_a and type(method).input_threshold is not Method.input_threshold:
-        extra += inp.numel()
-    if binary_a and method.input_scale_kind(module) == "mean_abs":
-        extra += 2 * inp.numel()
+    extra = method.extra_fp_ops(module, inp.numel(), out.numel())
     return LayerSummary(name, kind, precision, tuple(out.shape[1:]), p1, p32, bops, fp, extra,
                         weight_count + bias + extra_params)
 
