@@ -563,7 +563,7 @@ def main(argv: list[str] | None = None) -> int:
             mutants = [m for m in mutants if tuple(tests_for(m.path, tree)) not in broken]
         print(f"{len(mutants)} mutants of {commit}, {args.jobs} at a time", flush=True)
         _run_all(tree, mutants, builds, args.timeout, known)
-        mutants = [m for m in mutants if m.status]
+        mutants = [copy.copy(m) for m in mutants if m.status]  # a snapshot: mutants still running are left out
     print()
     print(report(mutants))
     if args.json:
@@ -659,11 +659,14 @@ def _run_all(tree: Path, mutants: list[Mutant], builds: list[Path | None], timeo
         print(f"[{done[0]}/{len(todo)}] {m.status:<10} {m.seconds:5.1f}s {m.path}:{m.line} [{m.kind}] "
               f"{m.killer}", flush=True)
 
+    pool = ThreadPoolExecutor(len(builds))
     try:
-        with ThreadPoolExecutor(len(builds)) as pool:
-            list(pool.map(one, todo))
-    except KeyboardInterrupt:  # Ctrl-C: report the mutants run so far
+        for future in [pool.submit(one, m) for m in todo]:
+            future.result()
+    except KeyboardInterrupt:  # Ctrl-C: report the mutants run so far (those still running are left out)
         print("interrupted", flush=True)
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
 
 
 def load_equivalents(path: Path) -> list[dict[str, str]]:
