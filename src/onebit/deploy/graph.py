@@ -13,18 +13,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
-from ..methods.base import NotDeployableError
 from ..nn.blocks import LearnableBias, RPReLU, RSign
 from ..nn.layers import BinaryLayer
+from .errors import ExportError  # (defined beside UnsupportedLayerError; re-exported here)
 from .packed import _PackedBase, build_packed, pack_layer
 
 __all__ = ["trace", "fuse", "graph_to_json", "graph_from_json", "ExportError", "SUPPORTED_MODULES"]
 
 GRAPH_VERSION = 1
-
-
-class ExportError(NotDeployableError):
-    """The model (or a file) cannot be expressed as an onebit graph; the message says which part."""
 
 
 # --------------------------------------------------------------------------------------------------

@@ -1,5 +1,9 @@
 """Packed layers: what a binary layer becomes after export.
 
+Each packed module holds the layer's frozen :class:`~onebit.deploy.description.PackedLayerDescription`
+(built by :func:`pack_layer`; folding a BatchNorm or fusing an activation replaces it) and runs it;
+:func:`supports` says which descriptions this runtime (and so the model file) runs.
+
 A :class:`PackedBinary` runs the layer's :class:`~onebit.methods.InferenceForm` with the 1-bit engine:
 binarize and bit-pack the input (with the method's threshold), XNOR/popcount against the bit-packed
 weight planes, then the fused epilogue — per-channel scale, bias, folded BatchNorm, PReLU and clamp.
@@ -13,130 +17,122 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..methods.base import InferenceForm, NotDeployableError, layer_label
-from ..nn.layers import BinaryConv1d, BinaryConv2d, BinaryLayer, BinaryLinear
+from ..methods.base import NotDeployableError, layer_label
+from ..nn.layers import BinaryLayer
+from .description import InputScale, PackedLayerDescription, describe, pack_bits, require, unpack_bits
 
-__all__ = ["PackedBinary", "PackedBinaryWeightOnly", "pack_layer", "pack_bits", "unpack_bits"]
-
-
-def pack_bits(signs: Tensor) -> Tensor:
-    """±1 (or any real) tensor → uint8 bytes, one bit per element (1 = negative), for the file."""
-    neg = (signs.detach().cpu().reshape(-1) < 0).numpy()
-    return torch.from_numpy(np.packbits(neg, bitorder="little"))
+__all__ = ["PackedBinary", "PackedBinaryWeightOnly", "pack_layer", "pack_bits", "unpack_bits", "supports",
+           "build_packed"]
 
 
-def unpack_bits(data: Tensor, shape: tuple[int, ...]) -> Tensor:
-    """Inverse of :func:`pack_bits`: ±1 float32 of ``shape``."""
-    count = math.prod(shape)
-    if data.dtype != torch.uint8 or data.numel() != (count + 7) // 8:
-        raise ValueError(f"bit-packed tensor of {data.numel()} bytes does not hold {count} elements")
-    neg = np.unpackbits(data.numpy(), count=count, bitorder="little").astype(np.float32)
-    return torch.from_numpy(1.0 - 2.0 * neg).reshape(shape)
+def supports(d: PackedLayerDescription) -> str | None:
+    """Whether the packed runtime (and its model file) runs the layer ``d``: None, or why not."""
+    if d.input_bits is not None:
+        return (f"multi-bit activations ({d.method}, activations='hetero') pick each sample's bit map by "
+                "sorting at run time, which the 1-bit engine cannot compute; train with "
+                "activations='binary' to deploy")
+    g = d.geometry
+    if g.groups != 1 and not (d.in_channels == g.groups and d.out_channels == g.groups):
+        return (f"groups={g.groups} (in_channels={d.in_channels}, out_channels={d.out_channels}); the packed "
+                "engine runs groups=1 and depthwise convolutions (groups == in_channels == out_channels) only")
+    if any(x != 1 for x in g.dilation):
+        return f"dilation={g.dilation}; the packed engine runs dilation 1 only"
+    if not g.symmetric:
+        return (f"asymmetric padding {g.pads()} (from padding='same' with an even kernel); use an odd "
+                "kernel or explicit symmetric padding")
+    return None
 
 
 class _PackedBase(nn.Module):
-    """Shared state of packed layers: geometry, the inference form's tensors, and the epilogue."""
+    """Shared state of packed layers: the layer's :class:`PackedLayerDescription` (frozen; folding and
+    fusing replace it) and views of it."""
 
-    #: Tensors of the layer (saved to the file); bit planes are stored bit-packed.
-    def __init__(self, config: dict[str, Any], tensors: dict[str, Tensor]) -> None:
+    def __init__(self, description: PackedLayerDescription) -> None:
         super().__init__()
-        self.config = dict(config)
-        self.planes = int(config["planes"])
-        shape = tuple(config["weight_shape"])
-        self.weight_shape = shape
-        self.kind = config["kind"]  # "conv1d", "conv2d", "linear"
-        self._tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
         self._cache: dict[str, Any] = {}
-        self.plane_scales = [self._tensors[f"plane_scale{j}"].float() for j in range(self.planes)]
-        self.out_channels = shape[0]
+        self._set_description(description)
+
+    def _set_description(self, description: PackedLayerDescription) -> None:
+        self.description = description
+        self.planes = len(description.planes)
+        self.weight_shape = description.weight_shape
+        self.kind = description.kind.value  # "conv1d", "conv2d", "linear"
+        self.plane_scales = description.plane_scales
+        self.out_channels = description.out_channels
+        self._cache.clear()
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The layer's JSON config in the model file (see :meth:`PackedLayerDescription.to_file`)."""
+        return self.description.to_file()[0]
+
+    def state_tensors(self) -> dict[str, Tensor]:
+        """The layer's tensors in the model file; bit planes are stored bit-packed."""
+        return self.description.to_file()[1]
 
     # Unpacked on demand, not kept: as float32 they would take 32x the memory of the stored bits.
     @property
     def signs(self) -> list[Tensor]:
         """The ±1 weight planes (float32 of the layer's weight shape), unpacked from the stored bits."""
-        return [unpack_bits(self._tensors[f"plane{j}"], self.weight_shape) for j in range(self.planes)]
+        return self.description.signs()
 
     @property
     def masks(self) -> list[Tensor | None]:
         """Per plane, the bool mask of active weights, or None (all active)."""
-        return [unpack_bits(self._tensors[f"mask{j}"], self.weight_shape) < 0 if f"mask{j}" in self._tensors
-                else None for j in range(self.planes)]  # fmt: skip
+        return self.description.masks()
 
     # -- the epilogue ---------------------------------------------------------------------------
-    def _vec(self, name: str) -> Tensor | None:
-        return self._tensors.get(name)
-
     def fold_batchnorm(self, bn: nn.modules.batchnorm._BatchNorm) -> None:
         """Fold an eval-mode BatchNorm that follows this layer: y' = y·s + t per channel."""
-        invstd = torch.rsqrt(bn.running_var.detach().float() + bn.eps)
-        s = invstd * (bn.weight.detach().float() if bn.weight is not None else 1.0)
-        t = (bn.bias.detach().float() if bn.bias is not None else 0.0) - bn.running_mean.detach().float() * s
-        self._tensors["post_scale"] = self._vec("post_scale") * s if "post_scale" in self._tensors else s
-        bias = self._vec("post_bias")
-        self._tensors["post_bias"] = t if bias is None else bias * s + t
-        self.config["folded_batchnorm"] = True
-        self._cache.clear()
+        self._set_description(self.description.fold_batchnorm(bn))
 
     def fuse_activation(self, module: nn.Module) -> bool:
         """Fuse a following PReLU / Hardtanh / ReLU into the epilogue (True if it was fused)."""
-        if "clamp" in self.config:
+        fused = self.description.fuse_activation(module)
+        if fused is None:
             return False
-        self._cache.clear()
-        if isinstance(module, nn.PReLU):
-            if "prelu" in self._tensors:
-                return False
-            w = module.weight.detach().float()
-            self._tensors["prelu"] = w.expand(self.out_channels).clone() if w.numel() == 1 else w.clone()
-            return True
-        if isinstance(module, nn.Hardtanh):
-            self.config["clamp"] = [float(module.min_val), float(module.max_val)]
-            return True
-        if isinstance(module, (nn.ReLU, nn.ReLU6)):
-            self.config["clamp"] = [0.0, 6.0 if isinstance(module, nn.ReLU6) else math.inf]
-            return True
-        return False
+        self._set_description(fused)
+        return True
 
     def _epilogue_torch(self, y: Tensor) -> Tensor:
         """Apply post-scale/bias/PReLU/clamp in torch (channels at dim 1, or last for linear)."""
         def view(v: Tensor) -> Tensor:
             return v if self.kind == "linear" else v.reshape((1, -1) + (1,) * (y.dim() - 2))
 
-        if "post_scale" in self._tensors:
-            y = y * view(self._tensors["post_scale"])
-        if "post_bias" in self._tensors:
-            y = y + view(self._tensors["post_bias"])
-        if "prelu" in self._tensors:
-            y = torch.where(y < 0, y * view(self._tensors["prelu"]), y)
-        if "clamp" in self.config:
-            lo, hi = self.config["clamp"]
-            y = y.clamp(lo, hi)
+        ep = self.description.epilogue
+        if ep.post_scale is not None:
+            y = y * view(ep.post_scale)
+        if ep.post_bias is not None:
+            y = y + view(ep.post_bias)
+        if ep.prelu is not None:
+            y = torch.where(y < 0, y * view(ep.prelu), y)
+        if ep.clamp is not None:
+            y = y.clamp(*ep.clamp)
         return y
 
-    def state_tensors(self) -> dict[str, Tensor]:
-        return dict(self._tensors)
-
     def extra_repr(self) -> str:
-        keys = ", ".join(k for k in ("folded_batchnorm", "clamp") if k in self.config)
+        ep = self.description.epilogue
+        keys = ", ".join(k for k, on in (("folded_batchnorm", ep.folded_batchnorm), ("clamp", ep.clamp is not None))
+                         if on)
         return f"{self.kind}, weight={tuple(self.weight_shape)}, planes={self.planes}" + (f", {keys}" if keys else "")
 
 
 class PackedBinary(_PackedBase):
     """A binary layer on the 1-bit engine. Output ``y = epilogue(out_scale ⊙ Σ_j μ_j·(m_j⊙B_j) ⊛ x_b)``."""
 
-    def __init__(self, config: dict[str, Any], tensors: dict[str, Tensor]) -> None:
-        super().__init__(config, tensors)
+    def __init__(self, description: PackedLayerDescription) -> None:
+        super().__init__(description)
         from . import kernels
 
         self._k = kernels
         shape = self.weight_shape
         w_shape = shape if self.kind != "conv1d" else (shape[0], shape[1], 1, shape[2])
-        # groups == channels: a depthwise convolution (config "groups", absent for 1)
-        self.groups = int(config.get("groups", 1))
+        geometry = description.geometry
+        self.groups = geometry.groups  # groups == channels: a depthwise convolution
         masks = self.masks
         self.packed = kernels.pack_weight_planes(
             [s.reshape(w_shape) for s in self.signs],
@@ -145,10 +141,10 @@ class PackedBinary(_PackedBase):
             [s.reshape(-1) for s in self.plane_scales],
             groups=self.groups,
         )
-        self.padding = tuple(config.get("padding", (0, 0)))
-        self.stride = tuple(config.get("stride", (1, 1)))
-        self.pad_value = int(config.get("pad_value", 0))
-        self.padding_mode = config.get("padding_mode", "zeros")
+        self.padding = geometry.padding_2d()
+        self.stride = geometry.stride_2d()
+        self.pad_value = description.pad_value
+        self.padding_mode = geometry.padding_mode
 
     def _transform(self) -> Any:
         """The fused epilogue, built once (the engine caches its resolved vectors inside it); folding
@@ -159,19 +155,17 @@ class PackedBinary(_PackedBase):
 
     def _build_transform(self) -> Any:
         """The fused epilogue when nothing runtime-dependent (K, spatial scale) sits before it."""
-        t = self._tensors
-        scale = t.get("out_scale")
-        if scale is not None and scale.dim() > 1:
+        d = self.description
+        if d.spatial_output_scale or d.input_scale == InputScale.MEAN_ABS:
             return None
-        if self.config.get("input_scale") == "mean_abs":
-            return None
-        post_scale, post_bias = t.get("post_scale"), t.get("post_bias")
+        ep = d.epilogue
+        scale, post_scale = d.output_scale, ep.post_scale
         total_scale = scale if scale is not None else None
         if post_scale is not None:
             total_scale = post_scale if total_scale is None else total_scale * post_scale
-        clamp = self.config.get("clamp")
+        clamp = ep.clamp
         return self._k.OutputTransform(
-            scale=total_scale, bias=post_bias, prelu=t.get("prelu"),
+            scale=total_scale, bias=ep.post_bias, prelu=ep.prelu,
             clamp_min=None if clamp is None else clamp[0],
             clamp_max=None if clamp is None or math.isinf(clamp[1]) else clamp[1],
         )
@@ -185,7 +179,7 @@ class PackedBinary(_PackedBase):
         """True if this layer's input is used only through its packed signs (no input scale, no
         non-zero padding mode), so a previous layer may hand it bits instead of floats."""
         return (self.kind in ("conv1d", "conv2d") and self.padding_mode == "zeros"
-                and self.config.get("input_scale") != "mean_abs")
+                and self.description.input_scale != InputScale.MEAN_ABS)
 
     def bits_transform(self, consumer: PackedBinary) -> Any:
         """This layer's epilogue ending in ``consumer``'s input sign: bit = (y + threshold) < 0, the
@@ -196,7 +190,7 @@ class PackedBinary(_PackedBase):
             t = self._transform()
             entry = (consumer, self._k.OutputTransform(
                 scale=t.scale, bias=t.bias, prelu=t.prelu, clamp_min=t.clamp_min, clamp_max=t.clamp_max,
-                output="bits", threshold=consumer._tensors.get("threshold")))  # fmt: skip
+                output="bits", threshold=consumer.description.input_threshold))  # fmt: skip
             self._cache[key] = entry
         return entry[1]
 
@@ -215,7 +209,7 @@ class PackedBinary(_PackedBase):
             x = x.float()
         if self.kind == "conv1d":
             x = x.unsqueeze(2)
-        return self._k.pack_activations(x, self._tensors.get("threshold"))
+        return self._k.pack_activations(x, self.description.input_threshold)
 
     def _conv(self, packed: Any, transform: Any, padding: tuple[int, int] | None = None,
               residual: Tensor | None = None, bits_for: PackedBinary | None = None,
@@ -226,7 +220,7 @@ class PackedBinary(_PackedBase):
         key = ("prepared", id(transform), pad, id(bits_for))
         entry = self._cache.get(key)
         if entry is None or entry[0] is not transform or entry[1] is not bits_for:
-            threshold = None if bits_for is None else bits_for._tensors.get("threshold")
+            threshold = None if bits_for is None else bits_for.description.input_threshold
             entry = (transform, bits_for, self._k.PreparedConv2d(
                 self.packed, stride=self.stride, padding=pad, pad_value=self.pad_value, transform=transform,
                 groups=self.groups, also_bits=bits_for is not None, bits_threshold=threshold))  # fmt: skip
@@ -267,8 +261,7 @@ class PackedBinary(_PackedBase):
         kinds = self._k
         if x.dtype != torch.float32:
             x = x.float()
-        t = self._tensors
-        threshold = t.get("threshold")
+        threshold = self.description.input_threshold
         lead: tuple[int, ...] = ()
         if self.kind == "linear":
             lead = tuple(x.shape[:-1])
@@ -279,7 +272,7 @@ class PackedBinary(_PackedBase):
             ph, pw = self.padding
             x = F.pad(x, (pw, pw, ph, ph), mode=self.padding_mode)
         k = None
-        if self.config.get("input_scale") == "mean_abs":
+        if self.description.input_scale == InputScale.MEAN_ABS:
             dims = tuple(range(1, x.dim()))
             k = x.abs().mean(dim=dims, keepdim=True)
         packed = kinds.pack_activations(x, threshold)
@@ -293,7 +286,7 @@ class PackedBinary(_PackedBase):
         if self.kind == "conv1d":
             y = y.squeeze(2)
         if not fused:
-            scale = t.get("out_scale")
+            scale = self.description.output_scale
             if scale is not None:
                 y = y * (scale if self.kind == "linear" else
                          scale.reshape((1,) + tuple(scale.shape) + (1,) * (y.dim() - 1 - scale.dim())))
@@ -310,19 +303,21 @@ class PackedBinary(_PackedBase):
 class PackedBinaryWeightOnly(_PackedBase):
     """1-bit weights with real activations: stored bit-packed, computed by torch in fp32."""
 
-    def __init__(self, config: dict[str, Any], tensors: dict[str, Tensor]) -> None:
-        super().__init__(config, tensors)
+    def __init__(self, description: PackedLayerDescription) -> None:
+        super().__init__(description)
         weight = torch.zeros(self.weight_shape)
         for sign, scale, mask in zip(self.signs, self.plane_scales, self.masks):  # (unpacked once here)
             term = sign * scale.reshape((-1,) + (1,) * (sign.dim() - 1))
             weight = weight + (term if mask is None else term * mask)
-        if "out_scale" in self._tensors and self._tensors["out_scale"].dim() == 1:
-            weight = weight * self._tensors["out_scale"].reshape((-1,) + (1,) * (weight.dim() - 1))
+        out_scale = description.output_scale
+        if out_scale is not None and out_scale.dim() == 1:
+            weight = weight * out_scale.reshape((-1,) + (1,) * (weight.dim() - 1))
         self.register_buffer("weight", weight, persistent=False)
-        self.stride = tuple(config.get("stride", (1, 1)))
-        self.padding = tuple(config.get("padding", (0, 0)))
-        self.padding_mode = config.get("padding_mode", "zeros")
-        self.groups = int(config.get("groups", 1))
+        geometry = description.geometry
+        self.stride = geometry.stride_2d()
+        self.padding = geometry.padding_2d()
+        self.padding_mode = geometry.padding_mode
+        self.groups = geometry.groups
 
     def forward(self, x: Tensor) -> Tensor:
         if self.kind == "linear":
@@ -336,81 +331,32 @@ class PackedBinaryWeightOnly(_PackedBase):
                 pads = (0,) * len(pads)
             y = conv(x, self.weight, None, self.stride if self.kind == "conv2d" else self.stride[1:], pads,
                      1, self.groups)
-        scale = self._tensors.get("out_scale")
+        scale = self.description.output_scale
         if scale is not None and scale.dim() > 1:
             y = y * scale.reshape((1,) + tuple(scale.shape))
         return self._epilogue_torch(y)
 
 
-def _geometry(layer: BinaryLayer) -> dict[str, Any]:
-    if isinstance(layer, BinaryLinear):
-        return {"kind": "linear"}
-    groups = int(layer.groups)
-    if groups != 1 and not (layer.in_channels == groups and layer.out_channels == groups):
-        raise NotDeployableError(
-            f"{layer_label(layer)}: groups={groups} (in_channels={layer.in_channels}, out_channels="
-            f"{layer.out_channels}); the packed engine runs groups=1 and depthwise convolutions "
-            "(groups == in_channels == out_channels) only"
-        )
-    extra: dict[str, Any] = {"groups": groups} if groups != 1 else {}
-    dil = tuple(layer.dilation)
-    if any(d != 1 for d in dil):
-        raise NotDeployableError(f"{layer_label(layer)}: dilation={dil}; the packed engine runs dilation 1 only")
-    pads = layer._reversed_padding_repeated_twice  # (left, right[, top, bottom]) in F.pad order
-    pairs = [(pads[i], pads[i + 1]) for i in range(0, len(pads), 2)][::-1]
-    if any(a != b for a, b in pairs):
-        raise NotDeployableError(
-            f"{layer_label(layer)}: asymmetric padding {pads} (from padding='same' with an even kernel); "
-            "use an odd kernel or explicit symmetric padding"
-        )
-    if isinstance(layer, BinaryConv1d):
-        return {"kind": "conv1d", "stride": [1, layer.stride[0]], "padding": [0, pairs[0][0]],
-                "padding_mode": layer.padding_mode, **extra}
-    assert isinstance(layer, BinaryConv2d)
-    return {"kind": "conv2d", "stride": list(layer.stride), "padding": [pairs[0][0], pairs[1][0]],
-            "padding_mode": layer.padding_mode, **extra}
-
-
 def pack_layer(layer: BinaryLayer) -> _PackedBase:
-    """The packed module of a trained binary layer (eval-mode semantics)."""
+    """The packed module of a trained binary layer (eval-mode semantics); raises
+    :class:`~onebit.methods.NotDeployableError` (an :class:`UnsupportedLayerError` where the packed
+    runtime does not run the layer, see :func:`supports`) naming the layer."""
     try:
-        form: InferenceForm = layer.inference_form()
+        description = describe(layer)
     except NotDeployableError:
         raise
     except ValueError as err:
         raise NotDeployableError(f"{layer_label(layer)} ({layer.method.name}): {err}") from None
-    if form.input_bits is not None:
-        raise NotDeployableError(
-            f"{layer_label(layer)} ({layer.method.name}): multi-bit activations (activations='hetero') pick "
-            "each sample's bit map by sorting at run time, which the 1-bit engine cannot compute; train with "
-            "activations='binary' to deploy"
-        )
-    config: dict[str, Any] = {
-        **_geometry(layer),
-        "method": layer.method.name,
-        "planes": len(form.weight_planes),
-        "weight_shape": list(form.weight_planes[0].shape),
-        "pad_value": int(form.pad_value),
-        "input_scale": form.input_scale,
-        "binary_input": bool(form.binary_input),
-    }
-    tensors: dict[str, Tensor] = {}
-    for j, (plane, scale, mask) in enumerate(zip(form.weight_planes, form.plane_scales, form.plane_masks)):
-        tensors[f"plane{j}"] = pack_bits(plane)
-        tensors[f"plane_scale{j}"] = scale.detach().float().reshape(-1).clone()
-        if mask is not None:
-            tensors[f"mask{j}"] = pack_bits(torch.where(mask.bool(), -1.0, 1.0))
-    if form.input_threshold is not None:
-        tensors["threshold"] = form.input_threshold.detach().float().clone()
-    if form.output_scale is not None:
-        tensors["out_scale"] = form.output_scale.detach().float().clone()
-    if form.bias is not None:
-        tensors["post_bias"] = form.bias.detach().float().clone()
-    if not form.binary_input:
-        return PackedBinaryWeightOnly(config, tensors)
-    return PackedBinary(config, tensors)
+    require(supports, description, layer_label(layer))
+    return build_module(description)
+
+
+def build_module(description: PackedLayerDescription) -> _PackedBase:
+    """The packed runtime module of a description the runtime :func:`supports`."""
+    cls = PackedBinary if description.binary_input else PackedBinaryWeightOnly
+    return cls(description)
 
 
 def build_packed(config: dict[str, Any], tensors: dict[str, Tensor]) -> _PackedBase:
-    cls = PackedBinary if config.get("binary_input", True) else PackedBinaryWeightOnly
-    return cls(config, tensors)
+    """The packed module stored in a model file as ``config`` and ``tensors`` (format versions 1–3)."""
+    return build_module(PackedLayerDescription.from_file(config, tensors))
