@@ -1,7 +1,9 @@
 """ONNX and QONNX export of onebit models.
 
 Two flavors of one graph, both the *eval-mode* network with every binary layer in its deployed
-inference form (:meth:`onebit.methods.Method.inference`, :class:`~onebit.methods.InferenceForm`):
+inference form (:meth:`onebit.methods.Method.inference`, :class:`~onebit.methods.InferenceForm`), read
+from the layer's :class:`~onebit.deploy.description.PackedLayerDescription` — the description the packed
+runtime and LCE read (:func:`supports` says which layers have an ONNX form):
 
 ``"float"``
     standard ONNX operators only, runnable in onnxruntime. A binary layer becomes::
@@ -60,13 +62,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._io import atomic_write_bytes
-from ..methods.base import InferenceForm, NotDeployableError, layer_label
+from ..methods.base import NotDeployableError, layer_label
 from ..nn.blocks import RSign
-from ..nn.layers import BinaryConv1d, BinaryLayer, BinaryLinear
+from ..nn.layers import BinaryLayer
 from ._finite import guard_inputs, mark_outputs
-from .graph import ExportError
+from .description import InputScale, LayerKind, PackedLayerDescription, describe, require
+from .errors import ExportError
 
-__all__ = ["to_onnx", "run_onnx", "inference_module", "FLAVORS", "QONNX_DOMAIN", "DEFAULT_OPSET"]
+__all__ = ["to_onnx", "run_onnx", "inference_module", "supports", "FLAVORS", "QONNX_DOMAIN", "DEFAULT_OPSET"]
 
 FLAVORS = ("float", "qonnx")
 QONNX_DOMAIN = "qonnx.custom_op.general"
@@ -185,49 +188,51 @@ class _RSignInference(nn.Module):
 
 
 class _BinaryInference(nn.Module):
-    """One binary layer in its inference form, written with plain torch ops (see the module docstring)."""
+    """One binary layer in its inference form, written with plain torch ops (see the module docstring),
+    built from the layer's :class:`~onebit.deploy.description.PackedLayerDescription`."""
 
-    def __init__(self, layer: BinaryLayer, form: InferenceForm, qonnx: bool) -> None:
+    def __init__(self, d: PackedLayerDescription, qonnx: bool) -> None:
         super().__init__()
-        self.kind = "linear" if isinstance(layer, BinaryLinear) else (
-            "conv1d" if isinstance(layer, BinaryConv1d) else "conv2d")
+        self.kind = d.kind.value
         self.qonnx = qonnx
-        self.binary_input = bool(form.binary_input)
-        self.mean_abs = form.input_scale == "mean_abs" and self.binary_input
-        self.pad_value = float(form.pad_value)
-        features_last = self.kind == "linear"
-        self.site = _SignSite(form.input_threshold, features_last, qonnx) if self.binary_input else None
-        if self.kind != "linear":
-            self.stride = tuple(layer.stride)
-            self.dilation = tuple(layer.dilation)
-            self.groups = int(layer.groups)
-            self.padding_mode = layer.padding_mode
-            self.pads = list(layer._reversed_padding_repeated_twice)  # F.pad order
-        self.register_buffer("output_scale", None if form.output_scale is None
-                             else form.output_scale.detach().float().clone())
-        self.register_buffer("bias", None if form.bias is None else form.bias.detach().float().clone())
-        wdim = form.weight_planes[0].dim()
-        col = (-1,) + (1,) * (wdim - 1)
+        self.binary_input = d.binary_input
+        self.mean_abs = d.input_scale == InputScale.MEAN_ABS and self.binary_input
+        self.pad_value = float(d.pad_value)
+        features_last = d.kind == LayerKind.LINEAR
+        self.site = _SignSite(d.input_threshold, features_last, qonnx) if self.binary_input else None
+        if d.kind != LayerKind.LINEAR:
+            g = d.geometry
+            self.stride, self.dilation, self.groups = g.stride, g.dilation, g.groups
+            self.padding_mode = g.padding_mode
+            self.pads = g.pads()  # F.pad order
+        ep = d.epilogue
+        for name, value in (("output_scale", d.output_scale), ("post_scale", ep.post_scale),
+                            ("bias", ep.post_bias), ("prelu", ep.prelu)):
+            self.register_buffer(name, None if value is None else value.detach().float().clone())
+        self.clamp = ep.clamp
         if not qonnx:
-            self.register_buffer("weight", form.effective_weight().detach().float().clone())
+            self.register_buffer("weight", d.effective_weight())
             self.planes = 0
         else:
-            self.planes = len(form.weight_planes)
-            self.ternary: list[bool] = []
-            for j, (plane, scale, mask) in enumerate(zip(form.weight_planes, form.plane_scales, form.plane_masks)):
-                scale = scale.detach().float().reshape(col).clone()
-                plane = plane.detach().float()
-                if mask is None:
-                    # BipolarQuant only looks at the sign of its input: the ±1 plane itself.
-                    self.register_buffer(f"plane{j}", plane.clone())
-                    self.ternary.append(False)
-                else:
-                    # Ternary Quant(x, μ): x = μ·m·b gives x/μ ∈ {−1, 0, +1} exactly (μ·1/μ = 1 in IEEE).
-                    self.register_buffer(f"plane{j}", (plane * mask.float() * scale).clone())
-                    self.ternary.append(True)
-                self.register_buffer(f"scale{j}", scale)
-            self.register_buffer("zeropt", torch.zeros(()))
-            self.register_buffer("bitwidth", torch.tensor(2.0))
+            self._quantized_planes(d)
+
+    def _quantized_planes(self, d: PackedLayerDescription) -> None:
+        col = (-1,) + (1,) * (len(d.weight_shape) - 1)
+        self.planes = len(d.planes)
+        self.ternary: list[bool] = []
+        for j, (plane, scale, mask) in enumerate(zip(d.signs(), d.plane_scales, d.masks())):
+            scale = scale.detach().float().reshape(col).clone()
+            if mask is None:
+                # BipolarQuant only looks at the sign of its input: the ±1 plane itself.
+                self.register_buffer(f"plane{j}", plane.clone())
+                self.ternary.append(False)
+            else:
+                # Ternary Quant(x, μ): x = μ·m·b gives x/μ ∈ {−1, 0, +1} exactly (μ·1/μ = 1 in IEEE).
+                self.register_buffer(f"plane{j}", (plane * mask.float() * scale).clone())
+                self.ternary.append(True)
+            self.register_buffer(f"scale{j}", scale)
+        self.register_buffer("zeropt", torch.zeros(()))
+        self.register_buffer("bitwidth", torch.tensor(2.0))
 
     def _weight(self) -> Tensor:
         if not self.qonnx:
@@ -271,37 +276,58 @@ class _BinaryInference(nn.Module):
                 conv_pad = tuple(self.pads[::2][::-1])
             else:
                 x = _pad(x, self.pads, "constant", self.pad_value if self.binary_input else 0.0)
-        w = self._weight()
-        if self.kind == "linear":
-            y = F.linear(x, w)
-        elif self.kind == "conv1d":
-            y = F.conv1d(x, w, None, self.stride, conv_pad, self.dilation, self.groups)
-        else:
-            y = F.conv2d(x, w, None, self.stride, conv_pad, self.dilation, self.groups)
+        y = self._product(x, conv_pad)
         if k is not None:
             y = y * k  # conv(K·s) = K·conv(s); K·pad_value at padded positions included
-        if self.output_scale is not None:
-            y = y * self._channel(self.output_scale, y)
-        if self.bias is not None:
-            y = y + self._channel(self.bias, y)
+        y = self._epilogue(y)
         return y.squeeze(0) if unbatched else y
 
+    def _product(self, x: Tensor, conv_pad: Any) -> Tensor:
+        w = self._weight()
+        if self.kind == "linear":
+            return F.linear(x, w)
+        if self.kind == "conv1d":
+            return F.conv1d(x, w, None, self.stride, conv_pad, self.dilation, self.groups)
+        return F.conv2d(x, w, None, self.stride, conv_pad, self.dilation, self.groups)
 
-def _inference_form(layer: BinaryLayer, name: str) -> InferenceForm:
+    def _epilogue(self, y: Tensor) -> Tensor:
+        """The description's scales and epilogue, in its float32 order (a layer described from a
+        training layer has only the output scale and the bias)."""
+        if self.output_scale is not None:
+            y = y * self._channel(self.output_scale, y)
+        if self.post_scale is not None:
+            y = y * self._channel(self.post_scale, y)
+        if self.bias is not None:
+            y = y + self._channel(self.bias, y)
+        if self.prelu is not None:
+            y = torch.where(y < 0, y * self._channel(self.prelu, y), y)
+        if self.clamp is not None:
+            y = y.clamp(*self.clamp)
+        return y
+
+
+def supports(d: PackedLayerDescription) -> str | None:
+    """Whether the ONNX/QONNX export runs the layer ``d``: None, or why not. (Grouped and dilated
+    convolutions, every padding and padding mode have an ONNX form.)"""
+    if d.input_bits is not None:
+        return (f"{d.method} with activations='hetero' binarizes activations at run time with a per-sample "
+                "bit map chosen by sorting (middle-out selection), which has no ONNX/QONNX form; train with "
+                "activations='binary' to export")
+    return None
+
+
+def _describe(layer: BinaryLayer, name: str) -> PackedLayerDescription:
+    """The layer's description, refused (one :class:`ExportError` naming the layer) where it has no
+    ONNX form."""
     label = layer_label(layer) if getattr(layer, "onebit_name", None) else f"layer {name!r} ({type(layer).__name__})"
     try:
-        form = layer.inference_form()
+        description = describe(layer)
     except NotDeployableError as err:
         raise ExportError(f"cannot export {label}: {err}") from None
     except ValueError as err:
         raise ExportError(f"cannot export {label} ({layer.method.name}): {err}") from None
-    if form.input_bits is not None:
-        raise ExportError(
-            f"cannot export {label}: hbnn with activations='hetero' binarizes activations at run time with "
-            "a per-sample bit map chosen by sorting (middle-out selection), which has no ONNX/QONNX form; "
-            "train with activations='binary' to export"
-        )
-    return form
+    require(supports, description, f"cannot export {label}")
+    return description
 
 
 def _replace(root: nn.Module, name: str, module: nn.Module) -> nn.Module:
@@ -322,8 +348,7 @@ def inference_module(model: nn.Module, flavor: str = "float") -> nn.Module:
     qonnx = flavor == "qonnx"
     for name, module in list(work.named_modules()):
         if isinstance(module, BinaryLayer):
-            form = _inference_form(module, name)
-            work = _replace(work, name, _BinaryInference(module, form, qonnx))
+            work = _replace(work, name, _BinaryInference(_describe(module, name), qonnx))
         elif isinstance(module, RSign):
             work = _replace(work, name, _RSignInference(module, qonnx))
     return work.eval()
@@ -470,10 +495,37 @@ def to_onnx(
             its hard-sign epoch, weights left real, HBNN heterogeneous activations) or torch's exporter
             failed on a part of the model; the message names the layer and the reason.
     """
+    onnx = _import_onnx()
+    path = _check_arguments(model, flavor, opset, path)
+    inputs = _inputs(example_input)
+    work, n_outputs = _run_reference(model, inputs)
+    net = inference_module(work, flavor)
+    if dynamic_batch is None:
+        dynamic_batch = flavor == "float"
+    data = _trace(net, type(model).__name__, inputs, n_outputs, flavor, opset, dynamic_batch)
+    proto = onnx.load_from_string(data)
+    if flavor == "qonnx":
+        _constants_to_initializers(proto)
+    _fold_constants(proto)
+    _infer_shapes(proto)
+    _label(proto, flavor, metadata)
+    try:
+        onnx.checker.check_model(proto)
+    except Exception as err:
+        raise ExportError(f"the exported graph does not pass onnx.checker ({str(err)[:300]})") from None
+    atomic_write_bytes(path, proto.SerializeToString())
+    return path
+
+
+def _import_onnx() -> Any:
     try:
         import onnx
     except ImportError:
         raise ExportError("ONNX export needs the onnx package: pip install 'onnx>=1.14'") from None
+    return onnx
+
+
+def _check_arguments(model: nn.Module, flavor: str, opset: int, path: str | Path) -> Path:
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch nn.Module, got {type(model).__name__}")
     _check_flavor(flavor)
@@ -482,27 +534,33 @@ def to_onnx(
     path = Path(path)
     if not path.parent.is_dir():
         raise FileNotFoundError(f"cannot write {path}: the folder {path.parent} does not exist; create it first")
-    inputs = _inputs(example_input)
+    return path
 
+
+def _run_reference(model: nn.Module, inputs: tuple[Tensor, ...]) -> tuple[nn.Module, int]:
+    """An eval-mode fp32 copy of ``model``, run once on the example (which materialises lazy layers
+    and XNOR-Net++'s Γ before the layers are described), and its number of outputs."""
     work = copy.deepcopy(model).cpu().float().eval()
     with torch.no_grad():
         try:
-            reference = work(*inputs)  # materialises lazy layers and XNOR-Net++'s Γ before forms are read
+            reference = work(*inputs)
         except Exception as err:
             raise ExportError(
                 f"the model does not run on example_input of shape {[tuple(t.shape) for t in inputs]} "
                 f"({type(err).__name__}: {str(err)[:300]}); pass an input of the model's input shape"
             ) from None
-    net = inference_module(work, flavor)
     outputs = reference if isinstance(reference, (tuple, list)) else (reference,)
     if not all(isinstance(o, Tensor) for o in outputs):
         raise ExportError("ONNX export needs the model to return a tensor or a tuple of tensors")
-    input_names = ["input"] + [f"input_{i}" for i in range(1, len(inputs))]
-    output_names = ["output"] + [f"output_{i}" for i in range(1, len(outputs))]
-    if dynamic_batch is None:
-        dynamic_batch = flavor == "float"
-    dynamic_axes = {n: {0: "batch"} for n in input_names + output_names} if dynamic_batch else None
+    return work, len(outputs)
 
+
+def _trace(net: nn.Module, model_name: str, inputs: tuple[Tensor, ...], n_outputs: int, flavor: str, opset: int,
+           dynamic_batch: bool) -> bytes:
+    """The serialized graph of torch's TorchScript-based ONNX exporter."""
+    input_names = ["input"] + [f"input_{i}" for i in range(1, len(inputs))]
+    output_names = ["output"] + [f"output_{i}" for i in range(1, n_outputs)]
+    dynamic_axes = {n: {0: "batch"} for n in input_names + output_names} if dynamic_batch else None
     buffer = io.BytesIO()
     with warnings.catch_warnings():
         # The TorchScript exporter announces its deprecation and warns about traced shapes; neither
@@ -518,25 +576,18 @@ def to_onnx(
         except Exception as err:
             message = str(err).strip().splitlines()[0][:400] if str(err).strip() else ""
             raise ExportError(
-                f"torch.onnx could not export {type(model).__name__} ({type(err).__name__}: {message}); "
+                f"torch.onnx could not export {model_name} ({type(err).__name__}: {message}); "
                 "a layer or function in the model has no ONNX form at this opset"
             ) from None
-    proto = onnx.load_from_string(buffer.getvalue())
-    if flavor == "qonnx":
-        _constants_to_initializers(proto)
-    _fold_constants(proto)
-    _infer_shapes(proto)
+    return buffer.getvalue()
+
+
+def _label(proto: Any, flavor: str, metadata: dict[str, str] | None) -> None:
     proto.producer_name = "onebit"
     entries = {"onebit.flavor": flavor, **{str(k): str(v) for k, v in (metadata or {}).items()}}
     for key, value in entries.items():
         prop = proto.metadata_props.add()
         prop.key, prop.value = key, value
-    try:
-        onnx.checker.check_model(proto)
-    except Exception as err:
-        raise ExportError(f"the exported graph does not pass onnx.checker ({str(err)[:300]})") from None
-    atomic_write_bytes(path, proto.SerializeToString())
-    return path
 
 
 # --------------------------------------------------------------------------------------------------
