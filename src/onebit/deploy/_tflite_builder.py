@@ -114,91 +114,16 @@ class ModelBuilder:
 
     # -- serialization --------------------------------------------------------------------------
     def serialize(self) -> bytes:
+        """The ``.tflite`` flatbuffer: buffers, tensors, operators, the subgraph, operator codes, model."""
         b = flatbuffers.Builder(1024 + sum(len(x) for x in self.buffers))
-
-        def ivec(values: list[int]) -> int:
-            b.StartVector(4, len(values), 4)
-            for v in reversed(values):
-                b.PrependInt32(v)
-            return b.EndVector()
-
-        def bytes_vec(data: bytes, alignment: int = 16) -> int:
-            # Constant data aligned to 16 bytes so kernels may read it in place.
-            b.StartVector(1, len(data), alignment)
-            b.head = b.head - len(data)
-            b.Bytes[b.head:b.head + len(data)] = data
-            return b.EndVector()
-
-        def vec_of(offsets: list[int]) -> int:
-            b.StartVector(4, len(offsets), 4)
-            for off in reversed(offsets):
-                b.PrependUOffsetTRelative(off)
-            return b.EndVector()
-
-        Buffer, Model, Operator, OperatorCode, SubGraph, Tensor = (
-            importlib.import_module(f"tflite.{n}")
-            for n in ("Buffer", "Model", "Operator", "OperatorCode", "SubGraph", "Tensor")
-        )
-
-        buf_offs = []
-        for data in self.buffers:
-            data_off = bytes_vec(data) if data else None
-            Buffer.BufferStart(b)
-            if data_off is not None:
-                Buffer.BufferAddData(b, data_off)
-            buf_offs.append(Buffer.BufferEnd(b))
-
-        tensor_offs = []
-        for t in self.tensors:
-            name_off = b.CreateString(t.name)
-            shape_off = ivec(list(t.shape))
-            Tensor.TensorStart(b)
-            Tensor.TensorAddShape(b, shape_off)
-            Tensor.TensorAddType(b, t.dtype)
-            Tensor.TensorAddBuffer(b, t.buffer)
-            Tensor.TensorAddName(b, name_off)
-            tensor_offs.append(Tensor.TensorEnd(b))
-
-        op_offs = []
-        for op in self.ops:
-            opt_off = self._options(b, op.options) if op.options else None
-            custom_off = b.CreateByteVector(op.custom) if op.custom is not None else None
-            in_off, out_off = ivec(op.inputs), ivec(op.outputs)
-            Operator.OperatorStart(b)
-            Operator.OperatorAddOpcodeIndex(b, op.code)
-            Operator.OperatorAddInputs(b, in_off)
-            Operator.OperatorAddOutputs(b, out_off)
-            if opt_off is not None:
-                Operator.OperatorAddBuiltinOptionsType(b, op.options_type)
-                Operator.OperatorAddBuiltinOptions(b, opt_off)
-            if custom_off is not None:
-                Operator.OperatorAddCustomOptions(b, custom_off)
-            op_offs.append(Operator.OperatorEnd(b))
-
-        tensors_vec, ops_vec = vec_of(tensor_offs), vec_of(op_offs)
-        in_vec, out_vec = ivec(self.inputs), ivec(self.outputs)
-        sg_name = b.CreateString("main")
-        SubGraph.SubGraphStart(b)
-        SubGraph.SubGraphAddTensors(b, tensors_vec)
-        SubGraph.SubGraphAddInputs(b, in_vec)
-        SubGraph.SubGraphAddOutputs(b, out_vec)
-        SubGraph.SubGraphAddOperators(b, ops_vec)
-        SubGraph.SubGraphAddName(b, sg_name)
-        subgraph = SubGraph.SubGraphEnd(b)
-
-        code_offs = []
-        for builtin, custom in self.opcodes:
-            custom_off = b.CreateString(custom) if custom is not None else None
-            OperatorCode.OperatorCodeStart(b)
-            OperatorCode.OperatorCodeAddDeprecatedBuiltinCode(b, min(builtin, 127))
-            OperatorCode.OperatorCodeAddBuiltinCode(b, builtin)
-            OperatorCode.OperatorCodeAddVersion(b, 1)
-            if custom_off is not None:
-                OperatorCode.OperatorCodeAddCustomCode(b, custom_off)
-            code_offs.append(OperatorCode.OperatorCodeEnd(b))
-
-        codes_vec, subgraphs_vec, buffers_vec = vec_of(code_offs), vec_of([subgraph]), vec_of(buf_offs)
+        buffers = [_buffer(b, data) for data in self.buffers]
+        tensors = [_tensor(b, t) for t in self.tensors]
+        ops = [self._operator(b, op) for op in self.ops]
+        subgraph = self._subgraph(b, tensors, ops)
+        codes = [_operator_code(b, builtin, custom) for builtin, custom in self.opcodes]
+        codes_vec, subgraphs_vec, buffers_vec = _offsets(b, codes), _offsets(b, [subgraph]), _offsets(b, buffers)
         description = b.CreateString("onebit")
+        Model = _schema("Model")
         Model.ModelStart(b)
         Model.ModelAddVersion(b, 3)
         Model.ModelAddOperatorCodes(b, codes_vec)
@@ -207,6 +132,35 @@ class ModelBuilder:
         Model.ModelAddBuffers(b, buffers_vec)
         b.Finish(Model.ModelEnd(b), file_identifier=b"TFL3")
         return bytes(b.Output())
+
+    def _operator(self, b: flatbuffers.Builder, op: _Op) -> int:
+        Operator = _schema("Operator")
+        opt_off = self._options(b, op.options) if op.options else None
+        custom_off = b.CreateByteVector(op.custom) if op.custom is not None else None
+        in_off, out_off = _ints(b, op.inputs), _ints(b, op.outputs)
+        Operator.OperatorStart(b)
+        Operator.OperatorAddOpcodeIndex(b, op.code)
+        Operator.OperatorAddInputs(b, in_off)
+        Operator.OperatorAddOutputs(b, out_off)
+        if opt_off is not None:
+            Operator.OperatorAddBuiltinOptionsType(b, op.options_type)
+            Operator.OperatorAddBuiltinOptions(b, opt_off)
+        if custom_off is not None:
+            Operator.OperatorAddCustomOptions(b, custom_off)
+        return Operator.OperatorEnd(b)
+
+    def _subgraph(self, b: flatbuffers.Builder, tensors: list[int], ops: list[int]) -> int:
+        SubGraph = _schema("SubGraph")
+        tensors_vec, ops_vec = _offsets(b, tensors), _offsets(b, ops)
+        in_vec, out_vec = _ints(b, self.inputs), _ints(b, self.outputs)
+        sg_name = b.CreateString("main")
+        SubGraph.SubGraphStart(b)
+        SubGraph.SubGraphAddTensors(b, tensors_vec)
+        SubGraph.SubGraphAddInputs(b, in_vec)
+        SubGraph.SubGraphAddOutputs(b, out_vec)
+        SubGraph.SubGraphAddOperators(b, ops_vec)
+        SubGraph.SubGraphAddName(b, sg_name)
+        return SubGraph.SubGraphEnd(b)
 
     @staticmethod
     def _options(b: flatbuffers.Builder, spec: tuple[str, dict[str, Any]]) -> int:
@@ -224,3 +178,66 @@ class ModelBuilder:
             camel = "".join(part[:1].upper() + part[1:] for part in key.split("_"))
             getattr(module, f"{name}Add{camel}")(b, vectors.get(key, value))
         return getattr(module, f"{name}End")(b)
+
+
+# --------------------------------------------------------------------------------------------------
+# Flatbuffer pieces (each built before the table that refers to it, as flatbuffers require)
+# --------------------------------------------------------------------------------------------------
+def _schema(name: str) -> Any:
+    """The generated builder module of one schema table (``tflite.Model``, ``tflite.Tensor``, ...)."""
+    return importlib.import_module(f"tflite.{name}")
+
+
+def _ints(b: flatbuffers.Builder, values: list[int]) -> int:
+    b.StartVector(4, len(values), 4)
+    for v in reversed(values):
+        b.PrependInt32(v)
+    return b.EndVector()
+
+
+def _offsets(b: flatbuffers.Builder, offsets: list[int]) -> int:
+    b.StartVector(4, len(offsets), 4)
+    for off in reversed(offsets):
+        b.PrependUOffsetTRelative(off)
+    return b.EndVector()
+
+
+def _bytes(b: flatbuffers.Builder, data: bytes, alignment: int = 16) -> int:
+    # Constant data aligned to 16 bytes so kernels may read it in place.
+    b.StartVector(1, len(data), alignment)
+    b.head = b.head - len(data)
+    b.Bytes[b.head:b.head + len(data)] = data
+    return b.EndVector()
+
+
+def _buffer(b: flatbuffers.Builder, data: bytes) -> int:
+    Buffer = _schema("Buffer")
+    data_off = _bytes(b, data) if data else None
+    Buffer.BufferStart(b)
+    if data_off is not None:
+        Buffer.BufferAddData(b, data_off)
+    return Buffer.BufferEnd(b)
+
+
+def _tensor(b: flatbuffers.Builder, t: _Tensor) -> int:
+    Tensor = _schema("Tensor")
+    name_off = b.CreateString(t.name)
+    shape_off = _ints(b, list(t.shape))
+    Tensor.TensorStart(b)
+    Tensor.TensorAddShape(b, shape_off)
+    Tensor.TensorAddType(b, t.dtype)
+    Tensor.TensorAddBuffer(b, t.buffer)
+    Tensor.TensorAddName(b, name_off)
+    return Tensor.TensorEnd(b)
+
+
+def _operator_code(b: flatbuffers.Builder, builtin: int, custom: str | None) -> int:
+    OperatorCode = _schema("OperatorCode")
+    custom_off = b.CreateString(custom) if custom is not None else None
+    OperatorCode.OperatorCodeStart(b)
+    OperatorCode.OperatorCodeAddDeprecatedBuiltinCode(b, min(builtin, 127))
+    OperatorCode.OperatorCodeAddBuiltinCode(b, builtin)
+    OperatorCode.OperatorCodeAddVersion(b, 1)
+    if custom_off is not None:
+        OperatorCode.OperatorCodeAddCustomCode(b, custom_off)
+    return OperatorCode.OperatorCodeEnd(b)
