@@ -7,36 +7,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from onebit._registry import Option, Registry, describe_options, is_bool, is_int
 from onebit.data._bundle import DataBundle
 
-__all__ = ["DatasetSpec", "Option", "available", "load", "register"]
-
-
-@dataclass(frozen=True)
-class Option:
-    """One keyword option of a dataset: its default, a validity check and what is allowed."""
-
-    default: Any
-    check: Callable[[Any], bool]
-    allowed: str
-
-
-def is_int(low: int | None = None, high: int | None = None) -> Callable[[Any], bool]:
-    """Check for a real int (bools excluded) within ``[low, high]``."""
-
-    def check(v: Any) -> bool:
-        return (
-            isinstance(v, int)
-            and not isinstance(v, bool)
-            and (low is None or v >= low)
-            and (high is None or v <= high)
-        )
-
-    return check
-
-
-def is_bool(v: Any) -> bool:
-    return isinstance(v, bool)
+__all__ = ["DatasetSpec", "Option", "available", "is_bool", "is_int", "load", "register"]
 
 
 @dataclass(frozen=True)
@@ -50,26 +24,19 @@ class DatasetSpec:
     needs_root: bool = False
 
 
-_REGISTRY: dict[str, DatasetSpec] = {}
+_DATASETS: Registry[DatasetSpec] = Registry(duplicate="dataset {name!r} is already registered",
+                                            unknown="unknown dataset {name!r}; valid names: {names}", casefold=True)
+_REGISTRY = _DATASETS.entries  # lower-case name → spec
 
 
 def register(spec: DatasetSpec) -> None:
     """Add a dataset to the registry (names are case-insensitive)."""
-    key = spec.name.lower()
-    if key in _REGISTRY:
-        raise ValueError(f"dataset {spec.name!r} is already registered")
-    _REGISTRY[key] = spec
+    _DATASETS.add(spec.name, spec)
 
 
 def available() -> list[str]:
     """Names accepted by :func:`load`, sorted."""
-    return sorted(_REGISTRY)
-
-
-def _describe_options(spec: DatasetSpec) -> str:
-    if not spec.options:
-        return "(none)"
-    return "; ".join(f"{k} ({o.allowed}; default {o.default!r})" for k, o in spec.options.items())
+    return _DATASETS.names()
 
 
 def load(name: str, root: str | os.PathLike[str] | None = None, *, seed: int = 0, **options: Any) -> DataBundle:
@@ -87,9 +54,7 @@ def load(name: str, root: str | os.PathLike[str] | None = None, *, seed: int = 0
     Returns:
         A :class:`DataBundle`.
     """
-    if not isinstance(name, str) or name.lower() not in _REGISTRY:
-        raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join(available())}")
-    spec = _REGISTRY[name.lower()]
+    spec = _DATASETS.get(name)
     if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**32:
         raise ValueError(f"seed must be an int in [0, 2**32), got {seed!r}")
     resolved: dict[str, Any] = {}
@@ -97,7 +62,7 @@ def load(name: str, root: str | os.PathLike[str] | None = None, *, seed: int = 0
         opt = spec.options.get(key)
         if opt is None:
             raise ValueError(
-                f"unknown option {key!r} for dataset {spec.name!r}; valid options: {_describe_options(spec)}"
+                f"unknown option {key!r} for dataset {spec.name!r}; valid options: {describe_options(spec.options)}"
             )
         if not opt.check(value):
             raise ValueError(

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 from torch import Tensor
 
+from .._registry import Registry
 from ..errors import OnebitError
 from .functional import QuantizerCall, sign
 
@@ -318,29 +319,27 @@ def layer_label(layer: nn.Module) -> str:
 # --------------------------------------------------------------------------------------------------
 # Registry
 # --------------------------------------------------------------------------------------------------
-_REGISTRY: dict[str, type[Method]] = {}
+_METHODS: Registry[type[Method]] = Registry(duplicate="a method named {name!r} is already registered",
+                                            unknown="unknown binarization method {name!r}; available: {names}",
+                                            same_again=True)
+_REGISTRY = _METHODS.entries
 
 
 def register(cls: type[Method]) -> type[Method]:
     """Class decorator adding a method to the registry under ``cls.name``."""
     if not cls.name:
         raise ValueError(f"{cls.__name__} has no name")
-    if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:
-        raise ValueError(f"a method named {cls.name!r} is already registered")
-    _REGISTRY[cls.name] = cls
-    return cls
+    return _METHODS.add(cls.name, cls)
 
 
 def available() -> list[str]:
     """Names of all registered methods, sorted."""
-    return sorted(_REGISTRY)
+    return _METHODS.names()
 
 
 def method_class(name: str) -> type[Method]:
     """The class registered under ``name``; unknown names raise ValueError listing the valid ones."""
-    if not isinstance(name, str) or name not in _REGISTRY:
-        raise ValueError(f"unknown binarization method {name!r}; available: {', '.join(available())}")
-    return _REGISTRY[name]
+    return _METHODS.get(name)
 
 
 def get(name: str | Method, **options: Any) -> Method:
@@ -352,5 +351,4 @@ def get(name: str | Method, **options: Any) -> Method:
 
 
 def iter_classes() -> Iterator[type[Method]]:
-    for key in available():
-        yield _REGISTRY[key]
+    yield from _METHODS

@@ -11,14 +11,11 @@ from torch.fx._symbolic_trace import is_fx_symbolic_tracing as is_fx_tracing
 
 from ..methods import Method
 from ..nn import BinaryConv1d, BinaryConv2d, BinaryLinear, RPReLU
+from ..nn.convert import LAYER_OPTIONS, LINEAR_LAYER_OPTIONS
 from ..nn.lean import keep_int8_for_backward
 
 __all__ = ["ACTIVATIONS", "LAYER_OPTIONS", "LayerFactory", "ZooModel", "make_activation", "resolve_activation"]
 
-#: Per-layer switches of ``onebit.nn``'s binary layers, accepted by ``create`` next to the method's options.
-LAYER_OPTIONS = ("pad_value", "binarize_weights", "binarize_activations")
-#: Only convolutions pad, so ``pad_value`` must not reach a BinaryLinear.
-_LINEAR_LAYER_OPTIONS = ("binarize_weights", "binarize_activations")
 
 ACTIVATIONS = ("hardtanh", "prelu", "rprelu", "relu", "identity")
 
@@ -69,7 +66,7 @@ class LayerFactory:
     def linear(self, in_features: int, out_features: int, bias: bool = True) -> nn.Linear:
         if self.method is None:
             return nn.Linear(in_features, out_features, bias=bias)
-        opts = {k: v for k, v in self.layer_options.items() if k in _LINEAR_LAYER_OPTIONS}
+        opts = {k: v for k, v in self.layer_options.items() if k in LINEAR_LAYER_OPTIONS}
         return BinaryLinear(in_features, out_features, bias=bias, method=self.method, **opts)
 
 

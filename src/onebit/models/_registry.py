@@ -7,41 +7,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from .._registry import Option, Registry, describe_options, is_bool, is_int
 from ..methods import Method, get, method_class
 from ..methods.base import iter_classes
 from ._layers import LAYER_OPTIONS, LayerFactory, ZooModel
 
-__all__ = ["ModelSpec", "Option", "available", "create", "register", "spec"]
-
-
-@dataclass(frozen=True)
-class Option:
-    """One keyword option of a model: its default, a validity check and, in words, what is allowed."""
-
-    default: Any
-    check: Callable[[Any], bool]
-    allowed: str
-    doc: str = ""
-
-
-def is_int(low: int | None = None, high: int | None = None) -> Callable[[Any], bool]:
-    """A real int (bools excluded) within ``[low, high]``."""
-
-    def check(v: Any) -> bool:
-        return (
-            isinstance(v, int) and not isinstance(v, bool)
-            and (low is None or v >= low) and (high is None or v <= high)
-        )
-
-    return check
+__all__ = ["ModelSpec", "Option", "available", "create", "is_bool", "is_int", "register", "spec"]
 
 
 def is_positive_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
-
-
-def is_bool(v: Any) -> bool:
-    return isinstance(v, bool)
 
 
 def is_choice(*choices: Any) -> Callable[[Any], bool]:
@@ -81,32 +56,27 @@ class ModelSpec:
     size_option: str | None = None
 
     def describe_options(self) -> str:
-        if not self.options:
-            return "(none)"
-        return "; ".join(f"{k} ({o.allowed}; default {o.default!r})" for k, o in self.options.items())
+        return describe_options(self.options)
 
 
-_REGISTRY: dict[str, ModelSpec] = {}
+_MODELS: Registry[ModelSpec] = Registry(duplicate="a model named {name!r} is already registered",
+                                        unknown="unknown model {name!r}; available models: {names}")
+_REGISTRY = _MODELS.entries
 
 
 def register(model_spec: ModelSpec) -> ModelSpec:
     """Add a model to the registry."""
-    if model_spec.name in _REGISTRY:
-        raise ValueError(f"a model named {model_spec.name!r} is already registered")
-    _REGISTRY[model_spec.name] = model_spec
-    return model_spec
+    return _MODELS.add(model_spec.name, model_spec)
 
 
 def available() -> list[str]:
     """Names accepted by :func:`create`, sorted."""
-    return sorted(_REGISTRY)
+    return _MODELS.names()
 
 
 def spec(name: str) -> ModelSpec:
     """The :class:`ModelSpec` of ``name``; an unknown name raises ``ValueError`` listing the valid ones."""
-    if not isinstance(name, str) or name not in _REGISTRY:
-        raise ValueError(f"unknown model {name!r}; available models: {', '.join(available())}")
-    return _REGISTRY[name]
+    return _MODELS.get(name)
 
 
 def _positive_int(what: str, value: Any, model: str) -> int:

@@ -14,15 +14,19 @@ from torch import Tensor, nn
 from ..methods import Method, get
 from .layers import BinaryConv1d, BinaryConv2d, BinaryLayer, BinaryLinear
 
-__all__ = ["binarize", "binary_layers", "schedule_step", "extra_loss", "convertible_layers", "finalize"]
+__all__ = ["binarize", "binary_layers", "schedule_step", "extra_loss", "convertible_layers", "finalize",
+           "LAYER_OPTIONS", "LINEAR_LAYER_OPTIONS"]
 
 _SWAP: dict[type[nn.Module], type[nn.Module]] = {
     nn.Conv1d: BinaryConv1d,
     nn.Conv2d: BinaryConv2d,
     nn.Linear: BinaryLinear,
 }
-_LAYER_OPTIONS = ("binarize_weights", "binarize_activations")
-_CONV_OPTIONS = ("pad_value",)
+#: The per-layer switches of the binary layers a linear layer takes (keyword arguments of binarize,
+#: onebit.models.create and the layers themselves).
+LINEAR_LAYER_OPTIONS = ("binarize_weights", "binarize_activations")
+#: ... and those of a convolution, which also pads (``pad_value``). The one list of layer options.
+LAYER_OPTIONS = ("pad_value", *LINEAR_LAYER_OPTIONS)
 
 
 def _swap_target(module: nn.Module) -> type[nn.Module] | None:
@@ -112,7 +116,7 @@ def _replacement(module: nn.Module, target: type[nn.Module], method: Method, lay
     w = module.weight
     factory = {"device": w.device, "dtype": w.dtype}
     if target is BinaryLinear:
-        opts = {k: v for k, v in layer_opts.items() if k in _LAYER_OPTIONS}
+        opts = {k: v for k, v in layer_opts.items() if k in LINEAR_LAYER_OPTIONS}
         new = BinaryLinear(module.in_features, module.out_features, module.bias is not None, **factory,
                            method=method, **opts)
     else:
@@ -154,7 +158,7 @@ def binarize(
 
     Weights and biases are copied; the latent real weights are the original ones.
     """
-    layer_opts = {k: options.pop(k) for k in _LAYER_OPTIONS + _CONV_OPTIONS if k in options}
+    layer_opts = {k: options.pop(k) for k in LAYER_OPTIONS if k in options}
     method = get(method, **options)
     target = _swap_target(model)
     if target is not None:
