@@ -152,12 +152,23 @@ def test_in_place_ops_only_on_temporaries():
     _check_same_output(plan, packed, x)
 
 
+class InputFirst(Block):
+    """Block with the shortcut (the model's input) as the addition's first argument."""
+
+    def forward(self, x):
+        return self.act(x + self.bn(self.conv(x)))
+
+
 def test_in_place_ops_leave_a_shared_input_alone():
-    plan, packed, x = _plan(nn.Sequential(Block(16), nn.Flatten(), nn.Linear(16 * 64, 4)), channels=16)
+    plan, packed, x = _plan(nn.Sequential(InputFirst(16), nn.Flatten(), nn.Linear(16 * 64, 4)), channels=16)
     _run(plan, passes.drop_identities, passes.in_place_ops)  # no fusion: the addition reads the model input
     add = next(n for n in plan.graph.nodes if n.op == "call_function" and n.target in (operator.add, _add_))
-    assert add.target is _add_ and add.args[1].op == "placeholder"  # written into the BN output, not the input
+    # written into the conv's output (the arguments swapped), never into the caller's input
+    assert add.target is _add_ and add.args[1].op == "placeholder" and isinstance(plan.module(add.args[0]),
+                                                                                  PackedBinary)
+    x_before = x.clone()
     _check_same_output(plan, packed, x)
+    assert torch.equal(x, x_before)
 
 
 def test_write_over_shortcut_never_the_callers_input():
