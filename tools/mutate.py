@@ -507,7 +507,8 @@ def summary(mutants: list[Mutant]) -> dict[str, dict[str, float]]:
     rows: dict[str, dict[str, float]] = {}
     for m in mutants:
         for area in (m.area, "overall"):
-            row = rows.setdefault(area, {"killed": 0, "timeout": 0, "survived": 0, "equivalent": 0, "total": 0})
+            row = rows.setdefault(area, {"killed": 0, "timeout": 0, "survived": 0, "equivalent": 0, "error": 0,
+                                         "total": 0})
             row["total"] += 1
             row[m.status] = row.get(m.status, 0) + 1
     for row in rows.values():
@@ -517,19 +518,20 @@ def summary(mutants: list[Mutant]) -> dict[str, dict[str, float]]:
 
 
 def report(mutants: list[Mutant]) -> str:
-    out = [f"{'area':<10} {'killed':>7} {'timeout':>8} {'survived':>9} {'equivalent':>11} {'total':>6} "
+    out = [f"{'area':<10} {'killed':>7} {'timeout':>8} {'survived':>9} {'equivalent':>11} {'error':>6} {'total':>6} "
            f"{'kill rate':>10}"]
     for area, row in summary(mutants).items():
         out.append(f"{area:<10} {row['killed']:>7} {row['timeout']:>8} {row['survived']:>9} {row['equivalent']:>11} "
-                   f"{row['total']:>6} {row['kill_rate']:>9.1f}%")
-    out.append("(kill rate = (killed + timeout) / (total - equivalent); on a busy machine a timeout may be a slow "
-               "survivor: rerun those with a longer --timeout)")
-    for status in ("survived", "timeout", "equivalent", "stale"):
+                   f"{row['error']:>6} {row['total']:>6} {row['kill_rate']:>9.1f}%")
+    out.append("(kill rate = (killed + timeout) / (killed + timeout + survived): equivalent mutants and errors, "
+               "whose killer fails unmutated too, are left out; on a busy machine a timeout may be a slow survivor: "
+               "rerun those with a longer --timeout)")
+    for status in ("survived", "timeout", "equivalent", "error", "stale"):
         chosen = [m for m in mutants if m.status == status]
         if chosen or status == "survived":
             out.append(f"\n{status} ({len(chosen)}):")
         for m in chosen:
-            why = f"  -- {m.killer}" if status in ("equivalent", "stale") else ""
+            why = f"  -- {m.killer}" if status in ("equivalent", "error", "stale") else ""
             out.append(f"{m.path}:{m.line} [{m.kind}]{why}\n" + "\n".join("    " + d for d in m.diff().splitlines()))
     return "\n".join(out)
 
@@ -563,6 +565,8 @@ def main(argv: list[str] | None = None) -> int:
             mutants = [m for m in mutants if tuple(tests_for(m.path, tree)) not in broken]
         print(f"{len(mutants)} mutants of {commit}, {args.jobs} at a time", flush=True)
         _run_all(tree, mutants, builds, args.timeout, known)
+        if args.no_baseline:
+            verify_killers(tree, [m for m in mutants if m.status == "killed"], args.baseline_timeout)
         mutants = [copy.copy(m) for m in mutants if m.status]  # a snapshot: mutants still running are left out
     print()
     print(report(mutants))
@@ -598,7 +602,8 @@ def _parser() -> argparse.ArgumentParser:
                         "earlier --json file, found by their line's text (e.g. with --worktree, to check that "
                         "new tests kill them)")
     parser.add_argument("--no-baseline", action="store_true", help="skip running the mapped tests unmutated "
-                        "first (only when they are known to pass: a failing set makes its mutants look killed)")
+                        "first (much faster on a busy machine); instead every test that killed a mutant is run "
+                        "unmutated at the end, and a mutant whose killer fails there too counts as an error")
     parser.add_argument("--no-coverage", action="store_true", help="run every mapped test for each mutant "
                         "(default: only the tests that execute its line, found by one traced unmutated run)")
     parser.add_argument("--baseline-timeout", type=float, default=1800.0, help="seconds for the unmutated, "
@@ -667,6 +672,21 @@ def _run_all(tree: Path, mutants: list[Mutant], builds: list[Path | None], timeo
         print("interrupted", flush=True)
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
+
+
+def verify_killers(tree: Path, killed: list[Mutant], timeout: float) -> None:
+    """Without a baseline run, check afterwards that each killing test passes unmutated: run every distinct
+    killer once on the unmutated copy; a mutant whose killer fails there too gets status ``error``."""
+    killers = sorted({m.killer for m in killed if m.killer.startswith("tests/")})  # node ids or test files
+    if not killers:
+        return
+    outcome, failed, seconds = _pytest(tree, killers, timeout, (), None)
+    bad = set(failed) if outcome == "failed" else set(killers) if outcome != "passed" else set()
+    print(f"killers verified unmutated: {len(killers)} tests, {outcome} in {seconds:.0f}s"
+          f"{' (failing: ' + ' '.join(sorted(bad)) + ')' if bad else ''}", flush=True)
+    for m in killed:
+        if m.killer in bad or any(m.killer.startswith(b + "::") for b in bad):
+            m.status, m.killer = "error", f"its killer {m.killer} fails (or did not run) unmutated too"
 
 
 def load_equivalents(path: Path) -> list[dict[str, str]]:
