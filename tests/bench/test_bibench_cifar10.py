@@ -134,6 +134,46 @@ def test_shipped_suite_follows_bibench_acc_cifar10_and_eff_train_configs():
 
 
 # --------------------------------------------------------------------------------------------------
+# init = "fp": binarized runs start from their FP run (BiBench's init_cfg=Pretrained)
+# --------------------------------------------------------------------------------------------------
+def test_binarized_runs_start_from_the_fp_run_which_trains_first(tmp_path, cifar_root):
+    """Two workers: without the FP-first phase a binarized run would start before its FP model exists."""
+    from onebit.train.trainer import load_checkpoint
+
+    out = tmp_path / "out"
+    suite = tiny_cifar_suite(model=MLP)
+    suite["train"]["init"] = "fp"
+    result = run_suite(suite, out, data_root=cifar_root, workers=2, progress=False, report=False)
+    assert result["failed"] == [] and result["done"] == 3
+    runs = {r.method: r for r in _records(out)}
+    fp_model = (out / "runs" / runs["fp"].run_id / "model.pt").resolve()
+    for method in ("bnn", "xnor"):
+        recipe = load_checkpoint(out / "runs" / runs[method].run_id / "model.pt")["recipe"]
+        assert recipe["stage"][0]["init"] == str(fp_model)
+        assert runs[method].config["hparams"]["init"] == "fp" == runs["fp"].config["hparams"]["init"]
+    fp_recipe = load_checkpoint(fp_model)["recipe"]
+    assert fp_recipe["stage"][0]["init"] == "scratch"
+
+
+def test_init_fp_without_its_fp_model_is_a_failed_run_naming_the_cause(tmp_path, cifar_root):
+    suite = tiny_cifar_suite(model=MLP)
+    suite["train"]["init"] = "fp"
+    spec = next(r for r in suite_from_dict(suite).runs() if r.method == "bnn")
+    record = execute(spec, tmp_path, data_root=str(cifar_root))
+    assert record.status == "failed" and 'init = "fp"' in record.error and "shares" in record.error
+
+
+def test_init_key_is_checked_and_leaves_other_suites_ids_alone():
+    plain = suite_from_dict(tiny_cifar_suite()).runs()
+    assert all("init" not in r.hparams for r in plain)  # ids of suites without the key are unchanged
+    with pytest.raises(SuiteError, match=r"train.init: 'imagenet' is not one of scratch, fp"):
+        suite_from_dict({**tiny_cifar_suite(), "train": {"init": "imagenet"}})
+    shipped = load_suite("bibench_cifar10").runs()
+    assert {r.hparams.get("init") for r in shipped if r.role == "main"} == {"fp"}
+    assert all("init" not in r.hparams for r in shipped if r.role == "sensitivity")  # eff_train: from scratch
+
+
+# --------------------------------------------------------------------------------------------------
 # The data root
 # --------------------------------------------------------------------------------------------------
 def test_missing_data_root_is_one_error_naming_the_fix_before_any_training(tmp_path, capsys):

@@ -90,8 +90,9 @@ class _Checker:
 
         if not needs_data_root(task):
             return True
-        fix = (f"pass --data-root PATH (the folder holding {task}'s files, e.g. cifar-10-batches-py/ from "
-               "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz) or set data_root in the suite")
+        what = ("cifar-10-batches-py/, extracted from https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+                if task == "cifar10" else f"{task}'s files")
+        fix = f"pass --data-root PATH (the folder holding {what}) or set data_root in the suite"
         if self.data_root is None:
             raise ValueError(f"{task} is read from a local copy and no data root is given: {fix}")
         folder = Path(self.data_root).expanduser()

@@ -43,7 +43,7 @@ from .preflight import check_runs
 from .suite import FP, RunSpec, Suite, SuiteError, load_suite
 
 __all__ = ["run_suite", "execute", "code_version", "machine_description", "check_device", "needs_data_root",
-           "EXECUTORS"]
+           "fp_init", "EXECUTORS"]
 
 EXECUTORS = ("local", "ray")
 RESULTS_FILE = "results.sqlite"
@@ -123,9 +123,20 @@ def needs_data_root(task: str) -> bool:
 # --------------------------------------------------------------------------------------------------
 # One run (executed in a worker)
 # --------------------------------------------------------------------------------------------------
-def _recipe(spec: RunSpec, data_root: str | None = None) -> Any:
+def fp_init(spec: RunSpec, out_dir: str | Path) -> Path | None:
+    """The FP model (``model.pt``) a binarized run of a suite with ``init = "fp"`` starts from: that of the
+    FP run of the same setting, seed and hyper-parameters, which the runner trains first (BiBench's
+    ``init_cfg=Pretrained``); None for a run that starts from scratch."""
+    if spec.method == FP or spec.hparams.get("init", "scratch") != "fp":
+        return None
+    fp = replace(spec, method=FP, layer_options={})
+    return Path(out_dir).resolve() / "runs" / fp.run_id / "model.pt"
+
+
+def _recipe(spec: RunSpec, data_root: str | None = None, init: Path | None = None) -> Any:
     """The one-stage training recipe of a run; ``data_root`` is the folder of a dataset read from disk
-    (ignored by the others, so that it never changes a run's recipe where it plays no part)."""
+    (ignored by the others, so that it never changes a run's recipe where it plays no part); ``init`` the
+    checkpoint the run starts from (:func:`fp_init`)."""
     from ..train.recipe import DataSpec, ModelSpec, OptimizerSpec, Recipe, ScheduleSpec, Stage
 
     hp = spec.hparams
@@ -141,6 +152,7 @@ def _recipe(spec: RunSpec, data_root: str | None = None) -> Any:
             name=hp["optimizer"], lr=hp["lr"], momentum=hp["momentum"], weight_decay=hp["weight_decay"]
         ),
         lr_schedule=schedule,
+        init=str(init) if init is not None else "scratch",
     )
     return Recipe(
         name=f"bench-{spec.run_id}",
@@ -317,7 +329,12 @@ def execute(spec: RunSpec, out_dir: str | Path, threads: int | None = None, devi
     train_threads = torch.get_num_threads()
     try:
         record.machine = _machine(dev)
-        recipe = _recipe(spec, data_root)
+        init = fp_init(spec, out_dir)
+        if init is not None and not init.exists():
+            raise FileNotFoundError(
+                f'init = "fp": the FP run this run starts from left no {init} on this machine (see its own '
+                "error if it failed); on a Ray cluster, OUT must be a folder every machine shares")
+        recipe = _recipe(spec, data_root, init)
         model, history = _train(recipe, run_dir, dev)
         epochs = [row["epoch_time"] for row in history]
         metrics: dict[str, float] = {
@@ -350,10 +367,11 @@ def execute(spec: RunSpec, out_dir: str | Path, threads: int | None = None, devi
 # --------------------------------------------------------------------------------------------------
 # Executors
 # --------------------------------------------------------------------------------------------------
-def _local(specs: list[RunSpec], out_dir: Path, workers: int, threads: int, device: str,
+def _local(phases: list[list[RunSpec]], out_dir: Path, workers: int, threads: int, device: str,
            data_root: str | None) -> Iterator[RunRecord]:
+    """The runs of each phase in a process pool; a phase starts when the one before it has finished."""
     if workers == 1:  # in this process: simplest to debug, and no pool start-up
-        for spec in specs:
+        for spec in (spec for phase in phases for spec in phase):
             yield execute(spec, out_dir, threads, device, data_root)
         return
     import multiprocessing as mp
@@ -364,17 +382,18 @@ def _local(specs: list[RunSpec], out_dir: Path, workers: int, threads: int, devi
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"),
                                initializer=die_with_parent, initargs=(os.getpid(),))
     try:
-        pending = {pool.submit(execute, spec, out_dir, threads, device, data_root) for spec in specs}
-        while pending:
-            done, pending = wait(pending, return_when=FIRST_COMPLETED)
-            for future in done:
-                yield future.result()
+        for phase in phases:
+            pending = {pool.submit(execute, spec, out_dir, threads, device, data_root) for spec in phase}
+            while pending:
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for future in done:
+                    yield future.result()
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
 
 
-def _ray(specs: list[RunSpec], out_dir: Path, workers: int, threads: int, address: str | None, device: str,
-         data_root: str | None) -> Iterator[RunRecord]:
+def _ray(phases: list[list[RunSpec]], out_dir: Path, workers: int, threads: int, address: str | None,
+         device: str, data_root: str | None) -> Iterator[RunRecord]:
     """Ray tasks on the cluster at ``address`` ("HOST:PORT" or "auto": one started with ``ray start``) or on
     a local instance of ``workers`` CPUs. A CUDA run asks Ray for one GPU, so that Ray places it on a GPU
     machine and gives it a GPU of its own (``CUDA_VISIBLE_DEVICES``)."""
@@ -397,11 +416,12 @@ def _ray(specs: list[RunSpec], out_dir: Path, workers: int, threads: int, addres
         if gpus and device != "cuda":  # Ray hides all but the task's own GPU: it is cuda:0 in the task
             device = "cuda"
         task = ray.remote(num_cpus=1, num_gpus=gpus, max_retries=0)(execute)
-        pending = [task.remote(spec, str(out_dir), threads, device, data_root) for spec in specs]
-        while pending:
-            done, pending = ray.wait(pending, num_returns=1)
-            for ref in done:
-                yield ray.get(ref)
+        for phase in phases:  # a phase starts when the one before it has finished
+            pending = [task.remote(spec, str(out_dir), threads, device, data_root) for spec in phase]
+            while pending:
+                done, pending = ray.wait(pending, num_returns=1)
+                for ref in done:
+                    yield ray.get(ref)
     finally:
         if started_here:
             ray.shutdown()
@@ -526,12 +546,15 @@ def _run_specs(suite: Suite, specs: list[RunSpec], out: Path, executor: str, wor
         done = db.done_ids(s.run_id for s in specs)
         todo = [s for s in specs if s.run_id not in done]
         labels = {s.run_id: s.label for s in todo}
+        # runs that start from an FP run's weights (init = "fp") wait for every other run
+        phases = [[s for s in todo if fp_init(s, out) is None], [s for s in todo if fp_init(s, out) is not None]]
+        phases = [phase for phase in phases if phase]
         display = _Display(progress, len(todo))
         try:
             records = (
-                _local(todo, out, workers, threads, device, data_root)
+                _local(phases, out, workers, threads, device, data_root)
                 if executor == "local"
-                else _ray(todo, out, workers, threads, address, device, data_root)
+                else _ray(phases, out, workers, threads, address, device, data_root)
             )
             for record in records:
                 db.write_run(record)

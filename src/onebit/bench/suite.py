@@ -18,6 +18,7 @@ Example::
     optimizer = "adam"
     lr = 2e-3
     schedule = "cosine"
+    init = "fp"                        # optional: binarized runs start from their FP run (trained first)
 
     [[setting]]                        # one (task, architecture) pair; family defaults from the arch
     task = "digits"
@@ -84,7 +85,12 @@ _TRAIN_KEYS = {
     "warmup_epochs": float,
     "weight_decay": float,
     "momentum": float,
+    "init": str,
 }
+#: ``init`` in ``[train]``: "scratch" (default), or "fp" — a binarized run starts from the final weights of
+#: the FP run of its setting, seed and hyper-parameters (BiBench's ``init_cfg=Pretrained``), which then
+#: trains first. Part of a run's id only when set (the ids of suites without it stay as they were).
+INITS = ("scratch", "fp")
 #: BiBench's eff_train grid (configs/eff_train): {SGD 0.1, 0.01; Adam 1e-3, 1e-4} × {cosine, step}, each point
 #: with its config's momentum and weight decay (:func:`bibench_regularization`).
 _DEFAULT_GRID = (
@@ -287,6 +293,8 @@ class Suite:
                     for point in self.sensitivity_grid:
                         for schedule in self.sensitivity_schedules:
                             hp = self.hparams(setting, **self.sensitivity_train, **point, schedule=schedule)
+                            if "init" not in self.sensitivity_train:  # BiBench's eff_train: from scratch
+                                hp.pop("init", None)
                             hp.update({k: v for k, v in bibench_regularization(hp["optimizer"], schedule).items()
                                        if k not in self.sensitivity_train})
                             out.append(RunSpec(self.name, "sensitivity", method, setting, seed, hp, ("accuracy",),
@@ -341,6 +349,8 @@ def _train(value: Any, where: str) -> dict[str, Any]:
         raise _fail(f"{where}.optimizer", f"{out['optimizer']!r} is not one of {', '.join(OPTIMIZERS)}")
     if out.get("schedule", "cosine") not in SCHEDULES:
         raise _fail(f"{where}.schedule", f"{out['schedule']!r} is not one of {', '.join(SCHEDULES)}")
+    if out.get("init", "scratch") not in INITS:
+        raise _fail(f"{where}.init", f"{out['init']!r} is not one of {', '.join(INITS)}")
     return out
 
 
