@@ -24,7 +24,7 @@ from .fileformat import (
     load,
     save,
 )
-from .graph import fuse, trace
+from .graph import ExportError, capture, fuse, trace
 from .passes import ChainedBinary as _ChainedBinary  # noqa: F401  (the names older code imports)
 from .passes import ResidualBinary as _ResidualBinary  # noqa: F401
 from .passes import optimize_for_inference
@@ -70,8 +70,9 @@ class PackedModel(nn.Module):
         consecutive binary layers pass packed sign bits instead of floats, and additions/clamps
         whose input is a temporary of this graph run in place. See :func:`optimize_for_inference`.
         """
-        if self._plan[0] is not self.net:
-            self._plan[:] = [self.net, optimize_for_inference(self.net)]
+        if self._plan[0] is not self.net:  # (a torch.export capture runs as it is)
+            plan = optimize_for_inference(self.net) if isinstance(self.net, fx.GraphModule) else self.net
+            self._plan[:] = [self.net, plan]
         return self._plan[1]
 
     def refresh(self) -> None:
@@ -93,16 +94,25 @@ class PackedModel(nn.Module):
 
 
 def export(model: nn.Module, *, fold_batchnorm: bool = True, fuse_activations: bool = True,
-           meta: dict[str, Any] | None = None) -> PackedModel:
+           meta: dict[str, Any] | None = None, example_input: Any = None) -> PackedModel:
     """Convert a (trained) model with onebit binary layers into a :class:`PackedModel`.
 
     The model is copied and put in eval mode; each binary layer's inference form is packed (BN that
     follows it is folded into its epilogue, and a PReLU/Hardtanh/ReLU after that too); full-precision
     layers stay torch. A layer that cannot run as 1-bit arithmetic raises one error naming the layer
     and the method (e.g. BiPer in stage 1, BNN++ before its final hard sign, grouped convolutions).
+
+    A forward torch.fx cannot trace (a Hugging Face model, Python control flow on shapes) is captured
+    with ``torch.export`` when ``example_input`` (a tensor, a tuple of positional arguments or a dict of
+    keyword arguments) is given: see :func:`onebit.deploy.graph.capture` for what that path leaves out.
     """
     work = copy.deepcopy(model).cpu().eval()
-    gm = trace(work)
+    try:
+        gm = trace(work)
+    except ExportError:
+        if example_input is None:
+            raise
+        return PackedModel(capture(work, example_input), meta)
     gm = fuse(gm, fold_batchnorm=fold_batchnorm, fuse_activations=fuse_activations)
     gm.eval()
     return PackedModel(gm, meta)

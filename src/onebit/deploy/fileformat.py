@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, fx
 
 from .._io import atomic_write_bytes
 from ..errors import OnebitError
@@ -67,6 +67,10 @@ def save(packed: PackedModel, path: str | Path, *, compress: bool = True) -> Non
 
     if not isinstance(packed, PackedModel):
         raise TypeError(f"save() takes the PackedModel returned by export(), got {type(packed).__name__}")
+    if not isinstance(packed.net, fx.GraphModule):
+        raise ExportError("this model was captured with torch.export (export(..., example_input=...)); the onebit "
+                          "file format stores torch.fx graphs of allow-listed operations, not torch.export's ATen "
+                          "graph, so it cannot be saved; make the forward traceable by torch.fx to save it")
     description, tensors = graph_to_json(packed.net)
     stored, encoding = _encode_tensors(tensors, compress)
     metadata = {

@@ -18,7 +18,7 @@ from ..nn.layers import BinaryLayer
 from .errors import ExportError  # (defined beside UnsupportedLayerError; re-exported here)
 from .packed import _PackedBase, build_packed, pack_layer
 
-__all__ = ["trace", "fuse", "graph_to_json", "graph_from_json", "ExportError", "SUPPORTED_MODULES"]
+__all__ = ["trace", "capture", "fuse", "graph_to_json", "graph_from_json", "ExportError", "SUPPORTED_MODULES"]
 
 GRAPH_VERSION = 1
 
@@ -139,9 +139,34 @@ def trace(model: nn.Module) -> fx.GraphModule:
         raise ExportError(
             f"torch.fx could not trace {type(model).__name__} ({type(err).__name__}: {err}); export needs a "
             "forward without data-dependent Python control flow (an `if` on tensor values); move such "
-            "logic into a module or use torch.where"
+            "logic into a module or use torch.where, or pass example_input= to capture it with torch.export"
         ) from None
     return fx.GraphModule(tracer.root, graph, type(model).__name__)
+
+
+def capture(model: nn.Module, example_input: Any) -> nn.Module:
+    """Capture ``model`` with ``torch.export`` (for forwards torch.fx cannot trace: Python control
+    flow on shapes, ``**kwargs``, decorators), keeping each binary layer as a module call
+    (``preserve_module_call_signature``), and swap those for packed layers in the unflattened module.
+
+    The graph around the packed layers is torch.export's ATen graph, run as is: no BatchNorm or
+    activation folding into the packed layers, no execution-plan rewrites, and the file format
+    cannot store it (:func:`onebit.deploy.save` says so).
+    """
+    args, kwargs = ((example_input,), {}) if not isinstance(example_input, (tuple, dict)) else (
+        (example_input, {}) if isinstance(example_input, tuple) else ((), example_input))
+    paths = [name for name, m in model.named_modules() if isinstance(m, BinaryLayer)]
+    try:
+        program = torch.export.export(model, args, kwargs, strict=False, preserve_module_call_signature=tuple(paths))
+        module = torch.export.unflatten(program)
+    except Exception as err:
+        raise ExportError(f"torch.export could not capture {type(model).__name__} either ({type(err).__name__}: "
+                          f"{str(err)[:300]})") from None
+    for path in paths:
+        layer = model.get_submodule(path)
+        layer.onebit_name = getattr(layer, "onebit_name", None) or path
+        module.set_submodule(path, pack_layer(layer))
+    return module.eval()
 
 
 def _single_user(node: fx.Node) -> fx.Node | None:
