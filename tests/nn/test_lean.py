@@ -9,7 +9,6 @@ import pytest
 import torch
 from torch import nn
 
-import onebit
 from onebit.nn.lean import MIN_NUMEL, keep_int8_for_backward
 
 EDGES = [-3e38, -2.0, -1.0 - 2**-23, -1.0, -1.0 + 2**-24, -0.5, -0.0, 0.0, 1e-30, 0.3, 1.0 - 2**-24, 1.0,

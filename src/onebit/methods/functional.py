@@ -145,7 +145,9 @@ class ClipSTE:
     # which gives back both sign(x) and the clip mask (|code| ≤ 1 exactly where |x| ≤ 1).
     @staticmethod
     def pack(x: Tensor, scale: Tensor | None) -> Tensor:
-        return x.abs().clamp_(1.0, 2.0).ceil_().mul_(sign(x)).to(torch.int8)
+        positive_zero = x + 0.0  # −0.0 + 0.0 = +0.0, so copysign gives sign(0) = +1 as sign() does
+        code = positive_zero.abs().clamp_(1.0, 2.0).ceil_()
+        return torch.copysign(code, positive_zero, out=code).to(torch.int8)
 
     @staticmethod
     def unpack(code: Tensor, dtype: torch.dtype, scale: Tensor | None) -> tuple[Tensor, Tensor]:
@@ -240,13 +242,14 @@ class _Fused(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, quantizer: type, *args: Any) -> Tensor:
         out, kept = quantizer.value(x, *args)
-        ctx.save_for_backward(x, *kept)
+        ctx.save_for_backward(*kept) if hasattr(quantizer, "from_kept") else ctx.save_for_backward(x, *kept)
         ctx.quantizer, ctx.args = quantizer, args
         return out
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:
-        x, *kept = ctx.saved_tensors
+        saved = ctx.saved_tensors
+        x, kept = (saved[0], saved) if hasattr(ctx.quantizer, "from_kept") else (saved[0], saved[1:])
         return (ctx.quantizer.grad(grad, x, tuple(kept), *ctx.args), None) + (None,) * len(ctx.args)
 
 
@@ -500,7 +503,11 @@ class _QuantizedProduct(torch.autograd.Function):
             first = code
         else:
             xq, kept = quantizer.value(x, *args)
-            first = x
+            # A quantizer whose kept tensors hold all that backward needs (ReCU's standardised
+            # input) keeps those instead of the input: no recomputation of its statistics.
+            first = kept[0] if hasattr(quantizer, "from_kept") else x
+            if hasattr(quantizer, "from_kept"):
+                kept = kept[1:]
         y = _product(kind, xq, weight, conv)
         views = _scale_views(kind, y.dim(), (channel, height, width))
         ctx.spatial = height is not None
@@ -526,7 +533,10 @@ class _QuantizedProduct(torch.autograd.Function):
             xq, x = ctx.quantizer.unpack(first, ctx.dtype, *ctx.args)
         else:  # recomputed: a few elementwise passes instead of a stored float copy
             x = first
-            xq, _ = ctx.quantizer.value(x, *ctx.args)
+            if hasattr(ctx.quantizer, "from_kept"):
+                xq, kept = ctx.quantizer.from_kept(first, kept), (first, *kept)
+            else:
+                xq, _ = ctx.quantizer.value(x, *ctx.args)
         grad = grad.contiguous()
         channel, height, width = scales
         needs = ctx.needs_input_grad

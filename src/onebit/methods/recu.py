@@ -39,7 +39,8 @@ class StandardizedApproxSTE:
     (:class:`onebit.methods.functional.QuantizerCall`): the variance in two passes (mean, then a dot
     product of the centred rows: torch's Welford ``var`` is ~20x slower on CPU), and the backward
     through ApproxSign and the standardisation in closed form,
-    ``g_x = g_a/σ − (Σ g_a·a)·(x − m)/((n − 1)σ²)`` per sample (σ = sqrt(var + ε), n features)."""
+    ``g_x = (g_a − (Σ g_a·a)·(a − m/σ)/(n − 1))/σ`` per sample (σ = sqrt(var + ε), m the mean, n
+    features). It keeps ``a`` (not ``x``: ``from_kept``), so backward recomputes no statistics."""
 
     @staticmethod
     def value(x: Tensor, features: int) -> tuple[Tensor, tuple[Tensor, ...]]:
@@ -47,17 +48,22 @@ class StandardizedApproxSTE:
         mean = rows.mean(dim=1, keepdim=True)
         centred = rows - mean
         std = torch.sqrt(torch.linalg.vecdot(centred, centred).unsqueeze(1) / _dof(features) + EPS)
-        return sign(rows / std).reshape(x.shape), (mean, std)
+        a = torch.div(rows, std, out=centred).reshape(x.shape)  # reuses the spent centred rows
+        return sign(a), (a, mean, std)
+
+    @staticmethod
+    def from_kept(a: Tensor, kept: tuple[Tensor, ...]) -> Tensor:
+        return sign(a)
 
     @staticmethod
     def grad(grad: Tensor, x: Tensor, kept: tuple[Tensor, ...], features: int) -> Tensor:
-        mean, std = kept
-        rows = x.reshape(-1, features)
-        a = rows / std
+        a, mean, std = kept
+        a = a.reshape(-1, features)
         inside = _clip_grad(grad.reshape(a.shape), a)
         grad_a = torch.addcmul(inside * 2, inside, a.abs(), value=-2)  # ApproxSign: g·(2 − 2|a|)
-        coef = torch.linalg.vecdot(grad_a, a).unsqueeze(1) / (_dof(features) * std * std)
-        return grad_a.div_(std).addcmul_(rows - mean, coef, value=-1).reshape(x.shape)
+        coef = torch.linalg.vecdot(grad_a, a).unsqueeze(1) / _dof(features)
+        shifted = a - mean / std  # (x − m)/σ
+        return grad_a.addcmul_(shifted, coef, value=-1).div_(std).reshape(grad.shape)
 
 
 def _dof(features: int) -> int:
