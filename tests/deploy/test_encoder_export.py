@@ -94,3 +94,28 @@ def test_an_encoder_torch_fx_cannot_trace_is_captured_with_torch_export(tmp_path
         assert (packed(x2, mask2) - model(x2, mask2)).abs().max().item() <= 1e-4 * model(x2, mask2).abs().max().item()
     with pytest.raises(ExportError, match="captured with torch.export"):
         save(packed, tmp_path / "encoder.onebit")
+
+
+def test_a_small_hugging_face_bert_exports_through_torch_export():
+    """BertForSequenceClassification built from a config (no download), binarized: torch.fx stops at
+    its input checks; with example_input it is captured by torch.export and matches PyTorch."""
+    transformers = pytest.importorskip("transformers")
+    from onebit.deploy import ExportError
+
+    config = transformers.BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                     intermediate_size=64, max_position_embeddings=16, num_labels=3)
+    torch.manual_seed(0)
+    model = transformers.BertForSequenceClassification(config).eval()
+    ids, attention = torch.randint(0, 100, (2, 6)), torch.ones(2, 6, dtype=torch.long)
+    attention[1, 4:] = 0
+    inputs = {"input_ids": ids, "attention_mask": attention}
+    onebit.binarize(model, "reactnet", example_input=inputs)
+    model.eval()
+    with torch.no_grad():
+        expected = model(**inputs).logits
+    with pytest.raises(ExportError, match="could not trace BertForSequenceClassification"):
+        export(model)
+    packed = export(model, example_input=inputs)
+    assert len(packed.packed_layers()) == 6  # every Linear but the first (the query) and the classifier
+    got = packed(**inputs).logits
+    assert (got - expected).abs().max().item() <= 1e-4 * expected.abs().max().item()
