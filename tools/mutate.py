@@ -590,6 +590,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--sample", type=int, default=None, help="run a random sample of this many mutants")
     parser.add_argument("--per-area", type=int, help="a random sample of this many mutants from each area "
                         "(stratified: every area gets a kill rate of its own)")
+    parser.add_argument("--slice", help="START:STOP of the chosen mutants (in file order), e.g. to run the "
+                        "tail of a sample in a second process")
     parser.add_argument("--seed", type=int, default=0, help="seed of the sample (default 0)")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds before a mutant's tests count as "
                         "killed by timeout (default 300)")
@@ -632,7 +634,11 @@ def _chosen(tree: Path, areas: list[str], args: argparse.Namespace) -> list[Muta
                                                                                          len(by_area[area])))]
     elif args.sample is not None and args.sample < len(mutants):
         mutants = random.Random(args.seed).sample(mutants, args.sample)
-    return sorted(mutants, key=lambda m: (m.path, m.line))
+    mutants = sorted(mutants, key=lambda m: (m.path, m.line))
+    if args.slice:
+        start, _, stop = args.slice.partition(":")
+        mutants = mutants[int(start or 0):int(stop) if stop else None]
+    return mutants
 
 
 def _describe(commit: str) -> str:
