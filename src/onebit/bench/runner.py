@@ -404,7 +404,11 @@ def _ray(phases: list[list[RunSpec]], out_dir: Path, workers: int, threads: int,
     started_here = not ray.is_initialized()
     if started_here:
         if address:
-            ray.init(address=address, log_to_driver=False)
+            try:
+                ray.init(address=address, log_to_driver=False)
+            except ConnectionError as err:  # an OSError: not the output folder's fault (see _writing)
+                raise SuiteError(f"--address {address}: no Ray cluster answers there ({err}); start one with "
+                                 "`ray start --head` and pass the address it prints (README: Benchmark)") from None
         else:  # a local instance sized to the worker count
             ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
     try:
