@@ -162,7 +162,8 @@ def worker(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------------------------------
 # Driver
 # --------------------------------------------------------------------------------------------------
-def run_worker(src: str | None, model: str, threads: int, rows: list[str], args, memory: bool) -> dict:
+def start_worker(src: str | None, model: str, threads: int, rows: list[str], args, memory: bool):
+    """The worker subprocess (started, not waited for) and its command line."""
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", "--model", model, "--threads", str(threads),
            "--repeats", str(args.mlp_repeats if model == "mlp" else args.repeats), "--warmup", str(args.warmup),
            "--device", args.device, "--clock", args.clock,
@@ -174,10 +175,19 @@ def run_worker(src: str | None, model: str, threads: int, rows: list[str], args,
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     if args.compile:
         env["ONEBIT_BENCH_COMPILE"] = "1"
-    done = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    if done.returncode != 0:
-        raise SystemExit(f"worker failed ({' '.join(cmd)}):\n{done.stderr[-4000:]}")
-    return json.loads(done.stdout)
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env), cmd
+
+
+def finish_worker(started) -> dict:
+    proc, cmd = started
+    stdout, stderr = proc.communicate()
+    if proc.returncode != 0:
+        raise SystemExit(f"worker failed ({' '.join(cmd)}):\n{stderr[-4000:]}")
+    return json.loads(stdout)
+
+
+def run_worker(src: str | None, model: str, threads: int, rows: list[str], args, memory: bool) -> dict:
+    return finish_worker(start_worker(src, model, threads, rows, args, memory))
 
 
 def ratios(result: dict) -> tuple[dict[str, float], dict[str, float], float]:
@@ -225,6 +235,9 @@ def main() -> int:
                         help="wall time, or the process's CPU time (with 1 thread: the work done, little "
                              "affected by other jobs on a busy machine)")
     parser.add_argument("--compile", action="store_true", help="wrap every network in torch.compile")
+    parser.add_argument("--parallel", action="store_true",
+                        help="run the before and after workers at the same time (for --clock cpu at 1 thread on "
+                             "a machine with a core for each: half the wall time, both under the same load)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--src", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--model", default=None, help=argparse.SUPPRESS)
@@ -250,9 +263,12 @@ def main() -> int:
     for model in args.models:
         results = {}
         for threads in args.threads:
+            memory = not args.no_memory and threads == args.threads[0]
+            if args.parallel:  # both sides at once, each in its own process: the same load on both
+                started = {side: start_worker(srcs[side], model, threads, rows, args, memory) for side in sides}
+                outs = {side: finish_worker(started[side]) for side in sides}
             for side in sides:
-                memory = not args.no_memory and threads == args.threads[0]
-                out = run_worker(srcs[side], model, threads, rows, args, memory)
+                out = outs[side] if args.parallel else run_worker(srcs[side], model, threads, rows, args, memory)
                 results[(side, threads)] = ratios(out)
                 print(f"  {model} {threads}T {side}: fp32 {results[(side, threads)][2] * 1000:.1f} ms "
                       f"({out['onebit']})", file=sys.stderr, flush=True)
