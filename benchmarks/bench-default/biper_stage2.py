@@ -11,7 +11,6 @@ weights. This script loads each trained BiPer model of a results folder, switche
 
 from __future__ import annotations
 
-import json
 import sqlite3
 import sys
 from pathlib import Path
