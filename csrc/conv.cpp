@@ -13,6 +13,8 @@
 
 #include "conv_impl.h"
 #include "engine.h"
+#include "epilogue.h"
+#include "zero_padding.h"
 #include "ops.h"
 #include "thread_pool.h"
 
@@ -24,33 +26,23 @@ uint64_t new_weights_uid() {
 }
 
 void set_tap_sign_sums(Weights& w, const int32_t* wsum) {
-  const int64_t kh = w.kh, kw = w.kw, cpad = w.cpad, taps = kh * kw;
-  w.wsum_prefix.assign(static_cast<size_t>(w.J * (kh + 1) * (kw + 1) * cpad), 0);
-  for (int64_t j = 0; j < w.J; ++j) {
-    int32_t* P = w.wsum_prefix.data() + j * (kh + 1) * (kw + 1) * cpad;
-    for (int64_t a = 1; a <= kh; ++a)
-      for (int64_t b = 1; b <= kw; ++b)
-        for (int64_t o = 0; o < w.cout; ++o)
-          P[(a * (kw + 1) + b) * cpad + o] = wsum[(j * w.cout + o) * taps + (a - 1) * kw + (b - 1)] +
-                                             P[((a - 1) * (kw + 1) + b) * cpad + o] +
-                                             P[(a * (kw + 1) + b - 1) * cpad + o] -
-                                             P[((a - 1) * (kw + 1) + b - 1) * cpad + o];
-  }
+  const int64_t per_plane = (w.kh + 1) * (w.kw + 1) * w.cpad;
+  w.wsum_prefix.assign(static_cast<size_t>(w.J * per_plane), 0);
+  for (int64_t j = 0; j < w.J; ++j)
+    build_tap_sign_prefix(wsum + j * w.cout * w.kh * w.kw, w.kh, w.kw, w.cout, w.cpad,
+                          w.wsum_prefix.data() + j * per_plane);
 }
 
 namespace {
 
-// Output bit of one channel for the integer dot product D, by exactly the float operations, in
-// the order, of conv_item's float epilogue for one plane (the build disables FMA contraction, so
-// this scalar code rounds as the vector code does).  *finite: every intermediate is finite.
+// Output bit of one channel for the integer dot product D: the epilogue (epilogue.h) of one plane,
+// then the sign of its threshold operand.  *finite: every intermediate is finite.
 bool transform_bit(const Transform& t, float mu, int64_t o, int64_t D, bool* finite) {
-  const float acc = 0.0f + mu * static_cast<float>(D);
-  float y = acc * t.scale[o] + t.bias[o];
-  bool ok = std::isfinite(acc) && std::isfinite(y);
-  if (!t.prelu.empty()) y = y < 0.0f ? y * t.prelu[o] : y;
-  const float v = y < t.cmin ? t.cmin : y;
-  y = v > t.cmax ? t.cmax : v;
-  if (!t.thr.empty()) y = y + t.thr[o];
+  const float acc = epilogue::plane_term(0.0f, mu, static_cast<float>(D));
+  const bool ok = std::isfinite(acc) && std::isfinite(epilogue::affine(acc, t.scale[o], t.bias[o]));
+  const float* slope = t.prelu.empty() ? nullptr : &t.prelu[o];
+  float y = epilogue::one_plane_value(D, mu, t.scale[o], t.bias[o], slope, t.cmin, t.cmax);
+  if (!t.thr.empty()) y = epilogue::sign_operand(y, t.thr[o]);
   *finite = ok && std::isfinite(y);
   return y < 0.0f;
 }
@@ -122,6 +114,7 @@ void conv2d(const Weights& w, const Transform& t, const ConvCall& call) {
   c.OW = conv_out_size(c.W, c.kw, c.sw, c.pw);
   if (c.OH <= 0 || c.OW <= 0) throw std::invalid_argument("conv2d: empty output");
   c.J = static_cast<int>(w.J);
+  c.cin = w.cin;
   c.cout = w.cout;
   c.ncb = w.ncb;
   c.cpad = w.cpad;
@@ -140,7 +133,8 @@ void conv2d(const Weights& w, const Transform& t, const ConvCall& call) {
   c.thr = t.bits ? (t.thr.empty() ? nullptr : t.thr.data()) : call.bits_threshold;
   c.cmin = t.cmin;
   c.cmax = t.cmax;
-  const std::shared_ptr<const SignIntervals> intervals = sign_intervals(w, t);
+  // (The reference path reads no prepared form: it defines what they must reproduce.)
+  const std::shared_ptr<const SignIntervals> intervals = call.isa == kReference ? nullptr : sign_intervals(w, t);
   if (intervals) {
     c.sign_lo = intervals->lo.data();
     c.sign_hi = intervals->hi.data();

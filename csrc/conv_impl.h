@@ -10,6 +10,8 @@
 #include <vector>
 
 #include "engine.h"
+#include "epilogue.h"
+#include "zero_padding.h"
 
 namespace onebit {
 
@@ -21,7 +23,7 @@ struct ConvCtx {
   int kh = 1, kw = 1, sh = 1, sw = 1, ph = 0, pw = 0;
   bool zero_pad = false;         // pad_value == 0 with some padding: correct border pixels
   int J = 1;
-  int64_t cout = 0, ncb = 0, cpad = 0, KWo = 0;
+  int64_t cin = 0, cout = 0, ncb = 0, cpad = 0, KWo = 0;
   const uint64_t* w = nullptr;   // (J, ncb, kh, kw, KW, 32)
   const uint64_t* m = nullptr;   // same or nullptr
   int64_t blk_words = 0, plane_words = 0;
@@ -40,12 +42,6 @@ struct ConvCtx {
                                     // may be out_f itself (each value read before it is written)
   uint64_t* out_bits = nullptr;   // (N, OH, OW, KWo); with out_f too: both outputs
 };
-
-#if defined(__GNUC__)
-#define ONEBIT_INLINE inline __attribute__((always_inline))
-#else
-#define ONEBIT_INLINE inline
-#endif
 
 // Runs kernel(P, p0) over the npix pixels of a block-kernel call in groups of 4 and a remainder of
 // 1-3, P a std::integral_constant: every group size gets its own fully unrolled kernel.
@@ -154,11 +150,103 @@ inline const EpilogueIdentities& epilogue_identities() {
   return k;
 }
 
-// One pixel of conv_item's one-plane float epilogue over a full block: y = clamp(prelu(scale * mu *
-// (base - (2 S + corr)) + bias [+ residual])) to y_out, and y + thr (the bits' operand) to y_thr.
-// The float32 operations and their order are those of conv_item's general path.  InPlace: the
-// residual is read from y_out itself (each value read before it is overwritten); otherwise the
-// outputs overlap no input (restrict: one vector loop, no run-time alias checks).
+// Where one work item sits: its channel block, output row and image, and the kernel rows that lie
+// inside the image.  Items run (image, output row) outer and channel block inner: consecutive
+// items, which one thread takes together (conv.cpp), share their input rows and fill both 32-bit
+// halves of the same output words, so two threads never write into one cache line of the bit
+// output.
+struct ItemPos {
+  int64_t cb = 0, oh = 0, n = 0, o0 = 0;
+  int nc = 0;                      // channels of this block (kBlock but in the last block)
+  int64_t ih_first = 0;            // unpadded input row of kernel row 0 (may be outside)
+  bool row_border = false;         // zero padding reaches this output row
+  int64_t i_in0 = 0, i_in1 = 0;    // in-image kernel rows [i_in0, i_in1)
+};
+
+ONEBIT_INLINE ItemPos item_position(const ConvCtx& c, int64_t item) {
+  ItemPos at;
+  at.cb = item % c.ncb;
+  at.oh = (item / c.ncb) % c.OH;
+  at.n = item / (c.ncb * c.OH);
+  at.o0 = at.cb * kBlock;
+  at.nc = static_cast<int>(c.cout - at.o0 < kBlock ? c.cout - at.o0 : kBlock);
+  const int64_t ih0 = at.oh * c.sh;  // first (padded) input row
+  at.ih_first = ih0 - c.ph;
+  at.row_border = c.zero_pad && (ih0 < c.ph || ih0 + c.kh > c.ph + c.H);
+  taps_inside(at.ih_first, c.kh, c.H, &at.i_in0, &at.i_in1);
+  return at;
+}
+
+// Whether output pixel ow of the item has zero-padded taps (its sum needs the correction).
+ONEBIT_INLINE bool zero_pad_border(const ConvCtx& c, const ItemPos& at, int64_t ow) {
+  const int64_t iw0 = ow * c.sw;
+  return at.row_border || (c.zero_pad && (iw0 < c.pw || iw0 + c.kw > c.pw + c.W));
+}
+
+// The zero-padding correction (zero_padding.h) of weight plane j at output pixel ow.
+ONEBIT_INLINE void border_correction(const ConvCtx& c, const ItemPos& at, int j, int64_t ow, int32_t* corr) {
+  int64_t j0 = 0, j1 = 0;
+  taps_inside(ow * c.sw - c.pw, c.kw, c.W, &j0, &j1);
+  const int32_t* P = c.wsum_prefix + static_cast<int64_t>(j) * (c.kh + 1) * (c.kw + 1) * c.cpad + at.o0;
+  zero_padding_correction<kBlock>(P, c.kh, c.kw, c.cpad, at.i_in0, at.i_in1, j0, j1, corr);
+}
+
+// The block's output bits at pixel pix (tail channels masked off; the last block of an even count
+// also clears the word's upper half).
+ONEBIT_INLINE void store_block_bits(const ConvCtx& c, const ItemPos& at, int64_t pix, uint32_t bits) {
+  if (at.nc < kBlock) bits &= (1u << at.nc) - 1;
+  uint64_t* word = c.out_bits + pix * c.KWo + at.cb / 2;
+  store_half(word, static_cast<int>(at.cb & 1), bits);
+  if (at.cb == c.ncb - 1 && (at.cb & 1) == 0) store_half(word, 1, 0u);
+}
+
+// Points rows[0..kh) at the input of the item's output pixels [ow0, ow0 + npix): inside the image
+// the kernel reads the input in place, and only groups that reach into the padding get a padded
+// copy of their window (made by the thread that needs it: no serial padding pass).
+ONEBIT_INLINE void group_rows(const ConvCtx& c, const ItemPos& at, int64_t ow0, int npix, const uint64_t** rows) {
+  const int64_t iw_first = ow0 * c.sw - c.pw;
+  const int64_t ncols = (npix - 1) * static_cast<int64_t>(c.sw) + c.kw;
+  const bool rows_inside = at.ih_first >= 0 && at.ih_first + c.kh <= c.H;
+  if (rows_inside && iw_first >= 0 && iw_first + ncols <= c.W) {
+    for (int i = 0; i < c.kh; ++i) rows[i] = c.x + ((at.n * c.H + at.ih_first + i) * c.W + iw_first) * c.KW;
+  } else {
+    padded_window(c, at.n, at.ih_first, iw_first, ncols, rows);
+  }
+}
+
+// The popcount sums S of weight plane j for the pixel group args describes.
+template <class Block>
+ONEBIT_INLINE void run_plane(const ConvCtx& c, const ItemPos& at, int j, BlockArgs& args) {
+  const int64_t offset = j * c.plane_words + at.cb * c.blk_words;
+  args.w = c.w + offset;
+  args.m = c.m ? c.m + offset : nullptr;
+  Block::run(args);
+}
+
+// Integer epilogue (one plane, bits output): the dot product D compared with the transform's
+// precomputed interval instead of evaluating it in float (sign_intervals in conv.cpp).
+template <class Block>
+ONEBIT_INLINE void interval_epilogue(const ConvCtx& c, const ItemPos& at, int64_t ow0, int npix, int32_t* S) {
+  alignas(64) int32_t corr[kBlock];
+  const int32_t* base = c.base + at.o0;
+  const int32_t* lo = c.sign_lo + at.o0;
+  const int32_t* hi = c.sign_hi + at.o0;
+  for (int p = 0; p < npix; ++p) {
+    int32_t* D = S + p * kBlock;
+    if (zero_pad_border(c, at, ow0 + p)) {
+      border_correction(c, at, 0, ow0 + p, corr);
+      for (int q = 0; q < kBlock; ++q) D[q] = base[q] - (2 * D[q] + corr[q]);
+    } else {
+      for (int q = 0; q < kBlock; ++q) D[q] = base[q] - 2 * D[q];
+    }
+    store_block_bits(c, at, (at.n * c.OH + at.oh) * c.OW + ow0 + p, Block::in_interval_bits(D, lo, hi));
+  }
+}
+
+// One pixel of the one-plane float epilogue over a full block: the epilogue (epilogue.h) of
+// D = base - (2 S + corr) to y_out, and its sign operand to y_thr.  InPlace: the residual is read
+// from y_out itself (each value read before it is overwritten); otherwise the outputs overlap no
+// input (restrict: one vector loop, no run-time alias checks).
 template <bool HasResidual, bool InPlace>
 ONEBIT_INLINE void epilogue_pixel(const int32_t* __restrict S, const int32_t* __restrict corr,
                                   const int32_t* __restrict base, const float* __restrict mu,
@@ -167,224 +255,143 @@ ONEBIT_INLINE void epilogue_pixel(const int32_t* __restrict S, const int32_t* __
                                   float cmax, const float* __restrict thr, float* __restrict y_out,
                                   float* __restrict y_thr) {
   for (int q = 0; q < kBlock; ++q) {
-    const float a = 0.0f + mu[q] * static_cast<float>(base[q] - (2 * S[q] + corr[q]));
-    float y = a * scale[q] + bias[q];
-    if (HasResidual) y = y + (InPlace ? y_out[q] : residual[q]);
-    const float scaled = y * slope[q];
-    y = y < 0.0f ? scaled : y;
-    const float v = y < cmin ? cmin : y;
-    y = v > cmax ? cmax : v;
+    const float acc = epilogue::plane_term(0.0f, mu[q], static_cast<float>(base[q] - (2 * S[q] + corr[q])));
+    const float r = HasResidual ? (InPlace ? y_out[q] : residual[q]) : 0.0f;
+    const float y = epilogue::output<HasResidual, true>(acc, scale[q], bias[q], r, slope[q], cmin, cmax);
     y_out[q] = y;
-    y_thr[q] = y + thr[q];
+    y_thr[q] = epilogue::sign_operand(y, thr[q]);
   }
 }
 
-// Block must provide: static void run(const BlockArgs&)  (computes S for npix pixels), and the
-// two bit extractions of ScalarBits.
+// One plane, a full block (the common case): the whole float epilogue in one pass per pixel, each
+// value kept in registers from the popcount to the stored float and bit (an absent PReLU or
+// threshold runs as its identity operand, see epilogue.h).
+template <class Block, bool HasResidual, bool InPlace>
+ONEBIT_INLINE void one_plane_epilogue(const ConvCtx& c, const ItemPos& at, int64_t ow0, int npix, const int32_t* S) {
+  const EpilogueIdentities& id = epilogue_identities();
+  const int64_t o0 = at.o0;
+  const float* slope = c.prelu ? c.prelu + o0 : id.one_f;
+  const float* thr = c.thr ? c.thr + o0 : id.zero_f;
+  alignas(64) int32_t corr[kBlock];
+  alignas(64) float y_local[kBlock];
+  alignas(64) float y_thr[kBlock];
+  for (int p = 0; p < npix; ++p) {
+    const int32_t* cp = id.zero_i;
+    if (zero_pad_border(c, at, ow0 + p)) {
+      border_correction(c, at, 0, ow0 + p, corr);
+      cp = corr;
+    }
+    const int64_t pix = (at.n * c.OH + at.oh) * c.OW + ow0 + p;
+    epilogue_pixel<HasResidual, InPlace>(
+        S + p * kBlock, cp, c.base + o0, c.mu + o0, c.scale + o0, c.bias + o0,
+        HasResidual && !InPlace ? c.residual + pix * c.cout + o0 : nullptr, slope, c.cmin, c.cmax, thr,
+        c.out_f ? c.out_f + pix * c.cout + o0 : y_local, y_thr);
+    if (c.out_bits) store_block_bits(c, at, pix, Block::negative_bits(y_thr));
+  }
+}
+
+// Several planes or a partial block: acc (npix, kBlock) = the planes' terms, in plane order.
+template <class Block>
+ONEBIT_INLINE void accumulate_planes(const ConvCtx& c, const ItemPos& at, int64_t ow0, BlockArgs& args, float* acc) {
+  alignas(64) int32_t corr[kBlock];
+  const int npix = args.npix;
+  for (int e = 0; e < npix * kBlock; ++e) acc[e] = 0.0f;
+  for (int j = 0; j < c.J; ++j) {
+    run_plane<Block>(c, at, j, args);
+    const int32_t* base = c.base + j * c.cpad + at.o0;
+    const float* mu = c.mu + j * c.cpad + at.o0;
+    for (int p = 0; p < npix; ++p) {
+      int32_t* Sp = args.S + p * kBlock;
+      float* ap = acc + p * kBlock;
+      if (zero_pad_border(c, at, ow0 + p)) {
+        border_correction(c, at, j, ow0 + p, corr);
+        for (int q = 0; q < kBlock; ++q) Sp[q] = 2 * Sp[q] + corr[q];
+      } else {
+        for (int q = 0; q < kBlock; ++q) Sp[q] = 2 * Sp[q];
+      }
+      for (int q = 0; q < kBlock; ++q) ap[q] = epilogue::plane_term(ap[q], mu[q], static_cast<float>(base[q] - Sp[q]));
+    }
+  }
+}
+
+// The epilogue (epilogue.h) of accumulated planes acc (npix, kBlock), in place, to the float and /
+// or bit outputs.  (sign_intervals in conv.cpp evaluates the same operations for one plane.)
+template <class Block, bool HasResidual, bool HasPrelu>
+ONEBIT_INLINE void accumulated_epilogue(const ConvCtx& c, const ItemPos& at, int64_t ow0, int npix, float* acc) {
+  const int64_t o0 = at.o0;
+  const float* scale = c.scale + o0;
+  const float* bias = c.bias + o0;
+  const float* slope = c.prelu ? c.prelu + o0 : nullptr;  // (read only with HasPrelu)
+  alignas(64) float r_local[kBlock] = {};
+  for (int p = 0; p < npix; ++p) {
+    float* y = acc + p * kBlock;
+    const int64_t pix = (at.n * c.OH + at.oh) * c.OW + ow0 + p;
+    const float* r = HasResidual ? c.residual + pix * c.cout + o0 : nullptr;
+    if (HasResidual && at.nc < kBlock) {  // (the residual has nc channels here: a padded copy)
+      for (int q = 0; q < at.nc; ++q) r_local[q] = r[q];
+      r = r_local;
+    }
+    for (int q = 0; q < kBlock; ++q)
+      y[q] = epilogue::output<HasResidual, HasPrelu>(y[q], scale[q], bias[q], HasResidual ? r[q] : 0.0f,
+                                                      HasPrelu ? slope[q] : 0.0f, c.cmin, c.cmax);
+    if (c.out_f) {
+      // A fixed-size copy of a full block compiles to vector moves; a variable one is a call.
+      if (at.nc == kBlock) std::memcpy(c.out_f + pix * c.cout + o0, y, sizeof(float) * kBlock);
+      else std::memcpy(c.out_f + pix * c.cout + o0, y, sizeof(float) * at.nc);
+    }
+    if (c.out_bits) {
+      if (c.thr)
+        for (int q = 0; q < kBlock; ++q) y[q] = epilogue::sign_operand(y[q], c.thr[o0 + q]);
+      store_block_bits(c, at, pix, Block::negative_bits(y));
+    }
+  }
+}
+
+// The float epilogue of a pixel group whose popcount sums (one plane, full block) or accumulated
+// planes are ready, with the layer's options as template arguments.
+template <class Block>
+ONEBIT_INLINE void float_epilogue(const ConvCtx& c, const ItemPos& at, int64_t ow0, BlockArgs& args) {
+  const int npix = args.npix;
+  if (c.J == 1 && at.nc == kBlock) {
+    run_plane<Block>(c, at, 0, args);
+    if (!c.residual) one_plane_epilogue<Block, false, false>(c, at, ow0, npix, args.S);
+    else if (c.residual == c.out_f) one_plane_epilogue<Block, true, true>(c, at, ow0, npix, args.S);
+    else one_plane_epilogue<Block, true, false>(c, at, ow0, npix, args.S);
+    return;
+  }
+  alignas(64) float acc[kMaxPix * kBlock];
+  accumulate_planes<Block>(c, at, ow0, args, acc);
+  if (c.residual && c.prelu) accumulated_epilogue<Block, true, true>(c, at, ow0, npix, acc);
+  else if (c.residual) accumulated_epilogue<Block, true, false>(c, at, ow0, npix, acc);
+  else if (c.prelu) accumulated_epilogue<Block, false, true>(c, at, ow0, npix, acc);
+  else accumulated_epilogue<Block, false, false>(c, at, ow0, npix, acc);
+}
+
+// One work item: a block of kBlock output channels x one output row of one image, in groups of up
+// to kMaxPix pixels.  Block must provide static void run(const BlockArgs&) (the popcount sums S
+// of npix pixels) and the two bit extractions of ScalarBits.
 template <class Block>
 ONEBIT_INLINE void conv_item(const ConvCtx& c, int64_t item) {
-  // Items run (image, output row) outer and channel block inner: consecutive items, which one
-  // thread takes together (conv.cpp), share their input rows and fill both 32-bit halves of the
-  // same output words, so two threads never write into one cache line of the bit output.
-  const int64_t cb = item % c.ncb;
-  const int64_t oh = (item / c.ncb) % c.OH;
-  const int64_t n = item / (c.ncb * c.OH);
-  const int nc = static_cast<int>(c.cout - cb * kBlock < kBlock ? c.cout - cb * kBlock : kBlock);
-  const int64_t o0 = cb * kBlock;
-
+  const ItemPos at = item_position(c, item);
   const uint64_t* rows_buf[16];
   const uint64_t** rows = rows_buf;
   const uint64_t** rows_heap = nullptr;
   if (c.kh > 16) rows = rows_heap = new const uint64_t*[c.kh];
-
   alignas(64) int32_t S[kMaxPix * kBlock];
-  alignas(64) float acc[kMaxPix * kBlock];
-  alignas(64) int32_t corr[kBlock];
-
-  const int64_t ih0 = oh * c.sh;  // first (padded) input row of this output row
-  const int64_t ih_first = ih0 - c.ph;  // unpadded input row of kernel row 0 (may be outside)
-  const bool row_border = c.zero_pad && (ih0 < c.ph || ih0 + c.kh > c.ph + c.H);
-
   BlockArgs args;
   args.rows = rows;
   args.kh = c.kh;
   args.L = static_cast<int>(c.kw * c.KW);
   args.xstride = static_cast<int64_t>(c.sw) * c.KW;
   args.S = S;
-
-  // Padded taps of a border pixel were computed as +1 inputs: corr removes their contribution
-  // (the sum of the weight signs at those taps: all taps minus the in-image rectangle of taps)
-  // for zero padding.
-  const int64_t i_in0 = ih_first < 0 ? -ih_first : 0;  // in-image kernel rows [i_in0, i_in1)
-  const int64_t i_in1 = c.H - ih_first < c.kh ? c.H - ih_first : c.kh;
-  const int64_t prow = (c.kw + 1) * c.cpad;
-  auto border_correction = [&](int j, int64_t iw0, int32_t* corr) {
-    const int64_t iw_rel = iw0 - c.pw;  // unpadded input column of kernel column 0
-    const int64_t j0 = iw_rel < 0 ? -iw_rel : 0;
-    const int64_t j1 = c.W - iw_rel < c.kw ? c.W - iw_rel : c.kw;
-    const int32_t* P = c.wsum_prefix + static_cast<int64_t>(j) * (c.kh + 1) * prow + o0;
-    const int32_t* all = P + c.kh * prow + c.kw * c.cpad;
-    if (i_in0 >= i_in1 || j0 >= j1) {
-      for (int q = 0; q < kBlock; ++q) corr[q] = all[q];
-      return;
-    }
-    const int32_t* a11 = P + i_in1 * prow + j1 * c.cpad;
-    const int32_t* a01 = P + i_in0 * prow + j1 * c.cpad;
-    const int32_t* a10 = P + i_in1 * prow + j0 * c.cpad;
-    const int32_t* a00 = P + i_in0 * prow + j0 * c.cpad;
-    for (int q = 0; q < kBlock; ++q) corr[q] = all[q] - (a11[q] - a01[q] - a10[q] + a00[q]);
-  };
-  auto store_bits = [&](int64_t pix, uint32_t bits) {
-    if (nc < kBlock) bits &= (1u << nc) - 1;
-    uint64_t* word = c.out_bits + pix * c.KWo + cb / 2;
-    store_half(word, static_cast<int>(cb & 1), bits);
-    if (cb == c.ncb - 1 && (cb & 1) == 0) store_half(word, 1, 0u);
-  };
-
-  // y = clamp(prelu(scale * mu * (base - (2 S + corr)) + bias [+ residual])) -> float and/or bits,
-  // for one plane and a full block of kBlock channels.
-  auto one_plane_epilogue = [&](auto has_residual, auto in_place, int64_t ow0, int npix) {
-    const EpilogueIdentities& id = epilogue_identities();
-    const int32_t* base = c.base + o0;
-    const float* mu = c.mu + o0;
-    const float* scale = c.scale + o0;
-    const float* bias = c.bias + o0;
-    const float* slope = c.prelu ? c.prelu + o0 : id.one_f;
-    const float* thr = c.thr ? c.thr + o0 : id.zero_f;
-    const float cmin = c.cmin, cmax = c.cmax;
-    alignas(64) float y_local[kBlock];
-    alignas(64) float y_thr[kBlock];
-    for (int p = 0; p < npix; ++p) {
-      const int64_t iw0 = (ow0 + p) * c.sw;
-      const bool border = row_border || (c.zero_pad && (iw0 < c.pw || iw0 + c.kw > c.pw + c.W));
-      const int32_t* cp = id.zero_i;
-      if (border) {
-        border_correction(0, iw0, corr);
-        cp = corr;
-      }
-      const int64_t pix = (n * c.OH + oh) * c.OW + ow0 + p;
-      epilogue_pixel<decltype(has_residual)::value, decltype(in_place)::value>(
-          S + p * kBlock, cp, base, mu, scale, bias,
-          has_residual && !in_place ? c.residual + pix * c.cout + o0 : nullptr,
-          slope, cmin, cmax, thr, c.out_f ? c.out_f + pix * c.cout + o0 : y_local, y_thr);
-      if (c.out_bits) store_bits(pix, Block::negative_bits(y_thr));
-    }
-  };
-
-  const bool rows_inside = ih_first >= 0 && ih_first + c.kh <= c.H;
   for (int64_t ow0 = 0; ow0 < c.OW; ow0 += kMaxPix) {
-    const int npix = static_cast<int>(c.OW - ow0 < kMaxPix ? c.OW - ow0 : kMaxPix);
-    // The input columns this pixel group reads; inside the image the kernel reads the input in
-    // place, and only groups that reach into the padding get a padded copy of their window
-    // (made by the thread that needs it: no serial padding pass before the parallel region).
-    const int64_t iw_first = ow0 * c.sw - c.pw;
-    const int64_t ncols = (npix - 1) * static_cast<int64_t>(c.sw) + c.kw;
-    if (rows_inside && iw_first >= 0 && iw_first + ncols <= c.W) {
-      for (int i = 0; i < c.kh; ++i) rows[i] = c.x + ((n * c.H + ih_first + i) * c.W + iw_first) * c.KW;
-    } else {
-      padded_window(c, n, ih_first, iw_first, ncols, rows);
-    }
-    args.npix = npix;
-
+    args.npix = static_cast<int>(c.OW - ow0 < kMaxPix ? c.OW - ow0 : kMaxPix);
+    group_rows(c, at, ow0, args.npix, rows);
     if (c.sign_lo) {
-      // Integer epilogue (one plane, bits output): compare the dot product with the
-      // transform's precomputed interval instead of evaluating it in float.
-      args.w = c.w + cb * c.blk_words;
-      args.m = c.m ? c.m + cb * c.blk_words : nullptr;
-      Block::run(args);
-      const int32_t* base = c.base + o0;
-      const int32_t* lo = c.sign_lo + o0;
-      const int32_t* hi = c.sign_hi + o0;
-      for (int p = 0; p < npix; ++p) {
-        const int64_t iw0 = (ow0 + p) * c.sw;
-        const bool border = row_border || (c.zero_pad && (iw0 < c.pw || iw0 + c.kw > c.pw + c.W));
-        int32_t* D = S + p * kBlock;
-        if (border) {
-          border_correction(0, iw0, corr);
-          for (int q = 0; q < kBlock; ++q) D[q] = base[q] - (2 * D[q] + corr[q]);
-        } else {
-          for (int q = 0; q < kBlock; ++q) D[q] = base[q] - 2 * D[q];
-        }
-        store_bits((n * c.OH + oh) * c.OW + ow0 + p, Block::in_interval_bits(D, lo, hi));
-      }
-      continue;
-    }
-
-    if (c.J == 1 && nc == kBlock) {
-      // One weight plane, a full block (the common case): the whole float epilogue in one pass
-      // per pixel, each value kept in registers from the popcount to the stored float and bit,
-      // instead of a pass through memory per step.  Same float32 operations in the same order
-      // as the general path below.
-      args.w = c.w + cb * c.blk_words;
-      args.m = c.m ? c.m + cb * c.blk_words : nullptr;
-      Block::run(args);
-      if (!c.residual) one_plane_epilogue(std::false_type{}, std::false_type{}, ow0, npix);
-      else if (c.residual == c.out_f) one_plane_epilogue(std::true_type{}, std::true_type{}, ow0, npix);
-      else one_plane_epilogue(std::true_type{}, std::false_type{}, ow0, npix);
-      continue;
-    }
-    for (int e = 0; e < npix * kBlock; ++e) acc[e] = 0.0f;
-    for (int j = 0; j < c.J; ++j) {
-      args.w = c.w + j * c.plane_words + cb * c.blk_words;
-      args.m = c.m ? c.m + j * c.plane_words + cb * c.blk_words : nullptr;
-      Block::run(args);
-      const int32_t* base = c.base + j * c.cpad + o0;
-      const float* mu = c.mu + j * c.cpad + o0;
-      for (int p = 0; p < npix; ++p) {
-        const int64_t iw0 = (ow0 + p) * c.sw;
-        const bool border = row_border || (c.zero_pad && (iw0 < c.pw || iw0 + c.kw > c.pw + c.W));
-        int32_t* Sp = S + p * kBlock;
-        float* ap = acc + p * kBlock;
-        if (border) {
-          border_correction(j, iw0, corr);
-          for (int q = 0; q < kBlock; ++q) Sp[q] = 2 * Sp[q] + corr[q];
-        } else {
-          for (int q = 0; q < kBlock; ++q) Sp[q] = 2 * Sp[q];
-        }
-        for (int q = 0; q < kBlock; ++q) ap[q] = ap[q] + mu[q] * static_cast<float>(base[q] - Sp[q]);
-      }
-    }
-
-    // Fused output transform: y = scale*acc + bias (+ residual) -> PReLU -> clamp -> float or
-    // sign bits.  (sign_intervals in conv.cpp evaluates exactly these operations, in this order,
-    // for the bits output, which has no residual.)
-    const float* scale = c.scale + o0;
-    const float* bias = c.bias + o0;
-    for (int p = 0; p < npix; ++p) {
-      float* y = acc + p * kBlock;
-      const int64_t pix = (n * c.OH + oh) * c.OW + ow0 + p;
-      for (int q = 0; q < kBlock; ++q) y[q] = y[q] * scale[q] + bias[q];
-      if (c.residual) {
-        const float* r = c.residual + pix * c.cout + o0;
-        if (nc == kBlock) {  // (a fixed trip count: one vector loop, no remainder)
-          for (int q = 0; q < kBlock; ++q) y[q] = y[q] + r[q];
-        } else {
-          for (int q = 0; q < nc; ++q) y[q] = y[q] + r[q];
-        }
-      }
-      if (c.prelu) {
-        const float* s = c.prelu + o0;
-        for (int q = 0; q < kBlock; ++q) {
-          const float scaled = y[q] * s[q];
-          y[q] = y[q] < 0.0f ? scaled : y[q];
-        }
-      }
-      for (int q = 0; q < kBlock; ++q) {
-        float v = y[q] < c.cmin ? c.cmin : y[q];
-        y[q] = v > c.cmax ? c.cmax : v;
-      }
-      if (c.out_f) {
-        // A fixed-size copy of a full block compiles to vector moves; a variable one is a call.
-        if (nc == kBlock) std::memcpy(c.out_f + pix * c.cout + o0, y, sizeof(float) * kBlock);
-        else std::memcpy(c.out_f + pix * c.cout + o0, y, sizeof(float) * nc);
-      }
-      if (c.out_bits) {
-        if (c.thr) {
-          const float* t = c.thr + o0;
-          for (int q = 0; q < kBlock; ++q) y[q] = y[q] + t[q];
-        }
-        store_bits(pix, Block::negative_bits(y));
-      }
+      run_plane<Block>(c, at, 0, args);
+      interval_epilogue<Block>(c, at, ow0, args.npix, S);
+    } else {
+      float_epilogue<Block>(c, at, ow0, args);
     }
   }
   delete[] rows_heap;

@@ -34,25 +34,38 @@ struct BlockArgs {
 
 struct ConvCtx;  // conv_impl.h
 using ItemFn = void (*)(const ConvCtx&, int64_t item);
+struct DepthwiseCtx;  // depthwise_impl.h
+// One output row (image n, output row oh: row = n * OH + oh) of a depthwise convolution, every
+// pixel and channel.
+using DepthwiseRowFn = void (*)(const DepthwiseCtx&, int64_t row);
 // Register-only xor + popcount (+ accumulate) loop: returns binary ops per second.
 using PeakFn = double (*)(int64_t iterations);
 // Sign-packs P rows of C contiguous floats: out[p][k] bit b = (x[p][64k+b] + thr[64k+b]) < 0
 // (thr may be null: no threshold); tail bits of the last word are zero.
 using PackRowsFn = void (*)(const float* x, int64_t P, int64_t C, const float* thr, uint64_t* out);
 
+// One kernel path: its instantiations of the convolution work item (conv_impl.h) and of the
+// depthwise row (depthwise_impl.h), its packer and its peak probe.
 struct Isa {
   const char* name;
   ItemFn run_item;  // one work item of a convolution (see conv_impl.h)
+  DepthwiseRowFn depthwise_row;
   PeakFn peak;
   PackRowsFn pack_rows;
 };
 
-enum IsaId : int { kPortable = 0, kPopcnt = 1, kAvx2 = 2, kAvx512 = 3, kNumIsa = 4 };
+// The kernel paths in the engine's numbering, and their names: the one list (the Python layer
+// reads it from the extension).  The production paths come slowest first; the reference path
+// (isa_reference.cpp: the plain definition every other path is checked against, never chosen
+// automatically) comes last.
+enum IsaId : int { kPortable = 0, kPopcnt = 1, kAvx2 = 2, kAvx512 = 3, kReference = 4, kNumIsa = 5 };
+inline constexpr const char* kKernelNames[kNumIsa] = {"portable", "popcnt", "avx2", "avx512", "reference"};
 
 const Isa& isa_portable();
 const Isa& isa_popcnt();  // only valid if cpu_supports(kPopcnt)
 const Isa& isa_avx2();    // only valid if cpu_supports(kAvx2)
 const Isa& isa_avx512();  // only valid if cpu_supports(kAvx512)
+const Isa& isa_reference();
 bool cpu_supports(int isa);
 const Isa& get_isa(int isa);  // throws std::invalid_argument if unknown / unsupported
 

@@ -8,7 +8,8 @@ namespace onebit {
 
 bool cpu_supports(int isa) {
   switch (isa) {
-    case kPortable: return true;
+    case kPortable:
+    case kReference: return true;
 #if defined(__x86_64__) && defined(__GNUC__)
     case kPopcnt:
       __builtin_cpu_init();
@@ -31,6 +32,7 @@ const Isa& get_isa(int isa) {
     case kPopcnt: return isa_popcnt();
     case kAvx2: return isa_avx2();
     case kAvx512: return isa_avx512();
+    case kReference: return isa_reference();
     default: return isa_portable();
   }
 }

@@ -5,6 +5,7 @@
 #include <stdexcept>
 
 #include "conv_impl.h"
+#include "depthwise_impl.h"
 #include "engine.h"
 
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -131,6 +132,57 @@ struct Avx2Block {
 
 ONEBIT_AVX2 void run_item(const ConvCtx& c, int64_t item) { conv_item<Avx2Block>(c, item); }
 
+// Depthwise float output: the 64 float outputs of one channel word at np pixels, every tap valid
+// (or A = the valid taps), from the counter planes cnt[p * B + b] into y[p * ystride + q]: a
+// 32-bit half of a counter plane, broadcast from memory, becomes a lane mask for 8 channels by AND
+// with the lanes' bits and compare; D = A - sum_b 2^(b+1) over the set planes, then the epilogue
+// (epilogue.h) in vectors.  kB planes and kNP pixels when > 0 (unrolled: the pixels' dependency
+// chains interleave), else B and np.  (x86 is little-endian: the half h of a plane word is at
+// byte 4h.)  Hand-vectorised inner loop.
+template <int kB, int kNP>
+ONEBIT_AVX2 ONEBIT_INLINE void float_word_impl(const uint64_t* cnt, int np_, int B_, const FloatWordArgs& a, float* y,
+                                               int64_t ystride) {
+  const __m256 zero = _mm256_setzero_ps(), cmin = _mm256_set1_ps(a.cmin), cmax = _mm256_set1_ps(a.cmax);
+  const int B = kB > 0 ? kB : B_, np = kNP > 0 ? kNP : np_;
+  const unsigned char* bytes = reinterpret_cast<const unsigned char*>(cnt);
+  for (int g = 0; g < 8; ++g) {
+    const int sh = 8 * (g % 4);
+    const __m256i lane_bit = _mm256_sllv_epi32(_mm256_set1_epi32(1), _mm256_setr_epi32(sh, sh + 1, sh + 2, sh + 3,
+                                                                                        sh + 4, sh + 5, sh + 6, sh + 7));
+    const __m256i A = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.A + 8 * g));
+    const __m256 mu = _mm256_loadu_ps(a.mu + 8 * g), scale = _mm256_loadu_ps(a.scale + 8 * g),
+                 bias = _mm256_loadu_ps(a.bias + 8 * g);
+    const __m256 slope = a.prelu ? _mm256_loadu_ps(a.prelu + 8 * g) : zero;
+#pragma GCC unroll 4
+    for (int p = 0; p < np; ++p) {
+      __m256i d = A;
+#pragma GCC unroll 8
+      for (int b = 0; b < B; ++b) {
+        int32_t half;
+        std::memcpy(&half, bytes + 8 * (p * B + b) + 4 * (g / 4), 4);
+        const __m256i set = _mm256_cmpeq_epi32(_mm256_and_si256(_mm256_set1_epi32(half), lane_bit), lane_bit);
+        d = _mm256_sub_epi32(d, _mm256_and_si256(set, _mm256_set1_epi32(2 << b)));
+      }
+      const __m256 acc = epilogue::plane_term(zero, mu, _mm256_cvtepi32_ps(d));
+      const __m256 v = a.prelu ? epilogue::output<false, true>(acc, scale, bias, zero, slope, cmin, cmax)
+                               : epilogue::output<false, false>(acc, scale, bias, zero, slope, cmin, cmax);
+      _mm256_storeu_ps(y + p * ystride + 8 * g, v);
+    }
+  }
+}
+
+struct Avx2Depthwise {
+  static constexpr bool kVectorEpilogue = true;
+  ONEBIT_AVX2 static void float_word(const uint64_t* cnt, int np, int B, const FloatWordArgs& a, float* y,
+                                     int64_t ystride) {
+    if (B == 4 && np == 4) float_word_impl<4, 4>(cnt, np, B, a, y, ystride);
+    else if (B == 4) float_word_impl<4, 0>(cnt, np, B, a, y, ystride);
+    else float_word_impl<0, 0>(cnt, np, B, a, y, ystride);
+  }
+};
+
+ONEBIT_AVX2 void depthwise_row_avx2(const DepthwiseCtx& c, int64_t row) { depthwise_row<Avx2Depthwise>(c, row); }
+
 // Sign packing: 8 floats -> 8 bits per compare + movemask.  _CMP_LT_OQ is false for NaN, like
 // the scalar `<` of the other paths.
 template <bool Thr>
@@ -200,7 +252,7 @@ ONEBIT_AVX2 double peak(int64_t iterations) {
 }  // namespace
 
 const Isa& isa_avx2() {
-  static const Isa isa{"avx2", &run_item, &peak, &pack_rows};
+  static const Isa isa{kKernelNames[kAvx2], &run_item, &depthwise_row_avx2, &peak, &pack_rows};
   return isa;
 }
 

@@ -5,6 +5,7 @@
 #include <stdexcept>
 
 #include "conv_impl.h"
+#include "depthwise_impl.h"
 #include "engine.h"
 
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -92,6 +93,51 @@ struct Avx512Block {
 
 ONEBIT_AVX512 void run_item(const ConvCtx& c, int64_t item) { conv_item<Avx512Block>(c, item); }
 
+// Depthwise float output (see isa_avx2.cpp): each counter plane is a lane mask (16 channels per
+// register): D = A - sum_b 2^(b+1) over the planes whose bit is set, then the epilogue
+// (epilogue.h) in vectors.  kB planes and kNP pixels when > 0 (unrolled: the pixels' dependency
+// chains interleave), else B and np.  Hand-vectorised inner loop.
+template <int kB, int kNP>
+ONEBIT_AVX512 ONEBIT_INLINE void float_word_impl(const uint64_t* cnt, int np_, int B_, const FloatWordArgs& a,
+                                                 float* y, int64_t ystride) {
+  const __m512 zero = _mm512_setzero_ps(), cmin = _mm512_set1_ps(a.cmin), cmax = _mm512_set1_ps(a.cmax);
+  const int B = kB > 0 ? kB : B_, np = kNP > 0 ? kNP : np_;
+  for (int g = 0; g < 4; ++g) {
+    const __m512i A = _mm512_loadu_si512(a.A + 16 * g);
+    const __m512 mu = _mm512_loadu_ps(a.mu + 16 * g), scale = _mm512_loadu_ps(a.scale + 16 * g),
+                 bias = _mm512_loadu_ps(a.bias + 16 * g);
+    const __m512 slope = a.prelu ? _mm512_loadu_ps(a.prelu + 16 * g) : zero;
+#pragma GCC unroll 4
+    for (int p = 0; p < np; ++p) {
+      __m512i d = A;
+#pragma GCC unroll 8
+      for (int b = 0; b < B; ++b) {
+        const __mmask16 k = static_cast<__mmask16>(cnt[p * B + b] >> (16 * g));
+        d = _mm512_mask_sub_epi32(d, k, d, _mm512_set1_epi32(2 << b));
+      }
+      // (maskz: the plain conversion trips GCC 12's uninitialized warning in its header)
+      const __m512 acc = epilogue::plane_term(zero, mu, _mm512_maskz_cvtepi32_ps(0xFFFF, d));
+      const __m512 v = a.prelu ? epilogue::output<false, true>(acc, scale, bias, zero, slope, cmin, cmax)
+                               : epilogue::output<false, false>(acc, scale, bias, zero, slope, cmin, cmax);
+      _mm512_storeu_ps(y + p * ystride + 16 * g, v);
+    }
+  }
+}
+
+struct Avx512Depthwise {
+  static constexpr bool kVectorEpilogue = true;
+  ONEBIT_AVX512 static void float_word(const uint64_t* cnt, int np, int B, const FloatWordArgs& a, float* y,
+                                       int64_t ystride) {
+    if (B == 4 && np == 4) float_word_impl<4, 4>(cnt, np, B, a, y, ystride);
+    else if (B == 4) float_word_impl<4, 0>(cnt, np, B, a, y, ystride);
+    else float_word_impl<0, 0>(cnt, np, B, a, y, ystride);
+  }
+};
+
+ONEBIT_AVX512 void depthwise_row_avx512(const DepthwiseCtx& c, int64_t row) {
+  depthwise_row<Avx512Depthwise>(c, row);
+}
+
 // Sign packing: 16 floats -> 16 bits per compare-into-mask (_CMP_LT_OQ: false for NaN, as `<`).
 ONEBIT_AVX512 void pack_rows(const float* x, int64_t P, int64_t C, const float* thr, uint64_t* out) {
   const int64_t KW = (C + 63) / 64, full = C / 64;
@@ -144,7 +190,7 @@ ONEBIT_AVX512 double peak(int64_t iterations) {
 }  // namespace
 
 const Isa& isa_avx512() {
-  static const Isa isa{"avx512", &run_item, &peak, &pack_rows};
+  static const Isa isa{kKernelNames[kAvx512], &run_item, &depthwise_row_avx512, &peak, &pack_rows};
   return isa;
 }
 

@@ -10,6 +10,7 @@
 #include <stdexcept>
 
 #include "conv_impl.h"
+#include "depthwise_impl.h"
 #include "engine.h"
 
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -89,6 +90,9 @@ struct PopcntBlock {
 
 ONEBIT_POPCNT void run_item(const ConvCtx& c, int64_t item) { conv_item<PopcntBlock>(c, item); }
 
+// Depthwise: the counters need no population count; float outputs come from the tables.
+ONEBIT_POPCNT void depthwise_row_popcnt(const DepthwiseCtx& c, int64_t row) { depthwise_row<TableEpilogue>(c, row); }
+
 // Register-only xor + popcnt + add: 8 independent accumulators so that latency never limits.
 ONEBIT_POPCNT double peak(int64_t iterations) {
   uint64_t x0 = 0x0123456789abcdefull, x1 = 0xfedcba9876543210ull, x2 = 0x0f1e2d3c4b5a6978ull,
@@ -111,7 +115,7 @@ ONEBIT_POPCNT double peak(int64_t iterations) {
 
 const Isa& isa_popcnt() {
   // Sign packing needs no population count: the portable packer serves this path too.
-  static const Isa isa{"popcnt", &run_item, &peak, isa_portable().pack_rows};
+  static const Isa isa{kKernelNames[kPopcnt], &run_item, &depthwise_row_popcnt, &peak, isa_portable().pack_rows};
   return isa;
 }
 

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "conv_impl.h"
+#include "depthwise_impl.h"
 #include "engine.h"
 
 #if defined(__GNUC__) && defined(__aarch64__) && defined(__ARM_NEON)
@@ -320,6 +321,8 @@ struct PortableBlock : ScalarBits {
 
 void run_item(const ConvCtx& c, int64_t item) { conv_item<PortableBlock>(c, item); }
 
+void depthwise_row_portable(const DepthwiseCtx& c, int64_t row) { depthwise_row<TableEpilogue>(c, row); }
+
 // Sign packing without intrinsics: the compare loop writes 0/1 bytes (auto-vectorized to
 // cmpltps + packs on SSE2), then each group of 8 bytes becomes 8 bits with one multiply:
 // for bytes b_i in {0, 1} of a little-endian word u, u * 0x0102040810204080 puts b_i at bit
@@ -416,7 +419,7 @@ double peak(int64_t iterations) {
 }  // namespace
 
 const Isa& isa_portable() {
-  static const Isa isa{"portable", &run_item, &peak, &pack_rows};
+  static const Isa isa{kKernelNames[kPortable], &run_item, &depthwise_row_portable, &peak, &pack_rows};
   return isa;
 }
 

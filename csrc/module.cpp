@@ -16,6 +16,7 @@
 #include <vector>
 #include <stdexcept>
 #include <string>
+#include <utility>
 
 #include "engine.h"
 #include "ops.h"
@@ -135,55 +136,6 @@ onebit::Transform* make_transform(int64_t cout, In<float> scale, In<float> bias,
   return guard.release();
 }
 
-// The checks and the call description shared by conv2d and depthwise_conv2d.
-onebit::ConvCall checked_call(const std::string& op, uintptr_t x, int64_t N, int64_t H, int64_t W, int64_t kh,
-                              int64_t kw, int64_t weight_channels, const onebit::Transform& t, int sh, int sw,
-                              int ph, int pw, int pad_value, uintptr_t out, int isa, int num_threads) {
-  if (!x || !out) fail(op + ": null buffer");
-  if (N < 1 || H < 1 || W < 1) fail(op + ": empty input");
-  if (t.cout != weight_channels)
-    fail(op + ": the transform is for " + std::to_string(t.cout) + " channels, weights have " +
-         std::to_string(weight_channels));
-  if (sh < 1 || sw < 1) fail(op + ": stride must be >= 1");
-  if (ph < 0 || pw < 0) fail(op + ": padding must be >= 0");
-  if (pad_value < -1 || pad_value > 1) fail(op + ": pad_value must be -1, 0 or +1");
-  if (onebit::conv_out_size(H, static_cast<int>(kh), sh, ph) < 1 ||
-      onebit::conv_out_size(W, static_cast<int>(kw), sw, pw) < 1)
-    fail(op + ": the kernel does not fit the (padded) input");
-  onebit::get_isa(isa);  // validates the kernel choice (the CPU has it) before releasing the GIL
-  onebit::ConvCall call;
-  call.x = reinterpret_cast<const uint64_t*>(x);
-  call.N = N;
-  call.H = H;
-  call.W = W;
-  call.sh = sh;
-  call.sw = sw;
-  call.ph = ph;
-  call.pw = pw;
-  call.pad_value = pad_value;
-  call.out = reinterpret_cast<void*>(out);
-  call.isa = isa;
-  call.num_threads = num_threads;
-  return call;
-}
-
-// x: contiguous int64 (N, H, W, ceil(cin/64)); out: contiguous float32 (N, OH, OW, cout) or
-// int64 (N, OH, OW, ceil(cout/64)) as the transform says.  Raw addresses: internal API, the
-// caller (onebit.deploy.kernels) guarantees the buffers.
-void conv2d(uintptr_t x, int64_t N, int64_t H, int64_t W, const onebit::Weights& w, const onebit::Transform& t,
-            int sh, int sw, int ph, int pw, int pad_value, uintptr_t out, int isa, int num_threads,
-            uintptr_t residual, uintptr_t out_bits, uintptr_t bits_threshold) {
-  onebit::ConvCall call =
-      checked_call("conv2d", x, N, H, W, w.kh, w.kw, w.cout, t, sh, sw, ph, pw, pad_value, out, isa, num_threads);
-  if ((residual || out_bits) && t.bits) fail("conv2d: a residual or a second (bits) output needs float output");
-  if (bits_threshold && !out_bits) fail("conv2d: bits_threshold without a bits output");
-  call.residual = reinterpret_cast<const float*>(residual);
-  call.out_bits = reinterpret_cast<uint64_t*>(out_bits);
-  call.bits_threshold = reinterpret_cast<const float*>(bits_threshold);
-  nb::gil_scoped_release nogil;
-  onebit::conv2d(w, t, call);
-}
-
 // Depthwise weights: bits/masks int64 (J, kh*kw, ceil(C/64)) with zero tail bits, scales (J, C).
 onebit::DepthwiseWeights* make_depthwise_weights(In<int64_t> w, std::optional<In<int64_t>> m, In<float> mu,
                                                  int64_t channels, int64_t kh, int64_t kw) {
@@ -213,16 +165,76 @@ onebit::DepthwiseWeights* make_depthwise_weights(In<int64_t> w, std::optional<In
   return guard.release();
 }
 
-// x: contiguous int64 (N, H, W, ceil(C/64)); out: float32 (N, OH, OW, C) or int64 (N, OH, OW,
-// ceil(C/64)) as the transform says (raw addresses, as conv2d).
-void depthwise_conv2d(uintptr_t x, int64_t N, int64_t H, int64_t W, const onebit::DepthwiseWeights& w,
-                      const onebit::Transform& t, int sh, int sw, int ph, int pw, int pad_value, uintptr_t out,
-                      int isa, int num_threads) {
-  const onebit::ConvCall call = checked_call("depthwise_conv2d", x, N, H, W, w.kh, w.kw, w.C, t, sh, sw, ph, pw,
-                                             pad_value, out, isa, num_threads);
-  nb::gil_scoped_release nogil;
-  onebit::depthwise_conv2d(w, t, call);
-}
+// One prepared binary layer, bound once: its engine weights (regular or depthwise) and
+// transform, its stride, padding and pad value, and the threshold of a second (bits) output,
+// checked here at construction.  A call passes only what changes per call: the input and output
+// buffers, their sizes, the kernel path and the thread count (raw addresses: internal API, the
+// caller, onebit.deploy.kernels, guarantees the buffers; the sizes are re-checked here).
+class BoundLayer {
+ public:
+  BoundLayer(nb::object weights, nb::object transform, int sh, int sw, int ph, int pw, int pad_value,
+             std::optional<In<float>> bits_threshold)
+      : weights_(std::move(weights)), transform_(std::move(transform)), sh_(sh), sw_(sw), ph_(ph), pw_(pw),
+        pad_value_(pad_value) {
+    t_ = &nb::cast<const onebit::Transform&>(transform_);
+    int64_t channels = 0;
+    if (nb::isinstance<onebit::DepthwiseWeights>(weights_)) {
+      dw_ = &nb::cast<const onebit::DepthwiseWeights&>(weights_);
+      op_ = "depthwise_conv2d", kh_ = dw_->kh, kw_ = dw_->kw, channels = dw_->C;
+    } else {
+      w_ = &nb::cast<const onebit::Weights&>(weights_);
+      op_ = "conv2d", kh_ = w_->kh, kw_ = w_->kw, channels = w_->cout;
+    }
+    if (t_->cout != channels)
+      fail(op_ + ": the transform is for " + std::to_string(t_->cout) + " channels, weights have " +
+           std::to_string(channels));
+    if (sh < 1 || sw < 1) fail(op_ + ": stride must be >= 1");
+    if (ph < 0 || pw < 0) fail(op_ + ": padding must be >= 0");
+    if (pad_value < -1 || pad_value > 1) fail(op_ + ": pad_value must be -1, 0 or +1");
+    if (bits_threshold) {
+      if (dw_ || t_->bits) fail(op_ + ": a threshold of a second (bits) output needs conv2d with float output");
+      threshold_ = padded_vec(*bits_threshold, t_->cout, t_->cpad, "bits_threshold");
+    }
+  }
+
+  // x: contiguous int64 (N, H, W, ceil(cin/64)); out: contiguous float32 (N, OH, OW, cout) or int64
+  // (N, OH, OW, ceil(cout/64)) as the transform says; residual (float output, conv2d): float32 of
+  // the output's shape, or 0; out_bits (float output, conv2d): int64 (N, OH, OW, ceil(cout/64)), or 0.
+  void run(uintptr_t x, int64_t N, int64_t H, int64_t W, uintptr_t out, int isa, int num_threads, uintptr_t residual,
+           uintptr_t out_bits) const {
+    if (!x || !out) fail(op_ + ": null buffer");
+    if (N < 1 || H < 1 || W < 1) fail(op_ + ": empty input");
+    if (onebit::conv_out_size(H, static_cast<int>(kh_), sh_, ph_) < 1 ||
+        onebit::conv_out_size(W, static_cast<int>(kw_), sw_, pw_) < 1)
+      fail(op_ + ": the kernel does not fit the (padded) input");
+    if ((residual || out_bits) && (t_->bits || dw_))
+      fail(op_ + ": a residual or a second (bits) output needs conv2d with float output");
+    onebit::get_isa(isa);  // validates the kernel choice (the CPU has it) before releasing the GIL
+    onebit::ConvCall call;
+    call.x = reinterpret_cast<const uint64_t*>(x);
+    call.N = N, call.H = H, call.W = W;
+    call.sh = sh_, call.sw = sw_, call.ph = ph_, call.pw = pw_, call.pad_value = pad_value_;
+    call.out = reinterpret_cast<void*>(out);
+    call.residual = reinterpret_cast<const float*>(residual);
+    call.out_bits = reinterpret_cast<uint64_t*>(out_bits);
+    call.bits_threshold = out_bits && !threshold_.empty() ? threshold_.data() : nullptr;
+    call.isa = isa;
+    call.num_threads = num_threads;
+    nb::gil_scoped_release nogil;
+    if (dw_) onebit::depthwise_conv2d(*dw_, *t_, call);
+    else onebit::conv2d(*w_, *t_, call);
+  }
+
+ private:
+  nb::object weights_, transform_;  // (keep the engine objects alive)
+  const onebit::Weights* w_ = nullptr;
+  const onebit::DepthwiseWeights* dw_ = nullptr;
+  const onebit::Transform* t_ = nullptr;
+  std::string op_;
+  int64_t kh_ = 1, kw_ = 1;
+  int sh_, sw_, ph_, pw_, pad_value_;
+  std::vector<float> threshold_;  // padded to the transform's cpad channels, or empty
+};
 
 double popcount_peak(int isa, int64_t iterations, int num_threads) {
   if (iterations < 1) fail("popcount_peak: iterations must be >= 1");
@@ -250,10 +262,15 @@ double popcount_peak(int isa, int64_t iterations, int num_threads) {
 
 NB_MODULE(_engine, mod) {
   mod.doc() = "onebit packed 1-bit inference engine (C++). Use onebit.deploy.kernels instead.";
-  mod.attr("KERNEL_NAMES") = nb::make_tuple("portable", "popcnt", "avx2", "avx512");
+  // The production kernel paths, slowest first, in the engine's numbering; the reference path after them.
+  nb::list names;
+  for (int i = 0; i < onebit::kReference; ++i) names.append(onebit::kKernelNames[i]);
+  mod.attr("KERNEL_NAMES") = nb::tuple(names);
+  mod.attr("REFERENCE_KERNEL") = onebit::kKernelNames[onebit::kReference];
+  mod.attr("REFERENCE_KERNEL_ID") = static_cast<int>(onebit::kReference);
   mod.attr("BLOCK") = onebit::kBlock;
   mod.def("cpu_supports", &onebit::cpu_supports, "kernel_id"_a,
-          "True if the CPU can run kernel `kernel_id` (0 portable, 1 popcnt, 2 avx2, 3 avx512).");
+          "True if the CPU can run kernel `kernel_id` (an index of KERNEL_NAMES, or REFERENCE_KERNEL's).");
   mod.def("hardware_threads", &onebit::hardware_threads);
   mod.def("thread_backend", &onebit::thread_backend);
   mod.def(
@@ -280,16 +297,17 @@ NB_MODULE(_engine, mod) {
            "clamp_max"_a, "bits"_a, "threshold"_a.none())
       .def_ro("out_channels", &onebit::Transform::cout)
       .def_ro("bits", &onebit::Transform::bits);
-  mod.def("conv2d", &conv2d, "x_addr"_a, "N"_a, "H"_a, "W"_a, "weights"_a, "transform"_a, "sh"_a, "sw"_a, "ph"_a,
-          "pw"_a, "pad_value"_a, "out_addr"_a, "kernel_id"_a, "num_threads"_a, "residual_addr"_a = 0, "out_bits_addr"_a = 0, "bits_threshold_addr"_a = 0);
   nb::class_<onebit::DepthwiseWeights>(mod, "DepthwiseWeights")
       .def(nb::new_(&make_depthwise_weights), "bits"_a, "masks"_a.none(), "scales"_a, "channels"_a, "kh"_a, "kw"_a)
       .def_ro("channels", &onebit::DepthwiseWeights::C)
       .def_ro("planes", &onebit::DepthwiseWeights::J)
       .def_ro("kh", &onebit::DepthwiseWeights::kh)
       .def_ro("kw", &onebit::DepthwiseWeights::kw);
-  mod.def("depthwise_conv2d", &depthwise_conv2d, "x_addr"_a, "N"_a, "H"_a, "W"_a, "weights"_a, "transform"_a,
-          "sh"_a, "sw"_a, "ph"_a, "pw"_a, "pad_value"_a, "out_addr"_a, "kernel_id"_a, "num_threads"_a);
+  nb::class_<BoundLayer>(mod, "BoundLayer")
+      .def(nb::init<nb::object, nb::object, int, int, int, int, int, std::optional<In<float>>>(), "weights"_a,
+           "transform"_a, "sh"_a, "sw"_a, "ph"_a, "pw"_a, "pad_value"_a, "bits_threshold"_a.none() = nb::none())
+      .def("run", &BoundLayer::run, "x_addr"_a, "N"_a, "H"_a, "W"_a, "out_addr"_a, "kernel_id"_a, "num_threads"_a,
+           "residual_addr"_a = 0, "out_bits_addr"_a = 0);
   mod.def("set_region_profiling", &onebit::set_region_profiling, "on"_a,
           "Record the time of each parallel region of the kernels (diagnostics; off by default).");
   mod.def(

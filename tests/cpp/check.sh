@@ -10,7 +10,7 @@ if [[ "${1:-}" == "--target" ]]; then target="$2"; shift 2; fi
 cases="${1:-150}"
 out="$(mktemp -d)"
 trap 'rm -rf "$out"' EXIT
-sources=("$root"/csrc/{conv,depthwise,pack,thread_pool,isa,isa_portable,isa_popcnt,isa_avx2,isa_avx512}.cpp
+sources=("$root"/csrc/{conv,depthwise,pack,thread_pool,isa,isa_portable,isa_popcnt,isa_avx2,isa_avx512,isa_reference}.cpp
          "$root"/tests/cpp/engine_check.cpp)
 flags=(-std=c++17 -O2 -Wall -Wextra -ffp-contract=off -fno-trapping-math -I"$root/csrc" -pthread)
 case "$target" in

@@ -1,14 +1,15 @@
-// Standalone check of the engine's binary conv2d against a naive reference, without Python or
-// torch: every kernel path this CPU runs, random shapes (odd channel counts, strides 1-2, padding
-// values -1/0/+1, 1x1 to 5x5 kernels), one plane or two masked planes (heterogeneous bitwidth),
-// float output with every epilogue feature (scale, bias, PReLU, clamp, a residual, also in place,
-// the extra bits output) and bits output, on 1-3 threads.
-// Float outputs must be identical (the reference applies the engine's float32 operations in the
-// engine's order to the exact integer dot product), bits too.
+// Standalone check of the engine without Python or torch: binary conv2d and depthwise_conv2d on
+// every kernel path this CPU runs, against the reference path (ONEBIT_KERNEL=reference,
+// csrc/isa_reference.cpp), which is itself checked against the naive computation here.  Random
+// shapes (odd channel counts, strides 1-2, padding values -1/0/+1, 1x1 to 5x5 kernels), one plane
+// or masked planes (heterogeneous bitwidth), float output with every epilogue feature (scale,
+// bias, PReLU, clamp, a residual, also in place, the extra bits output) and bits output, on 1-3
+// threads.  Float outputs must be identical (the naive computation applies epilogue.h, the
+// engine's float32 operations in their order, to the exact integer dot products), bits too.
 //
-// It builds with any C++17 compiler for any architecture (tests/cpp/check.sh): test_cpp.py runs it
-// natively in the test suite, and tests/cpp/check.sh --target aarch64 cross-compiles it and runs it
-// under qemu, which is how the NEON-lowered portable path is checked on this x86 project's CI host.
+// It builds with any C++17 compiler for any architecture (tests/cpp/check.sh): test_engine_cpp.py
+// runs it natively in the test suite, and tests/cpp/check.sh --target aarch64 cross-compiles it and
+// runs it under qemu, which is how the NEON-lowered portable path is checked on this x86 project's CI host.
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -16,9 +17,11 @@
 #include <cstring>
 #include <random>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "engine.h"
+#include "epilogue.h"
 #include "ops.h"
 
 using namespace onebit;
@@ -62,35 +65,43 @@ std::vector<uint64_t> pack_signs(const std::vector<int>& s, int64_t P, int64_t C
   return out;
 }
 
-int run_case(const Case& c, int isa, int threads) {
-  const int64_t OH = conv_out_size(c.H, c.kh, c.sh, c.ph), OW = conv_out_size(c.W, c.kw, c.sw, c.pw);
-  if (OH < 1 || OW < 1) return 0;
-  // input signs (N, H, W, cin); per plane j, weight signs and masks (cout, cin, kh, kw)
-  const int J = c.planes;
-  const size_t wn = static_cast<size_t>(c.cout) * c.cin * c.kh * c.kw;
-  std::vector<int> xs(static_cast<size_t>(c.N) * c.H * c.W * c.cin), ws(J * wn), ms(J * wn, 1);
-  for (auto& v : xs) v = random_sign();
-  for (auto& v : ws) v = random_sign();
-  if (J > 1)
-    for (auto& v : ms) v = uniform(0, 3) != 0;  // masked planes: ~3/4 of the weights active
-  if (c.worst) {
-    std::vector<int> pattern(static_cast<size_t>(c.cin));
-    for (auto& v : pattern) v = random_sign();
-    for (size_t e = 0; e < xs.size(); ++e) xs[e] = pattern[e % c.cin];
-    const size_t taps = static_cast<size_t>(c.kh) * c.kw;
-    for (int j = 0; j < J; ++j)
-      for (int o = 0; o < 2 && o < c.cout; ++o)
-        for (size_t e = 0; e < static_cast<size_t>(c.cin) * taps; ++e) {
-          const size_t at = j * wn + static_cast<size_t>(o) * c.cin * taps + e;
-          ws[at] = (o == 0 ? -1 : 1) * pattern[e / taps];
-          ms[at] = 1;
-        }
-  }
-  const std::vector<uint64_t> x = pack_signs(xs, static_cast<int64_t>(c.N) * c.H * c.W, c.cin);
-  auto widx = [&](int j, int o, int ci, int i, int jj) {
-    return j * wn + ((static_cast<size_t>(o) * c.cin + ci) * c.kh + i) * c.kw + jj;
-  };
+// Channel o's epilogue (epilogue.h) of its accumulated planes a, with the transform's optional parts.
+float epilogue_value(float a, const Transform& t, int64_t o, const float* residual) {
+  const float r = residual ? *residual : 0.0f, s = t.prelu.empty() ? 0.0f : t.prelu[o];
+  if (residual && !t.prelu.empty()) return epilogue::output<true, true>(a, t.scale[o], t.bias[o], r, s, t.cmin, t.cmax);
+  if (residual) return epilogue::output<true, false>(a, t.scale[o], t.bias[o], r, s, t.cmin, t.cmax);
+  if (!t.prelu.empty()) return epilogue::output<false, true>(a, t.scale[o], t.bias[o], r, s, t.cmin, t.cmax);
+  return epilogue::output<false, false>(a, t.scale[o], t.bias[o], r, s, t.cmin, t.cmax);
+}
 
+// Counts the values of got that differ from want (bit patterns for floats), reporting the first 3.
+template <class T>
+int mismatches(const std::vector<T>& got, const std::vector<T>& want, const char* what, const std::string& where) {
+  int errors = 0;
+  for (size_t e = 0; e < got.size(); ++e)
+    if (std::memcmp(&got[e], &want[e], sizeof(T)) != 0) {
+      if (errors < 3) {
+        if constexpr (std::is_same_v<T, float>)
+          std::fprintf(stderr, "%s mismatch at %zu: %.9g vs %.9g (%s)\n", what, e, got[e], want[e], where.c_str());
+        else
+          std::fprintf(stderr, "%s mismatch at %zu: %016llx vs %016llx (%s)\n", what, e,
+                       static_cast<unsigned long long>(got[e]), static_cast<unsigned long long>(want[e]), where.c_str());
+      }
+      ++errors;
+    }
+  return errors;
+}
+
+// Index of weight (plane j, output o, input ci, tap (i, jj)) in the checker's (J, cout, cin, kh, kw) signs.
+size_t weight_index(const Case& c, int j, int o, int ci, int i, int jj) {
+  const size_t wn = static_cast<size_t>(c.cout) * c.cin * c.kh * c.kw;
+  return j * wn + ((static_cast<size_t>(o) * c.cin + ci) * c.kh + i) * c.kw + jj;
+}
+
+// The engine's packed weights (kernel layout, Weights in ops.h) of weight signs ws and masks ms.
+Weights make_weights(const Case& c, const std::vector<int>& ws, const std::vector<int>& ms) {
+  const int J = c.planes;
+  auto widx = [&](int j, int o, int ci, int i, int jj) { return weight_index(c, j, o, ci, i, jj); };
   Weights w;
   w.J = J, w.cin = c.cin, w.cout = c.cout, w.kh = c.kh, w.kw = c.kw, w.KW = (c.cin + 63) / 64;
   w.ncb = (c.cout + kBlock - 1) / kBlock, w.cpad = w.ncb * kBlock;
@@ -119,6 +130,37 @@ int run_case(const Case& c, int isa, int threads) {
       w.mu[j * w.cpad + o] = c.mu_scale * (0.5f + static_cast<float>(uniform(0, 100)) / 100.0f);
   }
   set_tap_sign_sums(w, wsum.data());
+  return w;
+}
+
+int run_case(const Case& c, int threads) {
+  const int64_t OH = conv_out_size(c.H, c.kh, c.sh, c.ph), OW = conv_out_size(c.W, c.kw, c.sw, c.pw);
+  if (OH < 1 || OW < 1) return 0;
+  // input signs (N, H, W, cin); per plane j, weight signs and masks (cout, cin, kh, kw)
+  const int J = c.planes;
+  const size_t wn = static_cast<size_t>(c.cout) * c.cin * c.kh * c.kw;
+  std::vector<int> xs(static_cast<size_t>(c.N) * c.H * c.W * c.cin), ws(J * wn), ms(J * wn, 1);
+  for (auto& v : xs) v = random_sign();
+  for (auto& v : ws) v = random_sign();
+  if (J > 1)
+    for (auto& v : ms) v = uniform(0, 3) != 0;  // masked planes: ~3/4 of the weights active
+  if (c.worst) {
+    std::vector<int> pattern(static_cast<size_t>(c.cin));
+    for (auto& v : pattern) v = random_sign();
+    for (size_t e = 0; e < xs.size(); ++e) xs[e] = pattern[e % c.cin];
+    const size_t taps = static_cast<size_t>(c.kh) * c.kw;
+    for (int j = 0; j < J; ++j)
+      for (int o = 0; o < 2 && o < c.cout; ++o)
+        for (size_t e = 0; e < static_cast<size_t>(c.cin) * taps; ++e) {
+          const size_t at = j * wn + static_cast<size_t>(o) * c.cin * taps + e;
+          ws[at] = (o == 0 ? -1 : 1) * pattern[e / taps];
+          ms[at] = 1;
+        }
+  }
+  const std::vector<uint64_t> x = pack_signs(xs, static_cast<int64_t>(c.N) * c.H * c.W, c.cin);
+  auto widx = [&](int j, int o, int ci, int i, int jj) { return weight_index(c, j, o, ci, i, jj); };
+
+  const Weights w = make_weights(c, ws, ms);
 
   Transform t;
   t.cout = c.cout, t.cpad = w.cpad, t.bits = c.bits_out;
@@ -157,58 +199,177 @@ int run_case(const Case& c, int isa, int threads) {
                   D += xv * ws[widx(j, o, ci, i, jj)] * ms[widx(j, o, ci, i, jj)];
                 }
               }
-            a = a + w.mu[j * w.cpad + o] * static_cast<float>(D);
+            a = epilogue::plane_term(a, w.mu[j * w.cpad + o], static_cast<float>(D));
           }
           const int64_t pix = (static_cast<int64_t>(n) * OH + oh) * OW + ow;
-          float y = a * t.scale[o] + t.bias[o];
-          if (c.residual) y = y + residual[pix * c.cout + o];
-          if (c.prelu) y = y < 0.0f ? y * t.prelu[o] : y;
-          const float v = y < t.cmin ? t.cmin : y;
-          ref_y[pix * c.cout + o] = v > t.cmax ? t.cmax : v;
+          ref_y[pix * c.cout + o] = epilogue_value(a, t, o, c.residual ? &residual[pix * c.cout + o] : nullptr);
         }
   const int64_t KWo = (c.cout + 63) / 64;
   std::vector<uint64_t> ref_bits(static_cast<size_t>(pixels * KWo), 0);
   for (int64_t pix = 0; pix < pixels; ++pix)
     for (int o = 0; o < c.cout; ++o)
-      if (ref_y[pix * c.cout + o] + thr[o] < 0.0f) ref_bits[pix * KWo + o / 64] |= 1ull << (o % 64);
+      if (epilogue::sign_operand(ref_y[pix * c.cout + o], thr[o]) < 0.0f) ref_bits[pix * KWo + o / 64] |= 1ull << (o % 64);
 
-  // the engine
-  std::vector<float> y(static_cast<size_t>(pixels * c.cout), NAN);
-  std::vector<uint64_t> bits(static_cast<size_t>(pixels * KWo), ~0ull);
-  std::vector<float> shortcut = residual;  // the in-place call writes over it
-  ConvCall call;
-  call.x = x.data();
-  call.N = c.N, call.H = c.H, call.W = c.W, call.sh = c.sh, call.sw = c.sw, call.ph = c.ph, call.pw = c.pw;
-  call.pad_value = c.pad_value;
-  call.isa = isa, call.num_threads = threads;
+  // the engine on every path: the reference path against the naive computation above, every other
+  // path against the reference path
+  auto run_engine = [&](int isa, std::vector<float>& y, std::vector<uint64_t>& bits) {
+    y.assign(static_cast<size_t>(pixels * c.cout), NAN);
+    bits.assign(static_cast<size_t>(pixels * KWo), ~0ull);
+    std::vector<float> shortcut = residual;  // the in-place call writes over it
+    ConvCall call;
+    call.x = x.data();
+    call.N = c.N, call.H = c.H, call.W = c.W, call.sh = c.sh, call.sw = c.sw, call.ph = c.ph, call.pw = c.pw;
+    call.pad_value = c.pad_value;
+    call.isa = isa, call.num_threads = threads;
+    if (c.bits_out) {
+      call.out = bits.data();
+    } else {
+      call.out = c.residual && c.in_place ? shortcut.data() : y.data();
+      call.residual = c.residual ? shortcut.data() : nullptr;
+      if (c.also_bits) call.out_bits = bits.data(), call.bits_threshold = thr.data();
+    }
+    conv2d(w, t, call);
+    if (!c.bits_out && c.residual && c.in_place) y = shortcut;
+  };
+  const bool check_floats = !c.bits_out, check_bits = c.bits_out || c.also_bits;
+  std::vector<float> want_y, y;
+  std::vector<uint64_t> want_bits, bits;
+  run_engine(kReference, want_y, want_bits);
+  int failures = 0;
+  const std::string where = "conv2d, reference path vs the checker, " + std::to_string(threads) + " threads, " + describe(c);
+  const int e = (check_floats ? mismatches(want_y, ref_y, "float", where) : 0) +
+                (check_bits ? mismatches(want_bits, ref_bits, "bits", where) : 0);
+  failures += e != 0;
+  for (int isa = 0; isa < kReference; ++isa) {
+    if (!cpu_supports(isa)) continue;
+    run_engine(isa, y, bits);
+    const std::string at = std::string("conv2d, ") + get_isa(isa).name + " vs reference, " + std::to_string(threads) +
+                           " threads, " + describe(c);
+    failures += ((check_floats ? mismatches(y, want_y, "float", at) : 0) +
+                 (check_bits ? mismatches(bits, want_bits, "bits", at) : 0)) != 0;
+  }
+  return failures;
+}
+
+// ---- depthwise ----------------------------------------------------------------------------
+
+struct DwCase {
+  int N, H, W, C, kh, kw, sh, sw, ph, pw, pad_value, planes;
+  bool bits_out, prelu, clamp;
+};
+
+std::string describe(const DwCase& c) {
+  char buf[256];
+  std::snprintf(buf, sizeof buf,
+                "depthwise N=%d H=%d W=%d C=%d k=%dx%d s=%dx%d p=%dx%d pad_value=%d planes=%d bits=%d prelu=%d clamp=%d",
+                c.N, c.H, c.W, c.C, c.kh, c.kw, c.sh, c.sw, c.ph, c.pw, c.pad_value, c.planes, c.bits_out, c.prelu,
+                c.clamp);
+  return buf;
+}
+
+DwCase random_dw_case(int k) {
+  const int channels[] = {1, 3, 33, 64, 65, 127, 130};
+  DwCase c;
+  c.N = uniform(1, 2);
+  c.kh = k % 2 ? 3 : uniform(1, 3) * 2 - 1;  // 3x3 (its carry-save forms) half the time
+  c.kw = k % 6 == 4 ? uniform(1, 3) * 2 - 1 : c.kh;
+  c.H = uniform(c.kh, 10), c.W = uniform(c.kw, 24);  // rows wide enough for the eight-pixel interior runs
+  c.C = channels[uniform(0, 6)];
+  c.sh = uniform(1, 2), c.sw = k % 5 == 0 ? uniform(1, 2) : c.sh;
+  c.ph = uniform(0, c.kh / 2), c.pw = uniform(0, c.kw / 2);
+  c.pad_value = uniform(-1, 1);
+  c.planes = k % 4 == 3 ? uniform(2, 3) : 1;
+  c.bits_out = uniform(0, 1);
+  c.prelu = uniform(0, 1), c.clamp = uniform(0, 1);
+  if (k % 8 == 5) c.planes = 1;  // one plane with masks
+  return c;
+}
+
+// A depthwise layer against the naive computation (reference path) and the reference path (the
+// others); returns the number of failing comparisons.
+int run_dw_case(const DwCase& c, int threads) {
+  const int64_t OH = conv_out_size(c.H, c.kh, c.sh, c.ph), OW = conv_out_size(c.W, c.kw, c.sw, c.pw);
+  if (OH < 1 || OW < 1) return 0;
+  const int J = c.planes, taps = c.kh * c.kw;
+  const bool masked = J > 1 || c.C % 2 == 1;
+  DepthwiseWeights w;
+  w.J = J, w.C = c.C, w.kh = c.kh, w.kw = c.kw, w.KW = (c.C + 63) / 64;
+  std::vector<int> xs(static_cast<size_t>(c.N) * c.H * c.W * c.C), ws(static_cast<size_t>(J) * taps * c.C),
+      ms(ws.size(), 1);  // ws / ms: (J, taps, C)
+  for (auto& v : xs) v = random_sign();
+  for (auto& v : ws) v = random_sign();
+  if (masked)
+    for (auto& v : ms) v = uniform(0, 4) != 0;
+  const std::vector<uint64_t> x = pack_signs(xs, static_cast<int64_t>(c.N) * c.H * c.W, c.C);
+  w.w = pack_signs(ws, static_cast<int64_t>(J) * taps, c.C);
+  if (masked) {
+    std::vector<int> mneg(ms.size());
+    for (size_t e = 0; e < ms.size(); ++e) mneg[e] = ms[e] ? -1 : 1;  // (pack_signs sets the bit of -1)
+    w.m = pack_signs(mneg, static_cast<int64_t>(J) * taps, c.C);
+  }
+  w.mu.resize(static_cast<size_t>(J) * c.C);
+  for (auto& v : w.mu) v = 0.5f + static_cast<float>(uniform(0, 100)) / 100.0f;
+  Transform t;
+  t.cout = c.C, t.cpad = (c.C + kBlock - 1) / kBlock * kBlock, t.bits = c.bits_out;
+  t.scale.assign(static_cast<size_t>(t.cpad), 0.0f), t.bias.assign(static_cast<size_t>(t.cpad), 0.0f);
+  for (int o = 0; o < c.C; ++o) t.scale[o] = normal(), t.bias[o] = normal(3.0f);
+  if (c.prelu) {
+    t.prelu.assign(static_cast<size_t>(t.cpad), 0.0f);
+    for (int o = 0; o < c.C; ++o) t.prelu[o] = normal(0.5f);
+  }
   if (c.bits_out) {
-    call.out = bits.data();
-  } else {
-    call.out = c.residual && c.in_place ? shortcut.data() : y.data();
-    call.residual = c.residual ? shortcut.data() : nullptr;
-    if (c.also_bits) call.out_bits = bits.data(), call.bits_threshold = thr.data();
+    t.thr.assign(static_cast<size_t>(t.cpad), 0.0f);
+    for (int o = 0; o < c.C; ++o) t.thr[o] = normal();
   }
-  conv2d(w, t, call);
-  if (!c.bits_out && c.residual && c.in_place) y = shortcut;
-
-  int errors = 0;
-  if (!c.bits_out) {
-    for (size_t e = 0; e < y.size() && errors < 3; ++e)
-      if (std::memcmp(&y[e], &ref_y[e], sizeof(float)) != 0 && !(y[e] == ref_y[e])) {
-        std::fprintf(stderr, "float mismatch at %zu: %.9g vs reference %.9g\n", e, y[e], ref_y[e]);
-        ++errors;
+  t.cmin = c.clamp ? -2.0f : -INFINITY;
+  t.cmax = c.clamp ? 3.0f : INFINITY;
+  // the naive computation
+  const int64_t pixels = static_cast<int64_t>(c.N) * OH * OW, KW = w.KW;
+  std::vector<float> ref_y(static_cast<size_t>(pixels * c.C));
+  std::vector<uint64_t> ref_bits(static_cast<size_t>(pixels * KW), 0);
+  for (int64_t pix = 0; pix < pixels; ++pix) {
+    const int64_t n = pix / (OH * OW), oh = pix / OW % OH, ow = pix % OW;
+    for (int ch = 0; ch < c.C; ++ch) {
+      float a = 0.0f;
+      for (int j = 0; j < J; ++j) {
+        int64_t D = 0;
+        for (int s = 0; s < taps; ++s) {
+          const int64_t ih = oh * c.sh - c.ph + s / c.kw, iw = ow * c.sw - c.pw + s % c.kw;
+          const bool inside = ih >= 0 && ih < c.H && iw >= 0 && iw < c.W;
+          const int xv = inside ? xs[((n * c.H + ih) * c.W + iw) * c.C + ch] : c.pad_value;
+          const size_t at = (static_cast<size_t>(j) * taps + s) * c.C + ch;
+          D += xv * ws[at] * ms[at];
+        }
+        a = epilogue::plane_term(a, w.mu[static_cast<size_t>(j) * c.C + ch], static_cast<float>(D));
       }
+      const float y = epilogue_value(a, t, ch, nullptr);
+      ref_y[pix * c.C + ch] = y;
+      if (c.bits_out && epilogue::sign_operand(y, t.thr[ch]) < 0.0f) ref_bits[pix * KW + ch / 64] |= 1ull << (ch % 64);
+    }
   }
-  if (c.bits_out || c.also_bits) {
-    for (size_t e = 0; e < bits.size() && errors < 3; ++e)
-      if (bits[e] != ref_bits[e]) {
-        std::fprintf(stderr, "bits mismatch at word %zu: %016llx vs reference %016llx\n", e,
-                     static_cast<unsigned long long>(bits[e]), static_cast<unsigned long long>(ref_bits[e]));
-        ++errors;
-      }
+  auto run_engine = [&](int isa, std::vector<float>& y, std::vector<uint64_t>& bits) {
+    y.assign(static_cast<size_t>(pixels * c.C), NAN);
+    bits.assign(static_cast<size_t>(pixels * KW), ~0ull);
+    ConvCall call;
+    call.x = x.data();
+    call.N = c.N, call.H = c.H, call.W = c.W, call.sh = c.sh, call.sw = c.sw, call.ph = c.ph, call.pw = c.pw;
+    call.pad_value = c.pad_value, call.isa = isa, call.num_threads = threads;
+    call.out = c.bits_out ? static_cast<void*>(bits.data()) : static_cast<void*>(y.data());
+    depthwise_conv2d(w, t, call);
+  };
+  std::vector<float> want_y, y;
+  std::vector<uint64_t> want_bits, bits;
+  run_engine(kReference, want_y, want_bits);
+  const std::string where = "reference path vs the checker, " + describe(c);
+  int failures = (c.bits_out ? mismatches(want_bits, ref_bits, "bits", where) : mismatches(want_y, ref_y, "float", where)) != 0;
+  for (int isa = 0; isa < kReference; ++isa) {
+    if (!cpu_supports(isa)) continue;
+    run_engine(isa, y, bits);
+    const std::string at = std::string(get_isa(isa).name) + " vs reference, " + std::to_string(threads) +
+                           " threads, " + describe(c);
+    failures += (c.bits_out ? mismatches(bits, want_bits, "bits", at) : mismatches(y, want_y, "float", at)) != 0;
   }
-  if (errors) std::fprintf(stderr, "  kernel %s, %d threads, %s\n", get_isa(isa).name, threads, describe(c).c_str());
-  return errors;
+  return failures;
 }
 
 }  // namespace
@@ -219,6 +380,8 @@ int main(int argc, char** argv) {
   std::string paths;
   for (int isa = 0; isa < kNumIsa; ++isa)
     if (cpu_supports(isa)) paths += std::string(paths.empty() ? "" : ", ") + get_isa(isa).name;
+  int npaths = 0;  // runs per case: the reference path, and every other path against it
+  for (int isa = 0; isa < kNumIsa; ++isa) npaths += cpu_supports(isa);
   const int channels[] = {1, 3, 33, 64, 65, 127, 130};
   for (int k = 0; k < cases; ++k) {
     Case c;
@@ -237,14 +400,11 @@ int main(int argc, char** argv) {
     c.in_place = c.residual && uniform(0, 1);
     c.also_bits = !c.bits_out && uniform(0, 1);
     c.mu_scale = uniform(0, 1) ? 1.0f : 0.25f;
-    for (int isa = 0; isa < kNumIsa; ++isa) {
-      if (!cpu_supports(isa)) continue;
-      const uint64_t seed = rng();
-      for (int threads = 1; threads <= 3; ++threads) {
-        rng.seed(seed);  // the same data on every thread count
-        failures += run_case(c, isa, threads) != 0;
-        ++runs;
-      }
+    const uint64_t seed = rng();
+    for (int threads = 1; threads <= 3; ++threads) {
+      rng.seed(seed);  // the same data on every thread count
+      failures += run_case(c, threads);
+      runs += npaths;
     }
   }
   // Worst-case long reductions (see Case::worst): 4x4 x 2 words = 32 steps (one past the portable SWAR
@@ -257,10 +417,19 @@ int main(int argc, char** argv) {
       Case c{};
       c.N = 1, c.cin = shape[0], c.cout = 5, c.kh = c.kw = shape[1], c.H = c.W = shape[1] + 1;
       c.sh = c.sw = 1, c.planes = planes, c.mu_scale = 1.0f, c.worst = true;
-      for (int isa = 0; isa < kNumIsa; ++isa)
-        if (cpu_supports(isa)) failures += run_case(c, isa, 1 + worst_runs % 3) != 0, ++runs, ++worst_runs;
+      failures += run_case(c, 1 + worst_runs % 3);
+      runs += npaths, worst_runs += npaths;
     }
-  std::printf("engine_check: %d of %d runs failed (%d random cases x kernel paths [%s] x 1-3 threads, and %d "
-              "worst-case long reductions)\n", failures, runs, cases, paths.c_str(), worst_runs);
+  // Depthwise layers: as many random cases again.
+  int dw_runs = 0;
+  for (int k = 0; k < cases; ++k) {
+    const DwCase c = random_dw_case(k);
+    const int threads = 1 + k % 3;
+    failures += run_dw_case(c, threads);
+    runs += npaths, dw_runs += npaths;
+  }
+  std::printf("engine_check: %d of %d runs failed (%d random conv2d cases x kernel paths [%s] x 1-3 threads, %d "
+              "worst-case long reductions, %d depthwise runs; every path against the reference path)\n",
+              failures, runs, cases, paths.c_str(), worst_runs, dw_runs);
   return failures ? 1 : 0;
 }

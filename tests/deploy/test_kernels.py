@@ -664,7 +664,7 @@ def test_engine_rejects_inconsistent_layers():
     x = K.pack_activations(torch.randn(1, 8, 4, 4)).data
     out = torch.empty(1, 2, 2, 4)
     with pytest.raises(ValueError, match="transform is for 5 channels"):
-        _engine.conv2d(x.data_ptr(), 1, 4, 4, w.engine_weights(), t, 1, 1, 0, 0, 0, out.data_ptr(), 0, 1)
+        _engine.BoundLayer(w.engine_weights(), t, 1, 1, 0, 0, 0).run(x.data_ptr(), 1, 4, 4, out.data_ptr(), 0, 1)
 
 
 # ------------------------------------------------------------------------------------------
@@ -1061,7 +1061,7 @@ def test_engine_rejects_inconsistent_depthwise_layers():
     x = K.pack_activations(torch.randn(1, 8, 4, 4)).data
     out = torch.empty(1, 2, 2, 8)
     with pytest.raises(ValueError, match="transform is for 5 channels"):
-        _engine.depthwise_conv2d(x.data_ptr(), 1, 4, 4, wd.engine_weights(), t, 1, 1, 0, 0, 0, out.data_ptr(), 0, 1)
+        _engine.BoundLayer(wd.engine_weights(), t, 1, 1, 0, 0, 0).run(x.data_ptr(), 1, 4, 4, out.data_ptr(), 0, 1)
     t8 = K.OutputTransform().resolved(8)["engine"]
     with pytest.raises(ValueError, match="does not fit"):
-        _engine.depthwise_conv2d(x.data_ptr(), 1, 2, 2, wd.engine_weights(), t8, 1, 1, 0, 0, 0, out.data_ptr(), 0, 1)
+        _engine.BoundLayer(wd.engine_weights(), t8, 1, 1, 0, 0, 0).run(x.data_ptr(), 1, 2, 2, out.data_ptr(), 0, 1)

@@ -31,6 +31,9 @@ Kernel paths: ``portable`` (plain C++ for the baseline ISA, SWAR popcount), ``po
 plain C++ with the scalar POPCNT instruction of x86-64-v2), ``avx2`` (vpshufb nibble LUT) and
 ``avx512`` (AVX-512 VPOPCNTDQ), chosen at run time: :func:`set_kernel` wins, else the
 ``ONEBIT_KERNEL`` environment variable (read at every call), else the fastest one the CPU has.
+``reference`` (``csrc/isa_reference.cpp``) is selectable the same way but never chosen on its own:
+the slow value-by-value definition (no blocking, tables or precomputed corrections) that every other
+path must reproduce bit for bit, conv and depthwise; it is not in :data:`KERNELS`.
 The engine has its own thread count (:func:`set_num_threads`; default ``torch.get_num_threads()``).
 Its work runs on torch's OpenMP team where the process has torch's libgomp loaded (Linux wheels),
 so torch's spinning idle workers and the engine's never compete for cores; elsewhere, or with
@@ -78,7 +81,11 @@ __all__ = [
     "unpack_activations",
 ]
 
-KERNELS: tuple[str, ...] = ("portable", "popcnt", "avx2", "avx512")  # slowest first, as _engine numbers them
+# The engine's production kernel paths, slowest first, as it numbers them (their names are defined
+# once, in csrc/engine.h); the reference path comes after them and is only chosen by name.
+KERNELS: tuple[str, ...] = tuple(_engine.KERNEL_NAMES)
+REFERENCE_KERNEL: str = str(_engine.REFERENCE_KERNEL)
+_REFERENCE_ID = int(_engine.REFERENCE_KERNEL_ID)
 _BLOCK = int(_engine.BLOCK)  # output channels per weight block (32)
 _ENV = "ONEBIT_KERNEL"
 
@@ -91,7 +98,7 @@ class KernelUnavailableError(OnebitError, RuntimeError):
 # kernel selection and threads
 # --------------------------------------------------------------------------------------------
 
-_forced_kernel: str | None = None
+_forced_kernel: int | None = None  # the engine's id of the kernel set_kernel chose
 _num_threads: int | None = None
 _BEST_KERNEL: int = max(i for i in range(len(KERNELS)) if _engine.cpu_supports(i))
 
@@ -102,8 +109,11 @@ def available_kernels() -> list[str]:
 
 
 def _check_kernel(name: object, source: str) -> int:
+    if isinstance(name, str) and name.lower() == REFERENCE_KERNEL:
+        return _REFERENCE_ID
     if not isinstance(name, str) or name.lower() not in KERNELS:
-        raise ValueError(f"{source}: unknown kernel {name!r}; valid values are {', '.join(KERNELS)}")
+        raise ValueError(f"{source}: unknown kernel {name!r}; valid values are {', '.join(KERNELS)} "
+                         f"(and {REFERENCE_KERNEL!r}, the slow path every other one is checked against)")
     kid = KERNELS.index(name.lower())
     if not _engine.cpu_supports(kid):
         raise KernelUnavailableError(
@@ -114,7 +124,8 @@ def _check_kernel(name: object, source: str) -> int:
 
 
 def set_kernel(name: str | None) -> None:
-    """Force a kernel path (``'portable'``, ``'popcnt'``, ``'avx2'``, ``'avx512'``) or ``None`` for automatic.
+    """Force a kernel path (``'portable'``, ``'popcnt'``, ``'avx2'``, ``'avx512'``, or ``'reference'``, the
+    value-by-value definition the others are tested against) or ``None`` for automatic.
 
     Raises ValueError for an unknown name and KernelUnavailableError if the CPU lacks the ISA.
     A forced kernel takes precedence over the ``ONEBIT_KERNEL`` environment variable.
@@ -123,8 +134,7 @@ def set_kernel(name: str | None) -> None:
     if name is None:
         _forced_kernel = None
         return
-    _check_kernel(name, "set_kernel")
-    _forced_kernel = name.lower()
+    _forced_kernel = _check_kernel(name, "set_kernel")
 
 
 # os.environ.get costs ~0.7 us, a sixth of a small layer's Python time per call; CPython's
@@ -143,7 +153,7 @@ def _kernel_env() -> str | None:
 
 def _kernel_id() -> int:
     if _forced_kernel is not None:
-        return KERNELS.index(_forced_kernel)
+        return _forced_kernel
     env = _kernel_env()
     if env is not None and env.strip() != "":
         return _check_kernel(env.strip(), f"environment variable {_ENV}={env!r}")
@@ -152,7 +162,8 @@ def _kernel_id() -> int:
 
 def active_kernel() -> str:
     """Name of the kernel path the next call will use (see module docstring for the rules)."""
-    return KERNELS[_kernel_id()]
+    kid = _kernel_id()
+    return REFERENCE_KERNEL if kid == _REFERENCE_ID else KERNELS[kid]
 
 
 def set_num_threads(n: int | None) -> None:
@@ -686,13 +697,15 @@ def _overlaps(a: torch.Tensor, b: torch.Tensor) -> bool:
 
 
 class _Bound:
-    """A packed layer's weights and output transform, checked and resolved to engine objects once."""
+    """A packed layer's weights, output transform and geometry, checked and resolved once to the
+    engine's bound layer (``_engine.BoundLayer``): a call passes only the input and output buffers."""
 
-    __slots__ = ("weights", "transform", "in_channels", "out_channels", "bits", "also_bits", "_engine_fn", "_ew",
-                 "_te", "_kh", "_kw", "_out_last", "_out_dtype", "_bits_thr")  # fmt: skip
+    __slots__ = ("weights", "transform", "in_channels", "out_channels", "bits", "also_bits", "depthwise", "stride",
+                 "padding", "_layer", "_kh", "_kw", "_out_last", "_out_dtype")  # fmt: skip
 
     def __init__(self, w: PackedWeights | PackedDepthwiseWeights, transform: OutputTransform | None, fn: str,
-                 also_bits: bool = False, bits_threshold: torch.Tensor | float | None = None) -> None:
+                 also_bits: bool = False, bits_threshold: torch.Tensor | float | None = None,
+                 stride: tuple[int, int] = (1, 1), padding: tuple[int, int] = (0, 0), pad_value: int = 0) -> None:
         depthwise = isinstance(w, PackedDepthwiseWeights)
         if not depthwise and not isinstance(w, PackedWeights):
             raise TypeError(f"{fn}: weights must be PackedWeights (see pack_weights), got {type(w).__name__}")
@@ -700,30 +713,28 @@ class _Bound:
             transform = _IDENTITY
         if not isinstance(transform, OutputTransform):
             raise TypeError(f"{fn}: transform must be an OutputTransform or None")
-        self.weights, self.transform = w, transform
+        self.weights, self.transform, self.depthwise = w, transform, depthwise
         self.in_channels, self.out_channels = w.in_channels, w.out_channels
         self.bits = transform.output == "bits"
-        self._engine_fn = _engine.depthwise_conv2d if depthwise else _engine.conv2d
-        self._ew = w.engine_weights()
-        self._te = transform.resolved(w.out_channels)["engine"]
+        self.stride, self.padding = stride, padding
         self._kh, self._kw = w.kernel_size
         self._out_last = _words(w.out_channels) if self.bits else w.out_channels
         self._out_dtype = torch.int64 if self.bits else torch.float32
         self.also_bits = bool(also_bits)
-        self._bits_thr = None
+        thr = None
         if self.also_bits:
             if self.bits:
                 raise ValueError(f"{fn}: also_bits adds a bits output to a float output (transform.output='float')")
             if depthwise:
                 raise NotImplementedError(f"{fn}: also_bits is not implemented for depthwise convolutions")
-            if bits_threshold is not None:  # padded to the engine's 32-channel blocks, as it reads it
+            if bits_threshold is not None:
                 thr = _channel_vec(bits_threshold, w.out_channels, 0.0, "bits_threshold")
-                self._bits_thr = F.pad(thr, (0, -w.out_channels % _BLOCK)).contiguous()
         elif bits_threshold is not None:
             raise ValueError(f"{fn}: bits_threshold is the threshold of the also_bits output; pass also_bits=True")
+        self._layer = _engine.BoundLayer(w.engine_weights(), transform.resolved(w.out_channels)["engine"],
+                                         stride[0], stride[1], padding[0], padding[1], pad_value, thr)  # fmt: skip
 
-    def run(self, data: torch.Tensor, cin: int, stride: tuple[int, int], padding: tuple[int, int],
-            pad_value: int, fn: str, residual: torch.Tensor | None = None,
+    def run(self, data: torch.Tensor, cin: int, fn: str, residual: torch.Tensor | None = None,
             out: torch.Tensor | None = None) -> torch.Tensor:
         """Calls the engine on a (N, H, W, words) input; returns the NHWC output buffer (``out``'s
         memory when given: a channels_last (N, Cout, OH, OW) float32 tensor, possibly ``residual``)."""
@@ -732,7 +743,7 @@ class _Bound:
         N, H, W, _ = data.shape
         if N * H * W == 0:
             raise ValueError(f"{fn}: empty input of shape {tuple(data.shape)}")
-        kh, kw = self._kh, self._kw
+        kh, kw, stride, padding = self._kh, self._kw, self.stride, self.padding
         if H + 2 * padding[0] < kh or W + 2 * padding[1] < kw:
             raise ValueError(f"{fn}: kernel {kh}x{kw} does not fit the padded {H}x{W} input (padding {padding})")
         oh = (H + 2 * padding[0] - kh) // stride[0] + 1
@@ -743,17 +754,12 @@ class _Bound:
             out = torch.empty(N, oh, ow, self._out_last, dtype=self._out_dtype)
         else:
             out = self._check_out(out, (N, self.out_channels, oh, ow), data, residual, fn).permute(0, 2, 3, 1)
-        bits = None
-        extra: tuple[int, ...] = ()  # conv2d's optional residual, bits output and its threshold
-        if residual is not None or self.also_bits:
-            if self.also_bits:
-                bits = torch.empty(N, oh, ow, _words(self.out_channels), dtype=torch.int64)
-            extra = (0 if residual is None else residual.data_ptr(), 0 if bits is None else bits.data_ptr(),
-                     0 if self._bits_thr is None else self._bits_thr.data_ptr())  # fmt: skip
-        self._engine_fn(
-            data.data_ptr(), N, H, W, self._ew, self._te, stride[0], stride[1], padding[0], padding[1],
-            pad_value, out.data_ptr(), _kernel_id(), get_num_threads(), *extra,
-        )  # fmt: skip
+        if residual is None and not self.also_bits:
+            self._layer.run(data.data_ptr(), N, H, W, out.data_ptr(), _kernel_id(), get_num_threads())
+            return out
+        bits = torch.empty(N, oh, ow, _words(self.out_channels), dtype=torch.int64) if self.also_bits else None
+        self._layer.run(data.data_ptr(), N, H, W, out.data_ptr(), _kernel_id(), get_num_threads(),
+                        0 if residual is None else residual.data_ptr(), 0 if bits is None else bits.data_ptr())
         return out if bits is None else (out, bits)
 
     def _check_out(self, out: object, shape: tuple[int, int, int, int], data: torch.Tensor,
@@ -772,7 +778,7 @@ class _Bound:
     def _check_residual(self, r: object, shape: tuple[int, int, int, int], fn: str) -> None:
         if self.bits:
             raise ValueError(f"{fn}: a residual needs float output (transform.output='float')")
-        if self._engine_fn is not _engine.conv2d:
+        if self.depthwise:
             raise NotImplementedError(f"{fn}: a residual is not implemented for depthwise convolutions")
         _check_nhwc_float(r, "residual", shape, fn)
 
@@ -847,7 +853,8 @@ class PreparedConv2d:
         self.stride, self.padding = _conv_geometry(w_packed, kernel_size, stride, padding, pad_value, dilation,
                                                    groups, fn)  # fmt: skip
         self.pad_value = int(pad_value)
-        self._bound = _Bound(w_packed, transform, fn, also_bits, bits_threshold)
+        self._bound = _Bound(w_packed, transform, fn, also_bits, bits_threshold, self.stride, self.padding,
+                             self.pad_value)  # fmt: skip
 
     @property
     def weights(self) -> PackedWeights | PackedDepthwiseWeights:
@@ -862,7 +869,7 @@ class PreparedConv2d:
         fn = "binary_conv2d"
         data, cin = _packed_input(x, in_channels, 4, fn)
         b = self._bound
-        y = b.run(data, cin, self.stride, self.padding, self.pad_value, fn, residual, out)
+        y = b.run(data, cin, fn, residual, out)
         if b.bits:
             return PackedActivations._trusted(y, b.out_channels)
         y, bits = y if b.also_bits else (y, None)
@@ -945,7 +952,7 @@ def binary_linear(
         raise ValueError(f"{fn}: weights have kernel {w_packed.kernel_size}; linear weights are (Cout, Cin)")
     N = data.shape[0]
     b = _Bound(w_packed, transform, fn)
-    out = b.run(data.view(1, 1, N, -1), cin, (1, 1), (0, 0), 0, fn).view(N, -1)
+    out = b.run(data.view(1, 1, N, -1), cin, fn).view(N, -1)
     if b.bits:
         return PackedActivations._trusted(out, w_packed.out_channels)
     return out
