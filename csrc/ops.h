@@ -37,7 +37,7 @@ struct Weights {
 // signs, wsum (J, cout, kh*kw); padded channels stay 0.
 void set_tap_sign_sums(Weights& w, const int32_t* wsum);
 
-struct DepthwisePlan;  // depthwise.cpp
+struct DepthwisePlan;  // depthwise_impl.h
 
 // The integer form of a bits-output transform for one set of single-plane weights: output bit
 // q is 1 exactly when the layer's integer dot product D = base - (2*popcount + correction) lies
@@ -111,9 +111,9 @@ struct DepthwiseWeights {
   std::vector<float> mu;    // (J, C): per-plane scales
 };
 
-// Depthwise binary convolution (depthwise.cpp): x (N, H, W, KW) words; out float (N, OH, OW, C)
-// or words (N, OH, OW, KW) as the transform says; call.isa picks the vector epilogue (AVX2 /
-// AVX-512) where it has one, portable code otherwise.
+// Depthwise binary convolution (depthwise.cpp, depthwise_impl.h): x (N, H, W, KW) words; out float
+// (N, OH, OW, C) or words (N, OH, OW, KW) as the transform says; call.isa picks the kernel path,
+// whose instantiation of the row kernel (Isa::depthwise_row) runs every output row.
 void depthwise_conv2d(const DepthwiseWeights& w, const Transform& t, const ConvCall& call);
 
 }  // namespace onebit

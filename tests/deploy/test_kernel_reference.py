@@ -103,8 +103,8 @@ def test_conv_residual_and_bits_output_match_the_reference_path(in_place):
     _on_every_path(run)
 
 
-@pytest.mark.parametrize("k,stride,pad_value,masked,output", itertools.product(
-    [3, 5], [1, 2], [-1, 0, 1], [False, True], ["float", "bits"]))  # fmt: skip
+@pytest.mark.parametrize("k,stride,pad_value,masked,output", list(itertools.product(
+    [3, 5], [1, 2], [-1, 0, 1], [False, True], ["float", "bits"])))  # fmt: skip
 def test_depthwise_paths_match_the_reference_path(k, stride, pad_value, masked, output):
     gen = torch.Generator().manual_seed(hash((k, stride, pad_value, masked, output)) % 2**31)
     c = 130  # three words, the last partial

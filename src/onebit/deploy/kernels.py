@@ -69,6 +69,7 @@ __all__ = [
     "available_kernels",
     "binary_conv2d",
     "binary_linear",
+    "epilogue_torch",
     "get_num_threads",
     "pack_activations",
     "pack_weight_planes",
@@ -963,20 +964,39 @@ def binary_linear(
 # --------------------------------------------------------------------------------------------
 
 
+def epilogue_torch(y: torch.Tensor, scale: torch.Tensor | None = None, bias: torch.Tensor | None = None,
+                   residual: torch.Tensor | None = None, prelu: torch.Tensor | None = None,
+                   clamp_min: float | None = None, clamp_max: float | None = None) -> torch.Tensor:
+    """The engine's fused epilogue (csrc/epilogue.h) in torch, in its float32 operation order:
+    ``y * scale``, ``+ bias``, ``+ residual``, PReLU ``where(y < 0, y * prelu, y)``, then the clamp.
+    ``scale``, ``bias``, ``prelu`` are per-channel tensors already shaped to broadcast against ``y``
+    (channels at dim 1, or last for linear outputs); an absent part is skipped, not applied as an
+    identity (``+ 0`` would turn -0 into +0).  The one Python copy of the order: the test oracle
+    (:func:`reference_binary_conv2d`) and the packed runtime's torch fallbacks apply it."""
+    if scale is not None:
+        y = y * scale
+    if bias is not None:
+        y = y + bias
+    if residual is not None:
+        y = y + residual
+    if prelu is not None:
+        y = torch.where(y < 0, y * prelu, y)
+    if clamp_min is not None or clamp_max is not None:
+        y = torch.clamp(y, min=clamp_min, max=clamp_max)
+    return y
+
+
 def _reference_transform(acc_planes: list[torch.Tensor], mus: list[torch.Tensor], t: OutputTransform, shape,
                          residual: torch.Tensor | None = None):
-    """Same float32 operation order as the engine's epilogue."""
+    """The planes' accumulation and :func:`epilogue_torch`: the engine's float32 operation order."""
     cout = acc_planes[0].shape[1]
     r = t.resolved(cout)
     acc = torch.zeros(acc_planes[0].shape, dtype=torch.float32)
     for a, mu in zip(acc_planes, mus):
         acc = acc + mu.view(shape) * a.to(torch.float32)
-    y = acc * r["scale"].view(shape) + r["bias"].view(shape)
-    if residual is not None:
-        y = y + residual.detach().cpu().to(torch.float32)
-    if r["prelu"] is not None:
-        y = torch.where(y < 0, y * r["prelu"].view(shape), y)
-    y = torch.clamp(y, min=r["clamp_min"], max=r["clamp_max"])
+    y = epilogue_torch(acc, r["scale"].view(shape), r["bias"].view(shape),
+                       None if residual is None else residual.detach().cpu().to(torch.float32),
+                       None if r["prelu"] is None else r["prelu"].view(shape), r["clamp_min"], r["clamp_max"])
     if t.output == "bits":
         thr = r["threshold"] if r["threshold"] is not None else torch.zeros(cout)
         return torch.where((y + thr.view(shape)) < 0, -1.0, 1.0)
