@@ -513,13 +513,17 @@ class _QuantizedProduct(torch.autograd.Function):
         ctx.spatial = height is not None
         # A per-channel factor alone needs no saved output (its gradient comes from the weight
         # gradient, see backward); spatial factors need the unscaled product, kept once.
-        out = y.mul(views[0]) if ctx.spatial else (y.mul_(views[0]) if views else y)
+        # The weight-gradient route for the channel factor costs weight-sized temporaries; where the
+        # output is smaller than the weight (a linear layer on a small batch) keeping it is cheaper.
+        ctx.via_output = channel is not None and not ctx.spatial and y.numel() < weight.numel()
+        keep_output = ctx.spatial or ctx.via_output
+        out = y.mul(views[0]) if keep_output else (y.mul_(views[0]) if views else y)
         for view in views[1:]:
             out.mul_(view)  # the order of scale_output's products: bit-identical values
         scales = [t for t in (channel, height, width)]
         ctx.has = [t is not None for t in scales]
         extra = [t for t in scales if t is not None] + ([_compact_product(y, xq, weight, ctx.packed, args)]
-                                                         if ctx.spatial else [])
+                                                         if keep_output else [])
         ctx.save_for_backward(first, weight, *extra, *([] if ctx.packed else kept))
         return out
 
@@ -527,7 +531,7 @@ class _QuantizedProduct(torch.autograd.Function):
     def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:
         first, weight, *rest = ctx.saved_tensors
         scales: list[Tensor | None] = [rest.pop(0) if has else None for has in ctx.has]
-        y = rest.pop(0) if ctx.spatial else None
+        y = rest.pop(0) if ctx.spatial or ctx.via_output else None
         kept = tuple(rest)
         if ctx.packed:
             xq, x = ctx.quantizer.unpack(first, ctx.dtype, *ctx.args)
@@ -543,6 +547,11 @@ class _QuantizedProduct(torch.autograd.Function):
         grads_scale: list[Tensor | None] = [None, None, None]
         if ctx.spatial:
             grad, grads_scale[1:] = _spatial_backward(ctx.kind, grad, y, channel, height, width, needs[3:5])
+        if ctx.via_output:  # y·c with y kept: autograd's own route
+            view = _scale_views(ctx.kind, y.dim(), (channel,))[0]
+            if needs[2]:
+                grads_scale[0] = (grad * y).sum_to_size(view.shape).reshape(channel.shape)
+            grad, channel = grad * view, None
         # y·c per output channel is the product with the weight scaled by c, so the product's
         # gradients are taken once with the unscaled grad: ∂/∂x through W·c, ∂/∂W = c·G, and
         # ∂/∂c = Σ G·W with G the weight gradient of the unscaled product — no pass over the output.
