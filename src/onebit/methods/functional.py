@@ -571,8 +571,8 @@ def _compact_product(y: Tensor, xq: Tensor, weight: Tensor, packed: bool, args: 
     (±1 activations from an unscaled packed quantizer, ±1 weights, fan-in < 2¹⁵: every output is an
     exact sum of ±1 terms), else the float tensor itself."""
     fan_in = weight[0].numel()
-    if not packed or any(a is not None for a in args) or fan_in >= 2**15:
-        return y
+    if not packed or any(a is not None for a in args) or fan_in >= 2**15 or y.numel() < weight.numel():
+        return y  # (an output smaller than the weight: the ±1 check would cost more than it saves)
     if not bool(weight.detach().abs().eq(1).all()):
         return y
     return y.to(torch.int16)
