@@ -77,3 +77,46 @@ def test_print_leaderboard_writes_to_the_given_console_or_stdout(run, capsys):
     assert "bnn" not in capsys.readouterr().out
     print_leaderboard(lb)
     assert "bnn" in capsys.readouterr().out
+
+
+# -- survivors of later fresh samples (tools/mutate.py --per-area, seeds 17 and 29) ----------------------
+def test_an_empty_part_of_the_training_score_is_left_out():
+    """metrics.training_score: a part given as an empty list does not exist (its mean is undefined), so
+    the score is the other part alone, as with None."""
+    from onebit.bench import metrics as M
+
+    assert M.training_score([], [4.0]) == pytest.approx(4.0)
+    assert M.training_score([2.0, 4.0], []) == pytest.approx(3.0)
+    assert M.training_score([], [4.0]) == M.training_score(None, [4.0])
+
+
+def test_scores_show_three_decimals_by_default():
+    from onebit.bench.scores import fmt
+
+    assert fmt(1.23456) == "1.235"
+    assert fmt(2.0) == "2.000"
+    assert fmt(1.23456, 1) == "1.2"
+
+
+@pytest.mark.parametrize("x,y", [([1.0, 1.0, 1.0], [1.0, 2.0, 3.0]), ([1.0, 2.0, 3.0], [5.0, 5.0, 5.0])])
+def test_rank_correlation_of_a_constant_ranking_is_undefined(x, y):
+    """Kendall's τ and Spearman's ρ of a constant sequence are undefined: None, not NaN."""
+    assert S.kendall_tau(x, y) is None
+    assert S.spearman_rho(x, y) is None
+
+
+def test_a_score_with_an_interval_shows_both_and_without_one_the_value_alone():
+    from onebit.bench.scores import fmt_ci
+
+    assert fmt_ci(1.0, (0.5, 1.5)) == "1.000 [0.500, 1.500]"
+    assert fmt_ci(1.0, None) == "1.000"
+    assert fmt_ci(None, (0.5, 1.5)) == "—"
+
+
+def test_a_zero_denominator_gives_no_ratio(run):
+    """A binarized run whose parameter count (or epoch time) is 0 has no ratio to its FP run: None, not a
+    ZeroDivisionError and not a number."""
+    recs = [run("fp", 95.0, seed=s, params_bibench=100.0) for s in range(2)]
+    recs += [run("bnn", 80.0, seed=s, params_bibench=0.0, epoch_time_s=0.0) for s in range(2)]
+    cell = next(c for c in leaderboard(recs, bootstrap=10).cells if c.method == "bnn")
+    assert cell.params_ratio is None and cell.time_ratio is None
