@@ -72,6 +72,8 @@ def test_model_bits_of_built_models():
     assert bits("pcpp-pc") == "W1A32" and bits("pcpp-pc", binarize_activations=True) == "W1A1"
     assert bits("hbnn").startswith("W1.") and bits("hbnn").endswith("A1")
     assert precision_label(*model_bits(onebit.models.create("mlp", num_classes=10, input_shape=(16,)))) == "W32A32"
+    # BiPer's stage 1 computes with the real weights sin(ωW): not W1, so never ranked against W1A1 runs
+    assert bits("biper") == "W32A1" and bits("biper", stage=2) == "W1A1"
 
 
 def test_suites_run_w1a1_and_label_weight_only_runs():

@@ -34,9 +34,16 @@ def precision_label(w_bits: float, a_bits: float) -> str:
     return f"W{_fmt(w_bits)}A{_fmt(a_bits)}"
 
 
+def _computes_with_real_weights(method: Any) -> bool:
+    """BiPer's stage 1 (its default) computes with the real weights sin(ωW); only stage 2 uses their sign.
+    A stage-1 model is therefore not W1 whatever its deployed form: its accuracy must not be ranked
+    against W1A1 runs (benchmarks/bench-default/README.md measured 76.9% vs 49.5% on MNIST-1D)."""
+    return getattr(method, "name", None) == "biper" and getattr(method, "config", {}).get("stage") == 1
+
+
 def _layer_bits(layer: nn.Module) -> tuple[float, float]:
     method = layer.method
-    if not getattr(layer, "binarize_weights", True):
+    if not getattr(layer, "binarize_weights", True) or _computes_with_real_weights(method):
         w_bits = FULL_PRECISION
     elif getattr(method, "multibit", False):
         from ..methods.hbnn import average_bits
