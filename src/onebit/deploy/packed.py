@@ -103,16 +103,13 @@ class _PackedBase(nn.Module):
         def view(v: Tensor) -> Tensor:
             return v if self.kind == "linear" else v.reshape((1, -1) + (1,) * (y.dim() - 2))
 
+        from .kernels import epilogue_torch  # the one Python copy of the engine's epilogue order
+
         ep = self.description.epilogue
-        if ep.post_scale is not None:
-            y = y * view(ep.post_scale)
-        if ep.post_bias is not None:
-            y = y + view(ep.post_bias)
-        if ep.prelu is not None:
-            y = torch.where(y < 0, y * view(ep.prelu), y)
-        if ep.clamp is not None:
-            y = y.clamp(*ep.clamp)
-        return y
+        lo, hi = ep.clamp if ep.clamp is not None else (None, None)
+        return epilogue_torch(y, None if ep.post_scale is None else view(ep.post_scale),
+                              None if ep.post_bias is None else view(ep.post_bias),
+                              prelu=None if ep.prelu is None else view(ep.prelu), clamp_min=lo, clamp_max=hi)
 
     def extra_repr(self) -> str:
         ep = self.description.epilogue
