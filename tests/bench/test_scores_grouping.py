@@ -61,6 +61,18 @@ def test_results_without_measured_bits_use_the_declared_ones(run):
     assert declared_bits("hbnn") == pytest.approx((1.4, 1.0)) and declared_bits("fp") == (32.0, 32.0)
 
 
+def test_biper_stage_1_is_never_ranked_as_w1a1_even_when_recorded_so(run):
+    """BiPer's stage 1 computes with real sin(ωW) weights; results recorded before the runner knew this
+    stored it as W1A1 (the 2026-12-06 default rerun), where it took first place with real weights."""
+    recs = _w1a1(run) + [run("biper", 99.0, seed=s, bits=(1, 1)) for s in range(3)]
+    recs += [run("biper", 81.0, seed=s, bits=(1, 1), layer_options={"stage": 2}) for s in range(3)]
+    lb = leaderboard(recs, bootstrap=50)
+    assert lb.groups == ["W1A1", "W32A1"]
+    assert lb.row("biper", "W32A1").scores["task"] == pytest.approx(99 / 95)
+    assert [r.method for r in lb.group_rows("W1A1")] == ["xnor", "biper", "bnn"]  # stage 2 stays W1A1
+    assert declared_bits("biper") == (32.0, 1.0) and declared_bits("biper", {"stage": 2}) == (1.0, 1.0)
+
+
 def test_model_bits_of_built_models():
     import onebit.models
 

@@ -41,6 +41,13 @@ def _computes_with_real_weights(method: Any) -> bool:
     return getattr(method, "name", None) == "biper" and getattr(method, "config", {}).get("stage") == 1
 
 
+def declares_real_weights(method: str, options: dict[str, Any] | None = None) -> bool:
+    """Whether a run of ``method`` with ``options`` trains and is tested with real weights although its
+    method binarizes them later: BiPer's stage 1 (its default). Results recorded before the runner knew
+    this measured such runs as W1; the scores read this rule, not the stored widths, for them."""
+    return method == "biper" and (options or {}).get("stage", 1) == 1
+
+
 def _layer_bits(layer: nn.Module) -> tuple[float, float]:
     method = layer.method
     if not getattr(layer, "binarize_weights", True) or _computes_with_real_weights(method):
@@ -88,7 +95,8 @@ def declared_bits(method: str, options: dict[str, Any] | None = None) -> tuple[f
     if method == "fp":
         return FULL_PRECISION, FULL_PRECISION
     cls = method_class(method)
-    w_bits = FULL_PRECISION if options.get("binarize_weights") is False else 1.0
+    real_weights = options.get("binarize_weights") is False or declares_real_weights(method, options)
+    w_bits = FULL_PRECISION if real_weights else 1.0
     if w_bits == 1.0 and getattr(cls, "multibit", False):  # HBNN: the average its configuration asks for
         method_options = {k: v for k, v in options.items() if k in cls.options}
         w_bits = float(cls(**method_options).target_average)

@@ -51,7 +51,7 @@ import numpy as np
 from . import metrics as M
 from . import stats as S
 from .db import ResultsDB, RunRecord, records_from
-from .precision import PRIMARY, declared_bits, precision_label
+from .precision import FULL_PRECISION, PRIMARY, declared_bits, declares_real_weights, precision_label
 
 __all__ = [
     "Baseline",
@@ -302,6 +302,9 @@ def _hkey(record: RunRecord) -> str:
 def _precision(record: RunRecord) -> str:
     """The run's group label: measured bit widths, else the ones its method and options declare."""
     m = record.metrics
+    options = record.config.get("layer_options")
+    if declares_real_weights(record.method, options):  # stored as W1 by runs before the rule existed
+        return precision_label(FULL_PRECISION, m.get("a_bits", declared_bits(record.method, options)[1]))
     if "w_bits" in m and "a_bits" in m:
         return precision_label(m["w_bits"], m["a_bits"])
     if record.method == FP:
