@@ -17,3 +17,15 @@ def test_recu_fan_in_of_one_standardizes_to_finite_values():
     out.sum().backward()
     assert torch.isfinite(out).all()
     assert torch.isfinite(layer.weight.grad).all() and torch.isfinite(x.grad).all()
+
+
+def test_approx_sign_saturates_outside_the_unit_interval():
+    """Bi-Real's ApproxSign (Eq. 6) is −1 below −1 and +1 above 1, with derivative 2 − 2|x| inside and 0
+    outside (a survivor of tools/mutate.py seed 31: the lower clamp bound moved to −1.5)."""
+    from onebit.methods.functional import approx_sign
+
+    x = torch.tensor([-1.25, -1.0, -0.5, 0.5, 1.0, 1.25], requires_grad=True)
+    y = approx_sign(x)
+    y.sum().backward()
+    assert y.tolist() == [-1.0, -1.0, -0.75, 0.75, 1.0, 1.0]
+    assert x.grad.tolist() == [0.0, 0.0, 1.0, 1.0, 0.0, 0.0]
