@@ -57,6 +57,8 @@ import torch.nn.functional as F
 from onebit import _engine
 from onebit.errors import OnebitError
 
+from .errors import UnsupportedLayerError
+
 __all__ = [
     "KERNELS",
     "KernelUnavailableError",
@@ -562,7 +564,7 @@ def pack_weight_planes(
             raise ValueError(f"pack_weight_planes: planes[{j}] has shape {tuple(w.shape)}, expected {tuple(shape)}")
     cout, cin, kh, kw = shape
     if groups != 1 and not (cin == 1 and cout == groups):
-        raise NotImplementedError(
+        raise UnsupportedLayerError(
             f"pack_weight_planes: groups={groups} with weights {tuple(shape)}: only groups=1 and depthwise "
             f"convolution (groups == in_channels == out_channels, weights (C, 1, kh, kw)) are implemented"
         )
@@ -800,7 +802,7 @@ def _conv_geometry(w_packed: object, kernel_size, stride, padding, pad_value: in
                    fn: str) -> tuple[tuple[int, int], tuple[int, int]]:
     """Checks a convolution's arguments against its packed weights; returns (stride, padding)."""
     if _pair(dilation, "dilation") != (1, 1):
-        raise NotImplementedError(f"{fn}: dilation={dilation} is not implemented by the packed engine (only 1)")
+        raise UnsupportedLayerError(f"{fn}: dilation={dilation} is not implemented by the packed engine (only 1)")
     if isinstance(w_packed, PackedDepthwiseWeights):
         if groups != w_packed.channels:
             raise ValueError(
@@ -808,7 +810,7 @@ def _conv_geometry(w_packed: object, kernel_size, stride, padding, pad_value: in
                 f"got groups={groups}"
             )
     elif groups != 1:
-        raise NotImplementedError(
+        raise UnsupportedLayerError(
             f"{fn}: groups={groups}: the packed engine implements groups=1 and depthwise convolution "
             "(groups == in_channels == out_channels, weights packed with pack_weights(w, groups=C)) only"
         )
