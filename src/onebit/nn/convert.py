@@ -179,14 +179,19 @@ def binarize(
         parent = modules[parent_name] if parent_name else model
         setattr(parent, child, new)
     if example_input is not None:
-        was_training = model.training
-        model.eval()
-        try:
-            with torch.no_grad():
-                _call(model, example_input)
-        finally:
-            model.train(was_training)
+        _run_once(model, example_input)
     return model
+
+
+def _run_once(model: nn.Module, example_input: Any) -> None:
+    """One eval-mode, no-gradient forward pass (sizes lazily sized state), leaving the mode as it was."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            _call(model, example_input)
+    finally:
+        model.train(was_training)
 
 
 def _warn_mha(model: nn.Module) -> None:
@@ -225,13 +230,7 @@ def finalize(model: nn.Module, example_input: Any = None) -> nn.Module:
     lazily sized state (lazy layers, XNOR-Net++'s Γ). Call it once after training, before export;
     returns ``model``."""
     if example_input is not None:
-        was_training = model.training
-        model.eval()
-        try:
-            with torch.no_grad():
-                _call(model, example_input)
-        finally:
-            model.train(was_training)
+        _run_once(model, example_input)
     with torch.no_grad():
         for module in model.modules():
             if isinstance(module, BinaryLayer):
