@@ -28,6 +28,9 @@ from onebit.bench.deployment import timed_side_by_side  # samples of every runti
 from onebit.deploy import export, kernels, load, save
 from onebit.deploy.export import optimize_for_inference
 
+sys.path.insert(0, str(Path(__file__).parent))
+from _nets import trained_looking_batchnorm  # noqa: E402
+
 
 def profile_plan(plan: torch.fx.GraphModule, x: torch.Tensor, repeats: int) -> None:
     """Median time per node of the packed model's execution plan on 1 thread (run node by node by
@@ -86,15 +89,7 @@ def main() -> int:
     torch.manual_seed(0)
     fp = onebit.models.create("resnet18_imagenet", num_classes=1000).eval()
     binary = onebit.models.create("resnet18_imagenet", num_classes=1000, method=args.method).eval()
-    # A trained network's BatchNorm statistics, not the untrained identity: with mean 0 and var 1 an
-    # integer accumulator of exactly 0 meets the next sign unshifted, where torch's float sums leave
-    # ±1e-9 noise, so the comparison below would flip signs at those ties by chance.
-    with torch.no_grad():
-        for m in binary.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.5, 0.5)
-                m.running_var.uniform_(0.5, 2.0)
-                m.bias.uniform_(-0.3, 0.3)
+    trained_looking_batchnorm(binary)  # ties at an accumulator of 0 would flip signs by chance
     x = torch.randn(1, 3, 224, 224)
     packed = export(binary)
     with torch.no_grad():

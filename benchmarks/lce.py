@@ -21,12 +21,16 @@ import platform
 import statistics
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 
 import onebit.models
 from onebit.deploy import export, kernels, lce
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _nets import trained_looking_batchnorm  # noqa: E402
 
 
 def sample(fn, repeats: int) -> list[float]:
@@ -57,12 +61,7 @@ def main() -> int:
     torch.manual_seed(0)
     model = onebit.models.create("resnet18_imagenet", num_classes=1000, method=args.method,
                                  bireal=args.bireal_net, pad_value=args.pad_value).eval()
-    with torch.no_grad():  # trained-looking statistics (see benchmarks/e2e.py)
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.5, 0.5)
-                m.running_var.uniform_(0.5, 2.0)
-                m.bias.uniform_(-0.3, 0.3)
+    trained_looking_batchnorm(model)
     x = torch.randn(1, 3, 224, 224)
     x_nhwc = np.ascontiguousarray(x.permute(0, 2, 3, 1).numpy())
     packed = export(model)

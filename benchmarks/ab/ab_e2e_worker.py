@@ -8,6 +8,7 @@ import json
 import statistics
 import sys
 import time
+from pathlib import Path
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--src", required=True)
@@ -21,16 +22,14 @@ import onebit  # noqa: E402
 import onebit.models  # noqa: E402
 from onebit.deploy import export, kernels  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).parent.parent))
+from _nets import trained_looking_batchnorm  # noqa: E402
+
 assert onebit.__file__.startswith(args.src)
 
 torch.manual_seed(0)
 binary = onebit.models.create("resnet18_imagenet", num_classes=1000, method="bireal").eval()
-with torch.no_grad():
-    for m in binary.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.5, 0.5)
-            m.running_var.uniform_(0.5, 2.0)
-            m.bias.uniform_(-0.3, 0.3)
+trained_looking_batchnorm(binary)
 x = torch.randn(1, 3, 224, 224)
 packed = export(binary)
 res = {"hash": {}, "ms": {}}
