@@ -34,7 +34,7 @@ x = torch.randn(1, 3, 224, 224)
 packed = export(binary)
 res = {"hash": {}, "ms": {}}
 with torch.no_grad():
-    for kern in kernels.available_kernels() + ["reference"] * 0:
+    for kern in kernels.available_kernels():
         kernels.set_kernel(kern)
         y = packed(x)
         res["hash"][kern] = hashlib.sha256(y.contiguous().numpy().tobytes()).hexdigest()[:16]

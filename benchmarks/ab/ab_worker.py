@@ -4,6 +4,7 @@ residual layer, depthwise layers and the per-call overhead on every kernel path,
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -87,7 +88,6 @@ xo = K.pack_activations(torch.randn(1, 64, 1, 1))
 lo = K.PreparedConv2d(K.pack_weights(torch.randn(64, 64, 1, 1)), transform=K.OutputTransform(output="bits"))
 layers["per-call overhead 1x1 1 pixel 64ch"] = lambda: lo(xo)
 
-import os  # noqa: E402
 
 only = os.environ.get("AB_ONLY")  # "substring of the layer name|kernel,kernel"
 pick_layer, pick_kern = (only.split("|") + [""])[:2] if only else ("", "")

@@ -38,7 +38,7 @@ def _computes_with_real_weights(method: Any) -> bool:
     """BiPer's stage 1 (its default) computes with the real weights sin(ωW); only stage 2 uses their sign.
     A stage-1 model is therefore not W1 whatever its deployed form: its accuracy must not be ranked
     against W1A1 runs (benchmarks/bench-default/README.md measured 76.9% vs 49.5% on MNIST-1D)."""
-    return getattr(method, "name", None) == "biper" and getattr(method, "config", {}).get("stage") == 1
+    return declares_real_weights(getattr(method, "name", ""), getattr(method, "config", {}))
 
 
 def declares_real_weights(method: str, options: dict[str, Any] | None = None) -> bool:
