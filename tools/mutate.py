@@ -6,13 +6,14 @@ an integer ±1, ``+``↔``-``, ``*``↔``/``, ``min``↔``max``, ``and``↔``or`
 constant tweak, …). It is applied in a private copy of the tree (``git archive`` of a commit, or the
 working files with ``--worktree``; the checkout itself is never written), and only the tests mapped to
 its file (``TEST_MAP``) run against it, stopping at the first failure, so a mutant takes seconds. A mutant
-is *killed* when a test fails (or the run times out), *survived* when every mapped test passes.
+is *killed* when a test fails, *survived* when every mapped test passes, *timeout* (unresolved: rerun it
+alone) when the tests run past ``--timeout``.
 
     python tools/mutate.py                               # every mutant of every area (long)
     python tools/mutate.py --sample 300 --seed 1         # a seeded random sample (bounded time)
     python tools/mutate.py --area methods --area deploy  # some areas only
     python tools/mutate.py --list                        # print the mutants without running them
-    python tools/mutate.py --cpp --sample 5              # C++ kernels: rebuilds the extension per mutant
+    python tools/mutate.py --cpp --sample 5 --build-python /tmp/nb/bin/python  # C++: a private build per mutant
 
 Prints the kill rate per area and every survivor (file:line and its diff); ``--json`` writes the same
 as data. Not run in CI: a full run takes tens of minutes. Lines marked ``# pragma: no mutate`` are skipped.
@@ -117,7 +118,7 @@ class Mutant:
     before: str
     after: str
     area: str = ""
-    status: str = ""  # killed / survived / timeout / equivalent (a listed survivor) / stale (--rerun)
+    status: str = ""  # killed / survived / timeout / equivalent (a listed survivor) / stale (--rerun) / stillborn (C++)
     killer: str = ""  # the first failing test, or the reason a listed equivalent mutant changes nothing
     seconds: float = 0.0
     span: tuple[int, int, int, int] = field(default=(0, 0, 0, 0), repr=False)
@@ -457,11 +458,28 @@ def apply(tree: Path, m: Mutant) -> str:
     return original
 
 
+BUILD_PYTHON = [sys.executable]  # --build-python: the interpreter cmake builds against (it needs nanobind)
+
+
+def check_build_python(python: str) -> None:
+    """The extension is built against ``python`` (same version as the tests' interpreter, nanobind
+    installed), into a build folder of the copy: the installed extension is never rebuilt or replaced."""
+    probe = "import sys, nanobind; print(sys.version_info[:2])"
+    found = subprocess.run([python, "-c", probe], capture_output=True, text=True)
+    if found.returncode != 0:
+        raise SystemExit(f"mutate.py: --cpp builds with {python}, which cannot import nanobind; make a venv of "
+                         "the same Python with nanobind (python -m venv /tmp/nb && /tmp/nb/bin/pip install "
+                         "nanobind) and pass --build-python /tmp/nb/bin/python")
+    if found.stdout.strip() != str(tuple(sys.version_info[:2])):
+        raise SystemExit(f"mutate.py: --build-python {python} is Python {found.stdout.strip()}, the tests run "
+                         f"on {tuple(sys.version_info[:2])}: the extension would not load")
+
+
 def _rebuild(tree: Path, build: Path) -> bool:
-    """Build the extension from ``tree``'s csrc into ``build`` and install it into the copy."""
+    """Build the extension from ``tree``'s csrc into ``build`` and copy it into ``tree`` (only there)."""
     if not (build / "build.ninja").exists() and not (build / "Makefile").exists():
         subprocess.run(["cmake", "-S", str(tree), "-B", str(build), "-DCMAKE_BUILD_TYPE=Release",
-                        f"-DPython_EXECUTABLE={sys.executable}"], check=True, capture_output=True)
+                        f"-DPython_EXECUTABLE={BUILD_PYTHON[0]}"], check=True, capture_output=True)
     done = subprocess.run(["cmake", "--build", str(build), "-j2"], capture_output=True)
     if done.returncode != 0:
         return False
@@ -474,7 +492,7 @@ def run_mutant(tree: Path, m: Mutant, timeout: float, build: Path | None) -> Non
     original = apply(tree, m)
     try:
         if build is not None and not _rebuild(tree, build):
-            m.status, m.killer = "killed", "does not compile"
+            m.status, m.killer = "stillborn", "does not compile (no test needed: left out of the rate)"
             return
         files = tests_for(m.path, tree)
         cover = COVERAGE.get(tuple(files))
@@ -505,36 +523,37 @@ def collect(tree: Path, areas: list[str], cpp: bool) -> list[Mutant]:
 
 
 def summary(mutants: list[Mutant]) -> dict[str, dict[str, float]]:
-    """Per area (and ``overall``): killed, survived, equivalent, total and the kill rate in percent over the
-    non-equivalent mutants (a timeout counts as killed)."""
+    """Per area (and ``overall``): the count of each status, total, and the kill rate in percent: killed over
+    killed + timeout + survived (a timeout is unresolved, not a kill; equivalent, stillborn and error
+    mutants are left out)."""
     rows: dict[str, dict[str, float]] = {}
     for m in mutants:
         for area in (m.area, "overall"):
             row = rows.setdefault(area, {"killed": 0, "timeout": 0, "survived": 0, "equivalent": 0, "error": 0,
-                                         "total": 0})
+                                         "stillborn": 0, "total": 0})
             row["total"] += 1
             row[m.status] = row.get(m.status, 0) + 1
     for row in rows.values():
         counted = row["killed"] + row["timeout"] + row["survived"]
-        row["kill_rate"] = round(100 * (row["killed"] + row["timeout"]) / counted, 1) if counted else float("nan")
+        row["kill_rate"] = round(100 * row["killed"] / counted, 1) if counted else float("nan")
     return dict(sorted(rows.items(), key=lambda item: (item[0] == "overall", item[0])))
 
 
 def report(mutants: list[Mutant]) -> str:
-    out = [f"{'area':<10} {'killed':>7} {'timeout':>8} {'survived':>9} {'equivalent':>11} {'error':>6} {'total':>6} "
-           f"{'kill rate':>10}"]
+    out = [f"{'area':<10} {'killed':>7} {'timeout':>8} {'survived':>9} {'equivalent':>11} {'error':>6} "
+           f"{'stillborn':>10} {'total':>6} {'kill rate':>10}"]
     for area, row in summary(mutants).items():
         out.append(f"{area:<10} {row['killed']:>7} {row['timeout']:>8} {row['survived']:>9} {row['equivalent']:>11} "
-                   f"{row['error']:>6} {row['total']:>6} {row['kill_rate']:>9.1f}%")
-    out.append("(kill rate = (killed + timeout) / (killed + timeout + survived): equivalent mutants and errors, "
-               "whose killer fails unmutated too, are left out; on a busy machine a timeout may be a slow survivor: "
-               "rerun those with a longer --timeout)")
-    for status in ("survived", "timeout", "equivalent", "error", "stale"):
+                   f"{row['error']:>6} {row['stillborn']:>10} {row['total']:>6} {row['kill_rate']:>9.1f}%")
+    out.append("(kill rate = killed / (killed + timeout + survived): a timeout is unresolved until rerun alone with "
+               "a longer --timeout (on a busy machine it may be a slow survivor); equivalent mutants, errors (whose "
+               "killer fails unmutated too) and stillborn C++ mutants (that do not compile) are left out)")
+    for status in ("survived", "timeout", "equivalent", "error", "stillborn", "stale"):
         chosen = [m for m in mutants if m.status == status]
         if chosen or status == "survived":
             out.append(f"\n{status} ({len(chosen)}):")
         for m in chosen:
-            why = f"  -- {m.killer}" if status in ("equivalent", "error", "stale") else ""
+            why = f"  -- {m.killer}" if status in ("equivalent", "error", "stillborn", "stale") else ""
             out.append(f"{m.path}:{m.line} [{m.kind}]{why}\n" + "\n".join("    " + d for d in m.diff().splitlines()))
     return "\n".join(out)
 
@@ -543,6 +562,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     areas = args.area or ([] if args.cpp else sorted(AREAS))
     OVERRIDE[:] = args.tests or []
+    BUILD_PYTHON[:] = [args.build_python]
     known = load_equivalents(args.equivalent)
     commit = "working files" if args.worktree else _describe(args.commit)
     with tempfile.TemporaryDirectory(prefix="onebit-mutate-") as tmp:
@@ -557,6 +577,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         cpp = any(m.path.startswith("csrc/") for m in mutants)
         builds = [Path(tmp) / f"build{i}" for i in range(args.jobs)] if cpp else [None] * args.jobs
+        if cpp:
+            check_build_python(BUILD_PYTHON[0])
         if cpp and not _rebuild(tree, builds[0]):
             raise SystemExit("mutate.py: the unmutated extension does not build (cmake, nanobind needed)")
         broken = set() if args.no_baseline else \
@@ -597,7 +619,10 @@ def _parser() -> argparse.ArgumentParser:
                         "killed by timeout (default 300)")
     parser.add_argument("--commit", default="HEAD", help="the commit to mutate (default HEAD)")
     parser.add_argument("--worktree", action="store_true", help="mutate the working files instead of a commit")
-    parser.add_argument("--cpp", action="store_true", help="also mutate csrc/ (rebuilds the extension per mutant)")
+    parser.add_argument("--cpp", action="store_true", help="mutate csrc/ (each mutant rebuilds the extension in a "
+                        "build folder of its copy; the installed one is never touched)")
+    parser.add_argument("--build-python", default=sys.executable, help="with --cpp: the Python that cmake builds "
+                        "against; it must import nanobind and match the tests' Python version (default: this one)")
     parser.add_argument("--tests", nargs="+", help="run these tests (paths or node ids) for every mutant instead "
                         "of TEST_MAP's (e.g. a quick subset when the mapped files are slow)")
     parser.add_argument("--list", action="store_true", help="print the mutants and exit")

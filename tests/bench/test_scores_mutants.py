@@ -120,3 +120,46 @@ def test_a_zero_denominator_gives_no_ratio(run):
     recs += [run("bnn", 80.0, seed=s, params_bibench=0.0, epoch_time_s=0.0) for s in range(2)]
     cell = next(c for c in leaderboard(recs, bootstrap=10).cells if c.method == "bnn")
     assert cell.params_ratio is None and cell.time_ratio is None
+
+
+def test_the_chance_check_pools_every_seeds_test_samples():
+    """scores.py `n_test * max(1, seeds)` (mutant: `min`, seed-37 sample): a mean over k seeds of n
+    samples each has the binomial error of n·k samples. 66 % on 100 samples of a 2-class task is not
+    10 points above chance with one seed (95 % lower bound 56.7 %) but is with four (61.4 %)."""
+    from onebit.bench.scores import clearly_above_chance
+
+    assert "lower bound 56.7%" in clearly_above_chance(66.0, 100, 2, seeds=1)
+    assert clearly_above_chance(66.0, 100, 2, seeds=4) is None
+    assert "lower bound 59.3%" in clearly_above_chance(64.0, 100, 2, seeds=4)  # 64 - 1.96·sqrt(.64·.36/400)
+
+
+def test_a_deployment_network_counts_for_inference_only_with_both_ratios(run):
+    """scores.py `d.latency_ratio is not None and d.storage_ratio is not None` (mutant: `or`, seed-37
+    sample): a deployment network timed but without file sizes has no storage ratio; it is left out of
+    both means, so the latency mean is not taken over other networks than the storage mean."""
+    from onebit.bench.deployment import NETWORKS
+
+    full, timed_only = sorted(NETWORKS)[:2]
+    recs = [run("fp", 95.0), run("bnn", 85.0)]
+    recs.append(run("bnn", 0.0, role="inference", arch=full, task="random224", bits=(1, 1), deployable=1,
+                    file_bytes=1e6, file_fp32_bytes=2e7, **{"latency_ms/t1": 10.0, "latency_fp32_ms/t1": 40.0}))
+    recs.append(run("bnn", 0.0, role="inference", arch=timed_only, task="random224", bits=(1, 1), deployable=1,
+                    **{"latency_ms/t1": 10.0, "latency_fp32_ms/t1": 20.0}))
+    lb = leaderboard(recs, bootstrap=20)
+    assert {d.network: d.storage_ratio for d in lb.deployment} == {full: pytest.approx(20.0), timed_only: None}
+    row = lb.row("bnn")
+    assert row.latency_ratio == pytest.approx(4.0) and row.storage_ratio == pytest.approx(20.0)
+
+
+def test_the_span_of_the_runs_ignores_unknown_start_times(run):
+    """scores.py `r.started > 0` (mutant: `>= 0`, seed-37 sample): a start time of 0 marks an unknown
+    time, so the span runs from the earliest known start (not from 0) to the latest known end."""
+    recs = [run("fp", 95.0), run("bnn", 85.0), run("xnor", 80.0)]
+    for r, (start, end) in zip(recs, ((0.0, 0.0), (1000.0, 1500.0), (800.0, 1200.0))):
+        r.started, r.finished = start, end
+    meta = leaderboard(recs, bootstrap=10).meta
+    assert (meta["started"], meta["finished"]) == (800.0, 1500.0)
+    for r in recs:
+        r.started = r.finished = 0.0
+    meta = leaderboard(recs, bootstrap=10).meta
+    assert (meta["started"], meta["finished"]) == (0.0, 0.0)
