@@ -475,3 +475,150 @@ def test_standardized_weights_on_constant_channels_and_a_fan_in_of_one(method, o
     assert torch.equal(grads[0][0], grads[1][0])
     assert torch.isfinite(grads[0][1]).all()
     assert_same(grads[0][1], grads[1][1], False, f"{method} weight grad")
+
+
+# ---- HBNN: the bit map and the residual binarization with float masks, against the bool-mask code --
+def old_hbnn_smallest(distance, count):
+    threshold = distance.kthvalue(count, dim=1, keepdim=True).values
+    chosen = distance <= threshold
+    if bool((chosen.sum(dim=1) == count).all()):
+        return chosen
+    below = distance < threshold
+    tied = chosen & ~below
+    room = count - below.sum(dim=1, keepdim=True)
+    return below | (tied & (tied.cumsum(dim=1) <= room))
+
+
+def old_hbnn_masked_mean(values, mask, count):
+    kept = values if mask is None else torch.where(mask, values, torch.zeros_like(values))
+    denominator = count.clamp(min=1).to(values.dtype) if isinstance(count, torch.Tensor) else max(count, 1)
+    return kept.sum(dim=1, keepdim=True) / denominator
+
+
+def old_hbnn_stop(bitmap, remaining, distance, count, left, level):
+    if count == left:
+        bitmap.masked_fill_(remaining, level)
+        return torch.zeros_like(remaining)
+    chosen = old_hbnn_smallest(distance.masked_fill_(~remaining, math.inf), count)
+    bitmap.masked_fill_(chosen, level)
+    return remaining & ~chosen
+
+
+def old_middle_out_bitmap(x, counts):
+    magnitude = x.abs()
+    remaining = torch.ones_like(x, dtype=torch.bool)
+    bitmap = torch.zeros_like(x, dtype=torch.int8)
+    n = left = x.shape[1]
+    for level, count in enumerate(counts, start=1):
+        if count == 0:
+            continue
+        distance = (magnitude - old_hbnn_masked_mean(magnitude, None if left == n else remaining, left)).abs_()
+        remaining = old_hbnn_stop(bitmap, remaining, distance, count, left, level)
+        left -= count
+    return bitmap
+
+
+def old_binarize_with_bitmap(x, bitmap):
+    mu = x.abs().mean(dim=1, keepdim=True)
+    plane = old_sign(x)
+    approx = mu * plane
+    residual = x - approx
+    planes, scales, masks = [plane], [mu], [torch.ones_like(x, dtype=torch.bool)]
+    for level in range(2, int(bitmap.max()) + 1 if bitmap.numel() else 1):
+        active = bitmap >= level
+        mu = old_hbnn_masked_mean(residual.abs(), active, active.sum(dim=1, keepdim=True))
+        plane = old_sign(residual)
+        step = torch.where(active, mu * plane, torch.zeros_like(plane))
+        planes.append(plane)
+        scales.append(mu)
+        masks.append(active)
+        approx += step
+        residual -= step
+    return approx, planes, scales, masks
+
+
+def old_residual_rule_bitmap(x, counts):
+    residual = x.clone()
+    active = torch.ones_like(residual, dtype=torch.bool)
+    bitmap = torch.zeros_like(residual, dtype=torch.int8)
+    left = x.shape[1]
+    for level, count in enumerate(counts, start=1):
+        magnitude = residual.abs()
+        mu = old_hbnn_masked_mean(magnitude, active, left)
+        step = torch.where(active, mu * old_sign(residual), torch.zeros_like(residual))
+        if count:
+            active = old_hbnn_stop(bitmap, active, (magnitude - mu).abs_(), count, left, level)
+            left -= count
+        residual -= step
+    return bitmap
+
+
+def hbnn_rows(seed):
+    """Gaussian rows, rows of a few repeated magnitudes (ties at every threshold, mirrored ±), and salted
+    rows (exact zeros, ±1, the edge values)."""
+    g = torch.Generator().manual_seed(seed)
+    yield torch.randn(3, 257, generator=g)
+    yield (torch.randint(-3, 4, (2, 60), generator=g) * 0.25).float()
+    yield salted((4, 50), seed)
+    yield torch.randn(1, 1000, generator=g, dtype=torch.float64)
+
+
+HBNN_MIXES = [(0.7, 0.2, 0.1), (0.8, 0.0, 0.2), (0.0, 1.0, 0.0), (0.5, 0.5, 0.0), (0.1, 0.3, 0.6)]
+
+
+@pytest.mark.parametrize("mix", HBNN_MIXES)
+def test_hbnn_bitmaps_and_binarization_equal_the_bool_mask_code(mix):
+    from onebit.methods import hbnn
+
+    for seed in range(3):
+        for x in hbnn_rows(seed):
+            counts = hbnn.stop_counts(x.shape[1], (1, 2, 3), mix)
+            bitmap = hbnn.middle_out_bitmap(x, counts)
+            assert torch.equal(bitmap, old_middle_out_bitmap(x, counts)), (mix, seed)
+            residual = hbnn.residual_binarize(x, (1, 2, 3), mix, "residual").bitmap
+            assert torch.equal(residual, old_residual_rule_bitmap(x, counts)), (mix, seed)
+            new = hbnn.binarize_with_bitmap(x, bitmap)
+            approx, planes, scales, masks = old_binarize_with_bitmap(x, bitmap)
+            assert torch.equal(new.approx, approx) and new.approx.sign().eq(approx.sign()).all()
+            for got, want in zip((new.planes, new.scales, new.masks), (planes, scales, masks)):
+                assert len(got) == len(want) and all(torch.equal(a, b) for a, b in zip(got, want))
+
+
+@pytest.mark.parametrize("activations", ["binary", "hetero"])
+@pytest.mark.parametrize("kind", ["conv", "linear"])
+def test_hbnn_quantizers_equal_the_ste_formulas(kind, activations):
+    from onebit.methods import hbnn
+
+    def old_weight(layer, w):
+        bitmap = old_middle_out_bitmap(w.detach().reshape(1, -1), hbnn.stop_counts(w.numel(), (1, 2, 3), PAPER))
+        return old_ste(old_binarize_with_bitmap(w.detach().reshape(1, -1), bitmap)[0].reshape(w.shape), old_clip(w))
+
+    def old_input(layer, x):
+        if activations == "binary":
+            return old_clip_input(layer, x)
+        rows = x.detach().reshape(-1, x.shape[-1]) if layer.features_last else x.detach().reshape(x.shape[0], -1)
+        bitmap = old_middle_out_bitmap(rows, hbnn.stop_counts(rows.shape[1], (1, 2, 3), PAPER))
+        return old_ste(old_binarize_with_bitmap(rows, bitmap)[0].reshape(x.shape), old_clip(x))
+
+    PAPER = (0.7, 0.2, 0.1)
+    layer, x = make_layer(kind, "hbnn", {"activations": activations})
+    for which, old, new in [("input", old_input, layer.method.quantize_input),
+                            ("weight", old_weight, layer.method.quantize_weight)]:
+        value_new, grads_new = run(layer, x, new, which, 7)
+        value_old, grads_old = run(layer, x, old, which, 7)
+        assert torch.equal(value_new, value_old), which
+        assert grads_new.keys() == grads_old.keys()
+        for name in grads_old:
+            assert torch.equal(grads_new[name], grads_old[name]), (which, name)
+    # and through the layer, where the input quantizer is fused with the product
+    layer.zero_grad()
+    xin = x.clone().requires_grad_(True)
+    layer(xin).sum().backward()
+    got = (xin.grad.clone(), layer.weight.grad.clone())
+    layer.zero_grad()
+    xin.grad = None
+    wq = old_weight(layer, layer.weight)
+    xq = old_input(layer, xin)
+    out = torch.nn.functional.linear(xq, wq) if kind == "linear" else torch.nn.functional.conv2d(xq, wq, None, 1, 1)
+    (out + (0 if layer.bias is None else layer.channel_view(layer.bias, out.dim()))).sum().backward()
+    assert torch.equal(got[0], xin.grad) and torch.equal(got[1], layer.weight.grad)

@@ -5,13 +5,15 @@ from __future__ import annotations
 import math
 import weakref
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
 from .base import InferenceForm, Method, Option, register
-from .functional import clip, sign, ste
+from .functional import ClipSTE, QuantizerCall, _clip_grad, sign
 
 __all__ = [
     "HBNN",
@@ -52,47 +54,78 @@ def stop_counts(n: int, bits: tuple[int, ...], mix: tuple[float, ...]) -> list[i
 @dataclass
 class ResidualBinarization:
     """The result of :func:`residual_binarize` on a ``(rows, n)`` tensor: the approximation, and per bit
-    level j the ±1 plane ``sign(R_j)``, its scale ``μ_j`` (one per row, shape ``(rows, 1)``) and the
-    mask of elements that use bit j; ``bitmap`` (int8) holds each element's bitwidth."""
+    level j the ±1 plane ``sign(R_j)`` and its scale ``μ_j`` (one per row, shape ``(rows, 1)``);
+    ``bitmap`` (int8) holds each element's bitwidth, and ``masks`` (computed from it on demand) the
+    elements that use bit j."""
 
     approx: Tensor
     planes: list[Tensor]
     scales: list[Tensor]
-    masks: list[Tensor]
     bitmap: Tensor
+
+    @property
+    def masks(self) -> list[Tensor]:
+        """Per bit level j, the boolean mask ``bitmap ≥ j`` of the elements that use bit j."""
+        return [self.bitmap >= level for level in range(1, len(self.planes) + 1)]
+
+
+# Masks below are float 0/1 tensors written by comparisons with a float ``out`` and applied by
+# multiplication: on CPU, torch's kernels that write or read bool tensors (``<=`` into bool, ``where``,
+# ``masked_fill_``) cost 5-20x a float pass, and HBNN runs them over every weight at every step. Products
+# with a 0/1 mask equal ``where(mask, v, 0)`` for the finite values they see (magnitudes, ±μ).
+def _mask(compare: Any, a: Tensor, b: Tensor | float, dtype: torch.dtype) -> Tensor:
+    """``compare(a, b)`` (``torch.le``, ``torch.ge``, …) as a 0/1 tensor of ``dtype``."""
+    return compare(a, b, out=torch.empty(a.shape, dtype=dtype, device=a.device))
+
+
+def _count(mask: Tensor) -> Tensor:
+    """The number of ones per row of a 0/1 float mask, ``(rows, 1)``, summed in float64 (exact past 2²⁴)."""
+    return mask.sum(dim=1, keepdim=True, dtype=torch.float64)
+
+
+def _kth_smallest(distance: Tensor, count: int) -> Tensor:
+    """The ``count``-th smallest value of each row, shape ``(rows, 1)``. On CPU numpy's introselect
+    (``np.partition``), ~10x faster there than ``torch.kthvalue``; the same order statistic."""
+    if distance.device.type == "cpu" and distance.dtype in (torch.float32, torch.float64):
+        column = np.partition(distance.numpy(), count - 1, axis=1)[:, count - 1:count]
+        return torch.from_numpy(np.ascontiguousarray(column))
+    return distance.kthvalue(count, dim=1, keepdim=True).values
 
 
 def _smallest(distance: Tensor, count: int) -> Tensor:
-    """The mask of the ``count`` elements of each row with the smallest ``distance`` (``inf`` marks the
-    ineligible ones), ties broken toward the lower index: exactly the first ``count`` of a stable
-    ascending sort, found from one order statistic (``kthvalue``, linear time) instead of a full sort."""
-    threshold = distance.kthvalue(count, dim=1, keepdim=True).values
-    chosen = distance <= threshold
-    if bool((chosen.sum(dim=1) == count).all()):  # no surplus tie at the threshold (the usual case)
+    """The float 0/1 mask of the ``count`` elements of each row with the smallest ``distance`` (``inf``
+    marks the ineligible ones), ties broken toward the lower index: exactly the first ``count`` of a
+    stable ascending sort, found from one order statistic (linear time) instead of a full sort."""
+    threshold = _kth_smallest(distance, count)
+    chosen = _mask(torch.le, distance, threshold, distance.dtype)
+    if bool((_count(chosen) == count).all()):  # no surplus tie at the threshold (the usual case)
         return chosen
     below = distance < threshold
-    tied = chosen & ~below
+    tied = (distance <= threshold) & ~below
     room = count - below.sum(dim=1, keepdim=True)
-    return below | (tied & (tied.cumsum(dim=1) <= room))
+    return (below | (tied & (tied.cumsum(dim=1) <= room))).to(distance.dtype)
 
 
 def _masked_mean(values: Tensor, mask: Tensor | None, count: int | Tensor) -> Tensor:
-    """Per-row mean of ``values`` over ``mask`` (all elements when None), which holds ``count`` elements
-    per row (0 gives 0), shape ``(rows, 1)``."""
-    kept = values if mask is None else torch.where(mask, values, torch.zeros_like(values))
+    """Per-row mean of ``values`` over the 0/1 float ``mask`` (all elements when None), which holds
+    ``count`` elements per row (0 gives 0), shape ``(rows, 1)``."""
+    kept = values if mask is None else values * mask
     denominator = count.clamp(min=1).to(values.dtype) if isinstance(count, Tensor) else max(count, 1)
     return kept.sum(dim=1, keepdim=True) / denominator
 
 
-def _stop(bitmap: Tensor, remaining: Tensor, distance: Tensor, count: int, left: int, level: int) -> Tensor:
-    """Give ``level`` bits to the ``count`` of the ``left`` remaining elements per row closest in
-    ``distance`` and return the new remaining mask."""
+def _stop(bitmap: Tensor, remaining: Tensor, distance: Tensor, count: int, left: int) -> Tensor:
+    """Count one more level for every element of the 0/1 ``remaining`` mask in ``bitmap`` (an element's
+    bitwidth is the number of levels it was still unassigned at), then take the ``count`` of the
+    ``left`` remaining elements per row closest in ``distance`` out of it; returns the new mask."""
+    bitmap.add_(remaining.to(torch.int8))
+    if count == 0:
+        return remaining
     if count == left:  # everyone left stops here: no order needed
-        bitmap.masked_fill_(remaining, level)
         return torch.zeros_like(remaining)
-    chosen = _smallest(distance.masked_fill_(~remaining, math.inf), count)
-    bitmap.masked_fill_(chosen, level)
-    return remaining & ~chosen
+    # +inf on the elements already assigned: 1/0 − 1 = inf, 1/1 − 1 = 0.
+    eligible = distance.add_(remaining.reciprocal().sub_(1.0))
+    return remaining.sub_(_smallest(eligible, count))
 
 
 def middle_out_bitmap(x: Tensor, counts: list[int]) -> Tensor:
@@ -102,14 +135,14 @@ def middle_out_bitmap(x: Tensor, counts: list[int]) -> Tensor:
     them from R. The sort always runs over the original values, re-centred on the mean magnitude of
     those still in R. Returns an int8 tensor of ``x``'s shape."""
     magnitude = x.abs()
-    remaining = torch.ones_like(x, dtype=torch.bool)
+    remaining = torch.ones_like(magnitude)
     bitmap = torch.zeros_like(x, dtype=torch.int8)
     n = left = x.shape[1]
-    for level, count in enumerate(counts, start=1):
-        if count == 0:
-            continue
-        distance = (magnitude - _masked_mean(magnitude, None if left == n else remaining, left)).abs_()
-        remaining = _stop(bitmap, remaining, distance, count, left, level)
+    for count in counts:
+        distance = None
+        if 0 < count < left:
+            distance = (magnitude - _masked_mean(magnitude, None if left == n else remaining, left)).abs_()
+        remaining = _stop(bitmap, remaining, distance, count, left)
         left -= count
     return bitmap
 
@@ -125,18 +158,19 @@ def binarize_with_bitmap(x: Tensor, bitmap: Tensor) -> ResidualBinarization:
         plane = sign(x)
         approx = mu * plane
         residual = x - approx
-        planes, scales, masks = [plane], [mu], [torch.ones_like(x, dtype=torch.bool)]
+        planes, scales = [plane], [mu]
         for level in range(2, int(bitmap.max()) + 1 if bitmap.numel() else 1):
-            active = bitmap >= level
-            mu = _masked_mean(residual.abs(), active, active.sum(dim=1, keepdim=True))
+            active = _mask(torch.ge, bitmap, level, x.dtype)
+            mu = _masked_mean(residual.abs(), active, _count(active))
             plane = sign(residual)
-            step = torch.where(active, mu * plane, torch.zeros_like(plane))
+            # ±μ·0 on the inactive elements may be −0.0: adding it leaves approx as it was, and the
+            # residual it changes (−0.0 to +0.0) is inactive at every later level.
+            step = (mu * plane).mul_(active)
             planes.append(plane)
             scales.append(mu)
-            masks.append(active)
             approx += step
             residual -= step
-        return ResidualBinarization(approx, planes, scales, masks, bitmap)
+        return ResidualBinarization(approx, planes, scales, bitmap)
 
 
 def _residual_rule(x: Tensor, counts: list[int]) -> ResidualBinarization:
@@ -144,16 +178,15 @@ def _residual_rule(x: Tensor, counts: list[int]) -> ResidualBinarization:
     elements the ``counts[j−1]`` whose residual magnitude ``|R_j|`` is closest to ``μ_j`` stop at j bits
     (those ``±μ_j`` represents best), the rest continue."""
     residual = x.detach().clone()
-    active = torch.ones_like(residual, dtype=torch.bool)
+    active = torch.ones_like(residual)  # 0/1 float mask
     bitmap = torch.zeros_like(residual, dtype=torch.int8)
     left = x.shape[1]
-    for level, count in enumerate(counts, start=1):
+    for count in counts:
         magnitude = residual.abs()
         mu = _masked_mean(magnitude, active, left)
-        step = torch.where(active, mu * sign(residual), torch.zeros_like(residual))
-        if count:
-            active = _stop(bitmap, active, (magnitude - mu).abs_(), count, left, level)
-            left -= count
+        step = (mu * sign(residual)).mul_(active)  # (−0.0 on inactive elements: see binarize_with_bitmap)
+        active = _stop(bitmap, active, (magnitude - mu).abs_() if 0 < count < left else None, count, left)
+        left -= count
         residual -= step
     return binarize_with_bitmap(x, bitmap)
 
@@ -240,6 +273,26 @@ def paper_mix(bits: tuple[int, ...]) -> tuple[float, ...]:
     return tuple(PAPER_MIX.get(b, 0.0) for b in bits)
 
 
+class ResidualClipSTE:
+    """HBNN's quantizer (:class:`onebit.methods.functional.QuantizerCall`): the value ``binarize(x)`` (a
+    residual binarization, no gradient), the gradient BinOps' STE ``g·1{|x| ≤ 1}`` in one kernel
+    (``ste(binarize(x), clip(x))``, fused). It keeps ``x`` and the value (``from_kept``), so the
+    binarization is not recomputed in backward."""
+
+    @staticmethod
+    def value(x: Tensor, binarize: Any) -> tuple[Tensor, tuple[Tensor, ...]]:
+        approx = binarize(x)
+        return approx, (x, approx)
+
+    @staticmethod
+    def from_kept(x: Tensor, kept: tuple[Tensor, ...]) -> Tensor:
+        return kept[0]
+
+    @staticmethod
+    def grad(grad: Tensor, x: Tensor, kept: tuple[Tensor, ...], binarize: Any) -> Tensor:
+        return _clip_grad(grad, x)
+
+
 @register
 class HBNN(Method):
     """Heterogeneous bitwidth binarization (Fromm, Patel, Philipose, NeurIPS 2018).
@@ -268,8 +321,12 @@ class HBNN(Method):
     bumps: an optimizer step, ``load_state_dict``, ``with torch.no_grad(): w.copy_(...)``), so eval
     forwards, :func:`bit_planes`, :func:`average_bits` and the exporters select once. A write through
     ``w.data`` bypasses that counter: call :func:`forget_bit_maps` after one. Activation maps are
-    computed per forward (every input is new). Selection takes one ``kthvalue`` per level (linear time)
-    instead of a sort, with the sort's order on ties (lower index first).
+    computed per forward (every input is new). Selection takes one order statistic per level (linear
+    time: ``np.partition`` on CPU, ``kthvalue`` elsewhere) instead of a sort, with the sort's order on
+    ties (lower index first), and its masks are float 0/1 tensors (bit-identical maps and values to the
+    bool-mask code, which tests/methods/test_fused_quantizers.py keeps as the oracle). The weight's STE
+    and the binary activations' clip STE are fused quantizers (one kernel in backward; the activations'
+    one fused with the layer's product).
 
     Verified: residual binarization with masked means and the STE against BinOps' code; Algorithm 1,
     Eq. 6 and the 70/20/10 setting against the paper's camera-ready text. Assumed (the paper does not
@@ -346,15 +403,19 @@ class HBNN(Method):
 
     # -- hooks ---------------------------------------------------------------------------------------
     def quantize_weight(self, layer: nn.Module, w: Tensor) -> Tensor:
-        approx = self.weight_binarization(layer, w).approx.reshape(w.shape)
-        return ste(approx, clip(w))
+        return QuantizerCall(w, ResidualClipSTE, (partial(self._weight_approx, layer),)).apply()
 
-    def quantize_input(self, layer: nn.Module, x: Tensor) -> Tensor:
+    def input_quantizer(self, layer: nn.Module, x: Tensor) -> QuantizerCall:
         if self.activations == "binary":
-            return ste(sign(x), clip(x))
-        rows = x.reshape(-1, x.shape[-1]) if layer.features_last else x.reshape(x.shape[0], -1)
-        approx = self.binarize_tensor(rows).approx.reshape(x.shape)
-        return ste(approx, clip(x))
+            return QuantizerCall(x, ClipSTE, (None,))
+        return QuantizerCall(x, ResidualClipSTE, (partial(self._sample_approx, layer.features_last),))
+
+    def _weight_approx(self, layer: nn.Module, w: Tensor) -> Tensor:
+        return self.weight_binarization(layer, w).approx.reshape(w.shape)
+
+    def _sample_approx(self, features_last: bool, x: Tensor) -> Tensor:
+        rows = x.reshape(-1, x.shape[-1]) if features_last else x.reshape(x.shape[0], -1)
+        return self.binarize_tensor(rows).approx.reshape(x.shape)
 
     def weight_bits(self, layer: nn.Module) -> float:
         """The realized average bitwidth of the layer's weights (:func:`average_bits`)."""
