@@ -622,3 +622,17 @@ def test_hbnn_quantizers_equal_the_ste_formulas(kind, activations):
     out = torch.nn.functional.linear(xq, wq) if kind == "linear" else torch.nn.functional.conv2d(xq, wq, None, 1, 1)
     (out + (0 if layer.bias is None else layer.channel_view(layer.bias, out.dim()))).sum().backward()
     assert torch.equal(got[0], xin.grad) and torch.equal(got[1], layer.weight.grad)
+
+
+@pytest.mark.parametrize("tau", [0.3, 0.5, 0.93])
+def test_recu_weight_for_every_sign_of_q_tau(tau):
+    """Q_τ = −mean|W1|·ln(2 − 2τ) is negative below τ = 0.5 (clamp then pins every weight to Q_τ), 0 at
+    0.5 and positive above (the clamp keeps every sign and the fused weight skips it)."""
+    layer, x = make_layer("conv", "recu", {})
+    layer.tau.fill_(tau)
+    (value_new, grads_new), (value_old, grads_old) = (run(layer, x, q, "weight", 5)
+                                                      for q in (layer.method.quantize_weight, old_recu_weight))
+    assert torch.equal(value_new, value_old)
+    assert_same(grads_new["weight"], grads_old["weight"], False, f"tau {tau}")
+    if tau < 0.5:
+        assert bool((value_new == -1).all())

@@ -364,22 +364,26 @@ def centred_rows(w: Tensor) -> tuple[Tensor, Tensor]:
     return centred, torch.linalg.vecdot(centred, centred).unsqueeze(1)
 
 
-def standardize_backward(grad_z: Tensor, z: Tensor, std: Tensor, dof: int, through_std: Tensor | bool) -> Tensor:
+def standardize_backward(grad_s: Tensor, z: Tensor, z_mean: Tensor, dof: int, through_std: Tensor | bool) -> Tensor:
     """The gradient of ``z = c/std`` per row (c = rows − mean, std = sqrt(Σc²/dof + ε), any ε) with
-    respect to the rows: ``(g − z·Σ(g·z)/dof)/std`` then minus its row mean (the centring).
-    ``through_std`` (per row) False where std is a constant (a zero-variance row of Libra-PB)."""
-    inner = torch.linalg.vecdot(grad_z, z).unsqueeze(1) / dof
+    respect to the rows, given ``grad_s`` = ∂L/∂z already divided by std (the callers fold 1/std into a
+    per-row factor they apply anyway) and ``z_mean`` = z's row mean (0 up to rounding):
+    ``g_s − z·c − mean(g_s − z·c)`` with ``c = Σ(g_s·z)/dof``, i.e. ``((g − z·Σ(g·z)/dof)/std)`` minus its row
+    mean (the centring) in four passes. ``through_std`` (per row) False where std is a constant (a
+    zero-variance row of Libra-PB)."""
+    coef = torch.linalg.vecdot(grad_s, z).unsqueeze(1) / dof
     if isinstance(through_std, Tensor):
-        inner = inner * through_std
+        coef = coef * through_std
     elif not through_std:
-        inner = torch.zeros_like(inner)
-    grad_c = torch.addcmul(grad_z, z, inner, value=-1).div_(std)
-    return grad_c - grad_c.mean(dim=1, keepdim=True)
+        coef = torch.zeros_like(coef)
+    centring = grad_s.mean(dim=1, keepdim=True) - z_mean * coef
+    return torch.addcmul(grad_s, z, coef, value=-1).sub_(centring)
 
 
 class _LibraEDE(torch.autograd.Function):
     """IR-Net's weight ``s·sign(Ŵ)``, Ŵ = (W − mean)/std per output channel, with the EDE gradient
-    through Ŵ and the standardisation (s detached)."""
+    through Ŵ and the standardisation (s detached). Backward folds s, k, t and 1/std into one per-row
+    factor: ``tanh_backward(g·s·k·t/std, tanh(t·Ŵ))``, then :func:`standardize_backward`."""
 
     @staticmethod
     def forward(ctx, w: Tensor, k: Tensor, t: Tensor) -> Tensor:
@@ -393,17 +397,17 @@ class _LibraEDE(torch.autograd.Function):
             varies, std = torch.zeros_like(sq, dtype=torch.bool), torch.ones_like(sq)
         balanced = centred.div_(std)
         scale = torch.pow(2.0, torch.round(torch.log2(balanced.abs().mean(dim=1, keepdim=True))))
-        ctx.save_for_backward(balanced, std, varies, k, t)
+        ctx.save_for_backward(balanced, balanced.mean(dim=1, keepdim=True), scale * k * t / std,
+                              varies.to(w.dtype), t)
         ctx.shape = w.shape
         return sign(balanced).mul_(scale).reshape(w.shape)
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:
-        balanced, std, varies, k, t = ctx.saved_tensors
-        scale = torch.pow(2.0, torch.round(torch.log2(balanced.abs().mean(dim=1, keepdim=True))))
-        grad_b = EDESTE.grad(grad.reshape(balanced.shape) * scale, balanced, (), k, t)
+        balanced, balanced_mean, factor, varies, t = ctx.saved_tensors
+        grad_s = torch.ops.aten.tanh_backward(grad.reshape(balanced.shape) * factor, torch.tanh(t * balanced))
         dof = max(balanced.shape[1] - 1, 1)
-        return standardize_backward(grad_b, balanced, std, dof, varies.to(grad_b.dtype)).reshape(ctx.shape), None, None
+        return standardize_backward(grad_s, balanced, balanced_mean, dof, varies).reshape(ctx.shape), None, None
 
 
 def libra_ede(w: Tensor, k: Tensor, t: Tensor) -> Tensor:
@@ -416,7 +420,8 @@ def libra_ede(w: Tensor, k: Tensor, t: Tensor) -> Tensor:
 class _RecuWeight(torch.autograd.Function):
     """ReCU's weight ``sign(clamp(W1, ±Q_τ))``, W1 = (W − mean)/(std/(2√2)) per output channel
     (std = sqrt(unbiased var + ε)), Q_τ = −mean|W1|·ln(2 − 2τ) detached; clamp's gradient, then the
-    standardisation's."""
+    standardisation's. Forward keeps clamp's window ``1{|W1| ≤ Q_τ}`` already divided by the per-row
+    divisor, so backward's first pass is one product."""
 
     @staticmethod
     def forward(ctx, w: Tensor, tau: Tensor, eps: float) -> Tensor:
@@ -425,19 +430,24 @@ class _RecuWeight(torch.autograd.Function):
         dof = n - 1 if n > 1 else 1
         std = torch.sqrt(sq / dof + eps) / (2 * math.sqrt(2))
         w1 = centred.div_(std)
-        q_tau = -w1.abs().mean() * torch.log(2 - 2 * tau)
-        clamped = w1.clamp(-q_tau, q_tau)
-        ctx.save_for_backward(w1, std, q_tau)
+        magnitude = w1.abs()
+        q_tau = -magnitude.mean() * torch.log(2 - 2 * tau)
+        # For Q_τ > 0 the clamp keeps every sign (−0.0 included): sign(W1) without it (a clamp with
+        # tensor bounds costs ~6 passes on CPU). Read on CPU only, where .item() does not synchronise.
+        positive = q_tau.device.type == "cpu" and q_tau.item() > 0
+        clamped = w1 if positive else w1.clamp(-q_tau, q_tau)
+        # |W1| ≤ Q_τ is clamp's window −Q_τ ≤ W1 ≤ Q_τ, boundary included (and empty for Q_τ < 0).
+        window = torch.le(magnitude, q_tau, out=magnitude).div_(std)
+        ctx.save_for_backward(w1, w1.mean(dim=1, keepdim=True), window)
         ctx.shape, ctx.dof = w.shape, dof
         return sign(clamped).reshape(w.shape)
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:
-        w1, std, q_tau = ctx.saved_tensors
-        inside = (w1 >= -q_tau) & (w1 <= q_tau)  # clamp's window, boundary included
-        grad_w1 = grad.reshape(w1.shape) * inside
+        w1, w1_mean, window = ctx.saved_tensors
+        grad_s = grad.reshape(w1.shape) * window
         # W1 = c·2√2/sqrt(v + ε): the z of standardize_backward with std/(2√2) as its divisor.
-        return standardize_backward(grad_w1, w1, std, ctx.dof * 8, True).reshape(ctx.shape), None, None
+        return standardize_backward(grad_s, w1, w1_mean, ctx.dof * 8, True).reshape(ctx.shape), None, None
 
 
 def recu_weight(w: Tensor, tau: Tensor, eps: float) -> Tensor:
