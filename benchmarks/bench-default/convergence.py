@@ -9,6 +9,7 @@ the inputs of the suite's time estimate.
 
     python benchmarks/bench-default/convergence.py default --seeds 0 1 2 --workers 2
     python benchmarks/bench-default/convergence.py default --setting 3 --factor 2
+    python benchmarks/bench-default/convergence.py default --setting 1 --seeds 0 --method bnn --init fp
 
 Runs go to a temporary directory; nothing is recorded in a results database.
 """
@@ -22,6 +23,7 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +34,10 @@ from onebit.bench.suite import FP, RunSpec, load_suite
 def _one(spec: RunSpec) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as out:
         start = time.perf_counter()
+        if runner.fp_init(spec, out) is not None:  # init = "fp": its FP run first, in the same folder
+            fp = runner.execute(replace(spec, method=FP, layer_options={}), out, threads=1)
+            if fp.status != "done":
+                raise RuntimeError(f"{spec.label}: its FP run failed: {fp.error}")
         record = runner.execute(spec, out, threads=1)
         wall = time.perf_counter() - start
     if record.status != "done":
@@ -49,9 +55,9 @@ def _load_cache(path: str | None) -> dict[str, dict[str, Any]]:
     return {}
 
 
-def _spec(suite: Any, index: int, method: str, seed: int, epochs: int) -> RunSpec:
+def _spec(suite: Any, index: int, method: str, seed: int, epochs: int, init: str | None = None) -> RunSpec:
     setting = suite.settings[index]
-    hp = suite.hparams(setting, epochs=epochs)
+    hp = suite.hparams(setting, epochs=epochs, **({"init": init} if init else {}))
     return RunSpec(suite.name, "main", method, setting, seed, hp, ("accuracy",),
                    layer_options=suite.layer_options(method))
 
@@ -66,6 +72,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--method", default=FP, help="the model checked (default: the FP baseline)")
     parser.add_argument("--time-method", default="reactnet", help="a binarized method timed for 1 epoch")
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--init", choices=["scratch", "fp"],
+                        help="override the suite's [train] init (fp: a binarized run starts from its FP run, "
+                             "trained first in the same folder; its wall time includes it)")
     parser.add_argument("--cache", help="a JSON file of finished runs (read, and written after each run)")
     args = parser.parse_args(argv)
     suite = load_suite(args.suite)
@@ -74,8 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     for i in indices:
         epochs = suite.hparams(suite.settings[i])["epochs"]
         for seed in args.seeds:
-            jobs[(i, "E", seed)] = _spec(suite, i, args.method, seed, epochs)
-            jobs[(i, "2E", seed)] = _spec(suite, i, args.method, seed, args.factor * epochs)
+            jobs[(i, "E", seed)] = _spec(suite, i, args.method, seed, epochs, args.init)
+            jobs[(i, "2E", seed)] = _spec(suite, i, args.method, seed, args.factor * epochs, args.init)
         jobs[(i, "bin", 0)] = _spec(suite, i, args.time_method, 0, 1)
     cache = _load_cache(args.cache)
     todo = {key: spec for key, spec in jobs.items() if spec.run_id not in cache}

@@ -42,10 +42,18 @@ def _computes_with_real_weights(method: Any) -> bool:
 
 
 def declares_real_weights(method: str, options: dict[str, Any] | None = None) -> bool:
-    """Whether a run of ``method`` with ``options`` trains and is tested with real weights although its
-    method binarizes them later: BiPer's stage 1 (its default). Results recorded before the runner knew
-    this measured such runs as W1; the scores read this rule, not the stored widths, for them."""
-    return method == "biper" and (options or {}).get("stage", 1) == 1
+    """Whether a model of ``method`` with ``options`` still computes with real weights because its method
+    binarizes them only in a final stage (:meth:`onebit.methods.base.Method.final_stage`): BiPer's stage 1,
+    its default. The benchmark trains such runs through their final stage (``RunSpec.final_stage``);
+    results recorded before it did measured them as W1, and the scores read this rule for them."""
+    if method == "fp":
+        return False
+    from ..methods import method_class
+
+    try:
+        return method_class(method).final_stage(dict(options or {})) is not None
+    except ValueError:  # a method this version does not know (results of another version)
+        return False
 
 
 def _layer_bits(layer: nn.Module) -> tuple[float, float]:

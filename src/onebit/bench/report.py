@@ -361,6 +361,7 @@ def _header(lb: Leaderboard, results: Path) -> _Section:
         ["tasks", ", ".join(meta["tasks"])],
         ["architectures", ", ".join(meta["archs"])],
         ["seeds", ", ".join(map(str, seeds)) or "—"],
+        ["training", "; ".join(meta.get("training", [])) or "—"],
         ["groups (bit widths)", "; ".join(f"{g}: {_group_setting(g)}" for g in lb.groups) or "—"],
         ["intervals", f"95% percentile bootstrap, {meta['bootstrap']} replicates"],
         ["results", str(results)],
@@ -443,7 +444,11 @@ def _definitions_section(lb: Leaderboard) -> _Section:
         "between rankings from disjoint halves of the seeds; (7) the inference track times each method's "
         "inference form on deployment networks (Bi-Real ResNet-18 and ReActNet-A, 224x224, batch 1, random "
         "weights) on onebit's packed engine against torch fp32 in its faster layout (and Larq Compute "
-        "Engine where installed), interleaved in one process, when the suite lists networks.",
+        "Engine where installed), interleaved in one process, when the suite lists networks; these timed "
+        "runs run one at a time after every training run, so that nothing shares the cores with them; "
+        "(8) a two-stage method (BiPer: real sin(ωW) weights in stage 1, their sign in stage 2) trains "
+        "both stages within the run's epochs (two thirds, then a third at a tenth of the learning rate), so "
+        "that it is scored with the binary weights it deploys with and trains as many epochs as the others.",
     ])
 
 

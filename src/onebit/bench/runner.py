@@ -26,7 +26,7 @@ import sys
 import time
 import traceback
 from collections.abc import Callable, Iterator
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -133,34 +133,50 @@ def fp_init(spec: RunSpec, out_dir: str | Path) -> Path | None:
     return Path(out_dir).resolve() / "runs" / fp.run_id / "model.pt"
 
 
-def _recipe(spec: RunSpec, data_root: str | None = None, init: Path | None = None) -> Any:
-    """The one-stage training recipe of a run; ``data_root`` is the folder of a dataset read from disk
-    (ignored by the others, so that it never changes a run's recipe where it plays no part); ``init`` the
-    checkpoint the run starts from (:func:`fp_init`)."""
-    from ..train.recipe import DataSpec, ModelSpec, OptimizerSpec, Recipe, ScheduleSpec, Stage
+def _schedule(hp: dict[str, Any], epochs: int) -> Any:
+    from ..train.recipe import ScheduleSpec
 
-    hp = spec.hparams
     schedule = ScheduleSpec(name=hp["schedule"], warmup_epochs=hp["warmup_epochs"])
     if hp["schedule"] == "step":  # BiBench's eff_train steps at 50% and 75% of training ([100, 150] of 200)
-        schedule.milestones = sorted({max(1, hp["epochs"] // 2), max(1, (3 * hp["epochs"]) // 4)})
-    stage = Stage(
-        name="main",
-        method=None if spec.method == FP else spec.method,
-        method_options=dict(spec.layer_options),  # e.g. binarize_activations: the run's W/A bit widths
-        epochs=hp["epochs"],
-        optimizer=OptimizerSpec(
-            name=hp["optimizer"], lr=hp["lr"], momentum=hp["momentum"], weight_decay=hp["weight_decay"]
-        ),
-        lr_schedule=schedule,
-        init=str(init) if init is not None else "scratch",
-    )
+        schedule.milestones = sorted({max(1, epochs // 2), max(1, (3 * epochs) // 4)})
+    return schedule
+
+
+def _stages(spec: RunSpec, init: Path | None) -> list[Any]:
+    """The run's stage, or a two-stage method's two (:attr:`RunSpec.final_stage`: the second warm-starts
+    from the first with its own options, epochs and learning rate, on a schedule of its own)."""
+    from ..train.recipe import OptimizerSpec, Stage
+
+    hp, final = spec.hparams, spec.final_stage
+
+    def stage(name: str, options: dict[str, Any], epochs: int, lr: float, start: str) -> Stage:
+        optimizer = OptimizerSpec(name=hp["optimizer"], lr=lr, momentum=hp["momentum"],
+                                  weight_decay=hp["weight_decay"])
+        return Stage(name=name, method=None if spec.method == FP else spec.method, method_options=options,
+                     epochs=epochs, optimizer=optimizer, lr_schedule=_schedule(hp, epochs), init=start)
+
+    # layer_options: e.g. binarize_activations, the run's W/A bit widths
+    start = str(init) if init is not None else "scratch"
+    if not final:
+        return [stage("main", dict(spec.layer_options), hp["epochs"], hp["lr"], start)]
+    return [stage("main", dict(spec.layer_options), final["first_epochs"], hp["lr"], start),
+            stage("final", {**spec.layer_options, **final["options"]}, final["epochs"], final["lr"], "previous")]
+
+
+def _recipe(spec: RunSpec, data_root: str | None = None, init: Path | None = None) -> Any:
+    """The training recipe of a run (one stage, or two for a two-stage method); ``data_root`` is the folder
+    of a dataset read from disk (ignored by the others, so that it never changes a run's recipe where it
+    plays no part); ``init`` the checkpoint the run starts from (:func:`fp_init`)."""
+    from ..train.recipe import DataSpec, ModelSpec, Recipe
+
+    hp = spec.hparams
     return Recipe(
         name=f"bench-{spec.run_id}",
         seed=spec.seed,
         data=DataSpec(name=spec.setting.task, batch_size=hp["batch_size"], options=dict(spec.setting.data_options),
                       root=data_root if needs_data_root(spec.setting.task) else None),
         model=ModelSpec(name=spec.setting.arch, options=dict(spec.setting.model_options)),
-        stages=[stage],
+        stages=_stages(spec, init),
     ).check()
 
 
@@ -367,11 +383,35 @@ def execute(spec: RunSpec, out_dir: str | Path, threads: int | None = None, devi
 # --------------------------------------------------------------------------------------------------
 # Executors
 # --------------------------------------------------------------------------------------------------
-def _local(phases: list[list[RunSpec]], out_dir: Path, workers: int, threads: int, device: str,
+@dataclass(frozen=True)
+class Phase:
+    """Runs that may start once every run of the phase before has finished; ``alone``: one at a time,
+    with nothing else running (timed runs whose threads must not share the cores with training)."""
+
+    runs: list[RunSpec]
+    alone: bool = False
+
+    def limit(self, workers: int) -> int:
+        return 1 if self.alone else workers
+
+
+def _phases(todo: list[RunSpec], out: Path) -> list[Phase]:
+    """Training runs first; then the runs that start from an FP run's weights (init = "fp"); last, the
+    inference track's timed deployment runs, one at a time (latency measured at 2 threads beside a
+    training worker says little: an earlier default run measured 69-3236 ms where 1 thread took 13-126)."""
+    timed = [s for s in todo if s.role == "inference"]
+    rest = [s for s in todo if s.role != "inference"]
+    from_fp = [s for s in rest if fp_init(s, out) is not None]
+    phases = [Phase([s for s in rest if s not in from_fp]), Phase(from_fp), Phase(timed, alone=True)]
+    return [phase for phase in phases if phase.runs]
+
+
+def _local(phases: list[Phase], out_dir: Path, workers: int, threads: int, device: str,
            data_root: str | None) -> Iterator[RunRecord]:
-    """The runs of each phase in a process pool; a phase starts when the one before it has finished."""
+    """The runs of each phase in a process pool, at most the phase's limit at a time; a phase starts when
+    the one before it has finished."""
     if workers == 1:  # in this process: simplest to debug, and no pool start-up
-        for spec in (spec for phase in phases for spec in phase):
+        for spec in (spec for phase in phases for spec in phase.runs):
             yield execute(spec, out_dir, threads, device, data_root)
         return
     import multiprocessing as mp
@@ -383,8 +423,10 @@ def _local(phases: list[list[RunSpec]], out_dir: Path, workers: int, threads: in
                                initializer=die_with_parent, initargs=(os.getpid(),))
     try:
         for phase in phases:
-            pending = {pool.submit(execute, spec, out_dir, threads, device, data_root) for spec in phase}
-            while pending:
+            queue, pending = list(phase.runs), set()
+            while queue or pending:
+                while queue and len(pending) < phase.limit(workers):
+                    pending.add(pool.submit(execute, queue.pop(0), out_dir, threads, device, data_root))
                 done, pending = wait(pending, return_when=FIRST_COMPLETED)
                 for future in done:
                     yield future.result()
@@ -392,7 +434,7 @@ def _local(phases: list[list[RunSpec]], out_dir: Path, workers: int, threads: in
         pool.shutdown(wait=False, cancel_futures=True)
 
 
-def _ray(phases: list[list[RunSpec]], out_dir: Path, workers: int, threads: int, address: str | None,
+def _ray(phases: list[Phase], out_dir: Path, workers: int, threads: int, address: str | None,
          device: str, data_root: str | None) -> Iterator[RunRecord]:
     """Ray tasks on the cluster at ``address`` ("HOST:PORT" or "auto": one started with ``ray start``) or on
     a local instance of ``workers`` CPUs. A CUDA run asks Ray for one GPU, so that Ray places it on a GPU
@@ -421,8 +463,10 @@ def _ray(phases: list[list[RunSpec]], out_dir: Path, workers: int, threads: int,
             device = "cuda"
         task = ray.remote(num_cpus=1, num_gpus=gpus, max_retries=0)(execute)
         for phase in phases:  # a phase starts when the one before it has finished
-            pending = [task.remote(spec, str(out_dir), threads, device, data_root) for spec in phase]
-            while pending:
+            queue, pending = list(phase.runs), []
+            while queue or pending:
+                while queue and len(pending) < phase.limit(workers):
+                    pending.append(task.remote(queue.pop(0), str(out_dir), threads, device, data_root))
                 done, pending = ray.wait(pending, num_returns=1)
                 for ref in done:
                     yield ray.get(ref)
@@ -550,9 +594,7 @@ def _run_specs(suite: Suite, specs: list[RunSpec], out: Path, executor: str, wor
         done = db.done_ids(s.run_id for s in specs)
         todo = [s for s in specs if s.run_id not in done]
         labels = {s.run_id: s.label for s in todo}
-        # runs that start from an FP run's weights (init = "fp") wait for every other run
-        phases = [[s for s in todo if fp_init(s, out) is None], [s for s in todo if fp_init(s, out) is not None]]
-        phases = [phase for phase in phases if phase]
+        phases = _phases(todo, out)
         display = _Display(progress, len(todo))
         try:
             records = (

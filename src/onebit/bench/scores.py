@@ -303,7 +303,8 @@ def _precision(record: RunRecord) -> str:
     """The run's group label: measured bit widths, else the ones its method and options declare."""
     m = record.metrics
     options = record.config.get("layer_options")
-    if declares_real_weights(record.method, options):  # stored as W1 by runs before the rule existed
+    trained_to_final = bool(record.config.get("final_stage"))  # its final stage ran: the measured widths hold
+    if not trained_to_final and declares_real_weights(record.method, options):  # stored as W1 before the rule
         return precision_label(FULL_PRECISION, m.get("a_bits", declared_bits(record.method, options)[1]))
     if "w_bits" in m and "a_bits" in m:
         return precision_label(m["w_bits"], m["a_bits"])
@@ -313,6 +314,25 @@ def _precision(record: RunRecord) -> str:
         return precision_label(*declared_bits(record.method, record.config.get("layer_options")))
     except ValueError:  # a method this version does not know (results of another version)
         return "W?A?"
+
+
+def _training_setup(records: list[RunRecord]) -> list[str]:
+    """How the main runs of each setting were trained: epochs, where the binarized runs start (their FP
+    run's weights or scratch), and the two-stage methods' split of the epochs."""
+    main = [r for r in records if r.role == "main"]
+    out = []
+    for task, arch in sorted({(r.task, r.arch) for r in main}):
+        runs = [r for r in main if (r.task, r.arch) == (task, arch)]
+        hps = [r.config.get("hparams", {}) for r in runs]
+        epochs = sorted({hp["epochs"] for hp in hps if "epochs" in hp})
+        starts = sorted({"their FP run" if r.config.get("hparams", {}).get("init") == "fp" else "scratch"
+                         for r in runs if r.method != FP})
+        staged = sorted({f"{r.method} {fs['first_epochs']} + {fs['epochs']}"
+                         for r in runs if (fs := r.config.get("final_stage"))})
+        text = f"{task} × {arch}: {', '.join(map(str, epochs)) or '?'} epochs"
+        text += f", binarized runs start from {' or '.join(starts)}" if starts else ""
+        out.append(text + (f" (two stages: {', '.join(staged)})" if staged else ""))
+    return out
 
 
 def _avg(records: Iterable[RunRecord], name: str) -> float | None:
@@ -865,6 +885,7 @@ def leaderboard(
         "tasks": sorted({r.task for r in records if r.role != "inference"}),
         "archs": sorted({r.arch for r in records if r.role != "inference"}),
         "families": sorted({r.family for r in records}),
+        "training": _training_setup(records),
         # 0 marks an unknown time (records built by hand): the span covers the runs that have one
         "started": min((r.started for r in records if r.started > 0), default=0.0),
         "finished": max((r.finished for r in records if r.finished > 0), default=0.0),

@@ -156,14 +156,18 @@ class RunSpec:
     inference: dict[str, Any] = field(default_factory=dict)
     #: binary-layer options of the run, e.g. ``{"binarize_activations": True}`` (see :attr:`Suite.activations`)
     layer_options: dict[str, Any] = field(default_factory=dict)
+    #: the second stage a two-stage method trains before its weights are binary (:func:`final_stage_of`):
+    #: ``{"options", "first_epochs", "epochs", "lr"}``; empty for one-stage methods
+    final_stage: dict[str, Any] = field(default_factory=dict)
 
     @property
     def run_id(self) -> str:
         """A stable id of what the run computes (the suite's name is not part of it)."""
         content = asdict(self)
         content.pop("suite")
-        if not content["layer_options"]:  # ids of runs with the method's own layers predate the field
-            content.pop("layer_options")
+        for key in ("layer_options", "final_stage"):  # ids of runs without these predate the fields
+            if not content[key]:
+                content.pop(key)
         blob = json.dumps(content, sort_keys=True, default=list).encode()
         return f"{self.method}-{self.setting.arch}-{self.setting.task}-{hashlib.sha1(blob).hexdigest()[:10]}"
 
@@ -180,6 +184,22 @@ class RunSpec:
         out = asdict(self)
         out["setting"].pop("family")
         return out
+
+
+def final_stage_of(method: str, layer_options: dict[str, Any], hparams: dict[str, Any]) -> dict[str, Any]:
+    """The final stage (:meth:`onebit.methods.base.Method.final_stage`) a run of ``method`` trains after
+    its first, so that every run is scored in the binary form it deploys in (BiPer: stage 2 after stage 1,
+    within the run's epochs); ``{}`` for the full-precision model and one-stage methods."""
+    if method == FP:
+        return {}
+    from ..methods import method_class
+
+    stage = method_class(method).final_stage(layer_options)
+    if stage is None:
+        return {}
+    first, last = stage.epochs(hparams["epochs"])
+    return {"options": dict(stage.options), "first_epochs": first, "epochs": last,
+            "lr": hparams["lr"] * stage.lr_factor}
 
 
 @dataclass
@@ -269,21 +289,9 @@ class Suite:
         for setting in self.settings:
             for seed in self.seeds:
                 for method, weight_only in variants:
-                    out.append(
-                        RunSpec(
-                            self.name,
-                            "main",
-                            method,
-                            setting,
-                            seed,
-                            self.hparams(setting),
-                            main_tracks,
-                            self.corruptions,
-                            self.severities,
-                            main_inference,
-                            self.layer_options(method, weight_only),
-                        )
-                    )
+                    options, hp = self.layer_options(method, weight_only), self.hparams(setting)
+                    out.append(RunSpec(self.name, "main", method, setting, seed, hp, main_tracks, self.corruptions,
+                                       self.severities, main_inference, options, final_stage_of(method, options, hp)))
         if "inference" in self.tracks:
             out += self._deployment_runs(networks, variants)
         if "sensitivity" in self.tracks:
@@ -297,8 +305,9 @@ class Suite:
                                 hp.pop("init", None)
                             hp.update({k: v for k, v in bibench_regularization(hp["optimizer"], schedule).items()
                                        if k not in self.sensitivity_train})
+                            options = self.layer_options(method)
                             out.append(RunSpec(self.name, "sensitivity", method, setting, seed, hp, ("accuracy",),
-                                               layer_options=self.layer_options(method)))
+                                               layer_options=options, final_stage=final_stage_of(method, options, hp)))
         return out
 
 

@@ -36,6 +36,7 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = [
     "Option",
     "Method",
+    "FinalStage",
     "InferenceForm",
     "NotDeployableError",
     "register",
@@ -148,6 +149,25 @@ class InferenceForm:
         return total
 
 
+@dataclass(frozen=True)
+class FinalStage:
+    """The last training stage a two-stage method needs before it computes with its binary form (BiPer:
+    stage 1 trains real sin(ωW) weights, stage 2 their sign), as its reference recipe runs it: the stage's
+    method ``options``, its ``epoch_share`` of a run's epochs, and its learning rate relative to the first
+    stage's (``lr_factor``). A fixed budget of E epochs is split between the stages, so that a two-stage
+    method trains as many epochs as a one-stage one."""
+
+    options: dict[str, Any]
+    epoch_share: float
+    lr_factor: float
+
+    def epochs(self, total: int) -> tuple[int, int]:
+        """(first stage, final stage) epochs of a run of ``total`` epochs: the final stage gets
+        ``round(epoch_share·total)``, at least 1, and the first the rest, at least 1."""
+        last = max(1, round(self.epoch_share * total))
+        return max(1, total - last), last
+
+
 # --------------------------------------------------------------------------------------------------
 # Methods
 # --------------------------------------------------------------------------------------------------
@@ -234,6 +254,12 @@ class Method:
 
     def loss(self, layer: nn.Module) -> Tensor | None:
         """An extra loss term of this layer, added to the task loss, or None."""
+        return None
+
+    @classmethod
+    def final_stage(cls, options: dict[str, Any]) -> FinalStage | None:
+        """The stage a run with these method ``options`` still has to train before its weights are the
+        binary ones it is deployed with, or None: most methods train in their binary form throughout."""
         return None
 
     def finalize(self, layer: nn.Module) -> None:

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
-from .base import InferenceForm, Method, NotDeployableError, Option, layer_label, register
+from .base import FinalStage, InferenceForm, Method, NotDeployableError, Option, layer_label, register
 from .functional import ApproxSTE, QuantizerCall, sign, sign_identity_ste
 from .recu import standardized_call
 
@@ -85,6 +85,16 @@ class BiPer(Method):
 
     def output_scale_tensor(self, layer: nn.Module) -> Tensor | None:
         return layer.alpha.detach().clone()
+
+    @classmethod
+    def final_stage(cls, options: dict[str, Any]) -> FinalStage | None:
+        """Stage 2 for a stage-1 run (the default): binary weights warm-started from stage 1, τ =
+        :data:`TAU_STAGE2`, a third of the epochs at a tenth of the learning rate — the reference's
+        ImageNet recipe (200 + 100 epochs, lr 0.1 then 0.01; CIFAR-10: 600 + 300, lr 0.021 then 0.0037,
+        ``run_stg1.sh``/``run_stg2.sh``)."""
+        if options.get("stage", 1) != 1:
+            return None
+        return FinalStage({"stage": 2, "tau": TAU_STAGE2}, epoch_share=1 / 3, lr_factor=0.1)
 
     def finalize(self, layer: nn.Module) -> None:
         """Stage 2 (binary sign(sin(ωW)) weights), as :func:`to_stage2`; τ is kept."""
