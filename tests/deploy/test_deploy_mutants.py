@@ -4,9 +4,11 @@
 from __future__ import annotations
 
 import onnx
+import pytest
 import torch
 from torch import nn
 
+from onebit.deploy import lce
 from onebit.deploy.onnx_export import run_onnx, to_onnx
 from onebit.nn import BinaryLinear
 
@@ -37,3 +39,60 @@ def test_every_input_of_an_onnx_file_is_named_and_takes_any_batch(tmp_path):
         want = model(x, y)
     (got,) = run_onnx(path, x, y)
     assert torch.allclose(torch.from_numpy(got), want, atol=1e-5)
+
+
+class PooledActivation(nn.Module):
+    """conv → average pool → ``act`` → flatten → linear: the activation follows a pool, so it cannot fuse
+    into the convolution and is exported as an op of its own."""
+
+    def __init__(self, act):
+        super().__init__()
+        self.conv, self.pool, self.act = nn.Conv2d(3, 4, 3, padding=1), nn.AvgPool2d(2), act
+        self.head = nn.Linear(4 * 3 * 3, 5)
+
+    def forward(self, x):
+        return self.head(self.act(self.pool(self.conv(x))).flatten(1))
+
+
+class FunctionalRelu(PooledActivation):
+    def __init__(self):
+        super().__init__(nn.Identity())
+
+    def forward(self, x):
+        return self.head(torch.relu(self.pool(self.conv(x))).flatten(1))
+
+
+@pytest.mark.skipif(not lce.LCE_PLATFORM, reason="larq-compute-engine ships its interpreter for x86-64 Linux only")
+@pytest.mark.parametrize("act", [nn.ReLU(), nn.ReLU6(), nn.Hardtanh(), nn.Hardtanh(-0.2, 0.3), None],
+                         ids=["relu", "relu6", "hardtanh", "hardtanh_0.2_0.3", "torch.relu"])
+def test_a_standalone_activation_in_lce_matches_pytorch(act):
+    """_lce_graph.py `self.unary("RELU", x)` (mutant: arguments swapped, seed-37 sample): a ReLU, ReLU6 or
+    Hardtanh that no layer absorbs becomes TFLite's RELU / RELU6 / RELU_N1_TO_1 (or MINIMUM + MAXIMUM),
+    and LCE's interpreter computes what PyTorch does. The conv's outputs straddle every clamp bound."""
+    torch.manual_seed(0)
+    net = (FunctionalRelu() if act is None else PooledActivation(act)).eval()
+    x = 3 * torch.randn(2, 3, 6, 6, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        want = net(x)
+    got = torch.from_numpy(lce.interpreter(lce.to_lce_bytes(net, x)).predict(x.permute(0, 2, 3, 1).numpy())[0])
+    assert got.shape == want.shape
+    assert (got - want).abs().max().item() <= 1e-5 * want.abs().max().item()
+
+
+@pytest.mark.skipif(not lce.LCE_PLATFORM, reason="larq-compute-engine ships its interpreter for x86-64 Linux only")
+def test_a_channel_shift_of_a_sequence_in_lce_matches_pytorch():
+    """_lce_graph.py `arr.reshape((-1,) + (1,) * (len(x.shape) - 2))` (mutant: `(1,)`, seed-31 sample): a
+    per-channel vector on an (N, C, L) tensor, kept in torch's order, is shaped (C, 1) to broadcast over
+    the channel axis."""
+    from onebit.nn.blocks import LearnableBias
+
+    torch.manual_seed(0)
+    net = nn.Sequential(LearnableBias(3), nn.Linear(6, 2)).eval()
+    with torch.no_grad():
+        net[0].bias.copy_(torch.tensor([-1.0, 0.5, 2.0]))
+    x = torch.randn(2, 3, 6, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        want = net(x)
+    got = torch.from_numpy(lce.interpreter(lce.to_lce_bytes(net, x)).predict(x.numpy())[0])
+    assert got.shape == want.shape
+    assert (got - want).abs().max().item() <= 1e-5 * want.abs().max().item()
