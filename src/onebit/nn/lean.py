@@ -5,7 +5,8 @@ where the input lies: inside (−1, 1), at or below −1, at or above 1. In a bi
 Hardtanh in front of every binary convolution then keeps as much as the convolution did in full
 precision (the binary convolution itself keeps one byte per element), and is the largest tensor a
 binary step keeps beyond its full-precision twin's. :func:`keep_int8_for_backward` makes a Hardtanh
-keep ``clamp(x, −1, 1)`` truncated to int8 instead — −1, 0 or +1, which torch's own backward reads
+keep ``clamp(x, −1, 1)`` truncated to int8 instead (taken from its output, which is that clamp,
+once the forward is done: no second clamp) — −1, 0 or +1, which torch's own backward reads
 exactly as it reads ``x`` (strictly inside iff 0) — so gradients are bit-identical. The module
 stays an ``nn.Hardtanh`` (export recognises it by type); the saving is done by autograd's
 saved-tensor hooks, entered by a forward pre-hook and left by a forward hook.
@@ -25,12 +26,8 @@ __all__ = ["MIN_NUMEL", "keep_int8_for_backward"]
 MIN_NUMEL = 1 << 16
 
 
-def _pack(t: Tensor) -> tuple[Tensor, torch.dtype]:
-    return t.clamp(-1.0, 1.0).to(torch.int8), t.dtype
-
-
-def _unpack(packed: tuple[Tensor, torch.dtype]) -> Tensor:
-    code, dtype = packed
+def _unpack(saved: list) -> Tensor:
+    code, dtype = saved
     return code.to(dtype)
 
 
@@ -46,15 +43,31 @@ def _applies(module: nn.Hardtanh, x: Any) -> bool:
 
 def _enter(module: nn.Hardtanh, args: tuple) -> None:
     if args and _applies(module, args[0]):
-        hooks = torch.autograd.graph.saved_tensors_hooks(_pack, _unpack)
+        pending: list[list] = []
+
+        def pack(t: Tensor) -> list:
+            # The input itself for now; _leave swaps in the int8 code of the output, clamp(x, −1, 1),
+            # which is the code of the input's clamp without clamping a second time.
+            holder = [t, t.dtype]
+            pending.append(holder)
+            return holder
+
+        hooks = torch.autograd.graph.saved_tensors_hooks(pack, _unpack)
         hooks.__enter__()
-        module._onebit_saved_hooks = hooks
+        module._onebit_saved_hooks = (hooks, pending)
 
 
 def _leave(module: nn.Hardtanh, args: tuple, output: Any) -> None:
-    hooks = module.__dict__.pop("_onebit_saved_hooks", None)
-    if hooks is not None:
-        hooks.__exit__(None, None, None)
+    entered = module.__dict__.pop("_onebit_saved_hooks", None)
+    if entered is None:
+        return
+    hooks, pending = entered
+    hooks.__exit__(None, None, None)
+    if pending and isinstance(output, Tensor):
+        with torch.no_grad():
+            code = output.to(torch.int8)  # −1, 0 (strictly inside) or +1, truncating clamp(x, −1, 1)
+        for holder in pending:
+            holder[0] = code
 
 
 def keep_int8_for_backward(module: nn.Hardtanh) -> nn.Hardtanh:
