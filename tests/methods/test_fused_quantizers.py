@@ -636,3 +636,20 @@ def test_recu_weight_for_every_sign_of_q_tau(tau):
     assert_same(grads_new["weight"], grads_old["weight"], False, f"tau {tau}")
     if tau < 0.5:
         assert bool((value_new == -1).all())
+
+
+@pytest.mark.parametrize("omega,tau", [(20.0, 0.0468), (3.0, 1.0)])
+def test_biper_loss_term_equals_its_formula(omega, tau):
+    """BiPer's τ·mean(0.5 − 0.5·cos(2ωW)) as one Function: the value bit for bit, the gradient
+    τ·ω·sin(2ωW)/N within 1e-6 of autograd's, on salted weights (zeros, ±1) of both layer kinds."""
+    for kind in ("conv", "linear"):
+        layer, _ = make_layer(kind, "biper", {"omega": omega, "tau": tau})
+        layer.zero_grad(set_to_none=True)
+        new = layer.method.loss(layer)
+        new.backward()
+        grad_new = layer.weight.grad.clone()
+        layer.zero_grad(set_to_none=True)
+        old = tau * torch.mean(0.5 - 0.5 * torch.cos(2 * omega * layer.weight))
+        old.backward()
+        assert torch.equal(new.detach(), old.detach())
+        assert_same(grad_new, layer.weight.grad, False, "biper loss grad")
