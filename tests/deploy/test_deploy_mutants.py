@@ -63,12 +63,15 @@ class FunctionalRelu(PooledActivation):
 
 
 @pytest.mark.skipif(not lce.LCE_PLATFORM, reason="larq-compute-engine ships its interpreter for x86-64 Linux only")
-@pytest.mark.parametrize("act", [nn.ReLU(), nn.ReLU6(), nn.Hardtanh(), nn.Hardtanh(-0.2, 0.3), None],
-                         ids=["relu", "relu6", "hardtanh", "hardtanh_0.2_0.3", "torch.relu"])
+@pytest.mark.parametrize("act", [nn.ReLU(), nn.ReLU6(), nn.Hardtanh(), nn.Hardtanh(-0.2, 0.3), nn.Hardtanh(0.0, 1.0),
+                                 nn.Hardtanh(-2.0, 6.0), None],
+                         ids=["relu", "relu6", "hardtanh", "hardtanh_-0.2_0.3", "hardtanh_0_1", "hardtanh_-2_6",
+                              "torch.relu"])
 def test_a_standalone_activation_in_lce_matches_pytorch(act):
-    """_lce_graph.py `self.unary("RELU", x)` (mutant: arguments swapped, seed-37 sample): a ReLU, ReLU6 or
-    Hardtanh that no layer absorbs becomes TFLite's RELU / RELU6 / RELU_N1_TO_1 (or MINIMUM + MAXIMUM),
-    and LCE's interpreter computes what PyTorch does. The conv's outputs straddle every clamp bound."""
+    """_lce_graph.py `self.unary("RELU", x)` (mutant: arguments swapped) and `lo == 0 and hi == 6` (mutant:
+    `or`; seed-37 sample): a ReLU, ReLU6 or Hardtanh that no layer absorbs becomes TFLite's RELU / RELU6 /
+    RELU_N1_TO_1 only for exactly those bounds, else MINIMUM + MAXIMUM, and LCE's interpreter computes what
+    PyTorch does. The conv's outputs straddle every clamp bound."""
     torch.manual_seed(0)
     net = (FunctionalRelu() if act is None else PooledActivation(act)).eval()
     x = 3 * torch.randn(2, 3, 6, 6, generator=torch.Generator().manual_seed(1))
