@@ -653,3 +653,18 @@ def test_biper_loss_term_equals_its_formula(omega, tau):
         old.backward()
         assert torch.equal(new.detach(), old.detach())
         assert_same(grad_new, layer.weight.grad, False, "biper loss grad")
+
+
+def test_hbnn_tie_breaking_on_cpu_equals_the_device_independent_form():
+    """The numpy tie-break (CPU) and the cumulative-sum one (other devices) pick the same elements."""
+    from onebit.methods import hbnn
+
+    g = torch.Generator().manual_seed(4)
+    distance = torch.randint(0, 4, (5, 40), generator=g).float()
+    distance[1, ::3] = math.inf
+    for count in (1, 7, 20, 26):
+        threshold = distance.kthvalue(count, dim=1, keepdim=True).values
+        got = hbnn._with_first_ties(distance, threshold, count)
+        want = hbnn._with_first_ties_torch(distance, threshold, count)
+        assert torch.equal(got, want), count
+        assert (got.sum(dim=1) == count).all()

@@ -79,8 +79,9 @@ def _mask(compare: Any, a: Tensor, b: Tensor | float, dtype: torch.dtype) -> Ten
 
 
 def _count(mask: Tensor) -> Tensor:
-    """The number of ones per row of a 0/1 float mask, ``(rows, 1)``, summed in float64 (exact past 2²⁴)."""
-    return mask.sum(dim=1, keepdim=True, dtype=torch.float64)
+    """The number of ones per row of a 0/1 float mask, ``(rows, 1)``: exact in the mask's dtype below
+    2²⁴ elements per row (float32's integers), in float64 from there (a float64 sum is ~8x slower)."""
+    return mask.sum(dim=1, keepdim=True, dtype=torch.float64 if mask.shape[1] >= 2**24 else None)
 
 
 def _kth_smallest(distance: Tensor, count: int) -> Tensor:
@@ -100,6 +101,24 @@ def _smallest(distance: Tensor, count: int) -> Tensor:
     chosen = _mask(torch.le, distance, threshold, distance.dtype)
     if bool((_count(chosen) == count).all()):  # no surplus tie at the threshold (the usual case)
         return chosen
+    return _with_first_ties(distance, threshold, count)
+
+
+def _with_first_ties(distance: Tensor, threshold: Tensor, count: int) -> Tensor:
+    """The elements below each row's threshold and, of those equal to it, the first by index up to
+    ``count`` per row, as a float 0/1 mask. (On CPU through numpy: the tied few are found by index
+    instead of a cumulative sum over the row.)"""
+    if distance.device.type == "cpu":
+        values, bounds = distance.numpy(), threshold.numpy()
+        chosen = values < bounds
+        for row in range(values.shape[0]):
+            room = count - int(np.count_nonzero(chosen[row]))
+            chosen[row, np.flatnonzero(values[row] == bounds[row, 0])[:room]] = True
+        return torch.from_numpy(chosen).to(distance.dtype)
+    return _with_first_ties_torch(distance, threshold, count)
+
+
+def _with_first_ties_torch(distance: Tensor, threshold: Tensor, count: int) -> Tensor:
     below = distance < threshold
     tied = (distance <= threshold) & ~below
     room = count - below.sum(dim=1, keepdim=True)
