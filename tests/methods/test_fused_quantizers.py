@@ -668,3 +668,16 @@ def test_hbnn_tie_breaking_on_cpu_equals_the_device_independent_form():
         want = hbnn._with_first_ties_torch(distance, threshold, count)
         assert torch.equal(got, want), count
         assert (got.sum(dim=1) == count).all()
+
+
+def test_int8_codes_by_numpy_and_by_torch_kernels_agree():
+    """On CPU float32/64 the clip and identity STEs' int8 codes come from numpy; other dtypes and
+    devices take torch's kernels (here: float16 on CPU). Same codes on values exact in both dtypes."""
+    x = salted((6, 50), 11, 1.5).half().float()  # representable in float16
+    for quantizer, args in ((fx.ClipSTE, (None,)), (fx.IdentitySTE, ())):
+        by_numpy = quantizer.pack(x, *args)
+        by_torch = quantizer.pack(x.half(), *args)
+        assert by_numpy.dtype == by_torch.dtype == torch.int8
+        assert torch.equal(by_numpy, by_torch), quantizer.__name__
+    codes = fx.ClipSTE.pack(torch.tensor([-0.0, 0.0, 1.0, -1.0, 1.0 + 2**-23, -2.0]), None)
+    assert codes.tolist() == [1, 1, 1, -1, 2, -2]
