@@ -86,7 +86,7 @@ def test_a_biper_run_ends_binary_and_is_scored_w1a1(tmp_path):
 
 
 def test_timed_deployment_runs_come_last_and_alone(tmp_path):
-    from onebit.bench.runner import _phases
+    from onebit.bench.runner import _phases, fp_init
 
     table = _suite(tracks=["accuracy", "inference"], inference={"networks": ["bireal18"], "threads": [1, 2]},
                    train={"epochs": 3, "batch_size": 64, "init": "fp"})
@@ -94,6 +94,9 @@ def test_timed_deployment_runs_come_last_and_alone(tmp_path):
     assert [[s.method for s in p.runs] for p in phases] == [[FP], ["bnn", "biper"], ["bnn", "biper"]]
     assert [p.runs[0].role for p in phases] == ["main", "main", "inference"]
     assert [p.limit(4) for p in phases] == [4, 4, 1]
+    # every binarized run, two-stage ones included, starts from an FP run the suite trains
+    fp_models = {tmp_path.resolve() / "runs" / s.run_id / "model.pt" for s in phases[0].runs}
+    assert {fp_init(s, tmp_path) for s in phases[1].runs} <= fp_models
 
 
 def test_report_states_how_each_setting_was_trained():

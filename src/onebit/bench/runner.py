@@ -129,7 +129,7 @@ def fp_init(spec: RunSpec, out_dir: str | Path) -> Path | None:
     ``init_cfg=Pretrained``); None for a run that starts from scratch."""
     if spec.method == FP or spec.hparams.get("init", "scratch") != "fp":
         return None
-    fp = replace(spec, method=FP, layer_options={})
+    fp = replace(spec, method=FP, layer_options={}, final_stage={})
     return Path(out_dir).resolve() / "runs" / fp.run_id / "model.pt"
 
 
