@@ -10,7 +10,7 @@ from torch import nn
 
 from onebit.deploy import lce
 from onebit.deploy.onnx_export import run_onnx, to_onnx
-from onebit.nn import BinaryLinear
+from onebit.nn import BinaryConv2d, BinaryLinear
 
 
 class TwoInputs(nn.Module):
@@ -99,3 +99,29 @@ def test_a_channel_shift_of_a_sequence_in_lce_matches_pytorch():
     got = torch.from_numpy(lce.interpreter(lce.to_lce_bytes(net, x)).predict(x.numpy())[0])
     assert got.shape == want.shape
     assert (got - want).abs().max().item() <= 1e-5 * want.abs().max().item()
+
+
+class Sliced(nn.Module):
+    """A binary conv whose output is sliced (``y[:, :4, ..., 1:]``: a slice and an Ellipsis in the graph)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = BinaryConv2d(3, 8, 3, padding=1, method="xnor")
+
+    def forward(self, x):
+        return self.conv(x)[:, :4, ..., 1:].float()
+
+
+def test_a_saved_graph_keeps_slices_and_ellipsis(tmp_path):
+    """graph.py `isinstance(value, slice)` (mutant: arguments swapped, seed-37 sample): indexing with
+    slices, an Ellipsis and a dtype method survives save/load and gives the same outputs."""
+    from onebit.deploy import export, load, save
+
+    torch.manual_seed(0)
+    packed = export(Sliced().eval())
+    x = torch.randn(2, 3, 5, 6)
+    save(packed, tmp_path / "sliced.onebit")
+    restored = load(tmp_path / "sliced.onebit")
+    want = packed(x)
+    assert want.shape == (2, 4, 5, 5)
+    torch.testing.assert_close(restored(x), want, rtol=0, atol=0)
