@@ -16,6 +16,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import onebit
 from onebit.methods import functional as fx
@@ -681,3 +682,29 @@ def test_int8_codes_by_numpy_and_by_torch_kernels_agree():
         assert torch.equal(by_numpy, by_torch), quantizer.__name__
     codes = fx.ClipSTE.pack(torch.tensor([-0.0, 0.0, 1.0, -1.0, 1.0 + 2**-23, -2.0]), None)
     assert codes.tolist() == [1, 1, 1, -1, 2, -2]
+
+
+@pytest.mark.parametrize("method", ["bnn", "xnor", "dorefa"])
+@pytest.mark.parametrize("kind", ["conv", "linear"])
+def test_clip_ste_layer_on_inputs_within_the_window(method, kind):
+    """Inputs in [−1, 1] (a Hardtanh's output; ±1 and ±0 included): the clip mask passes everything
+    and the fused product skips it. Values and all gradients as the ste formulas, bit for bit."""
+    old_input = {"bnn": old_clip_input, "xnor": old_xnor_input, "dorefa": old_clip_input}[method]
+    old_weight = {"bnn": lambda layer, w: old_ste(old_sign(w), old_clip(w)), "xnor": old_scaled_clip_weight,
+                  "dorefa": old_scaled_clip_weight}[method]
+    layer, x = make_layer(kind, method, {})
+    x = x.clamp(-1.0, 1.0)
+    results = []
+    for fused in (True, False):
+        layer.zero_grad(set_to_none=True)
+        xin = x.clone().requires_grad_(True)
+        if fused:
+            y = layer(xin)
+        else:
+            xq, wq = old_input(layer, xin), old_weight(layer, layer.weight)
+            y = F.linear(xq, wq) if kind == "linear" else F.conv2d(xq, wq, None, 1, 1)
+            y = y + layer.channel_view(layer.bias, y.dim())
+        y.backward(torch.randn(y.shape, generator=torch.Generator().manual_seed(2)))
+        results.append((y.detach(), xin.grad, layer.weight.grad.clone()))
+    for new, old in zip(*results):
+        assert torch.equal(new, old)

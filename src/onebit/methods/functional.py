@@ -131,6 +131,15 @@ def _numpy_friendly(x: Tensor) -> bool:
     return x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
 
 
+def _all_within_one(code: Tensor) -> bool:
+    """Whether every entry of a clip-STE int8 code is ±1 (no |x| > 1), read as bytes."""
+    if code.numel() == 0:
+        return True
+    if code.device.type == "cpu":
+        return bool(np.abs(code.numpy()).max() <= 1)
+    return bool(code.abs().max() <= 1)
+
+
 def _clip_grad(grad: Tensor, x: Tensor) -> Tensor:
     """``grad·1{|x| ≤ 1}`` in one kernel (clamp's backward, boundary included)."""
     bound = _above_one(x.dtype)
@@ -146,8 +155,8 @@ class ClipSTE:
         return (out if scale is None else out.mul_(scale)), ()
 
     @staticmethod
-    def grad(grad: Tensor, x: Tensor, kept: tuple[Tensor, ...], scale: Tensor | None) -> Tensor:
-        return _clip_grad(grad, x)
+    def grad(grad: Tensor, x: Tensor | None, kept: tuple[Tensor, ...], scale: Tensor | None) -> Tensor:
+        return grad if x is None else _clip_grad(grad, x)  # (None: unpack found every |x| ≤ 1)
 
     # What the fused product keeps instead of x: one int8 per element, sign(x)·(1 if |x| ≤ 1 else 2),
     # which gives back both sign(x) and the clip mask (|code| ≤ 1 exactly where |x| ≤ 1).
@@ -166,7 +175,10 @@ class ClipSTE:
     def unpack(code: Tensor, dtype: torch.dtype, scale: Tensor | None,
                need_input: bool = True) -> tuple[Tensor, Tensor | None]:
         """(scale·sign(x), the code as a float tensor standing in for x in the clip mask, or None
-        when not ``need_input``: the forward needs the binary value only)."""
+        when not ``need_input`` (the forward needs the binary value only) or when every |x| ≤ 1 (the
+        mask would pass the whole gradient: the input of a binary layer after a Hardtanh))."""
+        if need_input and _all_within_one(code):
+            need_input = False
         as_float = code.to(dtype) if need_input else None
         xq = as_float.clamp(-1.0, 1.0) if need_input else code.to(dtype).clamp_(-1.0, 1.0)
         return (xq if scale is None else xq.mul_(scale)), as_float
