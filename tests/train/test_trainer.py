@@ -235,3 +235,23 @@ def onebit_binarize(model, method):
     import onebit
 
     return onebit.binarize(model, method)
+
+
+def test_init_from_full_precision_into_lazily_sized_method_state(tmp_path):
+    """XNOR-Net++'s Γ of a conv is sized by the first forward pass: loading the FP weights must not read
+    it (the default suite's MNIST-1D ConvNet runs failed so with ``init = "fp"``), and the stage then
+    sizes it and trains."""
+    from torch import nn
+
+    from onebit.train.trainer import _load_init
+
+    def net():
+        return nn.Sequential(nn.Conv1d(1, 8, 3), nn.Conv1d(8, 8, 3), nn.Flatten(), nn.Linear(8 * 6, 4))
+
+    fp = net().state_dict()
+    xnorpp = onebit_binarize(net(), "xnorpp")
+    assert any(isinstance(p, nn.parameter.UninitializedParameter) for p in xnorpp.parameters())
+    _load_init(xnorpp, fp, "fp")
+    assert torch.equal(xnorpp[1].weight, fp["1.weight"])
+    xnorpp(torch.randn(2, 1, 10))  # sized after the load, as the trainer does
+    assert not any(isinstance(p, nn.parameter.UninitializedParameter) for p in xnorpp.parameters())

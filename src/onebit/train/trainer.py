@@ -342,8 +342,10 @@ def _has_lazy(model: nn.Module) -> bool:
 
 def _load_init(model: nn.Module, state: dict[str, Tensor], source: str) -> None:
     """Load weights from another stage or run; method-owned parameters the source lacks keep their
-    initialisation (fine-tuning a binary net from a full-precision one), anything else must match."""
-    own = model.state_dict()
+    initialisation (fine-tuning a binary net from a full-precision one), anything else must match.
+    Lazily sized state (XNOR-Net++'s Γ of a conv) is still unsized here: ``keep_vars`` reads it without
+    touching its data, and the stage sizes it after the load."""
+    own = model.state_dict(keep_vars=True)
     for key, value in state.items():
         lazy = isinstance(own.get(key), nn.parameter.UninitializedParameter)
         if key in own and not lazy and own[key].shape != value.shape:
@@ -658,7 +660,7 @@ def load_weights(model: nn.Module, state: Any, source: str) -> None:
     CheckpointError naming the first mismatch (instead of torch's list of every key)."""
     if not isinstance(state, dict):
         raise CheckpointError(f"{source}: its weights are not a table of tensors; train again")
-    own = model.state_dict()
+    own = model.state_dict(keep_vars=True)
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     wrong = [k for k in own if k in state and (not isinstance(state[k], Tensor) or (
