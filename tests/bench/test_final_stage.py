@@ -83,6 +83,9 @@ def test_a_biper_run_ends_binary_and_is_scored_w1a1(tmp_path):
     old = type(record)(**{**record.__dict__, "config": {k: v for k, v in record.config.items()
                                                        if k != "final_stage"}})
     assert _precision(old) == "W32A1"
+    # a deployment run times the finalized (stage-2) form: its measured widths hold without a final stage
+    deployed = type(record)(**{**record.__dict__, "role": "inference", "config": old.config})
+    assert _precision(deployed) == "W1A1"
 
 
 def test_timed_deployment_runs_come_last_and_alone(tmp_path):

@@ -303,7 +303,8 @@ def _precision(record: RunRecord) -> str:
     """The run's group label: measured bit widths, else the ones its method and options declare."""
     m = record.metrics
     options = record.config.get("layer_options")
-    trained_to_final = bool(record.config.get("final_stage"))  # its final stage ran: the measured widths hold
+    # the measured widths hold when the final stage ran, and for a deployment run (it times the finalized form)
+    trained_to_final = bool(record.config.get("final_stage")) or record.role == "inference"
     if not trained_to_final and declares_real_weights(record.method, options):  # stored as W1 before the rule
         return precision_label(FULL_PRECISION, m.get("a_bits", declared_bits(record.method, options)[1]))
     if "w_bits" in m and "a_bits" in m:
