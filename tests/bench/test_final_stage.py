@@ -118,3 +118,16 @@ def _record(spec):
 
     return RunRecord(spec.run_id, spec.suite, spec.role, spec.method, spec.setting.arch, spec.setting.family,
                      spec.setting.task, spec.seed, spec.config(), metrics={"acc": 50.0})
+
+
+def test_literature_comparison_says_where_the_runs_started():
+    from types import SimpleNamespace
+
+    from onebit.bench.literature import _start
+
+    def cells(*inits):
+        return [SimpleNamespace(hparams={} if i is None else {"init": i}) for i in inits]
+
+    assert _start(cells("fp", "fp")) == "from the FP model's weights"
+    assert _start(cells(None, "scratch")) == "from scratch"
+    assert _start(cells("fp", None)) == "from scratch or from the FP model's weights"

@@ -82,10 +82,18 @@ def _evidence(row: LeaderboardRow, rows: list[LeaderboardRow], lb: Leaderboard, 
     if cells:
         runs = ", ".join(f"{c.arch}/{c.task} {c.hparams.get('epochs', '?')} epochs (A_bi/A_fp {fmt(c.acc_ratio)})"
                          for c in sorted(cells, key=lambda c: (c.task, c.arch)))
-        parts.append(f"trained here from scratch: {runs}")
+        parts.append(f"trained here {_start(cells)}: {runs}")
     if row.method in PUBLISHED_RECIPE:
         parts.append(f"published with {PUBLISHED_RECIPE[row.method]}")
     return "; ".join(parts) + "."
+
+
+def _start(cells: list[Any]) -> str:
+    """Where the binarized runs of these cells started: their FP model's weights (``init = "fp"``) or scratch."""
+    inits = {c.hparams.get("init", "scratch") for c in cells}
+    if inits == {"fp"}:
+        return "from the FP model's weights"
+    return "from scratch" if inits <= {"scratch"} else "from scratch or from the FP model's weights"
 
 
 def _overlap(a: LeaderboardRow, b: LeaderboardRow) -> bool:
@@ -127,7 +135,7 @@ def conditions(lb: Leaderboard, group: str = PRIMARY) -> str:
     return ("What differs between the two rankings' conditions: the published numbers are ImageNet (1.28M "
             "training images, 1000 classes, 224x224) ResNet-18s, each trained with its paper's recipe "
             "(hundreds of epochs, often from a full-precision checkpoint, two stages or distillation); this "
-            f"suite trains small networks from scratch with one shared recipe — {here_text}. A rank here is "
+            f"suite trains small networks {_start(cells)} with one shared recipe — {here_text}. A rank here is "
             "the accuracy a method reaches within that budget; compare the differences with each task's "
             "resolvable difference under Full-precision baselines.")
 
