@@ -14,3 +14,26 @@ def test_summary_reads_the_models_own_input_shape():
     net.input_shape = (4,)
     assert onebit.summary(net).totals == onebit.summary(net, (4,)).totals
     assert onebit.summary(net).totals["params_1bit"] == 12
+
+
+def test_rsign_thresholds_each_channel_of_an_image_by_default():
+    """blocks.py `features_last: bool = False` in RSign (mutant: `True`, seed-37 sample): ReActNet's RSign
+    on an (N, C, H, W) image adds each channel's threshold along dim 1, so ``sign(x + b_c)``; its
+    gradient is ApproxSign ``max(0, 2 − 2|x + b_c|)`` (Eq. 2), summed per channel for b. W = C = 3, so a
+    threshold spread over the width would not even fail on the shape."""
+    import torch
+
+    from onebit.nn import RSign
+
+    block = RSign(3)
+    with torch.no_grad():
+        block.shift.bias.copy_(torch.tensor([-0.5, 0.1, 0.7]))
+    x = torch.randn(2, 3, 4, 3, generator=torch.Generator().manual_seed(0), requires_grad=True)
+    g = torch.randn(2, 3, 4, 3, generator=torch.Generator().manual_seed(1))
+    y = block(x)
+    shifted = x.detach() + block.shift.bias.detach().view(1, 3, 1, 1)
+    assert torch.equal(y, torch.where(shifted >= 0, 1.0, -1.0))
+    y.backward(g)
+    approx = g * (2 - 2 * shifted.abs()).clamp(min=0)
+    torch.testing.assert_close(x.grad, approx, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(block.shift.bias.grad, approx.sum((0, 2, 3)), rtol=1e-6, atol=1e-6)
