@@ -37,3 +37,23 @@ def test_rsign_thresholds_each_channel_of_an_image_by_default():
     approx = g * (2 - 2 * shifted.abs()).clamp(min=0)
     torch.testing.assert_close(x.grad, approx, rtol=1e-6, atol=1e-7)
     torch.testing.assert_close(block.shift.bias.grad, approx.sum((0, 2, 3)), rtol=1e-6, atol=1e-6)
+
+
+def test_same_padding_uneven_in_height_only_is_padded_explicitly():
+    """layers.py `left, right = pads[0::2], pads[1::2]` (mutant: `pads[0::3]`, seed-37 sample): a 4x3
+    kernel with padding="same" pads the height unevenly (1 above, 2 below) and the width evenly, so the
+    layer must pad explicitly; the output keeps the input's size and equals torch's "same" convolution
+    of the binary input and weights."""
+    import torch
+    import torch.nn.functional as F
+
+    from onebit.nn import BinaryConv2d
+
+    layer = BinaryConv2d(2, 3, (4, 3), padding="same", method="bnn")
+    x = torch.randn(2, 2, 5, 6, generator=torch.Generator().manual_seed(0))
+    sign = lambda t: torch.where(t >= 0, 1.0, -1.0)  # noqa: E731
+    want = F.conv2d(F.pad(sign(x), (1, 1, 1, 2)), sign(layer.weight.detach()), layer.bias)  # torch's "same"
+    with torch.no_grad():
+        got = layer(x)
+    assert got.shape == (2, 3, 5, 6)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
