@@ -38,3 +38,18 @@ def test_a_step_schedule_with_gamma_zero_is_refused():
         load_recipe(recipe(lr_schedule={"name": "step", "milestones": [1], "gamma": 0.0}))
     stage = load_recipe(recipe(lr_schedule={"name": "step", "milestones": [1], "gamma": 1e-6})).stages[0]
     assert stage.lr_schedule.gamma == 1e-6
+
+
+def test_training_prints_one_line_per_epoch_unless_told_not_to(tmp_path, capsys):
+    """trainer.py `progress: bool = True` (mutant: `False`): by default ``train`` prints each epoch's
+    line (stage, epoch, loss, accuracies, lr) on stdout; ``progress=False`` prints nothing."""
+    from onebit.train import train
+
+    tiny = {"name": "tiny", "seed": 0, "data": {"name": "digits", "batch_size": 256},
+            "model": {"name": "mlp", "options": {"hidden": [16]}},
+            "stage": [{"name": "main", "method": "bnn", "epochs": 2}]}
+    train(tiny, tmp_path / "shown")
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[main] epoch")]
+    assert [line.split()[2] for line in lines] == ["1/2", "2/2"]
+    train(tiny, tmp_path / "quiet", progress=False)
+    assert "epoch" not in capsys.readouterr().out
