@@ -268,6 +268,8 @@ def cpp_mutants(tree: Path, path: str) -> list[Mutant]:
             continue
         for pattern, repl, kind in CPP_RULES:
             for match in re.finditer(pattern, code):
+                if repl is None and code[: match.start()].endswith("alignas("):
+                    continue  # alignas(N + 1) is not a power of two: it never compiles (a stillborn mutant)
                 new = str(int(match.group(1)) + 1) if repl is None else repl
                 after = line[: match.start()] + new + line[match.end():]
                 found.append(Mutant(path, number, kind, line, after, "csrc"))
