@@ -100,12 +100,20 @@ class _Graph:
         self.b.op(name, [x.index, other], [out.index], opts)
         return out
 
-    def channel_vec(self, x: _Val, v: Tensor | np.ndarray) -> np.ndarray:
-        """A per-channel vector shaped to broadcast against ``x`` in its TFLite layout."""
+    def channel_vec(self, x: _Val, v: Tensor | np.ndarray, features_last: bool = False) -> np.ndarray:
+        """A per-channel vector shaped to broadcast against ``x`` in its TFLite layout: the channel is
+        torch's dim 1, or its last dim with ``features_last`` (tokens, as ``LearnableBias`` takes them)."""
         arr = np.asarray(v.detach().cpu().numpy() if isinstance(v, Tensor) else v, dtype=np.float32).reshape(-1)
+        if features_last and len(x.shape) > 2:  # torch's last dim: W, which NHWC keeps before C
+            return arr.reshape(-1, 1) if x.layout == _NHWC else arr
         if x.layout == _NHWC or len(x.shape) <= 2:
             return arr  # channels are the last axis
         return arr.reshape((-1,) + (1,) * (len(x.shape) - 2))
+
+    @staticmethod
+    def channel_count(x: _Val, features_last: bool = False) -> int:
+        """The size of ``x``'s channel axis (torch's dim 1, or its last with ``features_last``)."""
+        return int(x.shape[-1] if features_last or len(x.shape) <= 2 else x.shape[1])
 
     def to_torch_order(self, x: _Val) -> _Val:
         if x.layout != _NHWC:
@@ -156,20 +164,20 @@ class _Graph:
             x = self.binary("MAXIMUM", x, np.array(lo, np.float32))
         return x
 
-    def prelu(self, x: _Val, slope: Tensor) -> _Val:
+    def prelu(self, x: _Val, slope: Tensor, features_last: bool = False) -> _Val:
+        """PReLU with one slope per channel (or one for all), the channel axis as :meth:`channel_vec`'s."""
         alpha = slope.detach().float().reshape(-1).numpy()
-        channels = x.shape[1] if x.layout == _NHWC or len(x.shape) == 2 else x.shape[-1]
         if alpha.size == 1:
-            alpha = np.full(channels, alpha[0], np.float32)
-        rank = len(x.tfl_shape())
+            alpha = np.full(self.channel_count(x, features_last), alpha[0], np.float32)
         out = self.new(x.shape, x.layout)
-        self.b.op("PRELU", [x.index, self.b.const(alpha.reshape((1,) * (rank - 2) + (-1,)))], [out.index])
+        self.b.op("PRELU", [x.index, self.b.const(self.channel_vec(x, alpha, features_last))], [out.index])
         return out
 
     # -- LCE ops ---------------------------------------------------------------------------------
     def quantize(self, x: _Val) -> int:
-        n, h, w, c = x.tfl_shape()
-        out = self.b.tensor((n, h, w, (c + 31) // 32), np.int32)
+        """LceQuantize: the signs of ``x`` bit-packed along its last TFLite axis (any rank)."""
+        *outer, c = x.tfl_shape()
+        out = self.b.tensor((*outer, (c + 31) // 32), np.int32)
         self.b.custom("LceQuantize", [x.index], [out])
         return out
 

@@ -371,15 +371,16 @@ def _softmax(g: _Graph, n: _Node) -> _Val:
 
 
 def _rsign(g: _Graph, n: _Node) -> _Val:
-    shifted = g.binary("ADD", n.x, g.channel_vec(n.x, n.module.shift.bias))
+    shift = n.module.shift
+    shifted = g.binary("ADD", n.x, g.channel_vec(n.x, shift.bias, shift.features_last))
     return g.dequantize(g.quantize(shifted), shifted.shape, shifted.layout)
 
 
 def _rprelu(g: _Graph, n: _Node) -> _Val:
-    m = n.module
-    y = g.binary("ADD", n.x, g.channel_vec(n.x, m.shift_in.bias))
-    y = g.prelu(y, m.prelu.weight)
-    return g.binary("ADD", y, g.channel_vec(y, m.shift_out.bias))
+    m, last = n.module, n.module.features_last
+    y = g.binary("ADD", n.x, g.channel_vec(n.x, m.shift_in.bias, last))
+    y = g.prelu(y, m.prelu.weight, last)
+    return g.binary("ADD", y, g.channel_vec(y, m.shift_out.bias, last))
 
 
 #: module class → what it emits; looked up along the module's MRO, so ReLU6 (a Hardtanh) finds its own.
@@ -401,7 +402,7 @@ _MODULES: dict[type, Any] = {
     nn.MaxPool2d: lambda g, n: g.pool(n.x, n.module, n.label, n.out_shape),
     nn.AvgPool2d: lambda g, n: g.pool(n.x, n.module, n.label, n.out_shape),
     nn.AdaptiveAvgPool2d: lambda g, n: g.adaptive_avg(n.x, n.out_shape, n.label),
-    LearnableBias: lambda g, n: g.binary("ADD", n.x, g.channel_vec(n.x, n.module.bias)),
+    LearnableBias: lambda g, n: g.binary("ADD", n.x, g.channel_vec(n.x, n.module.bias, n.module.features_last)),
     RSign: _rsign,
     RPReLU: _rprelu,
 }
