@@ -48,7 +48,7 @@ def test_suite_runs_carry_the_final_stage_and_its_id():
         assert (spec.final_stage["first_epochs"], spec.final_stage["epochs"]) == (4, 2)
         assert spec.final_stage["lr"] == pytest.approx(spec.hparams["lr"] / 10)
     bnn = next(s for s in suite.runs() if s.method == "bnn" and s.role == "main")
-    assert "final_stage" not in bnn.config() or not bnn.config()["final_stage"]
+    assert bnn.final_stage == {}
     # a BiPer run trained through stage 2 is another run than one that stopped after stage 1
     from dataclasses import replace
 

@@ -399,10 +399,12 @@ def _phases(todo: list[RunSpec], out: Path) -> list[Phase]:
     """Training runs first; then the runs that start from an FP run's weights (init = "fp"); last, the
     inference track's timed deployment runs, one at a time (latency measured at 2 threads beside a
     training worker says little: an earlier default run measured 69-3236 ms where 1 thread took 13-126)."""
-    timed = [s for s in todo if s.role == "inference"]
-    rest = [s for s in todo if s.role != "inference"]
-    from_fp = [s for s in rest if fp_init(s, out) is not None]
-    phases = [Phase([s for s in rest if s not in from_fp]), Phase(from_fp), Phase(timed, alone=True)]
+    fresh: list[RunSpec] = []
+    from_fp: list[RunSpec] = []
+    timed: list[RunSpec] = []
+    for spec in todo:
+        (timed if spec.role == "inference" else from_fp if fp_init(spec, out) else fresh).append(spec)
+    phases = [Phase(fresh), Phase(from_fp), Phase(timed, alone=True)]
     return [phase for phase in phases if phase.runs]
 
 

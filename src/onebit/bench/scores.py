@@ -326,8 +326,8 @@ def _training_setup(records: list[RunRecord]) -> list[str]:
         runs = [r for r in main if (r.task, r.arch) == (task, arch)]
         hps = [r.config.get("hparams", {}) for r in runs]
         epochs = sorted({hp["epochs"] for hp in hps if "epochs" in hp})
-        starts = sorted({"their FP run" if r.config.get("hparams", {}).get("init") == "fp" else "scratch"
-                         for r in runs if r.method != FP})
+        starts = sorted({"their FP run" if hp.get("init") == "fp" else "scratch"
+                         for r, hp in zip(runs, hps) if r.method != FP})
         staged = sorted({f"{r.method} {fs['first_epochs']} + {fs['epochs']}"
                          for r in runs if (fs := r.config.get("final_stage"))})
         text = f"{task} × {arch}: {', '.join(map(str, epochs)) or '?'} epochs"
