@@ -21,6 +21,7 @@
 #include "engine.h"
 #include "ops.h"
 #include "thread_pool.h"
+#include "train_quantizers.h"
 
 namespace nb = nanobind;
 using namespace nb::literals;
@@ -69,6 +70,38 @@ void pack_rows(uintptr_t x, int64_t P, int64_t C, uintptr_t thr, uintptr_t out, 
   nb::gil_scoped_release nogil;
   onebit::pack_rows(reinterpret_cast<const float*>(x), P, C, reinterpret_cast<const float*>(thr),
                     reinterpret_cast<uint64_t*>(out), isa, num_threads);
+}
+
+// --- training-time weight quantizers (onebit.methods.functional: contiguous float32 CPU tensors) ---
+
+void standardize_rows(int kind, uintptr_t w, int64_t rows, int64_t n, float k, float t, float eps, uintptr_t z,
+                      uintptr_t out, uintptr_t z_mean, uintptr_t factor, uintptr_t through, uintptr_t abs_sum,
+                      int num_threads) {
+  if ((kind != onebit::kLibra && kind != onebit::kRecu) || !w || !z || !out || !z_mean || !factor || !through ||
+      rows < 0 || n < 1 || num_threads < 1)
+    fail("standardize_rows: bad arguments");
+  nb::gil_scoped_release nogil;
+  auto f = [](uintptr_t a) { return reinterpret_cast<float*>(a); };
+  onebit::standardize_rows(kind, reinterpret_cast<const float*>(w), rows, n, k, t, eps, f(z), f(out), f(z_mean),
+                           f(factor), f(through), f(abs_sum), num_threads);
+}
+
+void standardize_backward_rows(int kind, uintptr_t g, uintptr_t z, uintptr_t z_mean, uintptr_t factor,
+                               uintptr_t through, float param, double dof, int64_t rows, int64_t n, uintptr_t out,
+                               int num_threads) {
+  if ((kind != onebit::kEdeGrad && kind != onebit::kWindowGrad) || !g || !z || !z_mean || !factor || !through ||
+      !out || rows < 0 || n < 1 || !(dof > 0) || num_threads < 1)
+    fail("standardize_backward_rows: bad arguments");
+  nb::gil_scoped_release nogil;
+  auto c = [](uintptr_t a) { return reinterpret_cast<const float*>(a); };
+  onebit::standardize_backward_rows(kind, c(g), c(z), c(z_mean), c(factor), c(through), param, dof, rows, n,
+                                    reinterpret_cast<float*>(out), num_threads);
+}
+
+void tanh_rows(uintptr_t x, int64_t n, uintptr_t out, int num_threads) {
+  if (!x || !out || n < 0 || num_threads < 1) fail("tanh_rows: bad arguments");
+  nb::gil_scoped_release nogil;
+  onebit::tanh_rows(reinterpret_cast<const float*>(x), n, reinterpret_cast<float*>(out), num_threads);
 }
 
 // --- per-layer constants, copied into engine-owned buffers once ---
@@ -280,6 +313,13 @@ NB_MODULE(_engine, mod) {
         if (!err.empty()) fail("set_thread_backend: " + err);
       },
       "name"_a);
+  mod.def("standardize_rows", &standardize_rows, "kind"_a, "w_addr"_a, "rows"_a, "n"_a, "k"_a, "t"_a, "eps"_a,
+          "z_addr"_a, "out_addr"_a, "z_mean_addr"_a, "factor_addr"_a, "through_addr"_a, "abs_sum_addr"_a,
+          "num_threads"_a);
+  mod.def("standardize_backward_rows", &standardize_backward_rows, "kind"_a, "g_addr"_a, "z_addr"_a,
+          "z_mean_addr"_a, "factor_addr"_a, "through_addr"_a, "param"_a, "dof"_a, "rows"_a, "n"_a, "out_addr"_a,
+          "num_threads"_a);
+  mod.def("tanh_rows", &tanh_rows, "x_addr"_a, "n"_a, "out_addr"_a, "num_threads"_a);
   mod.def("pack_nchw", &pack_nchw, "x_addr"_a, "N"_a, "C"_a, "HW"_a, "threshold_addr"_a, "out_addr"_a,
           "num_threads"_a);
   mod.def("pack_rows", &pack_rows, "x_addr"_a, "P"_a, "C"_a, "threshold_addr"_a, "out_addr"_a, "kernel_id"_a,

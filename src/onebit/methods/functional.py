@@ -410,13 +410,65 @@ def standardize_backward(grad_s: Tensor, z: Tensor, z_mean: Tensor, dof: int, th
     return torch.addcmul(grad_s, z, coef, value=-1).sub_(centring)
 
 
+# Native row kernels (csrc/train_quantizers.cpp, in onebit._engine): a weight's whole
+# standardisation, sign and scale in one pass over memory, each output channel's row kept in L1 while
+# its passes run (torch takes one pass over the whole weight per op: ~20 for IR-Net's weight). They
+# run on contiguous float32 CPU weights; anything else, or an engine built without them, takes the
+# torch formulas below, which also stay the tests' oracle (tests/methods/test_native_quantizers.py).
+try:
+    from onebit import _engine
+except ImportError:  # a source tree without the compiled engine: the torch path only
+    _engine = None
+
+#: Whether the native kernels may run (tests set it False to take the torch path as the oracle).
+NATIVE_KERNELS = _engine is not None and hasattr(_engine, "standardize_rows")
+_LIBRA, _RECU = 0, 1  # csrc/train_quantizers.h StandardizeKind
+_EDE_GRAD, _WINDOW_GRAD = 0, 1  # DerivativeKind
+
+
+def _native(w: Tensor) -> bool:
+    return NATIVE_KERNELS and w.device.type == "cpu" and w.dtype == torch.float32
+
+
+def _native_standardize(kind: int, w: Tensor, k: float = 0.0, t: float = 0.0, eps: float = 0.0
+                        ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """(z, out, z_mean, factor, through, abs_sum) of ``standardize_rows`` (train_quantizers.h) on the
+    rows of ``w`` (one per output channel); the per-row tensors are shaped (rows, 1)."""
+    rows = w.detach().reshape(w.shape[0], -1).contiguous()
+    z, out = torch.empty_like(rows), torch.empty_like(rows)
+    stats = torch.empty(4, rows.shape[0], 1, dtype=rows.dtype)
+    ptrs = [s.data_ptr() for s in stats]
+    _engine.standardize_rows(kind, rows.data_ptr(), rows.shape[0], rows.shape[1], k, t, eps, z.data_ptr(),
+                             out.data_ptr(), *ptrs, torch.get_num_threads())
+    return (z, out, *stats)
+
+
+def _native_standardize_backward(kind: int, grad: Tensor, z: Tensor, z_mean: Tensor, factor: Tensor,
+                                 through: Tensor, param: float, dof: int) -> Tensor:
+    """:func:`standardize_backward` of ``d(z)·grad`` (``kind``: the EDE derivative with t = ``param``,
+    or ReCU's window ``|z| ≤ param``; ``factor`` per row) by ``standardize_backward_rows``."""
+    g = grad.reshape(z.shape).to(torch.float32).contiguous()
+    out = torch.empty_like(g)
+    _engine.standardize_backward_rows(kind, g.data_ptr(), z.data_ptr(), z_mean.data_ptr(), factor.data_ptr(),
+                                      through.data_ptr(), param, float(dof), z.shape[0], z.shape[1],
+                                      out.data_ptr(), torch.get_num_threads())
+    return out
+
+
 class _LibraEDE(torch.autograd.Function):
     """IR-Net's weight ``s·sign(Ŵ)``, Ŵ = (W − mean)/std per output channel, with the EDE gradient
     through Ŵ and the standardisation (s detached). Backward folds s, k, t and 1/std into one per-row
-    factor: ``tanh_backward(g·s·k·t/std, tanh(t·Ŵ))``, then :func:`standardize_backward`."""
+    factor: ``tanh_backward(g·s·k·t/std, tanh(t·Ŵ))``, then :func:`standardize_backward`. On float32
+    CPU weights both run natively (:func:`_native_standardize`), the same formulas row by row."""
 
     @staticmethod
     def forward(ctx, w: Tensor, k: Tensor, t: Tensor) -> Tensor:
+        ctx.shape, ctx.native = w.shape, _native(w)
+        if ctx.native:
+            ctx.t = float(t)
+            balanced, out, balanced_mean, factor, varies, _ = _native_standardize(_LIBRA, w, float(k), ctx.t)
+            ctx.save_for_backward(balanced, balanced_mean, factor, varies)
+            return out.reshape(w.shape)
         centred, sq = centred_rows(w)
         n = centred.shape[1]
         if n > 1:
@@ -429,11 +481,15 @@ class _LibraEDE(torch.autograd.Function):
         scale = torch.pow(2.0, torch.round(torch.log2(balanced.abs().mean(dim=1, keepdim=True))))
         ctx.save_for_backward(balanced, balanced.mean(dim=1, keepdim=True), scale * k * t / std,
                               varies.to(w.dtype), t)
-        ctx.shape = w.shape
         return sign(balanced).mul_(scale).reshape(w.shape)
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:
+        if ctx.native:
+            balanced, balanced_mean, factor, varies = ctx.saved_tensors
+            dof = max(balanced.shape[1] - 1, 1)
+            gw = _native_standardize_backward(_EDE_GRAD, grad, balanced, balanced_mean, factor, varies, ctx.t, dof)
+            return gw.reshape(ctx.shape), None, None
         balanced, balanced_mean, factor, varies, t = ctx.saved_tensors
         grad_s = torch.ops.aten.tanh_backward(grad.reshape(balanced.shape) * factor, torch.tanh(t * balanced))
         dof = max(balanced.shape[1] - 1, 1)
@@ -455,6 +511,9 @@ class _RecuWeight(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, w: Tensor, tau: Tensor, eps: float) -> Tensor:
+        ctx.shape, ctx.native = w.shape, _native(w)
+        if ctx.native:
+            return _RecuWeight.native_forward(ctx, w, tau, eps)
         centred, sq = centred_rows(w)
         n = centred.shape[1]
         dof = n - 1 if n > 1 else 1
@@ -469,11 +528,29 @@ class _RecuWeight(torch.autograd.Function):
         # |W1| ≤ Q_τ is clamp's window −Q_τ ≤ W1 ≤ Q_τ, boundary included (and empty for Q_τ < 0).
         window = torch.le(magnitude, q_tau, out=magnitude).div_(std)
         ctx.save_for_backward(w1, w1.mean(dim=1, keepdim=True), window)
-        ctx.shape, ctx.dof = w.shape, dof
+        ctx.dof = dof
         return sign(clamped).reshape(w.shape)
 
     @staticmethod
+    def native_forward(ctx, w: Tensor, tau: Tensor, eps: float) -> Tensor:
+        """The same, natively: W1, sign(W1), its row means, 1/divisor and Σ|W1| per row in one pass;
+        backward applies the window |W1| ≤ Q_τ itself (nothing but W1 kept)."""
+        w1, out, w1_mean, inverse, through, abs_sum = _native_standardize(_RECU, w, eps=eps)
+        q_tau = -(abs_sum.sum() / w1.numel()) * torch.log(2 - 2 * tau.to(w1.dtype))
+        ctx.q = float(q_tau)
+        if not ctx.q > 0:  # clamp changes signs (Q_τ ≤ 0: every weight pinned to Q_τ)
+            out = sign(w1.clamp(-q_tau, q_tau))
+        ctx.save_for_backward(w1, w1_mean, inverse, through)
+        n = w1.shape[1]
+        ctx.dof = n - 1 if n > 1 else 1
+        return out.reshape(w.shape)
+
+    @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:
+        if ctx.native:
+            w1, w1_mean, inverse, through = ctx.saved_tensors
+            gw = _native_standardize_backward(_WINDOW_GRAD, grad, w1, w1_mean, inverse, through, ctx.q, ctx.dof * 8)
+            return gw.reshape(ctx.shape), None, None
         w1, w1_mean, window = ctx.saved_tensors
         grad_s = grad.reshape(w1.shape) * window
         # W1 = c·2√2/sqrt(v + ε): the z of standardize_backward with std/(2√2) as its divisor.

@@ -1,0 +1,172 @@
+"""The native row kernels of the weight quantizers (csrc/train_quantizers.cpp) against the torch path
+of the same autograd Functions (``functional.NATIVE_KERNELS = False``) and the oracle formulas:
+forward values bit for bit, gradients within 1e-6 relative (floor 1e-6·max|grad|), on hand-checked
+rows and on salted random weights (exact zeros, ±1, zero-variance rows, one column, sizes that are
+not multiples of the vector width), and the same bits on 1 and 2 threads."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from onebit.methods import functional as fx
+from onebit.methods.irnet import libra_pb
+from onebit.methods.recu import EPS
+
+pytestmark = pytest.mark.skipif(not fx.NATIVE_KERNELS, reason="onebit._engine built without the training kernels")
+
+SHAPES = [(7, 37), (5, 512), (3, 1), (4, 145), (16, 4, 3, 3)]
+
+
+def salted_weight(shape, seed):
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(shape, generator=g) * 0.3
+    flat = w.view(-1)
+    pick = torch.randperm(flat.numel(), generator=g)
+    tenth = flat.numel() // 10
+    flat[pick[:tenth]] = 0.0
+    flat[pick[tenth:2 * tenth]] = torch.where(torch.rand(tenth, generator=g) < 0.5, 1.0, -1.0)
+    rows = w.view(shape[0], -1)
+    rows[1 % shape[0]] = 0.25  # a zero-variance row
+    if shape[0] > 2:
+        rows[2] = 0.0
+    return w
+
+
+def call(fn, w, grad, native, threads=1):
+    saved, before = fx.NATIVE_KERNELS, torch.get_num_threads()
+    fx.NATIVE_KERNELS = native
+    torch.set_num_threads(threads)
+    try:
+        leaf = w.clone().requires_grad_(True)
+        out = fn(leaf)
+        out.backward(grad)
+        return out.detach(), leaf.grad
+    finally:
+        fx.NATIVE_KERNELS = saved
+        torch.set_num_threads(before)
+
+
+def assert_close(new, old, what):
+    scale = old.abs().max().item() or 1.0
+    torch.testing.assert_close(new, old, rtol=1e-6, atol=1e-6 * scale, msg=lambda m: f"{what}: {m}")
+
+
+def libra(k, t):
+    return lambda w: fx.libra_ede(w, torch.tensor(k), torch.tensor(t))
+
+
+def recu(tau):
+    return lambda w: fx.recu_weight(w, torch.tensor(tau), EPS)
+
+
+def old_libra(k, t):
+    def fn(w):
+        balanced, scale = libra_pb(w)
+        surrogate = k * torch.tanh(t * balanced)
+        return ((fx.sign(balanced) - surrogate).detach() + surrogate) * scale
+    return fn
+
+
+QUANTIZERS = [("irnet-soft", libra(1.0 / 0.7, 0.7), old_libra(1.0 / 0.7, 0.7)),
+              ("irnet-hard", libra(1.0, 10.0), old_libra(1.0, 10.0)),
+              ("irnet-start", libra(1000.0, 1e-3), old_libra(1000.0, 1e-3)),
+              ("recu", recu(0.93), None), ("recu-q0", recu(0.5), None), ("recu-qneg", recu(0.3), None)]
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("name,fn,oracle", QUANTIZERS, ids=[q[0] for q in QUANTIZERS])
+def test_native_equals_the_torch_path_and_the_formulas(name, fn, oracle, shape):
+    w = salted_weight(shape, 11)
+    grad = torch.randn(shape, generator=torch.Generator().manual_seed(5))
+    value, gw = call(fn, w, grad, native=True)
+    value_torch, gw_torch = call(fn, w, grad, native=False)
+    assert torch.equal(value, value_torch), f"{name}: values differ"
+    assert torch.isfinite(gw).all()
+    assert_close(gw, gw_torch, f"{name} weight grad vs the torch path")
+    if oracle is not None:
+        value_oracle, gw_oracle = call(oracle, w, grad, native=True)
+        assert torch.equal(value, value_oracle)
+        assert_close(gw, gw_oracle, f"{name} weight grad vs the formulas")
+
+
+@pytest.mark.parametrize("name,fn,oracle", QUANTIZERS, ids=[q[0] for q in QUANTIZERS])
+def test_two_threads_give_the_same_bits_as_one(name, fn, oracle):
+    w = salted_weight((64, 150), 3)
+    grad = torch.randn(w.shape, generator=torch.Generator().manual_seed(8))
+    one = call(fn, w, grad, native=True, threads=1)
+    two = call(fn, w, grad, native=True, threads=2)
+    assert torch.equal(one[0], two[0]) and torch.equal(one[1], two[1])
+
+
+def test_libra_by_hand():
+    """Row (1, 2, 3, 4): mean 2.5, unbiased var 5/3, Ŵ = (−1.5, −.5, .5, 1.5)/√(5/3), mean|Ŵ| = 0.775 → s = 2⁰;
+    ∂Ŵ_i/∂W_j = (δ_ij − 1/4 − Ŵ_i·Ŵ_j/3)/std, so with d = k·t·(1 − tanh²(t·Ŵ)) the gradient is
+    (g·d − Ŵ·Σ(g·d·Ŵ)/3 − mean(g·d))/std. A constant row: Ŵ = 0, s = 2^round(log2 0) = 0, gradient 0."""
+    w = torch.tensor([[1.0, 2.0, 3.0, 4.0], [0.5, 0.5, 0.5, 0.5]])
+    g = torch.tensor([[1.0, 0.0, -2.0, 0.0], [1.0, 0.0, 0.0, 0.0]])
+    k, t = 2.0, 0.8
+    value, gw = call(libra(k, t), w, g, native=True)
+    assert value.tolist() == [[-1.0, -1.0, 1.0, 1.0], [0.0, 0.0, 0.0, 0.0]]
+    std = math.sqrt(5 / 3)
+    z = [c / std for c in (-1.5, -0.5, 0.5, 1.5)]
+    gd = [gi * k * t * (1 - math.tanh(t * zi) ** 2) for gi, zi in zip(g[0].tolist(), z)]
+    coef = sum(a * b for a, b in zip(gd, z)) / 3
+    expected = [(gd[i] - z[i] * coef - sum(gd) / 4) / std for i in range(4)]
+    torch.testing.assert_close(gw[0], torch.tensor(expected), rtol=2e-6, atol=1e-7)
+    assert gw[1].tolist() == [0.0] * 4
+
+
+def test_recu_by_hand():
+    """Row (1, 2, 3, 4) with ε: W1 = c/σ, σ = sqrt(5/3 + ε)/(2√2); Q_τ = −mean|W1|·ln(0.14) = 4.31 at τ = 0.93
+    exceeds every |W1| (max 3.29), so the window passes the whole gradient, and ∂W1_i/∂W_j =
+    (δ_ij − 1/4 − W1_i·W1_j/24)/σ (24 = 8·dof) gives (g − W1·Σ(g·W1)/24 − mean g)/σ."""
+    w = torch.tensor([[1.0, 2.0, 3.0, 4.0]])
+    g = torch.tensor([[0.0, 1.0, 0.0, 0.0]])
+    value, gw = call(recu(0.93), w, g, native=True)
+    assert value.tolist() == [[-1.0, -1.0, 1.0, 1.0]]
+    sigma = math.sqrt(5 / 3 + EPS) / (2 * math.sqrt(2))
+    w1 = [c / sigma for c in (-1.5, -0.5, 0.5, 1.5)]
+    coef = w1[1] / 24
+    expected = [((1.0 if i == 1 else 0.0) - w1[i] * coef - 0.25) / sigma for i in range(4)]
+    torch.testing.assert_close(gw[0], torch.tensor(expected), rtol=2e-6, atol=1e-7)
+
+
+def test_other_dtypes_take_the_torch_path():
+    w = salted_weight((5, 9), 2).double()
+    assert not fx._native(w) and fx._native(w.float())
+    value, gw = call(libra(1.0, 0.5), w, torch.ones_like(w), native=True)
+    value_torch, gw_torch = call(libra(1.0, 0.5), w, torch.ones_like(w), native=False)
+    assert value.dtype == gw.dtype == torch.float64
+    assert torch.equal(value, value_torch) and torch.equal(gw, gw_torch)
+
+
+def _ulp_error(x: np.ndarray) -> tuple[float, np.ndarray]:
+    out = np.empty_like(x)
+    fx._engine.tanh_rows(x.ctypes.data, x.size, out.ctypes.data, 1)
+    with np.errstate(invalid="ignore"):  # NaN payloads
+        exact = np.tanh(x.astype(np.float64))
+    finite = ~np.isnan(x)
+    ulp = np.maximum(np.spacing(np.abs(exact[finite].astype(np.float32))).astype(np.float64),
+                     float(np.finfo(np.float32).smallest_subnormal))
+    return float((np.abs(out[finite] - exact[finite]) / ulp).max()), out
+
+
+def test_tanh_within_two_ulp_over_the_float_range():
+    """The kernels' tanh on every 4099th float32 bit pattern (all signs and exponents, subnormals,
+    ±inf, NaNs) and densely around its branch point 0.625 and where tanh rounds to 1: at most 2 ulp
+    from the correctly rounded value (measured 1.33), NaN for NaN, ±1 at ±inf, the sign of ±0 kept."""
+    patterns = np.arange(0, 2**32, 4099, dtype=np.uint64).astype(np.uint32).view(np.float32)
+    dense = np.concatenate([np.arange(np.float32(x).view(np.uint32), np.float32(x).view(np.uint32) + 20000,
+                                      dtype=np.uint32) for x in (0.6, 0.62, 8.9, 9.0)]).view(np.float32)
+    specials = np.array([0.0, -0.0, np.inf, -np.inf, np.nan, 1e-45, -1e-45, 20.0, -20.0], np.float32)
+    x = np.concatenate([patterns, dense, -dense, specials])
+    worst, out = _ulp_error(x)
+    assert worst <= 2.0
+    assert np.isnan(out[np.isnan(x)]).all()
+    tail = out[-len(specials):]
+    assert tail[2] == 1.0 and tail[3] == -1.0 and tail[7] == 1.0 and tail[8] == -1.0
+    assert not np.signbit(tail[0]) and np.signbit(tail[1])
