@@ -84,3 +84,48 @@ def test_the_zoo_networks_hardtanh_is_still_an_nn_hardtanh_and_exports():
 def test_rejects_other_modules():
     with pytest.raises(TypeError, match="nn.Hardtanh"):
         keep_int8_for_backward(nn.ReLU())
+
+
+def _hardtanh_then_binary_conv(method, lean, mutate=False):
+    """x -> Hardtanh (lean or torch's) -> a binary convolution; returns the Hardtanh's output, what
+    its backward reads in x's place (unpacked before backward), and the gradients of x and of every
+    parameter."""
+    from onebit.nn import BinaryConv2d
+
+    torch.manual_seed(0)
+    conv = BinaryConv2d(8, 8, 3, padding=1, method=method, bias=False)
+    g = torch.Generator().manual_seed(1)
+    x = (torch.randn(4, 8, 32, 64, generator=g) * 1.5).requires_grad_(True)  # MIN_NUMEL elements
+    with torch.no_grad():
+        x[0, 0, 0, :4] = torch.tensor([1.0, -1.0, 1.0 - 2**-24, 0.0])
+    act = keep_int8_for_backward(nn.Hardtanh()) if lean else nn.Hardtanh()
+    h = act(x * 1.0)
+    hardtanh_backward = h.grad_fn
+    if mutate:
+        h.mul_(0.5)  # changed in place after the Hardtanh, before the layer keeps it
+    out = conv(h)
+    saved = hardtanh_backward._saved_self if lean else None
+    out.backward(torch.randn(out.shape, generator=g))
+    return h, saved, x.grad, {n: p.grad for n, p in conv.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("method", ["bireal", "reactnet", "recu", "biper", "irnet"])
+def test_it_keeps_the_float_output_when_the_binary_layer_keeps_it_anyway(method):
+    """A binary layer whose surrogate needs the real input keeps the Hardtanh's output: the Hardtanh then
+    keeps that same tensor (no int8 code of its own) and the gradients stay bit-identical."""
+    h, saved, gx, grads = _hardtanh_then_binary_conv(method, lean=True)
+    assert saved.data_ptr() == h.data_ptr()  # what backward reads is the output's own memory
+    h0, _, gx0, grads0 = _hardtanh_then_binary_conv(method, lean=False)
+    assert torch.equal(h, h0)
+    assert torch.equal(gx, gx0)
+    assert grads.keys() == grads0.keys() and all(torch.equal(grads[n], grads0[n]) for n in grads)
+
+
+def test_it_keeps_its_code_when_the_layer_keeps_only_bytes_or_the_output_was_changed():
+    h, saved, _, _ = _hardtanh_then_binary_conv("bnn", lean=True)  # the clip STE keeps int8 codes
+    assert saved.data_ptr() != h.data_ptr()
+    assert torch.equal(saved, h.detach().to(torch.int8).float())
+    h, saved, gx, _ = _hardtanh_then_binary_conv("bireal", lean=True, mutate=True)
+    assert torch.equal(saved, (h.detach() * 2).to(torch.int8).float())  # halved: the code, not h
+    _, _, gx0, _ = _hardtanh_then_binary_conv("bireal", lean=False, mutate=True)
+    assert torch.equal(gx, gx0)

@@ -197,6 +197,49 @@ class ApproxSTE:
         return torch.addcmul(inside * 2, inside, x.abs(), value=-2)  # g·(2 − 2|x|) on |x| ≤ 1
 
 
+class ShiftedApproxSTE:
+    """``sign(x + b)``, gradient ``g·max(0, 2 − 2|x + b|)`` for ``x`` and, summed over ``b``'s broadcast
+    dims, for ``b`` (ReActNet's RSign with its learnable threshold, Liu et al., ECCV 2020, Eq. 2).
+    The shift is inside the fused quantizer so that it keeps ``x`` (what the layer in front keeps
+    anyway) rather than its own float copy ``x + b``; backward adds ``b`` again (one pass)."""
+
+    @staticmethod
+    def value(x: Tensor, shift: Tensor) -> tuple[Tensor, tuple[Tensor, ...]]:
+        shifted = x + shift
+        return sign(shifted), (shifted,)
+
+    @staticmethod
+    def slim(kept: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+        return ()
+
+    @staticmethod
+    def restore(x: Tensor, slim: tuple[Tensor, ...], shift: Tensor) -> tuple[Tensor, tuple[Tensor, ...]]:
+        return ShiftedApproxSTE.value(x, shift)
+
+    @staticmethod
+    def grad(grad: Tensor, x: Tensor, kept: tuple[Tensor, ...], shift: Tensor) -> Tensor:
+        return ApproxSTE.grad(grad, kept[0], ())
+
+    @staticmethod
+    def arg_grads(grad_x: Tensor, needs: tuple[bool, ...], shift: Tensor) -> tuple[Tensor | None, ...]:
+        """The gradients of the arguments given the input's: ∂L/∂b = Σ ∂L/∂x over b's broadcast dims
+        (what autograd's ``x + b`` gives)."""
+        return (grad_x.sum_to_size(shift.shape) if needs[0] else None,)
+
+
+def _arg_grads(quantizer: type, grad_x: Tensor | None, needs: tuple[bool, ...], args: tuple) -> tuple:
+    """Gradients of a fused quantizer's arguments: None for each, unless the quantizer has learnable
+    ones (``arg_grads``, e.g. ReActNet's threshold)."""
+    if grad_x is None or not hasattr(quantizer, "arg_grads") or not any(needs):
+        return (None,) * len(args)
+    return quantizer.arg_grads(grad_x, needs, *args)
+
+
+def _needs_input_grad(quantizer: type, needs_x: bool, needs_args: tuple[bool, ...]) -> bool:
+    """Whether the input's gradient must be computed: for the input, or for learnable arguments."""
+    return needs_x or (hasattr(quantizer, "arg_grads") and any(needs_args))
+
+
 class EDESTE:
     """``sign(x)``, gradient ``g·k·t·(1 − tanh²(t·x))``."""
 
@@ -268,11 +311,43 @@ class SwishSTE:
         return derivative.mul_(grad)
 
 
+#: The attribute under which a tensor's producer may leave a callable ``keep(tensor)``: a fused
+#: quantizer that keeps the tensor itself for backward calls it (:func:`announce_kept`), so that the
+#: producer keeps that same tensor (shared memory) instead of a compact copy of its own — the
+#: Hardtanh of :mod:`onebit.nn.lean` and its int8 code, in front of ApproxSign, EDE, SignSwish, …
+KEPT_ANYWAY = "_onebit_kept_anyway"
+
+
+def announce_kept(x: Tensor) -> None:
+    """Tell ``x``'s producer that ``x`` itself is kept for backward (see :data:`KEPT_ANYWAY`); not
+    while compiling (the producer's hooks are off then, and a traced tensor has no ``__dict__``)."""
+    if torch.compiler.is_compiling():
+        return
+    keep = x.__dict__.pop(KEPT_ANYWAY, None)
+    if keep is not None:
+        keep(x)
+
+
+def kept_for_backward(quantizer: type, x: Tensor, kept: tuple[Tensor, ...]) -> tuple[Tensor, tuple[Tensor, ...]]:
+    """What a fused quantizer keeps for backward, as (first, rest): its first kept tensor and the rest
+    when it says ``from_kept``; else ``x`` and its kept tensors, slimmed by ``slim`` where its
+    ``restore`` rebuilds the rest in backward. The real input, when kept, is announced to its
+    producer (:func:`announce_kept`)."""
+    if hasattr(quantizer, "from_kept"):
+        first, rest = kept[0], tuple(kept[1:])
+    else:
+        first, rest = x, tuple(quantizer.slim(kept) if hasattr(quantizer, "slim") else kept)
+    if first is x:
+        announce_kept(x)
+    return first, rest
+
+
 class _Fused(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, quantizer: type, *args: Any) -> Tensor:
         out, kept = quantizer.value(x, *args)
-        ctx.save_for_backward(*kept) if hasattr(quantizer, "from_kept") else ctx.save_for_backward(x, *kept)
+        first, rest = kept_for_backward(quantizer, x, kept)
+        ctx.save_for_backward(first, *rest)
         ctx.quantizer, ctx.args = quantizer, args
         return out
 
@@ -280,12 +355,17 @@ class _Fused(torch.autograd.Function):
     def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:
         saved = ctx.saved_tensors
         x, kept = (saved[0], saved) if hasattr(ctx.quantizer, "from_kept") else (saved[0], saved[1:])
-        return (ctx.quantizer.grad(grad, x, tuple(kept), *ctx.args), None) + (None,) * len(ctx.args)
+        if hasattr(ctx.quantizer, "restore"):
+            _, kept = ctx.quantizer.restore(x, kept, *ctx.args)
+        needs = ctx.needs_input_grad
+        gx = ctx.quantizer.grad(grad, x, tuple(kept), *ctx.args)
+        return (gx if needs[0] else None, None) + _arg_grads(ctx.quantizer, gx, needs[2:], ctx.args)
 
 
 @dataclass(frozen=True)
 class QuantizerCall:
-    """A quantizer applied to ``x`` with ``args`` (detached tensors or numbers): what a method's
+    """A quantizer applied to ``x`` with ``args`` (detached tensors or numbers, or learnable tensors
+    for a quantizer with ``arg_grads``): what a method's
     :meth:`~onebit.methods.Method.input_quantizer` returns, so the layer can fuse it with its
     convolution; :meth:`apply` runs it alone."""
 
@@ -620,11 +700,10 @@ class _QuantizedProduct(torch.autograd.Function):
             first = code
         else:
             xq, kept = quantizer.value(x, *args)
-            # A quantizer whose kept tensors hold all that backward needs (ReCU's standardised
-            # input) keeps those instead of the input: no recomputation of its statistics.
-            first = kept[0] if hasattr(quantizer, "from_kept") else x
-            if hasattr(quantizer, "from_kept"):
-                kept = kept[1:]
+            # A quantizer whose kept tensors hold all that backward needs (HBNN's value) keeps
+            # those instead of the input; one that can rebuild them cheaply from the input (ReCU's
+            # standardised input from x and σ) keeps the input and the small ones.
+            first, kept = kept_for_backward(quantizer, x, kept)
         y = _product(kind, xq, weight, conv)
         views = _scale_views(kind, y.dim(), (channel, height, width))
         ctx.spatial = height is not None
@@ -656,11 +735,14 @@ class _QuantizedProduct(torch.autograd.Function):
             x = first
             if hasattr(ctx.quantizer, "from_kept"):
                 xq, kept = ctx.quantizer.from_kept(first, kept), (first, *kept)
+            elif hasattr(ctx.quantizer, "restore"):
+                xq, kept = ctx.quantizer.restore(x, kept, *ctx.args)
             else:
                 xq, _ = ctx.quantizer.value(x, *ctx.args)
         grad = grad.contiguous()
         channel, height, width = scales
         needs = ctx.needs_input_grad
+        need_gx = _needs_input_grad(ctx.quantizer, needs[0], needs[8:])
         grads_scale: list[Tensor | None] = [None, None, None]
         if ctx.spatial:
             grad, grads_scale[1:] = _spatial_backward(ctx.kind, grad, y, channel, height, width, needs[3:5])
@@ -674,13 +756,14 @@ class _QuantizedProduct(torch.autograd.Function):
         # ∂/∂c = Σ G·W with G the weight gradient of the unscaled product — no pass over the output.
         w_eff = weight if channel is None else weight * _per_out_channel(channel, weight)
         need_gw = needs[1] or (channel is not None and needs[2])
-        gxq, gw = _product_backward(ctx.kind, grad, xq, w_eff, ctx.conv, (needs[0], need_gw))
+        gxq, gw = _product_backward(ctx.kind, grad, xq, w_eff, ctx.conv, (need_gx, need_gw))
         if channel is not None and gw is not None:
             if needs[2]:
                 grads_scale[0] = (gw * weight).reshape(weight.shape[0], -1).sum(1).reshape(channel.shape)
             gw = gw.mul_(_per_out_channel(channel, weight)) if needs[1] else None
         gx = None if gxq is None else ctx.quantizer.grad(gxq, x, kept, *ctx.args)
-        return (gx, gw, *grads_scale, None, None, None) + (None,) * len(ctx.args)
+        grads_args = _arg_grads(ctx.quantizer, gx, needs[8:], ctx.args)
+        return (gx if needs[0] else None, gw, *grads_scale, None, None, None) + grads_args
 
 
 def _compact_product(y: Tensor, xq: Tensor, weight: Tensor, packed: bool, args: tuple) -> Tensor:

@@ -6,7 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from .base import Method, register
-from .functional import ApproxSTE, QuantizerCall, per_channel_mean_abs, sign_clip_ste
+from .functional import QuantizerCall, ShiftedApproxSTE, per_channel_mean_abs, sign_clip_ste
 
 
 @register
@@ -34,7 +34,7 @@ class ReActNet(Method):
         layer.rsign_bias = nn.Parameter(torch.zeros(layer.in_features_count, dtype=w.dtype, device=w.device))
 
     def input_quantizer(self, layer: nn.Module, x: Tensor) -> QuantizerCall:
-        return QuantizerCall(x + layer.channel_view(layer.rsign_bias, x.dim()), ApproxSTE)
+        return QuantizerCall(x, ShiftedApproxSTE, (layer.channel_view(layer.rsign_bias, x.dim()),))
 
     def input_threshold(self, layer: nn.Module) -> Tensor | None:
         return layer.rsign_bias.detach().clone()

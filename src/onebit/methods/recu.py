@@ -40,7 +40,9 @@ class StandardizedApproxSTE:
     product of the centred rows: torch's Welford ``var`` is ~20x slower on CPU), and the backward
     through ApproxSign and the standardisation in closed form,
     ``g_x = (g_a − (Σ g_a·a)·(a − m/σ)/(n − 1))/σ`` per sample (σ = sqrt(var + ε), m the mean, n
-    features). It keeps ``a`` (not ``x``: ``from_kept``), so backward recomputes no statistics."""
+    features). It keeps ``x``, the mean and σ (``slim``), and backward rebuilds ``a = x/σ`` with the
+    forward's own division (bit-identical, one pass): ``x`` is what the Hardtanh in front keeps
+    anyway (:func:`onebit.methods.functional.announce_kept`), so no float copy of ``a`` is kept."""
 
     @staticmethod
     def value(x: Tensor, features: int) -> tuple[Tensor, tuple[Tensor, ...]]:
@@ -52,8 +54,14 @@ class StandardizedApproxSTE:
         return sign(a), (a, mean, std)
 
     @staticmethod
-    def from_kept(a: Tensor, kept: tuple[Tensor, ...]) -> Tensor:
-        return sign(a)
+    def slim(kept: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+        return kept[1:]  # (mean, σ): a is rebuilt from x
+
+    @staticmethod
+    def restore(x: Tensor, slim: tuple[Tensor, ...], features: int) -> tuple[Tensor, tuple[Tensor, ...]]:
+        mean, std = slim
+        a = torch.div(x.reshape(-1, features), std).reshape(x.shape)
+        return sign(a), (a, mean, std)
 
     @staticmethod
     def grad(grad: Tensor, x: Tensor, kept: tuple[Tensor, ...], features: int) -> Tensor:

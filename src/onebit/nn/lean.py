@@ -7,17 +7,23 @@ precision (the binary convolution itself keeps one byte per element), and is the
 binary step keeps beyond its full-precision twin's. :func:`keep_int8_for_backward` makes a Hardtanh
 keep ``clamp(x, −1, 1)`` truncated to int8 instead (taken from its output, which is that clamp,
 once the forward is done: no second clamp) — −1, 0 or +1, which torch's own backward reads
-exactly as it reads ``x`` (strictly inside iff 0) — so gradients are bit-identical. The module
+exactly as it reads ``x`` (strictly inside iff 0) — so gradients are bit-identical. When the binary
+layer's fused quantizer keeps the float output itself for its own surrogate gradient (ApproxSign,
+EDE, SignSwish, ReCU's standardisation: :func:`onebit.methods.functional.announce_kept`), the
+Hardtanh keeps that same tensor instead of the code: no memory of its own at all. The module
 stays an ``nn.Hardtanh`` (export recognises it by type); the saving is done by autograd's
 saved-tensor hooks, entered by a forward pre-hook and left by a forward hook.
 """
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import torch
 from torch import Tensor, nn
+
+from ..methods.functional import KEPT_ANYWAY
 
 __all__ = ["MIN_NUMEL", "keep_int8_for_backward"]
 
@@ -68,6 +74,17 @@ def _leave(module: nn.Hardtanh, args: tuple, output: Any) -> None:
             code = output.to(torch.int8)  # −1, 0 (strictly inside) or +1, truncating clamp(x, −1, 1)
         for holder in pending:
             holder[0] = code
+        output.__dict__[KEPT_ANYWAY] = partial(_keep_output, pending, output._version)
+
+
+def _keep_output(pending: list[list], version: int, output: Tensor) -> None:
+    """A fused quantizer keeps ``output`` itself for backward (announce_kept): keep it here too, in
+    place of the int8 code — the same memory, and torch's backward reads clamp(x, −1, 1) exactly as
+    it reads x (strictly inside (−1, 1) iff x is). Not if ``output`` was changed in place since."""
+    if output._version != version:
+        return
+    for holder in pending:
+        holder[0] = output
 
 
 def keep_int8_for_backward(module: nn.Hardtanh) -> nn.Hardtanh:
