@@ -98,6 +98,40 @@ void standardize_backward_rows(int kind, uintptr_t g, uintptr_t z, uintptr_t z_m
                                     reinterpret_cast<float*>(out), num_threads);
 }
 
+void surrogate_grad(int kind, uintptr_t g, uintptr_t x, int64_t n, float p0, float p1, float p2, uintptr_t out,
+                    int num_threads) {
+  if (kind < onebit::kSineGrad || kind > onebit::kFourierGrad || !g || !x ||
+      !out || n < 0 || num_threads < 1)
+    fail("surrogate_grad: bad arguments");
+  nb::gil_scoped_release nogil;
+  onebit::surrogate_grad(kind, reinterpret_cast<const float*>(g), reinterpret_cast<const float*>(x), n, p0, p1, p2,
+                         reinterpret_cast<float*>(out), num_threads);
+}
+
+void swish_weight(int kind, uintptr_t w, int64_t rows, int64_t n, uintptr_t alpha, float beta, uintptr_t out,
+                  int num_threads) {
+  if (kind < onebit::kSwishValue || kind > onebit::kSwishSign || !w || !out || rows < 0 || n < 1 || num_threads < 1)
+    fail("swish_weight: bad arguments");
+  nb::gil_scoped_release nogil;
+  onebit::swish_weight(kind, reinterpret_cast<const float*>(w), rows, n, reinterpret_cast<const float*>(alpha), beta,
+                       reinterpret_cast<float*>(out), num_threads);
+}
+
+void swish_weight_backward(uintptr_t g, uintptr_t w, int64_t rows, int64_t n, uintptr_t alpha, float beta,
+                           uintptr_t out, int num_threads) {
+  if (!g || !w || !out || rows < 0 || n < 1 || num_threads < 1) fail("swish_weight_backward: bad arguments");
+  nb::gil_scoped_release nogil;
+  onebit::swish_weight_backward(reinterpret_cast<const float*>(g), reinterpret_cast<const float*>(w), rows, n,
+                                reinterpret_cast<const float*>(alpha), beta, reinterpret_cast<float*>(out),
+                                num_threads);
+}
+
+void math_rows(int kind, uintptr_t x, int64_t n, uintptr_t out, int num_threads) {
+  if (kind < 0 || kind > 2 || !x || !out || n < 0 || num_threads < 1) fail("math_rows: bad arguments");
+  nb::gil_scoped_release nogil;
+  onebit::math_rows(kind, reinterpret_cast<const float*>(x), n, reinterpret_cast<float*>(out), num_threads);
+}
+
 void tanh_rows(uintptr_t x, int64_t n, uintptr_t out, int num_threads) {
   if (!x || !out || n < 0 || num_threads < 1) fail("tanh_rows: bad arguments");
   nb::gil_scoped_release nogil;
@@ -320,6 +354,13 @@ NB_MODULE(_engine, mod) {
           "z_mean_addr"_a, "factor_addr"_a, "through_addr"_a, "param"_a, "dof"_a, "rows"_a, "n"_a, "out_addr"_a,
           "num_threads"_a);
   mod.def("tanh_rows", &tanh_rows, "x_addr"_a, "n"_a, "out_addr"_a, "num_threads"_a);
+  mod.def("surrogate_grad", &surrogate_grad, "kind"_a, "g_addr"_a, "x_addr"_a, "n"_a, "p0"_a, "p1"_a, "p2"_a,
+          "out_addr"_a, "num_threads"_a);
+  mod.def("math_rows", &math_rows, "kind"_a, "x_addr"_a, "n"_a, "out_addr"_a, "num_threads"_a);
+  mod.def("swish_weight", &swish_weight, "kind"_a, "w_addr"_a, "rows"_a, "n"_a, "alpha_addr"_a, "beta"_a,
+          "out_addr"_a, "num_threads"_a);
+  mod.def("swish_weight_backward", &swish_weight_backward, "g_addr"_a, "w_addr"_a, "rows"_a, "n"_a, "alpha_addr"_a,
+          "beta"_a, "out_addr"_a, "num_threads"_a);
   mod.def("pack_nchw", &pack_nchw, "x_addr"_a, "N"_a, "C"_a, "HW"_a, "threshold_addr"_a, "out_addr"_a,
           "num_threads"_a);
   mod.def("pack_rows", &pack_rows, "x_addr"_a, "P"_a, "C"_a, "threshold_addr"_a, "out_addr"_a, "kernel_id"_a,

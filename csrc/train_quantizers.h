@@ -17,7 +17,7 @@ namespace onebit {
 //    through = 1 where var > 0, else 0.
 //  * kRecu (ReCU): divisor = sqrt(sq/dof + eps)/(2*sqrt(2)) (dof = n-1, or 1 for n = 1);
 //    out = sign(z); factor = 1/divisor; through = 1; abs_sum = sum |z| (for the global Q_tau).
-// sign(v) is +1 for v >= 0 (-0.0 included), -1 below, NaN for NaN. Always written: z (rows x n),
+// sign(v) is +1 for v >= 0 (-0.0 included) and NaN, -1 below (onebit's sign). Always written: z (rows x n),
 // z_mean, factor, through (rows); abs_sum (rows) when not null.
 enum StandardizeKind : int { kLibra = 0, kRecu = 1 };
 void standardize_rows(int kind, const float* w, int64_t rows, int64_t n, float k, float t, float eps,
@@ -39,5 +39,30 @@ void standardize_backward_rows(int kind, const float* g, const float* z, const f
 // value; exact +-1 for |x| >= 9.02, where tanh rounds to +-1 in float; tanh(-0) = -0; NaN -> NaN):
 // exposed so that the tests can check it against torch over the whole float range.
 void tanh_rows(const float* x, int64_t n, float* out, int num_threads);
+
+// Element-wise surrogate gradients of the smooth weight quantizers (the forward values stay torch's):
+//  kSineGrad    out = (g*cos(p0*x))*p0                 (d/dx sin(p0*x): BiPer's wave sin(omega*W))
+//  kSwishGrad   out = ((s*(1-s))*(2 + b*((1-s) - s))*(2*p0))*g, b = p0*x, s = sigmoid(b)   (SignSwish)
+//  kFourierGrad out = ((|x| <= 1 ? g : 0)*r)*p2, r = sin(t*p1)/(sin(t)*2) with t = clamp(x,-1,1)*p0,
+//               r = p1/2 where that is 0/0 (FDA: p0 = omega < pi, p1 = 2(n+1), p2 = 4*omega/pi)
+// sin/cos: SLEEF's u35 method (reduction by pi in four parts, one polynomial: at most 3 ulp, measured 2.2, for |argument| <= 8192; beyond, libm's sin/cos);
+// sigmoid from exp(-|b|) (at most 3 ulp above b = -87; below, exp(-87) = 1.6e-38 at most where torch
+// gives subnormals).
+enum SurrogateKind : int { kSineGrad = 0, kSwishGrad = 1, kFourierGrad = 2 };
+void surrogate_grad(int kind, const float* g, const float* x, int64_t n, float p0, float p1, float p2, float* out,
+                    int num_threads);
+
+// sin (kind 0), cos (1) or sigmoid (2) over n floats with the kernels' approximations (for the tests).
+void math_rows(int kind, const float* x, int64_t n, float* out, int num_threads);
+
+// PC++'s SignSwish weight quantizer (BNN++, PC++ BNN+) per output channel's row of w (rows x n), with
+// alpha (rows; null: 1) its detached scale: out = v(w/alpha)*alpha, v = SS_beta (kSwishValue),
+// sign(SS_beta) (kSwishSignOfSwish) or sign (kSwishSign); the backward is
+// ((g*alpha)*SS'_beta(w/alpha))/alpha, autograd's chain through the division, SS and the product.
+enum SwishWeightKind : int { kSwishValue = 0, kSwishSignOfSwish = 1, kSwishSign = 2 };
+void swish_weight(int kind, const float* w, int64_t rows, int64_t n, const float* alpha, float beta, float* out,
+                  int num_threads);
+void swish_weight_backward(const float* g, const float* w, int64_t rows, int64_t n, const float* alpha, float beta,
+                           float* out, int num_threads);
 
 }  // namespace onebit

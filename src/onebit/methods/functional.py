@@ -262,6 +262,8 @@ class FourierSTE:
 
     @staticmethod
     def grad(grad: Tensor, x: Tensor, kept: tuple[Tensor, ...], terms: int, omega: float) -> Tensor:
+        if omega < math.pi and omega * 2 * (terms + 1) <= 8192 and _native(x, grad):  # one pass, same formula
+            return _native_surrogate(_FOURIER_GRAD, grad, x, omega, 2.0 * (terms + 1), 4 * omega / math.pi)
         series = fourier_derivative_sum(x.clamp(-1.0, 1.0), terms, omega)
         return _clip_grad(grad, x).mul_(series).mul_(4 * omega / math.pi)
 
@@ -304,6 +306,8 @@ class SwishSTE:
 
     @staticmethod
     def grad(grad: Tensor, x: Tensor, kept: tuple[Tensor, ...], beta: Tensor | float, kind: str) -> Tensor:
+        if _native(x, grad):  # the same formula in one pass (train_quantizers.h)
+            return _native_surrogate(_SWISH_GRAD, grad, x, float(beta))
         bx = beta * x
         s = torch.sigmoid(bx)
         one_minus_s = 1 - s
@@ -506,8 +510,21 @@ _LIBRA, _RECU = 0, 1  # csrc/train_quantizers.h StandardizeKind
 _EDE_GRAD, _WINDOW_GRAD = 0, 1  # DerivativeKind
 
 
-def _native(w: Tensor) -> bool:
-    return NATIVE_KERNELS and w.device.type == "cpu" and w.dtype == torch.float32
+_SINE_GRAD, _SWISH_GRAD, _FOURIER_GRAD = 0, 1, 2  # SurrogateKind
+
+
+def _native(*tensors: Tensor) -> bool:
+    return NATIVE_KERNELS and all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
+
+
+def _native_surrogate(kind: int, grad: Tensor, x: Tensor, p0: float, p1: float = 0.0, p2: float = 0.0) -> Tensor:
+    """``surrogate_grad`` (train_quantizers.h) of ``kind`` over ``x`` and ``grad`` (same shape)."""
+    x = x.detach().contiguous()
+    g = grad.contiguous()
+    out = torch.empty_like(x)
+    _engine.surrogate_grad(kind, g.data_ptr(), x.data_ptr(), x.numel(), p0, p1, p2, out.data_ptr(),
+                           torch.get_num_threads())
+    return out
 
 
 def _native_standardize(kind: int, w: Tensor, k: float = 0.0, t: float = 0.0, eps: float = 0.0
@@ -581,6 +598,78 @@ def libra_ede(w: Tensor, k: Tensor, t: Tensor) -> Tensor:
     EDE gradient ``k·t·(1 − tanh²(t·Ŵ))`` through Ŵ and its standardisation, as one autograd.Function
     (``k``, ``t`` and the power-of-two scale ``s`` detached)."""
     return _LibraEDE.apply(w, k.detach(), t.detach())
+
+
+class _SineWave(torch.autograd.Function):
+    """``sin(ω·W)`` (or ``sign(sin(ω·W))`` with the identity STE through the sign), its gradient
+    ``(g·cos(ω·W))·ω`` — autograd's chain through the product and the sine — in one native pass; only
+    ``W`` is kept (autograd would keep the product ω·W as well)."""
+
+    @staticmethod
+    def forward(ctx, w: Tensor, omega: float, binary: bool) -> Tensor:
+        ctx.save_for_backward(w)
+        ctx.omega = omega
+        wave = torch.sin(omega * w)
+        return sign(wave) if binary else wave
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:
+        (w,) = ctx.saved_tensors
+        return _native_surrogate(_SINE_GRAD, grad, w, ctx.omega), None, None
+
+
+def sine_wave(w: Tensor, omega: float, binary: bool) -> Tensor:
+    """BiPer's weight (Vargas et al., CVPR 2024): ``sin(ω·W)``, or with ``binary`` the square wave
+    ``sign(sin(ω·W))`` with the sine's gradient (identity STE through the sign). On float32 CPU weights
+    the backward is one native pass (:class:`_SineWave`); the values are torch's either way."""
+    if _native(w):
+        return _SineWave.apply(w, float(omega), bool(binary))
+    wave = torch.sin(omega * w)
+    return sign_identity_ste(wave) if binary else wave
+
+
+class _ScaledSwish(torch.autograd.Function):
+    """:func:`scaled_sign_swish` on float32 CPU weights: forward and backward one native pass each
+    (train_quantizers.h ``swish_weight``); keeps W and α only."""
+
+    @staticmethod
+    def forward(ctx, w: Tensor, alpha: Tensor | None, beta: float, kind: int) -> Tensor:
+        rows = w.detach().reshape(w.shape[0], -1).contiguous()
+        scale = None if alpha is None else alpha.detach().reshape(-1).to(torch.float32).contiguous()
+        out = torch.empty_like(rows)
+        _engine.swish_weight(kind, rows.data_ptr(), rows.shape[0], rows.shape[1],
+                             0 if scale is None else scale.data_ptr(), beta, out.data_ptr(), torch.get_num_threads())
+        ctx.save_for_backward(rows, scale)
+        ctx.beta, ctx.shape = beta, w.shape
+        return out.reshape(w.shape)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None, None]:
+        rows, scale = ctx.saved_tensors
+        g = grad.reshape(rows.shape).contiguous()
+        out = torch.empty_like(rows)
+        _engine.swish_weight_backward(g.data_ptr(), rows.data_ptr(), rows.shape[0], rows.shape[1],
+                                      0 if scale is None else scale.data_ptr(), ctx.beta, out.data_ptr(),
+                                      torch.get_num_threads())
+        return out.reshape(ctx.shape), None, None, None
+
+
+_SWISH_VALUES = {"swish": 0, "sign_swish": 1, "sign": 2}  # train_quantizers.h SwishWeightKind
+
+
+def scaled_sign_swish(w: Tensor, alpha: Tensor | None, beta: Tensor | float, value: str) -> Tensor:
+    """``sign_swish_ste(w/α, β, value)·α`` (α a detached per-output-channel scale shaped to broadcast,
+    or None for α = 1): PC++'s SignSwish weight quantizer (BNN++, PC++ BNN+). On float32 CPU weights
+    its forward and backward are one native pass each, row by row (:class:`_ScaledSwish`): the sign
+    values bit for bit, the SignSwish value and the gradients within float rounding of torch's (the
+    sigmoid is the kernels' approximation, at most 3 ulp)."""
+    if value not in _SWISH_VALUES:
+        raise ValueError(f"scaled_sign_swish: value={value!r}; use 'swish', 'sign_swish' or 'sign'")
+    if _native(w) and w.dim() > 1 and (alpha is None or alpha.numel() == w.shape[0]):
+        return _ScaledSwish.apply(w, alpha, float(beta), _SWISH_VALUES[value])
+    u = w if alpha is None else w / alpha
+    q = sign_swish_ste(u, beta, value)
+    return q if alpha is None else q * alpha
 
 
 class _RecuWeight(torch.autograd.Function):

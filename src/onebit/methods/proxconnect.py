@@ -27,6 +27,7 @@ from .functional import (
     QuantizerCall,
     SwishSTE,
     clip,
+    scaled_sign_swish,
     sign,
     sign_clip_ste,
     sign_identity_ste,
@@ -173,9 +174,13 @@ class ProxConnectPP(Method):
         return QuantizerCall(x, IdentitySTE)
 
     def quantize_weight(self, layer: nn.Module, w: Tensor) -> Tensor:
-        alpha = self._scale(w)
+        return self.scaled_weight(w, self._scale(w), layer.pcpp_mu, bool(layer.pcpp_hard))
+
+    def scaled_weight(self, w: Tensor, alpha: Tensor | None, mu: Tensor, hard: bool) -> Tensor:
+        """``fused_weight(w/α)·α`` (α None: ``fused_weight(w)``); the SignSwish presets fuse all of it
+        (:func:`onebit.methods.functional.scaled_sign_swish`)."""
         u = w if alpha is None else w / alpha
-        q = self.fused_weight(u, layer.pcpp_mu, bool(layer.pcpp_hard))
+        q = self.fused_weight(u, mu, hard)
         return q if alpha is None else q * alpha
 
     def input_quantizer(self, layer: nn.Module, x: Tensor) -> QuantizerCall:
@@ -288,6 +293,9 @@ class PCBNNPlus(ProxConnectPP):
     def fused_weight(self, u: Tensor, mu: Tensor, hard: bool) -> Tensor:
         return sign_swish_ste(u, self.beta, value="sign_swish")
 
+    def scaled_weight(self, w: Tensor, alpha: Tensor | None, mu: Tensor, hard: bool) -> Tensor:
+        return scaled_sign_swish(w, alpha, self.beta, "sign_swish")
+
     def fused_input(self, x: Tensor, mu: Tensor) -> QuantizerCall:
         return QuantizerCall(x, SwishSTE, (self.beta, "sign"))
 
@@ -322,6 +330,9 @@ class BNNPlusPlus(ProxConnectPP):
 
     def fused_weight(self, u: Tensor, mu: Tensor, hard: bool) -> Tensor:
         return sign_swish_ste(u, mu, value="sign_swish" if hard else "swish")
+
+    def scaled_weight(self, w: Tensor, alpha: Tensor | None, mu: Tensor, hard: bool) -> Tensor:
+        return scaled_sign_swish(w, alpha, mu.detach(), "sign_swish" if hard else "swish")
 
     def fused_input(self, x: Tensor, mu: Tensor) -> QuantizerCall:
         return QuantizerCall(x, SwishSTE, (mu.detach(), "sign"))
