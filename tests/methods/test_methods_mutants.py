@@ -29,3 +29,20 @@ def test_approx_sign_saturates_outside_the_unit_interval():
     y.sum().backward()
     assert y.tolist() == [-1.0, -1.0, -0.75, 0.75, 1.0, 1.0]
     assert x.grad.tolist() == [0.0, 0.0, 1.0, 1.0, 0.0, 0.0]
+
+
+def test_extra_fp_ops_count_each_inference_hook():
+    """Method.extra_fp_ops (BiBench's complexity track): a multiply per output element for an output scale
+    (RecU's α, BiPer's, XNOR-Net++'s Γ), an add per input element for an activation threshold (ReActNet's
+    RSign), a multiply-add per input element for XNOR-Net's runtime input scale K, nothing for plain sign
+    (BNN), and no activation hooks at all when activations stay real (a survivor of tools/mutate.py seed 41:
+    the threshold's `is not None` turned round)."""
+    inputs, outputs = 10, 3
+    expected = {"bnn": 0, "reactnet": inputs, "xnor": 2 * inputs, "recu": outputs, "biper": outputs,
+                "xnorpp": outputs}
+    for name, want in expected.items():
+        layer = BinaryLinear(4, 3, method=name)
+        assert layer.method.extra_fp_ops(layer, inputs, outputs) == want, name
+    for name in ("reactnet", "xnor"):
+        weight_only = BinaryLinear(4, 3, method=name, binarize_activations=False)
+        assert weight_only.method.extra_fp_ops(weight_only, inputs, outputs) == 0, name

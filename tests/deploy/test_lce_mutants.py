@@ -1,0 +1,140 @@
+"""The LCE export's written file, read back with the ``tflite`` schema package, and a model that reads its
+own shape (``y.size(0)``): details that LCE's interpreter tolerates or that no other test model has, so a
+one-line bug there (tools/mutate.py, issue 21) went unnoticed: an absent optional input must be -1 (the
+TFLite schema's marker), an unpadded pool must say VALID, and ``size(dim)`` must be that one size."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from onebit.deploy import lce
+from onebit.nn import BinaryConv2d
+
+tflite = pytest.importorskip("tflite")
+pytestmark = pytest.mark.skipif(not lce.LCE_PLATFORM,
+                                reason="larq-compute-engine ships its interpreter for x86-64 Linux only")
+
+
+class ConvPools(nn.Module):
+    """binary conv → max pool → average pool (both unpadded) → flatten by ``y.size(0)`` → linear."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = BinaryConv2d(3, 8, 3, padding=1, method="xnor")
+        self.pool, self.avg = nn.MaxPool2d(2), nn.AvgPool2d(2)
+        self.fc = nn.Linear(32, 2)
+
+    def forward(self, x):
+        y = self.avg(self.pool(self.conv(x)))
+        return self.fc(y.reshape(y.size(0), -1))
+
+
+def _ops(buf: bytes):
+    model = tflite.Model.GetRootAsModel(buf, 0)
+    graph = model.Subgraphs(0)
+    for i in range(graph.OperatorsLength()):
+        op = graph.Operators(i)
+        code = model.OperatorCodes(op.OpcodeIndex())
+        name = code.CustomCode().decode() if code.CustomCode() else code.BuiltinCode()
+        yield name, op
+
+
+def _pool_padding(op) -> int:
+    options = tflite.Pool2DOptions()
+    table = op.BuiltinOptions()
+    options.Init(table.Bytes, table.Pos)
+    return options.Padding()
+
+
+def test_lce_file_marks_absent_inputs_and_unpadded_pools_as_the_schema_says():
+    torch.manual_seed(0)
+    net = ConvPools().eval()
+    x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    buf = lce.to_lce_bytes(net, x)
+    ops = list(_ops(buf))
+    bconvs = [op for name, op in ops if name == "LceBconv2d"]
+    assert len(bconvs) == 1
+    # the bconv writes floats: its fifth input (the output thresholds) is absent, written as -1
+    assert list(bconvs[0].InputsAsNumpy())[4] == -1
+    pools = [op for name, op in ops if name in (tflite.BuiltinOperator.MAX_POOL_2D,
+                                                 tflite.BuiltinOperator.AVERAGE_POOL_2D)]
+    assert len(pools) == 2
+    assert all(_pool_padding(op) == tflite.Padding.VALID for op in pools)
+    with torch.no_grad():
+        want = net(x)
+    got = torch.from_numpy(lce.interpreter(buf).predict(x.permute(0, 2, 3, 1).numpy())[0])
+    assert got.shape == want.shape == (2, 2)
+    assert (got - want).abs().max().item() <= 1e-5 * max(1.0, want.abs().max().item())
+
+
+class SizeReader(nn.Module):
+    """Reads one size (``x.size(1)``), the whole shape (``x.size()``, ``x.shape``) and computes with them."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(12, 3)
+
+    def forward(self, x):
+        n, c = x.size(0), x.size(1)
+        flat = x.reshape(n, c * x.size()[2])
+        return self.fc(flat.reshape(x.shape[0], -1))
+
+
+def test_lce_reads_one_size_or_the_whole_shape():
+    torch.manual_seed(0)
+    net = SizeReader().eval()
+    x = torch.randn(2, 3, 4)
+    with torch.no_grad():
+        want = net(x)
+    got = torch.from_numpy(lce.interpreter(lce.to_lce_bytes(net, x)).predict(x.numpy())[0])
+    assert got.shape == want.shape
+    assert (got - want).abs().max().item() <= 1e-5 * max(1.0, want.abs().max().item())
+
+
+def test_lce_file_declares_the_bit_packed_shapes():
+    """Every bit-packed tensor the file declares (a bconv writing sign bits through thresholds, the bit
+    max-pool after it, LceQuantize) has ceil(C/32) int32 words per pixel: 33 channels are two words, 32
+    one and 64 two. LCE's interpreter sizes its tensors itself, so only the file can show a wrong count."""
+    from onebit.nn import BinaryConv2d
+
+    torch.manual_seed(3)
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        BinaryConv2d(8, 33, 3, 1, 1, method="bireal", pad_value=1.0), nn.BatchNorm2d(33), nn.Hardtanh(),
+        BinaryConv2d(33, 32, 3, 1, 1, method="bireal", pad_value=1.0), nn.BatchNorm2d(32), nn.Hardtanh(),
+        nn.MaxPool2d(2),
+        BinaryConv2d(32, 64, 3, 1, 1, method="bireal", pad_value=1.0), nn.BatchNorm2d(64), nn.Hardtanh(),
+        BinaryConv2d(64, 8, 3, 1, 1, method="bnn", pad_value=1.0),
+        nn.Flatten(), nn.Linear(8 * 4 * 4, 4),
+    ).eval()
+    with torch.no_grad():
+        for bn in (model[2], model[5], model[9]):
+            bn.running_mean.uniform_(-0.5, 0.5)
+            bn.running_var.uniform_(0.5, 1.5)
+    x = torch.randn(2, 3, 8, 8)
+    buf = lce.to_lce_bytes(model, x)
+    tfl = tflite.Model.GetRootAsModel(buf, 0)
+    graph = tfl.Subgraphs(0)
+    seen = {}
+    for name, op in _ops(buf):
+        if name not in ("LceBconv2d", "LceQuantize", "LceBMaxPool2d"):
+            continue
+        out = graph.Tensors(int(op.OutputsAsNumpy()[0]))
+        if out.Type() != tflite.TensorType.INT32:
+            continue  # a float output
+        if name == "LceBconv2d":
+            channels = int(graph.Tensors(int(op.InputsAsNumpy()[1])).ShapeAsNumpy()[0])  # OHWI filter: O
+        elif name == "LceQuantize":
+            channels = int(graph.Tensors(int(op.InputsAsNumpy()[0])).ShapeAsNumpy()[-1])  # NHWC float input
+        else:
+            channels = seen["LceBconv2d"][-1][0]  # the bits of the bconv before it
+        words = int(out.ShapeAsNumpy()[-1])
+        seen.setdefault(name, []).append((channels, words))
+    assert seen["LceBconv2d"] == [(33, 2), (32, 1), (64, 2)]
+    assert seen["LceQuantize"] == [(8, 1)] and seen["LceBMaxPool2d"] == [(32, 1)]
+    with torch.no_grad():
+        want = model(x)
+    got = torch.from_numpy(lce.interpreter(buf).predict(x.permute(0, 2, 3, 1).numpy())[0])
+    assert (got - want).abs().max().item() <= 1e-4 * max(1.0, want.abs().max().item())
