@@ -125,3 +125,42 @@ def test_a_saved_graph_keeps_slices_and_ellipsis(tmp_path):
     want = packed(x)
     assert want.shape == (2, 4, 5, 5)
     torch.testing.assert_close(restored(x), want, rtol=0, atol=0)
+
+
+def test_only_floating_point_arrays_are_checked_for_nan():
+    """_finite.py `isinstance(x, np.ndarray) and np.issubdtype(x.dtype, np.floating) and x.size` (mutant:
+    `or`, seed-41 sample): arguments that are not floating-point arrays or tensors (numbers, strings,
+    lists, integer arrays, empty arrays) pass through the NaN guard untouched under every policy, and
+    float arrays are still checked per sample."""
+    import numpy as np
+
+    from onebit.deploy._finite import NonFiniteInputError, guard_inputs
+
+    plain = (3, "text", [float("nan")], None, np.arange(4), np.zeros((0, 3)), torch.arange(3))
+    for policy in ("raise", "propagate"):
+        out, bad = guard_inputs(plain, policy, "test")
+        assert out is plain and bad is None
+    x = np.array([[1.0, 2.0], [np.nan, 0.0], [np.inf, 1.0]], dtype=np.float32)
+    with pytest.raises(NonFiniteInputError, match="2 NaN/inf values in samples 1, 2"):
+        guard_inputs((x, 7), "raise", "test")
+    (clean, seven), bad = guard_inputs((x, 7), "propagate", "test")
+    assert seven == 7 and bad.tolist() == [False, True, True]
+    assert clean.tolist() == [[1.0, 2.0], [0.0, 0.0], [0.0, 1.0]]
+
+
+def test_reference_kernels_return_plain_tensors():
+    """kernels.py's oracles (`residual.detach()`; mutant: dropped, seed-41 sample): like the engine, the
+    float64 reference returns data without an autograd graph, even for a residual that requires grad,
+    and the same values as the engine."""
+    from onebit.deploy import kernels as K
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.where(torch.rand(2, 8, 5, 5, generator=g) < 0.5, -1.0, 1.0)
+    w = torch.where(torch.rand(6, 8, 3, 3, generator=g) < 0.5, -1.0, 1.0)
+    residual = torch.randn(2, 6, 5, 5, generator=g, requires_grad=True)
+    tr = K.OutputTransform(torch.rand(6, generator=g), torch.randn(6, generator=g))
+    ref = K.reference_binary_conv2d(x, w, padding=1, transform=tr, residual=residual)
+    assert not ref.requires_grad and ref.grad_fn is None
+    got = K.binary_conv2d(K.pack_activations(x), K.pack_weights(w), padding=1, transform=tr,
+                          residual=residual.detach().permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2))
+    assert torch.allclose(got, ref, atol=1e-5)
