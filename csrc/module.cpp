@@ -22,6 +22,7 @@
 #include "ops.h"
 #include "thread_pool.h"
 #include "train_quantizers.h"
+#include "train_activations.h"
 
 namespace nb = nanobind;
 using namespace nb::literals;
@@ -361,6 +362,7 @@ NB_MODULE(_engine, mod) {
           "out_addr"_a, "num_threads"_a);
   mod.def("swish_weight_backward", &swish_weight_backward, "g_addr"_a, "w_addr"_a, "rows"_a, "n"_a, "alpha_addr"_a,
           "beta"_a, "out_addr"_a, "num_threads"_a);
+  onebit::bind_train_activations(mod);
   mod.def("pack_nchw", &pack_nchw, "x_addr"_a, "N"_a, "C"_a, "HW"_a, "threshold_addr"_a, "out_addr"_a,
           "num_threads"_a);
   mod.def("pack_rows", &pack_rows, "x_addr"_a, "P"_a, "C"_a, "threshold_addr"_a, "out_addr"_a, "kernel_id"_a,

@@ -46,7 +46,12 @@ def sign(x: Tensor) -> Tensor:
     # sign(sign(x) + 0.5) maps {-1, 0, +1} to {-1, +1, +1} with two vectorised arithmetic kernels; a
     # comparison + where is several times slower on CPU (bool tensors), and this runs on every weight
     # and activation of every step. (-0.0 maps to +1 too, as the kernels' `x < 0` test does.)
-    # In place after the first kernel: the same values with one allocation instead of three.
+    # In place after the first kernel: the same values with one allocation instead of three. Where
+    # no gradient is recorded, one native pass instead (:func:`native_sign`, the same values).
+    if not (x.requires_grad and torch.is_grad_enabled()):
+        out = native_sign(x)
+        if out is not None:
+            return out
     return torch.sign(x).add_(0.5).sign_()
 
 
@@ -146,6 +151,71 @@ def _clip_grad(grad: Tensor, x: Tensor) -> Tensor:
     return torch.ops.aten.hardtanh_backward(grad, x, -bound, bound)
 
 
+# Native activation kernels (csrc/train_activations.cpp, in onebit._engine): sign, ApproxSign's
+# gradient (with ReActNet's per-channel shift) and ReCU/BiPer's standardised ApproxSign in one pass
+# over the activations each, where torch takes one pass per op. They run on float32 CPU tensors
+# outside torch.compile; anything else, or an engine built without them, takes the torch formulas,
+# which stay the tests' oracle (tests/methods/test_native_activations.py).
+try:
+    from onebit import _engine as _activation_engine
+except ImportError:  # a source tree without the compiled engine: the torch path only
+    _activation_engine = None
+
+#: Whether the native activation kernels may run (tests set it False to take the torch path).
+NATIVE_ACTIVATIONS = _activation_engine is not None and hasattr(_activation_engine, "activation_sign")
+
+
+def native_activations(*tensors: Tensor) -> bool:
+    """Whether the native activation kernels take these (non-empty float32 CPU) tensors."""
+    return (NATIVE_ACTIVATIONS and tensors[0].numel() > 0 and not torch.compiler.is_compiling()
+            and all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors))
+
+
+def _channel_layout(x: Tensor, shift: Tensor | None) -> tuple[int, int, int] | None:
+    """(outer, channels, inner) of ``x`` around the one dim along which ``shift`` varies (shift
+    broadcasting to x with at most one non-1 dim, of x's size there), or None for another shape."""
+    if shift is None:
+        return 1, 1, x.numel()
+    if shift.dim() > x.dim() or shift.numel() == 0:
+        return None
+    sizes = (1,) * (x.dim() - shift.dim()) + tuple(shift.shape)
+    varying = [d for d, s in enumerate(sizes) if s != 1]
+    if len(varying) > 1 or any(s not in (1, x.shape[d]) for d, s in enumerate(sizes)):
+        return None
+    if not varying:  # one value for all
+        return 1, 1, x.numel()
+    d = varying[0]
+    return math.prod(x.shape[:d]), x.shape[d], math.prod(x.shape[d + 1:])
+
+
+def native_sign(x: Tensor, shift: Tensor | None = None) -> Tensor | None:
+    """onebit's sign of ``x`` (+ ``shift``, per channel) in one native pass, or None where the kernel
+    does not take it (then the caller takes the torch formula)."""
+    layout = _channel_layout(x, shift)
+    if layout is None or not native_activations(x, *(() if shift is None else (shift,))):
+        return None
+    src = x.detach().contiguous()
+    out = torch.empty(x.shape, dtype=x.dtype)
+    b = None if shift is None else shift.detach().reshape(-1).contiguous()
+    _activation_engine.activation_sign(src.data_ptr(), 0 if b is None else b.data_ptr(), *layout, out.data_ptr(),
+                                       torch.get_num_threads())
+    return out
+
+
+def native_approx_grad(grad: Tensor, x: Tensor, shift: Tensor | None = None) -> Tensor | None:
+    """ApproxSign's gradient ``g·max(0, 2 − 2|x (+ shift)|)`` in one native pass, operation for operation
+    :meth:`ApproxSTE.grad`'s (bit-identical), or None where the kernel does not take the tensors."""
+    layout = _channel_layout(x, shift)
+    if layout is None or grad.shape != x.shape or not native_activations(x, grad, *(() if shift is None else (shift,))):
+        return None
+    src, g = x.detach().contiguous(), grad.contiguous()
+    out = torch.empty(x.shape, dtype=x.dtype)
+    b = None if shift is None else shift.detach().reshape(-1).contiguous()
+    _activation_engine.approx_sign_grad(g.data_ptr(), src.data_ptr(), 0 if b is None else b.data_ptr(), *layout,
+                                        out.data_ptr(), torch.get_num_threads())
+    return out
+
+
 class ClipSTE:
     """``scale·sign(x)``, gradient ``g·1{|x| ≤ 1}`` not multiplied by the (detached) scale."""
 
@@ -193,6 +263,9 @@ class ApproxSTE:
 
     @staticmethod
     def grad(grad: Tensor, x: Tensor, kept: tuple[Tensor, ...]) -> Tensor:
+        native = native_approx_grad(grad, x)
+        if native is not None:
+            return native
         inside = _clip_grad(grad, x)
         return torch.addcmul(inside * 2, inside, x.abs(), value=-2)  # g·(2 − 2|x|) on |x| ≤ 1
 
@@ -205,6 +278,9 @@ class ShiftedApproxSTE:
 
     @staticmethod
     def value(x: Tensor, shift: Tensor) -> tuple[Tensor, tuple[Tensor, ...]]:
+        native = native_sign(x, shift)  # x + b and its sign in one pass, x + b not kept (grad adds b again)
+        if native is not None:
+            return native, ()
         shifted = x + shift
         return sign(shifted), (shifted,)
 
@@ -218,6 +294,11 @@ class ShiftedApproxSTE:
 
     @staticmethod
     def grad(grad: Tensor, x: Tensor, kept: tuple[Tensor, ...], shift: Tensor) -> Tensor:
+        if not kept:  # the native value kept no x + b: the native gradient adds b again
+            native = native_approx_grad(grad, x, shift)
+            if native is not None:
+                return native
+            kept = (x + shift,)
         return ApproxSTE.grad(grad, kept[0], ())
 
     @staticmethod

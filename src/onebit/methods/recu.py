@@ -8,7 +8,8 @@ import torch
 from torch import Tensor, nn
 
 from .base import Method, Option, register
-from .functional import ApproxSTE, QuantizerCall, _clip_grad, recu_weight, sign
+from . import functional
+from .functional import ApproxSTE, QuantizerCall, _clip_grad, native_activations, recu_weight, sign
 
 EPS = 1e-5
 
@@ -42,10 +43,16 @@ class StandardizedApproxSTE:
     ``g_x = (g_a − (Σ g_a·a)·(a − m/σ)/(n − 1))/σ`` per sample (σ = sqrt(var + ε), m the mean, n
     features). It keeps ``x``, the mean and σ (``slim``), and backward rebuilds ``a = x/σ`` with the
     forward's own division (bit-identical, one pass): ``x`` is what the Hardtanh in front keeps
-    anyway (:func:`onebit.methods.functional.announce_kept`), so no float copy of ``a`` is kept."""
+    anyway (:func:`onebit.methods.functional.announce_kept`), so no float copy of ``a`` is kept.
+    On float32 CPU tensors the forward, the rebuilt binary input and the backward are native row
+    kernels (csrc/train_activations.cpp: one sample's row, L2-resident, at a time): ``a`` is then never
+    materialised (the kept ``a`` is None) and the gradient is two passes per row instead of ~10 over
+    the whole tensor; the same element-wise arithmetic, the row sums in double precision."""
 
     @staticmethod
     def value(x: Tensor, features: int) -> tuple[Tensor, tuple[Tensor, ...]]:
+        if native_activations(x):
+            return _native_standardize_sign(x, features)
         rows = x.reshape(-1, features)
         mean = rows.mean(dim=1, keepdim=True)
         centred = rows - mean
@@ -60,18 +67,56 @@ class StandardizedApproxSTE:
     @staticmethod
     def restore(x: Tensor, slim: tuple[Tensor, ...], features: int) -> tuple[Tensor, tuple[Tensor, ...]]:
         mean, std = slim
+        if native_activations(x, std):
+            return _native_scaled_sign(x, std, features), (None, mean, std)
         a = torch.div(x.reshape(-1, features), std).reshape(x.shape)
         return sign(a), (a, mean, std)
 
     @staticmethod
     def grad(grad: Tensor, x: Tensor, kept: tuple[Tensor, ...], features: int) -> Tensor:
         a, mean, std = kept
+        if a is None:  # the native forward or restore: a = x/σ rebuilt inside the kernel
+            return _native_standardized_grad(grad, x, mean, std, features)
         a = a.reshape(-1, features)
         inside = _clip_grad(grad.reshape(a.shape), a)
         grad_a = torch.addcmul(inside * 2, inside, a.abs(), value=-2)  # ApproxSign: g·(2 − 2|a|)
         coef = torch.linalg.vecdot(grad_a, a).unsqueeze(1) / _dof(features)
         shifted = a - mean / std  # (x − m)/σ
         return grad_a.addcmul_(shifted, coef, value=-1).div_(std).reshape(grad.shape)
+
+
+def _native_standardize_sign(x: Tensor, features: int) -> tuple[Tensor, tuple[None, Tensor, Tensor]]:
+    """(sign(x/σ), (None, mean, σ)) by ``standardize_sign_rows``, mean and σ shaped (rows, 1)."""
+    rows = x.detach().reshape(-1, features).contiguous()
+    out = torch.empty(x.shape, dtype=x.dtype)
+    mean, std = torch.empty(2, rows.shape[0], 1, dtype=x.dtype)
+    functional._activation_engine.standardize_sign_rows(rows.data_ptr(), rows.shape[0], features, float(_dof(features)),
+                                                        EPS, out.data_ptr(), mean.data_ptr(), std.data_ptr(),
+                                                        torch.get_num_threads())
+    return out, (None, mean, std)
+
+
+def _native_scaled_sign(x: Tensor, std: Tensor, features: int) -> Tensor:
+    """sign(x/σ) per sample by ``scaled_sign_rows`` (the binary input rebuilt in backward)."""
+    rows = x.detach().reshape(-1, features).contiguous()
+    s = std.contiguous()
+    out = torch.empty(x.shape, dtype=x.dtype)
+    functional._activation_engine.scaled_sign_rows(rows.data_ptr(), s.data_ptr(), rows.shape[0], features,
+                                                   out.data_ptr(), torch.get_num_threads())
+    return out
+
+
+def _native_standardized_grad(grad: Tensor, x: Tensor, mean: Tensor, std: Tensor, features: int) -> Tensor:
+    """:meth:`StandardizedApproxSTE.grad` by ``standardized_approx_grad_rows`` (a = x/σ rebuilt per row)."""
+    rows = x.detach().reshape(-1, features).contiguous()
+    g = grad.reshape(rows.shape).contiguous()
+    m, s = mean.contiguous(), std.contiguous()
+    out = torch.empty(grad.shape, dtype=grad.dtype)
+    functional._activation_engine.standardized_approx_grad_rows(g.data_ptr(), rows.data_ptr(), m.data_ptr(),
+                                                                s.data_ptr(), rows.shape[0], features,
+                                                                float(_dof(features)), out.data_ptr(),
+                                                                torch.get_num_threads())
+    return out
 
 
 def _dof(features: int) -> int:

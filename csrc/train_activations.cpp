@@ -1,0 +1,251 @@
+// Training-time activation quantizers (see train_activations.h).
+//
+// Plain loops that the compiler vectorizes. The hot loops are compiled for AVX-512, AVX2 and the
+// baseline ISA (GCC's target_clones: the loader picks the first the CPU supports); none of them uses
+// FMA contraction (-ffp-contract=off for the whole engine): each element's arithmetic rounds as
+// torch's does, with std::fma exactly where torch's vectorized kernels fuse (addcmul). Row sums are taken in double precision; `omp simd reduction` (-fopenmp-simd: no OpenMP
+// runtime) lets the compiler keep one partial sum per vector lane. A row or a span is always one
+// thread's, so no result depends on the thread count.
+#include "train_activations.h"
+
+#include <algorithm>
+#include <cfloat>
+#include <cmath>
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+
+#include "thread_pool.h"
+
+namespace nb = nanobind;
+using namespace nb::literals;
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__linux__)
+#define ONEBIT_TA_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define ONEBIT_TA_CLONES
+#endif
+
+namespace onebit {
+namespace train_activations_detail {
+
+// hardtanh_backward's bound for clamp(-1, 1): the gradient passes on the open (-b, b) = [-1, 1].
+constexpr float kAboveOne = 1.0f + FLT_EPSILON;
+
+inline float sign_of(float v) { return v < 0.0f ? -1.0f : 1.0f; }
+
+// torch's ApproxSTE.grad at v: hardtanh_backward, then addcmul(inside*2, inside, |v|, value=-2),
+// which torch's vectorized CPU kernel (AVX2/AVX-512 builds) computes as fma(-2*inside, |v|, inside*2).
+inline float approx_grad(float g, float v) {
+  const float inside = (v <= -kAboveOne || v >= kAboveOne) ? 0.0f : g;
+  return std::fma(-2.0f * inside, std::fabs(v), inside * 2.0f);
+}
+
+ONEBIT_TA_CLONES void sign_span(const float* x, float shift, int64_t n, float* out) {
+  for (int64_t i = 0; i < n; ++i) out[i] = sign_of(x[i] + shift);
+}
+
+ONEBIT_TA_CLONES void sign_vec_span(const float* x, const float* shift, int64_t n, float* out) {
+  for (int64_t i = 0; i < n; ++i) out[i] = sign_of(x[i] + shift[i]);
+}
+
+ONEBIT_TA_CLONES void approx_span(const float* g, const float* x, float shift, int64_t n, float* out) {
+  for (int64_t i = 0; i < n; ++i) out[i] = approx_grad(g[i], x[i] + shift);
+}
+
+ONEBIT_TA_CLONES void approx_vec_span(const float* g, const float* x, const float* shift, int64_t n, float* out) {
+  for (int64_t i = 0; i < n; ++i) out[i] = approx_grad(g[i], x[i] + shift[i]);
+}
+
+ONEBIT_TA_CLONES double row_sum(const float* x, int64_t n) {
+  double s = 0.0;
+#pragma omp simd reduction(+ : s)
+  for (int64_t i = 0; i < n; ++i) s += static_cast<double>(x[i]);
+  return s;
+}
+
+ONEBIT_TA_CLONES double centred_squares(const float* x, float mean, int64_t n) {
+  double s = 0.0;
+#pragma omp simd reduction(+ : s)
+  for (int64_t i = 0; i < n; ++i) {
+    const float c = x[i] - mean;  // torch's float `rows - mean`
+    s += static_cast<double>(c) * static_cast<double>(c);
+  }
+  return s;
+}
+
+ONEBIT_TA_CLONES void scaled_sign_span(const float* x, float std, int64_t n, float* out) {
+  for (int64_t i = 0; i < n; ++i) out[i] = sign_of(x[i] / std);
+}
+
+// Pass 1 of the standardised backward: g_a = approx_grad(g, x/std) into out, returns sum g_a*a.
+ONEBIT_TA_CLONES double standardized_grad_pass1(const float* g, const float* x, float std, int64_t n, float* out) {
+  double s = 0.0;
+#pragma omp simd reduction(+ : s)
+  for (int64_t i = 0; i < n; ++i) {
+    const float a = x[i] / std;
+    const float ga = approx_grad(g[i], a);
+    out[i] = ga;
+    s += static_cast<double>(ga) * static_cast<double>(a);
+  }
+  return s;
+}
+
+// Pass 2: out = fma(-(a - m/std), coef, g_a)/std, torch's addcmul_(shifted, coef, value=-1).div_(std).
+ONEBIT_TA_CLONES void standardized_grad_pass2(const float* x, float std, float mean_over_std, float coef, int64_t n,
+                                              float* out) {
+  for (int64_t i = 0; i < n; ++i) {
+    const float shifted = x[i] / std - mean_over_std;
+    out[i] = std::fma(-1.0f * shifted, coef, out[i]) / std;
+  }
+}
+
+constexpr int64_t kSpan = 16384;  // elements handed to a thread at a time (64 KB: L2-resident)
+
+template <typename Fn>
+void over_spans(int64_t n, int num_threads, Fn fn) {
+  parallel_ranges(num_threads, (n + kSpan - 1) / kSpan, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t s = begin; s < end; ++s) {
+      const int64_t lo = s * kSpan;
+      fn(lo, std::min(kSpan, n - lo));
+    }
+  });
+}
+
+// fn(offset, length, shift) over the planes of (outer, channels, inner) that share one shift value,
+// or over whole rows (offset, channels, shift vector) when inner == 1.
+template <typename Scalar, typename Vector>
+void over_channels(const float* shift, int64_t outer, int64_t channels, int64_t inner, int num_threads,
+                   Scalar scalar, Vector vector) {
+  if (shift == nullptr) {
+    over_spans(outer * channels * inner, num_threads, [&](int64_t lo, int64_t len) { scalar(lo, len, 0.0f); });
+    return;
+  }
+  parallel_ranges(num_threads, outer, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t o = begin; o < end; ++o) {
+      const int64_t row = o * channels * inner;
+      if (inner == 1) {
+        vector(row, channels, shift);
+        continue;
+      }
+      for (int64_t c = 0; c < channels; ++c) scalar(row + c * inner, inner, shift[c]);
+    }
+  });
+}
+
+}  // namespace train_activations_detail
+
+namespace ta = train_activations_detail;
+
+void activation_sign(const float* x, const float* shift, int64_t outer, int64_t channels, int64_t inner, float* out,
+                     int num_threads) {
+  ta::over_channels(
+      shift, outer, channels, inner, num_threads,
+      [&](int64_t lo, int64_t len, float b) { ta::sign_span(x + lo, b, len, out + lo); },
+      [&](int64_t lo, int64_t len, const float* b) { ta::sign_vec_span(x + lo, b, len, out + lo); });
+}
+
+void approx_sign_grad(const float* g, const float* x, const float* shift, int64_t outer, int64_t channels,
+                      int64_t inner, float* out, int num_threads) {
+  ta::over_channels(
+      shift, outer, channels, inner, num_threads,
+      [&](int64_t lo, int64_t len, float b) { ta::approx_span(g + lo, x + lo, b, len, out + lo); },
+      [&](int64_t lo, int64_t len, const float* b) { ta::approx_vec_span(g + lo, x + lo, b, len, out + lo); });
+}
+
+void standardize_sign_rows(const float* x, int64_t rows, int64_t n, float dof, float eps, float* out, float* mean,
+                           float* std, int num_threads) {
+  parallel_ranges(num_threads, rows, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const float* xr = x + r * n;
+      const float m = static_cast<float>(ta::row_sum(xr, n) / static_cast<double>(n));
+      const float sq = static_cast<float>(ta::centred_squares(xr, m, n));
+      const float s = std::sqrt(sq / dof + eps);  // torch: sqrt(vecdot / dof + EPS) in float
+      ta::scaled_sign_span(xr, s, n, out + r * n);
+      mean[r] = m;
+      std[r] = s;
+    }
+  });
+}
+
+void scaled_sign_rows(const float* x, const float* std, int64_t rows, int64_t n, float* out, int num_threads) {
+  parallel_ranges(num_threads, rows, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) ta::scaled_sign_span(x + r * n, std[r], n, out + r * n);
+  });
+}
+
+void standardized_approx_grad_rows(const float* g, const float* x, const float* mean, const float* std, int64_t rows,
+                                   int64_t n, float dof, float* out, int num_threads) {
+  parallel_ranges(num_threads, rows, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t at = r * n;
+      const float s = std[r];
+      const float coef = static_cast<float>(ta::standardized_grad_pass1(g + at, x + at, s, n, out + at)) / dof;
+      ta::standardized_grad_pass2(x + at, s, mean[r] / s, coef, n, out + at);
+    }
+  });
+}
+
+namespace {
+
+const float* in(uintptr_t a) { return reinterpret_cast<const float*>(a); }
+float* out_ptr(uintptr_t a) { return reinterpret_cast<float*>(a); }
+
+void check(bool ok, int threads, const char* what) {
+  if (!ok || threads < 1)
+    throw std::invalid_argument(std::string(what) + ": bad arguments (null address, negative size or no thread)");
+}
+
+}  // namespace
+
+void bind_train_activations(nb::module_& mod) {
+  mod.def(
+      "activation_sign",
+      [](uintptr_t x, uintptr_t shift, int64_t outer, int64_t channels, int64_t inner, uintptr_t out, int threads) {
+        check(x && out && outer >= 0 && channels >= 0 && inner >= 0, threads, "activation_sign");
+        nb::gil_scoped_release nogil;
+        activation_sign(in(x), shift ? in(shift) : nullptr, outer, channels, inner, out_ptr(out), threads);
+      },
+      "x_addr"_a, "shift_addr"_a, "outer"_a, "channels"_a, "inner"_a, "out_addr"_a, "num_threads"_a,
+      "onebit's sign of x (+ shift per channel; shift_addr 0: none) over (outer, channels, inner) floats.");
+  mod.def(
+      "approx_sign_grad",
+      [](uintptr_t g, uintptr_t x, uintptr_t shift, int64_t outer, int64_t channels, int64_t inner, uintptr_t out,
+         int threads) {
+        check(g && x && out && outer >= 0 && channels >= 0 && inner >= 0, threads, "approx_sign_grad");
+        nb::gil_scoped_release nogil;
+        approx_sign_grad(in(g), in(x), shift ? in(shift) : nullptr, outer, channels, inner, out_ptr(out), threads);
+      },
+      "g_addr"_a, "x_addr"_a, "shift_addr"_a, "outer"_a, "channels"_a, "inner"_a, "out_addr"_a, "num_threads"_a,
+      "ApproxSign's gradient g*max(0, 2 - 2|x + shift|) in torch's order of operations.");
+  mod.def(
+      "standardize_sign_rows",
+      [](uintptr_t x, int64_t rows, int64_t n, float dof, float eps, uintptr_t out, uintptr_t mean, uintptr_t std,
+         int threads) {
+        check(x && out && mean && std && rows >= 0 && n > 0, threads, "standardize_sign_rows");
+        nb::gil_scoped_release nogil;
+        standardize_sign_rows(in(x), rows, n, dof, eps, out_ptr(out), out_ptr(mean), out_ptr(std), threads);
+      },
+      "x_addr"_a, "rows"_a, "n"_a, "dof"_a, "eps"_a, "out_addr"_a, "mean_addr"_a, "std_addr"_a, "num_threads"_a,
+      "ReCU's per-sample standardisation: mean, std = sqrt(sq/dof + eps) and sign(x/std) per row.");
+  mod.def(
+      "scaled_sign_rows",
+      [](uintptr_t x, uintptr_t std, int64_t rows, int64_t n, uintptr_t out, int threads) {
+        check(x && std && out && rows >= 0 && n >= 0, threads, "scaled_sign_rows");
+        nb::gil_scoped_release nogil;
+        scaled_sign_rows(in(x), in(std), rows, n, out_ptr(out), threads);
+      },
+      "x_addr"_a, "std_addr"_a, "rows"_a, "n"_a, "out_addr"_a, "num_threads"_a, "sign(x/std) per row.");
+  mod.def(
+      "standardized_approx_grad_rows",
+      [](uintptr_t g, uintptr_t x, uintptr_t mean, uintptr_t std, int64_t rows, int64_t n, float dof, uintptr_t out,
+         int threads) {
+        check(g && x && mean && std && out && rows >= 0 && n >= 0, threads, "standardized_approx_grad_rows");
+        nb::gil_scoped_release nogil;
+        standardized_approx_grad_rows(in(g), in(x), in(mean), in(std), rows, n, dof, out_ptr(out), threads);
+      },
+      "g_addr"_a, "x_addr"_a, "mean_addr"_a, "std_addr"_a, "rows"_a, "n"_a, "dof"_a, "out_addr"_a, "num_threads"_a,
+      "The gradient of sign(x/std) with ApproxSign at x/std through the per-row standardisation.");
+}
+
+}  // namespace onebit
