@@ -70,7 +70,9 @@ def test_lce_file_marks_absent_inputs_and_unpadded_pools_as_the_schema_says():
 
 
 class SizeReader(nn.Module):
-    """Reads one size (``x.size(1)``), the whole shape (``x.size()``, ``x.shape``) and computes with them."""
+    """Reads one size (``x.size(1)``), the whole shape (``x.size()``, ``x.shape``) of its input and of a
+    parameter (``self.fc.weight.size(1)``, a constant of the graph: evaluated at export) and computes
+    with them."""
 
     def __init__(self):
         super().__init__()
@@ -79,10 +81,13 @@ class SizeReader(nn.Module):
     def forward(self, x):
         n, c = x.size(0), x.size(1)
         flat = x.reshape(n, c * x.size()[2])
-        return self.fc(flat.reshape(x.shape[0], -1))
+        rows = flat.reshape(x.shape[0], self.fc.weight.size(1))
+        return self.fc(rows.reshape(-1, self.fc.weight.size()[1]))
 
 
 def test_lce_reads_one_size_or_the_whole_shape():
+    """_lce_nodes.py `_python_value`'s `node.args[0]` (mutant: `args[1]`, seed-41 sample): the size of a
+    parameter is read off the node it is called on."""
     torch.manual_seed(0)
     net = SizeReader().eval()
     x = torch.randn(2, 3, 4)
@@ -138,3 +143,22 @@ def test_lce_file_declares_the_bit_packed_shapes():
         want = model(x)
     got = torch.from_numpy(lce.interpreter(buf).predict(x.permute(0, 2, 3, 1).numpy())[0])
     assert (got - want).abs().max().item() <= 1e-4 * max(1.0, want.abs().max().item())
+
+
+@pytest.mark.parametrize("padding", [(1, 0), (0, 1), (2, 1)])
+@pytest.mark.parametrize("pool", ["max", "avg"])
+def test_lce_pools_padded_unevenly_in_height_and_width(pool, padding):
+    """_lce_graph.py's padded max-pool `pad(x, (p[0], p[0], p[1], p[1]), lowest)` (mutant: `(p[0], p[1], p[1],
+    p[1])`, seed-41 sample): a pool padded differently in height and width matches PyTorch."""
+    torch.manual_seed(0)
+    k = (3, 3) if padding != (2, 1) else (5, 3)
+    layer = nn.MaxPool2d(k, stride=(1, 2), padding=padding) if pool == "max" else \
+        nn.AvgPool2d(k, stride=(1, 2), padding=padding)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), layer, nn.Flatten(), nn.LazyLinear(2))
+    x = torch.randn(2, 3, 6, 7, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        net(x)
+        want = net.eval()(x)
+    got = torch.from_numpy(lce.interpreter(lce.to_lce_bytes(net, x)).predict(x.permute(0, 2, 3, 1).numpy())[0])
+    assert got.shape == want.shape
+    assert (got - want).abs().max().item() <= 1e-5 * max(1.0, want.abs().max().item())
