@@ -57,3 +57,17 @@ def test_same_padding_uneven_in_height_only_is_padded_explicitly():
         got = layer(x)
     assert got.shape == (2, 3, 5, 6)
     torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+
+
+def test_a_layers_repr_names_only_the_settings_that_differ_from_the_default():
+    """layers.py extra_repr `pad_value != 0.0` (mutant: `== 0.0`, seed-41 sample): printing a model shows a
+    layer's ±1 padding and its full-precision weights/activations, and nothing for the defaults."""
+    from onebit.nn import BinaryConv2d, BinaryLinear
+
+    assert repr(BinaryConv2d(3, 4, 3, padding=1, method="bnn")).endswith("padding=(1, 1), method=bnn())")
+    assert repr(BinaryConv2d(3, 4, 3, padding=1, method="bnn", pad_value=1.0)).endswith("method=bnn(), pad_value=1)")
+    assert repr(BinaryConv2d(3, 4, 3, padding=1, method="bnn", pad_value=-1.0)).endswith("pad_value=-1)")
+    assert repr(BinaryLinear(3, 4, method="xnor")).endswith("bias=True, method=xnor())")
+    assert repr(BinaryLinear(3, 4, method="xnor", binarize_weights=False, binarize_activations=False)).endswith(
+        "method=xnor(), binarize_weights=False, binarize_activations=False)")
+    assert "binarize_weights" not in repr(BinaryLinear(3, 4, method="xnor", binarize_activations=False))
