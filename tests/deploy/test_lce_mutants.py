@@ -162,3 +162,60 @@ def test_lce_pools_padded_unevenly_in_height_and_width(pool, padding):
     got = torch.from_numpy(lce.interpreter(lce.to_lce_bytes(net, x)).predict(x.permute(0, 2, 3, 1).numpy())[0])
     assert got.shape == want.shape
     assert (got - want).abs().max().item() <= 1e-5 * max(1.0, want.abs().max().item())
+
+
+class Means(nn.Module):
+    """Means over spatial axes written every way torch allows: positional dims and keepdim, a negative
+    dim, keyword arguments."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.fc = nn.Linear(4 + 4 + 4 * 5, 3)
+
+    def forward(self, x):
+        y = self.conv(x)
+        a = y.mean((2, 3), True).flatten(1)  # positional dims and keepdim
+        b = torch.mean(y, dim=[-1, -2])  # keywords, negative dims
+        c = y.mean(-1, True).flatten(1)  # one negative positional dim, kept: (N, C, H, 1)
+        return self.fc(torch.cat([a, b, c], 1))
+
+
+def test_lce_means_with_positional_and_keyword_dims():
+    """_lce_graph.py mean `args[1] if len(args) > 1` (mutant: `args[2]`, seed-1001 sample of the LCE files):
+    the reduced axes given positionally, by keyword or negative all match PyTorch."""
+    torch.manual_seed(0)
+    net = Means().eval()
+    x = torch.randn(2, 3, 5, 6, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        want = net(x)
+    got = torch.from_numpy(lce.interpreter(lce.to_lce_bytes(net, x)).predict(x.permute(0, 2, 3, 1).numpy())[0])
+    assert got.shape == want.shape
+    assert (got - want).abs().max().item() <= 1e-5 * max(1.0, want.abs().max().item())
+
+
+class Slices(nn.Module):
+    """Slices of an image-shaped value along channels, height and width (each range different), and of
+    a vector."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 6, 3, padding=1)
+        self.fc = nn.Linear(2 * 4 * 3, 5)
+
+    def forward(self, x):
+        y = self.conv(x)[:, 1:3, 2:, ::2]  # (N, 2, 4, 3) of (N, 6, 6, 5)
+        return self.fc(y.flatten(1))[:, 1:4]
+
+
+def test_lce_slices_each_axis_of_a_channels_last_value():
+    """_lce_graph.py slice `perm = [0, 2, 3, 1]` (mutant: `[0, 1, 3, 1]`, seed-1001 sample of the LCE files):
+    a slice of an NHWC-stored value moves each of torch's (N, C, H, W) ranges to its stored axis."""
+    torch.manual_seed(0)
+    net = Slices().eval()
+    x = torch.randn(2, 3, 6, 5, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        want = net(x)
+    got = torch.from_numpy(lce.interpreter(lce.to_lce_bytes(net, x)).predict(x.permute(0, 2, 3, 1).numpy())[0])
+    assert got.shape == want.shape == (2, 3)
+    assert (got - want).abs().max().item() <= 1e-5 * max(1.0, want.abs().max().item())
