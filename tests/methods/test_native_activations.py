@@ -86,6 +86,20 @@ def test_sign_keeps_the_torch_path_where_a_gradient_is_recorded_or_for_other_ten
     assert_same(fx.sign(x.detach().t()), torch_sign(x.detach().t()), "transposed")
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.trace` is deprecated")
+def test_sign_is_recorded_by_the_tracer():
+    """Under torch.jit.trace (the ONNX exporter's route) sign stays torch's ops: a native call would
+    be invisible to the tracer and the traced graph would return the example's signs for every input."""
+    traced = torch.jit.trace(lambda x: fx.sign(x) * 2, torch.randn(3, 4))
+    x = salted((3, 4), 18, specials=False)
+    assert_same(traced(x), torch_sign(x) * 2, "traced sign")
+    assert not fx.native_activations(torch.nn.Parameter(x).detach().as_subclass(_Subclass))
+
+
+class _Subclass(torch.Tensor):
+    pass
+
+
 @pytest.mark.parametrize("shape", SHAPES)
 def test_approx_sign_gradient_matches_torch_bit_for_bit(shape):
     x = salted(shape, 3)

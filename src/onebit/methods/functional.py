@@ -48,7 +48,7 @@ def sign(x: Tensor) -> Tensor:
     # and activation of every step. (-0.0 maps to +1 too, as the kernels' `x < 0` test does.)
     # In place after the first kernel: the same values with one allocation instead of three. Where
     # no gradient is recorded, one native pass instead (:func:`native_sign`, the same values).
-    if not (x.requires_grad and torch.is_grad_enabled()):
+    if type(x) in _PLAIN_TENSORS and not (x.requires_grad and torch.is_grad_enabled()):
         out = native_sign(x)
         if out is not None:
             return out
@@ -166,9 +166,18 @@ NATIVE_ACTIVATIONS = _activation_engine is not None and hasattr(_activation_engi
 
 
 def native_activations(*tensors: Tensor) -> bool:
-    """Whether the native activation kernels take these (non-empty float32 CPU) tensors."""
-    return (NATIVE_ACTIVATIONS and tensors[0].numel() > 0 and not torch.compiler.is_compiling()
-            and all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors))
+    """Whether the native activation kernels take these (non-empty float32 CPU) tensors: plain
+    tensors only, run eagerly (a tracer, an exporter or a compiler would see no op, or a fake tensor
+    without data)."""
+    return (NATIVE_ACTIVATIONS and all(type(t) in _PLAIN_TENSORS for t in tensors) and not _tracing()
+            and tensors[0].numel() > 0 and all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors))
+
+
+_PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)
+
+
+def _tracing() -> bool:
+    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling()
 
 
 def _channel_layout(x: Tensor, shift: Tensor | None) -> tuple[int, int, int] | None:
