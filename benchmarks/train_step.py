@@ -16,7 +16,11 @@ printed side by side. Peak memory is the highest total of bytes allocated by tor
 it, relative to fp32.
 
 The variants beside the registered method names: ``biper-s2`` (BiPer stage 2, binary weights) and
-``<pcpp preset>-a`` (a ProxConnect++ preset with binary activations, ``binarize_activations=True``).
+``<pcpp preset>-a`` (a ProxConnect++ preset with binary activations, ``binarize_activations=True``); any
+row with the suffix ``:torch`` runs with the engine's native training kernels off (the torch formulas),
+for an A/B of the kernels within one process:
+
+    python benchmarks/train_step.py --models mlp --threads 1 --clock cpu --no-memory --methods irnet irnet:torch
 """
 
 from __future__ import annotations
@@ -31,6 +35,9 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+#: A row name suffix: the same row with the engine's native training kernels off during its steps
+#: (``onebit.methods.functional.NATIVE_KERNELS``), for an A/B of the kernels in one process.
+TORCH_PATH = ":torch"
 PCPP = ("pcpp-bc", "pcpp-pc", "pcpp-bnn", "pcpp-bnn+", "bnn++")
 MODELS = {
     # name: (zoo model, model options, input shape of one sample, batch size)
@@ -41,6 +48,7 @@ MODELS = {
 
 def variant(name: str) -> tuple[str | None, dict]:
     """A table row name -> (registered method or None for fp32, extra options)."""
+    name = name.removesuffix(TORCH_PATH)
     if name == "fp32":
         return None, {}
     if name == "biper-s2":
@@ -138,24 +146,37 @@ def worker(args: argparse.Namespace) -> int:
     import onebit
 
     torch.set_num_threads(args.threads)
+    functional = sys.modules.get("onebit.methods.functional")
+    native = bool(getattr(functional, "NATIVE_KERNELS", False))  # the engine's training kernels in use
+
+    def kernels_for(row: str) -> None:
+        if functional is not None:
+            functional.NATIVE_KERNELS = native and not row.endswith(TORCH_PATH)
+
     rows = args.methods
     steps = {}
     for row in rows:
         net, opt, x, y = build(args.model, row, args.device)
         steps[row] = make_step(net, opt, x, y)
+        kernels_for(row)
         for _ in range(args.warmup):
             steps[row]()
     times: dict[str, list[float]] = {row: [] for row in rows}
     clock = time.process_time if args.clock == "cpu" else time.perf_counter
     for _ in range(args.repeats):
         for row in rows:
+            kernels_for(row)
             sync(args.device)
             start = clock()
             steps[row]()
             sync(args.device)
             times[row].append(clock() - start)
-    memory = {row: peak_memory(steps[row], args.device) for row in rows} if args.memory else {}
-    json.dump({"onebit": str(Path(onebit.__file__).parent), "times": times, "memory": memory}, sys.stdout)
+    memory = {}
+    for row in rows if args.memory else ():
+        kernels_for(row)
+        memory[row] = peak_memory(steps[row], args.device)
+    json.dump({"onebit": str(Path(onebit.__file__).parent), "native": native, "times": times, "memory": memory},
+              sys.stdout)
     return 0
 
 
@@ -255,7 +276,11 @@ def main() -> int:
 
     rows = ["fp32"] + [r for r in (args.methods or default_rows(onebit.methods.available())) if r != "fp32"]
     sides = ["before", "after"] if args.baseline_src else ["after"]
-    srcs = {"before": args.baseline_src, "after": str(HERE.parent / "src")}
+    # This tree as installed (editable) when it is the one imported, so its compiled engine comes with it:
+    # a --src tree without onebit/_engine*.so runs without the native training kernels (see "native").
+    own = HERE.parent / "src"
+    srcs = {"before": args.baseline_src,
+            "after": None if Path(onebit.__file__).resolve().parent.parent == own.resolve() else str(own)}
     cpu = _cpu_name()
     print(f"torch {torch.__version__}, device {args.device} ({cpu}), {args.repeats} samples per method "
           f"(MLP: {args.mlp_repeats}), interleaved; {'compiled' if args.compile else 'eager'}")
@@ -271,7 +296,8 @@ def main() -> int:
                 out = outs[side] if args.parallel else run_worker(srcs[side], model, threads, rows, args, memory)
                 results[(side, threads)] = ratios(out)
                 print(f"  {model} {threads}T {side}: fp32 {results[(side, threads)][2] * 1000:.1f} ms "
-                      f"({out['onebit']})", file=sys.stderr, flush=True)
+                      f"({out['onebit']}; native kernels {'on' if out.get('native') else 'off'})",
+                      file=sys.stderr, flush=True)
         print_table(model, args.threads, results, sides, rows)
     print(f"\ntotal {time.perf_counter() - start:.0f} s")
     return 0
