@@ -164,3 +164,39 @@ def test_reference_kernels_return_plain_tensors():
     got = K.binary_conv2d(K.pack_activations(x), K.pack_weights(w), padding=1, transform=tr,
                           residual=residual.detach().permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2))
     assert torch.allclose(got, ref, atol=1e-5)
+
+
+def test_a_custom_method_with_a_channel_scale_and_a_runtime_input_scale_deploys():
+    """packed.py's unfused epilogue `scale.reshape((1,) + scale.shape + (1,) * ...)` (mutant: `(0,)`, seed-41
+    sample): no shipped method has both a per-channel output scale and XNOR-Net's runtime input scale K,
+    which keeps the scale out of the engine's fused epilogue; a method of one's own (a subclass, as the
+    methods registry allows) that has both deploys to the same outputs as PyTorch, for conv2d and conv1d."""
+    from onebit.deploy import export
+    from onebit.methods.xnor import XNOR
+    from onebit.nn import BinaryConv1d
+
+    class XnorGamma(XNOR):
+        name = "xnor-gamma-test"
+
+        def init_layer(self, layer):
+            super().init_layer(layer)
+            layer.gamma_o = nn.Parameter(torch.rand(layer.weight.shape[0]) + 0.5)
+
+        def scale_output(self, layer, y):
+            return y * layer.channel_view(layer.gamma_o, y.dim())
+
+        def output_scale_factors(self, layer, spatial_size):
+            return (layer.gamma_o,)
+
+        def output_scale_tensor(self, layer):
+            return layer.gamma_o.detach().clone()
+
+    torch.manual_seed(0)
+    for cls, x in ((BinaryConv2d, torch.randn(2, 3, 6, 6)), (BinaryConv1d, torch.randn(2, 3, 7))):
+        net = nn.Sequential(cls(3, 4, 3, padding=1, method=XnorGamma())).eval()
+        with torch.no_grad():
+            want = net(x)
+        packed = export(net)
+        (description,) = [m.description for m in packed.modules() if hasattr(m, "description")]
+        assert description.output_scale.shape == (4,)
+        torch.testing.assert_close(packed(x), want, rtol=1e-5, atol=1e-5)

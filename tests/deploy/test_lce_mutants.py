@@ -171,14 +171,15 @@ class Means(nn.Module):
     def __init__(self):
         super().__init__()
         self.conv = nn.Conv2d(3, 4, 3, padding=1)
-        self.fc = nn.Linear(4 + 4 + 4 * 5, 3)
+        self.fc = nn.Linear(4 + 4 + 4 * 5 + 4, 3)
 
     def forward(self, x):
         y = self.conv(x)
         a = y.mean((2, 3), True).flatten(1)  # positional dims and keepdim
         b = torch.mean(y, dim=[-1, -2])  # keywords, negative dims
         c = y.mean(-1, True).flatten(1)  # one negative positional dim, kept: (N, C, H, 1)
-        return self.fc(torch.cat([a, b, c], 1))
+        d = y.mean((2, 3))  # positional dims alone
+        return self.fc(torch.cat([a, b, c, d], 1))
 
 
 def test_lce_means_with_positional_and_keyword_dims():
