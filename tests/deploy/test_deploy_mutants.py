@@ -200,3 +200,20 @@ def test_a_custom_method_with_a_channel_scale_and_a_runtime_input_scale_deploys(
         (description,) = [m.description for m in packed.modules() if hasattr(m, "description")]
         assert description.output_scale.shape == (4,)
         torch.testing.assert_close(packed(x), want, rtol=1e-5, atol=1e-5)
+
+
+def test_onnx_files_import_only_the_opsets_they_use(tmp_path):
+    """onnx_export.py `custom_opsets={QONNX_DOMAIN: 1} if flavor == "qonnx" else None` (mutant: `!=`, seed-1001
+    sample of the export files): a float file imports the standard opset alone (any ONNX runtime loads it
+    without QONNX installed); a QONNX file also imports QONNX's domain at version 1, which its nodes use."""
+    from onebit.deploy.onnx_export import QONNX_DOMAIN
+
+    net = nn.Sequential(BinaryLinear(12, 5, method="xnor")).eval()
+    found = {}
+    for flavor in ("float", "qonnx"):
+        model = onnx.load(str(to_onnx(net, torch.randn(2, 12), tmp_path / f"{flavor}.onnx", flavor=flavor)))
+        found[flavor] = ({o.domain: o.version for o in model.opset_import}, {n.domain for n in model.graph.node})
+    (float_opsets, float_domains), (qonnx_opsets, qonnx_domains) = found["float"], found["qonnx"]
+    assert list(float_opsets) == [""] and float_domains == {""}
+    assert qonnx_opsets[QONNX_DOMAIN] == 1 and QONNX_DOMAIN in qonnx_domains
+    assert qonnx_opsets[""] == float_opsets[""]

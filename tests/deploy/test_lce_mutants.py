@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from onebit.deploy import lce
-from onebit.nn import BinaryConv2d
+from onebit.nn import BinaryConv2d, BinaryLinear
 
 tflite = pytest.importorskip("tflite")
 pytestmark = pytest.mark.skipif(not lce.LCE_PLATFORM,
@@ -219,4 +219,29 @@ def test_lce_slices_each_axis_of_a_channels_last_value():
         want = net(x)
     got = torch.from_numpy(lce.interpreter(lce.to_lce_bytes(net, x)).predict(x.permute(0, 2, 3, 1).numpy())[0])
     assert got.shape == want.shape == (2, 3)
+    assert (got - want).abs().max().item() <= 1e-5 * max(1.0, want.abs().max().item())
+
+
+class Unbatched(nn.Module):
+    """A binary linear layer applied to one unbatched vector (``x.reshape(-1)``: no leading dims)."""
+
+    def __init__(self, method):
+        super().__init__()
+        self.binary = BinaryLinear(12, 5, method=method)
+
+    def forward(self, x):
+        return self.binary(x.reshape(-1))
+
+
+@pytest.mark.parametrize("method", ["bnn", "xnor"])
+def test_lce_binary_linear_on_an_unbatched_vector(method):
+    """_lce_nodes.py `int(np.prod(lead)) if lead else 1` (mutant: `else 2`, seed-1001 sample of the LCE
+    files): a vector without leading dims runs as one 1x1 pixel, and its output keeps torch's shape."""
+    torch.manual_seed(0)
+    net = Unbatched(method).eval()
+    x = torch.randn(1, 12, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        want = net(x)
+    got = torch.from_numpy(lce.interpreter(lce.to_lce_bytes(net, x)).predict(x.numpy())[0])
+    assert got.shape == want.shape == (5,)
     assert (got - want).abs().max().item() <= 1e-5 * max(1.0, want.abs().max().item())
