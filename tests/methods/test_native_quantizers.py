@@ -253,3 +253,23 @@ def test_sigmoid_within_a_few_ulp():
     assert np.abs(got[~normal] - want[~normal]).max() <= 2e-38
     special = _math(2, np.array([0.0, -0.0, np.inf, -np.inf, np.nan], np.float32))
     assert special[:3].tolist() == [0.5, 0.5, 1.0] and 0 <= special[3] <= 2e-38 and np.isnan(special[4])
+
+
+def test_a_second_derivative_through_a_native_kernel_is_refused_not_wrong():
+    """The kernels build no graph: under create_graph the weight quantizers raise (naming the switch)
+    and the element-wise surrogates take the torch formulas, whose second derivative matches the
+    torch path's."""
+    w = salted_weight((4, 9), 1).requires_grad_(True)
+    out = fx.libra_ede(w, torch.tensor(1.0), torch.tensor(0.5))
+    with pytest.raises(RuntimeError, match="NATIVE_KERNELS"):
+        torch.autograd.grad(out.sum(), w, create_graph=True)
+    x = (torch.randn(5, 7) * 0.5).requires_grad_(True)
+    seconds = []
+    for native in (True, False):
+        fx.NATIVE_KERNELS, saved = native, fx.NATIVE_KERNELS
+        try:
+            (gx,) = torch.autograd.grad(fx.sign_swish_ste(x, 3.0).sum(), x, create_graph=True)
+            seconds.append(torch.autograd.grad(gx.sum(), x)[0])
+        finally:
+            fx.NATIVE_KERNELS = saved
+    assert torch.equal(seconds[0], seconds[1]) and seconds[0].abs().sum() > 0

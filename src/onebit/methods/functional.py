@@ -352,7 +352,7 @@ class FourierSTE:
 
     @staticmethod
     def grad(grad: Tensor, x: Tensor, kept: tuple[Tensor, ...], terms: int, omega: float) -> Tensor:
-        if omega < math.pi and omega * 2 * (terms + 1) <= 8192 and _native(x, grad):  # one pass, same formula
+        if omega < math.pi and omega * 2 * (terms + 1) <= 8192 and _native_grad(x, grad):  # one pass, same formula
             return _native_surrogate(_FOURIER_GRAD, grad, x, omega, 2.0 * (terms + 1), 4 * omega / math.pi)
         series = fourier_derivative_sum(x.clamp(-1.0, 1.0), terms, omega)
         return _clip_grad(grad, x).mul_(series).mul_(4 * omega / math.pi)
@@ -396,7 +396,7 @@ class SwishSTE:
 
     @staticmethod
     def grad(grad: Tensor, x: Tensor, kept: tuple[Tensor, ...], beta: Tensor | float, kind: str) -> Tensor:
-        if _native(x, grad):  # the same formula in one pass (train_quantizers.h)
+        if _native_grad(x, grad):  # the same formula in one pass (train_quantizers.h)
             return _native_surrogate(_SWISH_GRAD, grad, x, float(beta))
         bx = beta * x
         s = torch.sigmoid(bx)
@@ -607,8 +607,23 @@ def _native(*tensors: Tensor) -> bool:
     return NATIVE_KERNELS and all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
 
 
+def _native_grad(*tensors: Tensor) -> bool:
+    """Whether a gradient may be taken natively: not under ``create_graph`` (grad mode on in backward),
+    where the torch formula keeps the graph for a second derivative."""
+    return _native(*tensors) and not torch.is_grad_enabled()
+
+
+def _once_differentiable() -> None:
+    """Raises for a second derivative through a native kernel's backward (the kernels build no graph)."""
+    if torch.is_grad_enabled():
+        raise RuntimeError("a second derivative through onebit's native weight-quantizer kernels is not "
+                           "available; set onebit.methods.functional.NATIVE_KERNELS = False before the forward "
+                           "pass to take the torch formulas")
+
+
 def _native_surrogate(kind: int, grad: Tensor, x: Tensor, p0: float, p1: float = 0.0, p2: float = 0.0) -> Tensor:
     """``surrogate_grad`` (train_quantizers.h) of ``kind`` over ``x`` and ``grad`` (same shape)."""
+    _once_differentiable()
     x = x.detach().contiguous()
     g = grad.contiguous()
     out = torch.empty_like(x)
@@ -634,6 +649,7 @@ def _native_standardize_backward(kind: int, grad: Tensor, z: Tensor, z_mean: Ten
                                  through: Tensor, param: float, dof: int) -> Tensor:
     """:func:`standardize_backward` of ``d(z)·grad`` (``kind``: the EDE derivative with t = ``param``,
     or ReCU's window ``|z| ≤ param``; ``factor`` per row) by ``standardize_backward_rows``."""
+    _once_differentiable()
     g = grad.reshape(z.shape).to(torch.float32).contiguous()
     out = torch.empty_like(g)
     _engine.standardize_backward_rows(kind, g.data_ptr(), z.data_ptr(), z_mean.data_ptr(), factor.data_ptr(),
@@ -735,6 +751,7 @@ class _ScaledSwish(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None, None]:
+        _once_differentiable()
         rows, scale = ctx.saved_tensors
         g = grad.reshape(rows.shape).contiguous()
         out = torch.empty_like(rows)
