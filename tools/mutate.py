@@ -98,8 +98,9 @@ TEST_MAP: list[tuple[str, list[str]]] = [
     (f"{SRC}/bench/scores.py", ["tests/bench/test_scores_*.py"]),
     (f"{SRC}/bench/stats.py", ["tests/bench/test_stats_mutants.py", "tests/bench/test_scores_statistics.py",
                                "tests/bench/test_scores_*.py", "tests/bench/test_metrics.py"]),
+    # (test_engine_cpp.py compiles csrc/ itself: tests/cpp/check.sh)
     ("csrc/*", ["tests/deploy/test_kernel_mutants.py", "tests/deploy/test_long_reductions.py",
-                "tests/deploy/test_kernels.py", "tests/deploy/test_engine_cpp.py"]),  # the last compiles csrc/ itself (tests/cpp/check.sh)
+                "tests/deploy/test_kernels.py", "tests/deploy/test_engine_cpp.py"]),
 ]
 
 SWAP_NAMES = {"round": "floor", "floor": "round", "ceil": "floor", "min": "max", "max": "min",
