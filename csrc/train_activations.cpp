@@ -9,6 +9,7 @@
 #include "train_activations.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cfloat>
 #include <cmath>
 #include <cstdint>
@@ -100,6 +101,27 @@ ONEBIT_TA_CLONES void standardized_grad_pass2(const float* x, float std, float m
   }
 }
 
+// BNN's clip-STE code (functional.ClipSTE.pack): sign(x)*(|x| > 1 ? 2 : 1) as int8, the sign
+// +1 where x >= 0 (NaN: -1, as the numpy path it replaces; a NaN activation is garbage either way).
+ONEBIT_TA_CLONES void clip_pack_span(const float* x, int64_t n, int8_t* code) {
+  for (int64_t i = 0; i < n; ++i) {
+    const int8_t s = x[i] >= 0.0f ? 1 : -1;
+    code[i] = std::fabs(x[i]) > 1.0f ? static_cast<int8_t>(2 * s) : s;
+  }
+}
+
+// The binary input from a clip-STE code (+-1: the code clamped to [-1, 1]); returns whether any
+// |code| > 1 (an |x| > 1: backward then needs the code's mask).
+ONEBIT_TA_CLONES bool clip_unpack_span(const int8_t* code, int64_t n, float* out) {
+  int outside = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const int c = code[i];
+    out[i] = c >= 0 ? 1.0f : -1.0f;
+    outside |= (c > 1) | (c < -1);
+  }
+  return outside != 0;
+}
+
 constexpr int64_t kSpan = 16384;  // elements handed to a thread at a time (64 KB: L2-resident)
 
 template <typename Fn>
@@ -186,6 +208,18 @@ void standardized_approx_grad_rows(const float* g, const float* x, const float* 
   });
 }
 
+void clip_pack(const float* x, int64_t n, int8_t* code, int num_threads) {
+  ta::over_spans(n, num_threads, [&](int64_t lo, int64_t len) { ta::clip_pack_span(x + lo, len, code + lo); });
+}
+
+bool clip_unpack(const int8_t* code, int64_t n, float* out, int num_threads) {
+  std::atomic<bool> outside{false};
+  ta::over_spans(n, num_threads, [&](int64_t lo, int64_t len) {
+    if (ta::clip_unpack_span(code + lo, len, out + lo)) outside.store(true, std::memory_order_relaxed);
+  });
+  return outside.load();
+}
+
 namespace {
 
 const float* in(uintptr_t a) { return reinterpret_cast<const float*>(a); }
@@ -246,6 +280,24 @@ void bind_train_activations(nb::module_& mod) {
       },
       "g_addr"_a, "x_addr"_a, "mean_addr"_a, "std_addr"_a, "rows"_a, "n"_a, "dof"_a, "out_addr"_a, "num_threads"_a,
       "The gradient of sign(x/std) with ApproxSign at x/std through the per-row standardisation.");
+  mod.def(
+      "clip_pack",
+      [](uintptr_t x, int64_t n, uintptr_t code, int threads) {
+        check(x && code && n >= 0, threads, "clip_pack");
+        nb::gil_scoped_release nogil;
+        clip_pack(in(x), n, reinterpret_cast<int8_t*>(code), threads);
+      },
+      "x_addr"_a, "n"_a, "code_addr"_a, "num_threads"_a,
+      "BNN's clip-STE int8 code sign(x)*(|x| > 1 ? 2 : 1) of n floats.");
+  mod.def(
+      "clip_unpack",
+      [](uintptr_t code, int64_t n, uintptr_t out, int threads) {
+        check(code && out && n >= 0, threads, "clip_unpack");
+        nb::gil_scoped_release nogil;
+        return clip_unpack(reinterpret_cast<const int8_t*>(code), n, out_ptr(out), threads);
+      },
+      "code_addr"_a, "n"_a, "out_addr"_a, "num_threads"_a,
+      "The +-1 floats of a clip-STE code; returns whether any |code| > 1.");
 }
 
 }  // namespace onebit

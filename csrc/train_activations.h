@@ -45,6 +45,12 @@ void scaled_sign_rows(const float* x, const float* std, int64_t rows, int64_t n,
 void standardized_approx_grad_rows(const float* g, const float* x, const float* mean, const float* std, int64_t rows,
                                    int64_t n, float dof, float* out, int num_threads);
 
+// BNN's clip-STE int8 code of n floats: sign(x)*(|x| > 1 ? 2 : 1) (sign +1 where x >= 0), and back:
+// out = the code clamped to [-1, 1] as float (the binary input); clip_unpack returns whether any
+// |code| > 1 (some |x| > 1, whose gradient the clip mask stops).
+void clip_pack(const float* x, int64_t n, int8_t* code, int num_threads);
+bool clip_unpack(const int8_t* code, int64_t n, float* out, int num_threads);
+
 // Binds the functions above into the engine module (raw addresses, as the other training kernels).
 void bind_train_activations(nanobind::module_& mod);
 

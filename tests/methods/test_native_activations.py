@@ -111,6 +111,57 @@ def test_approx_sign_gradient_matches_torch_bit_for_bit(shape):
     assert_same(new[1][0], old[1][0], "grad x")  # inf inputs give NaN on both paths (0·inf)
 
 
+needs_clip_kernels = pytest.mark.skipif(not fx._CLIP_CODE_KERNELS, reason="engine built before the clip-STE kernels")
+
+
+@needs_clip_kernels
+@pytest.mark.parametrize("shape", SHAPES + [(16385,)])
+def test_clip_ste_code_matches_the_numpy_path_bit_for_bit(shape):
+    x = salted(shape, 19)
+    saved = fx.NATIVE_ACTIVATIONS
+    try:
+        fx.NATIVE_ACTIVATIONS = False
+        old_code = fx.ClipSTE.pack(x, None)
+        old = [fx.ClipSTE.unpack(old_code, torch.float32, None, need_input=n) for n in (False, True)]
+        fx.NATIVE_ACTIVATIONS = True
+        code = fx.ClipSTE.pack(x, None)
+        new = [fx.ClipSTE.unpack(code, torch.float32, None, need_input=n) for n in (False, True)]
+    finally:
+        fx.NATIVE_ACTIVATIONS = saved
+    assert fx._native_code(code)
+    assert_same(code, old_code, "code")
+    for (xq, mask), (old_xq, old_mask) in zip(new, old):
+        assert_same(xq, old_xq, "binary input")
+        assert (mask is None) == (old_mask is None)
+        if mask is not None:
+            assert_same(mask, old_mask, "mask input")
+    inside = x.clamp(-1, 1)  # every |x| <= 1: no mask needed
+    assert fx.ClipSTE.unpack(fx.ClipSTE.pack(inside, None), torch.float32, None)[1] is None
+    for outlier in (-3.0, 3.0):  # one |x| > 1, of either sign: the mask is needed
+        one_out = inside.clone()
+        one_out.view(-1)[-1] = outlier
+        mask = fx.ClipSTE.unpack(fx.ClipSTE.pack(one_out, None), torch.float32, None)[1]
+        assert mask is not None and mask.view(-1)[-1] == 2 * outlier / 3
+
+
+@needs_clip_kernels
+@pytest.mark.parametrize("scaled", [False, True])
+def test_clip_ste_fused_with_the_convolution_matches_torch_bit_for_bit(scaled):
+    x = salted((4, 8, 10, 10), 20, specials=False, scale=1.5)
+    w = torch.randn(6, 8, 3, 3, generator=torch.Generator().manual_seed(21)).sign()
+    grad = torch.randn(4, 6, 10, 10, generator=torch.Generator().manual_seed(22))
+    scale = x.abs().mean(dim=(1, 2, 3), keepdim=True) if scaled else None
+
+    def conv(x, w):
+        call = fx.QuantizerCall(x, fx.ClipSTE, (scale,))
+        return fx.quantized_product(call, w, "conv2d", ((1, 1), (1, 1), (1, 1), 1))
+
+    new = run(conv, [x, w], grad, native=True)
+    old = run(conv, [x, w], grad, native=False)
+    for a, b, what in [(new[0], old[0], "value"), (new[1][0], old[1][0], "grad x"), (new[1][1], old[1][1], "grad w")]:
+        assert_same(a, b, what)
+
+
 def reactnet_call(x, shift):
     return fx.QuantizerCall(x, fx.ShiftedApproxSTE, (shift,)).apply()
 
@@ -207,14 +258,15 @@ def test_standardized_approx_sign_fused_with_the_convolution():
     assert_same(new[1][1], old[1][1], "grad w")  # the same ±1 binary input
 
 
-@pytest.mark.parametrize("fn", ["sign", "approx", "shifted", "standardized"])
+@pytest.mark.parametrize("fn", ["sign", "approx", "shifted", "standardized", "clip"])
 def test_one_and_two_threads_give_the_same_bits(fn):
     shape = (8, 16, 24, 24)
     x = standardized_input(shape, 16) if fn == "standardized" else salted(shape, 16)
     grad = salted(shape, 17, specials=False)
     shift = torch.randn(1, 16, 1, 1)
     fns = {"sign": (lambda x: fx.sign_identity_ste(x) * 1.0, [x]), "approx": (fx.sign_approx_ste, [x]),
-           "shifted": (reactnet_call, [x, shift]), "standardized": (standardized, [x])}
+           "shifted": (reactnet_call, [x, shift]), "standardized": (standardized, [x]),
+           "clip": (fx.sign_clip_ste, [x])}
     f, tensors = fns[fn]
     one = run(f, tensors, grad, native=True, threads=1)
     two = run(f, tensors, grad, native=True, threads=2)

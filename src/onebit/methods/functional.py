@@ -180,6 +180,16 @@ def _tracing() -> bool:
     return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling()
 
 
+#: Whether the engine has the clip-STE code kernels (an engine built before them has the others).
+_CLIP_CODE_KERNELS = NATIVE_ACTIVATIONS and hasattr(_activation_engine, "clip_pack")
+
+
+def _native_code(code: Tensor) -> bool:
+    """Whether the native kernels take this int8 clip-STE code (contiguous, CPU, eager)."""
+    return (NATIVE_ACTIVATIONS and _CLIP_CODE_KERNELS and type(code) is torch.Tensor and not _tracing() and code.dtype == torch.int8
+            and code.device.type == "cpu" and code.numel() > 0 and code.is_contiguous())
+
+
 def _channel_layout(x: Tensor, shift: Tensor | None) -> tuple[int, int, int] | None:
     """(outer, channels, inner) of ``x`` around the one dim along which ``shift`` varies (shift
     broadcasting to x with at most one non-1 dim, of x's size there), or None for another shape."""
@@ -241,6 +251,11 @@ class ClipSTE:
     # which gives back both sign(x) and the clip mask (|code| ≤ 1 exactly where |x| ≤ 1).
     @staticmethod
     def pack(x: Tensor, scale: Tensor | None) -> Tensor:
+        if _CLIP_CODE_KERNELS and native_activations(x):  # the same code in one native pass
+            code = torch.empty(x.shape, dtype=torch.int8)
+            _activation_engine.clip_pack(x.detach().contiguous().data_ptr(), x.numel(), code.data_ptr(),
+                                         torch.get_num_threads())
+            return code
         if _numpy_friendly(x):
             values = x.detach().numpy()
             code = np.greater(np.abs(values), 1).view(np.int8) + np.int8(1)  # 1 inside, 2 outside
@@ -256,6 +271,11 @@ class ClipSTE:
         """(scale·sign(x), the code as a float tensor standing in for x in the clip mask, or None
         when not ``need_input`` (the forward needs the binary value only) or when every |x| ≤ 1 (the
         mask would pass the whole gradient: the input of a binary layer after a Hardtanh))."""
+        if dtype == torch.float32 and _native_code(code):  # ±1 and the |x| > 1 check in one pass
+            xq = torch.empty(code.shape, dtype=dtype)
+            outside = _activation_engine.clip_unpack(code.data_ptr(), code.numel(), xq.data_ptr(),
+                                                     torch.get_num_threads())
+            return (xq if scale is None else xq.mul_(scale)), (code.to(dtype) if need_input and outside else None)
         if need_input and _all_within_one(code):
             need_input = False
         as_float = code.to(dtype) if need_input else None
