@@ -273,3 +273,23 @@ def test_a_second_derivative_through_a_native_kernel_is_refused_not_wrong():
         finally:
             fx.NATIVE_KERNELS = saved
     assert torch.equal(seconds[0], seconds[1]) and seconds[0].abs().sum() > 0
+
+
+def test_kernels_step_aside_for_tracers_compilers_and_tensor_subclasses(monkeypatch):
+    """A tracer, an exporter or a compiler would see no op in a native call, and a fake tensor has no
+    data: there, and on tensor subclasses, the quantizers take torch's formulas."""
+    w = salted_weight((6, 10), 1)
+    assert fx._native(w)
+
+    class Sub(torch.Tensor):
+        pass
+
+    assert not fx._native(w.as_subclass(Sub))
+    for flag in ("torch.jit.is_tracing", "torch.onnx.is_in_onnx_export", "torch.compiler.is_compiling"):
+        with monkeypatch.context() as m:
+            m.setattr(flag, lambda: True)
+            assert not fx._native(w), flag
+    value, gw = call(libra(1.0, 0.5), w.as_subclass(Sub), torch.ones(6, 10), native=True)
+    value_torch, gw_torch = call(libra(1.0, 0.5), w, torch.ones(6, 10), native=False)
+    assert torch.equal(value.as_subclass(torch.Tensor), value_torch)
+    assert torch.equal(gw.as_subclass(torch.Tensor), gw_torch)

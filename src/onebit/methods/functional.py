@@ -624,7 +624,10 @@ _SINE_GRAD, _SWISH_GRAD, _FOURIER_GRAD = 0, 1, 2  # SurrogateKind
 
 
 def _native(*tensors: Tensor) -> bool:
-    return NATIVE_KERNELS and all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
+    """Whether the weight-quantizer kernels take these tensors: float32 CPU plain tensors, run eagerly
+    (a tracer, an exporter or a compiler would see no op, a fake tensor has no data: torch's formulas)."""
+    return (NATIVE_KERNELS and not _tracing() and all(
+        type(t) in _PLAIN_TENSORS and t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors))
 
 
 def _native_grad(*tensors: Tensor) -> bool:
