@@ -4,6 +4,7 @@ round, a wrong constant) fails a test (tools/mutate.py, issue 21)."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from onebit.bench import stats as S
@@ -71,3 +72,23 @@ def test_a_baseline_without_a_class_count_has_no_chance_level(run):
     recs = [run("fp", 90.0, n_classes=None), run("bnn", 70.0, n_classes=None)]
     base = leaderboard(recs, bootstrap=20).baselines[0]
     assert base.chance is None and base.n_classes is None
+
+
+def test_bootstrap_redraws_a_corrupted_accuracy_from_all_its_severities_samples(run, monkeypatch):
+    """scores.py `n = cell.n_test * entry["severities"]` (mutant: `/`, seed-1002 sample of scores.py): a
+    corruption's accuracy averages its severities, each measured on the n test samples, so its bootstrap
+    copies are redrawn from n·severities samples (the clean accuracies from n)."""
+    from onebit.bench import scores
+
+    seen = []
+    real = S.binomial_draws
+
+    def spy(rng, acc, n, size):
+        seen.append((tuple(np.round(np.asarray(acc, dtype=float), 3)), n))
+        return real(rng, acc, n, size)
+
+    monkeypatch.setattr(scores.S, "binomial_draws", spy)
+    corrupt = {f"corrupt/gaussian_noise/{s}": 60.0 for s in (1, 2, 3)}
+    recs = [run(m, a, seed=s, n_test=400, **corrupt) for s in (0, 1) for m, a in (("fp", 95.0), ("bnn", 80.0))]
+    leaderboard(recs, bootstrap=20)
+    assert sorted(set(seen)) == [((60.0, 60.0), 1200), ((80.0, 80.0), 400), ((95.0, 95.0), 400)]
