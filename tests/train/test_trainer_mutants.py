@@ -321,3 +321,24 @@ def test_tensorboard_gets_every_epochs_scalars_under_the_stage_name(tmp_path, mo
     assert calls == [(f"main/{k}", row[k], row["epoch"]) for row in result.history for k in keys]
     assert [c[2] for c in calls] == [0] * 5 + [1] * 5
     assert closed == [tmp_path / "run" / "tensorboard"]
+
+
+@pytest.mark.parametrize("temperature", [0.5, 1.0, 2.0, 4.0])
+def test_distillation_loss_softens_both_sides_by_the_temperature(temperature):
+    """distillation_loss (Hinton et al., 2015): KL(softmax(t/T) ‖ softmax(s/T)) · T², written out here with
+    the teacher's and the student's logits each divided by T (the teacher's `/ t` turned `* t` was a
+    seed-1002 survivor: every test used T = 1), and its gradient w.r.t. the student."""
+    gen = torch.Generator().manual_seed(0)
+    student = torch.randn(5, 7, generator=gen, requires_grad=True)
+    teacher = 3 * torch.randn(5, 7, generator=gen)
+    from onebit.train.trainer import distillation_loss
+
+    got = distillation_loss(student, teacher, temperature)
+    p = torch.softmax(teacher / temperature, dim=1)
+    q_log = torch.log_softmax(student / temperature, dim=1)
+    want = (p * (torch.log(p) - q_log)).sum(1).mean() * temperature ** 2
+    assert got.item() == pytest.approx(want.item(), rel=1e-5)
+    (g_got,) = torch.autograd.grad(got, student)
+    # d/ds of T²·KL: T·(softmax(s/T) − p) / N
+    g_want = temperature * (torch.softmax(student.detach() / temperature, dim=1) - p) / student.shape[0]
+    assert torch.allclose(g_got, g_want, atol=1e-6)
