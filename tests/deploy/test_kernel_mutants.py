@@ -73,3 +73,12 @@ def test_depthwise_full_channel_words_exact(kernel, c, planes, masked, output):
             y = K.binary_conv2d(K.pack_activations(x), wp, groups=c, stride=1, padding=1, pad_value=pad_value,
                                 transform=tr)
             _exact(y, ref)
+
+
+@pytest.mark.parametrize("shape", [(0, 8, 5, 5), (1, 8, 0, 5), (1, 8, 5, 0)], ids=["no-samples", "no-rows", "no-cols"])
+def test_an_empty_input_is_one_clear_error(shape):
+    """kernels.py `if N * H * W == 0` (mutant: `(N / H) * W`, seed-1002 sample of kernels.py): an input
+    without samples, rows or columns raises the ValueError that names it, never a ZeroDivisionError."""
+    w = K.pack_weights(torch.ones(4, 8, 3, 3))
+    with pytest.raises(ValueError, match=r"binary_conv2d: empty input of shape"):
+        K.binary_conv2d(K.pack_activations(torch.ones(*shape)), w, padding=1)
