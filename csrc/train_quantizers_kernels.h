@@ -17,10 +17,10 @@ inline float pow2i(int n) {
   return r;
 }
 
-// exp(x) for x in [1, 20] (the only range tanh_approx needs): Cephes expf's reduction
-// x = n ln2 + r, |r| <= ln2/2, with ln2 split in two so n ln2 is exact, and its degree-7 polynomial
-// (relative error < 1.2e-7 = 1 ulp on the reduced range).
-inline float exp_1_20(float x) {
+// exp(x) for x in [-87, 20] (the ranges tanh_approx and sigmoid_approx need): Cephes expf's
+// reduction x = n ln2 + r, |r| <= ln2/2, with ln2 split in two so n ln2 is exact, and its degree-7
+// polynomial (relative error < 1.2e-7 = 1 ulp on the reduced range).
+inline float exp_reduced(float x) {
   const float n = std::floor(x * 1.44269504088896341f + 0.5f);
   float r = x - n * 0.693359375f;
   r = r - n * -2.12194440e-4f;
@@ -47,7 +47,7 @@ inline float tanh_approx(float x) {
   p = p * z + 1.33314422036e-1f;
   p = p * z - 3.33332819422e-1f;
   const float small = x + x * z * p;
-  const float e = exp_1_20(2.0f * std::min(std::max(ax, 0.625f), 10.0f));
+  const float e = exp_reduced(2.0f * std::min(std::max(ax, 0.625f), 10.0f));  // in [1.25, 20]
   const float large = std::copysign(1.0f - 2.0f / (e + 1.0f), x);
   const float r = ax < 0.625f ? small : large;
   return (x != x || x == 0.0f) ? x : r;
@@ -109,21 +109,7 @@ inline bool trig_out_of_range(const float* x, int64_t n, float scale) {
 }
 
 // exp(-a) for a >= 0, clamped at a = 87 (exp(-87) = 1.6e-38, the smallest normal's order).
-inline float exp_neg(float a) {
-  const float x = -std::min(a, 87.0f);
-  const float n = std::floor(x * 1.44269504088896341f + 0.5f);
-  float r = x - n * 0.693359375f;
-  r = r - n * -2.12194440e-4f;
-  const float r2 = r * r;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r2 + r + 1.0f;
-  return p * pow2i(static_cast<int>(n));
-}
+inline float exp_neg(float a) { return exp_reduced(-std::min(a, 87.0f)); }
 
 // sigmoid(b) = 1/(1 + e) for b >= 0, e/(1 + e) below, e = exp(-|b|); NaN propagates.
 inline float sigmoid_approx(float b) {

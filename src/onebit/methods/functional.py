@@ -186,8 +186,8 @@ _CLIP_CODE_KERNELS = NATIVE_ACTIVATIONS and hasattr(_activation_engine, "clip_pa
 
 def _native_code(code: Tensor) -> bool:
     """Whether the native kernels take this int8 clip-STE code (contiguous, CPU, eager)."""
-    return (NATIVE_ACTIVATIONS and _CLIP_CODE_KERNELS and type(code) is torch.Tensor and not _tracing() and code.dtype == torch.int8
-            and code.device.type == "cpu" and code.numel() > 0 and code.is_contiguous())
+    return (NATIVE_ACTIVATIONS and _CLIP_CODE_KERNELS and type(code) is torch.Tensor and not _tracing()
+            and code.dtype == torch.int8 and code.device.type == "cpu" and code.numel() > 0 and code.is_contiguous())
 
 
 def _channel_layout(x: Tensor, shift: Tensor | None) -> tuple[int, int, int] | None:

@@ -7,8 +7,8 @@ import math
 import torch
 from torch import Tensor, nn
 
-from .base import Method, Option, register
 from . import functional
+from .base import Method, Option, register
 from .functional import ApproxSTE, QuantizerCall, _clip_grad, native_activations, recu_weight, sign
 
 EPS = 1e-5
