@@ -11,7 +11,10 @@ method's network (and the full-precision one) and then takes its timed samples r
 methods — fp32, m1, m2, …, fp32, m1, … — so load on the machine hits every method alike; the figure is
 each method's median step time divided by fp32's median from the same process. With ``--baseline-src``
 the "before" and "after" subprocesses alternate per (model, threads), and the two ratio tables are
-printed side by side. Peak memory is the highest total of bytes allocated by torch during one step
+printed side by side. With ``--processes K`` each (side, model, threads) runs in K fresh processes in
+turn and a cell is the median ratio over them, with its range: one process's ratio can be ~0.1x off on
+a shared VM (its fp32 step alone moves 10-25 % between processes), so a claim at the line needs K >= 3.
+Peak memory is the highest total of bytes allocated by torch during one step
 (torch.profiler's memory events; on CUDA ``max_memory_allocated``), minus what was allocated before
 it, relative to fp32.
 
@@ -219,6 +222,17 @@ def ratios(result: dict) -> tuple[dict[str, float], dict[str, float], float]:
     return {row: t / fp for row, t in med.items()}, mem_ratio, fp
 
 
+def pooled(runs: list[tuple[dict[str, float], dict[str, float], float]]) -> tuple:
+    """Several worker processes' :func:`ratios` -> the median ratio per row over the processes, each row's
+    (lowest, highest) ratio, the first process's memory ratios, and the median fp32 step. One process's
+    ratio moves by ~0.1x between processes on a shared 2-core VM (its fp32 step alone by 10-25 %),
+    more than samples within a process do: the spread shows how far one process's figure can be trusted."""
+    rows = runs[0][0]
+    ratio = {row: statistics.median(run[0][row] for run in runs) for row in rows}
+    spread = {row: (min(run[0][row] for run in runs), max(run[0][row] for run in runs)) for row in rows}
+    return ratio, runs[0][1], statistics.median(run[2] for run in runs), spread
+
+
 def print_table(model: str, threads: list[int], results: dict, sides: list[str], rows: list[str]) -> None:
     head = ["method"]
     for side in sides:
@@ -236,6 +250,12 @@ def print_table(model: str, threads: list[int], results: dict, sides: list[str],
             cells += [f"{results[(side, t)][0][row]:.2f}x" for t in threads]
         cells += [f"{results[(side, threads[0])][1][row]:.2f}x" for side in mem_sides]
         print("| " + " | ".join(cells) + " |")
+
+
+def _cell(result: tuple, row: str) -> str:
+    """A ratio, with its lowest-highest over the worker processes when there were several."""
+    low, high = result[3][row]
+    return f"{result[0][row]:.2f}x" + (f" ({low:.2f}-{high:.2f})" if high > low else "")
 
 
 def main() -> int:
@@ -259,6 +279,9 @@ def main() -> int:
     parser.add_argument("--parallel", action="store_true",
                         help="run the before and after workers at the same time (for --clock cpu at 1 thread on "
                              "a machine with a core for each: half the wall time, both under the same load)")
+    parser.add_argument("--processes", type=int, default=1,
+                        help="worker processes per (side, model, threads), run in turn (sides alternating); "
+                             "the table gives the median ratio over them and its range")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--src", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--model", default=None, help=argparse.SUPPRESS)
@@ -288,19 +311,28 @@ def main() -> int:
     for model in args.models:
         results = {}
         for threads in args.threads:
-            memory = not args.no_memory and threads == args.threads[0]
-            if args.parallel:  # both sides at once, each in its own process: the same load on both
-                started = {side: start_worker(srcs[side], model, threads, rows, args, memory) for side in sides}
-                outs = {side: finish_worker(started[side]) for side in sides}
+            runs = {side: [] for side in sides}
+            for process in range(args.processes):
+                memory = not args.no_memory and threads == args.threads[0] and process == 0
+                for side, out in _measure(srcs, sides, model, threads, rows, args, memory).items():
+                    runs[side].append(ratios(out))
+                    print(f"  {model} {threads}T {side}: fp32 {runs[side][-1][2] * 1000:.1f} ms "
+                          f"({out['onebit']}; native kernels {'on' if out.get('native') else 'off'})",
+                          file=sys.stderr, flush=True)
             for side in sides:
-                out = outs[side] if args.parallel else run_worker(srcs[side], model, threads, rows, args, memory)
-                results[(side, threads)] = ratios(out)
-                print(f"  {model} {threads}T {side}: fp32 {results[(side, threads)][2] * 1000:.1f} ms "
-                      f"({out['onebit']}; native kernels {'on' if out.get('native') else 'off'})",
-                      file=sys.stderr, flush=True)
+                results[(side, threads)] = pooled(runs[side])
         print_table(model, args.threads, results, sides, rows)
     print(f"\ntotal {time.perf_counter() - start:.0f} s")
     return 0
+
+
+def _measure(srcs: dict, sides: list[str], model: str, threads: int, rows: list[str], args,
+             memory: bool) -> dict[str, dict]:
+    """One worker's result per side: in turn, or with --parallel both at once (the same load on both)."""
+    if args.parallel:
+        started = {side: start_worker(srcs[side], model, threads, rows, args, memory) for side in sides}
+        return {side: finish_worker(started[side]) for side in sides}
+    return {side: run_worker(srcs[side], model, threads, rows, args, memory) for side in sides}
 
 
 def _cpu_name() -> str:
