@@ -136,6 +136,13 @@ def _numpy_friendly(x: Tensor) -> bool:
     return x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
 
 
+def _torch_owned_int8(shape: torch.Size) -> Tensor:
+    """An int8 CPU tensor for numpy to write a code into: the memory is torch's, so torch's profiler
+    (and ``benchmarks/train_step.py``'s peak memory) counts it, which a ``torch.from_numpy`` array's
+    is not."""
+    return torch.empty(shape, dtype=torch.int8)
+
+
 def _all_within_one(code: Tensor) -> bool:
     """Whether every entry of a clip-STE int8 code is ±1 (no |x| > 1), read as bytes."""
     if code.numel() == 0:
@@ -257,10 +264,10 @@ class ClipSTE:
                                          torch.get_num_threads())
             return code
         if _numpy_friendly(x):
-            values = x.detach().numpy()
-            code = np.greater(np.abs(values), 1).view(np.int8) + np.int8(1)  # 1 inside, 2 outside
-            code *= np.greater_equal(values, 0).view(np.int8) * np.int8(2) - np.int8(1)  # −0.0 ≥ 0: +1
-            return torch.from_numpy(code)
+            values, code = x.detach().numpy(), _torch_owned_int8(x.shape)
+            np.add(np.greater(np.abs(values), 1).view(np.int8), np.int8(1), out=code.numpy())  # 1 in, 2 out
+            code.numpy()[...] *= np.greater_equal(values, 0).view(np.int8) * np.int8(2) - np.int8(1)  # −0.0: +1
+            return code
         positive_zero = x + 0.0  # −0.0 + 0.0 = +0.0, so copysign gives sign(0) = +1 as sign() does
         code = positive_zero.abs().clamp_(1.0, 2.0).ceil_()
         return torch.copysign(code, positive_zero, out=code).to(torch.int8)
@@ -392,7 +399,10 @@ class IdentitySTE:
     @staticmethod
     def pack(x: Tensor) -> Tensor:
         if _numpy_friendly(x):  # 2·1{x ≥ 0} − 1 (−0.0 ≥ 0: +1)
-            return torch.from_numpy(np.greater_equal(x.detach().numpy(), 0).view(np.int8) * np.int8(2) - np.int8(1))
+            code = _torch_owned_int8(x.shape)
+            np.greater_equal(x.detach().numpy(), 0, out=code.numpy().view(np.bool_))
+            np.subtract(np.left_shift(code.numpy(), 1), np.int8(1), out=code.numpy())
+            return code
         return sign(x).to(torch.int8)
 
     @staticmethod
