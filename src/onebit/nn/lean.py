@@ -20,6 +20,7 @@ from __future__ import annotations
 from functools import partial
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -34,6 +35,12 @@ MIN_NUMEL = 1 << 16
 
 def _unpack(saved: list) -> Tensor:
     code, dtype = saved
+    if code.dtype == torch.int8 and code.device.type == "cpu" and dtype in (torch.float32, torch.float64):
+        # numpy's int8 -> float cast is vectorised, torch's on CPU is not: 1.3 ms against 3.0 ms for a
+        # 128 x 16 x 32 x 32 code at 1 thread (Xeon), in every backward. Exact either way (−1, 0, 1).
+        values = torch.empty_like(code, dtype=dtype)  # the code's strides (channels_last stays so)
+        np.copyto(values.numpy(), code.numpy(), casting="unsafe")
+        return values
     return code.to(dtype)
 
 
