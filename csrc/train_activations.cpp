@@ -17,6 +17,7 @@
 #include <string>
 
 #include "thread_pool.h"
+#include "train_quantizers.h"
 
 namespace nb = nanobind;
 using namespace nb::literals;
@@ -232,6 +233,49 @@ void check(bool ok, int threads, const char* what) {
 
 }  // namespace
 
+// The fused FDA and BiPer quantizers of train_quantizers.h (bound here: that file is built without
+// nanobind, and module.cpp stays as it is).
+void bind_fused_weight_quantizers(nb::module_& mod) {
+  mod.def(
+      "fda_value",
+      [](uintptr_t x, uintptr_t h, int64_t rows, int64_t n, uintptr_t scale, float alpha, uintptr_t out, int threads) {
+        check(x && h && out && rows >= 0 && n >= 0, threads, "fda_value");
+        nb::gil_scoped_release nogil;
+        fda_value(in(x), in(h), rows, n, scale ? in(scale) : nullptr, alpha, out_ptr(out), threads);
+      },
+      "x_addr"_a, "h_addr"_a, "rows"_a, "n"_a, "scale_addr"_a, "alpha"_a, "out_addr"_a, "num_threads"_a,
+      "FDA's (sign(x) + alpha*(h + 0.1*sin(x)))*scale[row] (scale_addr 0: 1).");
+  mod.def(
+      "fda_backward",
+      [](uintptr_t g, uintptr_t x, int64_t rows, int64_t n, uintptr_t scale, float alpha, float p0, float p1, float p2,
+         uintptr_t grad_x, uintptr_t grad_h, int threads) {
+        check(g && x && grad_x && rows >= 0 && n >= 0, threads, "fda_backward");
+        nb::gil_scoped_release nogil;
+        fda_backward(in(g), in(x), rows, n, scale ? in(scale) : nullptr, alpha, p0, p1, p2, out_ptr(grad_x),
+                     grad_h ? out_ptr(grad_h) : nullptr, threads);
+      },
+      "g_addr"_a, "x_addr"_a, "rows"_a, "n"_a, "scale_addr"_a, "alpha"_a, "p0"_a, "p1"_a, "p2"_a, "grad_x_addr"_a,
+      "grad_h_addr"_a, "num_threads"_a, "FDA's gradients to x (Fourier surrogate + the NA sine) and to h (0: skipped).");
+  mod.def(
+      "biper_wave",
+      [](uintptr_t w, int64_t n, float omega, bool binary, uintptr_t out, int threads) {
+        check(w && out && n >= 0, threads, "biper_wave");
+        nb::gil_scoped_release nogil;
+        return biper_wave(in(w), n, omega, binary, out_ptr(out), threads);
+      },
+      "w_addr"_a, "n"_a, "omega"_a, "binary"_a, "out_addr"_a, "num_threads"_a,
+      "BiPer's sin(omega*w) (binary: its sign); returns the sum of sin(omega*w)^2.");
+  mod.def(
+      "biper_wave_backward",
+      [](uintptr_t g, uintptr_t w, int64_t n, float omega, float loss_factor, uintptr_t out, int threads) {
+        check(w && out && n >= 0, threads, "biper_wave_backward");
+        nb::gil_scoped_release nogil;
+        biper_wave_backward(g ? in(g) : nullptr, in(w), n, omega, loss_factor, out_ptr(out), threads);
+      },
+      "g_addr"_a, "w_addr"_a, "n"_a, "omega"_a, "loss_factor"_a, "out_addr"_a, "num_threads"_a,
+      "(g*cos(omega*w))*omega + loss_factor*sin(2*omega*w) (g_addr 0: the second term alone).");
+}
+
 void bind_train_activations(nb::module_& mod) {
   mod.def(
       "activation_sign",
@@ -298,6 +342,7 @@ void bind_train_activations(nb::module_& mod) {
       },
       "code_addr"_a, "n"_a, "out_addr"_a, "num_threads"_a,
       "The +-1 floats of a clip-STE code; returns whether any |code| > 1.");
+  bind_fused_weight_quantizers(mod);
 }
 
 }  // namespace onebit

@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <vector>
 
 #include "thread_pool.h"
 
@@ -49,11 +50,16 @@ struct Kernels {
   decltype(&isa_default::math_span) math_span;
   decltype(&isa_default::swish_weight_row) swish_weight_row;
   decltype(&isa_default::swish_weight_backward_row) swish_weight_backward_row;
+  decltype(&isa_default::fda_value_span) fda_value_span;
+  decltype(&isa_default::fda_backward_span) fda_backward_span;
+  decltype(&isa_default::biper_wave_span) biper_wave_span;
+  decltype(&isa_default::biper_backward_span) biper_backward_span;
 };
 
 #define ONEBIT_TQ_KERNELS(ns) \
   Kernels { ns::standardize_row, ns::backward_row, ns::surrogate_span, ns::tanh_span, ns::math_span, ns::swish_weight_row, \
-            ns::swish_weight_backward_row }
+            ns::swish_weight_backward_row, ns::fda_value_span, ns::fda_backward_span, ns::biper_wave_span,        \
+            ns::biper_backward_span }
 
 const Kernels& kernels() {
   static const Kernels k = [] {
@@ -68,9 +74,22 @@ const Kernels& kernels() {
   return k;
 }
 
+constexpr int64_t kSpan = 4096;  // elements handed to a thread at a time by the element-wise kernels
+
+// fn(row, lo, len) over spans of at most kSpan elements of each row of a rows x n tensor.
+template <typename Fn>
+void over_row_spans(int64_t rows, int64_t n, int num_threads, Fn fn) {
+  const int64_t per_row = (n + kSpan - 1) / kSpan;
+  parallel_ranges(num_threads, rows * per_row, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t u = begin; u < end; ++u) {
+      const int64_t r = u / per_row, lo = (u % per_row) * kSpan;
+      fn(r, lo, std::min(kSpan, n - lo));
+    }
+  });
+}
+
 template <typename Fn>
 void over_spans(int64_t n, int num_threads, Fn fn) {
-  constexpr int64_t kSpan = 4096;
   parallel_ranges(num_threads, (n + kSpan - 1) / kSpan, 1, [&](int64_t begin, int64_t end) {
     for (int64_t s = begin; s < end; ++s) {
       const int64_t lo = s * kSpan;
@@ -124,6 +143,41 @@ void swish_weight_backward(const float* g, const float* w, int64_t rows, int64_t
     for (int64_t r = begin; r < end; ++r)
       kernels().swish_weight_backward_row(g + r * n, w + r * n, n, alpha ? alpha[r] : 1.0f, alpha != nullptr, beta,
                                           out + r * n);
+  });
+}
+
+void fda_value(const float* x, const float* h, int64_t rows, int64_t n, const float* scale, float alpha, float* out,
+               int num_threads) {
+  over_row_spans(rows, n, num_threads, [&](int64_t r, int64_t lo, int64_t len) {
+    const int64_t at = r * n + lo;
+    kernels().fda_value_span(x + at, h + at, len, scale ? scale[r] : 1.0f, alpha, out + at);
+  });
+}
+
+void fda_backward(const float* g, const float* x, int64_t rows, int64_t n, const float* scale, float alpha, float p0,
+                  float p1, float p2, float* grad_x, float* grad_h, int num_threads) {
+  over_row_spans(rows, n, num_threads, [&](int64_t r, int64_t lo, int64_t len) {
+    const int64_t at = r * n + lo;
+    kernels().fda_backward_span(g + at, x + at, len, scale ? scale[r] : 1.0f, alpha, p0, p1, p2, grad_x + at,
+                                grad_h ? grad_h + at : nullptr);
+  });
+}
+
+double biper_wave(const float* w, int64_t n, float omega, bool binary, float* out, int num_threads) {
+  // One partial sum per span, added in span order: the same total whatever the thread count.
+  std::vector<double> partial(static_cast<size_t>((n + kSpan - 1) / kSpan));
+  over_spans(n, num_threads, [&](int64_t lo, int64_t len) {
+    partial[static_cast<size_t>(lo / kSpan)] = kernels().biper_wave_span(w + lo, len, omega, binary, out + lo);
+  });
+  double total = 0;
+  for (double p : partial) total += p;
+  return total;
+}
+
+void biper_wave_backward(const float* g, const float* w, int64_t n, float omega, float loss_factor, float* out,
+                         int num_threads) {
+  over_spans(n, num_threads, [&](int64_t lo, int64_t len) {
+    kernels().biper_backward_span(g ? g + lo : nullptr, w + lo, len, omega, loss_factor, out + lo);
   });
 }
 

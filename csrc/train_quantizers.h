@@ -52,6 +52,29 @@ enum SurrogateKind : int { kSineGrad = 0, kSwishGrad = 1, kFourierGrad = 2 };
 void surrogate_grad(int kind, const float* g, const float* x, int64_t n, float p0, float p1, float p2, float* out,
                     int num_threads);
 
+// FDA's training quantizer with its noise-adaptation term (Xu et al., NeurIPS 2021; onebit.methods.fda),
+// element-wise over x (rows x n: one row per output channel of a weight, scale[r] its detached mean|W|;
+// an activation is one row with scale null, s = 1):
+//   out = (sign(x) + alpha*(h + 0.1*sin(x)))*s  without FMA contraction, torch's order of operations:
+//         the torch formula's value wherever sin(x) rounds alike (sin: the kernels' approximation);
+//   backward, gs = g*s:  grad_h = gs*alpha (skipped where grad_h is null);
+//         grad_x = ((|x| <= 1 ? gs : 0)*r)*p2 + ((gs*alpha)*0.1)*cos(x), r the Fourier ratio of kFourierGrad
+//         (p0 = omega < pi, p1 = 2(n+1), p2 = 4*omega/pi).
+// sin/cos of |x| > 8192 (or not finite) by libm.
+void fda_value(const float* x, const float* h, int64_t rows, int64_t n, const float* scale, float alpha, float* out,
+               int num_threads);
+void fda_backward(const float* g, const float* x, int64_t rows, int64_t n, const float* scale, float alpha, float p0,
+                  float p1, float p2, float* grad_x, float* grad_h, int num_threads);
+
+// BiPer's weight and loss term (Vargas et al., CVPR 2024; onebit.methods.biper) over n floats, a = omega*w:
+//   biper_wave: out = sin(a), or sign(sin(a)) where binary; returns sum sin(a)^2 (double), the loss term's
+//               tau*mean(sin^2(omega*W)) before tau/n;
+//   biper_wave_backward: out = (g*cos(a))*omega + loss_factor*(2*sin(a)*cos(a)) (g null: the first term is 0),
+//               loss_factor = g_loss*tau*omega/n: the wave's gradient and the loss term's in one pass.
+double biper_wave(const float* w, int64_t n, float omega, bool binary, float* out, int num_threads);
+void biper_wave_backward(const float* g, const float* w, int64_t n, float omega, float loss_factor, float* out,
+                         int num_threads);
+
 // sin (kind 0), cos (1) or sigmoid (2) over n floats with the kernels' approximations (for the tests).
 void math_rows(int kind, const float* x, int64_t n, float* out, int num_threads);
 

@@ -101,11 +101,12 @@ inline float trig_approx(float x, bool cosine) {
 
 // The elements a vector loop computed with trig_approx outside its range, recomputed with libm
 // (|x| > 8192, inf, NaN: rare in weights times a frequency).
+// (A count, not a bool: GCC vectorizes an integer sum, not a bool `|` reduction.)
 inline bool trig_out_of_range(const float* x, int64_t n, float scale) {
-  bool any = false;
-#pragma omp simd reduction(| : any)
-  for (int64_t i = 0; i < n; ++i) any |= !(std::fabs(x[i] * scale) <= kTrigLimit);
-  return any;
+  int32_t count = 0;
+#pragma omp simd reduction(+ : count)
+  for (int64_t i = 0; i < n; ++i) count += std::fabs(x[i] * scale) <= kTrigLimit ? 0 : 1;
+  return count != 0;
 }
 
 // exp(-a) for a >= 0, clamped at a = 87 (exp(-87) = 1.6e-38, the smallest normal's order).
@@ -229,19 +230,39 @@ void swish_grad_span(const float* g, const float* x, int64_t n, float p0, float*
   }
 }
 
+// sin(t) for |t| < 1.5: trig_approx's polynomial alone, which is what trig_approx computes there (its
+// nearest multiple of pi is q = 0, so the reduced argument is t itself): the same value, no reduction.
+inline float sin_small(float t) {
+  const float s = t * t;
+  float u = 2.6083159809786593541503e-06f;
+  u = u * s - 0.0001981069071916863322258f;
+  u = u * s + 0.00833307858556509017944336f;
+  u = u * s - 0.166666597127914428710938f;
+  return s * (u * t) + t;
+}
+
+// The Fourier sum's closed form at x (kFourierGrad's r); kSmall where p0 < 1.5 (then |t| < 1.5).
+template <bool kSmall>
 inline float fourier_ratio(float xi, float p0, float p1) {
   const float t = std::min(std::max(xi, -1.0f), 1.0f) * p0;
-  const float r = trig_approx(t * p1, false) / (trig_approx(t, false) * 2.0f);
+  const float r = trig_approx(t * p1, false) / ((kSmall ? sin_small(t) : trig_approx(t, false)) * 2.0f);
   return r != r ? p1 * 0.5f : r;  // 0/0 at t = 0: the limit n + 1 (torch: nan_to_num)
 }
 
-void fourier_grad_span(const float* g, const float* x, int64_t n, float p0, float p1, float p2,
-                                     float* out) {
+template <bool kSmall>
+void fourier_grad_loop(const float* g, const float* x, int64_t n, float p0, float p1, float p2, float* out) {
   constexpr float kAbove = 1.0f + 1.1920928955078125e-7f;  // hardtanh_backward's open bound
   for (int64_t i = 0; i < n; ++i) {
     const float pass = (x[i] <= -kAbove || x[i] >= kAbove) ? 0.0f : g[i];
-    out[i] = (pass * fourier_ratio(x[i], p0, p1)) * p2;
+    out[i] = (pass * fourier_ratio<kSmall>(x[i], p0, p1)) * p2;
   }
+}
+
+void fourier_grad_span(const float* g, const float* x, int64_t n, float p0, float p1, float p2, float* out) {
+  if (p0 < 1.5f)
+    fourier_grad_loop<true>(g, x, n, p0, p1, p2, out);
+  else
+    fourier_grad_loop<false>(g, x, n, p0, p1, p2, out);
 }
 
 // The elements of a kSineGrad span whose argument is beyond kTrigLimit (or not finite), by libm.
@@ -345,4 +366,109 @@ void swish_weight_backward_row(const float* g, const float* w, int64_t n, float 
     swish_weight_backward_loop<true>(g, w, n, alpha, beta, out);
   else
     swish_weight_backward_loop<false>(g, w, n, alpha, beta, out);
+}
+
+// FDA's value (train_quantizers.h fda_value) over one span of one row, s the row's scale, from the
+// sines of a chunk of x (math_span's, FMA-contracted as all of this file): combined without FMA
+// contraction (this function only), each operation rounding as torch's separate ops do.
+__attribute__((optimize("fp-contract=off"))) void fda_combine(const float* x, const float* h, const float* sine,
+                                                               int64_t n, float s, float alpha, float* out) {
+  for (int64_t i = 0; i < n; ++i) out[i] = (sign_of(x[i]) + alpha * (h[i] + 0.1f * sine[i])) * s;
+}
+
+void fda_value_span(const float* x, const float* h, int64_t n, float s, float alpha, float* out) {
+  constexpr int64_t kChunk = 1024;
+  float sine[kChunk];
+  for (int64_t lo = 0; lo < n; lo += kChunk) {
+    const int64_t len = std::min(kChunk, n - lo);
+    math_span(0, x + lo, len, sine);
+    fda_combine(x + lo, h + lo, sine, len, s, alpha, out + lo);
+  }
+}
+
+// Its gradients (fda_backward); grad_h written where kWithH.
+template <bool kWithH, bool kSmall>
+void fda_backward_loop(const float* g, const float* x, int64_t n, float s, float alpha, float p0, float p1, float p2,
+                       float* grad_x, float* grad_h) {
+  constexpr float kAbove = 1.0f + 1.1920928955078125e-7f;  // hardtanh_backward's open bound
+  for (int64_t i = 0; i < n; ++i) {
+    const float gs = g[i] * s;
+    const float ga = gs * alpha;
+    const float pass = (x[i] <= -kAbove || x[i] >= kAbove) ? 0.0f : gs;
+    grad_x[i] = (pass * fourier_ratio<kSmall>(x[i], p0, p1)) * p2 + (ga * 0.1f) * trig_approx(x[i], true);
+    if (kWithH) grad_h[i] = ga;
+  }
+}
+
+void fda_backward_span(const float* g, const float* x, int64_t n, float s, float alpha, float p0, float p1, float p2,
+                       float* grad_x, float* grad_h) {
+  const bool small = p0 < 1.5f;
+  if (grad_h && small)
+    fda_backward_loop<true, true>(g, x, n, s, alpha, p0, p1, p2, grad_x, grad_h);
+  else if (grad_h)
+    fda_backward_loop<true, false>(g, x, n, s, alpha, p0, p1, p2, grad_x, grad_h);
+  else if (small)
+    fda_backward_loop<false, true>(g, x, n, s, alpha, p0, p1, p2, grad_x, grad_h);
+  else
+    fda_backward_loop<false, false>(g, x, n, s, alpha, p0, p1, p2, grad_x, grad_h);
+  if (trig_out_of_range(x, n, 1.0f))
+    for (int64_t i = 0; i < n; ++i)
+      if (!(std::fabs(x[i]) <= kTrigLimit)) {
+        const float gs = g[i] * s;
+        const float pass = (x[i] <= -1.0f - 1.1920928955078125e-7f || x[i] >= 1.0f + 1.1920928955078125e-7f) ? 0.0f : gs;
+        grad_x[i] = (pass * fourier_ratio<false>(x[i], p0, p1)) * p2 + ((gs * alpha) * 0.1f) * std::cos(x[i]);
+      }
+}
+
+// BiPer's wave over one span (biper_wave): returns the span's sum of sin(a)^2.
+template <bool kBinary>
+double biper_wave_loop(const float* w, int64_t n, float omega, float* out) {
+  double sq = 0;
+#pragma omp simd reduction(+ : sq)
+  for (int64_t i = 0; i < n; ++i) {
+    const float v = trig_approx(omega * w[i], false);
+    out[i] = kBinary ? sign_of(v) : v;
+    sq += static_cast<double>(v) * static_cast<double>(v);
+  }
+  return sq;
+}
+
+double biper_wave_span(const float* w, int64_t n, float omega, bool binary, float* out) {
+  if (trig_out_of_range(w, n, omega)) {  // rare: the whole span by libm
+    double sq = 0;
+    for (int64_t i = 0; i < n; ++i) {
+      const float a = omega * w[i];
+      const float v = std::fabs(a) <= kTrigLimit ? trig_approx(a, false) : std::sin(a);
+      out[i] = binary ? sign_of(v) : v;
+      sq += static_cast<double>(v) * static_cast<double>(v);
+    }
+    return sq;
+  }
+  return binary ? biper_wave_loop<true>(w, n, omega, out) : biper_wave_loop<false>(w, n, omega, out);
+}
+
+// Its backward (biper_wave_backward); g null: the loss term's gradient alone.
+template <bool kWithG>
+void biper_backward_loop(const float* g, const float* w, int64_t n, float omega, float loss_factor, float* out) {
+  for (int64_t i = 0; i < n; ++i) {
+    const float a = omega * w[i];
+    const float c = trig_approx(a, true);
+    const float s = trig_approx(a, false);
+    const float wave = kWithG ? (g[i] * c) * omega : 0.0f;
+    out[i] = wave + loss_factor * (2.0f * s * c);
+  }
+}
+
+void biper_backward_span(const float* g, const float* w, int64_t n, float omega, float loss_factor, float* out) {
+  if (g)
+    biper_backward_loop<true>(g, w, n, omega, loss_factor, out);
+  else
+    biper_backward_loop<false>(g, w, n, omega, loss_factor, out);
+  if (trig_out_of_range(w, n, omega))
+    for (int64_t i = 0; i < n; ++i) {
+      const float a = omega * w[i];
+      if (std::fabs(a) <= kTrigLimit) continue;
+      const float c = std::cos(a);
+      out[i] = (g ? (g[i] * c) * omega : 0.0f) + loss_factor * (2.0f * std::sin(a) * c);
+    }
 }

@@ -12,7 +12,9 @@ import numpy as np
 import pytest
 import torch
 
+from onebit.methods import fda
 from onebit.methods import functional as fx
+from onebit.methods.fda import fourier_sign, noisy_fourier_sign
 from onebit.methods.irnet import libra_pb
 from onebit.methods.recu import EPS
 
@@ -293,3 +295,147 @@ def test_kernels_step_aside_for_tracers_compilers_and_tensor_subclasses(monkeypa
     value_torch, gw_torch = call(libra(1.0, 0.5), w, torch.ones(6, 10), native=False)
     assert torch.equal(value.as_subclass(torch.Tensor), value_torch)
     assert torch.equal(gw.as_subclass(torch.Tensor), gw_torch)
+
+
+# --- FDA: the fused (sign(x) + α·(h + 0.1·sin x))·s of onebit.methods.fda.noisy_fourier_sign ---------
+
+def _fda_inputs(shape, seed, weight):
+    """x salted with 0, ±1, values just outside ±1 and, for activations, |x| beyond 8192 (libm's
+    sin/cos there); h random; the per-row scale mean|x| for a weight (None for an activation)."""
+    x = salted_weight(shape, seed) * 3
+    flat = x.view(-1)
+    flat[3 % flat.numel()] = 1.0000001
+    flat[5 % flat.numel()] = -1.0000001
+    if not weight and flat.numel() > 8:
+        flat[7], flat[8] = 9000.5, -1e5
+    h = torch.randn(shape, generator=torch.Generator().manual_seed(seed + 1))
+    scale = x.abs().mean(dim=tuple(range(1, x.dim())), keepdim=True) if weight else None
+    return x, h, scale
+
+
+def _fda_call(x, h, scale, grad, alpha, terms, omega, native, threads=1):
+    saved, before = fx.NATIVE_KERNELS, torch.get_num_threads()
+    fx.NATIVE_KERNELS = native
+    torch.set_num_threads(threads)
+    try:
+        xl, hl = x.clone().requires_grad_(True), h.clone().requires_grad_(True)
+        out = noisy_fourier_sign(xl, hl, torch.tensor(alpha), terms, omega, scale)
+        out.backward(grad)
+        return out.detach(), xl.grad, hl.grad
+    finally:
+        fx.NATIVE_KERNELS = saved
+        torch.set_num_threads(before)
+
+
+def _fda_formula(x, h, scale, grad, alpha, terms, omega, sine):
+    """The value with the given sine, and the gradients written out in float64: to h g·s·α, to x
+    g·s·[(4ω/π)·Σ_{i=0..n} cos((2i+1)ωx)·1{|x| ≤ 1} + α·0.1·cos x]."""
+    s = torch.ones(()) if scale is None else scale
+    value = (fx.sign(x) + torch.tensor(alpha) * (h + 0.1 * sine)) * s
+    x64, gs = x.double(), grad.double() * s.double()
+    series = sum(torch.cos((2 * i + 1) * omega * x64) for i in range(terms + 1))
+    fourier = torch.where(x64.abs() <= 1, series * (4 * omega / math.pi), torch.zeros_like(x64))
+    return value, gs * (fourier + alpha * 0.1 * torch.cos(x64)), gs * alpha
+
+
+needs_fused_fda = pytest.mark.skipif(not fda._FUSED_KERNELS, reason="onebit._engine built before the fused FDA kernels")
+
+FDA_CASES = [((7, 37), True), ((5, 512), True), ((3, 1), True), ((16, 4, 3, 3), True), ((2, 9, 5), False),
+             ((33, 17), False), ((1,), False)]
+
+
+@needs_fused_fda
+@pytest.mark.parametrize("terms,omega,alpha", [(9, 0.1, 0.1), (17, 0.1, 0.0123), (4, 2.5, 0.07)], ids=str)
+@pytest.mark.parametrize("shape,weight", FDA_CASES, ids=str)
+def test_fda_noisy_sign_native_equals_torch_path_and_formula(shape, weight, terms, omega, alpha):
+    """Native vs the torch path vs the written-out formula: the value bit for bit where the sines
+    agree (the torch formula fed the kernels' sine: no FMA contraction, torch's order), within 1e-6 of
+    the torch path's; the gradients to x and h within 1e-6 relative of the torch path's and 1e-5 of the
+    float64 formula; 1 and 2 threads give the same bits."""
+    x, h, scale = _fda_inputs(shape, 11 + len(shape), weight)
+    grad = torch.randn(shape, generator=torch.Generator().manual_seed(3))
+    value, gx, gh = _fda_call(x, h, scale, grad, alpha, terms, omega, native=True)
+    value_t, gx_t, gh_t = _fda_call(x, h, scale, grad, alpha, terms, omega, native=False)
+    kernel_sine = torch.from_numpy(_math(0, x.numpy().ravel().copy()).reshape(shape))
+    want, gx_f, gh_f = _fda_formula(x, h, scale, grad, alpha, terms, omega, kernel_sine)
+    assert torch.equal(value, want), "value differs from the formula with the kernels' sine"
+    assert_close(value, value_t, "value")
+    assert_close(gx, gx_t, "grad x")
+    assert torch.equal(gh, gh_t), "grad h"  # (g·s)·α both ways
+    torch.testing.assert_close(gx.double(), gx_f, rtol=1e-5, atol=1e-5 * gx_f.abs().max().item())
+    torch.testing.assert_close(gh.double(), gh_f, rtol=1e-6, atol=0)
+    two = _fda_call(x, h, scale, grad, alpha, terms, omega, native=True, threads=2)
+    assert all(torch.equal(a, b) for a, b in zip((value, gx, gh), two))
+
+
+def test_fda_noisy_sign_by_hand():
+    """x = [0, 1, −2] (sign(0) = +1; |x| = 1 inside the window, −2 outside), h = [0.5, −1, 2], α = 0.1,
+    s = 2, n = 0, ω = 0.5: value (sign + α(h + 0.1 sin x))·s; grad x g·s·[(4ω/π)cos(ωx)·1{|x|≤1} + α·0.1·cos x]."""
+    x = torch.tensor([[0.0, 1.0, -2.0]])
+    h = torch.tensor([[0.5, -1.0, 2.0]])
+    s = torch.tensor([[2.0]])
+    for native in (True, False):
+        value, gx, gh = _fda_call(x, h, s, torch.ones(1, 3), 0.1, 0, 0.5, native)
+        want = [(1 + 0.1 * 0.5) * 2, (1 + 0.1 * (-1 + 0.1 * math.sin(1.0))) * 2,
+                (-1 + 0.1 * (2 + 0.1 * math.sin(-2.0))) * 2]
+        torch.testing.assert_close(value, torch.tensor([want]), rtol=1e-6, atol=1e-7)
+        want_gx = [2 * (2 / math.pi + 0.01), 2 * (2 / math.pi * math.cos(0.5) + 0.01 * math.cos(1.0)),
+                   2 * 0.01 * math.cos(2.0)]
+        torch.testing.assert_close(gx, torch.tensor([want_gx]), rtol=1e-6, atol=1e-7)
+        torch.testing.assert_close(gh, torch.full((1, 3), 0.2), rtol=1e-7, atol=0)
+
+
+def test_fda_noisy_sign_gradients_are_the_smooth_surrogates_gradcheck():
+    """Float64, the torch path: gradcheck passes on the surrogate (fourier_sign(x) + α(h + 0.1 sin x))·s,
+    and the straight-through function's gradients equal that surrogate's autograd gradients."""
+    g = torch.Generator().manual_seed(5)
+    x = (torch.rand(4, 6, generator=g, dtype=torch.float64) * 2.6 - 1.3).requires_grad_(True)
+    x.data[(x.data.abs() - 1).abs() < 0.05] = 0.5  # no sample at the window's kink
+    h = torch.randn(4, 6, generator=g, dtype=torch.float64, requires_grad=True)
+    s = torch.rand(4, 1, generator=g, dtype=torch.float64) + 0.5
+    alpha = torch.tensor(0.08, dtype=torch.float64)
+
+    def surrogate(x, h):
+        return (fourier_sign(x, 7, 0.3) + alpha * (h + 0.1 * torch.sin(x))) * s
+
+    assert torch.autograd.gradcheck(surrogate, (x, h))
+    grad = torch.randn(4, 6, generator=g, dtype=torch.float64)
+    want = torch.autograd.grad(surrogate(x, h), (x, h), grad)
+    got = torch.autograd.grad(noisy_fourier_sign(x, h, alpha, 7, 0.3, s), (x, h), grad)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("conv", [False, True], ids=["linear", "conv"])
+def test_fda_layer_native_equals_torch_path(conv):
+    """A training FDA layer (NA on weights and activations): output and the gradients of the input,
+    the weight, the bias and all four NA matrices within 1e-6 of the torch path; eval mode bit-equal."""
+    from onebit.nn import BinaryConv2d, BinaryLinear
+
+    def run(native):
+        torch.manual_seed(0)
+        layer = BinaryConv2d(6, 5, 3, padding=1, method="fda") if conv else BinaryLinear(70, 9, method="fda")
+        layer.fda_alpha.fill_(0.07)
+        layer.fda_terms.fill_(11)
+        x = (torch.randn(3, 6, 5, 4) if conv else torch.randn(4, 70)).requires_grad_(True)
+        saved, fx.NATIVE_KERNELS = fx.NATIVE_KERNELS, native
+        try:
+            out = layer(x)
+            out.backward(torch.randn(out.shape, generator=torch.Generator().manual_seed(2)))
+            layer.eval()
+            frozen = layer(x.detach())
+        finally:
+            fx.NATIVE_KERNELS = saved
+        grads = {n: p.grad for n, p in layer.named_parameters()}
+        return out.detach(), x.grad, grads, frozen
+
+    out, gx, grads, frozen = run(True)
+    out_t, gx_t, grads_t, frozen_t = run(False)
+    assert {n for n, g in grads.items() if g is not None} >= {"weight", "weight_noise.fc1.weight",
+                                                              "weight_noise.fc2.weight", "input_noise.fc1.weight",
+                                                              "input_noise.fc2.weight"}
+    assert_close(out, out_t, "output")
+    assert_close(gx, gx_t, "input grad")
+    for name in grads_t:
+        assert_close(grads[name], grads_t[name], name)
+    assert torch.equal(frozen, frozen_t)

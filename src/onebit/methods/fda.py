@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import functional
 from .base import Method, Option, register
 from .functional import per_channel_mean_abs, sign_fourier
 
@@ -45,7 +46,79 @@ class NoiseAdaptation(nn.Module):
         self.fc2 = nn.Linear(hidden, features, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.fc2(F.relu(self.fc1(x))) + 0.1 * torch.sin(x)
+        return self.learned(x) + 0.1 * torch.sin(x)
+
+    def learned(self, x: Tensor) -> Tensor:
+        """The learned part ``fc2(ReLU(fc1(x)))`` alone (:func:`noisy_fourier_sign` adds the sine)."""
+        return self.fc2(F.relu(self.fc1(x)))
+
+
+#: Whether the engine has the fused kernels (an engine built before them: the torch formula).
+_FUSED_KERNELS = hasattr(functional._engine, "fda_value")
+
+
+class _NoisyFourierSign(torch.autograd.Function):
+    """``(sign(x) + α·(h + 0.1·sin x))·s`` and its gradients in one native pass each
+    (``fda_value``/``fda_backward``, csrc/train_quantizers.h); see :func:`noisy_fourier_sign`."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, h: Tensor, alpha: float, scale: Tensor | None, terms: int, omega: float) -> Tensor:
+        xc, hc = x.detach().contiguous(), h.detach().contiguous()
+        rows = 1 if scale is None else scale.numel()
+        sc = None if scale is None else scale.detach().reshape(rows).contiguous()
+        out = torch.empty_like(xc)
+        functional._engine.fda_value(xc.data_ptr(), hc.data_ptr(), rows, xc.numel() // max(rows, 1),
+                                     0 if sc is None else sc.data_ptr(), alpha, out.data_ptr(), torch.get_num_threads())
+        if scale is None and x.is_contiguous():
+            functional.announce_kept(x)  # an activation kept as it is: its producer may share it
+        ctx.save_for_backward(xc, sc)
+        ctx.alpha, ctx.params = alpha, (omega, 2.0 * (terms + 1), 4 * omega / math.pi)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:
+        functional._once_differentiable()
+        x, sc = ctx.saved_tensors
+        rows = 1 if sc is None else sc.numel()
+        g = grad.contiguous()
+        grad_x = torch.empty_like(x)
+        grad_h = torch.empty_like(x) if ctx.needs_input_grad[1] else None
+        functional._engine.fda_backward(g.data_ptr(), x.data_ptr(), rows, x.numel() // max(rows, 1),
+                                        0 if sc is None else sc.data_ptr(), ctx.alpha, *ctx.params, grad_x.data_ptr(),
+                                        0 if grad_h is None else grad_h.data_ptr(), torch.get_num_threads())
+        return grad_x if ctx.needs_input_grad[0] else None, grad_h, None, None, None, None
+
+
+def _fused_fourier(x: Tensor, h: Tensor, terms: int, omega: float, *scale: Tensor) -> bool:
+    """Whether :class:`_NoisyFourierSign` takes these tensors: float32 CPU, run eagerly, and the
+    Fourier kernel's range (ω < π, 2(n+1)ω ≤ 8192), as :class:`~onebit.methods.functional.FourierSTE`."""
+    return (_FUSED_KERNELS and omega < math.pi and omega * 2 * (terms + 1) <= 8192
+            and functional._native(x, h, *scale))
+
+
+def noisy_fourier_sign(x: Tensor, h: Tensor, alpha: Tensor, terms: int, omega: float,
+                       scale: Tensor | None = None) -> Tensor:
+    """FDA's training-mode binary tensor ``(sign(x) + α·(h + 0.1·sin x))·s``: :func:`sign_fourier` plus
+    α times the noise adaptation ``NA(x) = h + 0.1·sin x`` (``h = fc2(ReLU(fc1(x)))`` computed by the
+    caller, with ``x``'s shape), times the detached per-output-channel scale ``s`` for a weight (``scale``
+    shaped to broadcast against ``x``, one entry per row of ``x``; None for an activation). ``α`` (a
+    buffer) gets no gradient; ``x`` gets the Fourier surrogate's ``g·s·(4ω/π)·Σ cos((2i+1)ωx)`` (on
+    ``|x| ≤ 1``) plus ``α·0.1·cos(x)·g·s``, and ``h`` gets ``α·g·s`` (autograd carries it on through
+    ``fc1``/``fc2`` to their weights and to ``x``).
+
+    On float32 CPU tensors the value and the gradients are one native pass each instead of ~10 torch
+    ops over the tensor (``fda_value``/``fda_backward``, csrc/train_quantizers.h); elsewhere, or with
+    ``functional.NATIVE_KERNELS`` off, the torch formula (the tests' oracle). The two agree to the bit
+    where their sines agree: the value is computed in torch's order of operations without FMA
+    contraction, its ``sin`` by the kernels' approximation (≤ 3.5 ulp, so the value differs by at
+    most a few ulp of ``0.1·α·s``); the gradients agree to ~1e-7 relative (the kernels' cos, the terms
+    added before autograd adds the ``fc1`` path)."""
+    if scale is not None:
+        scale = scale.detach()
+    if _fused_fourier(x, h, terms, omega, *(() if scale is None else (scale,))):
+        return _NoisyFourierSign.apply(x, h, float(alpha), scale, int(terms), float(omega))
+    out = sign_fourier(x, terms, omega) + alpha * (h + 0.1 * torch.sin(x))
+    return out if scale is None else out * scale
 
 
 @register
@@ -87,18 +160,19 @@ class FDA(Method):
         return sign_fourier(x, int(layer.fda_terms), self.omega)
 
     def quantize_input(self, layer: nn.Module, x: Tensor) -> Tensor:
-        out = self._binary(layer, x)
-        if self.noise_adaptation and layer.training:
-            channels_last = x if layer.features_last else x.movedim(1, -1)
-            noise = layer.input_noise(channels_last)
-            out = out + layer.fda_alpha * (noise if layer.features_last else noise.movedim(-1, 1))
-        return out
+        if not (self.noise_adaptation and layer.training):
+            return self._binary(layer, x)
+        channels_last = x if layer.features_last else x.movedim(1, -1)
+        h = layer.input_noise.learned(channels_last)
+        h = h if layer.features_last else h.movedim(-1, 1)
+        return noisy_fourier_sign(x, h, layer.fda_alpha, int(layer.fda_terms), self.omega)
 
     def quantize_weight(self, layer: nn.Module, w: Tensor) -> Tensor:
-        out = self._binary(layer, w)
-        if self.noise_adaptation and layer.training:
-            out = out + layer.fda_alpha * layer.weight_noise(w.reshape(w.shape[0], -1)).reshape(w.shape)
-        return out * per_channel_mean_abs(w).detach()
+        scale = per_channel_mean_abs(w).detach()
+        if not (self.noise_adaptation and layer.training):
+            return self._binary(layer, w) * scale
+        h = layer.weight_noise.learned(w.reshape(w.shape[0], -1)).reshape(w.shape)
+        return noisy_fourier_sign(w, h, layer.fda_alpha, int(layer.fda_terms), self.omega, scale)
 
     def schedule(self, layer: nn.Module, epoch: int, epochs: int) -> None:
         terms, alpha = fda_schedule(epoch, epochs)
