@@ -11,8 +11,10 @@ import math
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
-from onebit.methods import fda
+import onebit
+from onebit.methods import biper, fda
 from onebit.methods import functional as fx
 from onebit.methods.fda import fourier_sign, noisy_fourier_sign
 from onebit.methods.irnet import libra_pb
@@ -439,3 +441,126 @@ def test_fda_layer_native_equals_torch_path(conv):
     for name in grads_t:
         assert_close(grads[name], grads_t[name], name)
     assert torch.equal(frozen, frozen_t)
+
+
+# --- BiPer: the wave sin(ωW) (or its sign) and the loss term τ·mean(sin²(ωW)) from one native pass -----
+
+needs_fused_biper = pytest.mark.skipif(not biper._FUSED_KERNELS,
+                                       reason="onebit._engine built before the fused BiPer kernels")
+
+
+def _biper_layer(shape, stage, tau, seed):
+    from onebit.nn import BinaryConv2d, BinaryLinear
+
+    layer = (BinaryConv2d(shape[1], shape[0], shape[2], method="biper", stage=stage, tau=tau, bias=False)
+             if len(shape) == 4 else BinaryLinear(shape[1], shape[0], method="biper", stage=stage, tau=tau, bias=False))
+    w = salted_weight(shape, seed)
+    if w.numel() > 9:
+        w.view(-1)[4], w.view(-1)[9] = 500.0, -421.3  # ω|w| beyond 8192: libm's sine and cosine there
+    with torch.no_grad():
+        layer.weight.copy_(w)
+    return layer
+
+
+def _biper_step(layer, native, threads=1, separate=False):
+    """The wave of a training forward, the layer's loss term and the weight's gradient of
+    Σ wave·g + 3·loss (one backward, or the two parts in two backward calls)."""
+    saved, before = fx.NATIVE_KERNELS, torch.get_num_threads()
+    fx.NATIVE_KERNELS = native
+    torch.set_num_threads(threads)
+    try:
+        layer.weight.grad = None
+        wave = layer.method.quantize_weight(layer, layer.weight)
+        loss = layer.extra_loss()
+        grad = torch.randn(wave.shape, generator=torch.Generator().manual_seed(8))
+        if separate:
+            (wave * grad).sum().backward()
+            (3 * loss).backward()
+        else:
+            ((wave * grad).sum() + 3 * loss).backward()
+        return wave.detach(), loss.detach(), layer.weight.grad.clone(), grad
+    finally:
+        fx.NATIVE_KERNELS = saved
+        torch.set_num_threads(before)
+
+
+@needs_fused_biper
+@pytest.mark.parametrize("stage", [1, 2])
+@pytest.mark.parametrize("shape", [(7, 37), (5, 512), (3, 1), (6, 4, 3, 3)], ids=str)
+def test_biper_wave_and_loss_native_equals_torch_path_and_formula(shape, stage):
+    """Native vs the torch path vs the written-out formula: the wave bit for bit (stage 2: the torch
+    path's; stage 1: sin(ωW) by the kernels' sine) and within 1e-6 of the torch path's; the loss and
+    the gradient (the wave's and the loss term's together) within 1e-6 relative of the torch path's and
+    of float64 ``τ·mean sin²(ωW)`` and ``g·ω·cos(ωW) + 3·τ·ω·sin(2ωW)/N``; the same with the two gradients
+    in separate backward calls; 1 and 2 threads give the same bits."""
+    layer = _biper_layer(shape, stage, 0.037, 3)
+    wave, loss, gw, grad = _biper_step(layer, native=True)
+    wave_t, loss_t, gw_t, _ = _biper_step(layer, native=False)
+    w = layer.weight.detach()
+    kernel_wave = torch.from_numpy(_math(0, (20.0 * w).numpy().ravel().copy()).reshape(w.shape))
+    assert torch.equal(wave, fx.sign(kernel_wave) if stage == 2 else kernel_wave)
+    if stage == 2:
+        assert torch.equal(wave, wave_t)
+    assert_close(wave, wave_t, "wave")
+    a64 = (20.0 * w).double()  # ωW rounded to float, as both paths take it
+    torch.testing.assert_close(loss.double(), 0.037 * torch.sin(a64).square().mean(), rtol=1e-6, atol=0)
+    torch.testing.assert_close(loss, loss_t, rtol=1e-6, atol=0)
+    want = grad.double() * 20 * torch.cos(a64) + 3 * 0.037 * 20 * torch.sin(2 * a64) / w.numel()
+    torch.testing.assert_close(gw.double(), want, rtol=1e-5, atol=1e-6 * want.abs().max().item())
+    assert_close(gw, gw_t, "weight grad")
+    assert_close(_biper_step(layer, native=True, separate=True)[2], gw, "two backward calls")
+    two = _biper_step(layer, native=True, threads=2)
+    assert all(torch.equal(a, b) for a, b in zip((wave, loss, gw), two))
+
+
+@needs_fused_biper
+def test_biper_loss_term_is_recomputed_when_the_forward_is_stale():
+    """The loss term comes from the forward's pass only while the weight is the one that forward saw:
+    after an in-place update (an optimizer step), without a forward, or with grad mode off at the
+    forward, loss() computes it from the current weight; a backward after such an update raises."""
+    layer = _biper_layer((4, 9), 1, 0.05, 5)
+    w = layer.weight
+    wave = layer.method.quantize_weight(layer, w)
+    with torch.no_grad():
+        w.add_(0.01)
+    fresh = layer.extra_loss()
+    want = 0.05 * torch.sin((20.0 * w.detach()).double()).square().mean().item()
+    assert fresh.item() == pytest.approx(want, rel=1e-6)
+    with pytest.raises(RuntimeError, match="modified in place"):
+        wave.sum().backward()
+    assert layer.extra_loss().item() == fresh.item()  # no forward: computed again, same value
+    with torch.no_grad():
+        layer.method.quantize_weight(layer, w)
+    assert layer.extra_loss().requires_grad  # a no-grad forward leaves nothing to reuse
+
+
+@needs_fused_biper
+def test_biper_model_copies_and_trains_after_a_fused_forward():
+    """Nothing of the fused forward lives on the layer: the model deep-copies between forward and
+    backward, and a training step's gradients equal the torch path's (stage 2) within 1e-6."""
+    import copy
+
+    from onebit.nn import BinaryLinear
+
+    grads = []
+    for native in (True, False):
+        torch.manual_seed(0)
+        model = nn.Sequential(BinaryLinear(12, 7, method="biper", stage=2), nn.BatchNorm1d(7))
+        saved, fx.NATIVE_KERNELS = fx.NATIVE_KERNELS, native
+        try:
+            loss = model(torch.randn(5, 12)).square().mean() + onebit.extra_loss(model)
+            copy.deepcopy(model)
+            loss.backward()
+        finally:
+            fx.NATIVE_KERNELS = saved
+        grads.append({n: p.grad for n, p in model.named_parameters()})
+    for name in grads[1]:
+        assert_close(grads[0][name], grads[1][name], name)
+
+
+def test_biper_torch_path_gradchecks():
+    """Float64 (the torch path, the native kernels' oracle): gradcheck of the wave sin(ωW) and of the
+    loss term τ·mean(½ − ½cos 2ωW)."""
+    w = (torch.randn(3, 5, dtype=torch.float64) * 0.2).requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda v: fx.sine_wave(v, 7.0, False), (w,))
+    assert torch.autograd.gradcheck(lambda v: biper._SineSquaredMean.apply(v, 7.0, 0.3), (w,))

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterable
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
+from . import functional
 from .base import FinalStage, InferenceForm, Method, NotDeployableError, Option, layer_label, register
 from .functional import ApproxSTE, QuantizerCall, sign, sine_wave
 from .recu import standardized_call
@@ -39,6 +41,9 @@ class BiPer(Method):
       ``loss_reg``; :func:`onebit.extra_loss` sums it over the layers. τ is constant in the CIFAR
       recipes: 0.037 in stage 1 (the default here), 0.0468 in stage 2 (pass ``tau=TAU_STAGE2`` to
       :func:`to_stage2`). ω is fixed (20 in every released script; the argparse default is 30).
+      On float32 CPU weights a training forward computes the wave and this term in one native pass, and
+      one backward pass gives both gradients (:class:`_WaveAndLoss`; the sine is the kernels', within
+      3.5 ulp of torch's).
 
     Verified against the reference code (forward of both stages, gradients, α init, the loss form,
     the τ/ω values of the run scripts) and the paper's abstract (square-wave forward, sine surrogate of
@@ -72,6 +77,11 @@ class BiPer(Method):
         return QuantizerCall(x, ApproxSTE)
 
     def quantize_weight(self, layer: nn.Module, w: Tensor) -> Tensor:
+        if _fused(w):
+            wave, loss = _WaveAndLoss.apply(w, float(self.omega), self.stage == 2, float(self.tau))
+            if loss.requires_grad:
+                _LOSS_OF_FORWARD[layer] = (loss, w, w._version, float(self.omega), float(self.tau))
+            return wave
         return sine_wave(w, self.omega, binary=self.stage == 2)
 
     def scale_output(self, layer: nn.Module, y: Tensor) -> Tensor:
@@ -100,6 +110,11 @@ class BiPer(Method):
     def loss(self, layer: nn.Module) -> Tensor | None:
         if self.tau == 0:
             return None
+        kept = _LOSS_OF_FORWARD.pop(layer, None)
+        if kept is not None and torch.is_grad_enabled():
+            loss, w, version, omega, tau = kept
+            if w is layer.weight and w._version == version and (omega, tau) == (float(self.omega), float(self.tau)):
+                return loss  # computed by this step's forward with the wave (:class:`_WaveAndLoss`)
         return _SineSquaredMean.apply(layer.weight, float(self.omega), float(self.tau))
 
     def inference(self, layer: nn.Module) -> InferenceForm:
@@ -110,6 +125,61 @@ class BiPer(Method):
                 "fine-tune it (stage 2) before export"
             )
         return super().inference(layer)
+
+
+#: Each BiPer layer's loss term as its last training forward computed it with the wave (weakly keyed:
+#: no reference to the layer, nothing in its ``__dict__`` to copy or pickle); :meth:`BiPer.loss`
+#: takes it when the weight has not changed since, else computes the term on its own.
+_LOSS_OF_FORWARD: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+#: Whether the engine has the fused kernels (an engine built before them: the torch formulas).
+_FUSED_KERNELS = hasattr(functional._engine, "biper_wave")
+
+
+def _fused(w: Tensor) -> bool:
+    return _FUSED_KERNELS and functional._native(w)
+
+
+class _WaveAndLoss(torch.autograd.Function):
+    """BiPer's weight ``sin(ωW)`` (stage 1) or ``sign(sin(ωW))`` (stage 2, identity STE through the
+    sign) and its loss term ``τ·mean(sin²(ωW))`` from one native pass over W (``biper_wave``,
+    csrc/train_quantizers.h), and both gradients, ``(g·cos(ωW))·ω + (g_loss·τ·ω/N)·2·sin(ωW)·cos(ωW)``, from
+    one more (``biper_wave_backward``): torch takes ~9 passes for the two forwards and ~3 for the backwards.
+
+    Against the torch formulas (:func:`~onebit.methods.functional.sine_wave`, :class:`_SineSquaredMean`,
+    the tests' oracle): the sine is the kernels' (≤ 3.5 ulp from torch's), so the stage-1 weights differ
+    from torch's by a few ulp; the loss is ``τ·Σ sin²/N`` summed in double instead of
+    ``τ·mean(½ − ½cos 2ωW)`` in float (≤ 1e-6 relative); its gradient uses ``2·sin·cos`` for ``sin 2ωW``
+    (≤ 1e-6 relative). W is kept on ``ctx`` (not ``save_for_backward``), with its version checked by hand:
+    the wave's and the loss's gradients may come in two backward calls (a loss term backpropagated on its
+    own after the task loss), as with two separate functions."""
+
+    @staticmethod
+    def forward(ctx, w: Tensor, omega: float, binary: bool, tau: float) -> tuple[Tensor, Tensor]:
+        wc = w.detach().contiguous()
+        out = torch.empty_like(wc)
+        total = functional._engine.biper_wave(wc.data_ptr(), wc.numel(), omega, binary, out.data_ptr(),
+                                              torch.get_num_threads())
+        ctx.set_materialize_grads(False)
+        ctx.w, ctx.version, ctx.omega = wc, w._version, omega
+        ctx.factor = tau * omega / max(wc.numel(), 1)
+        return out.reshape(w.shape), torch.tensor(tau * total / max(wc.numel(), 1), dtype=w.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor | None, grad_loss: Tensor | None) -> tuple[Tensor | None, None, None, None]:
+        functional._once_differentiable()
+        if grad is None and grad_loss is None:
+            return None, None, None, None
+        w = ctx.w
+        if w._version != ctx.version:
+            raise RuntimeError("BiPer: the weight was modified in place between the forward pass and backward "
+                               "(e.g. an optimizer step); run the forward pass again before backward")
+        g = None if grad is None else grad.contiguous()
+        out = torch.empty_like(w)
+        factor = 0.0 if grad_loss is None else float(grad_loss) * ctx.factor
+        functional._engine.biper_wave_backward(0 if g is None else g.data_ptr(), w.data_ptr(), w.numel(), ctx.omega,
+                                               factor, out.data_ptr(), torch.get_num_threads())
+        return out, None, None, None
 
 
 class _SineSquaredMean(torch.autograd.Function):
