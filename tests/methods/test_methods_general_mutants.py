@@ -1,0 +1,139 @@
+"""Method code that the tests mapped to src/onebit/methods (tests/methods, tests/nn/test_layers.py,
+tests/nn/test_binarize.py) did not execute, or executed without checking its values: a two-stage
+method's epoch split, BiPer's final stage, the quantizers only reachable through their public names, the
+SignSwish presets' unfused weight quantizer, and the bits a method declares (issue 21, found with
+coverage of the mapped tests; each test fails on a one-line bug of the lines it names)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from onebit.methods import method_class
+from onebit.methods.base import FinalStage
+from onebit.methods.biper import TAU_STAGE2
+from onebit.methods.functional import clamp_ste, sample_dims
+from onebit.methods.irnet import ede
+from onebit.nn import BinaryConv2d, BinaryLinear
+from onebit.nn.summary import summary
+
+
+# -- base.py: FinalStage.epochs -------------------------------------------------------------------
+@pytest.mark.parametrize(("total", "split"), [(1, (1, 1)), (2, (1, 1)), (3, (2, 1)), (4, (3, 1)), (5, (3, 2)),
+                                              (6, (4, 2)), (9, (6, 3)), (10, (7, 3)), (300, (200, 100))])
+def test_final_stage_epochs_round_the_share_and_keep_one_epoch_each(total, split):
+    """(first, final) = (max(1, E − last), last) with last = max(1, round(share·E)): a share of 1/3 of
+    5 epochs rounds to 2 (not floor's 1), and a run too short for two stages still trains each one."""
+    assert FinalStage({}, epoch_share=1 / 3, lr_factor=0.1).epochs(total) == split
+
+
+def test_final_stage_epochs_at_other_shares():
+    assert FinalStage({}, epoch_share=0.5, lr_factor=1.0).epochs(8) == (4, 4)
+    assert FinalStage({}, epoch_share=0.75, lr_factor=1.0).epochs(8) == (2, 6)
+    assert FinalStage({}, epoch_share=0.95, lr_factor=1.0).epochs(4) == (1, 4)  # the first stage keeps 1
+
+
+# -- biper.py: the final stage of a stage-1 run ------------------------------------------------------
+def test_biper_final_stage_is_stage_2_at_a_tenth_of_the_lr_for_a_third_of_the_epochs():
+    biper = method_class("biper")
+    for options in ({}, {"stage": 1}, {"stage": 1, "binarize_activations": False}):
+        stage = biper.final_stage(options)
+        assert stage is not None
+        assert stage.options == {"stage": 2, "tau": TAU_STAGE2}
+        assert stage.epoch_share == pytest.approx(1 / 3) and stage.lr_factor == pytest.approx(0.1)
+        assert stage.epochs(9) == (6, 3)
+    assert biper.final_stage({"stage": 2}) is None
+    assert biper.final_stage({"stage": 2, "tau": 0.1}) is None
+
+
+# -- functional.py: sample_dims, clamp_ste -----------------------------------------------------------
+def test_sample_dims_are_the_features_of_one_sample():
+    x = torch.zeros(2, 3, 4, 5)
+    assert sample_dims(x, channels_last=False) == (1, 2, 3)
+    assert sample_dims(x, channels_last=True) == (3,)
+    assert sample_dims(torch.zeros(2, 7), channels_last=True) == (1,)
+    assert sample_dims(torch.zeros(2, 7), channels_last=False) == (1,)
+    assert sample_dims(torch.zeros(2, 3, 7), channels_last=True) == (2,)
+
+
+def test_clamp_ste_is_sign_with_the_closed_clamp_gradient():
+    """ReCU's weight quantizer: sign(clamp(x, −q, q)) = sign(x) (q > 0, sign(0) = +1), gradient
+    g·1{−q ≤ x ≤ q} — the closed interval: x = ±q passes the gradient."""
+    q = torch.tensor(0.5)
+    x = torch.tensor([-1.0, -0.5, -0.25, 0.0, 0.25, 0.5, 0.75], requires_grad=True)
+    out = clamp_ste(x, q)
+    assert torch.equal(out, torch.tensor([-1.0, -1.0, -1.0, 1.0, 1.0, 1.0, 1.0]))
+    g = torch.arange(1.0, 8.0)
+    out.backward(g)
+    assert torch.equal(x.grad, torch.tensor([0.0, 2.0, 3.0, 4.0, 5.0, 6.0, 0.0]))
+
+
+def test_clamp_ste_keeps_no_graph_through_its_bound():
+    """The bound is detached (the reference takes Q_τ with ``.item()``): an output depends on the
+    weights only, so with a learnable bound and constant input there is nothing to differentiate."""
+    q = torch.tensor(0.5, requires_grad=True)
+    out = clamp_ste(torch.tensor([-1.0, 0.2, 2.0]), q)
+    assert not out.requires_grad
+    x = torch.tensor([-1.0, 0.2, 2.0], requires_grad=True)
+    clamp_ste(x, q * 2).sum().backward()
+    assert q.grad is None and torch.equal(x.grad, torch.tensor([1.0, 1.0, 0.0]))
+
+
+# -- irnet.py: ede ------------------------------------------------------------------------------------
+def test_ede_is_sign_with_k_t_tanh_derivative():
+    x = torch.tensor([-2.0, -0.3, 0.0, 0.1, 1.5], dtype=torch.float64, requires_grad=True)
+    k, t = 1.7, 2.5
+    out = ede(x, k, t)
+    assert out.tolist() == [-1.0, -1.0, 1.0, 1.0, 1.0]
+    g = torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0], dtype=torch.float64)
+    out.backward(g)
+    expected = [gi * k * t * (1 - math.tanh(t * xi) ** 2) for gi, xi in zip(g.tolist(), x.detach().tolist())]
+    assert x.grad.tolist() == pytest.approx(expected, rel=1e-6)
+
+
+# -- proxconnect.py: the SignSwish presets' fused_weight agrees with their scaled_weight -------------
+@pytest.mark.parametrize(("name", "hard"), [("pcpp-bnn+", False), ("pcpp-bnn+", True),
+                                            ("bnn++", False), ("bnn++", True)])
+def test_signswish_fused_weight_is_the_scaled_weight_without_a_scale(name, hard):
+    """ProxConnect++'s weight quantizer is ``fused_weight(w/α)·α``; the SignSwish presets compute all
+    of it at once (``scaled_weight``), and their ``fused_weight`` must be that quantizer at α = 1:
+    the same values and the same gradient with respect to the weight."""
+    method = method_class(name)()
+    mu = torch.tensor(3.0)
+    torch.manual_seed(0)
+    w0 = torch.randn(4, 6) * 0.8
+    w1, w2 = w0.clone().requires_grad_(), w0.clone().requires_grad_()
+    g = torch.randn(4, 6)
+    a = method.fused_weight(w1, mu, hard)
+    b = method.scaled_weight(w2, None, mu, hard)
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    a.backward(g)
+    b.backward(g)
+    torch.testing.assert_close(w1.grad, w2.grad, rtol=1e-5, atol=1e-6)
+    # the formulas in float64 (the float32 quantizers are within float rounding of them)
+    beta = mu.double() if name == "bnn++" else torch.tensor(method.beta, dtype=torch.float64)
+    bx = beta * w0.double()
+    s = torch.sigmoid(bx)
+    swish = 2 * s * (1 + bx * (1 - s)) - 1
+    value = torch.where(swish >= 0, 1.0, -1.0).double() if (hard or name == "pcpp-bnn+") else swish
+    torch.testing.assert_close(a.detach().double(), value, rtol=1e-5, atol=1e-6)
+    deriv = beta * (2 - bx * torch.tanh(bx / 2)) / (1 + torch.cosh(bx))
+    torch.testing.assert_close(w1.grad.double(), g.double() * deriv, rtol=1e-5, atol=1e-5)
+
+
+# -- base.py: the bits of a one-plane method -----------------------------------------------------------
+@pytest.mark.parametrize("name", ["bnn", "xnor", "irnet", "recu", "fda", "bireal"])
+def test_a_one_plane_method_declares_one_bit_weights_and_activations(name):
+    """Method.weight_bits/activation_bits: 1 bit per weight and per activation; the summary's precision,
+    1-bit parameters and BOPs follow from them (BOPs = MACs · planes)."""
+    layer = BinaryConv2d(3, 4, 3, padding=1, bias=False, method=name)
+    assert layer.method.weight_bits(layer) == 1.0 and layer.method.activation_bits(layer) == 1.0
+    row = summary(torch.nn.Sequential(layer), (3, 5, 5)).layers[0]
+    assert row.precision == "1/1"
+    assert row.params_1bit == 4 * 3 * 9
+    assert row.macs_binary == 4 * 5 * 5 * 3 * 9
+    lin = BinaryLinear(6, 2, method=name, binarize_activations=False)
+    row = summary(torch.nn.Sequential(lin), (6,)).layers[0]
+    assert row.precision == "1/32" and row.params_1bit == 12 and row.macs_binary == 0

@@ -1,0 +1,77 @@
+"""nn code that the tests mapped to src/onebit/nn did not execute: ReActNet's shifts and RPReLU with the
+features on the last dimension (a transformer's tokens, a channels-last map), and a binary layer's
+feature counts (issue 21: found with line coverage of the mapped tests; each test fails on a one-line
+bug of the lines it names)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from onebit.nn import BinaryConv1d, BinaryConv2d, BinaryLinear
+from onebit.nn.blocks import LearnableBias, RPReLU, RSign
+
+
+def _filled(module, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn(p.shape, generator=g))
+    return module
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 5), (2, 3, 4, 5), (2, 5)])
+def test_learnable_bias_with_features_last_adds_along_the_last_dim(shape):
+    bias = _filled(LearnableBias(5, features_last=True))
+    x = torch.randn(shape)
+    torch.testing.assert_close(bias(x), x + bias.bias.detach(), rtol=0, atol=0)
+
+
+def test_learnable_bias_adds_per_channel_on_a_vector_and_a_channels_first_map():
+    bias = _filled(LearnableBias(3))
+    v, x = torch.randn(4, 3), torch.randn(2, 3, 4, 4)
+    torch.testing.assert_close(bias(v), v + bias.bias.detach(), rtol=0, atol=0)
+    torch.testing.assert_close(bias(x), x + bias.bias.detach().reshape(1, 3, 1, 1), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 5), (2, 3, 4, 5), (2, 5)])
+def test_rprelu_with_features_last_is_per_feature_prelu_of_the_shifted_input(shape):
+    """RPReLU(x) = PReLU_c(x + γ_c) + ζ_c with c the last dim: each feature its own slope (the slope
+    of channel c applied to feature c whatever the rank), values and the input gradient."""
+    act = _filled(RPReLU(5, features_last=True))
+    x = torch.randn(shape, requires_grad=True)
+    gamma, slope, zeta = act.shift_in.bias.detach(), act.prelu.weight.detach(), act.shift_out.bias.detach()
+    u = x.detach() + gamma
+    expected = torch.where(u >= 0, u, slope * u) + zeta
+    out = act(x)
+    torch.testing.assert_close(out, expected, rtol=1e-6, atol=1e-6)
+    g = torch.randn(shape)
+    out.backward(g)
+    torch.testing.assert_close(x.grad, torch.where(u >= 0, g, slope * g), rtol=1e-6, atol=1e-6)
+
+
+def test_rsign_with_features_last_thresholds_each_feature():
+    sign = _filled(RSign(5, features_last=True))
+    x = torch.randn(2, 3, 5)
+    b = sign.shift.bias.detach()
+    torch.testing.assert_close(sign(x), torch.where(x + b >= 0, 1.0, -1.0), rtol=0, atol=0)
+
+
+def test_channels_first_rprelu_matches_torch_prelu():
+    act = _filled(RPReLU(3))
+    x = torch.randn(2, 3, 4, 4)
+    expected = F.prelu(x + act.shift_in.bias.detach().reshape(1, 3, 1, 1), act.prelu.weight.detach()) \
+        + act.shift_out.bias.detach().reshape(1, 3, 1, 1)
+    torch.testing.assert_close(act(x), expected, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize(("layer", "counts"), [
+    (lambda: BinaryLinear(5, 3), (5, 3)),
+    (lambda: BinaryConv2d(4, 6, 3, groups=2), (4, 6)),
+    (lambda: BinaryConv1d(6, 9, 3, groups=3), (6, 9)),
+    (lambda: BinaryConv2d(2, 7, (1, 3)), (2, 7)),
+])
+def test_a_binary_layer_counts_its_input_and_output_features(layer, counts):
+    m = layer()
+    assert (m.in_features_count, m.out_features_count) == counts
