@@ -23,6 +23,7 @@
 #include "thread_pool.h"
 #include "train_quantizers.h"
 #include "train_activations.h"
+#include "train_hbnn.h"
 
 namespace nb = nanobind;
 using namespace nb::literals;
@@ -85,6 +86,24 @@ void standardize_rows(int kind, uintptr_t w, int64_t rows, int64_t n, float k, f
   auto f = [](uintptr_t a) { return reinterpret_cast<float*>(a); };
   onebit::standardize_rows(kind, reinterpret_cast<const float*>(w), rows, n, k, t, eps, f(z), f(out), f(z_mean),
                            f(factor), f(through), f(abs_sum), num_threads);
+}
+
+// HBNN's weight quantizer (train_hbnn.h): raw addresses of contiguous CPU tensors checked by
+// onebit.methods.hbnn; returns the top bit level, 0 for the torch path.
+int hbnn_binarize(int mode, uintptr_t x, int64_t rows, int64_t n, const std::vector<int64_t>& counts, uintptr_t bitmap,
+                  uintptr_t approx, uintptr_t scales, int num_threads) {
+  if (mode < onebit::kHbnnPaper || mode > onebit::kHbnnGivenMap || !x || !bitmap || !approx || !scales || rows < 0 ||
+      n < 1 || n > INT32_MAX || num_threads < 1)
+    fail("hbnn_binarize: bad arguments");
+  int64_t total = 0;
+  for (int64_t c : counts) total += c < 0 ? n + 1 : c;
+  if (mode != onebit::kHbnnGivenMap &&
+      (counts.empty() || counts.size() > static_cast<size_t>(onebit::kHbnnMaxLevels) || total != n))
+    fail("hbnn_binarize: the stop counts must be 1 to 8 non-negative numbers summing to n");
+  nb::gil_scoped_release nogil;
+  return onebit::hbnn_binarize(mode, reinterpret_cast<const float*>(x), rows, n, counts.data(),
+                               static_cast<int>(counts.size()), reinterpret_cast<int8_t*>(bitmap),
+                               reinterpret_cast<float*>(approx), reinterpret_cast<float*>(scales), num_threads);
 }
 
 void standardize_backward_rows(int kind, uintptr_t g, uintptr_t z, uintptr_t z_mean, uintptr_t factor,
@@ -354,6 +373,9 @@ NB_MODULE(_engine, mod) {
   mod.def("standardize_backward_rows", &standardize_backward_rows, "kind"_a, "g_addr"_a, "z_addr"_a,
           "z_mean_addr"_a, "factor_addr"_a, "through_addr"_a, "param"_a, "dof"_a, "rows"_a, "n"_a, "out_addr"_a,
           "num_threads"_a);
+  mod.def("hbnn_binarize", &hbnn_binarize, "mode"_a, "x_addr"_a, "rows"_a, "n"_a, "counts"_a, "bitmap_addr"_a,
+          "approx_addr"_a, "scales_addr"_a, "num_threads"_a);
+  mod.def("hbnn_scalar_only", &onebit::hbnn_scalar_only, "on"_a);
   mod.def("tanh_rows", &tanh_rows, "x_addr"_a, "n"_a, "out_addr"_a, "num_threads"_a);
   mod.def("surrogate_grad", &surrogate_grad, "kind"_a, "g_addr"_a, "x_addr"_a, "n"_a, "p0"_a, "p1"_a, "p2"_a,
           "out_addr"_a, "num_threads"_a);

@@ -572,8 +572,10 @@ HBNN_MIXES = [(0.7, 0.2, 0.1), (0.8, 0.0, 0.2), (0.0, 1.0, 0.0), (0.5, 0.5, 0.0)
 
 
 @pytest.mark.parametrize("mix", HBNN_MIXES)
-def test_hbnn_bitmaps_and_binarization_equal_the_bool_mask_code(mix):
+def test_hbnn_bitmaps_and_binarization_equal_the_bool_mask_code(mix, monkeypatch):
     from onebit.methods import hbnn
+
+    monkeypatch.setattr(fx, "NATIVE_KERNELS", False)  # the torch path (the native one: test_native_hbnn.py)
 
     for seed in range(3):
         for x in hbnn_rows(seed):
@@ -591,8 +593,10 @@ def test_hbnn_bitmaps_and_binarization_equal_the_bool_mask_code(mix):
 
 @pytest.mark.parametrize("activations", ["binary", "hetero"])
 @pytest.mark.parametrize("kind", ["conv", "linear"])
-def test_hbnn_quantizers_equal_the_ste_formulas(kind, activations):
+def test_hbnn_quantizers_equal_the_ste_formulas(kind, activations, monkeypatch):
     from onebit.methods import hbnn
+
+    monkeypatch.setattr(fx, "NATIVE_KERNELS", False)  # the torch path (the native one: test_native_hbnn.py)
 
     def old_weight(layer, w):
         bitmap = old_middle_out_bitmap(w.detach().reshape(1, -1), hbnn.stop_counts(w.numel(), (1, 2, 3), PAPER))

@@ -276,9 +276,9 @@ def test_default_is_the_papers_70_20_10_setting():
 def test_bit_map_recomputed_every_training_forward_and_kept_in_eval(monkeypatch):
     import onebit.methods.hbnn as hbnn
 
-    calls = []
-    original = hbnn.middle_out_bitmap
-    monkeypatch.setattr(hbnn, "middle_out_bitmap", lambda *a: calls.append(1) or original(*a))
+    calls = []  # bit maps selected (natively or by middle_out_bitmap): residual_binarize's calls
+    original = hbnn.residual_binarize
+    monkeypatch.setattr(hbnn, "residual_binarize", lambda *a: calls.append(1) or original(*a))
     layer = big_layer()
     x = torch.randn(4, 100)
     layer(x), layer(x)

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from . import functional
 from .base import InferenceForm, Method, Option, register
 from .functional import ClipSTE, QuantizerCall, _clip_grad, sign
 
@@ -56,17 +57,18 @@ class ResidualBinarization:
     """The result of :func:`residual_binarize` on a ``(rows, n)`` tensor: the approximation, and per bit
     level j the ±1 plane ``sign(R_j)`` and its scale ``μ_j`` (one per row, shape ``(rows, 1)``);
     ``bitmap`` (int8) holds each element's bitwidth, and ``masks`` (computed from it on demand) the
-    elements that use bit j."""
+    elements that use bit j. ``planes`` is None where the caller asked for the value only
+    (``planes=False``: a training forward) and the native kernel made it."""
 
     approx: Tensor
-    planes: list[Tensor]
+    planes: list[Tensor] | None
     scales: list[Tensor]
     bitmap: Tensor
 
     @property
     def masks(self) -> list[Tensor]:
         """Per bit level j, the boolean mask ``bitmap ≥ j`` of the elements that use bit j."""
-        return [self.bitmap >= level for level in range(1, len(self.planes) + 1)]
+        return [self.bitmap >= level for level in range(1, len(self.scales) + 1)]
 
 
 # Masks below are float 0/1 tensors written by comparisons with a float ``out`` and applied by
@@ -166,12 +168,16 @@ def middle_out_bitmap(x: Tensor, counts: list[int]) -> Tensor:
     return bitmap
 
 
-def binarize_with_bitmap(x: Tensor, bitmap: Tensor) -> ResidualBinarization:
+def binarize_with_bitmap(x: Tensor, bitmap: Tensor, planes: bool = True) -> ResidualBinarization:
     """Residual binarization of each row of ``x`` under a given bit map (Fromm et al., Eq. 4/5; the loop
     of ``jwfromm/BinOps`` ``multibit.cc``): with ``R_1 = x``, at bit level j the elements with
     ``bitmap ≥ j`` are active, ``μ_j`` = mean ``|R_j|`` over them, each adds ``μ_j·sign(R_j)`` to the
-    approximation and ``R_{j+1} = R_j − μ_j·sign(R_j)``. No gradient."""
+    approximation and ``R_{j+1} = R_j − μ_j·sign(R_j)``. No gradient. (Natively where
+    :func:`_native_binarization` runs; ``planes=False`` lets it skip the planes.)"""
     with torch.no_grad():
+        native = _native_binarization(x, None, None, bitmap, planes)
+        if native is not None:
+            return native
         x = x.detach()
         mu = x.abs().mean(dim=1, keepdim=True)  # level 1: every element is active
         plane = sign(x)
@@ -190,6 +196,53 @@ def binarize_with_bitmap(x: Tensor, bitmap: Tensor) -> ResidualBinarization:
             approx += step
             residual -= step
         return ResidualBinarization(approx, planes, scales, bitmap)
+
+
+def _planes_from_scales(x: Tensor, bitmap: Tensor, scales: list[Tensor]) -> list[Tensor]:
+    """The planes ``sign(R_j)`` of :func:`binarize_with_bitmap` given its scales ``μ_j``: the same float
+    operations (``R_2 = x − μ_1·sign(x)``, then ``R_{j+1} = R_j − (μ_j·sign(R_j))·active_j``), so the
+    same planes, without the masked means."""
+    plane = sign(x)
+    planes = [plane]
+    residual = x - scales[0] * plane
+    for level, mu in enumerate(scales[1:], start=2):
+        plane = sign(residual)
+        planes.append(plane)
+        residual -= (mu * plane).mul_(_mask(torch.ge, bitmap, level, x.dtype))
+    return planes
+
+
+# The native kernel (csrc/train_hbnn.cpp, in onebit._engine; mode numbers of train_hbnn.h HbnnMode).
+_HBNN_KERNEL = functional._engine is not None and hasattr(functional._engine, "hbnn_binarize")
+_KERNEL_MODES = {"paper": 0, "residual": 1, None: 2}
+
+
+def _native_binarization(x: Tensor, counts: list[int] | None, selection: str | None,
+                         bitmap: Tensor | None = None, planes: bool = True) -> ResidualBinarization | None:
+    """The native kernel's binarization of the rows ``x``: the bit map of ``selection`` (``"paper"`` or
+    ``"residual"``, with the stop ``counts``) or the given int8 ``bitmap`` (``selection=None``), then the
+    residual levels, with the torch path's float operations. Its means sum in double precision in index
+    order (torch in float32, in an order that depends on the ISA and the thread count), the one source
+    of difference: a scale can move by an ulp, and an element whose distance is within a few ulp of a
+    level's threshold can land on the other side of it. None where it does not run: the torch path
+    then (functional.NATIVE_KERNELS off, anything but an eagerly run float32 CPU plain tensor, an
+    engine built without it, a non-finite value, a given map with a level above MAX_BITS)."""
+    if not (_HBNN_KERNEL and functional._native(x)) or x.numel() == 0 or x.shape[1] >= 2**31:
+        return None
+    if bitmap is not None and not (type(bitmap) is torch.Tensor and bitmap.dtype == torch.int8
+                                   and bitmap.device.type == "cpu" and bitmap.shape == x.shape):
+        return None
+    rows = x.detach().contiguous()
+    bitmap = torch.empty(rows.shape, dtype=torch.int8) if bitmap is None else bitmap.contiguous()
+    approx = torch.empty_like(rows)
+    scales = torch.zeros(MAX_BITS, rows.shape[0], 1)
+    top = functional._engine.hbnn_binarize(
+        _KERNEL_MODES[selection], rows.data_ptr(), rows.shape[0], rows.shape[1], counts or [], bitmap.data_ptr(),
+        approx.data_ptr(), scales.data_ptr(), torch.get_num_threads())
+    if top == 0:
+        return None
+    levels = list(scales[:top])
+    return ResidualBinarization(approx, _planes_from_scales(rows, bitmap, levels) if planes else None, levels, bitmap)
 
 
 def _residual_rule(x: Tensor, counts: list[int]) -> ResidualBinarization:
@@ -211,7 +264,7 @@ def _residual_rule(x: Tensor, counts: list[int]) -> ResidualBinarization:
 
 
 def residual_binarize(x: Tensor, bits: tuple[int, ...], mix: tuple[float, ...],
-                      selection: str = "paper") -> ResidualBinarization:
+                      selection: str = "paper", planes: bool = True) -> ResidualBinarization:
     """Heterogeneous residual binarization of each row of ``x`` (shape ``(rows, n)``), no gradient.
 
     The bit map gives ``count_j`` elements (:func:`stop_counts` of ``mix``) j bits; ``selection`` picks
@@ -221,6 +274,9 @@ def residual_binarize(x: Tensor, bits: tuple[int, ...], mix: tuple[float, ...],
     from level 2 on (with three or more bitwidths, or two when nobody stops at 1 bit). Then
     :func:`binarize_with_bitmap`.
 
+    Float32 CPU rows take the native kernel (:func:`_native_binarization`; ``planes=False`` lets it skip
+    the planes, which a training forward does not use); the torch code is the fallback and the oracle.
+
     Differences from BinOps: ``sign(0) = +1`` (BinOps' ``carry_over > 0`` test sends 0 to −μ); a level
     with no active element would divide by zero there and gives μ = 0 here.
     """
@@ -228,6 +284,9 @@ def residual_binarize(x: Tensor, bits: tuple[int, ...], mix: tuple[float, ...],
         raise ValueError(f"hbnn: selection={selection!r} is not one of {', '.join(map(repr, SELECTIONS))}")
     with torch.no_grad():
         counts = stop_counts(x.shape[1], bits, mix)
+        native = _native_binarization(x, counts, selection, planes=planes)
+        if native is not None:
+            return native
         if selection == "residual":
             return _residual_rule(x, counts)
         return binarize_with_bitmap(x, middle_out_bitmap(x.detach(), counts))
@@ -340,10 +399,15 @@ class HBNN(Method):
     bumps: an optimizer step, ``load_state_dict``, ``with torch.no_grad(): w.copy_(...)``), so eval
     forwards, :func:`bit_planes`, :func:`average_bits` and the exporters select once. A write through
     ``w.data`` bypasses that counter: call :func:`forget_bit_maps` after one. Activation maps are
-    computed per forward (every input is new). Selection takes one order statistic per level (linear
-    time: ``np.partition`` on CPU, ``kthvalue`` elsewhere) instead of a sort, with the sort's order on
-    ties (lower index first), and its masks are float 0/1 tensors (bit-identical maps and values to the
-    bool-mask code, which tests/methods/test_fused_quantizers.py keeps as the oracle). The weight's STE
+    computed per forward (every input is new). On float32 CPU tensors the map and the binarization run
+    in onebit's native kernel (csrc/train_hbnn.cpp: a few passes per level over the elements still in
+    play, each level's order statistic from a bracketing sample and one counting pass, exact; see
+    :func:`_native_binarization` for its one difference, the means' summation order); elsewhere
+    selection takes one order statistic per level (linear time: ``np.partition`` on CPU, ``kthvalue``
+    elsewhere) instead of a sort, with the sort's order on ties (lower index first), and its masks are
+    float 0/1 tensors (bit-identical maps and values to the bool-mask code, which
+    tests/methods/test_fused_quantizers.py keeps as the oracle; the native kernel is tested against this
+    torch code in tests/methods/test_native_hbnn.py). The weight's STE
     and the binary activations' clip STE are fused quantizers (one kernel in backward; the activations'
     one fused with the layer's product).
 
@@ -399,24 +463,25 @@ class HBNN(Method):
         """The requested average bitwidth Σ b·p_b."""
         return sum(b * f for b, f in zip(self.target_bits, self.target_mix))
 
-    def binarize_tensor(self, rows: Tensor) -> ResidualBinarization:
+    def binarize_tensor(self, rows: Tensor, planes: bool = True) -> ResidualBinarization:
         """:func:`residual_binarize` of a ``(rows, n)`` tensor with this method's mix and selection."""
-        return residual_binarize(rows, self.target_bits, self.target_mix, self.selection)
+        return residual_binarize(rows, self.target_bits, self.target_mix, self.selection, planes)
 
-    def weight_binarization(self, layer: nn.Module, w: Tensor | None = None) -> ResidualBinarization:
+    def weight_binarization(self, layer: nn.Module, w: Tensor | None = None,
+                            planes: bool = True) -> ResidualBinarization:
         """The residual binarization of ``w`` (default ``layer.weight``) as one row. In eval mode the bit
         map of the layer's own weight is reused while the weight is unchanged (see the class notes)."""
         w = layer.weight if w is None else w
         rows = w.detach().reshape(1, -1)
         if layer.training or w is not layer.weight:
-            return self.binarize_tensor(rows)
+            return self.binarize_tensor(rows, planes)
         # the same tensor object (a weak reference: a new Parameter never matches), unchanged since
         key = (w.data_ptr(), w._version, w.shape, w.dtype, w.device, self.selection, self.target_bits,
                self.target_mix)
         cached = _EVAL_BITMAPS.get(layer)
         if cached is not None and cached[0]() is w and cached[1] == key:
-            return binarize_with_bitmap(rows, cached[2])
-        result = self.binarize_tensor(rows)
+            return binarize_with_bitmap(rows, cached[2], planes)
+        result = self.binarize_tensor(rows, planes)
         _EVAL_BITMAPS[layer] = (weakref.ref(w), key, result.bitmap)
         return result
 
@@ -430,11 +495,11 @@ class HBNN(Method):
         return QuantizerCall(x, ResidualClipSTE, (partial(self._sample_approx, layer.features_last),))
 
     def _weight_approx(self, layer: nn.Module, w: Tensor) -> Tensor:
-        return self.weight_binarization(layer, w).approx.reshape(w.shape)
+        return self.weight_binarization(layer, w, planes=False).approx.reshape(w.shape)
 
     def _sample_approx(self, features_last: bool, x: Tensor) -> Tensor:
         rows = x.reshape(-1, x.shape[-1]) if features_last else x.reshape(x.shape[0], -1)
-        return self.binarize_tensor(rows).approx.reshape(x.shape)
+        return self.binarize_tensor(rows, planes=False).approx.reshape(x.shape)
 
     def weight_bits(self, layer: nn.Module) -> float:
         """The realized average bitwidth of the layer's weights (:func:`average_bits`)."""

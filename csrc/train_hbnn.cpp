@@ -1,0 +1,577 @@
+// HBNN's weight quantizer, row by row (see train_hbnn.h).
+//
+// A row's work: one pass for sum |x|; per selecting level one pass over the elements still in play for
+// their distances and a histogram of the distances' top bits (non-negative floats order like their bit
+// patterns), one pass collecting the threshold's bin (nth_element within it gives the exact order
+// statistic, like np.partition) and one pass that stops the chosen ones and compacts the rest, in index
+// order, for the next level; then the residual levels, each over its active elements only.
+// Build with -ffp-contract=off (CMakeLists.txt): the products and sums must round like torch's.
+#include "train_hbnn.h"
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "thread_pool.h"
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define ONEBIT_HBNN_X86 1
+#define ONEBIT_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,popcnt")))
+#endif
+
+namespace onebit {
+namespace {
+
+constexpr int kHistBits = 12;          // distance bins: exponent + 4 mantissa bits (the sign bit is 0)
+constexpr int kHistShift = 31 - kHistBits;
+constexpr int kBins = 1 << kHistBits;
+
+inline uint32_t bits_of(float v) {
+  uint32_t b;
+  std::memcpy(&b, &v, sizeof b);
+  return b;
+}
+
+inline float float_of(uint32_t b) {
+  float v;
+  std::memcpy(&v, &b, sizeof v);
+  return v;
+}
+
+inline float sign_of(float v) { return v < 0.0f ? -1.0f : 1.0f; }  // onebit's sign: +1 at 0 and -0
+
+// Per-thread scratch, kept between calls (a row's lists are rebuilt from scratch at every call).
+struct Scratch {
+  std::vector<uint32_t> idx;    // the elements still in play, ascending
+  std::vector<float> val;       // per idx entry: |x| (paper) or the residual R (binarization)
+  std::vector<float> dist;      // per idx entry: the distance to the level's mean
+  std::vector<float> mag;       // per idx entry: |x|
+  std::vector<float> acc;       // binarization: per idx entry, the approximation so far
+  std::vector<int32_t> lvl;     // binarization: per idx entry, its bit map entry
+  std::vector<uint32_t> bin;    // the bit patterns of the threshold's bin
+  std::vector<uint32_t> hist = std::vector<uint32_t>(2 * kBins);
+
+  void reserve(int64_t n) {
+    const int64_t size = n + 16;  // the vector passes store whole vectors: 16 lanes of slack
+    if (static_cast<int64_t>(idx.size()) < size) {
+      idx.resize(size);
+      val.resize(size);
+      dist.resize(size);
+      acc.resize(size);
+      mag.resize(size);
+      lvl.resize(size);
+    }
+  }
+};
+
+constexpr int kLanes = 32;  // abs_sum's partial sums
+
+// sum |v| in double: 32 partial sums by index mod 32, in index order, then added pairwise (the same
+// order on every ISA: abs_sum_512 keeps them in four vectors of eight).
+double combine(const double* a) {
+  double b[8];
+  for (int l = 0; l < 8; ++l) b[l] = (a[l] + a[l + 8]) + (a[l + 16] + a[l + 24]);
+  return ((b[0] + b[1]) + (b[2] + b[3])) + ((b[4] + b[5]) + (b[6] + b[7]));
+}
+
+double abs_sum(const float* v, int64_t m) {
+  double a[kLanes] = {};
+  int64_t i = 0;
+  for (; i + kLanes <= m; i += kLanes)
+    for (int l = 0; l < kLanes; ++l) a[l] += std::fabs(static_cast<double>(v[i + l]));
+  for (int l = 0; i < m; ++i, ++l) a[l] += std::fabs(static_cast<double>(v[i]));
+  return combine(a);
+}
+
+// The mean the torch path takes, float32 sum / float32 count (the sum here rounded once from double).
+inline float mean_of(double sum, int64_t count) {
+  return static_cast<float>(sum) / static_cast<float>(std::max<int64_t>(count, 1));
+}
+
+struct Threshold {
+  float value;   // the k-th smallest distance
+  int64_t room;  // how many of the elements equal to it stop (the first by index)
+  int64_t ties;  // how many elements equal it
+};
+
+// The k-th smallest (1-based, 1 <= k <= m) of the m distances d (>= 0, not NaN, bit patterns in
+// [base, base + 2^(shift+12))) and how many of those equal to it fall within the k smallest: a histogram of
+// (bits - base) >> shift (two sub-histograms: runs of one bin do not wait on each other's increments), then
+// nth_element within the bin that holds the k-th.
+Threshold kth_smallest(const float* d, int64_t m, int64_t k, Scratch& s, uint32_t base = 0,
+                       int shift = kHistShift) {
+  uint32_t* h = s.hist.data();
+  std::fill(h, h + 2 * kBins, 0u);
+  int64_t i = 0;
+  for (; i + 2 <= m; i += 2) {
+    ++h[(bits_of(d[i]) - base) >> shift];
+    ++h[kBins + ((bits_of(d[i + 1]) - base) >> shift)];
+  }
+  if (i < m) ++h[(bits_of(d[i]) - base) >> shift];
+  int64_t before = 0;
+  uint32_t bin = 0;
+  for (;; ++bin) {
+    const int64_t in_bin = static_cast<int64_t>(h[bin]) + h[kBins + bin];
+    if (before + in_bin >= k) break;
+    before += in_bin;
+  }
+  s.bin.clear();
+  for (i = 0; i < m; ++i) {
+    const uint32_t b = bits_of(d[i]);
+    if (((b - base) >> shift) == bin) s.bin.push_back(b);
+  }
+  const auto nth = s.bin.begin() + (k - before - 1);
+  std::nth_element(s.bin.begin(), nth, s.bin.end());
+  const uint32_t t = *nth;
+  int64_t below = before, ties = 0;
+  for (const uint32_t b : s.bin) {
+    below += b < t;
+    ties += b == t;
+  }
+  return {float_of(t), k - below, ties};
+}
+
+inline float distance(float v, float mean) { return std::fabs(std::fabs(v) - mean); }
+
+// --- the vectorized passes (AVX-512 where the CPU has it; the scalar loops give the same values) ---
+std::atomic<bool> g_scalar_only{false};  // hbnn_scalar_only(): the tests' switch to the scalar loops
+
+#ifdef ONEBIT_HBNN_X86
+bool has_avx512() {
+  static const bool yes = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+  }();
+  return yes && !g_scalar_only.load(std::memory_order_relaxed);
+}
+
+ONEBIT_AVX512 inline __mmask16 tail_mask(int64_t left) {
+  return left >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << left) - 1);
+}
+
+ONEBIT_AVX512 inline __m512d abs_pd_of(const float* v, __mmask8 live) {
+  return _mm512_abs_pd(_mm512_maskz_cvtps_pd(0xFF, _mm256_maskz_loadu_ps(live, v)));
+}
+
+// abs_sum's 32 lanes in four vectors: lane l sums the elements k = l mod 32, in order.
+ONEBIT_AVX512 double abs_sum_512(const float* v, int64_t m) {
+  __m512d a0 = _mm512_setzero_pd(), a1 = a0, a2 = a0, a3 = a0;
+  int64_t i = 0;
+  for (; i + kLanes <= m; i += kLanes) {
+    a0 = _mm512_add_pd(a0, abs_pd_of(v + i, 0xFF));
+    a1 = _mm512_add_pd(a1, abs_pd_of(v + i + 8, 0xFF));
+    a2 = _mm512_add_pd(a2, abs_pd_of(v + i + 16, 0xFF));
+    a3 = _mm512_add_pd(a3, abs_pd_of(v + i + 24, 0xFF));
+  }
+  __m512d* acc[4] = {&a0, &a1, &a2, &a3};
+  for (int q = 0; i < m; i += 8, ++q) {
+    const __mmask8 live = m - i >= 8 ? static_cast<__mmask8>(0xFF) : static_cast<__mmask8>((1u << (m - i)) - 1);
+    *acc[q] = _mm512_mask_add_pd(*acc[q], live, *acc[q], abs_pd_of(v + i, live));
+  }
+  alignas(64) double a[kLanes];
+  _mm512_store_pd(a, a0);
+  _mm512_store_pd(a + 8, a1);
+  _mm512_store_pd(a + 16, a2);
+  _mm512_store_pd(a + 24, a3);
+  return combine(a);
+}
+
+// Compress-and-store through a register (vcompress to memory is microcoded on some CPUs): writes a
+// whole vector at p, of which the first popcount(keep) lanes count (the buffers have 16 lanes of slack).
+ONEBIT_AVX512 inline int append(float* p, __mmask16 keep, __m512 v) {
+  _mm512_storeu_ps(p, _mm512_maskz_compress_ps(keep, v));
+  return _mm_popcnt_u32(keep);
+}
+ONEBIT_AVX512 inline void append(uint32_t* p, __mmask16 keep, __m512i v) {
+  _mm512_storeu_si512(p, _mm512_maskz_compress_epi32(keep, v));
+}
+ONEBIT_AVX512 inline void append(int32_t* p, __mmask16 keep, __m512i v) {
+  _mm512_storeu_si512(p, _mm512_maskz_compress_epi32(keep, v));
+}
+
+// bracket(): the count of distances below lo, and those in [lo, hi] copied to cand, in order.
+ONEBIT_AVX512 int64_t bracket_512(const float* v, int64_t m, float mean, float lo, float hi, float* cand,
+                                  int64_t* n_cand) {
+  const __m512 vmean = _mm512_set1_ps(mean), vlo = _mm512_set1_ps(lo), vhi = _mm512_set1_ps(hi);
+  int64_t below = 0, c = 0;
+  for (int64_t k = 0; k < m; k += 16) {
+    const __mmask16 live = tail_mask(m - k);
+    const __m512 d = _mm512_abs_ps(_mm512_sub_ps(_mm512_abs_ps(_mm512_maskz_loadu_ps(live, v + k)), vmean));
+    below += _mm_popcnt_u32(_mm512_mask_cmp_ps_mask(live, d, vlo, _CMP_LT_OQ));
+    const __mmask16 in = _mm512_mask_cmp_ps_mask(_mm512_mask_cmp_ps_mask(live, d, vlo, _CMP_GE_OQ), d, vhi, _CMP_LE_OQ);
+    c += append(cand + c, in, d);
+  }
+  *n_cand = c;
+  return below;
+}
+
+// binarize_row's level 1: approx = mu*sign(x); where bm >= 2, (k, x - approx, approx, bm) appended to
+// (idx, res, acc, lvl); returns how many.
+ONEBIT_AVX512 int64_t level_one_512(const float* x, const int8_t* bm, int64_t n, float mu, float* approx,
+                                    uint32_t* idx, float* res, float* acc, int32_t* lvl) {
+  const __m512 pos = _mm512_set1_ps(mu * 1.0f), neg = _mm512_set1_ps(mu * -1.0f), zero = _mm512_setzero_ps();
+  const __m512i iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  const __m128i one = _mm_set1_epi8(1);
+  int64_t w = 0;
+  for (int64_t k = 0; k < n; k += 16) {
+    const __mmask16 live = tail_mask(n - k);
+    const __m512 v = _mm512_maskz_loadu_ps(live, x + k);
+    const __m512 a = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(v, zero, _CMP_LT_OQ), pos, neg);
+    _mm512_mask_storeu_ps(approx + k, live, a);
+    const __m128i code = _mm_maskz_loadu_epi8(live, bm + k);
+    const __mmask16 deeper = _mm_mask_cmpgt_epi8_mask(live, code, one);
+    if (!deeper) continue;
+    append(idx + w, deeper, _mm512_add_epi32(_mm512_set1_epi32(static_cast<int>(k)), iota));
+    append(lvl + w, deeper, _mm512_maskz_cvtepi8_epi32(0xFFFF, code));
+    append(acc + w, deeper, a);
+    w += append(res + w, deeper, _mm512_sub_ps(v, a));
+  }
+  return w;
+}
+
+// binarize_row's level j >= 2 over the w carried elements: step = mu*sign(res); acc += step; res -= step;
+// those with lvl == level write acc to approx, the rest are kept (compacted); returns how many.
+ONEBIT_AVX512 int64_t level_up_512(int64_t w, int level, float mu, float* approx, uint32_t* idx, float* res,
+                                   float* acc, int32_t* lvl) {
+  const __m512 pos = _mm512_set1_ps(mu * 1.0f), neg = _mm512_set1_ps(mu * -1.0f), zero = _mm512_setzero_ps();
+  const __m512i vlevel = _mm512_set1_epi32(level);
+  int64_t next = 0;
+  for (int64_t k = 0; k < w; k += 16) {
+    const __mmask16 live = tail_mask(w - k);
+    const __m512 r = _mm512_maskz_loadu_ps(live, res + k);
+    const __m512 step = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(r, zero, _CMP_LT_OQ), pos, neg);
+    const __m512 a = _mm512_add_ps(_mm512_maskz_loadu_ps(live, acc + k), step);
+    const __m512i at = _mm512_maskz_loadu_epi32(live, idx + k);
+    const __m512i code = _mm512_maskz_loadu_epi32(live, lvl + k);
+    const __mmask16 go = _mm512_mask_cmpgt_epi32_mask(live, code, vlevel);
+    _mm512_mask_i32scatter_ps(approx, live & ~go, at, a, 4);
+    append(idx + next, go, at);
+    append(lvl + next, go, code);
+    append(acc + next, go, a);
+    next += append(res + next, go, _mm512_sub_ps(r, step));
+  }
+  return next;
+}
+#endif
+
+double abs_sum_any(const float* v, int64_t m) {
+#ifdef ONEBIT_HBNN_X86
+  if (has_avx512()) return abs_sum_512(v, m);
+#endif
+  return abs_sum(v, m);
+}
+
+int64_t bracket(const float* v, int64_t m, float mean, float lo, float hi, float* cand, int64_t* n_cand) {
+#ifdef ONEBIT_HBNN_X86
+  if (has_avx512()) return bracket_512(v, m, mean, lo, hi, cand, n_cand);
+#endif
+  int64_t below = 0, c = 0;
+  for (int64_t k = 0; k < m; ++k) {
+    const float d = distance(v[k], mean);
+    below += d < lo;
+    cand[c] = d;
+    c += (d >= lo) & (d <= hi);
+  }
+  *n_cand = c;
+  return below;
+}
+
+int64_t level_one(const float* x, const int8_t* bm, int64_t n, float mu, float* approx, uint32_t* idx, float* res,
+                  float* acc, int32_t* lvl) {
+#ifdef ONEBIT_HBNN_X86
+  if (has_avx512()) return level_one_512(x, bm, n, mu, approx, idx, res, acc, lvl);
+#endif
+  int64_t w = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const float a = mu * sign_of(x[i]);
+    approx[i] = a;
+    idx[w] = static_cast<uint32_t>(i);
+    res[w] = x[i] - a;
+    acc[w] = a;
+    lvl[w] = bm[i];
+    w += bm[i] >= 2;
+  }
+  return w;
+}
+
+int64_t level_up(int64_t w, int level, float mu, float* approx, uint32_t* idx, float* res, float* acc, int32_t* lvl) {
+#ifdef ONEBIT_HBNN_X86
+  if (has_avx512()) return level_up_512(w, level, mu, approx, idx, res, acc, lvl);
+#endif
+  int64_t next = 0;
+  for (int64_t k = 0; k < w; ++k) {
+    const float step = mu * sign_of(res[k]);
+    const float a = acc[k] + step;
+    const uint32_t i = idx[k];
+    const int32_t code = lvl[k];
+    if (code <= level) approx[i] = a;
+    idx[next] = i;
+    lvl[next] = code;
+    acc[next] = a;
+    res[next] = res[k] - step;
+    next += code > level;
+  }
+  return next;
+}
+
+// The count-th smallest distance | |v[k]| - mean | of the m values (1 <= count < m): the distances of an
+// evenly spaced sample bracket it, one pass counts those below the bracket and keeps those inside, and
+// kth_smallest finds it among them (when the bracket misses it, which the margin makes rare, among all).
+Threshold select(const float* v, int64_t m, float mean, int64_t count, Scratch& s) {
+  float* dist = s.dist.data();
+  constexpr int64_t kSample = 1024;
+  if (m > 8 * kSample) {
+    float sample[kSample];
+    for (int64_t j = 0; j < kSample; ++j) sample[j] = distance(v[j * m / kSample], mean);
+    const double p = static_cast<double>(count) / m, rank = p * kSample;
+    const double margin = 4.0 * std::sqrt(kSample * p * (1 - p)) + 2.0;
+    const int64_t lo_rank = static_cast<int64_t>(std::floor(rank - margin));
+    const int64_t hi_rank = static_cast<int64_t>(std::ceil(rank + margin));
+    if (lo_rank >= 0) std::nth_element(sample, sample + lo_rank, sample + kSample);
+    if (hi_rank < kSample) std::nth_element(sample + std::max<int64_t>(lo_rank + 1, 0), sample + hi_rank, sample + kSample);
+    const float lo = lo_rank < 0 ? -1.0f : sample[lo_rank];
+    const float hi = hi_rank >= kSample ? INFINITY : sample[hi_rank];
+    int64_t n_cand = 0;
+    const int64_t below = bracket(v, m, mean, lo, hi, dist, &n_cand);
+    if (below < count && count <= below + n_cand) {
+      const uint32_t base = lo < 0 ? 0u : bits_of(lo), span = bits_of(hi) - base;
+      int shift = 0;
+      while ((span >> shift) >= static_cast<uint32_t>(kBins)) ++shift;
+      return kth_smallest(dist, n_cand, count - below, s, base, shift);
+    }
+  }
+  for (int64_t k = 0; k < m; ++k) dist[k] = distance(v[k], mean);
+  return kth_smallest(dist, m, count, s);
+}
+
+// The residual binarization of one row under its bit map (level 1 over every element, level j >= 2 over
+// bitmap >= j); x_abs_sum = sum |x| (abs_sum). Returns the row's top level (0: a level above the maximum).
+int binarize_row(const float* x, int64_t n, const int8_t* bm, double x_abs_sum, float* approx, float* scales,
+                 int64_t scale_stride, Scratch& s) {
+  const float mu1 = mean_of(x_abs_sum, n);
+  scales[0] = mu1;
+  uint32_t* idx = s.idx.data();
+  float* res = s.val.data();
+  int64_t w = level_one(x, bm, n, mu1, approx, idx, res, s.acc.data(), s.lvl.data());
+  int top = 1;
+  for (int level = 2; w > 0; ++level) {
+    if (level > kHbnnMaxLevels) return 0;
+    const float mu = mean_of(abs_sum_any(res, w), w);
+    scales[(level - 1) * scale_stride] = mu;
+    top = level;
+    w = level_up(w, level, mu, approx, idx, res, s.acc.data(), s.lvl.data());
+  }
+  return top;
+}
+
+// Which of a level's elements stop: none, all, or those of distance | |src| - center | below the
+// threshold and the first ties by index up to its room.
+struct Rule {
+  enum Kind { kNone, kAll, kThreshold } kind;
+  float center;
+  Threshold t;
+  bool vector_ok() const { return kind != kThreshold || t.ties == t.room; }  // stop <=> distance <= t
+};
+
+// The arrays carried from level to level, one entry per element still in play, in index order.
+struct Carried {
+  uint32_t* idx;
+  float* mag;  // |x| (Algorithm 1 orders by it)
+  float* res;  // the residual R_j
+  float* acc;  // the approximation so far
+};
+
+#ifdef ONEBIT_HBNN_X86
+ONEBIT_AVX512 inline __mmask16 goes_on(const Rule& rule, __mmask16 live, __m512 src) {
+  if (rule.kind == Rule::kNone) return live;
+  if (rule.kind == Rule::kAll) return 0;
+  const __m512 d = _mm512_abs_ps(_mm512_sub_ps(_mm512_abs_ps(src), _mm512_set1_ps(rule.center)));
+  return _mm512_mask_cmp_ps_mask(live, d, _mm512_set1_ps(rule.t.value), _CMP_GT_OQ);
+}
+
+// Level 1 over the whole row: approx = mu*sign(x); bm = 1 where the element stops, 2 where it goes on
+// (then carried: idx, |x|, x - approx, approx). Returns how many go on.
+ONEBIT_AVX512 int64_t first_level_512(const float* x, int64_t n, float mu, const Rule& rule, int8_t* bm,
+                                      float* approx, const Carried& out) {
+  const __m512 pos = _mm512_set1_ps(mu * 1.0f), neg = _mm512_set1_ps(mu * -1.0f), zero = _mm512_setzero_ps();
+  const __m512i iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  const __m128i one = _mm_set1_epi8(1), two = _mm_set1_epi8(2);
+  int64_t w = 0;
+  for (int64_t k = 0; k < n; k += 16) {
+    const __mmask16 live = tail_mask(n - k);
+    const __m512 v = _mm512_maskz_loadu_ps(live, x + k);
+    const __m512 a = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(v, zero, _CMP_LT_OQ), pos, neg);
+    _mm512_mask_storeu_ps(approx + k, live, a);
+    const __mmask16 go = goes_on(rule, live, v);
+    _mm_mask_storeu_epi8(bm + k, live, _mm_mask_blend_epi8(go, one, two));
+    append(out.idx + w, go, _mm512_add_epi32(_mm512_set1_epi32(static_cast<int>(k)), iota));
+    append(out.mag + w, go, _mm512_abs_ps(v));
+    append(out.acc + w, go, a);
+    w += append(out.res + w, go, _mm512_sub_ps(v, a));
+  }
+  return w;
+}
+
+// Level j >= 2 over the w carried elements: step = mu*sign(res), acc += step; those that stop write acc to
+// approx, the rest go on (res -= step). src: the distances' source, mag (paper) or res (residual rule).
+ONEBIT_AVX512 int64_t next_level_512(int64_t w, float mu, const Rule& rule, bool paper, float* approx,
+                                     const Carried& c) {
+  const __m512 pos = _mm512_set1_ps(mu * 1.0f), neg = _mm512_set1_ps(mu * -1.0f), zero = _mm512_setzero_ps();
+  int64_t next = 0;
+  for (int64_t k = 0; k < w; k += 16) {
+    const __mmask16 live = tail_mask(w - k);
+    const __m512 r = _mm512_maskz_loadu_ps(live, c.res + k);
+    const __m512 m = _mm512_maskz_loadu_ps(live, c.mag + k);
+    const __m512 step = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(r, zero, _CMP_LT_OQ), pos, neg);
+    const __m512 a = _mm512_add_ps(_mm512_maskz_loadu_ps(live, c.acc + k), step);
+    const __m512i at = _mm512_maskz_loadu_epi32(live, c.idx + k);
+    const __mmask16 go = goes_on(rule, live, paper ? m : r);
+    _mm512_mask_i32scatter_ps(approx, live & ~go, at, a, 4);
+    append(c.idx + next, go, at);
+    append(c.mag + next, go, m);
+    append(c.acc + next, go, a);
+    next += append(c.res + next, go, _mm512_sub_ps(r, step));
+  }
+  return next;
+}
+#endif
+
+// The scalar levels: the same values, and the general tie rule.
+struct Decider {
+  const Rule& rule;
+  int64_t taken = 0;
+  bool stops(float src) {
+    if (rule.kind != Rule::kThreshold) return rule.kind == Rule::kAll;
+    const float d = distance(src, rule.center);
+    const bool tie = d == rule.t.value;
+    const bool stop = (d < rule.t.value) | (tie & (taken < rule.t.room));
+    taken += tie & stop;
+    return stop;
+  }
+};
+
+int64_t first_level(const float* x, int64_t n, float mu, const Rule& rule, int8_t* bm, float* approx,
+                    const Carried& out) {
+#ifdef ONEBIT_HBNN_X86
+  if (has_avx512() && rule.vector_ok()) return first_level_512(x, n, mu, rule, bm, approx, out);
+#endif
+  Decider decider{rule};
+  int64_t w = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const float a = mu * sign_of(x[i]);
+    approx[i] = a;
+    const bool stop = decider.stops(x[i]);
+    bm[i] = stop ? 1 : 2;
+    out.idx[w] = static_cast<uint32_t>(i);
+    out.mag[w] = std::fabs(x[i]);
+    out.acc[w] = a;
+    out.res[w] = x[i] - a;
+    w += !stop;
+  }
+  return w;
+}
+
+int64_t next_level(int64_t w, float mu, const Rule& rule, bool paper, float* approx, const Carried& c) {
+#ifdef ONEBIT_HBNN_X86
+  if (has_avx512() && rule.vector_ok()) return next_level_512(w, mu, rule, paper, approx, c);
+#endif
+  Decider decider{rule};
+  int64_t next = 0;
+  for (int64_t k = 0; k < w; ++k) {
+    const float r = c.res[k], m = c.mag[k];
+    const float step = mu * sign_of(r);
+    const float a = c.acc[k] + step;
+    const uint32_t i = c.idx[k];
+    const bool stop = decider.stops(paper ? m : r);
+    if (stop) approx[i] = a;
+    c.idx[next] = i;
+    c.mag[next] = m;
+    c.acc[next] = a;
+    c.res[next] = r - step;
+    next += !stop;
+  }
+  return next;
+}
+
+// kHbnnPaper and kHbnnResidual: the map and the binarization in one sweep of the levels. At level j
+// (w elements in play, all active at j): mu_j = mean |R_j|; the stopping rule from the level's count
+// (Algorithm 1: distances of |x| to their mean over the w; the residual rule: of |R_j| to mu_j); one pass
+// adds mu_j*sign(R_j), writes the stopping ones' approximation and carries the rest.
+int select_row(bool paper, const float* x, int64_t n, const int64_t* counts, int levels, int8_t* bm,
+               float* approx, float* scales, int64_t scale_stride, Scratch& s) {
+  const double x_abs_sum = abs_sum_any(x, n);
+  if (!std::isfinite(x_abs_sum)) return 0;
+  const Carried c{s.idx.data(), s.mag.data(), s.val.data(), s.acc.data()};
+  int64_t w = n;
+  int top = 0;
+  for (int level = 1; level <= levels && w > 0; ++level) {
+    const float mu = level == 1 ? mean_of(x_abs_sum, n) : mean_of(abs_sum_any(c.res, w), w);
+    scales[(level - 1) * scale_stride] = mu;
+    top = level;
+    const int64_t count = std::min(counts[level - 1], w);
+    Rule rule{count == 0 ? Rule::kNone : count == w ? Rule::kAll : Rule::kThreshold, mu, {0.0f, 0, 0}};
+    if (rule.kind == Rule::kThreshold) {
+      const float* src = level == 1 ? x : paper ? c.mag : c.res;
+      if (paper && level > 1) rule.center = mean_of(abs_sum_any(c.mag, w), w);
+      rule.t = select(src, w, rule.center, count, s);
+    }
+    const int64_t next = level == 1 ? first_level(x, n, mu, rule, bm, approx, c)
+                                    : next_level(w, mu, rule, paper, approx, c);
+    for (int64_t k = 0; level > 1 && k < next; ++k) bm[c.idx[k]] = static_cast<int8_t>(level + 1);
+    w = next;
+  }
+  for (int64_t k = 0; k < w; ++k) {  // (not reached: the counts sum to n, so the last level stops everyone)
+    bm[c.idx[k]] = static_cast<int8_t>(levels);
+    approx[c.idx[k]] = c.acc[k];
+  }
+  return top;
+}
+
+}  // namespace
+
+bool hbnn_scalar_only(bool on) {
+  g_scalar_only.store(on);
+#ifdef ONEBIT_HBNN_X86
+  return !has_avx512();
+#else
+  return true;
+#endif
+}
+
+int hbnn_binarize(int mode, const float* x, int64_t rows, int64_t n, const int64_t* counts, int levels,
+                  int8_t* bitmap, float* approx, float* scales, int num_threads) {
+  std::atomic<int> top{1};
+  std::atomic<bool> failed{false};
+  auto row = [&](int64_t r) {
+    thread_local Scratch s;
+    s.reserve(n);
+    const float* xr = x + r * n;
+    int8_t* bm = bitmap + r * n;
+    int got = 0;
+    if (mode == kHbnnPaper) {
+      got = select_row(true, xr, n, counts, levels, bm, approx + r * n, scales + r, rows, s);
+    } else if (mode == kHbnnResidual) {
+      got = select_row(false, xr, n, counts, levels, bm, approx + r * n, scales + r, rows, s);
+    } else {
+      const double sum = abs_sum_any(xr, n);
+      got = std::isfinite(sum) ? binarize_row(xr, n, bm, sum, approx + r * n, scales + r, rows, s) : 0;
+    }
+    if (got == 0) failed.store(true, std::memory_order_relaxed);
+    int seen = top.load(std::memory_order_relaxed);
+    while (got > seen && !top.compare_exchange_weak(seen, got, std::memory_order_relaxed)) {
+    }
+  };
+  const int threads = static_cast<int>(std::min<int64_t>(num_threads, rows));
+  if (threads <= 1) {
+    for (int64_t r = 0; r < rows; ++r) row(r);
+  } else {
+    parallel_for(threads, rows, row);
+  }
+  return failed.load() ? 0 : top.load();
+}
+
+}  // namespace onebit

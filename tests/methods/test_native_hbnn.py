@@ -1,0 +1,241 @@
+"""HBNN's native weight quantizer (csrc/train_hbnn.cpp) against the torch path (``functional.NATIVE_KERNELS =
+False``), which is the oracle: hand-checked rows (exact), rows whose sums are exact in float32 (exact, ties at
+every threshold), random rows with exact zeros and ±1 (maps equal except at elements within a few ulp of a
+level's threshold, values within 1e-6 relative: the kernel's means sum in double, torch's in float32), every
+mix shape, odd sizes, one vs two threads, the given-map mode (eval cache, bit planes) and the fallbacks."""
+
+from __future__ import annotations
+
+import types
+
+import pytest
+import torch
+
+from onebit.methods import functional as fx
+from onebit.methods import hbnn
+from onebit.methods.hbnn import binarize_with_bitmap, bit_planes, residual_binarize, stop_counts
+from onebit.nn import BinaryLinear
+
+pytestmark = pytest.mark.skipif(not hbnn._HBNN_KERNEL, reason="onebit._engine built without hbnn_binarize")
+
+MIXES = [((1, 2, 3), (0.7, 0.2, 0.1)), ((1, 2, 3), (0.8, 0.0, 0.2)), ((1, 2, 3), (0.0, 1.0, 0.0)),
+         ((1, 2, 3), (0.5, 0.5, 0.0)), ((1, 2, 3), (0.1, 0.3, 0.6)), ((1,), (1.0,)),
+         ((1, 2, 3, 4, 5, 6, 7, 8), (0.3, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1))]
+SELECTIONS = ("paper", "residual")
+ENGINE = fx._engine
+
+
+@pytest.fixture(params=["cpu's loops", "scalar loops"])
+def loops(request):
+    """The kernel's AVX-512 passes (where the CPU has them) and its scalar loops: the same results."""
+    ENGINE.hbnn_scalar_only(request.param == "scalar loops")
+    yield request.param
+    ENGINE.hbnn_scalar_only(False)
+
+
+def run(native: bool, fn, *args, **kwargs):
+    saved = fx.NATIVE_KERNELS
+    fx.NATIVE_KERNELS = native
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        fx.NATIVE_KERNELS = saved
+
+
+def both(x, bits, mix, selection):
+    return (run(False, residual_binarize, x, bits, mix, selection),
+            run(True, residual_binarize, x, bits, mix, selection))
+
+
+def assert_same(torch_path, native):
+    """Bit for bit: map, value, scales, planes."""
+    assert torch.equal(native.bitmap, torch_path.bitmap)
+    assert torch.equal(native.approx, torch_path.approx)
+    assert len(native.scales) == len(torch_path.scales)
+    assert all(torch.equal(a, b) for a, b in zip(native.scales, torch_path.scales))
+    assert all(torch.equal(a, b) for a, b in zip(native.planes, torch_path.planes))
+
+
+@pytest.fixture
+def engine_calls(monkeypatch):
+    """Counts the native kernel's calls."""
+    calls = []
+    engine = fx._engine
+
+    def spy(*args):
+        calls.append(args[0])
+        return engine.hbnn_binarize(*args)
+
+    monkeypatch.setattr(fx, "_engine", types.SimpleNamespace(hbnn_binarize=spy))
+    return calls
+
+
+# by hand: |x| = .5 1 .25 2 .75 1.5 0 3 (sum 9, mean 1.125); distances .625 .125 .875 .875 .375 .375 1.125
+# 1.875: the four closest (1, 4, 5, 0) stop at 1 bit. Remaining 2, 3, 6, 7: mean 5.25/4 = 1.3125, distances
+# 1.0625 .6875 1.3125 1.6875: 3 and 2 stop at 2 bits. mu1 = 1.125; R2 on 2, 3, 6, 7: -.875 .875 -1.125 -1.875,
+# mu2 = 4.75/4 = 1.1875; R3 on 6, 7: .0625 -.6875, mu3 = .375.
+X = torch.tensor([[0.5, -1.0, 0.25, 2.0, -0.75, 1.5, 0.0, -3.0]])
+PAPER_MAP = [[1, 1, 2, 2, 1, 1, 3, 3]]
+PAPER_APPROX = [[1.125, -1.125, -0.0625, 2.3125, -1.125, 1.125, 0.3125, -2.6875]]
+# the residual rule: level 2 over |R2| = .875 .875 1.125 1.875 with mu2 = 1.1875: distances .3125 .3125 .0625
+# .6875: 6 stops, then of the tie 2 and 3 the lower index, 2. R3 on 3, 7: -.3125 -.6875, mu3 = .5.
+RESIDUAL_MAP = [[1, 1, 2, 3, 1, 1, 2, 3]]
+RESIDUAL_APPROX = [[1.125, -1.125, -0.0625, 1.8125, -1.125, 1.125, -0.0625, -2.8125]]
+
+
+@pytest.mark.parametrize("selection,bitmap,approx,scales", [
+    ("paper", PAPER_MAP, PAPER_APPROX, [1.125, 1.1875, 0.375]),
+    ("residual", RESIDUAL_MAP, RESIDUAL_APPROX, [1.125, 1.1875, 0.5]),
+])
+def test_by_hand(selection, bitmap, approx, scales, engine_calls, loops):
+    torch_path, native = both(X, (1, 2, 3), (0.5, 0.25, 0.25), selection)
+    assert engine_calls == [hbnn._KERNEL_MODES[selection]]
+    assert native.bitmap.tolist() == bitmap and native.approx.tolist() == approx
+    assert [s.item() for s in native.scales] == scales
+    assert_same(torch_path, native)
+
+
+def quarter_steps(shape, seed):
+    """±{0, .25, .5, .75, 1}: every sum exact in float32 in any order, ties at every threshold."""
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randint(-4, 5, shape, generator=g) * 0.25).float()
+
+
+@pytest.mark.parametrize("n", [1, 3, 17, 60, 257, 8193, 20011])
+@pytest.mark.parametrize("bits,mix", MIXES)
+def test_maps_with_ties_equal_the_torch_path(n, bits, mix, loops):
+    x = quarter_steps((3, n) if n < 1000 else (1, n), n)
+    for selection in SELECTIONS:
+        torch_path, native = both(x, bits, mix, selection)
+        assert torch.equal(native.bitmap, torch_path.bitmap), selection
+        if selection == "paper":  # means of quarter steps: the same float in both, exact level 1 values
+            level_one = native.bitmap == 1
+            assert torch.equal(native.approx[level_one], torch_path.approx[level_one])
+        torch.testing.assert_close(native.approx, torch_path.approx, rtol=1e-6, atol=1e-6 * x.abs().max().item())
+
+
+def test_a_sample_that_misses_the_threshold_falls_back_to_every_element(loops):
+    # above 8192 elements the threshold is bracketed from 1024 evenly spaced elements; make those all
+    # alike (distance 0 to the mean) so that the bracket holds nothing else
+    n = 16384
+    x = quarter_steps((1, n), 5)
+    x[0, ::16] = 0.5
+    x[0, 1::16] = -x[0, 1::16].abs().clamp(min=0.25)
+    for selection in SELECTIONS:
+        torch_path, native = both(x, (1, 2, 3), (0.7, 0.2, 0.1), selection)
+        assert torch.equal(native.bitmap, torch_path.bitmap), selection
+
+
+def salted(shape, seed):
+    """Gaussian values with exact zeros and ±1 (10 % each)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(shape, generator=g)
+    flat = x.view(-1)
+    pick = torch.randperm(flat.numel(), generator=g)
+    tenth = flat.numel() // 10
+    flat[pick[:tenth]] = 0.0
+    flat[pick[tenth:2 * tenth]] = torch.where(torch.rand(tenth, generator=g) < 0.5, 1.0, -1.0)
+    return x
+
+
+def near_threshold(x, bitmap, other, counts, row, column):
+    """Whether element (row, column), which the two paths give different bitwidths, lies within a few ulp
+    of the paper rule's threshold at the first level where they part (computed on the torch path's map)."""
+    level = min(int(bitmap[row, column]), int(other[row, column]))
+    magnitude = x[row].abs().double()
+    remaining = bitmap[row] >= level
+    mean = magnitude[remaining].mean()
+    distance = (magnitude - mean).abs()
+    threshold = distance[remaining].sort().values[counts[level - 1] - 1]
+    return abs(distance[column] - threshold) <= 8 * torch.finfo(torch.float32).eps * max(threshold, mean)
+
+
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("bits,mix", MIXES[:5])
+def test_random_rows_with_zeros_and_ones(seed, bits, mix, loops):
+    for x in (salted((4, 300), seed), salted((1, 12000), seed)):
+        counts = stop_counts(x.shape[1], bits, mix)
+        torch_path, native = both(x, bits, mix, "paper")
+        for row, column in (native.bitmap != torch_path.bitmap).nonzero().tolist():
+            assert near_threshold(x, torch_path.bitmap, native.bitmap, counts, row, column)
+        same = native.bitmap == torch_path.bitmap
+        torch.testing.assert_close(native.approx[same], torch_path.approx[same], rtol=1e-6, atol=1e-6)
+        for a, b in zip(native.scales, torch_path.scales):
+            torch.testing.assert_close(a, b, rtol=1e-6, atol=0.0)
+        residual_torch, residual_native = both(x, bits, mix, "residual")
+        assert (residual_native.bitmap != residual_torch.bitmap).float().mean() < 1e-3
+        # the planes are the torch formulas run with the native scales: what binarize_with_bitmap gives then
+        replay = hbnn._planes_from_scales(x, native.bitmap, native.scales)
+        assert all(torch.equal(a, b) for a, b in zip(native.planes, replay))
+
+
+def test_one_and_two_threads_give_the_same_bits():
+    x = salted((7, 3000), 11)
+    before = torch.get_num_threads()
+    results = []
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            results.append([run(True, residual_binarize, x, (1, 2, 3), (0.7, 0.2, 0.1), s) for s in SELECTIONS])
+    finally:
+        torch.set_num_threads(before)
+    for one, two in zip(*results):
+        assert_same(one, two)
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (5, 1), (2, 2)])
+@pytest.mark.parametrize("bits,mix", MIXES)
+def test_single_columns_and_tiny_rows(shape, bits, mix, loops):
+    x = quarter_steps(shape, 3)
+    for selection in SELECTIONS:
+        assert_same(*both(x, bits, mix, selection))
+
+
+def test_given_map_mode_and_the_eval_cache(engine_calls, loops):
+    torch_path = run(False, binarize_with_bitmap, X, torch.tensor(PAPER_MAP, dtype=torch.int8))
+    native = run(True, binarize_with_bitmap, X, torch.tensor(PAPER_MAP, dtype=torch.int8))
+    assert engine_calls == [hbnn._KERNEL_MODES[None]]
+    assert native.approx.tolist() == PAPER_APPROX
+    assert_same(torch_path, native)
+    # maps that select no level, or levels without members, or a level above MAX_BITS (the torch path)
+    for bitmap in ([[0, -1, 1, 3, 0, 3, 1, 1]], [[9, 1, 1, 1, 1, 1, 1, 1]]):
+        bitmap = torch.tensor(bitmap, dtype=torch.int8)
+        assert_same(run(False, binarize_with_bitmap, X, bitmap), run(True, binarize_with_bitmap, X, bitmap))
+    layer = BinaryLinear(4, 2, bias=False, method="hbnn", mix=(0.5, 0.25, 0.25))
+    with torch.no_grad():
+        layer.weight.copy_(X.reshape(2, 4))
+    layer.eval()
+    inputs = torch.randn(3, 4)
+    first = run(True, layer, inputs)  # selects the map natively and keeps it
+    assert torch.equal(run(True, layer, inputs), first)  # the kept map, binarized natively: the same bits
+    planes = run(True, bit_planes, layer)
+    hbnn.forget_bit_maps(layer)
+    for (plane, scale, mask), (plane0, scale0, mask0) in zip(planes, run(False, bit_planes, layer)):
+        assert torch.equal(plane, plane0) and torch.equal(scale, scale0) and torch.equal(mask, mask0)
+    assert [int(m.sum()) for _, _, m in planes] == [8, 4, 2]
+
+
+def test_training_forward_runs_natively_and_the_switch_turns_it_off(engine_calls):
+    layer = BinaryLinear(30, 20, method="hbnn")
+    inputs = torch.randn(4, 30)
+    run(True, layer, inputs).sum().backward()
+    assert engine_calls == [0]
+    native_grad = layer.weight.grad.clone()
+    layer.weight.grad = None
+    run(False, layer, inputs).sum().backward()  # benchmarks' ":torch" rows
+    assert engine_calls == [0]
+    assert torch.equal(layer.weight.grad, native_grad)  # the STE does not depend on the value
+    result = run(True, residual_binarize, X, (1, 2, 3), (0.5, 0.25, 0.25), planes=False)
+    assert result.planes is None and result.approx.tolist() == PAPER_APPROX
+
+
+@pytest.mark.parametrize("case", ["float64", "non-finite", "non-contiguous", "empty"])
+def test_what_the_kernel_does_not_take_runs_the_torch_path(case, engine_calls):
+    x = {"float64": X.double(), "non-finite": X.clone().index_fill_(1, torch.tensor([3]), float("nan")),
+         "non-contiguous": quarter_steps((8, 6), 1).t(), "empty": torch.zeros(0, 5)}[case]
+    result = run(True, residual_binarize, x, (1, 2, 3), (0.5, 0.25, 0.25))
+    expected = run(False, residual_binarize, x, (1, 2, 3), (0.5, 0.25, 0.25))
+    # a non-finite value: the kernel declines (then so does its given-map mode in the torch path's binarization)
+    assert engine_calls == {"non-finite": [0, 2], "non-contiguous": [0]}.get(case, [])
+    assert torch.equal(result.bitmap, expected.bitmap)
+    torch.testing.assert_close(result.approx, expected.approx, rtol=0, atol=0, equal_nan=True)
