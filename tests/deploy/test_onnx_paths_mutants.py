@@ -1,0 +1,125 @@
+"""ONNX/QONNX export of the binary-layer paths the other ONNX tests do not reach, run by onnxruntime and
+QONNX's executor and compared with the eval-mode PyTorch model (issue 21: tests that bite for the
+deploy area). The inference form (``onnx_export._BinaryInference``) branches on: tokens (XNOR's K over
+the last dim, a threshold along features), asymmetric padding (``padding='same'`` with an even kernel:
+an explicit ``Pad`` with the pad value, never the convolution's own symmetric padding), padding modes of
+a 2-D binary conv (reflect/replicate as one ``Pad`` node, circular through torch), a one-slope PReLU
+fused into a layer, strides and paddings that differ between height and width."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from deploy_probe import finish_training, randomize_norms
+from torch import nn
+
+import onebit
+from onebit.deploy.onnx_export import run_onnx, to_onnx
+from onebit.nn import BinaryConv2d, BinaryLinear
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _compare(model: nn.Module, x: torch.Tensor, tmp_path, flavors=("float", "qonnx")) -> None:
+    model.eval()
+    with torch.no_grad():
+        want = model(x).numpy()
+    assert np.abs(want).max() > 0
+    for flavor in flavors:
+        got = run_onnx(to_onnx(model, x, tmp_path / f"m-{flavor}.onnx", flavor), x)[0]
+        assert got.shape == want.shape, flavor
+        err = float(np.abs(got - want).max())
+        assert err <= 1e-4 * float(np.abs(want).max()), f"{flavor}: max abs diff {err:.3g}"
+
+
+def _randomize(model: nn.Module) -> None:
+    randomize_norms(model)
+    with torch.no_grad():
+        for m in model.modules():
+            for name, p in m.named_parameters(recurse=False):
+                if name == "rsign_bias" or (name == "bias" and isinstance(m, (BinaryConv2d, BinaryLinear))):
+                    p.uniform_(-0.5, 0.5)
+                elif name == "alpha" or name.startswith("gamma"):
+                    p.uniform_(0.5, 1.5)
+
+
+class Tokens(nn.Module):
+    """(N, T, F) tokens through binary linear layers (the method's threshold and scales along F), a
+    one-slope PReLU after one of them."""
+
+    def __init__(self, method: str):
+        super().__init__()
+        self.a = BinaryLinear(6, 5, method=method)
+        self.act = nn.PReLU(init=0.2)
+        self.b = BinaryLinear(5, 7, method=method)
+        self.head = nn.Linear(7, 3)
+
+    def forward(self, x):
+        return self.head(self.b(self.act(self.a(x * 2.0 - 0.3))))
+
+
+@pytest.mark.parametrize("method", ["xnor", "reactnet", "xnorpp"])
+def test_binary_linear_layers_on_tokens(method, tmp_path):
+    """XNOR's K is the mean |x| of each token (its last dim), not of the whole sample; ReActNet's
+    threshold and XNOR-Net++'s scales lie along the features (T = 4 and F differ)."""
+    torch.manual_seed(0)
+    model = Tokens(method)
+    finish_training(model, method)
+    _randomize(model)
+    _compare(model, torch.randn(2, 4, 6, generator=torch.Generator().manual_seed(1)), tmp_path)
+
+
+@pytest.mark.parametrize("method,pad_value", [("bnn", 0.0), ("bireal", 1.0), ("xnor", -1.0), ("reactnet", 1.0)])
+def test_asymmetric_same_padding(method, pad_value, tmp_path):
+    """padding='same' with a 2x4 kernel pads 0 rows above and 1 below, 1 column left and 2 right: the
+    binarized input is padded explicitly with the layer's pad value (also 0, where a symmetric layer
+    would use the convolution's own padding)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 5, 3, padding=1), nn.BatchNorm2d(5),
+                          nn.Conv2d(5, 6, (2, 4), padding="same", bias=False), nn.BatchNorm2d(6), nn.Hardtanh(),
+                          nn.Flatten(1), nn.Linear(6 * 5 * 7, 3))
+    x = torch.randn(2, 3, 5, 7, generator=torch.Generator().manual_seed(1))
+    onebit.binarize(model, method, example_input=x, pad_value=pad_value)
+    finish_training(model, method)
+    _randomize(model)
+    _compare(model, x, tmp_path)
+
+
+@pytest.mark.parametrize("mode", ["reflect", "replicate", "circular"])
+def test_padding_modes_of_a_binary_conv2d(mode, tmp_path):
+    """A 2-D binary conv padded (2, 1) with a padding mode: the real input is padded before the sign
+    (height and width by their own amounts), the conv itself is then unpadded; stride (1, 2)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 5, 3, padding=1),
+                          BinaryConv2d(5, 6, 3, stride=(1, 2), padding=(2, 1), padding_mode=mode, method="reactnet"),
+                          nn.BatchNorm2d(6), nn.Flatten(1), nn.LazyLinear(3))
+    x = torch.randn(2, 3, 5, 6, generator=torch.Generator().manual_seed(1))
+    model(x)
+    _randomize(model)
+    _compare(model, x, tmp_path, flavors=("float",) if mode == "circular" else ("float", "qonnx"))
+
+
+@pytest.mark.parametrize("method", ["xnor", "bnn"])
+def test_binary_conv_geometry_per_axis(method, tmp_path):
+    """Strides, paddings and kernel sizes that differ between height and width, with XNOR's per-sample
+    K over every axis but the batch (N = 3, each sample its own K)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 5, 3, padding=1),
+                          BinaryConv2d(5, 7, (3, 1), stride=(2, 1), padding=(1, 0), method=method, pad_value=1.0),
+                          nn.BatchNorm2d(7), nn.PReLU(7),
+                          BinaryConv2d(7, 4, (1, 3), stride=(1, 2), padding=(0, 2), method=method, pad_value=-1.0),
+                          nn.Flatten(1), nn.LazyLinear(3))
+    x = torch.randn(3, 3, 7, 6, generator=torch.Generator().manual_seed(1))
+    x[1] *= 4.0  # samples of different magnitudes: K differs per sample
+    model(x)
+    _randomize(model)
+    _compare(model, x, tmp_path)
