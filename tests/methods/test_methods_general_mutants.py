@@ -137,3 +137,16 @@ def test_a_one_plane_method_declares_one_bit_weights_and_activations(name):
     lin = BinaryLinear(6, 2, method=name, binarize_activations=False)
     row = summary(torch.nn.Sequential(lin), (6,)).layers[0]
     assert row.precision == "1/32" and row.params_1bit == 12 and row.macs_binary == 0
+
+
+# -- base.py: Option.allowed, the range an error message states ----------------------------------------
+def test_an_option_error_states_its_range_with_one_bound_or_two():
+    from onebit.methods.base import Option
+
+    assert Option(1.0, "slope", low=0.0, low_open=True).allowed() == "a number in (0, inf]"
+    assert Option(0.5, "share", high=1.0).allowed() == "a number in [-inf, 1]"
+    assert Option(0.5, "share", low=0.0, high=1.0, high_open=True).allowed() == "a number in [0, 1)"
+    assert Option("a", "kind", choices=("a", "b")).allowed() == "one of 'a', 'b'"
+    assert Option(None, "free text").allowed() == "free text"
+    with pytest.raises(ValueError, match=r"option beta=0 is out of range; allowed: a number in \(0, inf\]"):
+        method_class("pcpp-bnn+")(beta=0)
