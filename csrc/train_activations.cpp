@@ -15,6 +15,7 @@
 #include <cstdint>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #include "thread_pool.h"
 #include "train_quantizers.h"
@@ -57,6 +58,18 @@ ONEBIT_TA_CLONES void approx_span(const float* g, const float* x, float shift, i
 
 ONEBIT_TA_CLONES void approx_vec_span(const float* g, const float* x, const float* shift, int64_t n, float* out) {
   for (int64_t i = 0; i < n; ++i) out[i] = approx_grad(g[i], x[i] + shift[i]);
+}
+
+// approx_span that also returns the sum of what it writes (double).
+ONEBIT_TA_CLONES double approx_span_sum(const float* g, const float* x, float shift, int64_t n, float* out) {
+  double s = 0.0;
+#pragma omp simd reduction(+ : s)
+  for (int64_t i = 0; i < n; ++i) {
+    const float v = approx_grad(g[i], x[i] + shift);
+    out[i] = v;
+    s += static_cast<double>(v);
+  }
+  return s;
 }
 
 ONEBIT_TA_CLONES double row_sum(const float* x, int64_t n) {
@@ -176,6 +189,31 @@ void approx_sign_grad(const float* g, const float* x, const float* shift, int64_
       [&](int64_t lo, int64_t len, const float* b) { ta::approx_vec_span(g + lo, x + lo, b, len, out + lo); });
 }
 
+void approx_sign_grad_sum(const float* g, const float* x, const float* shift, int64_t outer, int64_t channels,
+                          int64_t inner, float* out, float* sums, int num_threads) {
+  // One partial sum per (outer, channel), each one thread's; then per channel over outer in order.
+  std::vector<double> partial(static_cast<size_t>(outer * channels));
+  parallel_ranges(num_threads, outer, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t o = begin; o < end; ++o) {
+      const int64_t row = o * channels * inner;
+      if (inner == 1) {
+        ta::approx_vec_span(g + row, x + row, shift, channels, out + row);
+        for (int64_t c = 0; c < channels; ++c) partial[static_cast<size_t>(o * channels + c)] = out[row + c];
+        continue;
+      }
+      for (int64_t c = 0; c < channels; ++c) {
+        const int64_t lo = row + c * inner;
+        partial[static_cast<size_t>(o * channels + c)] = ta::approx_span_sum(g + lo, x + lo, shift[c], inner, out + lo);
+      }
+    }
+  });
+  for (int64_t c = 0; c < channels; ++c) {
+    double total = 0.0;
+    for (int64_t o = 0; o < outer; ++o) total += partial[static_cast<size_t>(o * channels + c)];
+    sums[c] = static_cast<float>(total);
+  }
+}
+
 void standardize_sign_rows(const float* x, int64_t rows, int64_t n, float dof, float eps, float* out, float* mean,
                            float* std, int num_threads) {
   parallel_ranges(num_threads, rows, 1, [&](int64_t begin, int64_t end) {
@@ -257,6 +295,15 @@ void bind_fused_weight_quantizers(nb::module_& mod) {
       "g_addr"_a, "x_addr"_a, "rows"_a, "n"_a, "scale_addr"_a, "alpha"_a, "p0"_a, "p1"_a, "p2"_a, "grad_x_addr"_a,
       "grad_h_addr"_a, "num_threads"_a, "FDA's gradients to x (Fourier surrogate + the NA sine) and to h (0: skipped).");
   mod.def(
+      "ede_grad",
+      [](uintptr_t g, uintptr_t x, int64_t n, float k, float t, uintptr_t out, int threads) {
+        check(g && x && out && n >= 0, threads, "ede_grad");
+        nb::gil_scoped_release nogil;
+        surrogate_grad(kEdeSurrogateGrad, in(g), in(x), n, k, t, 0.0f, out_ptr(out), threads);
+      },
+      "g_addr"_a, "x_addr"_a, "n"_a, "k"_a, "t"_a, "out_addr"_a, "num_threads"_a,
+      "IR-Net's EDE gradient ((g*k)*(1 - tanh(t*x)^2))*t over n floats.");
+  mod.def(
       "biper_wave",
       [](uintptr_t w, int64_t n, float omega, bool binary, uintptr_t out, int threads) {
         check(w && out && n >= 0, threads, "biper_wave");
@@ -296,6 +343,17 @@ void bind_train_activations(nb::module_& mod) {
       },
       "g_addr"_a, "x_addr"_a, "shift_addr"_a, "outer"_a, "channels"_a, "inner"_a, "out_addr"_a, "num_threads"_a,
       "ApproxSign's gradient g*max(0, 2 - 2|x + shift|) in torch's order of operations.");
+  mod.def(
+      "approx_sign_grad_sum",
+      [](uintptr_t g, uintptr_t x, uintptr_t shift, int64_t outer, int64_t channels, int64_t inner, uintptr_t out,
+         uintptr_t sums, int threads) {
+        check(g && x && shift && out && sums && outer >= 0 && channels >= 0 && inner >= 0, threads,
+              "approx_sign_grad_sum");
+        nb::gil_scoped_release nogil;
+        approx_sign_grad_sum(in(g), in(x), in(shift), outer, channels, inner, out_ptr(out), out_ptr(sums), threads);
+      },
+      "g_addr"_a, "x_addr"_a, "shift_addr"_a, "outer"_a, "channels"_a, "inner"_a, "out_addr"_a, "sums_addr"_a,
+      "num_threads"_a, "approx_sign_grad with the per-channel sums of the gradient (the shift's gradient).");
   mod.def(
       "standardize_sign_rows",
       [](uintptr_t x, int64_t rows, int64_t n, float dof, float eps, uintptr_t out, uintptr_t mean, uintptr_t std,

@@ -30,6 +30,12 @@ void activation_sign(const float* x, const float* shift, int64_t outer, int64_t 
 void approx_sign_grad(const float* g, const float* x, const float* shift, int64_t outer, int64_t channels,
                       int64_t inner, float* out, int num_threads);
 
+// approx_sign_grad with shift (not null) and also the shift's gradient: sums[c] = the sum of out over
+// outer and inner at channel c (ReActNet's threshold, autograd's sum_to_size), taken in double per
+// (outer, channel) span and then over outer in order, so it does not depend on the thread count.
+void approx_sign_grad_sum(const float* g, const float* x, const float* shift, int64_t outer, int64_t channels,
+                          int64_t inner, float* out, float* sums, int num_threads);
+
 // ReCU's per-sample standardisation forward, per row of x (rows x n): mean m = sum x / n, centred
 // sum of squares sq (double accumulators, rounded to float), std = sqrt(sq/dof + eps) in float;
 // out = sign(x/std) (the binary input), mean[r] = m, std[r] = std.

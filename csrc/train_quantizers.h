@@ -45,10 +45,12 @@ void tanh_rows(const float* x, int64_t n, float* out, int num_threads);
 //  kSwishGrad   out = ((s*(1-s))*(2 + b*((1-s) - s))*(2*p0))*g, b = p0*x, s = sigmoid(b)   (SignSwish)
 //  kFourierGrad out = ((|x| <= 1 ? g : 0)*r)*p2, r = sin(t*p1)/(sin(t)*2) with t = clamp(x,-1,1)*p0,
 //               r = p1/2 where that is 0/0 (FDA: p0 = omega < pi, p1 = 2(n+1), p2 = 4*omega/pi)
+//  kEdeSurrogateGrad out = ((g*p0)*(1 - y*y))*p1, y = tanh(p1*x)   (IR-Net's EDE on activations, k = p0,
+//               t = p1: torch's tanh_backward(g*k, tanh(t*x))*t; tanh as tanh_rows)
 // sin/cos: SLEEF's u35 method (reduction by pi in four parts, one polynomial: at most 3 ulp, measured 2.2, for |argument| <= 8192; beyond, libm's sin/cos);
 // sigmoid from exp(-|b|) (at most 3 ulp above b = -87; below, exp(-87) = 1.6e-38 at most where torch
 // gives subnormals).
-enum SurrogateKind : int { kSineGrad = 0, kSwishGrad = 1, kFourierGrad = 2 };
+enum SurrogateKind : int { kSineGrad = 0, kSwishGrad = 1, kFourierGrad = 2, kEdeSurrogateGrad = 3 };
 void surrogate_grad(int kind, const float* g, const float* x, int64_t n, float p0, float p1, float p2, float* out,
                     int num_threads);
 

@@ -232,6 +232,14 @@ void swish_grad_span(const float* g, const float* x, int64_t n, float p0, float*
 
 // sin(t) for |t| < 1.5: trig_approx's polynomial alone, which is what trig_approx computes there (its
 // nearest multiple of pi is q = 0, so the reduced argument is t itself): the same value, no reduction.
+// kEdeSurrogateGrad: IR-Net's EDE derivative on activations (k = p0, t = p1).
+void ede_surrogate_span(const float* g, const float* x, int64_t n, float p0, float p1, float* out) {
+  for (int64_t i = 0; i < n; ++i) {
+    const float y = tanh_approx(p1 * x[i]);
+    out[i] = ((g[i] * p0) * (1.0f - y * y)) * p1;
+  }
+}
+
 inline float sin_small(float t) {
   const float s = t * t;
   float u = 2.6083159809786593541503e-06f;
@@ -279,6 +287,9 @@ void surrogate_span(int kind, const float* g, const float* x, int64_t n, float p
       break;
     case kSwishGrad:
       swish_grad_span(g, x, n, p0, out);
+      break;
+    case kEdeSurrogateGrad:
+      ede_surrogate_span(g, x, n, p0, p1, out);
       break;
     default:  // kFourierGrad: |t| <= omega < pi and |t*p1| small: always in range
       fourier_grad_span(g, x, n, p0, p1, p2, out);

@@ -144,9 +144,10 @@ CASES = [
     ("xnor", {}, old_xnor_input, old_scaled_clip_weight, True),
     ("bireal", {}, old_approx_input, old_scaled_clip_weight, False),
     ("reactnet", {}, old_reactnet_input, old_scaled_clip_weight, False),
-    # Libra-PB's standardisation is now a two-pass variance and a closed-form backward: the weight's
-    # gradient within 1e-6, its value and the activation's gradient still bit-identical.
-    ("irnet", {}, lambda layer, x: old_ede(x, layer.ede_k, layer.ede_t), old_irnet_weight, "input"),
+    # Libra-PB's standardisation is now a two-pass variance and a closed-form backward, and the
+    # activation's EDE gradient one native pass with the kernels' tanh (2 ulp): both gradients within
+    # 1e-6, the values bit-identical.
+    ("irnet", {}, lambda layer, x: old_ede(x, layer.ede_k, layer.ede_t), old_irnet_weight, False),
     ("recu", {}, old_recu_input, old_recu_weight, False),
     ("biper", {"stage": 1}, old_recu_input, old_biper_weight, False),
     ("biper", {"stage": 2}, old_recu_input, old_biper_weight, False),
@@ -245,6 +246,11 @@ def test_fused_quantizers_equal_the_ste_formulas(method, options, old_input, old
             value_old, grads_old = run(layer, x, old, which, 7)
             if method == "bnn++" and state == "soft" and which == "weight":
                 # SS_μ(W/α)·α itself: the native kernel's sigmoid is within 3 ulp of torch's
+                assert_same(value_new, value_old, False, f"{method} {which} value")
+            elif train and (method == "fda" or (method == "biper" and options.get("stage") == 1
+                                                and which == "weight")):
+                # FDA's 0.1·sin(x) noise term and BiPer's wave sin(ωW) while training: the native
+                # kernels' sine (≤ 3.5 ulp of torch's; the rest of the value in torch's order)
                 assert_same(value_new, value_old, False, f"{method} {which} value")
             else:
                 assert torch.equal(value_new, value_old), f"{method} {which} value differs"

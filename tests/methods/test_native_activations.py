@@ -174,11 +174,23 @@ def test_shifted_approx_sign_matches_torch_bit_for_bit(shape, shift_shape):
     shift = torch.randn(shift_shape, generator=torch.Generator().manual_seed(6)) * 0.5
     grad = salted(shape, 7, specials=False)
     assert fx.native_sign(x, shift) is not None and fx.native_approx_grad(grad, x, shift) is not None
+    fused_sum = hasattr(fx._activation_engine, "approx_sign_grad_sum")  # (an engine built before: torch's sum)
+    assert (fx.native_approx_grad_sum(grad, x, shift) is not None) == fused_sum
     new = run(reactnet_call, [x, shift], grad, native=True)
     old = run(reactnet_call, [x, shift], grad, native=False)
     assert_same(new[0], old[0], "value")
     assert_same(new[1][0], old[1][0], "grad x")
-    assert_same(new[1][1], old[1][1], "grad shift")
+    # The threshold's gradient is summed in double in the same pass: the float64 sum of the torch
+    # path's grad x, rounded (within an ulp), and within 1e-6 of torch's float sum_to_size.
+    exact = old[1][0].double().sum_to_size(shift.shape)
+    if fused_sum:
+        torch.testing.assert_close(new[1][1].double(), exact, rtol=1.2e-7, atol=1e-30, equal_nan=True)
+    torch.testing.assert_close(new[1][1], old[1][1], rtol=1e-6, atol=1e-6 * old[1][1].nan_to_num(0).abs().max().item(),
+                               equal_nan=True)
+    learned = shift.clone().requires_grad_(True)
+    gx = fx.ShiftedApproxSTE.grad(grad, x, (), learned)
+    assert fx.ShiftedApproxSTE.arg_grads(gx, (True,), learned)[0] is not None
+    assert fx.SHIFT_GRAD not in gx.__dict__  # taken off again by arg_grads (nothing left on the gradient)
 
 
 def test_shifted_approx_sign_unsupported_shift_takes_torch():

@@ -41,7 +41,7 @@ class BiPer(Method):
       ``loss_reg``; :func:`onebit.extra_loss` sums it over the layers. τ is constant in the CIFAR
       recipes: 0.037 in stage 1 (the default here), 0.0468 in stage 2 (pass ``tau=TAU_STAGE2`` to
       :func:`to_stage2`). ω is fixed (20 in every released script; the argparse default is 30).
-      On float32 CPU weights a training forward computes the wave and this term in one native pass, and
+      On float32 CPU weights a training-mode forward computes the wave and this term in one native pass, and
       one backward pass gives both gradients (:class:`_WaveAndLoss`; the sine is the kernels', within
       3.5 ulp of torch's).
 
@@ -77,7 +77,7 @@ class BiPer(Method):
         return QuantizerCall(x, ApproxSTE)
 
     def quantize_weight(self, layer: nn.Module, w: Tensor) -> Tensor:
-        if _fused(w):
+        if layer.training and _fused(w):  # (eval: torch's sine, the values of the formula)
             wave, loss = _WaveAndLoss.apply(w, float(self.omega), self.stage == 2, float(self.tau))
             if loss.requires_grad:
                 _LOSS_OF_FORWARD[layer] = (loss, w, w._version, float(self.omega), float(self.tau))

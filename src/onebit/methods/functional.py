@@ -242,6 +242,29 @@ def native_approx_grad(grad: Tensor, x: Tensor, shift: Tensor | None = None) -> 
     return out
 
 
+#: The attribute under which :meth:`ShiftedApproxSTE.grad` leaves the shift's gradient, summed in the
+#: same native pass, for :meth:`ShiftedApproxSTE.arg_grads` (which takes it off again).
+SHIFT_GRAD = "_onebit_shift_grad"
+
+
+def native_approx_grad_sum(grad: Tensor, x: Tensor, shift: Tensor) -> Tensor | None:
+    """:func:`native_approx_grad` with ``shift``, the shift's gradient (the gradient summed over all but
+    the shift's dim, taken in double in the same pass: within float rounding of ``sum_to_size``) left
+    on the result under :data:`SHIFT_GRAD`; None where the kernel does not take the tensors."""
+    layout = _channel_layout(x, shift)
+    if (layout is None or grad.shape != x.shape or not native_activations(x, grad, shift)
+            or not hasattr(_activation_engine, "approx_sign_grad_sum")):
+        return None
+    src, g = x.detach().contiguous(), grad.contiguous()
+    out = torch.empty(x.shape, dtype=x.dtype)
+    b = shift.detach().reshape(-1).contiguous()
+    sums = torch.empty(layout[1], dtype=x.dtype)
+    _activation_engine.approx_sign_grad_sum(g.data_ptr(), src.data_ptr(), b.data_ptr(), *layout, out.data_ptr(),
+                                            sums.data_ptr(), torch.get_num_threads())
+    out.__dict__[SHIFT_GRAD] = sums.reshape(shift.shape)
+    return out
+
+
 class ClipSTE:
     """``scale·sign(x)``, gradient ``g·1{|x| ≤ 1}`` not multiplied by the (detached) scale."""
 
@@ -331,7 +354,9 @@ class ShiftedApproxSTE:
     @staticmethod
     def grad(grad: Tensor, x: Tensor, kept: tuple[Tensor, ...], shift: Tensor) -> Tensor:
         if not kept:  # the native value kept no x + b: the native gradient adds b again
-            native = native_approx_grad(grad, x, shift)
+            # (with the threshold's gradient in the same pass when it is learned)
+            native = native_approx_grad_sum(grad, x, shift) if shift.requires_grad else None
+            native = native if native is not None else native_approx_grad(grad, x, shift)
             if native is not None:
                 return native
             kept = (x + shift,)
@@ -340,8 +365,11 @@ class ShiftedApproxSTE:
     @staticmethod
     def arg_grads(grad_x: Tensor, needs: tuple[bool, ...], shift: Tensor) -> tuple[Tensor | None, ...]:
         """The gradients of the arguments given the input's: ∂L/∂b = Σ ∂L/∂x over b's broadcast dims
-        (what autograd's ``x + b`` gives)."""
-        return (grad_x.sum_to_size(shift.shape) if needs[0] else None,)
+        (what autograd's ``x + b`` gives; summed by the native gradient's pass where it ran)."""
+        summed = grad_x.__dict__.pop(SHIFT_GRAD, None)
+        if not needs[0]:
+            return (None,)
+        return (summed if summed is not None else grad_x.sum_to_size(shift.shape),)
 
 
 def _arg_grads(quantizer: type, grad_x: Tensor | None, needs: tuple[bool, ...], args: tuple) -> tuple:
@@ -366,6 +394,12 @@ class EDESTE:
 
     @staticmethod
     def grad(grad: Tensor, x: Tensor, kept: tuple[Tensor, ...], k: Tensor | float, t: Tensor | float) -> Tensor:
+        if _EDE_KERNEL and _native_grad(x, grad):  # the same chain in one pass, tanh within 2 ulp of torch's
+            g, src = grad.contiguous(), x.detach().contiguous()
+            out = torch.empty_like(src)
+            _engine.ede_grad(g.data_ptr(), src.data_ptr(), src.numel(), float(k), float(t), out.data_ptr(),
+                             torch.get_num_threads())
+            return out
         # The order of autograd's chain through k·tanh(t·x), so the result is bit-identical to it.
         return torch.ops.aten.tanh_backward(grad * k, torch.tanh(t * x)) * t
 
@@ -631,6 +665,7 @@ _EDE_GRAD, _WINDOW_GRAD = 0, 1  # DerivativeKind
 
 
 _SINE_GRAD, _SWISH_GRAD, _FOURIER_GRAD = 0, 1, 2  # SurrogateKind
+_EDE_KERNEL = NATIVE_KERNELS and hasattr(_engine, "ede_grad")  # IR-Net's EDE on activations (EDESTE)
 
 
 def _native(*tensors: Tensor) -> bool:
