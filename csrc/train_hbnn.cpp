@@ -265,6 +265,52 @@ double abs_sum_any(const float* v, int64_t m) {
   return abs_sum(v, m);
 }
 
+// --- one row over several threads (vector passes only): contiguous parts, each compacting into its own
+// stretch of the output (parts start at multiples of 64 elements, so a part's whole-vector stores stay in
+// it), then the stretches moved together in order: the same arrays as one thread writes. ---
+constexpr int64_t kBlock = int64_t{1} << 15;        // sums: per block of this many, then in block order
+constexpr int64_t kParallelMin = int64_t{1} << 17;  // a pass over fewer elements runs on one thread
+constexpr int kMaxParts = 16;
+
+template <typename Fn>
+void in_parts(int parts, int64_t m, const Fn& fn) {
+  if (parts <= 1) {
+    fn(0, int64_t{0}, m);
+    return;
+  }
+  const int64_t step = ((m + parts - 1) / parts + 63) / 64 * 64;
+  parallel_for(parts, parts, [&](int64_t p) {
+    const int64_t begin = std::min(m, p * step);
+    fn(static_cast<int>(p), begin, std::min(m, begin + step));
+  });
+}
+
+// sum |v| by blocks of kBlock (abs_sum of each, added in block order): the same on any number of threads.
+double abs_sum_blocks(const float* v, int64_t m, int parts) {
+  const int64_t blocks = (m + kBlock - 1) / kBlock;
+  auto block = [&](int64_t b) { return abs_sum_any(v + b * kBlock, std::min(kBlock, m - b * kBlock)); };
+  double total = 0.0;
+  if (parts <= 1 || blocks < 2) {
+    for (int64_t b = 0; b < blocks; ++b) total += block(b);
+    return total;
+  }
+  std::vector<double> sums(blocks);
+  parallel_for(parts, blocks, [&](int64_t b) { sums[b] = block(b); });
+  for (const double sum : sums) total += sum;
+  return total;
+}
+
+// Moves the parts' stretches [begin[p], begin[p] + got[p]) of each array together; returns the total.
+template <typename... Arrays>
+int64_t gather(int parts, const int64_t* begin, const int64_t* got, Arrays*... arrays) {
+  int64_t total = 0;
+  for (int p = 0; p < parts; ++p) {
+    if (begin[p] != total) (std::memmove(arrays + total, arrays + begin[p], got[p] * sizeof(*arrays)), ...);
+    total += got[p];
+  }
+  return total;
+}
+
 int64_t bracket(const float* v, int64_t m, float mean, float lo, float hi, float* cand, int64_t* n_cand) {
 #ifdef ONEBIT_HBNN_X86
   if (has_avx512()) return bracket_512(v, m, mean, lo, hi, cand, n_cand);
@@ -321,7 +367,7 @@ int64_t level_up(int64_t w, int level, float mu, float* approx, uint32_t* idx, f
 // The count-th smallest distance | |v[k]| - mean | of the m values (1 <= count < m): the distances of an
 // evenly spaced sample bracket it, one pass counts those below the bracket and keeps those inside, and
 // kth_smallest finds it among them (when the bracket misses it, which the margin makes rare, among all).
-Threshold select(const float* v, int64_t m, float mean, int64_t count, Scratch& s) {
+Threshold select(const float* v, int64_t m, float mean, int64_t count, Scratch& s, int parts) {
   float* dist = s.dist.data();
   constexpr int64_t kSample = 1024;
   if (m > 8 * kSample) {
@@ -335,8 +381,18 @@ Threshold select(const float* v, int64_t m, float mean, int64_t count, Scratch& 
     if (hi_rank < kSample) std::nth_element(sample + std::max<int64_t>(lo_rank + 1, 0), sample + hi_rank, sample + kSample);
     const float lo = lo_rank < 0 ? -1.0f : sample[lo_rank];
     const float hi = hi_rank >= kSample ? INFINITY : sample[hi_rank];
-    int64_t n_cand = 0;
-    const int64_t below = bracket(v, m, mean, lo, hi, dist, &n_cand);
+    int64_t n_cand = 0, below = 0;
+    if (parts <= 1) {
+      below = bracket(v, m, mean, lo, hi, dist, &n_cand);
+    } else {
+      int64_t begin[kMaxParts], got[kMaxParts], under[kMaxParts];
+      in_parts(parts, m, [&](int p, int64_t b, int64_t e) {
+        begin[p] = b;
+        under[p] = bracket(v + b, e - b, mean, lo, hi, dist + b, &got[p]);
+      });
+      for (int p = 0; p < parts; ++p) below += under[p];
+      n_cand = gather(parts, begin, got, dist);
+    }
     if (below < count && count <= below + n_cand) {
       const uint32_t base = lo < 0 ? 0u : bits_of(lo), span = bits_of(hi) - base;
       int shift = 0;
@@ -360,7 +416,7 @@ int binarize_row(const float* x, int64_t n, const int8_t* bm, double x_abs_sum, 
   int top = 1;
   for (int level = 2; w > 0; ++level) {
     if (level > kHbnnMaxLevels) return 0;
-    const float mu = mean_of(abs_sum_any(res, w), w);
+    const float mu = mean_of(abs_sum_blocks(res, w, 1), w);
     scales[(level - 1) * scale_stride] = mu;
     top = level;
     w = level_up(w, level, mu, approx, idx, res, s.acc.data(), s.lvl.data());
@@ -395,8 +451,8 @@ ONEBIT_AVX512 inline __mmask16 goes_on(const Rule& rule, __mmask16 live, __m512 
 
 // Level 1 over the whole row: approx = mu*sign(x); bm = 1 where the element stops, 2 where it goes on
 // (then carried: idx, |x|, x - approx, approx). Returns how many go on.
-ONEBIT_AVX512 int64_t first_level_512(const float* x, int64_t n, float mu, const Rule& rule, int8_t* bm,
-                                      float* approx, const Carried& out) {
+ONEBIT_AVX512 int64_t first_level_512(const float* x, int64_t n, int64_t offset, float mu, const Rule& rule,
+                                      int8_t* bm, float* approx, const Carried& out) {
   const __m512 pos = _mm512_set1_ps(mu * 1.0f), neg = _mm512_set1_ps(mu * -1.0f), zero = _mm512_setzero_ps();
   const __m512i iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
   const __m128i one = _mm_set1_epi8(1), two = _mm_set1_epi8(2);
@@ -408,7 +464,7 @@ ONEBIT_AVX512 int64_t first_level_512(const float* x, int64_t n, float mu, const
     _mm512_mask_storeu_ps(approx + k, live, a);
     const __mmask16 go = goes_on(rule, live, v);
     _mm_mask_storeu_epi8(bm + k, live, _mm_mask_blend_epi8(go, one, two));
-    append(out.idx + w, go, _mm512_add_epi32(_mm512_set1_epi32(static_cast<int>(k)), iota));
+    append(out.idx + w, go, _mm512_add_epi32(_mm512_set1_epi32(static_cast<int>(k + offset)), iota));
     append(out.mag + w, go, _mm512_abs_ps(v));
     append(out.acc + w, go, a);
     w += append(out.res + w, go, _mm512_sub_ps(v, a));
@@ -457,7 +513,7 @@ struct Decider {
 int64_t first_level(const float* x, int64_t n, float mu, const Rule& rule, int8_t* bm, float* approx,
                     const Carried& out) {
 #ifdef ONEBIT_HBNN_X86
-  if (has_avx512() && rule.vector_ok()) return first_level_512(x, n, mu, rule, bm, approx, out);
+  if (has_avx512() && rule.vector_ok()) return first_level_512(x, n, 0, mu, rule, bm, approx, out);
 #endif
   Decider decider{rule};
   int64_t w = 0;
@@ -502,25 +558,41 @@ int64_t next_level(int64_t w, float mu, const Rule& rule, bool paper, float* app
 // (Algorithm 1: distances of |x| to their mean over the w; the residual rule: of |R_j| to mu_j); one pass
 // adds mu_j*sign(R_j), writes the stopping ones' approximation and carries the rest.
 int select_row(bool paper, const float* x, int64_t n, const int64_t* counts, int levels, int8_t* bm,
-               float* approx, float* scales, int64_t scale_stride, Scratch& s) {
-  const double x_abs_sum = abs_sum_any(x, n);
+               float* approx, float* scales, int64_t scale_stride, Scratch& s, int threads) {
+  auto parts_for = [&](int64_t m) { return m >= kParallelMin ? std::min(threads, kMaxParts) : 1; };
+  const double x_abs_sum = abs_sum_blocks(x, n, parts_for(n));
   if (!std::isfinite(x_abs_sum)) return 0;
   const Carried c{s.idx.data(), s.mag.data(), s.val.data(), s.acc.data()};
   int64_t w = n;
   int top = 0;
   for (int level = 1; level <= levels && w > 0; ++level) {
-    const float mu = level == 1 ? mean_of(x_abs_sum, n) : mean_of(abs_sum_any(c.res, w), w);
+    const int parts = parts_for(w);
+    const float mu = level == 1 ? mean_of(x_abs_sum, n) : mean_of(abs_sum_blocks(c.res, w, parts), w);
     scales[(level - 1) * scale_stride] = mu;
     top = level;
     const int64_t count = std::min(counts[level - 1], w);
     Rule rule{count == 0 ? Rule::kNone : count == w ? Rule::kAll : Rule::kThreshold, mu, {0.0f, 0, 0}};
     if (rule.kind == Rule::kThreshold) {
       const float* src = level == 1 ? x : paper ? c.mag : c.res;
-      if (paper && level > 1) rule.center = mean_of(abs_sum_any(c.mag, w), w);
-      rule.t = select(src, w, rule.center, count, s);
+      if (paper && level > 1) rule.center = mean_of(abs_sum_blocks(c.mag, w, parts), w);
+      rule.t = select(src, w, rule.center, count, s, parts);
     }
-    const int64_t next = level == 1 ? first_level(x, n, mu, rule, bm, approx, c)
-                                    : next_level(w, mu, rule, paper, approx, c);
+    int64_t next = 0;
+#ifdef ONEBIT_HBNN_X86
+    if (parts > 1 && has_avx512() && rule.vector_ok()) {
+      int64_t begin[kMaxParts], got[kMaxParts];
+      in_parts(parts, w, [&](int p, int64_t b, int64_t e) {
+        const Carried part{c.idx + b, c.mag + b, c.res + b, c.acc + b};
+        begin[p] = b;
+        got[p] = level == 1 ? first_level_512(x + b, e - b, b, mu, rule, bm + b, approx + b, part)
+                            : next_level_512(e - b, mu, rule, paper, approx, part);
+      });
+      next = gather(parts, begin, got, c.idx, c.mag, c.res, c.acc);
+    } else
+#endif
+    {
+      next = level == 1 ? first_level(x, n, mu, rule, bm, approx, c) : next_level(w, mu, rule, paper, approx, c);
+    }
     for (int64_t k = 0; level > 1 && k < next; ++k) bm[c.idx[k]] = static_cast<int8_t>(level + 1);
     w = next;
   }
@@ -546,6 +618,7 @@ int hbnn_binarize(int mode, const float* x, int64_t rows, int64_t n, const int64
                   int8_t* bitmap, float* approx, float* scales, int num_threads) {
   std::atomic<int> top{1};
   std::atomic<bool> failed{false};
+  const int row_threads = rows == 1 ? num_threads : 1;  // one row: its passes split; several: rows split
   auto row = [&](int64_t r) {
     thread_local Scratch s;
     s.reserve(n);
@@ -553,11 +626,11 @@ int hbnn_binarize(int mode, const float* x, int64_t rows, int64_t n, const int64
     int8_t* bm = bitmap + r * n;
     int got = 0;
     if (mode == kHbnnPaper) {
-      got = select_row(true, xr, n, counts, levels, bm, approx + r * n, scales + r, rows, s);
+      got = select_row(true, xr, n, counts, levels, bm, approx + r * n, scales + r, rows, s, row_threads);
     } else if (mode == kHbnnResidual) {
-      got = select_row(false, xr, n, counts, levels, bm, approx + r * n, scales + r, rows, s);
+      got = select_row(false, xr, n, counts, levels, bm, approx + r * n, scales + r, rows, s, row_threads);
     } else {
-      const double sum = abs_sum_any(xr, n);
+      const double sum = abs_sum_blocks(xr, n, 1);
       got = std::isfinite(sum) ? binarize_row(xr, n, bm, sum, approx + r * n, scales + r, rows, s) : 0;
     }
     if (got == 0) failed.store(true, std::memory_order_relaxed);

@@ -9,8 +9,9 @@
 // index order, rounded once to float (torch sums in float32 in an order that depends on the ISA and
 // on the thread count). A mean can so differ from torch's by an ulp or so, which moves every value
 // by that much and can move an element whose distance ties the threshold within a few ulp to the
-// other side. Rows are independent and each is computed by one thread: no result depends on the
-// thread count.
+// other side. Several rows are split over the threads, one thread per row; a single row of 2^17
+// elements or more has its passes over 2^17 or more elements split into contiguous parts (the sums by
+// fixed blocks, the compacted outputs moved together in order): no result depends on the thread count.
 #pragma once
 
 #include <cstdint>

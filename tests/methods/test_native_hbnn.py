@@ -169,18 +169,23 @@ def test_random_rows_with_zeros_and_ones(seed, bits, mix, loops):
         assert all(torch.equal(a, b) for a, b in zip(native.planes, replay))
 
 
-def test_one_and_two_threads_give_the_same_bits():
-    x = salted((7, 3000), 11)
+@pytest.mark.parametrize("shape", [(7, 3000), (1, 450_003)])  # rows split; one row's passes split (>= 2^17)
+def test_one_and_two_threads_give_the_same_bits(shape):
+    x = salted(shape, 11)
     before = torch.get_num_threads()
     results = []
     try:
-        for threads in (1, 2):
+        for threads in (1, 2, 3):
             torch.set_num_threads(threads)
-            results.append([run(True, residual_binarize, x, (1, 2, 3), (0.7, 0.2, 0.1), s) for s in SELECTIONS])
+            results.append([run(True, residual_binarize, x, bits, mix, s)
+                            for s in SELECTIONS for bits, mix in MIXES[:5]])
     finally:
         torch.set_num_threads(before)
-    for one, two in zip(*results):
+    for one, two, three in zip(*results):
         assert_same(one, two)
+        assert_same(one, three)
+    torch_path = run(False, residual_binarize, x, (1, 2, 3), (0.7, 0.2, 0.1))
+    assert (results[1][0].bitmap != torch_path.bitmap).float().mean() < 1e-4
 
 
 @pytest.mark.parametrize("shape", [(1, 1), (5, 1), (2, 2)])
