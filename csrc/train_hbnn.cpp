@@ -481,14 +481,15 @@ ONEBIT_AVX512 int64_t next_level_512(int64_t w, float mu, const Rule& rule, bool
   for (int64_t k = 0; k < w; k += 16) {
     const __mmask16 live = tail_mask(w - k);
     const __m512 r = _mm512_maskz_loadu_ps(live, c.res + k);
-    const __m512 m = _mm512_maskz_loadu_ps(live, c.mag + k);
+    const __m512 m = paper ? _mm512_maskz_loadu_ps(live, c.mag + k) : _mm512_setzero_ps();
     const __m512 step = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(r, zero, _CMP_LT_OQ), pos, neg);
     const __m512 a = _mm512_add_ps(_mm512_maskz_loadu_ps(live, c.acc + k), step);
     const __m512i at = _mm512_maskz_loadu_epi32(live, c.idx + k);
     const __mmask16 go = goes_on(rule, live, paper ? m : r);
     _mm512_mask_i32scatter_ps(approx, live & ~go, at, a, 4);
+    if (!go) continue;  // (the last level: everyone stops)
     append(c.idx + next, go, at);
-    append(c.mag + next, go, m);
+    if (paper) append(c.mag + next, go, m);  // the residual rule orders by res
     append(c.acc + next, go, a);
     next += append(c.res + next, go, _mm512_sub_ps(r, step));
   }
