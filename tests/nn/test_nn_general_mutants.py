@@ -75,3 +75,27 @@ def test_channels_first_rprelu_matches_torch_prelu():
 def test_a_binary_layer_counts_its_input_and_output_features(layer, counts):
     m = layer()
     assert (m.in_features_count, m.out_features_count) == counts
+
+
+def test_the_summary_table_aligns_every_column_to_its_widest_entry():
+    """summary.py Summary.__str__: each column is as wide as its widest entry (header or value), so every
+    line of the table has the same length and each value starts under its header."""
+    from onebit.nn.summary import summary
+
+    model = torch.nn.Sequential(BinaryConv2d(3, 16, 3, padding=1), torch.nn.Flatten(),
+                                BinaryLinear(16 * 8 * 8, 10, binarize_activations=False))
+    text = str(summary(model, (3, 8, 8)))
+    lines = text.splitlines()
+    table = lines[:2 + 2]  # header, dashes, one row per layer
+    dashes = table[1].split("  ")
+    assert all(set(d) == {"-"} for d in dashes) and len(dashes) == 9
+    assert len({len(line) for line in table}) == 1
+    rows = [table[0], *table[2:]]
+    starts = [0]
+    for d in dashes[:-1]:
+        starts.append(starts[-1] + len(d) + 2)
+    for i, width in enumerate(len(d) for d in dashes):
+        cells = [row[starts[i]:starts[i] + width].strip() for row in rows]
+        assert width == max(len(c) for c in cells)
+    assert rows[1].split()[:3] == ["0", "BinaryConv2d", "1/1"]
+    assert rows[2].split()[:3] == ["2", "BinaryLinear", "1/32"]
