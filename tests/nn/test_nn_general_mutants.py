@@ -99,3 +99,16 @@ def test_the_summary_table_aligns_every_column_to_its_widest_entry():
         assert width == max(len(c) for c in cells)
     assert rows[1].split()[:3] == ["0", "BinaryConv2d", "1/1"]
     assert rows[2].split()[:3] == ["2", "BinaryLinear", "1/32"]
+
+
+def test_a_layer_with_real_weights_and_binary_activations_has_no_1bit_params():
+    """summary.py: a binary layer that keeps real weights (binarize_weights=False) stores them as 32-bit
+    parameters, none as 1-bit, and computes real MACs (no BOPs)."""
+    from onebit.nn.summary import summary
+
+    layer = BinaryConv2d(3, 4, 3, padding=1, method="bnn", binarize_weights=False)
+    row = summary(torch.nn.Sequential(layer), (3, 5, 5)).layers[0]
+    assert row.precision == "32/1"
+    assert (row.params_1bit, row.params_32bit) == (0, 4 * 3 * 9 + 4)
+    assert (row.macs_binary, row.macs_fp) == (0, 4 * 5 * 5 * 3 * 9)
+    assert row.memory_bytes == (4 * 3 * 9 + 4) * 4
