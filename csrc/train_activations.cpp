@@ -72,6 +72,35 @@ ONEBIT_TA_CLONES double approx_span_sum(const float* g, const float* x, float sh
   return s;
 }
 
+// One (sample, channel) plane of spatial_scale: ((y*c)*h[i])*w[j].
+ONEBIT_TA_CLONES void scale_plane(const float* y, float c, const float* h, const float* w, int64_t height,
+                                  int64_t width, float* out) {
+  for (int64_t i = 0; i < height; ++i) {
+    const float hi = h[i];
+    const float* yr = y + i * width;
+    float* o = out + i * width;
+    if (w == nullptr) {
+      for (int64_t j = 0; j < width; ++j) o[j] = (yr[j] * c) * hi;
+    } else {
+      for (int64_t j = 0; j < width; ++j) o[j] = ((yr[j] * c) * hi) * w[j];
+    }
+  }
+}
+
+ONEBIT_TA_CLONES void code_plane(const float* y, int64_t len, int16_t* code) {
+  for (int64_t k = 0; k < len; ++k) code[k] = static_cast<int16_t>(y[k]);
+}
+
+// One plane of spatial_scale_backward: out = g*s, acc += g*y (y float or int16).
+template <typename Y>
+ONEBIT_TA_CLONES void scale_grad_plane(const float* g, const Y* y, const float* s, int64_t len, float* out,
+                                       double* acc) {
+  for (int64_t k = 0; k < len; ++k) {
+    out[k] = g[k] * s[k];
+    acc[k] += static_cast<double>(g[k] * static_cast<float>(y[k]));
+  }
+}
+
 ONEBIT_TA_CLONES double row_sum(const float* x, int64_t n) {
   double s = 0.0;
 #pragma omp simd reduction(+ : s)
@@ -214,6 +243,41 @@ void approx_sign_grad_sum(const float* g, const float* x, const float* shift, in
   }
 }
 
+void spatial_scale(const float* y, const float* c, const float* h, const float* w, int64_t n, int64_t channels,
+                   int64_t height, int64_t width, float* out, int16_t* code, int num_threads) {
+  const int64_t plane = height * width;
+  parallel_ranges(num_threads, n * channels, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t p = begin; p < end; ++p) {
+      ta::scale_plane(y + p * plane, c[p % channels], h, w, height, width, out + p * plane);
+      if (code) ta::code_plane(y + p * plane, plane, code + p * plane);
+    }
+  });
+}
+
+void spatial_scale_backward(const float* g, const float* y, const int16_t* code, const float* h, const float* w,
+                            int64_t n, int64_t channels, int64_t height, int64_t width, float* out,
+                            float* per_sample, int num_threads) {
+  const int64_t plane = height * width;
+  std::vector<float> s(static_cast<size_t>(plane));
+  for (int64_t i = 0; i < height; ++i)
+    for (int64_t j = 0; j < width; ++j) s[static_cast<size_t>(i * width + j)] = w ? h[i] * w[j] : h[i];
+  // Each channel is one thread's: its planes over n in order, one double accumulator per position.
+  parallel_ranges(num_threads, channels, 1, [&](int64_t begin, int64_t end) {
+    std::vector<double> acc(static_cast<size_t>(plane));
+    for (int64_t ch = begin; ch < end; ++ch) {
+      std::fill(acc.begin(), acc.end(), 0.0);
+      for (int64_t b = 0; b < n; ++b) {
+        const int64_t at = (b * channels + ch) * plane;
+        if (code)
+          ta::scale_grad_plane(g + at, code + at, s.data(), plane, out + at, acc.data());
+        else
+          ta::scale_grad_plane(g + at, y + at, s.data(), plane, out + at, acc.data());
+      }
+      for (int64_t k = 0; k < plane; ++k) per_sample[ch * plane + k] = static_cast<float>(acc[static_cast<size_t>(k)]);
+    }
+  });
+}
+
 void standardize_sign_rows(const float* x, int64_t rows, int64_t n, float dof, float eps, float* out, float* mean,
                            float* std, int num_threads) {
   parallel_ranges(num_threads, rows, 1, [&](int64_t begin, int64_t end) {
@@ -354,6 +418,31 @@ void bind_train_activations(nb::module_& mod) {
       },
       "g_addr"_a, "x_addr"_a, "shift_addr"_a, "outer"_a, "channels"_a, "inner"_a, "out_addr"_a, "sums_addr"_a,
       "num_threads"_a, "approx_sign_grad with the per-channel sums of the gradient (the shift's gradient).");
+  mod.def(
+      "spatial_scale",
+      [](uintptr_t y, uintptr_t c, uintptr_t h, uintptr_t w, int64_t n, int64_t channels, int64_t height,
+         int64_t width, uintptr_t out, uintptr_t code, int threads) {
+        check(y && c && h && out && n >= 0 && channels >= 0 && height >= 0 && width >= 0, threads, "spatial_scale");
+        nb::gil_scoped_release nogil;
+        spatial_scale(in(y), in(c), in(h), w ? in(w) : nullptr, n, channels, height, width, out_ptr(out),
+                      reinterpret_cast<int16_t*>(code), threads);
+      },
+      "y_addr"_a, "c_addr"_a, "h_addr"_a, "w_addr"_a, "n"_a, "channels"_a, "height"_a, "width"_a, "out_addr"_a,
+      "code_addr"_a, "num_threads"_a, "XNOR-Net++'s ((y*c)*h)*w over (N, C, H, W) (w_addr 0: conv1d), and y as int16.");
+  mod.def(
+      "spatial_scale_backward",
+      [](uintptr_t g, uintptr_t y, uintptr_t code, uintptr_t h, uintptr_t w, int64_t n, int64_t channels,
+         int64_t height, int64_t width, uintptr_t out, uintptr_t per_sample, int threads) {
+        check(g && (y || code) && h && out && per_sample && n >= 0 && channels >= 0 && height >= 0 && width >= 0,
+              threads, "spatial_scale_backward");
+        nb::gil_scoped_release nogil;
+        spatial_scale_backward(in(g), y ? in(y) : nullptr, reinterpret_cast<const int16_t*>(code), in(h),
+                               w ? in(w) : nullptr, n, channels, height, width, out_ptr(out), out_ptr(per_sample),
+                               threads);
+      },
+      "g_addr"_a, "y_addr"_a, "code_addr"_a, "h_addr"_a, "w_addr"_a, "n"_a, "channels"_a, "height"_a, "width"_a,
+      "out_addr"_a, "per_sample_addr"_a, "num_threads"_a,
+      "g*(h (x) w) and the per-sample sum over n of g*y, for XNOR-Net++'s spatial scale.");
   mod.def(
       "standardize_sign_rows",
       [](uintptr_t x, int64_t rows, int64_t n, float dof, float eps, uintptr_t out, uintptr_t mean, uintptr_t std,

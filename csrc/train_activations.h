@@ -36,6 +36,19 @@ void approx_sign_grad(const float* g, const float* x, const float* shift, int64_
 void approx_sign_grad_sum(const float* g, const float* x, const float* shift, int64_t outer, int64_t channels,
                           int64_t inner, float* out, float* sums, int num_threads);
 
+// XNOR-Net++'s output scale Gamma = c (x) h (x) w on a convolution's output y (N, C, H, W; w null for
+// conv1d: W = 1): out = ((y*c[ch])*h[i])*w[j], torch's order of products (bit-identical); where code
+// is not null, also the int16 copy of y (y is then an exact integer that fits: the caller checks).
+void spatial_scale(const float* y, const float* c, const float* h, const float* w, int64_t n, int64_t channels,
+                   int64_t height, int64_t width, float* out, int16_t* code, int num_threads);
+
+// Its backward given the incoming gradient g and the unscaled product (float y, or its int16 code when
+// y is null): out = g*s[i][j] with s = h[i]*w[j] (torch's grad*spatial, bit-identical) and
+// per_sample[ch][i][j] = sum over n of g*y (double, in n order; torch: (grad*y).sum(0) in float).
+void spatial_scale_backward(const float* g, const float* y, const int16_t* code, const float* h, const float* w,
+                            int64_t n, int64_t channels, int64_t height, int64_t width, float* out,
+                            float* per_sample, int num_threads);
+
 // ReCU's per-sample standardisation forward, per row of x (rows x n): mean m = sum x / n, centred
 // sum of squares sq (double accumulators, rounded to float), std = sqrt(sq/dof + eps) in float;
 // out = sign(x/std) (the binary input), mean[r] = m, std[r] = std.

@@ -294,3 +294,77 @@ def test_the_engine_refuses_bad_arguments():
     with pytest.raises(ValueError, match="standardize_sign_rows"):
         fx._activation_engine.standardize_sign_rows(x.data_ptr(), 1, 4, 3.0, 1e-5, x.data_ptr(), x.data_ptr(),
                                                     x.data_ptr(), 0)
+
+
+def _xnorpp_step(kind, integer, native, threads=1):
+    """XNOR-Net++'s fused product with Γ = o ⊗ h (⊗ w) on odd sizes, ±1 weights (the int16-kept
+    product) or real ones (the float-kept product): output, and the gradients of x, W, o, h, w."""
+    saved, before = fx.NATIVE_ACTIVATIONS, torch.get_num_threads()
+    fx.NATIVE_ACTIVATIONS = native
+    torch.set_num_threads(threads)
+    try:
+        g = torch.Generator().manual_seed(21)
+        spatial = (7, 9) if kind == "conv2d" else (11,)
+        x = salted((3, 5, *spatial), 22, specials=False).requires_grad_(True)
+        w = torch.randn(4, 5, *([3] * len(spatial)), generator=g)
+        w = (fx.sign(w) if integer else w).requires_grad_(True)
+        factors = [torch.rand(n, generator=g).add_(0.5).requires_grad_(True) for n in (4, *spatial)]
+        call = fx.QuantizerCall(x, fx.ClipSTE, (None,))
+        conv = ((1,) * len(spatial), (1,) * len(spatial), (1,) * len(spatial), 1)
+        y = fx.quantized_product(call, w, kind, conv, tuple(factors))
+        y.backward(torch.randn(y.shape, generator=g))
+        return y.detach(), [t.grad for t in (x, w, *factors)]
+    finally:
+        fx.NATIVE_ACTIVATIONS = saved
+        torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("integer", [True, False], ids=["int16-kept", "float-kept"])
+@pytest.mark.parametrize("kind", ["conv2d", "conv1d"])
+def test_xnorpp_spatial_scale_native_matches_torch(kind, integer):
+    """Γ's products and g·(h ⊗ w) bit for bit (the output, the gradients of x, W and o); the spatial
+    factors' gradients (Σ_n g·y summed in double) within 1e-6 of torch's and of the float64 formula
+    Σ g·y·o·(w or h) over the other dims; 1 and 2 threads give the same bits."""
+    y, grads = _xnorpp_step(kind, integer, native=True)
+    y_t, grads_t = _xnorpp_step(kind, integer, native=False)
+    assert_same(y, y_t, "output")
+    for name, a, b in zip(["x", "W", "o"], grads, grads_t):
+        assert_same(a, b, f"grad {name}")
+    for name, a, b in zip(["h", "w"], grads[3:], grads_t[3:]):
+        assert_close(a, b, f"grad {name}")
+    if not hasattr(fx._activation_engine, "spatial_scale_backward"):
+        return  # an engine built before the spatial-scale kernels: the torch path above on both sides
+    # The kernels alone on 1 and 2 threads (torch's convolution backward may differ between the two).
+    spatial = (7, 9) if kind == "conv2d" else (11,)
+    prod = salted((3, 4, *spatial), 23, specials=False).round_()
+    grad = salted((3, 4, *spatial), 24, specials=False)
+    o, h = torch.rand(4) + 0.5, torch.rand(spatial[0]) + 0.5
+    w = torch.rand(spatial[1]) + 0.5 if kind == "conv2d" else None
+    runs = []
+    for threads in (1, 2):
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            runs.append((*fx._native_spatial_scale(kind, prod, o, h, w, integer),
+                         *fx._native_spatial_grad(grad, prod.to(torch.int16) if integer else prod, h, w)))
+        finally:
+            torch.set_num_threads(before)
+    for a, b in zip(*runs):
+        assert_same(a, b, "1 vs 2 threads")
+    if kind == "conv2d":
+        # the formula: ∂L/∂h_i = Σ_{n,c,j} g·y·o_c·w_j with y the unscaled product (float64)
+        saved = fx.NATIVE_ACTIVATIONS
+        try:
+            g = torch.Generator().manual_seed(21)
+            x = salted((3, 5, 7, 9), 22, specials=False)
+            w = torch.randn(4, 5, 3, 3, generator=g)
+            w = fx.sign(w) if integer else w
+            o, h, ww = (torch.rand(n, generator=g).add_(0.5) for n in (4, 7, 9))
+            prod = torch.nn.functional.conv2d(fx.sign(x).double(), w.double(), padding=1)
+            grad = torch.randn(prod.shape, generator=g).double()
+            s = (grad * prod * o.double().reshape(1, -1, 1, 1)).sum((0, 1))
+            torch.testing.assert_close(grads[3].double(), (s * ww.double()).sum(1), rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(grads[4].double(), (s * h.double().reshape(-1, 1)).sum(0), rtol=1e-5,
+                                       atol=1e-5)
+        finally:
+            fx.NATIVE_ACTIVATIONS = saved

@@ -977,13 +977,18 @@ class _QuantizedProduct(torch.autograd.Function):
         # output is smaller than the weight (a linear layer on a small batch) keeping it is cheaper.
         ctx.via_output = channel is not None and not ctx.spatial and y.numel() < weight.numel()
         keep_output = ctx.spatial or ctx.via_output
-        out = y.mul(views[0]) if keep_output else (y.mul_(views[0]) if views else y)
-        for view in views[1:]:
-            out.mul_(view)  # the order of scale_output's products: bit-identical values
+        fused = _native_spatial_scale(kind, y, channel, height, width,
+                                      _compactable(y, weight, ctx.packed, args)) if ctx.spatial else None
+        if fused is not None:  # Γ's products and the int16 copy in one native pass, the same values
+            out, kept_output = fused
+        else:
+            out = y.mul(views[0]) if keep_output else (y.mul_(views[0]) if views else y)
+            for view in views[1:]:
+                out.mul_(view)  # the order of scale_output's products: bit-identical values
+            kept_output = _compact_product(y, xq, weight, ctx.packed, args) if keep_output else None
         scales = [t for t in (channel, height, width)]
         ctx.has = [t is not None for t in scales]
-        extra = [t for t in scales if t is not None] + ([_compact_product(y, xq, weight, ctx.packed, args)]
-                                                         if keep_output else [])
+        extra = [t for t in scales if t is not None] + ([kept_output] if keep_output else [])
         ctx.save_for_backward(first, weight, *extra, *([] if ctx.packed else kept))
         return out
 
@@ -1034,12 +1039,65 @@ def _compact_product(y: Tensor, xq: Tensor, weight: Tensor, packed: bool, args: 
     """The unscaled product as backward keeps it: as int16 when it is exactly an integer that fits
     (±1 activations from an unscaled packed quantizer, ±1 weights, fan-in < 2¹⁵: every output is an
     exact sum of ±1 terms), else the float tensor itself."""
+    return y.to(torch.int16) if _compactable(y, weight, packed, args) else y
+
+
+def _compactable(y: Tensor, weight: Tensor, packed: bool, args: tuple) -> bool:
+    """Whether :func:`_compact_product` keeps ``y`` as int16 (see there)."""
     fan_in = weight[0].numel()
     if not packed or any(a is not None for a in args) or fan_in >= 2**15 or y.numel() < weight.numel():
-        return y  # (an output smaller than the weight: the ±1 check would cost more than it saves)
-    if not bool(weight.detach().abs().eq(1).all()):
-        return y
-    return y.to(torch.int16)
+        return False  # (an output smaller than the weight: the ±1 check would cost more than it saves)
+    return bool(weight.detach().abs().eq(1).all())
+
+
+def _spatial_layout(kind: str, y: Tensor, height: Tensor, width: Tensor | None) -> tuple[int, int, int, int] | None:
+    """(N, C, H, W) of a conv output for the spatial-scale kernels (conv1d: W = 1, no width), or None."""
+    if kind == "conv2d" and width is not None and y.dim() == 4:
+        return tuple(y.shape)
+    if kind == "conv1d" and width is None and y.dim() == 3:
+        return (*y.shape, 1)
+    return None
+
+
+def _native_spatial_scale(kind: str, y: Tensor, channel: Tensor | None, height: Tensor, width: Tensor | None,
+                          compact: bool) -> tuple[Tensor, Tensor] | None:
+    """``((y·c)·h)·w`` (XNOR-Net++'s Γ, torch's order of products: the same bits) and what backward
+    keeps of ``y`` (its int16 copy where ``compact``, else ``y``) in one native pass
+    (``spatial_scale``, csrc/train_activations.h); None where the kernel does not take the tensors."""
+    layout = _spatial_layout(kind, y, height, width)
+    factors = [t for t in (channel, height, width) if t is not None]
+    if (layout is None or channel is None or not hasattr(_activation_engine, "spatial_scale")
+            or not y.is_contiguous() or not native_activations(y, *factors)):
+        return None
+    c, h = channel.detach().contiguous(), height.detach().contiguous()
+    w = None if width is None else width.detach().contiguous()
+    out = torch.empty_like(y)
+    code = torch.empty(y.shape, dtype=torch.int16) if compact else None
+    _activation_engine.spatial_scale(y.data_ptr(), c.data_ptr(), h.data_ptr(), 0 if w is None else w.data_ptr(),
+                                     *layout, out.data_ptr(), 0 if code is None else code.data_ptr(),
+                                     torch.get_num_threads())
+    return out, (y if code is None else code)
+
+
+def _native_spatial_grad(grad: Tensor, y: Tensor, height: Tensor, width: Tensor | None
+                         ) -> tuple[Tensor, Tensor] | None:
+    """``grad·(h ⊗ w)`` (bit for bit) and ``Σ_n grad·y`` (in double) in one native pass
+    (``spatial_scale_backward``), or None where the kernel does not take the tensors."""
+    layout = _spatial_layout("conv2d" if width is not None else "conv1d", grad, height, width)
+    if (layout is None or not hasattr(_activation_engine, "spatial_scale_backward") or y.shape != grad.shape
+            or y.dtype not in (torch.float32, torch.int16) or not y.is_contiguous() or y.device.type != "cpu"
+            or not native_activations(grad, height, *(() if width is None else (width,)))):
+        return None
+    g = grad.contiguous()
+    h = height.detach().contiguous()
+    w = None if width is None else width.detach().contiguous()
+    out = torch.empty_like(g)
+    per_sample = torch.empty(g.shape[1:], dtype=g.dtype)
+    is_code = y.dtype == torch.int16
+    _activation_engine.spatial_scale_backward(
+        g.data_ptr(), 0 if is_code else y.data_ptr(), y.data_ptr() if is_code else 0, h.data_ptr(),
+        0 if w is None else w.data_ptr(), *layout, out.data_ptr(), per_sample.data_ptr(), torch.get_num_threads())
+    return out, per_sample
 
 
 def _spatial_backward(kind: str, grad: Tensor, y: Tensor, channel: Tensor | None, height: Tensor,
@@ -1047,7 +1105,8 @@ def _spatial_backward(kind: str, grad: Tensor, y: Tensor, channel: Tensor | None
     """The spatial factors of ``y·c·h·w``: the product's gradient without c (``g·h·w``) and the
     gradients of h and w from ``S = Σ_n g·y`` (one pass over the output)."""
     spatial = height if width is None else height.unsqueeze(1) * width  # (H,) or (H, W)
-    per_sample = (grad * y).sum(0)  # S: (C, *spatial)
+    native = _native_spatial_grad(grad, y, height, width)  # g·spatial and S in one pass
+    per_sample = (grad * y).sum(0) if native is None else native[1]  # S: (C, *spatial)
     weighted = per_sample if channel is None else per_sample * channel.reshape((-1,) + (1,) * spatial.dim())
     grad_spatial = weighted.sum(0)  # ∂L/∂(h⊗w)
     grad_h = grad_w = None
@@ -1056,7 +1115,7 @@ def _spatial_backward(kind: str, grad: Tensor, y: Tensor, channel: Tensor | None
     else:
         grad_h = (grad_spatial * width).sum(1) if needs[0] else None
         grad_w = (grad_spatial * height.unsqueeze(1)).sum(0) if needs[1] else None
-    return grad * spatial, [grad_h, grad_w]
+    return (grad * spatial if native is None else native[0]), [grad_h, grad_w]
 
 
 def quantized_product(call: QuantizerCall, weight: Tensor, kind: str, conv: tuple = (),
