@@ -378,7 +378,8 @@ Threshold select(const float* v, int64_t m, float mean, int64_t count, Scratch& 
     const int64_t lo_rank = static_cast<int64_t>(std::floor(rank - margin));
     const int64_t hi_rank = static_cast<int64_t>(std::ceil(rank + margin));
     if (lo_rank >= 0) std::nth_element(sample, sample + lo_rank, sample + kSample);
-    if (hi_rank < kSample) std::nth_element(sample + std::max<int64_t>(lo_rank + 1, 0), sample + hi_rank, sample + kSample);
+    if (hi_rank < kSample)
+      std::nth_element(sample + std::max<int64_t>(lo_rank + 1, 0), sample + hi_rank, sample + kSample);
     const float lo = lo_rank < 0 ? -1.0f : sample[lo_rank];
     const float hi = hi_rank >= kSample ? INFINITY : sample[hi_rank];
     int64_t n_cand = 0, below = 0;
