@@ -79,7 +79,8 @@ def test_each_activation_matches_pytorch(family):
 
 
 class Functional(nn.Module):
-    """The functional spellings: F.relu, F.hardtanh (positional and keyword bounds), torch.relu."""
+    """The functional spellings: F.relu, F.hardtanh (positional and keyword bounds), torch.relu, and the
+    aten hardtanh with positional bounds (none, one or both)."""
 
     def __init__(self):
         super().__init__()
@@ -87,8 +88,11 @@ class Functional(nn.Module):
 
     def forward(self, x):
         y = self.conv(x) * 3.0
+        # (fx records F.hardtanh's bounds as keywords; the aten function keeps them positional)
         return torch.cat([F.relu(y), F.hardtanh(y, -0.5, 2.0), F.hardtanh(y, min_val=-2.0, max_val=0.5),
-                          F.hardtanh(y), torch.relu(y - 1.0)], dim=1)
+                          F.hardtanh(y), torch.relu(y - 1.0), torch._C._nn.hardtanh(y, -0.5, 2.0),
+                          torch._C._nn.hardtanh(y, -3.0),
+                          torch._C._nn.hardtanh(y)], dim=1)
 
 
 def test_functional_clamps_match_pytorch():

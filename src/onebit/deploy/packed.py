@@ -169,8 +169,10 @@ class PackedBinary(_PackedBase):
 
     # -- chaining bit-packed outputs into the next binary layer -----------------------------------
     def emits_bits(self) -> bool:
-        """True if the whole epilogue is fused, so the engine can emit the next layer's sign bits."""
-        return self.kind in ("conv1d", "conv2d") and self._transform() is not None
+        """True if the whole epilogue is fused, so the engine can emit the next layer's sign bits (not
+        with a padding mode other than zeros: :meth:`forward_bits` packs its input as it comes, while
+        such a layer pads the real input first, as :meth:`forward` does)."""
+        return self.kind in ("conv1d", "conv2d") and self.padding_mode == "zeros" and self._transform() is not None
 
     def accepts_bits(self) -> bool:
         """True if this layer's input is used only through its packed signs (no input scale, no

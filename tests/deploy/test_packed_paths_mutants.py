@@ -1,0 +1,96 @@
+"""The packed runtime (``onebit.deploy.export``, ``packed.py``) on the layer paths test_export.py does not
+reach, against the eval-mode PyTorch model, and the same models through a saved file (issue 21):
+binary and weight-only linear layers on (N, T, F) tokens (XNOR's K per token, the leading dims restored),
+padding modes of 2-D binary and weight-only convs (the real input padded by its own amounts per axis),
+a 1-D conv with XNOR's per-sample K, and geometry that differs between height and width."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from deploy_probe import finish_training
+from test_onnx_paths_mutants import Tokens, _randomize
+from torch import nn
+
+import onebit
+from onebit.deploy import export, load, save
+from onebit.nn import BinaryConv1d, BinaryConv2d
+
+
+def _compare(model: nn.Module, x: torch.Tensor, tmp_path) -> None:
+    model.eval()
+    with torch.no_grad():
+        want = model(x)
+    packed = export(model)
+    assert packed.packed_layers()
+    path = tmp_path / "m.onebit"
+    save(packed, path)
+    scale = want.abs().max().item()
+    assert scale > 0
+    for runtime in (packed, load(path)):
+        with torch.no_grad():
+            got = runtime(x)
+        assert got.shape == want.shape
+        err = (got - want).abs().max().item()
+        assert err <= 1e-4 * scale, f"max abs diff {err:.3g}"
+
+
+@pytest.mark.parametrize("method", ["xnor", "reactnet", "xnorpp", "pcpp-bc"])
+def test_linear_layers_on_tokens(method, tmp_path):
+    torch.manual_seed(0)
+    model = Tokens(method)
+    finish_training(model, method)
+    _randomize(model)
+    _compare(model, torch.randn(2, 4, 6, generator=torch.Generator().manual_seed(1)), tmp_path)
+
+
+@pytest.mark.parametrize("method", ["reactnet", "pcpp-bc", "xnor", "bnn"])
+@pytest.mark.parametrize("mode", ["reflect", "replicate", "circular"])
+def test_padding_modes_of_2d_convs(method, mode, tmp_path):
+    """A padded binary conv whose output feeds only another binary conv: the execution plan may chain
+    them (the first writes the second's sign bits), but the first must still pad its real input with
+    its padding mode (a bug until issue 21's tests: the chained layer padded with its pad value)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 5, 3, padding=1),
+                          BinaryConv2d(5, 6, 3, stride=(1, 2), padding=(2, 1), padding_mode=mode, method=method),
+                          nn.BatchNorm2d(6), nn.Hardtanh(),
+                          BinaryConv2d(6, 4, 3, padding=1, method=method),  # may read the layer before as bits
+                          nn.Flatten(1), nn.LazyLinear(3))
+    x = torch.randn(2, 3, 5, 6, generator=torch.Generator().manual_seed(1))
+    model(x)
+    finish_training(model, method)
+    _randomize(model)
+    _compare(model, x, tmp_path)
+
+
+@pytest.mark.parametrize("method", ["xnor", "pcpp-bc", "bireal"])
+def test_conv1d_with_a_padding_mode_and_stride(method, tmp_path):
+    """The same for a 1-D conv (circular, stride 2) chained into another (padded with +1)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv1d(2, 5, 3, padding=1),
+                          BinaryConv1d(5, 7, 3, stride=2, padding=2, padding_mode="circular", method=method),
+                          nn.BatchNorm1d(7), nn.PReLU(7),
+                          BinaryConv1d(7, 4, 5, padding=1, method=method, pad_value=1.0 if method != "xnor" else 0.0),
+                          nn.Flatten(1), nn.LazyLinear(3))
+    x = torch.randn(3, 2, 13, generator=torch.Generator().manual_seed(1))
+    x[1] *= 4.0
+    model(x)
+    finish_training(model, method)
+    _randomize(model)
+    _compare(model, x, tmp_path)
+
+
+@pytest.mark.parametrize("method", ["xnor", "bnn", "pcpp-bc"])
+def test_geometry_per_axis(method, tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 5, 3, padding=1),
+                          BinaryConv2d(5, 7, (3, 1), stride=(2, 1), padding=(1, 0), method=method, pad_value=1.0),
+                          nn.BatchNorm2d(7), nn.PReLU(7),
+                          BinaryConv2d(7, 4, (1, 3), stride=(1, 2), padding=(0, 2), method=method, pad_value=-1.0),
+                          nn.Flatten(1), nn.LazyLinear(3))
+    x = torch.randn(3, 3, 7, 6, generator=torch.Generator().manual_seed(1))
+    x[1] *= 4.0
+    model(x)
+    finish_training(model, method)
+    _randomize(model)
+    _compare(model, x, tmp_path)
