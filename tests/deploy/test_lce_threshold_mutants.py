@@ -4,7 +4,7 @@ had survivors of a seed-3001 single-file mutation sample, e.g. ``k_taps = kernel
 A binary conv whose output feeds only another binary conv's sign writes sign bits: bit ``c`` set iff
 ``popcount > floor((K + b/m)/2)``, clipped to ``[-1, K]``; a zero multiplier leaves the sign of the bias
 alone (``-1``: always set, ``K``: never), a negative one flips the filter. Here the producer has a
-non-square kernel (1x3, so ``K = 1·3·C_in`` differs from ``3·3·C_in``, ``1·1·C_in`` and ``(1/3)·C_in``) and only two input
+non-square kernel (1x3: ``K = 1·3·C_in``, not ``3·3·C_in``, ``1·1·C_in`` or ``(1/3)·C_in``) and only two input
 channels (``K = 6``: popcounts of 0 and of K occur at many positions, so a threshold moved by one at
 either end of the clip shows), and its BatchNorm gives channels every edge: zero scale with a
 negative, zero or positive bias, biases beyond ``±K·m`` (thresholds clipped), negative scales, and

@@ -12,7 +12,6 @@ from deploy_probe import finish_training
 from test_onnx_paths_mutants import Tokens, _randomize
 from torch import nn
 
-import onebit
 from onebit.deploy import export, load, save
 from onebit.nn import BinaryConv1d, BinaryConv2d
 
