@@ -123,3 +123,19 @@ def test_binary_conv_geometry_per_axis(method, tmp_path):
     model(x)
     _randomize(model)
     _compare(model, x, tmp_path)
+
+
+@pytest.mark.parametrize("bits", [1.4, 2.6])
+def test_qonnx_inference_module_of_masked_planes_computes_the_layer(bits):
+    """The QONNX form's torch side (what ``inference_module(model, "qonnx")`` runs and inspects): HBNN's
+    masked planes pass through the ternary Quant's forward, which must give ``{-1, 0, +1}·μ_j`` (levels
+    -1 + narrow .. 1 for 2 signed bits), so the module computes the layer."""
+    from onebit.deploy.onnx_export import inference_module
+
+    torch.manual_seed(8)
+    layer = BinaryConv2d(5, 7, 3, padding=1, method="hbnn", average_bits=bits).eval()
+    x = torch.randn(2, 5, 6, 6, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        want = layer(x)
+        got = inference_module(layer, "qonnx")(x)
+    assert (got - want).abs().max().item() <= 1e-5 * want.abs().max().item()
