@@ -7,6 +7,7 @@ coverage of the mapped tests; each test fails on a one-line bug of the lines it 
 from __future__ import annotations
 
 import math
+import sys
 
 import pytest
 import torch
@@ -150,3 +151,47 @@ def test_an_option_error_states_its_range_with_one_bound_or_two():
     assert Option(None, "free text").allowed() == "free text"
     with pytest.raises(ValueError, match=r"option beta=0 is out of range; allowed: a number in \(0, inf\]"):
         method_class("pcpp-bnn+")(beta=0)
+
+
+# -- functional.py: which native kernels an engine offers --------------------------------------------------
+_FLAGS = ("NATIVE_ACTIVATIONS", "_CLIP_CODE_KERNELS", "NATIVE_KERNELS", "_EDE_KERNEL")
+
+
+def _functional_with(monkeypatch, engine):
+    """A fresh copy of functional.py imported against ``engine`` as ``onebit._engine``."""
+    import importlib.util
+
+    import onebit
+    import onebit.methods.functional as real
+
+    monkeypatch.setattr(onebit, "_engine", engine, raising=False)
+    spec = importlib.util.spec_from_file_location("onebit.methods._functional_probe", real.__file__)
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, module)  # (dataclasses look their module up)
+    spec.loader.exec_module(module)
+    return {flag: bool(getattr(module, flag)) for flag in _FLAGS}
+
+
+@pytest.mark.parametrize(("features", "on"), [
+    (None, set()),
+    ((), set()),
+    (("activation_sign",), {"NATIVE_ACTIVATIONS"}),
+    (("clip_pack",), set()),  # the clip-STE code kernels count only with the activation kernels
+    (("activation_sign", "clip_pack"), {"NATIVE_ACTIVATIONS", "_CLIP_CODE_KERNELS"}),
+    (("standardize_rows",), {"NATIVE_KERNELS"}),
+    (("ede_grad",), set()),  # likewise EDE's kernel with the row kernels
+    (("standardize_rows", "ede_grad"), {"NATIVE_KERNELS", "_EDE_KERNEL"}),
+])
+def test_native_paths_follow_the_kernels_an_engine_has(monkeypatch, features, on):
+    """An engine built before some kernels (or none: a source tree) keeps the torch path for the
+    missing ones: each flag is set only when the engine has its kernels."""
+    from types import SimpleNamespace
+
+    engine = None if features is None else SimpleNamespace(**{name: object() for name in features})
+    assert _functional_with(monkeypatch, engine) == {flag: flag in on for flag in _FLAGS}
+
+
+def test_the_installed_engine_has_every_native_path(monkeypatch):
+    import onebit._engine as engine
+
+    assert _functional_with(monkeypatch, engine) == dict.fromkeys(_FLAGS, True)
