@@ -147,3 +147,29 @@ def test_geometry_arguments_are_an_int_or_a_pair_of_ints(stride):
     w = K.pack_weights(torch.randn(4, 8, 3, 3))
     with pytest.raises(TypeError, match="expected an int or a pair of ints"):
         K.binary_conv2d(p, w, stride=stride)
+
+
+def test_defaults_are_zero_padding_stride_one_and_no_groups():
+    """binary_conv2d, PreparedConv2d and the reference oracle all default to pad_value 0, stride 1 and
+    groups 1; the explicit arguments give the same result (padding 1: the pad value shows at the border)."""
+    x = torch.randn(2, 70, 5, 4, generator=torch.Generator().manual_seed(0))
+    w_signs = torch.randn(6, 70, 3, 3, generator=torch.Generator().manual_seed(1)).sign()
+    p, w = K.pack_activations(x), K.pack_weights(w_signs)
+    want = K.reference_binary_conv2d(x, w_signs, 1, 1, 0, None, groups=1)
+    assert torch.equal(K.reference_binary_conv2d(x, w_signs, padding=1), want)
+    assert not torch.equal(K.reference_binary_conv2d(x, w_signs, padding=1, pad_value=1), want)
+    assert torch.equal(K.binary_conv2d(p, w, padding=1), want)
+    assert torch.equal(K.PreparedConv2d(w, padding=1)(p), want)
+    assert torch.equal(K.PreparedConv2d(w, stride=1, padding=1, pad_value=0, groups=1)(p), want)
+
+
+def test_a_transform_shows_its_fields_not_its_cache():
+    """OutputTransform's repr shows the fields a caller set, before and after its first use; the cache of
+    resolved vectors that use fills is not an argument of the constructor."""
+    t = K.OutputTransform(scale=2.0, clamp_min=-1.0)
+    before = repr(t)
+    t.resolved(3)
+    assert repr(t) == before == ("OutputTransform(scale=2.0, bias=None, prelu=None, clamp_min=-1.0, clamp_max=None, "
+                                 "output='float', threshold=None)")
+    with pytest.raises(TypeError):
+        K.OutputTransform(None, None, None, None, None, "float", None, {})
