@@ -144,3 +144,41 @@ def test_full_precision_operator_shapes(monkeypatch):
                              nn.AdaptiveAvgPool2d((2, 3)), nn.Conv2d(6, 12, 1, groups=6), nn.AvgPool2d((1, 3)),
                              nn.Flatten(1), nn.Linear(24, 3))
     _check(adaptive, torch.randn(2, 3, 4, 6, generator=torch.Generator().manual_seed(2)), monkeypatch)
+
+
+class ViewConvFlatten(nn.Module):
+    """(N, F) → Linear → view as (N, C, H, W) → conv to ``c_out`` channels → flatten → Linear: one change
+    from torch's order to TFLite's NHWC before the conv and one back after it."""
+
+    def __init__(self, c: int, h: int, w: int, c_out: int, k: int):
+        super().__init__()
+        self.chw = (c, h, w)
+        self.fc = nn.Linear(5, c * h * w)
+        self.conv = nn.Conv2d(c, c_out, k, padding=k // 2)
+        self.head = nn.Linear(c_out * h * w, 3)
+
+    def forward(self, x):
+        return self.head(self.conv(self.fc(x).view(x.shape[0], *self.chw)).flatten(1))
+
+
+@pytest.mark.parametrize("c,h,w,c_out,k,transposes", [
+    (1, 2, 3, 1, 3, 0),  # one channel each way: NCHW and NHWC hold the same bytes, a RESHAPE
+    (4, 1, 1, 5, 1, 0),  # one pixel each way: the same
+    (1, 2, 3, 4, 3, 1),  # one channel in, four out: only the way back needs a TRANSPOSE
+    (2, 2, 3, 3, 3, 2),  # neither: a TRANSPOSE each way
+])
+def test_layout_changes_transpose_only_where_the_bytes_move(c, h, w, c_out, k, transposes, monkeypatch):
+    """The file reorders axes with TRANSPOSE only where NCHW and NHWC differ in memory; where they hold
+    the same bytes (one channel or one pixel) a RESHAPE is enough. Every declared shape is checked too."""
+    from tflite.BuiltinOperator import BuiltinOperator
+    from tflite.Model import Model
+
+    torch.manual_seed(0)
+    net = ViewConvFlatten(c, h, w, c_out, k).eval()
+    x = torch.randn(2, 5, generator=torch.Generator().manual_seed(1))
+    _check(net, x, monkeypatch)
+    model = Model.GetRootAs(lce.to_lce_bytes(net, x), 0)
+    graph = model.Subgraphs(0)
+    ops = [graph.Operators(i) for i in range(graph.OperatorsLength())]
+    codes = [model.OperatorCodes(op.OpcodeIndex()).BuiltinCode() for op in ops]
+    assert codes.count(BuiltinOperator.TRANSPOSE) == transposes
