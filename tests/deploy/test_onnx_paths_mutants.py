@@ -139,3 +139,18 @@ def test_qonnx_inference_module_of_masked_planes_computes_the_layer(bits):
         want = layer(x)
         got = inference_module(layer, "qonnx")(x)
     assert (got - want).abs().max().item() <= 1e-5 * want.abs().max().item()
+
+
+@pytest.mark.parametrize("method", ["bireal", "xnor"])
+def test_unbatched_inputs(method, tmp_path):
+    """A binary conv2d on one (C, H, W) image and a conv1d on one (C, L) sequence, as torch's layers take
+    them: the inference form adds the batch axis in front and removes it after (XNOR's K of the one
+    sample)."""
+    from onebit.nn import BinaryConv1d
+
+    torch.manual_seed(0)
+    for layer, x in ((BinaryConv2d(5, 7, 3, padding=1, method=method), torch.randn(5, 4, 6)),
+                     (BinaryConv1d(5, 7, 3, padding=1, method=method), torch.randn(5, 9))):
+        finish_training(layer, method)
+        _randomize(layer)
+        _compare(layer, x, tmp_path, flavors=("float",))
