@@ -348,6 +348,16 @@ void bind_fused_weight_quantizers(nb::module_& mod) {
       "x_addr"_a, "h_addr"_a, "rows"_a, "n"_a, "scale_addr"_a, "alpha"_a, "out_addr"_a, "num_threads"_a,
       "FDA's (sign(x) + alpha*(h + 0.1*sin(x)))*scale[row] (scale_addr 0: 1).");
   mod.def(
+      "fda_value_mean_abs",
+      [](uintptr_t x, uintptr_t h, int64_t rows, int64_t n, float alpha, uintptr_t out, uintptr_t scale_out,
+         int threads) {
+        check(x && h && out && scale_out && rows >= 0 && n > 0, threads, "fda_value_mean_abs");
+        nb::gil_scoped_release nogil;
+        fda_value_mean_abs(in(x), in(h), rows, n, alpha, out_ptr(out), out_ptr(scale_out), threads);
+      },
+      "x_addr"_a, "h_addr"_a, "rows"_a, "n"_a, "alpha"_a, "out_addr"_a, "scale_out_addr"_a, "num_threads"_a,
+      "fda_value with scale = each row's mean |x| (written to scale_out), in the same pass.");
+  mod.def(
       "fda_backward",
       [](uintptr_t g, uintptr_t x, int64_t rows, int64_t n, uintptr_t scale, float alpha, float p0, float p1, float p2,
          uintptr_t grad_x, uintptr_t grad_h, int threads) {

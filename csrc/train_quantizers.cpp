@@ -54,12 +54,13 @@ struct Kernels {
   decltype(&isa_default::fda_backward_span) fda_backward_span;
   decltype(&isa_default::biper_wave_span) biper_wave_span;
   decltype(&isa_default::biper_backward_span) biper_backward_span;
+  decltype(&isa_default::abs_sum) abs_sum;
 };
 
 #define ONEBIT_TQ_KERNELS(ns) \
   Kernels { ns::standardize_row, ns::backward_row, ns::surrogate_span, ns::tanh_span, ns::math_span, ns::swish_weight_row, \
             ns::swish_weight_backward_row, ns::fda_value_span, ns::fda_backward_span, ns::biper_wave_span,        \
-            ns::biper_backward_span }
+            ns::biper_backward_span, ns::abs_sum }
 
 const Kernels& kernels() {
   static const Kernels k = [] {
@@ -151,6 +152,18 @@ void fda_value(const float* x, const float* h, int64_t rows, int64_t n, const fl
   over_row_spans(rows, n, num_threads, [&](int64_t r, int64_t lo, int64_t len) {
     const int64_t at = r * n + lo;
     kernels().fda_value_span(x + at, h + at, len, scale ? scale[r] : 1.0f, alpha, out + at);
+  });
+}
+
+void fda_value_mean_abs(const float* x, const float* h, int64_t rows, int64_t n, float alpha, float* out,
+                        float* scale_out, int num_threads) {
+  parallel_ranges(num_threads, rows, kRowsPerUnit, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t at = r * n;
+      const float s = static_cast<float>(kernels().abs_sum(x + at, n) / static_cast<double>(n));
+      scale_out[r] = s;
+      kernels().fda_value_span(x + at, h + at, n, s, alpha, out + at);
+    }
   });
 }
 

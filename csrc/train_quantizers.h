@@ -65,6 +65,10 @@ void surrogate_grad(int kind, const float* g, const float* x, int64_t n, float p
 // sin/cos of |x| > 8192 (or not finite) by libm.
 void fda_value(const float* x, const float* h, int64_t rows, int64_t n, const float* scale, float alpha, float* out,
                int num_threads);
+// fda_value of a weight with its scale taken in the same pass: scale_out[r] = mean |x| of row r (summed in
+// double, rounded to float; torch's per_channel_mean_abs sums in float), then the row's value with it.
+void fda_value_mean_abs(const float* x, const float* h, int64_t rows, int64_t n, float alpha, float* out,
+                        float* scale_out, int num_threads);
 void fda_backward(const float* g, const float* x, int64_t rows, int64_t n, const float* scale, float alpha, float p0,
                   float p1, float p2, float* grad_x, float* grad_h, int num_threads);
 

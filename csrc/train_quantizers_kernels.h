@@ -397,6 +397,14 @@ void fda_value_span(const float* x, const float* h, int64_t n, float s, float al
   }
 }
 
+// sum |x| (double).
+double abs_sum(const float* x, int64_t n) {
+  double s = 0;
+#pragma omp simd reduction(+ : s)
+  for (int64_t i = 0; i < n; ++i) s += static_cast<double>(std::fabs(x[i]));
+  return s;
+}
+
 // Its gradients (fda_backward); grad_h written where kWithH.
 template <bool kWithH, bool kSmall>
 void fda_backward_loop(const float* g, const float* x, int64_t n, float s, float alpha, float p0, float p1, float p2,

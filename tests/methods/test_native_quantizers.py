@@ -584,3 +584,36 @@ def test_native_ede_gradient_against_the_formula(k, t):
     assert gx[0, :4].tolist() == [0.0, 0.0, 0.0, 0.0] or t < 1  # saturated: exactly 0
     assert_close(gx, gx_torch, "grad")
     assert torch.equal(gx, call(lambda v: fx.sign_ede(v, k, t), x, grad, native=True, threads=2)[1])
+
+
+@needs_fused_fda
+@pytest.mark.parametrize("shape", [(7, 37), (5, 512), (3, 1), (16, 4, 3, 3), (2, 5000)], ids=str)
+def test_fda_noisy_sign_takes_the_mean_abs_scale_in_its_pass(shape):
+    """``scale_by_mean_abs``: the per-row mean |x| taken in the value's native pass (double sum) gives
+    the value of the formula with that scale within an ulp and the torch path's (float mean) within
+    1e-6; the gradients within 1e-6 of the torch path's (the scale detached); 1 and 2 threads alike."""
+    x, h, _ = _fda_inputs(shape, 31, True)
+    grad = torch.randn(shape, generator=torch.Generator().manual_seed(4))
+
+    def run(native, threads=1):
+        saved, before = fx.NATIVE_KERNELS, torch.get_num_threads()
+        fx.NATIVE_KERNELS = native
+        torch.set_num_threads(threads)
+        try:
+            xl, hl = x.clone().requires_grad_(True), h.clone().requires_grad_(True)
+            out = noisy_fourier_sign(xl, hl, torch.tensor(0.08), 9, 0.1, scale_by_mean_abs=True)
+            assert (type(out.grad_fn).__name__ == "_NoisyFourierSignBackward") == native  # the fused path ran
+            out.backward(grad)
+            return out.detach(), xl.grad, hl.grad
+        finally:
+            fx.NATIVE_KERNELS = saved
+            torch.set_num_threads(before)
+
+    native, torch_path = run(True), run(False)
+    s = x.double().abs().mean(dim=tuple(range(1, x.dim())), keepdim=True).float()
+    kernel_sine = torch.from_numpy(_math(0, x.numpy().ravel().copy()).reshape(shape))
+    want = _fda_formula(x, h, s, grad, 0.08, 9, 0.1, kernel_sine)[0]
+    torch.testing.assert_close(native[0], want, rtol=2.5e-7, atol=0)
+    for a, b, what in zip(native, torch_path, ("value", "grad x", "grad h")):
+        assert_close(a, b, what)
+    assert all(torch.equal(a, b) for a, b in zip(native, run(True, threads=2)))

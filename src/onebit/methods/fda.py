@@ -62,13 +62,21 @@ class _NoisyFourierSign(torch.autograd.Function):
     (``fda_value``/``fda_backward``, csrc/train_quantizers.h); see :func:`noisy_fourier_sign`."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, h: Tensor, alpha: float, scale: Tensor | None, terms: int, omega: float) -> Tensor:
+    def forward(ctx, x: Tensor, h: Tensor, alpha: float, scale: Tensor | str | None, terms: int, omega: float
+                ) -> Tensor:
         xc, hc = x.detach().contiguous(), h.detach().contiguous()
-        rows = 1 if scale is None else scale.numel()
-        sc = None if scale is None else scale.detach().reshape(rows).contiguous()
         out = torch.empty_like(xc)
-        functional._engine.fda_value(xc.data_ptr(), hc.data_ptr(), rows, xc.numel() // max(rows, 1),
-                                     0 if sc is None else sc.data_ptr(), alpha, out.data_ptr(), torch.get_num_threads())
+        if isinstance(scale, str):  # "mean_abs": each row's mean |x|, taken in the value's pass
+            rows = x.shape[0]
+            sc = torch.empty(rows, dtype=x.dtype)
+            functional._engine.fda_value_mean_abs(xc.data_ptr(), hc.data_ptr(), rows, xc.numel() // rows, alpha,
+                                                  out.data_ptr(), sc.data_ptr(), torch.get_num_threads())
+        else:
+            rows = 1 if scale is None else scale.numel()
+            sc = None if scale is None else scale.detach().reshape(rows).contiguous()
+            functional._engine.fda_value(xc.data_ptr(), hc.data_ptr(), rows, xc.numel() // max(rows, 1),
+                                         0 if sc is None else sc.data_ptr(), alpha, out.data_ptr(),
+                                         torch.get_num_threads())
         if scale is None and x.is_contiguous():
             functional.announce_kept(x)  # an activation kept as it is: its producer may share it
         ctx.save_for_backward(xc, sc)
@@ -97,14 +105,16 @@ def _fused_fourier(x: Tensor, h: Tensor, terms: int, omega: float, *scale: Tenso
 
 
 def noisy_fourier_sign(x: Tensor, h: Tensor, alpha: Tensor, terms: int, omega: float,
-                       scale: Tensor | None = None) -> Tensor:
+                       scale: Tensor | None = None, scale_by_mean_abs: bool = False) -> Tensor:
     """FDA's training-mode binary tensor ``(sign(x) + α·(h + 0.1·sin x))·s``: :func:`sign_fourier` plus
     α times the noise adaptation ``NA(x) = h + 0.1·sin x`` (``h = fc2(ReLU(fc1(x)))`` computed by the
     caller, with ``x``'s shape), times the detached per-output-channel scale ``s`` for a weight (``scale``
     shaped to broadcast against ``x``, one entry per row of ``x``; None for an activation). ``α`` (a
     buffer) gets no gradient; ``x`` gets the Fourier surrogate's ``g·s·(4ω/π)·Σ cos((2i+1)ωx)`` (on
     ``|x| ≤ 1``) plus ``α·0.1·cos(x)·g·s``, and ``h`` gets ``α·g·s`` (autograd carries it on through
-    ``fc1``/``fc2`` to their weights and to ``x``).
+    ``fc1``/``fc2`` to their weights and to ``x``). ``scale_by_mean_abs`` (a weight, ``scale`` None): ``s`` is
+    :func:`per_channel_mean_abs` of ``x``, detached — natively taken in the value's own pass (summed in
+    double, so ``s`` may differ from torch's float mean in the last bit).
 
     On float32 CPU tensors the value and the gradients are one native pass each instead of ~10 torch
     ops over the tensor (``fda_value``/``fda_backward``, csrc/train_quantizers.h); elsewhere, or with
@@ -113,6 +123,10 @@ def noisy_fourier_sign(x: Tensor, h: Tensor, alpha: Tensor, terms: int, omega: f
     contraction, its ``sin`` by the kernels' approximation (≤ 3.5 ulp, so the value differs by at
     most a few ulp of ``0.1·α·s``); the gradients agree to ~1e-7 relative (the kernels' cos, the terms
     added before autograd adds the ``fc1`` path)."""
+    if scale_by_mean_abs:
+        if _fused_fourier(x, h, terms, omega) and x.dim() >= 2 and x[0].numel() > 0:
+            return _NoisyFourierSign.apply(x, h, float(alpha), "mean_abs", int(terms), float(omega))
+        scale = per_channel_mean_abs(x)
     if scale is not None:
         scale = scale.detach()
     if _fused_fourier(x, h, terms, omega, *(() if scale is None else (scale,))):
@@ -168,11 +182,10 @@ class FDA(Method):
         return noisy_fourier_sign(x, h, layer.fda_alpha, int(layer.fda_terms), self.omega)
 
     def quantize_weight(self, layer: nn.Module, w: Tensor) -> Tensor:
-        scale = per_channel_mean_abs(w).detach()
         if not (self.noise_adaptation and layer.training):
-            return self._binary(layer, w) * scale
+            return self._binary(layer, w) * per_channel_mean_abs(w).detach()
         h = layer.weight_noise.learned(w.reshape(w.shape[0], -1)).reshape(w.shape)
-        return noisy_fourier_sign(w, h, layer.fda_alpha, int(layer.fda_terms), self.omega, scale)
+        return noisy_fourier_sign(w, h, layer.fda_alpha, int(layer.fda_terms), self.omega, scale_by_mean_abs=True)
 
     def schedule(self, layer: nn.Module, epoch: int, epochs: int) -> None:
         terms, alpha = fda_schedule(epoch, epochs)
