@@ -55,6 +55,7 @@ class NoiseAdaptation(nn.Module):
 
 #: Whether the engine has the fused kernels (an engine built before them: the torch formula).
 _FUSED_KERNELS = hasattr(functional._engine, "fda_value")
+_MEAN_ABS_KERNEL = hasattr(functional._engine, "fda_value_mean_abs")
 
 
 class _NoisyFourierSign(torch.autograd.Function):
@@ -124,7 +125,7 @@ def noisy_fourier_sign(x: Tensor, h: Tensor, alpha: Tensor, terms: int, omega: f
     most a few ulp of ``0.1·α·s``); the gradients agree to ~1e-7 relative (the kernels' cos, the terms
     added before autograd adds the ``fc1`` path)."""
     if scale_by_mean_abs:
-        if _fused_fourier(x, h, terms, omega) and x.dim() >= 2 and x[0].numel() > 0:
+        if _MEAN_ABS_KERNEL and _fused_fourier(x, h, terms, omega) and x.dim() >= 2 and x[0].numel() > 0:
             return _NoisyFourierSign.apply(x, h, float(alpha), "mean_abs", int(terms), float(omega))
         scale = per_channel_mean_abs(x)
     if scale is not None:
