@@ -56,3 +56,34 @@ def test_the_printed_rank_has_two_decimals(run):
         overall = lb.row(method).overall
         assert line.split()[-1].rstrip("≈") == f"{overall:.2f}"
         assert f"{overall:.3f}" not in line.split()[-1]
+
+
+def test_a_track_is_available_when_any_method_has_a_score_on_it(run):
+    """scores.py Leaderboard.track_available: one method with training times is enough for the training
+    track (another without them has no score there); a track nobody has is not available."""
+    recs = _seeded(run, {"bnn": 80.0, "xnor": 85.0})
+    for r in recs:
+        if r.method == "xnor":
+            del r.metrics["epoch_time_s"]
+    lb = leaderboard(recs, bootstrap=50)
+    assert lb.row("bnn").scores.get("train") is not None and lb.row("xnor").scores.get("train") is None
+    assert lb.track_available("train") and lb.track_available("task")
+    assert not lb.track_available("no-such-track")
+
+
+def test_the_printed_table_has_no_edge_padding(run):
+    """scores.py print_leaderboard: pad_edge=False, so a line starts with the box's one-space edge and the
+    right-justified "#" column, with no padding column beside it (which keeps the table within 80
+    columns); with edge padding every line would start one space further right."""
+    lb = leaderboard(_seeded(run, {"bnn": 80.0, "xnor": 85.0, "dorefa": 70.0}), bootstrap=50)
+    buf = io.StringIO()
+    print_leaderboard(lb, console=Console(file=buf, width=80))
+    lines = buf.getvalue().splitlines()
+    rows = lb.group_rows(lb.groups[0])
+    ranks = {r.method: str(r.rank) + ("≈" if r.tied_best.get("overall") and r.rank != 1 else "") for r in rows}
+    width = max(len("#"), *(len(v) for v in ranks.values()))
+    header = next(ln for ln in lines if " method " in ln)
+    assert header.startswith(" " + "#".rjust(width) + "  method")
+    for method, rank in ranks.items():
+        line = next(ln for ln in lines if f" {method} " in f" {ln} ")
+        assert line.startswith(" " + rank.rjust(width) + "  " + method), line
