@@ -166,6 +166,7 @@ class ViewConvFlatten(nn.Module):
     (4, 1, 1, 5, 1, 0),  # one pixel each way: the same
     (1, 2, 3, 4, 3, 1),  # one channel in, four out: only the way back needs a TRANSPOSE
     (2, 2, 3, 3, 3, 2),  # neither: a TRANSPOSE each way
+    (2, 3, 3, 3, 3, 2),  # neither, square: H / W = 1 is no reason for a RESHAPE
 ])
 def test_layout_changes_transpose_only_where_the_bytes_move(c, h, w, c_out, k, transposes, monkeypatch):
     """The file reorders axes with TRANSPOSE only where NCHW and NHWC differ in memory; where they hold
