@@ -154,3 +154,41 @@ def test_unbatched_inputs(method, tmp_path):
         finish_training(layer, method)
         _randomize(layer)
         _compare(layer, x, tmp_path, flavors=("float",))
+
+
+def test_qonnx_quantizer_parameters_are_initializers(tmp_path):
+    """QONNX reads a quantizer's scale, zero point and bit width with ``get_initializer``: in a QONNX file
+    of several binary layers (equal buffers shared, small ones that torch writes as Constant nodes) every
+    quantizer input after the first is an initializer of its own; a float file has no QONNX nodes."""
+    import onnx
+
+    from onebit.deploy.onnx_export import QONNX_DOMAIN
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 5, 3, padding=1),
+                          BinaryConv2d(5, 6, 3, padding=1, method="hbnn", average_bits=1.4), nn.BatchNorm2d(6),
+                          BinaryConv2d(6, 6, 3, padding=1, method="bnn"), nn.BatchNorm2d(6),
+                          BinaryConv2d(6, 4, 3, padding=1, method="hbnn", average_bits=1.4),
+                          nn.Flatten(1), nn.Linear(4 * 4 * 4, 3))
+    x = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(1))
+    _randomize(model)
+    _compare(model, x, tmp_path)
+    graph = onnx.load(str(tmp_path / "m-qonnx.onnx")).graph
+    initializers = {t.name for t in graph.initializer}
+    quant = [n for n in graph.node if n.domain == QONNX_DOMAIN]
+    assert {n.op_type for n in quant} == {"BipolarQuant", "Quant"}
+    assert all(i in initializers for n in quant for i in n.input[1:])
+    assert not [n for n in onnx.load(str(tmp_path / "m-float.onnx")).graph.node if n.domain == QONNX_DOMAIN]
+
+
+def test_the_default_opset_writes_layer_norm_as_one_node(tmp_path):
+    """Opset 17 (the default) has LayerNormalization as one node, the form the ViT's layers export in."""
+    import onnx
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.LayerNorm(8), BinaryLinear(8, 5, method="bnn"))
+    x = torch.randn(2, 3, 6, generator=torch.Generator().manual_seed(1))
+    _compare(model, x, tmp_path, flavors=("float",))
+    proto = onnx.load(str(tmp_path / "m-float.onnx"))
+    assert [o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")] == [17]
+    assert [n.op_type for n in proto.graph.node].count("LayerNormalization") == 1
