@@ -77,3 +77,22 @@ def test_what_the_interpreter_refuses(tmp_path):
         lce.to_lce_bytes(net, [x, 1.0])
     with pytest.raises(TypeError, match="example_input must be a tensor"):
         lce.to_lce_bytes(net, x.numpy())
+
+
+class Indexed(nn.Module):
+    def __init__(self, index):
+        super().__init__()
+        self.index = index
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+
+    def forward(self, x):
+        return self.conv(x)[self.index]
+
+
+@pytest.mark.parametrize("index", [(slice(None), 0), (0,), (slice(None), slice(1, 3), 1), (Ellipsis, slice(1, 2))])
+def test_indexing_other_than_slices_is_named(index):
+    """An integer or an Ellipsis among the indices (even beside slices) is refused with one message."""
+    from onebit.deploy import ExportError
+
+    with pytest.raises(ExportError, match=r"is not supported by to_lce \(slices only\)"):
+        lce.to_lce_bytes(Indexed(index).eval(), torch.randn(2, 3, 4, 5))
