@@ -192,3 +192,21 @@ def test_the_default_opset_writes_layer_norm_as_one_node(tmp_path):
     proto = onnx.load(str(tmp_path / "m-float.onnx"))
     assert [o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")] == [17]
     assert [n.op_type for n in proto.graph.node].count("LayerNormalization") == 1
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4])
+@pytest.mark.parametrize("signed,narrow", [(1, 1), (1, 0), (0, 0), (0, 1)])
+def test_the_torch_quant_is_qonnx_quant(bits, signed, narrow):
+    """The torch side of the exported ``Quant`` node (what the traced QONNX module computes) is QONNX's own
+    ``quant`` (``qonnx.custom_op.general.quant``, the function its executor runs), for every bit width,
+    signedness, narrow range, a zero point and a scale, on values beyond both clip bounds and on ties."""
+    from qonnx.custom_op.general.quant import quant
+
+    from onebit.deploy.onnx_export import _QuantFn
+
+    x = torch.cat([torch.linspace(-20.0, 20.0, 161), torch.randn(64, generator=torch.Generator().manual_seed(0)) * 9])
+    for scale, zeropt in ((1.0, 0.0), (0.37, 0.0), (0.5, 1.0), (2.0, -1.0)):
+        want = quant(x.numpy(), np.array(scale, np.float32), np.array(zeropt, np.float32), np.array(float(bits)),
+                     signed, narrow, "ROUND")
+        got = _QuantFn.apply(x, torch.tensor(scale), torch.tensor(zeropt), torch.tensor(float(bits)), signed, narrow)
+        assert np.allclose(got.numpy(), want, rtol=0, atol=1e-6), (scale, zeropt)
