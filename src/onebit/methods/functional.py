@@ -366,7 +366,8 @@ class ShiftedApproxSTE:
     def arg_grads(grad_x: Tensor, needs: tuple[bool, ...], shift: Tensor) -> tuple[Tensor | None, ...]:
         """The gradients of the arguments given the input's: ∂L/∂b = Σ ∂L/∂x over b's broadcast dims
         (what autograd's ``x + b`` gives; summed by the native gradient's pass where it ran)."""
-        summed = grad_x.__dict__.pop(SHIFT_GRAD, None)
+        # (a traced or compiled gradient has no __dict__; the native pass that leaves the sum never runs there)
+        summed = None if _tracing() else grad_x.__dict__.pop(SHIFT_GRAD, None)
         if not needs[0]:
             return (None,)
         return (summed if summed is not None else grad_x.sum_to_size(shift.shape),)
