@@ -93,3 +93,48 @@ def test_geometry_per_axis(method, tmp_path):
     finish_training(model, method)
     _randomize(model)
     _compare(model, x, tmp_path)
+
+
+class Typed(nn.Module):
+    """Graph arguments the model file stores: dtypes (of a softmax and of a sum), a non-finite float, a
+    negative dim, keyword arguments."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = BinaryConv2d(3, 6, 3, padding=1, method="bnn")
+
+    def forward(self, x):
+        y = torch.clamp(self.conv(x), min=float("-inf"), max=2.0)
+        s = torch.softmax(y, dim=-1, dtype=torch.float32) + y.sum(dim=1, keepdim=True, dtype=torch.float64).float()
+        return s.permute(0, 2, 3, 1).flatten(-2)
+
+
+def test_a_saved_graph_keeps_dtypes_and_special_floats(tmp_path):
+    torch.manual_seed(0)
+    packed = export(Typed().eval())
+    x = torch.randn(2, 3, 4, 5, generator=torch.Generator().manual_seed(1))
+    save(packed, tmp_path / "typed.onebit")
+    want = packed(x)
+    assert want.shape == (2, 4, 30)
+    assert want.dtype == torch.float32
+    torch.testing.assert_close(load(tmp_path / "typed.onebit")(x), want, rtol=0, atol=0)
+
+
+class ChannelsLast(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = BinaryConv2d(3, 6, 3, padding=1, method="bnn")
+
+    def forward(self, x):
+        return self.conv(x).contiguous(memory_format=torch.channels_last)
+
+
+def test_a_graph_argument_the_file_cannot_store_is_named(tmp_path):
+    """A memory format (or any other value the file has no encoding for) is refused at save with one
+    ExportError naming the value and its type."""
+    from onebit.deploy import ExportError
+
+    packed = export(ChannelsLast().eval())
+    with pytest.raises(ExportError, match="argument torch.channels_last of type memory_format cannot be exported"):
+        save(packed, tmp_path / "cl.onebit")
+    assert not (tmp_path / "cl.onebit").exists()
