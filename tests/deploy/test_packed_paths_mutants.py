@@ -138,3 +138,33 @@ def test_a_graph_argument_the_file_cannot_store_is_named(tmp_path):
     with pytest.raises(ExportError, match="argument torch.channels_last of type memory_format cannot be exported"):
         save(packed, tmp_path / "cl.onebit")
     assert not (tmp_path / "cl.onebit").exists()
+
+
+class BroadcastResidual(nn.Module):
+    """``act(bn(conv(y)) + r)`` where the residual ``r`` is a pooled (broadcast) form of ``y``: one row,
+    one column or one pixel, as squeeze-and-excitation style blocks add; the fused residual pass must
+    only take residuals of the conv's full output shape."""
+
+    def __init__(self, stride, pool):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.Hardtanh())
+        self.conv = BinaryConv2d(8, 8, 3, stride=stride, padding=1, method="bnn", pad_value=1.0)
+        self.bn = nn.BatchNorm2d(8)
+        self.pool = nn.AdaptiveAvgPool2d(pool)
+        self.act = nn.Hardtanh()
+
+    def forward(self, x):
+        y = self.stem(x)
+        return self.act(self.bn(self.conv(y)) + self.pool(y))
+
+
+@pytest.mark.parametrize("hw,stride,pool", [
+    ((3, 4), 2, (2, 1)), ((4, 3), 2, (1, 2)), ((3, 3), 2, (1, 1)), ((2, 4), (1, 2), (2, 1)),
+    ((4, 2), (2, 1), (1, 2)), ((5, 4), (2, 1), (1, 4)), ((4, 5), (1, 2), (4, 1)), ((3, 2), 1, (3, 2)),
+])
+def test_residuals_that_broadcast(hw, stride, pool, tmp_path):
+    torch.manual_seed(0)
+    model = BroadcastResidual(stride, pool)
+    _randomize(model)
+    x = torch.randn(2, 3, *hw, generator=torch.Generator().manual_seed(1))
+    _compare(model, x, tmp_path)
