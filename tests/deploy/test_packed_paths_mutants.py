@@ -145,10 +145,10 @@ class BroadcastResidual(nn.Module):
     one column or one pixel, as squeeze-and-excitation style blocks add; the fused residual pass must
     only take residuals of the conv's full output shape."""
 
-    def __init__(self, stride, pool):
+    def __init__(self, stride, pool, kernel=3):
         super().__init__()
         self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.Hardtanh())
-        self.conv = BinaryConv2d(8, 8, 3, stride=stride, padding=1, method="bnn", pad_value=1.0)
+        self.conv = BinaryConv2d(8, 8, kernel, stride=stride, padding=kernel // 2, method="bnn", pad_value=1.0)
         self.bn = nn.BatchNorm2d(8)
         self.pool = nn.AdaptiveAvgPool2d(pool)
         self.act = nn.Hardtanh()
@@ -165,6 +165,16 @@ class BroadcastResidual(nn.Module):
 def test_residuals_that_broadcast(hw, stride, pool, tmp_path):
     torch.manual_seed(0)
     model = BroadcastResidual(stride, pool)
+    _randomize(model)
+    x = torch.randn(2, 3, *hw, generator=torch.Generator().manual_seed(1))
+    _compare(model, x, tmp_path)
+
+
+@pytest.mark.parametrize("kernel,hw,pool", [(1, (3, 4), (3, 4)), (1, (3, 4), (3, 1)), (5, (4, 6), (1, 6))])
+def test_residual_blocks_of_unpadded_and_wide_kernels(kernel, hw, pool, tmp_path):
+    """A 1x1 (unpadded) and a 5x5 (padded 2) binary conv in a residual block, full-shaped and broadcast."""
+    torch.manual_seed(0)
+    model = BroadcastResidual(1, pool, kernel)
     _randomize(model)
     x = torch.randn(2, 3, *hw, generator=torch.Generator().manual_seed(1))
     _compare(model, x, tmp_path)
