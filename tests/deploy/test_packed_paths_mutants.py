@@ -161,6 +161,7 @@ class BroadcastResidual(nn.Module):
 @pytest.mark.parametrize("hw,stride,pool", [
     ((3, 4), 2, (2, 1)), ((4, 3), 2, (1, 2)), ((3, 3), 2, (1, 1)), ((2, 4), (1, 2), (2, 1)),
     ((4, 2), (2, 1), (1, 2)), ((5, 4), (2, 1), (1, 4)), ((4, 5), (1, 2), (4, 1)), ((3, 2), 1, (3, 2)),
+    ((4, 3), 2, (2, 1)), ((3, 4), 2, (1, 2)), ((5, 3), (4, 1), (2, 1)), ((3, 5), (1, 4), (1, 2)),
 ])
 def test_residuals_that_broadcast(hw, stride, pool, tmp_path):
     torch.manual_seed(0)
