@@ -148,7 +148,8 @@ class BroadcastResidual(nn.Module):
     def __init__(self, stride, pool, kernel=3):
         super().__init__()
         self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.Hardtanh())
-        self.conv = BinaryConv2d(8, 8, kernel, stride=stride, padding=kernel // 2, method="bnn", pad_value=1.0)
+        padding = tuple(k // 2 for k in kernel) if isinstance(kernel, tuple) else kernel // 2
+        self.conv = BinaryConv2d(8, 8, kernel, stride=stride, padding=padding, method="bnn", pad_value=1.0)
         self.bn = nn.BatchNorm2d(8)
         self.pool = nn.AdaptiveAvgPool2d(pool)
         self.act = nn.Hardtanh()
@@ -171,9 +172,11 @@ def test_residuals_that_broadcast(hw, stride, pool, tmp_path):
     _compare(model, x, tmp_path)
 
 
-@pytest.mark.parametrize("kernel,hw,pool", [(1, (3, 4), (3, 4)), (1, (3, 4), (3, 1)), (5, (4, 6), (1, 6))])
+@pytest.mark.parametrize("kernel,hw,pool", [(1, (3, 4), (3, 4)), (1, (3, 4), (3, 1)), (5, (4, 6), (1, 6)),
+                                         ((3, 1), (3, 4), (1, 4)), ((1, 3), (4, 3), (4, 1))])
 def test_residual_blocks_of_unpadded_and_wide_kernels(kernel, hw, pool, tmp_path):
-    """A 1x1 (unpadded) and a 5x5 (padded 2) binary conv in a residual block, full-shaped and broadcast."""
+    """A 1x1 (unpadded), a 5x5 (padded 2), a 3x1 and a 1x3 (padded in one axis only) binary conv in a
+    residual block, full-shaped and broadcast residuals."""
     torch.manual_seed(0)
     model = BroadcastResidual(1, pool, kernel)
     _randomize(model)
