@@ -112,3 +112,18 @@ def test_a_layer_with_real_weights_and_binary_activations_has_no_1bit_params():
     assert (row.params_1bit, row.params_32bit) == (0, 4 * 3 * 9 + 4)
     assert (row.macs_binary, row.macs_fp) == (0, 4 * 5 * 5 * 3 * 9)
     assert row.memory_bytes == (4 * 3 * 9 + 4) * 4
+
+
+@pytest.mark.parametrize("conv", ["1d", "2d"])
+def test_a_binary_conv_pads_with_zeros_by_default(conv):
+    """layers.py: ``pad_value`` defaults to 0 — the binary input is zero-padded, as torch pads the real
+    one (BNN's and XNOR-Net's reference convs) — for Conv1d as for Conv2d."""
+    torch.manual_seed(0)
+    if conv == "1d":
+        layer, x, f = BinaryConv1d(3, 4, 3, padding=1, bias=False), torch.randn(2, 3, 7), F.conv1d
+    else:
+        layer, x, f = BinaryConv2d(3, 4, 3, padding=1, bias=False), torch.randn(2, 3, 5, 5), F.conv2d
+    assert layer.pad_value == 0.0
+    sign = lambda t: torch.where(t >= 0, 1.0, -1.0)  # noqa: E731
+    expected = f(sign(x), sign(layer.weight.detach()), padding=1)
+    torch.testing.assert_close(layer(x), expected, rtol=0, atol=1e-5)

@@ -58,3 +58,37 @@ def test_a_stage_with_lazily_sized_method_state_trains_it(tmp_path):
     for m in convs:  # initialised to 1 and given to the optimizer: one epoch of SGD moved them (Γ_o, a
         # per-channel factor before BatchNorm, gets a gradient of ~0: BN undoes a channel's scale)
         assert not torch.equal(m.gamma_h.detach(), torch.ones_like(m.gamma_h))
+
+
+def test_the_live_progress_bar_advances_one_step_per_batch(tmp_path, monkeypatch):
+    """trainer.py _train_epoch: each epoch's bar has one tick per training step and ends full, its
+    postfix the running loss and accuracy (seed-43 sample survivor: ``bar.update(2)``)."""
+    from onebit.train import trainer as T
+
+    bars = []
+
+    class Bar:
+        def __init__(self, total, desc):
+            self.total, self.desc, self.n, self.postfix, self.closed = total, desc, 0, None, False
+            bars.append(self)
+
+        def update(self, n):
+            self.n += n
+
+        def set_postfix(self, **kw):
+            self.postfix = kw
+
+        def close(self):
+            self.closed = True
+
+    monkeypatch.setattr(T._Progress, "bar", lambda self, total, desc: Bar(total, desc))
+    recipe = _tiny(options={"hidden": [16]})
+    recipe["stage"][0]["epochs"] = 2
+    result = train(recipe, tmp_path / "run", progress=False)
+    assert [b.desc for b in bars] == ["main 1/2", "main 2/2"]
+    steps = len(onebit.data.load("digits", None, seed=5).train) // 256  # full batches (drop_last)
+    for bar, row in zip(bars, result.history):
+        assert bar.closed and bar.total == steps >= 2
+        assert bar.n == bar.total
+        assert bar.postfix["loss"] == f"{row['train_loss']:.4f}"
+        assert bar.postfix["acc"] == f"{row['train_acc']:.1f}%"
