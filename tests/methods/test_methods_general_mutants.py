@@ -195,3 +195,18 @@ def test_the_installed_engine_has_every_native_path(monkeypatch):
     import onebit._engine as engine
 
     assert _functional_with(monkeypatch, engine) == dict.fromkeys(_FLAGS, True)
+
+
+# -- biper.py / recu.py: the inference output scale is a detached copy ----------------------------------
+@pytest.mark.parametrize("name", ["biper", "recu"])
+def test_the_inference_output_scale_is_a_detached_copy_of_alpha(name):
+    """``output_scale_tensor`` hands the exporters the learned α as a constant: no gradient, and a copy
+    (changing it does not change the layer)."""
+    layer = BinaryConv2d(3, 4, 3, method=name)
+    with torch.no_grad():
+        layer.alpha.fill_(0.75)
+    scale = layer.method.output_scale_tensor(layer)
+    assert layer.alpha.requires_grad and not scale.requires_grad
+    assert torch.equal(scale, layer.alpha.detach())
+    scale.add_(1.0)
+    assert torch.all(layer.alpha == 0.75)
