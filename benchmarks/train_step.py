@@ -247,7 +247,7 @@ def print_table(model: str, threads: list[int], results: dict, sides: list[str],
     for row in rows:
         cells = [row]
         for side in sides:
-            cells += [f"{results[(side, t)][0][row]:.2f}x" for t in threads]
+            cells += [_cell(results[(side, t)], row) for t in threads]
         cells += [f"{results[(side, threads[0])][1][row]:.2f}x" for side in mem_sides]
         print("| " + " | ".join(cells) + " |")
 
