@@ -435,8 +435,10 @@ class IdentitySTE:
     def pack(x: Tensor) -> Tensor:
         if _numpy_friendly(x):  # 2·1{x ≥ 0} − 1 (−0.0 ≥ 0: +1)
             code = _torch_owned_int8(x.shape)
-            np.greater_equal(x.detach().numpy(), 0, out=code.numpy().view(np.bool_))
-            np.subtract(np.left_shift(code.numpy(), 1), np.int8(1), out=code.numpy())
+            bytes_ = code.numpy()
+            np.greater_equal(x.detach().numpy(), 0, out=bytes_.view(np.bool_))
+            np.add(bytes_, bytes_, out=bytes_)  # (numpy's int8 shift is not vectorised: 3x slower)
+            np.subtract(bytes_, np.int8(1), out=bytes_)
             return code
         return sign(x).to(torch.int8)
 
