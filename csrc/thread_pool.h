@@ -3,6 +3,7 @@
 // engine's thread count is set on its own either way (set_num_threads).
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <functional>
 #include <string>
@@ -22,6 +23,15 @@ void parallel_for(int num_threads, int64_t n_items, const std::function<void(int
 // starts late (a vCPU busy elsewhere) only means the others take its share.
 void parallel_ranges(int num_threads, int64_t n_items, int64_t grain,
                      const std::function<void(int64_t, int64_t)>& fn);
+
+// Runs fn(lo, len) over [0, n) in consecutive spans of at most `span` elements (the unit a thread
+// takes at a time: a span's data stays in its cache), on `num_threads` threads.
+template <typename Fn>
+void over_spans(int64_t n, int64_t span, int num_threads, Fn fn) {
+  parallel_ranges(num_threads, (n + span - 1) / span, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t s = begin; s < end; ++s) fn(s * span, std::min(span, n - s * span));
+  });
+}
 
 // Where the time of the last parallel_ranges call went, recorded while profiling is on (a
 // benchmark's diagnostic; off by default, when it costs one relaxed load per call): the region's

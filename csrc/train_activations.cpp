@@ -167,23 +167,14 @@ ONEBIT_TA_CLONES bool clip_unpack_span(const int8_t* code, int64_t n, float* out
 
 constexpr int64_t kSpan = 16384;  // elements handed to a thread at a time (64 KB: L2-resident)
 
-template <typename Fn>
-void over_spans(int64_t n, int num_threads, Fn fn) {
-  parallel_ranges(num_threads, (n + kSpan - 1) / kSpan, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t s = begin; s < end; ++s) {
-      const int64_t lo = s * kSpan;
-      fn(lo, std::min(kSpan, n - lo));
-    }
-  });
-}
-
 // fn(offset, length, shift) over the planes of (outer, channels, inner) that share one shift value,
 // or over whole rows (offset, channels, shift vector) when inner == 1.
 template <typename Scalar, typename Vector>
 void over_channels(const float* shift, int64_t outer, int64_t channels, int64_t inner, int num_threads,
                    Scalar scalar, Vector vector) {
   if (shift == nullptr) {
-    over_spans(outer * channels * inner, num_threads, [&](int64_t lo, int64_t len) { scalar(lo, len, 0.0f); });
+    over_spans(outer * channels * inner, kSpan, num_threads,
+               [&](int64_t lo, int64_t len) { scalar(lo, len, 0.0f); });
     return;
   }
   parallel_ranges(num_threads, outer, 1, [&](int64_t begin, int64_t end) {
@@ -312,12 +303,12 @@ void standardized_approx_grad_rows(const float* g, const float* x, const float* 
 }
 
 void clip_pack(const float* x, int64_t n, int8_t* code, int num_threads) {
-  ta::over_spans(n, num_threads, [&](int64_t lo, int64_t len) { ta::clip_pack_span(x + lo, len, code + lo); });
+  over_spans(n, ta::kSpan, num_threads, [&](int64_t lo, int64_t len) { ta::clip_pack_span(x + lo, len, code + lo); });
 }
 
 bool clip_unpack(const int8_t* code, int64_t n, float* out, int num_threads) {
   std::atomic<bool> outside{false};
-  ta::over_spans(n, num_threads, [&](int64_t lo, int64_t len) {
+  over_spans(n, ta::kSpan, num_threads, [&](int64_t lo, int64_t len) {
     if (ta::clip_unpack_span(code + lo, len, out + lo)) outside.store(true, std::memory_order_relaxed);
   });
   return outside.load();

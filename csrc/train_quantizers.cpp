@@ -89,15 +89,6 @@ void over_row_spans(int64_t rows, int64_t n, int num_threads, Fn fn) {
   });
 }
 
-template <typename Fn>
-void over_spans(int64_t n, int num_threads, Fn fn) {
-  parallel_ranges(num_threads, (n + kSpan - 1) / kSpan, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t s = begin; s < end; ++s) {
-      const int64_t lo = s * kSpan;
-      fn(lo, std::min(kSpan, n - lo));
-    }
-  });
-}
 
 }  // namespace
 
@@ -120,12 +111,12 @@ void standardize_backward_rows(int kind, const float* g, const float* z, const f
 }
 
 void tanh_rows(const float* x, int64_t n, float* out, int num_threads) {
-  over_spans(n, num_threads, [&](int64_t lo, int64_t len) { kernels().tanh_span(x + lo, len, out + lo); });
+  over_spans(n, kSpan, num_threads, [&](int64_t lo, int64_t len) { kernels().tanh_span(x + lo, len, out + lo); });
 }
 
 void surrogate_grad(int kind, const float* g, const float* x, int64_t n, float p0, float p1, float p2, float* out,
                     int num_threads) {
-  over_spans(n, num_threads, [&](int64_t lo, int64_t len) {
+  over_spans(n, kSpan, num_threads, [&](int64_t lo, int64_t len) {
     kernels().surrogate_span(kind, g ? g + lo : nullptr, x + lo, len, p0, p1, p2, out + lo);
   });
 }
@@ -179,7 +170,7 @@ void fda_backward(const float* g, const float* x, int64_t rows, int64_t n, const
 double biper_wave(const float* w, int64_t n, float omega, bool binary, float* out, int num_threads) {
   // One partial sum per span, added in span order: the same total whatever the thread count.
   std::vector<double> partial(static_cast<size_t>((n + kSpan - 1) / kSpan));
-  over_spans(n, num_threads, [&](int64_t lo, int64_t len) {
+  over_spans(n, kSpan, num_threads, [&](int64_t lo, int64_t len) {
     partial[static_cast<size_t>(lo / kSpan)] = kernels().biper_wave_span(w + lo, len, omega, binary, out + lo);
   });
   double total = 0;
@@ -189,13 +180,13 @@ double biper_wave(const float* w, int64_t n, float omega, bool binary, float* ou
 
 void biper_wave_backward(const float* g, const float* w, int64_t n, float omega, float loss_factor, float* out,
                          int num_threads) {
-  over_spans(n, num_threads, [&](int64_t lo, int64_t len) {
+  over_spans(n, kSpan, num_threads, [&](int64_t lo, int64_t len) {
     kernels().biper_backward_span(g ? g + lo : nullptr, w + lo, len, omega, loss_factor, out + lo);
   });
 }
 
 void math_rows(int kind, const float* x, int64_t n, float* out, int num_threads) {
-  over_spans(n, num_threads, [&](int64_t lo, int64_t len) { kernels().math_span(kind, x + lo, len, out + lo); });
+  over_spans(n, kSpan, num_threads, [&](int64_t lo, int64_t len) { kernels().math_span(kind, x + lo, len, out + lo); });
 }
 
 }  // namespace onebit
