@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from deploy_probe import finish_training, randomize_norms
+from test_onnx_export import _one_thread  # noqa: F401  (autouse: small graphs on one thread)
 from torch import nn
 
 import onebit
@@ -21,12 +22,6 @@ from onebit.nn import BinaryConv2d, BinaryLinear
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _compare(model: nn.Module, x: torch.Tensor, tmp_path, flavors=("float", "qonnx")) -> None:
@@ -108,10 +103,10 @@ def test_padding_modes_of_a_binary_conv2d(mode, tmp_path):
     _compare(model, x, tmp_path, flavors=("float",) if mode == "circular" else ("float", "qonnx"))
 
 
-@pytest.mark.parametrize("method", ["xnor", "bnn"])
-def test_binary_conv_geometry_per_axis(method, tmp_path):
-    """Strides, paddings and kernel sizes that differ between height and width, with XNOR's per-sample
-    K over every axis but the batch (N = 3, each sample its own K)."""
+def geometry_per_axis(method: str) -> tuple[nn.Module, torch.Tensor]:
+    """A conv net whose binary layers' strides, paddings and kernel sizes differ between height and
+    width, and an input of 3 samples of different magnitudes (XNOR's K differs per sample); the lazy
+    layer is sized by one forward."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 5, 3, padding=1),
                           BinaryConv2d(5, 7, (3, 1), stride=(2, 1), padding=(1, 0), method=method, pad_value=1.0),
@@ -121,6 +116,14 @@ def test_binary_conv_geometry_per_axis(method, tmp_path):
     x = torch.randn(3, 3, 7, 6, generator=torch.Generator().manual_seed(1))
     x[1] *= 4.0  # samples of different magnitudes: K differs per sample
     model(x)
+    return model, x
+
+
+@pytest.mark.parametrize("method", ["xnor", "bnn"])
+def test_binary_conv_geometry_per_axis(method, tmp_path):
+    """Strides, paddings and kernel sizes that differ between height and width, with XNOR's per-sample
+    K over every axis but the batch (N = 3, each sample its own K)."""
+    model, x = geometry_per_axis(method)
     _randomize(model)
     _compare(model, x, tmp_path)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 from deploy_probe import finish_training
-from test_onnx_paths_mutants import Tokens, _randomize
+from test_onnx_paths_mutants import Tokens, _randomize, geometry_per_axis
 from torch import nn
 
 from onebit.deploy import export, load, save
@@ -81,15 +81,7 @@ def test_conv1d_with_a_padding_mode_and_stride(method, tmp_path):
 
 @pytest.mark.parametrize("method", ["xnor", "bnn", "pcpp-bc"])
 def test_geometry_per_axis(method, tmp_path):
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(3, 5, 3, padding=1),
-                          BinaryConv2d(5, 7, (3, 1), stride=(2, 1), padding=(1, 0), method=method, pad_value=1.0),
-                          nn.BatchNorm2d(7), nn.PReLU(7),
-                          BinaryConv2d(7, 4, (1, 3), stride=(1, 2), padding=(0, 2), method=method, pad_value=-1.0),
-                          nn.Flatten(1), nn.LazyLinear(3))
-    x = torch.randn(3, 3, 7, 6, generator=torch.Generator().manual_seed(1))
-    x[1] *= 4.0
-    model(x)
+    model, x = geometry_per_axis(method)
     finish_training(model, method)
     _randomize(model)
     _compare(model, x, tmp_path)
