@@ -24,6 +24,7 @@
 #include "train_quantizers.h"
 #include "train_activations.h"
 #include "train_hbnn.h"
+#include "train_fda.h"
 
 namespace nb = nanobind;
 using namespace nb::literals;
@@ -91,7 +92,7 @@ void standardize_rows(int kind, uintptr_t w, int64_t rows, int64_t n, float k, f
 // HBNN's weight quantizer (train_hbnn.h): raw addresses of contiguous CPU tensors checked by
 // onebit.methods.hbnn; returns the top bit level, 0 for the torch path.
 int hbnn_binarize(int mode, uintptr_t x, int64_t rows, int64_t n, const std::vector<int64_t>& counts, uintptr_t bitmap,
-                  uintptr_t approx, uintptr_t scales, int num_threads) {
+                  uintptr_t approx, uintptr_t scales, int num_threads, uintptr_t max_abs) {
   if (mode < onebit::kHbnnPaper || mode > onebit::kHbnnGivenMap || !x || !bitmap || !approx || !scales || rows < 0 ||
       n < 1 || n > INT32_MAX || num_threads < 1)
     fail("hbnn_binarize: bad arguments");
@@ -103,7 +104,8 @@ int hbnn_binarize(int mode, uintptr_t x, int64_t rows, int64_t n, const std::vec
   nb::gil_scoped_release nogil;
   return onebit::hbnn_binarize(mode, reinterpret_cast<const float*>(x), rows, n, counts.data(),
                                static_cast<int>(counts.size()), reinterpret_cast<int8_t*>(bitmap),
-                               reinterpret_cast<float*>(approx), reinterpret_cast<float*>(scales), num_threads);
+                               reinterpret_cast<float*>(approx), reinterpret_cast<float*>(scales),
+                               reinterpret_cast<float*>(max_abs), num_threads);
 }
 
 void standardize_backward_rows(int kind, uintptr_t g, uintptr_t z, uintptr_t z_mean, uintptr_t factor,
@@ -374,7 +376,7 @@ NB_MODULE(_engine, mod) {
           "z_mean_addr"_a, "factor_addr"_a, "through_addr"_a, "param"_a, "dof"_a, "rows"_a, "n"_a, "out_addr"_a,
           "num_threads"_a);
   mod.def("hbnn_binarize", &hbnn_binarize, "mode"_a, "x_addr"_a, "rows"_a, "n"_a, "counts"_a, "bitmap_addr"_a,
-          "approx_addr"_a, "scales_addr"_a, "num_threads"_a);
+          "approx_addr"_a, "scales_addr"_a, "num_threads"_a, "max_abs_addr"_a = 0);
   mod.def("hbnn_scalar_only", &onebit::hbnn_scalar_only, "on"_a);
   mod.def("tanh_rows", &tanh_rows, "x_addr"_a, "n"_a, "out_addr"_a, "num_threads"_a);
   mod.def("surrogate_grad", &surrogate_grad, "kind"_a, "g_addr"_a, "x_addr"_a, "n"_a, "p0"_a, "p1"_a, "p2"_a,
@@ -385,6 +387,7 @@ NB_MODULE(_engine, mod) {
   mod.def("swish_weight_backward", &swish_weight_backward, "g_addr"_a, "w_addr"_a, "rows"_a, "n"_a, "alpha_addr"_a,
           "beta"_a, "out_addr"_a, "num_threads"_a);
   onebit::bind_train_activations(mod);
+  onebit::bind_train_fda(mod);
   mod.def("pack_nchw", &pack_nchw, "x_addr"_a, "N"_a, "C"_a, "HW"_a, "threshold_addr"_a, "out_addr"_a,
           "num_threads"_a);
   mod.def("pack_rows", &pack_rows, "x_addr"_a, "P"_a, "C"_a, "threshold_addr"_a, "out_addr"_a, "kernel_id"_a,

@@ -136,6 +136,81 @@ def noisy_fourier_sign(x: Tensor, h: Tensor, alpha: Tensor, terms: int, omega: f
     return out if scale is None else out * scale
 
 
+#: Whether the engine fuses the noise adaptation in too (csrc/train_fda.h).
+_NA_KERNELS = hasattr(functional._engine, "fda_na_forward")
+
+
+class _FusedNoiseAdaptationSign(torch.autograd.Function):
+    """:func:`noisy_fourier_sign` with ``h = fc2(ReLU(fc1(x)))`` computed inside, per row of a rows x d
+    ``x``, in one native pass each way (``fda_na_forward``/``fda_na_backward``, csrc/train_fda.h): the
+    gradients to ``x``, ``fc1.weight`` and ``fc2.weight`` (``α`` gets none); see :func:`fused_noisy_sign`."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, w1: Tensor, w2: Tensor, alpha: float, weight: bool, terms: int, omega: float
+                ) -> Tensor:
+        rows, d = x.shape
+        out, pre = torch.empty_like(x), x.new_empty(rows, w1.shape[0])
+        scale = x.new_empty(rows) if weight else None  # a weight's per-row mean |x|, taken in the pass
+        functional._engine.fda_na_forward(x.data_ptr(), rows, d, w1.data_ptr(), w2.data_ptr(), w1.shape[0], alpha,
+                                          out.data_ptr(), pre.data_ptr(), _address(scale), torch.get_num_threads())
+        ctx.save_for_backward(x, w1, w2, pre, scale)
+        ctx.alpha, ctx.params = alpha, (omega, 2.0 * (terms + 1), 4 * omega / math.pi)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:
+        functional._once_differentiable()
+        x, w1, w2, pre, scale = ctx.saved_tensors
+        grads = [torch.empty_like(t) if wanted else None for t, wanted in zip((x, w1, w2), ctx.needs_input_grad)]
+        functional._engine.fda_na_backward(grad.contiguous().data_ptr(), x.data_ptr(), *x.shape, w1.data_ptr(),
+                                           w2.data_ptr(), w1.shape[0], pre.data_ptr(), _address(scale), ctx.alpha,
+                                           *ctx.params, *map(_address, grads), torch.get_num_threads())
+        return (*grads, None, None, None, None)
+
+
+def _address(t: Tensor | None) -> int:
+    return 0 if t is None else t.data_ptr()
+
+
+def _hooked(*modules: nn.Module) -> bool:
+    """Whether calling these modules would run a hook (nn.Module.__call__'s test): the fused kernel calls none."""
+    from torch.nn.modules import module as m
+    return bool(m._global_forward_hooks or m._global_forward_pre_hooks or m._global_backward_hooks
+                or m._global_backward_pre_hooks) or any(
+        mod._forward_hooks or mod._forward_pre_hooks or mod._backward_hooks or mod._backward_pre_hooks
+        for mod in modules)
+
+
+def _fused_na(na: nn.Module, x: Tensor, terms: int, omega: float) -> bool:
+    """Whether :class:`_FusedNoiseAdaptationSign` takes ``na`` and ``x`` (features last): a plain
+    :class:`NoiseAdaptation` of bias-free ``nn.Linear`` layers without hooks, a contiguous non-empty ``x``
+    over its features, and what :func:`_fused_fourier` asks (float32 CPU tensors, eager); not under autocast
+    (which would run the layers in lower precision)."""
+    if not (_NA_KERNELS and type(na) is NoiseAdaptation and type(na.fc1) is nn.Linear and type(na.fc2) is nn.Linear):
+        return False
+    w1, w2 = na.fc1.weight, na.fc2.weight
+    return (na.fc1.bias is None and na.fc2.bias is None and x.numel() > 0 and x.is_contiguous()
+            and x.shape[-1] == w1.shape[1] == w2.shape[0] and not _hooked(na.fc1, na.fc2)
+            and not torch.is_autocast_enabled(x.device.type) and _fused_fourier(x, w1, terms, omega, w2))
+
+
+def fused_noisy_sign(na: NoiseAdaptation, x: Tensor, alpha: Tensor, terms: int, omega: float, weight: bool) -> Tensor:
+    """``noisy_fourier_sign(x, na.learned(x), ...)`` over ``x``'s last dimension in one native pass each way;
+    ``weight``: ``x`` is a weight (rows = output channels; ``scale_by_mean_abs``), else an activation
+    (scale 1). Call it where :func:`_fused_na` holds. ``fc1``, ``fc2`` and the sign's terms are applied
+    per row with the row, W1 and W2 in cache instead of torch's thin GEMMs (N or K = d/64) and a full
+    ``grad_h`` tensor; the products of a unit that ReLU switched off are skipped (exact: a 0·v term,
+    kept where v is not finite, so NaN and inf come out as torch's). Its sums run in another order than
+    torch's GEMMs (float, one partial per vector lane; the weight gradients summed over fixed blocks of
+    rows, so 1 and N threads give the same bits), so values and gradients agree with the torch path to
+    ~1e-6 relative; ReLU's decision can differ from torch's only where ``fc1(x)`` is within rounding of 0."""
+    rows = x.reshape(x.shape[0], -1) if weight else x.reshape(-1, x.shape[-1])
+    if not weight:
+        functional.announce_kept(x)  # an activation kept as it is: its producer may share it
+    return _FusedNoiseAdaptationSign.apply(rows, na.fc1.weight, na.fc2.weight, float(alpha), weight, int(terms),
+                                           float(omega)).reshape(x.shape)
+
+
 @register
 class FDA(Method):
     """FDA (Xu et al., NeurIPS 2021) in BiBench's operator form (``fda.py``).
@@ -146,6 +221,10 @@ class FDA(Method):
       over each output channel's flattened kernel for weights, over the channel dimension at each
       position for activations); α_t and n follow :func:`fda_schedule`;
     * the weight is scaled by the detached per-output-channel mean |W| (the gradient is scaled too).
+
+    While training on float32 CPU tensors, a weight's NA and binary value (and a linear layer's input's)
+    run as one native function each way (:func:`fused_noisy_sign`; the torch formulas stay the fallback
+    and the tests' oracle; a convolution's input takes :func:`noisy_fourier_sign`).
 
     Differences from BiBench: the activation NA module is built with the layer (BiBench builds it at
     the first forward, after the optimizer was made, so it is never trained); and the NA terms are
@@ -177,6 +256,8 @@ class FDA(Method):
     def quantize_input(self, layer: nn.Module, x: Tensor) -> Tensor:
         if not (self.noise_adaptation and layer.training):
             return self._binary(layer, x)
+        if layer.features_last and _fused_na(layer.input_noise, x, int(layer.fda_terms), self.omega):
+            return fused_noisy_sign(layer.input_noise, x, layer.fda_alpha, int(layer.fda_terms), self.omega, False)
         channels_last = x if layer.features_last else x.movedim(1, -1)
         h = layer.input_noise.learned(channels_last)
         h = h if layer.features_last else h.movedim(-1, 1)
@@ -185,8 +266,11 @@ class FDA(Method):
     def quantize_weight(self, layer: nn.Module, w: Tensor) -> Tensor:
         if not (self.noise_adaptation and layer.training):
             return self._binary(layer, w) * per_channel_mean_abs(w).detach()
+        terms = int(layer.fda_terms)
+        if w.dim() >= 2 and _fused_na(layer.weight_noise, w.flatten(1), terms, self.omega):
+            return fused_noisy_sign(layer.weight_noise, w, layer.fda_alpha, terms, self.omega, True)
         h = layer.weight_noise.learned(w.reshape(w.shape[0], -1)).reshape(w.shape)
-        return noisy_fourier_sign(w, h, layer.fda_alpha, int(layer.fda_terms), self.omega, scale_by_mean_abs=True)
+        return noisy_fourier_sign(w, h, layer.fda_alpha, terms, self.omega, scale_by_mean_abs=True)
 
     def schedule(self, layer: nn.Module, epoch: int, epochs: int) -> None:
         terms, alpha = fda_schedule(epoch, epochs)

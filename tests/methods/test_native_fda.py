@@ -1,0 +1,217 @@
+"""FDA's fused training quantizer with its noise adaptation (csrc/train_fda.cpp,
+``onebit.methods.fda.fused_noisy_sign``) against the torch path it replaces (``nn.Linear`` layers and
+:func:`noisy_fourier_sign` with ``functional.NATIVE_KERNELS = False``, the oracle): the value and the
+gradients to x, fc1.weight and fc2.weight within 1e-6 relative (floor 1e-6·max|ref|) on random and
+hand-built tensors (exact zeros, |x| = 1, |x| > 1, units whose pre-activation is exactly 0, d < 64 and
+odd d), the same bits on 1 and 2 threads, torch's NaN where a gradient is not finite, and the fallbacks
+(float64, non-contiguous, hooks) taking the torch path."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from onebit.methods import fda
+from onebit.methods import functional as fx
+from onebit.methods.fda import NoiseAdaptation, fused_noisy_sign, noisy_fourier_sign
+
+pytestmark = pytest.mark.skipif(not fda._NA_KERNELS, reason="onebit._engine built before the fused FDA NA kernels")
+
+TERMS, OMEGA, ALPHA = 11, 0.1, 0.07
+
+
+def _inputs(rows, d, seed, scale=0.5):
+    """x salted with exact zeros, ±1 and values just outside ±1; a NoiseAdaptation with fresh weights."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(rows, d, generator=g) * scale
+    flat = x.view(-1)
+    pick = torch.randperm(flat.numel(), generator=g)
+    tenth = max(1, flat.numel() // 10)
+    flat[pick[:tenth]] = 0.0
+    flat[pick[tenth:2 * tenth]] = torch.where(torch.rand(tenth, generator=g) < 0.5, 1.0, -1.0)
+    flat[pick[-1]] = 1.0000001
+    torch.manual_seed(seed)
+    return x, NoiseAdaptation(d), torch.randn(rows, d, generator=g)
+
+
+def _run(na, x, grad, weight, native, threads=1, alpha=ALPHA):
+    """(value, grad x, grad fc1.weight, grad fc2.weight) of noisy_fourier_sign(x, NA(x)) natively
+    (the fused function) or by the torch path."""
+    saved, before = fx.NATIVE_KERNELS, torch.get_num_threads()
+    torch.set_num_threads(threads)
+    xl = x.clone().requires_grad_(True)
+    na.zero_grad(set_to_none=True)
+    try:
+        if native:
+            assert fda._fused_na(na, xl, TERMS, OMEGA)
+            out = fused_noisy_sign(na, xl, torch.tensor(alpha), TERMS, OMEGA, weight)
+        else:
+            fx.NATIVE_KERNELS = False
+            h = na.learned(xl)
+            out = noisy_fourier_sign(xl, h, torch.tensor(alpha), TERMS, OMEGA, scale_by_mean_abs=weight)
+        out.backward(grad)
+    finally:
+        fx.NATIVE_KERNELS = saved
+        torch.set_num_threads(before)
+    return out.detach(), xl.grad, na.fc1.weight.grad, na.fc2.weight.grad
+
+
+def assert_close(got, want, what, rel=1e-6):
+    floor = rel * want[want.isfinite()].abs().max().item()
+    torch.testing.assert_close(got, want, rtol=rel, atol=floor, equal_nan=True, msg=lambda m: f"{what}: {m}")
+
+
+def assert_all_close(native, torch_path):
+    for got, want, what in zip(native, torch_path, ("value", "grad x", "grad fc1.weight", "grad fc2.weight")):
+        assert_close(got, want, what)
+
+
+# (rows, d): d = 512 (8 hidden units), 576 (a 64x3x3 kernel, 9), odd sizes, d < 64 (one hidden unit).
+SHAPES = [(96, 512), (64, 576), (33, 130), (7, 37), (5, 1), (1, 200)]
+
+
+@pytest.mark.parametrize("weight", [True, False], ids=["weight", "activation"])
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_fused_noise_adaptation_equals_torch_path(shape, weight):
+    x, na, grad = _inputs(*shape, seed=shape[0] + shape[1])
+    native = _run(na, x, grad, weight, native=True)
+    assert_all_close(native, _run(na, x, grad, weight, native=False))
+    two = _run(na, x, grad, weight, native=True, threads=2)
+    assert all(torch.equal(a, b) for a, b in zip(native, two)), "1 and 2 threads differ"
+
+
+def test_fused_noise_adaptation_by_hand():
+    """d = 3, one hidden unit: x = [0, 1, -2] (sign(0) = +1, |x| = 1 inside the window, -2 outside),
+    W1 = [[0.5, 0.25, 0.125]] (pre = 0.25 - 0.25 = 0: the unit is off, so h = 0 and no gradient reaches
+    W1 or W2), then W1 = [[0.5, 0.5, 0]] (pre = 0.5: h = 0.5·W2)."""
+    x = torch.tensor([[0.0, 1.0, -2.0]])
+    na = NoiseAdaptation(3)
+    grad = torch.ones(1, 3)
+    with torch.no_grad():
+        na.fc2.weight.copy_(torch.tensor([[1.0], [-2.0], [4.0]]))
+        na.fc1.weight.copy_(torch.tensor([[0.5, 0.25, 0.125]]))
+    value, gx, g1, g2 = _run(na, x, grad, weight=False, native=True, alpha=0.1)
+    sine = torch.sin(torch.tensor([[0.0, 1.0, -2.0]]))
+    want = torch.tensor([[1.0, 1.0, -1.0]]) + 0.1 * 0.1 * sine
+    torch.testing.assert_close(value, want, rtol=1e-6, atol=1e-7)
+    assert torch.equal(g1, torch.zeros(1, 3)) and torch.equal(g2, torch.zeros(3, 1))
+    assert_all_close((value, gx, g1, g2), _run(na, x, grad, weight=False, native=False, alpha=0.1))
+    with torch.no_grad():
+        na.fc1.weight.copy_(torch.tensor([[0.5, 0.5, 0.0]]))
+    value, gx, g1, g2 = _run(na, x, grad, weight=False, native=True, alpha=0.1)
+    h = 0.5 * torch.tensor([1.0, -2.0, 4.0])
+    torch.testing.assert_close(value[0, 1], 1 + 0.1 * (h[1] + 0.1 * torch.sin(torch.tensor(1.0))), rtol=1e-6, atol=0)
+    # gh = g·α = 0.1 everywhere; dW2 = gh ⊗ u = 0.1·0.5; gpre = W2ᵀ·gh = 0.3; dW1 = gpre·x
+    torch.testing.assert_close(g2, torch.full((3, 1), 0.05), rtol=1e-6, atol=0)
+    torch.testing.assert_close(g1, torch.tensor([[0.0, 0.3, -0.6]]), rtol=1e-6, atol=1e-7)
+    assert_all_close((value, gx, g1, g2), _run(na, x, grad, weight=False, native=False, alpha=0.1))
+
+
+def test_fused_noise_adaptation_units_exactly_off():
+    """A zero row of W1 (pre exactly 0 on every row) and an all-zero row of x: the gate is off as in
+    torch (relu's gradient at 0 is 0), so that unit's W1 and W2 gradients are exactly 0."""
+    x, na, grad = _inputs(40, 128, seed=9)
+    x[3] = 0.0
+    with torch.no_grad():
+        na.fc1.weight[1] = 0.0
+    native = _run(na, x, grad, weight=True, native=True)
+    assert torch.count_nonzero(native[2][1]) == 0 and torch.count_nonzero(native[3][:, 1]) == 0
+    assert_all_close(native, _run(na, x, grad, weight=True, native=False))
+
+
+def test_fused_noise_adaptation_propagates_non_finite_gradients_as_torch():
+    """An infinite incoming gradient: NaN and inf land where torch's have them (the kernel skips the
+    products of switched-off units only where everything is finite)."""
+    x, na, grad = _inputs(24, 100, seed=4)
+    grad[5, 7] = float("inf")
+    native = _run(na, x, grad, weight=True, native=True)
+    reference = _run(na, x, grad, weight=True, native=False)
+    for got, want in zip(native[1:], reference[1:]):
+        assert torch.equal(got.isnan(), want.isnan()) and torch.equal(got.isinf(), want.isinf())
+    assert_all_close(native, reference)
+
+
+def _forbid_fused(monkeypatch):
+    def refuse(*args):
+        raise AssertionError("the fused function ran")
+
+    monkeypatch.setattr(fda._FusedNoiseAdaptationSign, "apply", refuse)
+
+
+def _fda_layer(seed=0, in_features=70):
+    from onebit.nn import BinaryLinear
+
+    torch.manual_seed(seed)
+    layer = BinaryLinear(in_features, 9, method="fda")
+    layer.fda_alpha.fill_(ALPHA)
+    layer.fda_terms.fill_(TERMS)
+    return layer
+
+
+@pytest.mark.parametrize("case", ["float64", "non-contiguous", "hooked", "autocast", "native off"])
+def test_fused_noise_adaptation_fallbacks_take_the_torch_path(case, monkeypatch):
+    """float64, a non-contiguous weight or input, a hook on fc1 (the kernel would not call it), autocast
+    (the layers would run in bfloat16) and NATIVE_KERNELS off take the torch formula; a hook still fires."""
+    layer = _fda_layer()
+    x = torch.randn(4, 70)
+    expected = None
+    if case == "float64":
+        layer, x = layer.double(), x.double()
+    elif case == "non-contiguous":
+        x = torch.randn(70, 4).t()
+        layer.weight = nn.Parameter(layer.weight.detach().t().contiguous().t())
+    elif case == "hooked":
+        fired = []
+        layer.weight_noise.fc1.register_forward_hook(lambda *args: fired.append(1))
+        layer.input_noise.fc1.register_forward_hook(lambda *args: fired.append(1))
+        expected = 2
+    elif case == "native off":
+        monkeypatch.setattr(fx, "NATIVE_KERNELS", False)
+    _forbid_fused(monkeypatch)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=case == "autocast"):
+        out = layer(x)
+    out.float().sum().backward()
+    if expected is not None:
+        assert len(fired) == expected
+    assert layer.weight.grad is not None and layer.weight_noise.fc1.weight.grad is not None
+
+
+def test_fused_noise_adaptation_layer_runs_it_and_alpha_gets_no_grad(monkeypatch):
+    """A training BinaryLinear takes the fused function for its weight and its input; α and the
+    layer's buffers get no gradient."""
+    layer = _fda_layer()
+    calls = []
+    apply = fda._FusedNoiseAdaptationSign.apply
+    monkeypatch.setattr(fda._FusedNoiseAdaptationSign, "apply", lambda *a: calls.append(a[4]) or apply(*a))
+    layer(torch.randn(4, 70, requires_grad=True)).sum().backward()
+    assert sorted(calls) == [False, True]
+    assert layer.fda_alpha.grad is None and not layer.fda_alpha.requires_grad
+
+
+def test_fused_noise_adaptation_training_matches_torch_path():
+    """Five SGD steps (momentum, weight decay) of a two-layer FDA MLP, native vs the torch path: every
+    parameter, NA's included, agrees to 1e-5 relative."""
+    from onebit.nn import BinaryLinear
+
+    def train(native):
+        torch.manual_seed(1)
+        net = nn.Sequential(BinaryLinear(96, 130, method="fda"), nn.BatchNorm1d(130),
+                            BinaryLinear(130, 10, method="fda"))
+        opt = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-4)
+        g = torch.Generator().manual_seed(2)
+        data = [(torch.randn(16, 96, generator=g), torch.randint(0, 10, (16,), generator=g)) for _ in range(5)]
+        saved, fx.NATIVE_KERNELS = fx.NATIVE_KERNELS, native
+        try:
+            for x, y in data:
+                opt.zero_grad()
+                nn.functional.cross_entropy(net(x), y).backward()
+                opt.step()
+        finally:
+            fx.NATIVE_KERNELS = saved
+        return dict(net.named_parameters())
+
+    native, reference = train(True), train(False)
+    assert any("weight_noise.fc1" in name for name in native)
+    for name, p in reference.items():
+        assert_close(native[name].detach(), p.detach(), name, rel=1e-5)
