@@ -3,8 +3,10 @@
 // A row's work: one pass for sum |x|; per selecting level one pass over the elements still in play for
 // their distances and a histogram of the distances' top bits (non-negative floats order like their bit
 // patterns), one pass collecting the threshold's bin (nth_element within it gives the exact order
-// statistic, like np.partition) and one pass that stops the chosen ones and compacts the rest, in index
-// order, for the next level; then the residual levels, each over its active elements only.
+// statistic, like np.partition) and one pass that stops the chosen ones and compacts the rest (index,
+// |x|, residual), in index order, for the next level (a level where everyone stops needs no pass but its
+// sum); then one pass over the row writes the approximation from x, the bit map and the scales (and
+// takes max |x|): no level writes approximations through scattered indices or carries them along.
 // Build with -ffp-contract=off (CMakeLists.txt): the products and sums must round like torch's.
 #include "train_hbnn.h"
 
@@ -49,7 +51,6 @@ struct Scratch {
   std::vector<float> val;       // per idx entry: |x| (paper) or the residual R (binarization)
   std::vector<float> dist;      // per idx entry: the distance to the level's mean
   std::vector<float> mag;       // per idx entry: |x|
-  std::vector<float> acc;       // binarization: per idx entry, the approximation so far
   std::vector<int32_t> lvl;     // binarization: per idx entry, its bit map entry
   std::vector<uint32_t> bin;    // the bit patterns of the threshold's bin
   std::vector<uint32_t> hist = std::vector<uint32_t>(2 * kBins);
@@ -60,7 +61,6 @@ struct Scratch {
       idx.resize(size);
       val.resize(size);
       dist.resize(size);
-      acc.resize(size);
       mag.resize(size);
       lvl.resize(size);
     }
@@ -209,52 +209,77 @@ ONEBIT_AVX512 int64_t bracket_512(const float* v, int64_t m, float mean, float l
   return below;
 }
 
-// binarize_row's level 1: approx = mu*sign(x); where bm >= 2, (k, x - approx, approx, bm) appended to
-// (idx, res, acc, lvl); returns how many.
-ONEBIT_AVX512 int64_t level_one_512(const float* x, const int8_t* bm, int64_t n, float mu, float* approx,
-                                    uint32_t* idx, float* res, float* acc, int32_t* lvl) {
+// binarize_row's level 1: where bm >= 2, (x - mu*sign(x), bm) appended to (res, lvl); returns how many.
+ONEBIT_AVX512 int64_t level_one_512(const float* x, const int8_t* bm, int64_t n, float mu, float* res,
+                                    int32_t* lvl) {
   const __m512 pos = _mm512_set1_ps(mu * 1.0f), neg = _mm512_set1_ps(mu * -1.0f), zero = _mm512_setzero_ps();
-  const __m512i iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
   const __m128i one = _mm_set1_epi8(1);
   int64_t w = 0;
   for (int64_t k = 0; k < n; k += 16) {
     const __mmask16 live = tail_mask(n - k);
-    const __m512 v = _mm512_maskz_loadu_ps(live, x + k);
-    const __m512 a = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(v, zero, _CMP_LT_OQ), pos, neg);
-    _mm512_mask_storeu_ps(approx + k, live, a);
     const __m128i code = _mm_maskz_loadu_epi8(live, bm + k);
     const __mmask16 deeper = _mm_mask_cmpgt_epi8_mask(live, code, one);
     if (!deeper) continue;
-    append(idx + w, deeper, _mm512_add_epi32(_mm512_set1_epi32(static_cast<int>(k)), iota));
+    const __m512 v = _mm512_maskz_loadu_ps(live, x + k);
+    const __m512 a = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(v, zero, _CMP_LT_OQ), pos, neg);
     append(lvl + w, deeper, _mm512_maskz_cvtepi8_epi32(0xFFFF, code));
-    append(acc + w, deeper, a);
     w += append(res + w, deeper, _mm512_sub_ps(v, a));
   }
   return w;
 }
 
-// binarize_row's level j >= 2 over the w carried elements: step = mu*sign(res); acc += step; res -= step;
-// those with lvl == level write acc to approx, the rest are kept (compacted); returns how many.
-ONEBIT_AVX512 int64_t level_up_512(int64_t w, int level, float mu, float* approx, uint32_t* idx, float* res,
-                                   float* acc, int32_t* lvl) {
+// binarize_row's level j >= 2 over the w carried elements: res -= mu*sign(res) where lvl > level, those
+// kept (compacted); returns how many.
+ONEBIT_AVX512 int64_t level_up_512(int64_t w, int level, float mu, float* res, int32_t* lvl) {
   const __m512 pos = _mm512_set1_ps(mu * 1.0f), neg = _mm512_set1_ps(mu * -1.0f), zero = _mm512_setzero_ps();
   const __m512i vlevel = _mm512_set1_epi32(level);
   int64_t next = 0;
   for (int64_t k = 0; k < w; k += 16) {
     const __mmask16 live = tail_mask(w - k);
-    const __m512 r = _mm512_maskz_loadu_ps(live, res + k);
-    const __m512 step = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(r, zero, _CMP_LT_OQ), pos, neg);
-    const __m512 a = _mm512_add_ps(_mm512_maskz_loadu_ps(live, acc + k), step);
-    const __m512i at = _mm512_maskz_loadu_epi32(live, idx + k);
     const __m512i code = _mm512_maskz_loadu_epi32(live, lvl + k);
     const __mmask16 go = _mm512_mask_cmpgt_epi32_mask(live, code, vlevel);
-    _mm512_mask_i32scatter_ps(approx, live & ~go, at, a, 4);
-    append(idx + next, go, at);
+    if (!go) continue;
+    const __m512 r = _mm512_maskz_loadu_ps(live, res + k);
+    const __m512 step = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(r, zero, _CMP_LT_OQ), pos, neg);
     append(lvl + next, go, code);
-    append(acc + next, go, a);
     next += append(res + next, go, _mm512_sub_ps(r, step));
   }
   return next;
+}
+
+// The approximation of n elements under their bit map and the levels' scales mu[0..top): per element
+// a = mu_1*sign(x), R = x - a, then for each level j <= bm: step = mu_j*sign(R), a += step, R -= step
+// (the torch path's operations in its order). Returns max |x| (the clip STE's question: any |x| > 1?).
+ONEBIT_AVX512 float approx_span_512(const float* x, const int8_t* bm, int64_t n, const float* mu, int top,
+                                    float* approx) {
+  __m512 pos[kHbnnMaxLevels], neg[kHbnnMaxLevels];
+  for (int j = 0; j < top; ++j) {
+    pos[j] = _mm512_set1_ps(mu[j] * 1.0f);
+    neg[j] = _mm512_set1_ps(mu[j] * -1.0f);
+  }
+  const __m512 zero = _mm512_setzero_ps();
+  __m512 most = zero;
+  for (int64_t k = 0; k < n; k += 16) {
+    const __mmask16 live = tail_mask(n - k);
+    const __m512 v = _mm512_maskz_loadu_ps(live, x + k);
+    most = _mm512_mask_max_ps(most, live, most, _mm512_abs_ps(v));  // (masked: no undefined lanes)
+    __m512 a = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(v, zero, _CMP_LT_OQ), pos[0], neg[0]);
+    if (top > 1) {
+      const __m512i code = _mm512_maskz_cvtepi8_epi32(0xFFFF, _mm_maskz_loadu_epi8(live, bm + k));
+      __m512 r = _mm512_sub_ps(v, a);
+      for (int j = 1; j < top; ++j) {
+        const __mmask16 active = _mm512_mask_cmpgt_epi32_mask(live, code, _mm512_set1_epi32(j));
+        if (!active) break;
+        const __m512 step = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(r, zero, _CMP_LT_OQ), pos[j], neg[j]);
+        a = _mm512_mask_add_ps(a, active, a, step);
+        r = _mm512_sub_ps(r, step);
+      }
+    }
+    _mm512_mask_storeu_ps(approx + k, live, a);
+  }
+  alignas(64) float lanes[16];
+  _mm512_store_ps(lanes, most);
+  return *std::max_element(lanes, lanes + 16);
 }
 #endif
 
@@ -326,42 +351,50 @@ int64_t bracket(const float* v, int64_t m, float mean, float lo, float hi, float
   return below;
 }
 
-int64_t level_one(const float* x, const int8_t* bm, int64_t n, float mu, float* approx, uint32_t* idx, float* res,
-                  float* acc, int32_t* lvl) {
+int64_t level_one(const float* x, const int8_t* bm, int64_t n, float mu, float* res, int32_t* lvl) {
 #ifdef ONEBIT_HBNN_X86
-  if (has_avx512()) return level_one_512(x, bm, n, mu, approx, idx, res, acc, lvl);
+  if (has_avx512()) return level_one_512(x, bm, n, mu, res, lvl);
 #endif
   int64_t w = 0;
   for (int64_t i = 0; i < n; ++i) {
-    const float a = mu * sign_of(x[i]);
-    approx[i] = a;
-    idx[w] = static_cast<uint32_t>(i);
-    res[w] = x[i] - a;
-    acc[w] = a;
+    res[w] = x[i] - mu * sign_of(x[i]);
     lvl[w] = bm[i];
     w += bm[i] >= 2;
   }
   return w;
 }
 
-int64_t level_up(int64_t w, int level, float mu, float* approx, uint32_t* idx, float* res, float* acc, int32_t* lvl) {
+int64_t level_up(int64_t w, int level, float mu, float* res, int32_t* lvl) {
 #ifdef ONEBIT_HBNN_X86
-  if (has_avx512()) return level_up_512(w, level, mu, approx, idx, res, acc, lvl);
+  if (has_avx512()) return level_up_512(w, level, mu, res, lvl);
 #endif
   int64_t next = 0;
   for (int64_t k = 0; k < w; ++k) {
-    const float step = mu * sign_of(res[k]);
-    const float a = acc[k] + step;
-    const uint32_t i = idx[k];
     const int32_t code = lvl[k];
-    if (code <= level) approx[i] = a;
-    idx[next] = i;
     lvl[next] = code;
-    acc[next] = a;
-    res[next] = res[k] - step;
+    res[next] = res[k] - mu * sign_of(res[k]);
     next += code > level;
   }
   return next;
+}
+
+float approx_span(const float* x, const int8_t* bm, int64_t n, const float* mu, int top, float* approx) {
+#ifdef ONEBIT_HBNN_X86
+  if (has_avx512()) return approx_span_512(x, bm, n, mu, top, approx);
+#endif
+  float most = 0.0f;
+  for (int64_t i = 0; i < n; ++i) {
+    const float v = x[i];
+    most = std::max(most, std::fabs(v));
+    float a = mu[0] * sign_of(v), r = v - a;
+    for (int j = 1; j < top && bm[i] > j; ++j) {
+      const float step = mu[j] * sign_of(r);
+      a = a + step;
+      r = r - step;
+    }
+    approx[i] = a;
+  }
+  return most;
 }
 
 // The count-th smallest distance | |v[k]| - mean | of the m values (1 <= count < m): the distances of an
@@ -405,24 +438,35 @@ Threshold select(const float* v, int64_t m, float mean, int64_t count, Scratch& 
   return kth_smallest(dist, m, count, s);
 }
 
-// The residual binarization of one row under its bit map (level 1 over every element, level j >= 2 over
-// bitmap >= j); x_abs_sum = sum |x| (abs_sum). Returns the row's top level (0: a level above the maximum).
-int binarize_row(const float* x, int64_t n, const int8_t* bm, double x_abs_sum, float* approx, float* scales,
+// The scales of one row's residual binarization under its bit map (level 1 over every element, level
+// j >= 2 over bitmap >= j; the approximation is approx_row's); x_abs_sum = sum |x| (abs_sum). Returns the
+// row's top level (0: a level above the maximum).
+int binarize_row(const float* x, int64_t n, const int8_t* bm, double x_abs_sum, float* scales,
                  int64_t scale_stride, Scratch& s) {
   const float mu1 = mean_of(x_abs_sum, n);
   scales[0] = mu1;
-  uint32_t* idx = s.idx.data();
   float* res = s.val.data();
-  int64_t w = level_one(x, bm, n, mu1, approx, idx, res, s.acc.data(), s.lvl.data());
+  int64_t w = level_one(x, bm, n, mu1, res, s.lvl.data());
   int top = 1;
   for (int level = 2; w > 0; ++level) {
     if (level > kHbnnMaxLevels) return 0;
     const float mu = mean_of(abs_sum_blocks(res, w, 1), w);
     scales[(level - 1) * scale_stride] = mu;
     top = level;
-    w = level_up(w, level, mu, approx, idx, res, s.acc.data(), s.lvl.data());
+    w = level_up(w, level, mu, res, s.lvl.data());
   }
   return top;
+}
+
+// The row's approximation from its bit map and its top scales (approx_span, split over `parts` threads);
+// returns max |x|.
+float approx_row(const float* x, const int8_t* bm, int64_t n, const float* scales, int64_t scale_stride, int top,
+                 float* approx, int parts) {
+  float mu[kHbnnMaxLevels];
+  for (int j = 0; j < top; ++j) mu[j] = scales[j * scale_stride];
+  float most[kMaxParts] = {};
+  in_parts(parts, n, [&](int p, int64_t b, int64_t e) { most[p] = approx_span(x + b, bm + b, e - b, mu, top, approx + b); });
+  return *std::max_element(most, most + std::max(parts, 1));
 }
 
 // Which of a level's elements stop: none, all, or those of distance | |src| - center | below the
@@ -439,7 +483,6 @@ struct Carried {
   uint32_t* idx;
   float* mag;  // |x| (Algorithm 1 orders by it)
   float* res;  // the residual R_j
-  float* acc;  // the approximation so far
 };
 
 #ifdef ONEBIT_HBNN_X86
@@ -450,49 +493,52 @@ ONEBIT_AVX512 inline __mmask16 goes_on(const Rule& rule, __mmask16 live, __m512 
   return _mm512_mask_cmp_ps_mask(live, d, _mm512_set1_ps(rule.t.value), _CMP_GT_OQ);
 }
 
-// Level 1 over the whole row: approx = mu*sign(x); bm = 1 where the element stops, 2 where it goes on
-// (then carried: idx, |x|, x - approx, approx). Returns how many go on.
+// Level 1 over the whole row: bm = 1 where the element stops, 2 where it goes on (then carried: idx, |x|,
+// x - mu*sign(x)). Returns how many go on. (The rule's fields and the arrays in locals: the compiler would
+// reload them after every store.)
 ONEBIT_AVX512 int64_t first_level_512(const float* x, int64_t n, int64_t offset, float mu, const Rule& rule,
-                                      int8_t* bm, float* approx, const Carried& out) {
+                                      int8_t* bm, const Carried& out) {
   const __m512 pos = _mm512_set1_ps(mu * 1.0f), neg = _mm512_set1_ps(mu * -1.0f), zero = _mm512_setzero_ps();
   const __m512i iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
   const __m128i one = _mm_set1_epi8(1), two = _mm_set1_epi8(2);
+  const Rule local = rule;
+  uint32_t* const idx = out.idx;
+  float* const mag = out.mag;
+  float* const res = out.res;
   int64_t w = 0;
   for (int64_t k = 0; k < n; k += 16) {
     const __mmask16 live = tail_mask(n - k);
     const __m512 v = _mm512_maskz_loadu_ps(live, x + k);
-    const __m512 a = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(v, zero, _CMP_LT_OQ), pos, neg);
-    _mm512_mask_storeu_ps(approx + k, live, a);
-    const __mmask16 go = goes_on(rule, live, v);
+    const __mmask16 go = goes_on(local, live, v);
     _mm_mask_storeu_epi8(bm + k, live, _mm_mask_blend_epi8(go, one, two));
-    append(out.idx + w, go, _mm512_add_epi32(_mm512_set1_epi32(static_cast<int>(k + offset)), iota));
-    append(out.mag + w, go, _mm512_abs_ps(v));
-    append(out.acc + w, go, a);
-    w += append(out.res + w, go, _mm512_sub_ps(v, a));
+    if (!go) continue;
+    const __m512 a = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(v, zero, _CMP_LT_OQ), pos, neg);
+    append(idx + w, go, _mm512_add_epi32(_mm512_set1_epi32(static_cast<int>(k + offset)), iota));
+    append(mag + w, go, _mm512_abs_ps(v));
+    w += append(res + w, go, _mm512_sub_ps(v, a));
   }
   return w;
 }
 
-// Level j >= 2 over the w carried elements: step = mu*sign(res), acc += step; those that stop write acc to
-// approx, the rest go on (res -= step). src: the distances' source, mag (paper) or res (residual rule).
-ONEBIT_AVX512 int64_t next_level_512(int64_t w, float mu, const Rule& rule, bool paper, float* approx,
-                                     const Carried& c) {
+// Level j >= 2 over the w carried elements: those that go on are kept (compacted) with res -= mu*sign(res).
+// src: the distances' source, mag (paper) or res (residual rule).
+ONEBIT_AVX512 int64_t next_level_512(int64_t w, float mu, const Rule& rule, bool paper, const Carried& c) {
   const __m512 pos = _mm512_set1_ps(mu * 1.0f), neg = _mm512_set1_ps(mu * -1.0f), zero = _mm512_setzero_ps();
+  const Rule local = rule;
+  uint32_t* const idx = c.idx;
+  float* const mag = c.mag;
+  float* const res = c.res;
   int64_t next = 0;
   for (int64_t k = 0; k < w; k += 16) {
     const __mmask16 live = tail_mask(w - k);
-    const __m512 r = _mm512_maskz_loadu_ps(live, c.res + k);
-    const __m512 m = paper ? _mm512_maskz_loadu_ps(live, c.mag + k) : _mm512_setzero_ps();
+    const __m512 r = _mm512_maskz_loadu_ps(live, res + k);
+    const __m512 m = paper ? _mm512_maskz_loadu_ps(live, mag + k) : _mm512_setzero_ps();
+    const __mmask16 go = goes_on(local, live, paper ? m : r);
+    if (!go) continue;
     const __m512 step = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(r, zero, _CMP_LT_OQ), pos, neg);
-    const __m512 a = _mm512_add_ps(_mm512_maskz_loadu_ps(live, c.acc + k), step);
-    const __m512i at = _mm512_maskz_loadu_epi32(live, c.idx + k);
-    const __mmask16 go = goes_on(rule, live, paper ? m : r);
-    _mm512_mask_i32scatter_ps(approx, live & ~go, at, a, 4);
-    if (!go) continue;  // (the last level: everyone stops)
-    append(c.idx + next, go, at);
-    if (paper) append(c.mag + next, go, m);  // the residual rule orders by res
-    append(c.acc + next, go, a);
-    next += append(c.res + next, go, _mm512_sub_ps(r, step));
+    append(idx + next, go, _mm512_maskz_loadu_epi32(live, idx + k));
+    if (paper) append(mag + next, go, m);  // the residual rule orders by res
+    next += append(res + next, go, _mm512_sub_ps(r, step));
   }
   return next;
 }
@@ -512,44 +558,35 @@ struct Decider {
   }
 };
 
-int64_t first_level(const float* x, int64_t n, float mu, const Rule& rule, int8_t* bm, float* approx,
-                    const Carried& out) {
+int64_t first_level(const float* x, int64_t n, float mu, const Rule& rule, int8_t* bm, const Carried& out) {
 #ifdef ONEBIT_HBNN_X86
-  if (has_avx512() && rule.vector_ok()) return first_level_512(x, n, 0, mu, rule, bm, approx, out);
+  if (has_avx512() && rule.vector_ok()) return first_level_512(x, n, 0, mu, rule, bm, out);
 #endif
   Decider decider{rule};
   int64_t w = 0;
   for (int64_t i = 0; i < n; ++i) {
-    const float a = mu * sign_of(x[i]);
-    approx[i] = a;
     const bool stop = decider.stops(x[i]);
     bm[i] = stop ? 1 : 2;
     out.idx[w] = static_cast<uint32_t>(i);
     out.mag[w] = std::fabs(x[i]);
-    out.acc[w] = a;
-    out.res[w] = x[i] - a;
+    out.res[w] = x[i] - mu * sign_of(x[i]);
     w += !stop;
   }
   return w;
 }
 
-int64_t next_level(int64_t w, float mu, const Rule& rule, bool paper, float* approx, const Carried& c) {
+int64_t next_level(int64_t w, float mu, const Rule& rule, bool paper, const Carried& c) {
 #ifdef ONEBIT_HBNN_X86
-  if (has_avx512() && rule.vector_ok()) return next_level_512(w, mu, rule, paper, approx, c);
+  if (has_avx512() && rule.vector_ok()) return next_level_512(w, mu, rule, paper, c);
 #endif
   Decider decider{rule};
   int64_t next = 0;
   for (int64_t k = 0; k < w; ++k) {
     const float r = c.res[k], m = c.mag[k];
-    const float step = mu * sign_of(r);
-    const float a = c.acc[k] + step;
-    const uint32_t i = c.idx[k];
     const bool stop = decider.stops(paper ? m : r);
-    if (stop) approx[i] = a;
-    c.idx[next] = i;
+    c.idx[next] = c.idx[k];
     c.mag[next] = m;
-    c.acc[next] = a;
-    c.res[next] = r - step;
+    c.res[next] = r - mu * sign_of(r);
     next += !stop;
   }
   return next;
@@ -558,13 +595,13 @@ int64_t next_level(int64_t w, float mu, const Rule& rule, bool paper, float* app
 // kHbnnPaper and kHbnnResidual: the map and the binarization in one sweep of the levels. At level j
 // (w elements in play, all active at j): mu_j = mean |R_j|; the stopping rule from the level's count
 // (Algorithm 1: distances of |x| to their mean over the w; the residual rule: of |R_j| to mu_j); one pass
-// adds mu_j*sign(R_j), writes the stopping ones' approximation and carries the rest.
+// carries the rest with R_{j+1} = R_j - mu_j*sign(R_j). Writes the map and the scales; returns the top level.
 int select_row(bool paper, const float* x, int64_t n, const int64_t* counts, int levels, int8_t* bm,
-               float* approx, float* scales, int64_t scale_stride, Scratch& s, int threads) {
+               float* scales, int64_t scale_stride, Scratch& s, int threads) {
   auto parts_for = [&](int64_t m) { return m >= kParallelMin ? std::min(threads, kMaxParts) : 1; };
   const double x_abs_sum = abs_sum_blocks(x, n, parts_for(n));
   if (!std::isfinite(x_abs_sum)) return 0;
-  const Carried c{s.idx.data(), s.mag.data(), s.val.data(), s.acc.data()};
+  const Carried c{s.idx.data(), s.mag.data(), s.val.data()};
   int64_t w = n;
   int top = 0;
   for (int level = 1; level <= levels && w > 0; ++level) {
@@ -580,28 +617,27 @@ int select_row(bool paper, const float* x, int64_t n, const int64_t* counts, int
       rule.t = select(src, w, rule.center, count, s, parts);
     }
     int64_t next = 0;
+    if (level > 1 && rule.kind == Rule::kAll) {
+      // everyone stops at this level (the last one, usually): their bm already says so
 #ifdef ONEBIT_HBNN_X86
-    if (parts > 1 && has_avx512() && rule.vector_ok()) {
+    } else if (parts > 1 && has_avx512() && rule.vector_ok()) {
       int64_t begin[kMaxParts], got[kMaxParts];
       in_parts(parts, w, [&](int p, int64_t b, int64_t e) {
-        const Carried part{c.idx + b, c.mag + b, c.res + b, c.acc + b};
+        const Carried part{c.idx + b, c.mag + b, c.res + b};
         begin[p] = b;
-        got[p] = level == 1 ? first_level_512(x + b, e - b, b, mu, rule, bm + b, approx + b, part)
-                            : next_level_512(e - b, mu, rule, paper, approx, part);
+        got[p] = level == 1 ? first_level_512(x + b, e - b, b, mu, rule, bm + b, part)
+                            : next_level_512(e - b, mu, rule, paper, part);
       });
-      next = gather(parts, begin, got, c.idx, c.mag, c.res, c.acc);
-    } else
+      next = gather(parts, begin, got, c.idx, c.mag, c.res);
 #endif
-    {
-      next = level == 1 ? first_level(x, n, mu, rule, bm, approx, c) : next_level(w, mu, rule, paper, approx, c);
+    } else {
+      next = level == 1 ? first_level(x, n, mu, rule, bm, c) : next_level(w, mu, rule, paper, c);
     }
     for (int64_t k = 0; level > 1 && k < next; ++k) bm[c.idx[k]] = static_cast<int8_t>(level + 1);
     w = next;
   }
-  for (int64_t k = 0; k < w; ++k) {  // (not reached: the counts sum to n, so the last level stops everyone)
-    bm[c.idx[k]] = static_cast<int8_t>(levels);
-    approx[c.idx[k]] = c.acc[k];
-  }
+  // (not reached: the counts sum to n, so the last level stops everyone)
+  for (int64_t k = 0; k < w; ++k) bm[c.idx[k]] = static_cast<int8_t>(levels);
   return top;
 }
 
@@ -617,7 +653,7 @@ bool hbnn_scalar_only(bool on) {
 }
 
 int hbnn_binarize(int mode, const float* x, int64_t rows, int64_t n, const int64_t* counts, int levels,
-                  int8_t* bitmap, float* approx, float* scales, int num_threads) {
+                  int8_t* bitmap, float* approx, float* scales, float* max_abs, int num_threads) {
   std::atomic<int> top{1};
   std::atomic<bool> failed{false};
   const int row_threads = rows == 1 ? num_threads : 1;  // one row: its passes split; several: rows split
@@ -626,16 +662,20 @@ int hbnn_binarize(int mode, const float* x, int64_t rows, int64_t n, const int64
     s.reserve(n);
     const float* xr = x + r * n;
     int8_t* bm = bitmap + r * n;
+    const int parts = n >= kParallelMin ? std::min(row_threads, kMaxParts) : 1;
     int got = 0;
-    if (mode == kHbnnPaper) {
-      got = select_row(true, xr, n, counts, levels, bm, approx + r * n, scales + r, rows, s, row_threads);
-    } else if (mode == kHbnnResidual) {
-      got = select_row(false, xr, n, counts, levels, bm, approx + r * n, scales + r, rows, s, row_threads);
+    if (mode == kHbnnPaper || mode == kHbnnResidual) {
+      got = select_row(mode == kHbnnPaper, xr, n, counts, levels, bm, scales + r, rows, s, row_threads);
     } else {
-      const double sum = abs_sum_blocks(xr, n, 1);
-      got = std::isfinite(sum) ? binarize_row(xr, n, bm, sum, approx + r * n, scales + r, rows, s) : 0;
+      const double sum = abs_sum_blocks(xr, n, parts);
+      got = std::isfinite(sum) ? binarize_row(xr, n, bm, sum, scales + r, rows, s) : 0;
     }
-    if (got == 0) failed.store(true, std::memory_order_relaxed);
+    if (got == 0) {
+      failed.store(true, std::memory_order_relaxed);
+      return;
+    }
+    const float most = approx_row(xr, bm, n, scales + r, rows, got, approx + r * n, parts);
+    if (max_abs) max_abs[r] = most;
     int seen = top.load(std::memory_order_relaxed);
     while (got > seen && !top.compare_exchange_weak(seen, got, std::memory_order_relaxed)) {
     }

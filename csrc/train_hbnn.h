@@ -32,10 +32,12 @@ enum HbnnMode : int { kHbnnPaper = 0, kHbnnResidual = 1, kHbnnGivenMap = 2 };
 // x: rows x n; counts: `levels` stop counts per row (sum n; not read for kHbnnGivenMap); bitmap:
 // rows x n int8 (written, or read for kHbnnGivenMap); approx: rows x n; scales: kHbnnMaxLevels x rows,
 // mu_j of row r at scales[(j-1)*rows + r], 0 for the levels a row does not use.
+// max_abs (rows floats, may be null): max |x| of each row (the clip STE's gradient is the identity on a row
+// with max |x| <= 1), taken in the pass that writes approx.
 // Returns the largest bit level of any row (>= 1), or 0 when x holds a non-finite value or a given map
 // a level above kHbnnMaxLevels (the outputs are then unspecified: take the torch path).
 int hbnn_binarize(int mode, const float* x, int64_t rows, int64_t n, const int64_t* counts, int levels,
-                  int8_t* bitmap, float* approx, float* scales, int num_threads);
+                  int8_t* bitmap, float* approx, float* scales, float* max_abs, int num_threads);
 
 // The passes run AVX-512 code where the CPU has it and scalar loops elsewhere, with the same results;
 // on = true forces the scalar loops (for the tests). Returns whether the scalar loops now run.

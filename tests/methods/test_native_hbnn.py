@@ -6,6 +6,7 @@ mix shape, odd sizes, one vs two threads, the given-map mode (eval cache, bit pl
 
 from __future__ import annotations
 
+import functools
 import types
 
 import pytest
@@ -244,3 +245,67 @@ def test_what_the_kernel_does_not_take_runs_the_torch_path(case, engine_calls):
     assert engine_calls == {"non-finite": [0, 2], "non-contiguous": [0]}.get(case, [])
     assert torch.equal(result.bitmap, expected.bitmap)
     torch.testing.assert_close(result.approx, expected.approx, rtol=0, atol=0, equal_nan=True)
+
+
+NEEDS_MAX_ABS = pytest.mark.skipif(not hbnn._KERNEL_MAX_ABS, reason="onebit._engine built before max_abs_addr")
+
+
+@NEEDS_MAX_ABS
+@pytest.mark.parametrize("largest", [0.5, 1.0, 1.0000001, 3.0])
+def test_the_kernel_says_whether_every_value_is_within_one(largest, loops):
+    x = quarter_steps((3, 40), 5) * 0.5  # |x| <= 0.5
+    x[1, 7] = -largest
+    for selection in (*SELECTIONS, None):
+        if selection is None:
+            result = run(True, binarize_with_bitmap, x, torch.ones(x.shape, dtype=torch.int8))
+        else:
+            result = run(True, residual_binarize, x, (1, 2, 3), (0.7, 0.2, 0.1), selection)
+        assert result.within_one is (largest <= 1.0), selection
+    assert run(False, residual_binarize, x, (1, 2, 3), (0.7, 0.2, 0.1)).within_one is None  # not known
+
+
+@NEEDS_MAX_ABS
+@pytest.mark.parametrize("largest", [0.25, 1.0, 1.5])
+@pytest.mark.parametrize("activations", ["binary", "hetero"])
+def test_the_clip_ste_gradient_passes_untouched_only_where_every_value_is_within_one(largest, activations):
+    """|W| <= 1 everywhere (exactly 1 included): the kernel's pass found it and the weight's gradient is the
+    incoming one itself, bit for bit the torch path's clip mask; a |W| > 1 keeps W and masks it."""
+    layer = BinaryLinear(40, 9, method="hbnn", activations=activations)
+    with torch.no_grad():
+        layer.weight.copy_(quarter_steps((9, 40), 7) * 0.25)
+        layer.weight[4, 2] = largest
+        layer.weight[5, 3] = -1.0
+    inputs = quarter_steps((6, 40), 8) * 1.5  # activations beyond ±1 as well
+    grads = []
+    for native in (True, False):
+        layer.zero_grad()
+        x = inputs.clone().requires_grad_()
+        y = run(native, layer, x)
+        (y * torch.linspace(-1, 1, y.numel()).reshape(y.shape)).sum().backward()
+        grads.append((y.detach(), layer.weight.grad.clone(), x.grad.clone()))
+    (y1, gw1, gx1), (y0, gw0, gx0) = grads
+    if activations == "binary":  # quarter steps: every sum exact, so the same bits on both paths
+        assert torch.equal(y1, y0) and torch.equal(gw1, gw0) and torch.equal(gx1, gx0)
+    for native, torch_path in ((y1, y0), (gw1, gw0), (gx1, gx0)):  # hetero inputs: means within an ulp
+        torch.testing.assert_close(native, torch_path, rtol=1e-6, atol=1e-6)
+    assert torch.equal(gw1 == 0, gw0 == 0) and torch.equal(gx1 == 0, gx0 == 0)  # the same clip masks
+    assert bool(gw1[4, 2] == 0) is (largest > 1.0)  # the clip mask stops exactly the |W| > 1 entry
+    w = layer.weight
+    _, kept = hbnn.ResidualClipSTE.value(w, functools.partial(layer.method._weight_approx, layer))
+    assert (kept[0].numel() == 0) is (largest <= 1.0)  # nothing kept for backward: no pass over W there
+
+
+def test_given_map_mode_one_and_two_threads_give_the_same_bits():
+    x = salted((1, 300_001), 12)  # one row, its approximation pass split over the threads (>= 2^17)
+    bitmap = run(True, residual_binarize, x, (1, 2, 3), (0.6, 0.3, 0.1)).bitmap
+    before = torch.get_num_threads()
+    try:
+        results = []
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            results.append(run(True, binarize_with_bitmap, x, bitmap))
+    finally:
+        torch.set_num_threads(before)
+    assert_same(*results)
+    torch.testing.assert_close(results[0].approx, run(False, binarize_with_bitmap, x, bitmap).approx, rtol=1e-6,
+                               atol=1e-7)

@@ -58,12 +58,15 @@ class ResidualBinarization:
     level j the ±1 plane ``sign(R_j)`` and its scale ``μ_j`` (one per row, shape ``(rows, 1)``);
     ``bitmap`` (int8) holds each element's bitwidth, and ``masks`` (computed from it on demand) the
     elements that use bit j. ``planes`` is None where the caller asked for the value only
-    (``planes=False``: a training forward) and the native kernel made it."""
+    (``planes=False``: a training forward) and the native kernel made it. ``within_one``: whether
+    every ``|x| ≤ 1`` (the clip STE's gradient is then the identity), where the native kernel found it
+    in its pass (None: not known)."""
 
     approx: Tensor
     planes: list[Tensor] | None
     scales: list[Tensor]
     bitmap: Tensor
+    within_one: bool | None = None
 
     @property
     def masks(self) -> list[Tensor]:
@@ -214,6 +217,8 @@ def _planes_from_scales(x: Tensor, bitmap: Tensor, scales: list[Tensor]) -> list
 
 # The native kernel (csrc/train_hbnn.cpp, in onebit._engine; mode numbers of train_hbnn.h HbnnMode).
 _HBNN_KERNEL = functional._engine is not None and hasattr(functional._engine, "hbnn_binarize")
+# An engine built before the kernel reported max |x| (within_one stays None there: the clip mask is applied).
+_KERNEL_MAX_ABS = _HBNN_KERNEL and "max_abs_addr" in (functional._engine.hbnn_binarize.__doc__ or "")
 _KERNEL_MODES = {"paper": 0, "residual": 1, None: 2}
 
 
@@ -235,14 +240,17 @@ def _native_binarization(x: Tensor, counts: list[int] | None, selection: str | N
     rows = x.detach().contiguous()
     bitmap = torch.empty(rows.shape, dtype=torch.int8) if bitmap is None else bitmap.contiguous()
     approx = torch.empty_like(rows)
-    scales = torch.zeros(MAX_BITS, rows.shape[0], 1)
+    scales = torch.zeros(MAX_BITS + 1, rows.shape[0], 1)  # the levels' scales, then max |x| per row
     top = functional._engine.hbnn_binarize(
         _KERNEL_MODES[selection], rows.data_ptr(), rows.shape[0], rows.shape[1], counts or [], bitmap.data_ptr(),
-        approx.data_ptr(), scales.data_ptr(), torch.get_num_threads())
+        approx.data_ptr(), scales.data_ptr(), torch.get_num_threads(),
+        *([scales[MAX_BITS].data_ptr()] if _KERNEL_MAX_ABS else []))
     if top == 0:
         return None
     levels = list(scales[:top])
-    return ResidualBinarization(approx, _planes_from_scales(rows, bitmap, levels) if planes else None, levels, bitmap)
+    within_one = bool(scales[MAX_BITS].max() <= 1.0) if _KERNEL_MAX_ABS else None
+    return ResidualBinarization(approx, _planes_from_scales(rows, bitmap, levels) if planes else None, levels, bitmap,
+                                within_one)
 
 
 def _residual_rule(x: Tensor, counts: list[int]) -> ResidualBinarization:
@@ -352,15 +360,18 @@ def paper_mix(bits: tuple[int, ...]) -> tuple[float, ...]:
 
 
 class ResidualClipSTE:
-    """HBNN's quantizer (:class:`onebit.methods.functional.QuantizerCall`): the value ``binarize(x)`` (a
-    residual binarization, no gradient), the gradient BinOps' STE ``g·1{|x| ≤ 1}`` in one kernel
-    (``ste(binarize(x), clip(x))``, fused). It keeps ``x`` and the value (``from_kept``), so the
-    binarization is not recomputed in backward."""
+    """HBNN's quantizer (:class:`onebit.methods.functional.QuantizerCall`): the value of ``binarize(x)``
+    (a :class:`ResidualBinarization`, no gradient), the gradient BinOps' STE ``g·1{|x| ≤ 1}`` in one
+    kernel (``ste(binarize(x), clip(x))``, fused). It keeps ``x`` and the value (``from_kept``), so the
+    binarization is not recomputed in backward; where the binarization found every ``|x| ≤ 1`` (the
+    native kernel's ``within_one``: the usual case for weights) it keeps an empty tensor instead of ``x``
+    and the gradient is ``g`` itself, which is what the clip mask gives then (no pass at all)."""
 
     @staticmethod
     def value(x: Tensor, binarize: Any) -> tuple[Tensor, tuple[Tensor, ...]]:
-        approx = binarize(x)
-        return approx, (x, approx)
+        result = binarize(x)
+        approx = result.approx.reshape(x.shape)
+        return approx, (x.new_empty(0) if result.within_one else x, approx)
 
     @staticmethod
     def from_kept(x: Tensor, kept: tuple[Tensor, ...]) -> Tensor:
@@ -368,6 +379,8 @@ class ResidualClipSTE:
 
     @staticmethod
     def grad(grad: Tensor, x: Tensor, kept: tuple[Tensor, ...], binarize: Any) -> Tensor:
+        if x.numel() == 0:  # every |x| <= 1 (an empty input has an empty gradient alike)
+            return grad
         return _clip_grad(grad, x)
 
 
@@ -494,12 +507,12 @@ class HBNN(Method):
             return QuantizerCall(x, ClipSTE, (None,))
         return QuantizerCall(x, ResidualClipSTE, (partial(self._sample_approx, layer.features_last),))
 
-    def _weight_approx(self, layer: nn.Module, w: Tensor) -> Tensor:
-        return self.weight_binarization(layer, w, planes=False).approx.reshape(w.shape)
+    def _weight_approx(self, layer: nn.Module, w: Tensor) -> ResidualBinarization:
+        return self.weight_binarization(layer, w, planes=False)
 
-    def _sample_approx(self, features_last: bool, x: Tensor) -> Tensor:
+    def _sample_approx(self, features_last: bool, x: Tensor) -> ResidualBinarization:
         rows = x.reshape(-1, x.shape[-1]) if features_last else x.reshape(x.shape[0], -1)
-        return self.binarize_tensor(rows, planes=False).approx.reshape(x.shape)
+        return self.binarize_tensor(rows, planes=False)
 
     def weight_bits(self, layer: nn.Module) -> float:
         """The realized average bitwidth of the layer's weights (:func:`average_bits`)."""
