@@ -1,0 +1,54 @@
+"""NaN in, NaN out for models whose forward returns a container (issue 21: ``_finite.py:116``, the dict branch
+of ``mark_outputs`` called with its arguments swapped, survived the seed-47 sample).
+
+A packed model whose forward returns a dict, a tuple or a list, run with ``nonfinite="propagate"`` on a batch
+where one sample holds NaN, gives NaN rows for exactly that sample in every output of the container and
+the finite run's values for the other samples; the container keeps its type and keys."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from onebit.deploy import export
+from onebit.nn import BinaryLinear
+
+
+class _Heads(nn.Module):
+    """One binary trunk, two heads, returned as a dict, a tuple or a list."""
+
+    def __init__(self, container: str) -> None:
+        super().__init__()
+        self.container = container
+        self.trunk = BinaryLinear(6, 8, method="xnor")
+        self.head_a = nn.Linear(8, 3)
+        self.head_b = nn.Linear(8, 2)
+
+    def forward(self, x: torch.Tensor):
+        h = self.trunk(x)
+        a, b = self.head_a(h), self.head_b(h)
+        if self.container == "dict":
+            return {"a": a, "b": b}
+        return (a, b) if self.container == "tuple" else [a, b]
+
+
+@pytest.mark.parametrize("container", ["dict", "tuple", "list"])
+def test_propagate_marks_every_output_of_a_container(container):
+    torch.manual_seed(0)
+    net = _Heads(container).eval()
+    packed = export(net)
+    x = torch.randn(3, 6, generator=torch.Generator().manual_seed(1))
+    clean = packed(x)
+    packed.nonfinite = "propagate"
+    bad = x.clone()
+    bad[1, 2] = float("nan")
+    got = packed(bad)
+    assert type(got) is type(clean)
+    pairs = [(got[k], clean[k]) for k in ("a", "b")] if container == "dict" else list(zip(got, clean))
+    if container == "dict":
+        assert sorted(got) == ["a", "b"]
+    for out, ref in pairs:
+        assert isinstance(out, torch.Tensor) and out.dtype == torch.float32 and out.shape == ref.shape
+        assert torch.isnan(out[1]).all()
+        assert torch.equal(out[[0, 2]], ref[[0, 2]])
