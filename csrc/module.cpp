@@ -24,6 +24,7 @@
 #include "train_quantizers.h"
 #include "train_activations.h"
 #include "train_hbnn.h"
+#include "train_pcpp.h"
 #include "train_fda.h"
 
 namespace nb = nanobind;
@@ -146,6 +147,28 @@ void swish_weight_backward(uintptr_t g, uintptr_t w, int64_t rows, int64_t n, ui
   onebit::swish_weight_backward(reinterpret_cast<const float*>(g), reinterpret_cast<const float*>(w), rows, n,
                                 reinterpret_cast<const float*>(alpha), beta, reinterpret_cast<float*>(out),
                                 num_threads);
+}
+
+// PC++'s weight quantizer (train_pcpp.h): raw addresses of contiguous CPU tensors checked by
+// onebit.methods.proxconnect (alpha 0: no scale; out 0: the scales only).
+void pcpp_weight(int kind, uintptr_t w, int64_t rows, int64_t n, uintptr_t alpha, bool alpha_given, float mu,
+                 uintptr_t out, int num_threads) {
+  if (kind < onebit::kPcppSign || kind > onebit::kPcppProx || !w || (!out && !alpha) || (alpha_given && !alpha) ||
+      rows < 0 || n < 1 || num_threads < 1)
+    fail("pcpp_weight: bad arguments");
+  nb::gil_scoped_release nogil;
+  onebit::pcpp_weight(kind, reinterpret_cast<const float*>(w), rows, n, reinterpret_cast<float*>(alpha), alpha_given,
+                      mu, reinterpret_cast<float*>(out), num_threads);
+}
+
+void pcpp_weight_backward(int kind, uintptr_t g, uintptr_t w, int64_t rows, int64_t n, uintptr_t alpha, uintptr_t out,
+                          int num_threads) {
+  if (kind < onebit::kPcppIdentityGrad || kind > onebit::kPcppClipGrad || !g || !w || !out || rows < 0 || n < 1 ||
+      num_threads < 1)
+    fail("pcpp_weight_backward: bad arguments");
+  nb::gil_scoped_release nogil;
+  onebit::pcpp_weight_backward(kind, reinterpret_cast<const float*>(g), reinterpret_cast<const float*>(w), rows, n,
+                               reinterpret_cast<const float*>(alpha), reinterpret_cast<float*>(out), num_threads);
 }
 
 void math_rows(int kind, uintptr_t x, int64_t n, uintptr_t out, int num_threads) {
@@ -386,6 +409,10 @@ NB_MODULE(_engine, mod) {
           "out_addr"_a, "num_threads"_a);
   mod.def("swish_weight_backward", &swish_weight_backward, "g_addr"_a, "w_addr"_a, "rows"_a, "n"_a, "alpha_addr"_a,
           "beta"_a, "out_addr"_a, "num_threads"_a);
+  mod.def("pcpp_weight", &pcpp_weight, "kind"_a, "w_addr"_a, "rows"_a, "n"_a, "alpha_addr"_a, "alpha_given"_a, "mu"_a,
+          "out_addr"_a, "num_threads"_a);
+  mod.def("pcpp_weight_backward", &pcpp_weight_backward, "kind"_a, "g_addr"_a, "w_addr"_a, "rows"_a, "n"_a,
+          "alpha_addr"_a, "out_addr"_a, "num_threads"_a);
   onebit::bind_train_activations(mod);
   onebit::bind_train_fda(mod);
   mod.def("pack_nchw", &pack_nchw, "x_addr"_a, "N"_a, "C"_a, "HW"_a, "threshold_addr"_a, "out_addr"_a,

@@ -22,7 +22,7 @@ import onebit
 from onebit.methods import functional as fx
 from onebit.methods.fda import fourier_sign
 from onebit.methods.irnet import libra_pb
-from onebit.methods.proxconnect import pcpp_quantize
+from onebit.methods.proxconnect import _PCPP_KERNEL, pcpp_quantize
 from onebit.methods.recu import EPS, standardize_per_sample, standardized_sign_approx, unbiased_var
 
 
@@ -244,7 +244,10 @@ def test_fused_quantizers_equal_the_ste_formulas(method, options, old_input, old
             # The noise modules of FDA run the same way in both, so seed their dropout-free paths alike.
             value_new, grads_new = run(layer, x, new, which, 7)
             value_old, grads_old = run(layer, x, old, which, 7)
-            if method == "bnn++" and state == "soft" and which == "weight":
+            # PC++'s native weight kernel (csrc/train_pcpp.cpp) sums α = mean |W| in double: values and
+            # gradients within an ulp or so of the formula's (its own tests check it bit for bit given α)
+            native_alpha = _PCPP_KERNEL and which == "weight" and method.startswith(("pcpp", "bnn++"))
+            if (method == "bnn++" and state == "soft" and which == "weight") or native_alpha:
                 # SS_μ(W/α)·α itself: the native kernel's sigmoid is within 3 ulp of torch's
                 assert_same(value_new, value_old, False, f"{method} {which} value")
             elif train and (method == "fda" or (method == "biper" and options.get("stage") == 1
@@ -255,7 +258,7 @@ def test_fused_quantizers_equal_the_ste_formulas(method, options, old_input, old
             else:
                 assert torch.equal(value_new, value_old), f"{method} {which} value differs"
             assert grads_new.keys() == grads_old.keys(), f"{method} {which}: {grads_new.keys()} vs {grads_old.keys()}"
-            bitwise = exact is True or exact == which
+            bitwise = (exact is True or exact == which) and not native_alpha
             for name in grads_old:
                 assert_same(grads_new[name], grads_old[name], bitwise, f"{method} {which} grad of {name}")
 

@@ -20,6 +20,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
+from . import functional
 from .base import InferenceForm, Method, NotDeployableError, Option, layer_label, register
 from .functional import (
     ClipSTE,
@@ -91,6 +92,59 @@ class _ProxIdentity(torch.autograd.Function):
         return grad, None
 
 
+# The native kernel (csrc/train_pcpp.cpp, in onebit._engine): kinds of train_pcpp.h PcppValueKind, PcppGradKind.
+_PCPP_KERNEL = functional._engine is not None and hasattr(functional._engine, "pcpp_weight")
+_SIGN, _PROX = 0, 1
+_IDENTITY_GRAD, _CLIP_GRAD = 0, 1
+
+
+def _native_weight(w: Tensor) -> bool:
+    """Whether the native kernel takes this weight: a float32 CPU plain tensor with an output-channel
+    dimension, run eagerly (:func:`onebit.methods.functional._native`), with the kernel in the engine."""
+    return _PCPP_KERNEL and functional._native(w) and w.dim() > 1 and w.numel() > 0
+
+
+def _native_mean_abs(w: Tensor) -> Tensor:
+    """The per-output-channel mean |W| (shape ``(c_out, 1, …)``, as :meth:`ProxConnectPP._scale`) in one
+    native pass: summed in double, rounded once (torch sums in float32: within an ulp or so of it)."""
+    rows = w.detach().reshape(w.shape[0], -1).contiguous()
+    alpha = torch.empty(rows.shape[0])
+    functional._engine.pcpp_weight(_SIGN, rows.data_ptr(), rows.shape[0], rows.shape[1], alpha.data_ptr(), False, 0.0,
+                                   0, torch.get_num_threads())
+    return alpha.reshape((-1,) + (1,) * (w.dim() - 1))
+
+
+class _PcppWeight(torch.autograd.Function):
+    """``F(w) = α·v(w/α)`` with B's gradient, natively (csrc/train_pcpp.h): forward one pass per row (α =
+    mean |W| of the row, then the value), backward one pass (``B'(u)·(g·α)/α``, autograd's chain through
+    the product, B and the division). α is detached; with ``scaled`` False, α = 1 and no product."""
+
+    @staticmethod
+    def forward(ctx, w: Tensor, kind: int, grad_kind: int, mu: float, scaled: bool) -> Tensor:
+        rows = w.detach().reshape(w.shape[0], -1).contiguous()
+        out = torch.empty_like(rows)
+        alpha = torch.empty(rows.shape[0]) if scaled else None
+        functional._engine.pcpp_weight(kind, rows.data_ptr(), rows.shape[0], rows.shape[1],
+                                       0 if alpha is None else alpha.data_ptr(), False, mu, out.data_ptr(),
+                                       torch.get_num_threads())
+        ctx.save_for_backward(rows, alpha)
+        ctx.grad_kind, ctx.shape = grad_kind, w.shape
+        return out.reshape(w.shape)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:
+        functional._once_differentiable()
+        rows, alpha = ctx.saved_tensors
+        if alpha is None and ctx.grad_kind == _IDENTITY_GRAD:
+            return grad, None, None, None, None
+        g = grad.reshape(rows.shape).contiguous()
+        out = torch.empty_like(rows)
+        functional._engine.pcpp_weight_backward(ctx.grad_kind, g.data_ptr(), rows.data_ptr(), rows.shape[0],
+                                                rows.shape[1], 0 if alpha is None else alpha.data_ptr(),
+                                                out.data_ptr(), torch.get_num_threads())
+        return out.reshape(ctx.shape), None, None, None, None
+
+
 def _identity(u: Tensor, mu: Tensor | float) -> Tensor:
     return u
 
@@ -128,6 +182,16 @@ class ProxConnectPP(Method):
     deployable (binary ±α). Before that, presets whose forward is not binary (``pcpp-pc``, ``bnn++``)
     raise :class:`NotDeployableError` from :meth:`inference`.
 
+    On float32 CPU weights (run eagerly) the presets with a sign or proximal forward (pcpp-bc, pcpp-pc,
+    pcpp-bnn) run F and B's gradient natively (csrc/train_pcpp.cpp, :class:`_PcppWeight`): one pass per
+    output channel's row each way instead of torch's chain of element-wise ops, the same float operations
+    in the same order, except α: the native mean |W| is summed in double (torch: float32), so α, and every
+    value and gradient scaled by it, can differ from the torch formulas by an ulp or so (≤ 1e-6 relative;
+    bit for bit given the same α, tests/methods/test_native_pcpp.py). The SignSwish presets take α from
+    the same kernel and their own (:func:`~onebit.methods.functional.scaled_sign_swish`). Anything else
+    (float64, a tracer, an exporter, torch.compile, ``functional.NATIVE_KERNELS = False``) takes the torch
+    formulas below, which stay the definition and the tests' oracle.
+
     Activations: the paper binarizes weights only (``binarizes_activations = False``; activations stay
     real). With ``binarize_activations=True`` on the layer, activations use ``sign`` forward with the
     preset's backward quantizer B (at the current μ) as surrogate, so they are binary at every point of
@@ -163,6 +227,8 @@ class ProxConnectPP(Method):
     def _scale(self, w: Tensor) -> Tensor | None:
         if self.scale == "none":
             return None
+        if _native_weight(w):
+            return _native_mean_abs(w)
         return w.abs().mean(dim=tuple(range(1, w.dim())), keepdim=True).detach()
 
     # The fused forms of pcpp_quantize(u, prox, backward_quantizer, μ, hard) and of
@@ -173,8 +239,17 @@ class ProxConnectPP(Method):
     def fused_input(self, x: Tensor, mu: Tensor) -> QuantizerCall:
         return QuantizerCall(x, IdentitySTE)
 
+    def native_kinds(self, hard: bool) -> tuple[int, int] | None:
+        """(value kind, gradient kind) of the native kernel (csrc/train_pcpp.h) for this preset, or None
+        where it has none (the SignSwish presets: their own kernel, functional.scaled_sign_swish)."""
+        return _SIGN, _IDENTITY_GRAD
+
     def quantize_weight(self, layer: nn.Module, w: Tensor) -> Tensor:
-        return self.scaled_weight(w, self._scale(w), layer.pcpp_mu, bool(layer.pcpp_hard))
+        hard = bool(layer.pcpp_hard)
+        kinds = self.native_kinds(hard) if _native_weight(w) else None
+        if kinds is not None:  # the fused formula below in one pass each way (values bit for bit given α)
+            return _PcppWeight.apply(w, *kinds, float(layer.pcpp_mu), self.scale != "none")
+        return self.scaled_weight(w, self._scale(w), layer.pcpp_mu, hard)
 
     def scaled_weight(self, w: Tensor, alpha: Tensor | None, mu: Tensor, hard: bool) -> Tensor:
         """``fused_weight(w/α)·α`` (α None: ``fused_weight(w)``); the SignSwish presets fuse all of it
@@ -248,6 +323,9 @@ class PCProxConnect(ProxConnectPP):
     def fused_weight(self, u: Tensor, mu: Tensor, hard: bool) -> Tensor:
         return sign_identity_ste(u) if hard else _ProxIdentity.apply(u, mu.detach())
 
+    def native_kinds(self, hard: bool) -> tuple[int, int] | None:
+        return (_SIGN if hard else _PROX), _IDENTITY_GRAD
+
     def mu_range(self) -> tuple[float, float]:
         return float(self.mu_start), float(self.mu_end)
 
@@ -269,6 +347,9 @@ class PCBNN(ProxConnectPP):
 
     def fused_weight(self, u: Tensor, mu: Tensor, hard: bool) -> Tensor:
         return sign_clip_ste(u)  # sign∘clip = sign
+
+    def native_kinds(self, hard: bool) -> tuple[int, int] | None:
+        return _SIGN, _CLIP_GRAD
 
     def fused_input(self, x: Tensor, mu: Tensor) -> QuantizerCall:
         return QuantizerCall(x, ClipSTE, (None,))
@@ -295,6 +376,9 @@ class PCBNNPlus(ProxConnectPP):
 
     def scaled_weight(self, w: Tensor, alpha: Tensor | None, mu: Tensor, hard: bool) -> Tensor:
         return scaled_sign_swish(w, alpha, self.beta, "sign_swish")
+
+    def native_kinds(self, hard: bool) -> tuple[int, int] | None:
+        return None
 
     def fused_input(self, x: Tensor, mu: Tensor) -> QuantizerCall:
         return QuantizerCall(x, SwishSTE, (self.beta, "sign"))
@@ -333,6 +417,9 @@ class BNNPlusPlus(ProxConnectPP):
 
     def scaled_weight(self, w: Tensor, alpha: Tensor | None, mu: Tensor, hard: bool) -> Tensor:
         return scaled_sign_swish(w, alpha, mu.detach(), "sign_swish" if hard else "swish")
+
+    def native_kinds(self, hard: bool) -> tuple[int, int] | None:
+        return None
 
     def fused_input(self, x: Tensor, mu: Tensor) -> QuantizerCall:
         return QuantizerCall(x, SwishSTE, (mu.detach(), "sign"))
