@@ -18,8 +18,11 @@
 namespace nb = nanobind;
 using namespace nb::literals;
 
-// train_quantizers_kernels.h's other kernels are not used here.
+// train_quantizers_kernels.h's other kernels are not used here; and the kernels pass 64-byte vectors
+// between internal functions, whose ABI note (-Wpsabi: passed differently without AVX-512) concerns
+// no caller outside this file.
 #pragma GCC diagnostic ignored "-Wunused-function"
+#pragma GCC diagnostic ignored "-Wpsabi"
 
 namespace onebit {
 namespace {
@@ -34,15 +37,14 @@ struct Terms {
   float* dots;
 };
 
-// The scratch of na_backward_rows (up to kFdaBlock rows): gx the rows' grad_x (scratch when
-// not wanted), gh/u/gpre/finite scratch for the block; part1/part2 the unit's partial dW1, dW2ᵀ (null:
-// not wanted).
-struct BackwardBlock {
+// The scratch of na_backward_rows (up to kSweepRows rows): gx the rows' grad_x (null: not wanted,
+// gx_scratch then takes each row's), gh (rows x d), gpre and u (rows x hidden).
+struct BackwardRows {
   float* gx;
+  float* gx_scratch;
   float* gh;
-  float* u;
   float* gpre;
-  bool* finite;
+  float* u;
 };
 
 namespace isa_default {
@@ -69,7 +71,7 @@ namespace isa_avx512 {
 #endif
 
 struct Kernels {
-  decltype(&isa_default::na_forward_row) forward_row;
+  decltype(&isa_default::na_forward_rows) forward_rows;
   decltype(&isa_default::na_backward_rows) backward_rows;
 };
 
@@ -78,16 +80,16 @@ const Kernels& kernels() {
 #ifdef ONEBIT_FDA_X86
     __builtin_cpu_init();
     if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("fma"))
-      return Kernels{isa_avx512::na_forward_row, isa_avx512::na_backward_rows};
+      return Kernels{isa_avx512::na_forward_rows, isa_avx512::na_backward_rows};
     if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
-      return Kernels{isa_avx2::na_forward_row, isa_avx2::na_backward_rows};
+      return Kernels{isa_avx2::na_forward_rows, isa_avx2::na_backward_rows};
 #endif
-    return Kernels{isa_default::na_forward_row, isa_default::na_backward_rows};
+    return Kernels{isa_default::na_forward_rows, isa_default::na_backward_rows};
   }();
   return k;
 }
 
-constexpr int64_t kFdaBlock = 4;  // backward rows whose dW1/dW2 terms are added in one pass over the partials
+constexpr int64_t kSweepRows = 64;  // backward rows whose dW1/dW2 terms are added in one sweep over the partials
 
 // One thread's scratch for isa_*::Terms (up to `count` terms).
 struct TermScratch {
@@ -113,16 +115,14 @@ std::vector<float> transposed(const float* w2, int64_t d, int64_t hidden) {
 void fda_na_forward(const float* x, int64_t rows, int64_t d, const float* w1, const float* w2, int64_t hidden,
                     float alpha, float* out, float* pre, float* scale_out, int num_threads) {
   const std::vector<float> w2t = transposed(w2, d, hidden);
-  std::vector<const float*> w1_rows(static_cast<size_t>(hidden));
-  for (int64_t j = 0; j < hidden; ++j) w1_rows[static_cast<size_t>(j)] = w1 + j * d;
   const bool skip = isa_default::all_finite(w2, d * hidden);
   parallel_ranges(num_threads, rows, kRowsPerUnit, [&](int64_t begin, int64_t end) {
     std::vector<float> hbuf(static_cast<size_t>(d));
     TermScratch scratch(hidden);
-    for (int64_t r = begin; r < end; ++r)
-      kernels().forward_row(x + r * d, d, w1_rows.data(), w2t.data(), hidden, scale_out != nullptr, skip, alpha,
-                            out + r * d, pre + r * hidden, scale_out ? scale_out + r : nullptr, hbuf.data(),
-                            scratch.terms());
+    for (int64_t r = begin; r < end; r += 4)
+      kernels().forward_rows(std::min<int64_t>(4, end - r), x + r * d, d, w1, w2t.data(), hidden,
+                             scale_out != nullptr, skip, alpha, out + r * d, pre + r * hidden,
+                             scale_out ? scale_out + r : nullptr, hbuf.data(), scratch.terms());
   });
 }
 
@@ -165,23 +165,22 @@ void fda_na_backward(const float* g, const float* x, int64_t rows, int64_t d, co
   const int64_t units = (rows + per_unit - 1) / per_unit;
   const int64_t block = hidden * d;
   const bool wants_w = grad_w1 || grad_w2;
-  std::vector<float> partial(wants_w ? static_cast<size_t>(units * 2 * block) : 0, 0.0f);
+  std::vector<float> partial(wants_w ? static_cast<size_t>(units * 2 * block) : 0);
   parallel_ranges(num_threads, units, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> scratch(static_cast<size_t>(kFdaBlock * (2 * d + 2 * hidden)));
-    bool finite[kFdaBlock];
-    float* gx_scratch = scratch.data();
-    BackwardBlock b{nullptr, gx_scratch + kFdaBlock * d, gx_scratch + 2 * kFdaBlock * d,
-                                 gx_scratch + 2 * kFdaBlock * d + kFdaBlock * hidden, finite};
-    TermScratch terms(std::max(hidden, kFdaBlock));
+    const int64_t most = std::min(kSweepRows, per_unit);
+    std::vector<float> scratch(static_cast<size_t>(d + most * (d + 2 * hidden)));
+    BackwardRows b{nullptr, scratch.data(), scratch.data() + d, scratch.data() + d + most * d,
+                   scratch.data() + d + most * (d + hidden)};
+    TermScratch terms(hidden);
     for (int64_t unit = begin; unit < end; ++unit) {
       float* part1 = grad_w1 ? partial.data() + unit * 2 * block : nullptr;
       float* part2 = grad_w2 ? partial.data() + unit * 2 * block + block : nullptr;
-      for (int64_t r = unit * per_unit; r < std::min(rows, (unit + 1) * per_unit); r += kFdaBlock) {
-        const int64_t n = std::min({kFdaBlock, rows - r, (unit + 1) * per_unit - r});
-        b.gx = grad_x ? grad_x + r * d : gx_scratch;
-        kernels().backward_rows(n, g + r * d, x + r * d, d, w1, w2t.data(), hidden, pre + r * hidden,
-                                scale ? scale + r : nullptr, alpha, p0, p1, p2, weights_finite, part1, part2, b,
-                                terms.terms());
+      const int64_t first = unit * per_unit, last = std::min(rows, first + per_unit);
+      for (int64_t r = first; r < last; r += kSweepRows) {
+        b.gx = grad_x ? grad_x + r * d : nullptr;
+        kernels().backward_rows(std::min(kSweepRows, last - r), g + r * d, x + r * d, d, w1, w2t.data(), hidden,
+                                pre + r * hidden, scale ? scale + r : nullptr, alpha, p0, p1, p2, weights_finite,
+                                r == first, part1, part2, b, terms.terms());
       }
     }
   });

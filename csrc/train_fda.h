@@ -4,7 +4,7 @@
 //   pre = W1·x, u = relu(pre), h = W2·u,
 //   out = (sign(x) + alpha*(h + 0.1*sin(x)))*s
 // (s = the row's mean |x| for a weight, 1 for an activation), and its backward with gs = g*s:
-//   gh = gs*alpha (never materialised beyond one row), dW2 += gh ⊗ u, gpre = (W2ᵀ·gh)·1{pre > 0},
+//   gh = gs*alpha (never materialised beyond one row), dW2 += gh ⊗ u, gpre = (W2ᵀ·gh)·1{pre > 0 or NaN},
 //   dW1 += gpre ⊗ x, grad_x = Fourier surrogate + ((gs*alpha)*0.1)*cos(x) + W1ᵀ·gpre.
 // torch computes the same with nn.Linear's thin GEMMs (N or K = hidden) at a fraction of the
 // machine's peak, plus separate element-wise passes and a full rows x d tensor gh; here a row, W1
@@ -14,9 +14,10 @@
 // Determinism: forward rows are independent. Backward rows are grouped into at most kFdaUnits fixed
 // units (independent of the thread count), each unit sums its rows' dW1/dW2 in row order into its
 // own partial, and the partials are added in unit order: 1 and N threads give the same bits.
-// Summation orders differ from MKL's (float accumulators with one partial per vector lane), so the
-// results agree with torch's to ~1e-6 relative; relu's decision can differ only where pre is within
-// rounding of 0.
+// Summation orders differ from MKL's (float, FMA: one accumulator per vector lane in W1·x and W2ᵀ·gh,
+// running sums over the rows in dW1 and dW2), so the results agree with torch's to ~1e-6 relative;
+// relu's decision can differ only where pre is within rounding of 0. The relu gate is torch's
+// threshold_backward: the gradient passes unless relu(pre) <= 0 (a NaN pre passes it).
 #pragma once
 
 #include <cstdint>

@@ -4,11 +4,66 @@
 // guard on purpose. Plain loops that the compiler vectorizes; float sums through `omp simd reduction`
 // (one partial per vector lane, FMA-contracted as all of train_fda.cpp).
 //
-// ReLU zeroes about half of the hidden units of a row, and a term 0*v adds nothing to a sum: the
-// products below skip those terms (u_j = 0 in h and dW2, gpre_j = 0 in W1ᵀ·gpre and dW1, and the
-// dot W2ᵀ·gh of an inactive unit), which halves their work and changes no bit, except that a skipped
-// 0*v is not added where v is infinite or NaN, so the skipping is off for any row whose x or gh is
-// not finite and for non-finite W1/W2 (torch's NaN then comes out as well).
+// ReLU zeroes about half of the hidden units of a row, and a term 0*v adds nothing to a sum: h
+// skips the units with u_j = 0, W1ᵀ·gpre those with gpre_j = 0 (both only where W1/W2 are finite: 0*inf
+// is NaN in torch) and W2ᵀ·gh the dot of a switched-off unit (its gradient is 0 whatever the dot): no
+// bit changes. dW1 and dW2 take every term (they are summed in registers over a block of rows, one
+// hidden unit per vector accumulator, where a skipped term saves nothing), so NaN and inf there come
+// out as in torch's GEMMs.
+
+// A vector of 16 floats (GCC's generic vectors: one zmm, two ymm or four xmm for the ISA compiled),
+// for loads and stores at any float's address.
+typedef float Vec16 __attribute__((vector_size(64), aligned(4), __may_alias__));
+constexpr int64_t kLanes = 16;
+
+inline Vec16 load16(const float* p) { return *reinterpret_cast<const Vec16*>(p); }
+
+// The sum of v's lanes, in a fixed order (halves added pairwise).
+inline float lane_sum(Vec16 v) {
+  float h[16];
+  std::memcpy(h, &v, sizeof h);
+  for (int width = 8; width >= 1; width /= 2)
+    for (int i = 0; i < width; ++i) h[i] += h[i + width];
+  return h[0];
+}
+
+// out[r*4 + j] = a[j] · x[r] for four rows x[r] and four rows a[j] (d floats each): 16 dot products in
+// one pass, each with one vector accumulator, its lanes summed at the end, then the tail of d.
+void dots_4x4(const float* const* x, const float* const* a, int64_t d, float* out) {
+  Vec16 acc[4][4] = {};
+  int64_t k = 0;
+  for (; k + kLanes <= d; k += kLanes) {
+    const Vec16 x0 = load16(x[0] + k), x1 = load16(x[1] + k), x2 = load16(x[2] + k), x3 = load16(x[3] + k);
+    for (int j = 0; j < 4; ++j) {
+      const Vec16 aj = load16(a[j] + k);
+      acc[0][j] += x0 * aj;
+      acc[1][j] += x1 * aj;
+      acc[2][j] += x2 * aj;
+      acc[3][j] += x3 * aj;
+    }
+  }
+  for (int r = 0; r < 4; ++r)
+    for (int j = 0; j < 4; ++j) {
+      float s = lane_sum(acc[r][j]);
+      for (int64_t i = k; i < d; ++i) s += x[r][i] * a[j][i];
+      out[r * 4 + j] = s;
+    }
+}
+
+// pre (rows x hidden) = W1·x_r for up to four rows x_r (x: rows x d), four hidden units per pass; the
+// missing rows and units of a last block repeat the last one (computed, not written).
+void project_rows4(const float* x, int64_t rows, const float* w1, int64_t hidden, int64_t d, float* pre) {
+  const float* xr[4];
+  for (int64_t r = 0; r < 4; ++r) xr[r] = x + std::min(r, rows - 1) * d;
+  for (int64_t j0 = 0; j0 < hidden; j0 += 4) {
+    const float* a[4];
+    for (int64_t t = 0; t < 4; ++t) a[t] = w1 + std::min(j0 + t, hidden - 1) * d;
+    float out[16];
+    dots_4x4(xr, a, d, out);
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t t = 0; t < std::min<int64_t>(4, hidden - j0); ++t) pre[r * hidden + j0 + t] = out[r * 4 + t];
+  }
+}
 
 // out[t] = a[t] · x for the `count` rows a[t] (n floats each), four rows per pass over x.
 void project(const float* const* a, const float* x, int64_t n, int64_t count, float* out) {
@@ -84,32 +139,37 @@ bool all_finite(const float* v, int64_t n) {
 // relu as torch's: NaN stays NaN, negative -> 0.
 inline float relu_of(float v) { return v < 0.0f ? 0.0f : v; }
 
-// One row of fda_na_forward: pre = W1·x (w1_rows: W1's rows), h = Σ_j relu(pre_j)·W2ᵀ_j into hbuf, value.
-void na_forward_row(const float* x, int64_t d, const float* const* w1_rows, const float* w2t, int64_t hidden,
-                    bool weight, bool skip, float alpha, float* out, float* pre, float* scale_out, float* hbuf,
-                    Terms terms) {
-  const float s = weight ? static_cast<float>(abs_sum(x, d) / static_cast<double>(d)) : 1.0f;
-  if (weight) *scale_out = s;
-  project(w1_rows, x, d, hidden, pre);
-  int64_t m = 0;
-  for (int64_t j = 0; j < hidden; ++j) {
-    const float u = relu_of(pre[j]);
-    if (u != 0.0f || !skip) {
-      terms.coef[m] = u;
-      terms.rows[m++] = w2t + j * d;
+// Up to four rows of fda_na_forward: pre = W1·x, then per row h = Σ_j relu(pre_j)·W2ᵀ_j into hbuf
+// and the value.
+void na_forward_rows(int64_t rows, const float* x, int64_t d, const float* w1, const float* w2t, int64_t hidden,
+                     bool weight, bool skip, float alpha, float* out, float* pre, float* scale_out, float* hbuf,
+                     Terms terms) {
+  project_rows4(x, rows, w1, hidden, d, pre);
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* xr = x + r * d;
+    const float s = weight ? static_cast<float>(abs_sum(xr, d) / static_cast<double>(d)) : 1.0f;
+    if (weight) scale_out[r] = s;
+    int64_t m = 0;
+    for (int64_t j = 0; j < hidden; ++j) {
+      const float u = relu_of(pre[r * hidden + j]);
+      if (u != 0.0f || !skip) {
+        terms.coef[m] = u;
+        terms.rows[m++] = w2t + j * d;
+      }
     }
+    combine(terms.rows, terms.coef, m, d, hbuf, true);
+    fda_value_span(xr, hbuf, d, s, alpha, out + r * d);
   }
-  combine(terms.rows, terms.coef, m, d, hbuf, true);
-  fda_value_span(x, hbuf, d, s, alpha, out);
 }
 
-// gpre (hidden) of one row: (W2ᵀ_j·gh)·1{pre_j > 0}; the dot skipped where pre_j <= 0 (or NaN).
+// gpre (hidden) of one row: W2ᵀ_j·gh, or 0 where pre_j <= 0 (torch's threshold_backward(g, relu(pre), 0)
+// is 0 where relu(pre) <= 0 and passes g elsewhere, NaN included), the dot then skipped.
 void hidden_grad(const float* gh, int64_t d, const float* w2t, int64_t hidden, const float* pre, float* gpre,
                  Terms terms) {
   int64_t m = 0;
   for (int64_t j = 0; j < hidden; ++j) {
-    gpre[j] = 0.0f;  // relu's backward: threshold_backward(g, relu(pre), 0)
-    if (pre[j] > 0.0f) {
+    gpre[j] = 0.0f;
+    if (!(pre[j] <= 0.0f)) {
       terms.index[m] = j;
       terms.rows[m++] = w2t + j * d;
     }
@@ -118,45 +178,76 @@ void hidden_grad(const float* gh, int64_t d, const float* w2t, int64_t hidden, c
   for (int64_t t = 0; t < m; ++t) gpre[terms.index[t]] = terms.dots[t];
 }
 
-// acc_j continued with Σ_r c[r*hidden + j]·v_r over the block's rows r, for each hidden unit j.
-void accumulate_block(const float* c, const float* v, int64_t rows, int64_t d, int64_t hidden, const bool* finite,
-                      float* acc, Terms terms) {
-  for (int64_t j = 0; j < hidden; ++j) {
-    int64_t m = 0;
+// out_g[k] (+)= Σ_r c[r*cstride + g]·v[r*d + k] for g < G (out_g = out + g*d), r in order; from_zero:
+// out starts from 0, else it continues the sums in out. G accumulators per 16 columns stay in registers.
+template <int G>
+void outer_sweep(const float* c, int64_t cstride, const float* v, int64_t rows, int64_t d, bool from_zero,
+                 float* out) {
+  int64_t k = 0;
+  for (; k + kLanes <= d; k += kLanes) {
+    Vec16 acc[G];
+    for (int g = 0; g < G; ++g) acc[g] = from_zero ? Vec16{} : *reinterpret_cast<const Vec16*>(out + g * d + k);
     for (int64_t r = 0; r < rows; ++r) {
-      const float cr = c[r * hidden + j];
-      if (cr != 0.0f || !finite[r]) {
-        terms.coef[m] = cr;
-        terms.rows[m++] = v + r * d;
-      }
+      const Vec16 x = *reinterpret_cast<const Vec16*>(v + r * d + k);
+      const float* cr = c + r * cstride;
+      for (int g = 0; g < G; ++g) acc[g] += cr[g] * x;
     }
-    combine(terms.rows, terms.coef, m, d, acc + j * d, false);
+    for (int g = 0; g < G; ++g) *reinterpret_cast<Vec16*>(out + g * d + k) = acc[g];
+  }
+  for (; k < d; ++k)
+    for (int g = 0; g < G; ++g) {
+      float s = from_zero ? 0.0f : out[g * d + k];
+      for (int64_t r = 0; r < rows; ++r) s += c[r * cstride + g] * v[r * d + k];
+      out[g * d + k] = s;
+    }
+}
+
+// acc_j (+)= Σ_r c[r*hidden + j]·v_r for every hidden unit j (acc: hidden x d), eight units per sweep.
+void accumulate_rows(const float* c, const float* v, int64_t rows, int64_t d, int64_t hidden, bool from_zero,
+                     float* acc) {
+  for (int64_t j = 0; j < hidden; j += 8) {
+    const float* cj = c + j;
+    float* out = acc + j * d;
+    switch (std::min<int64_t>(8, hidden - j)) {
+      case 1: outer_sweep<1>(cj, hidden, v, rows, d, from_zero, out); break;
+      case 2: outer_sweep<2>(cj, hidden, v, rows, d, from_zero, out); break;
+      case 3: outer_sweep<3>(cj, hidden, v, rows, d, from_zero, out); break;
+      case 4: outer_sweep<4>(cj, hidden, v, rows, d, from_zero, out); break;
+      case 5: outer_sweep<5>(cj, hidden, v, rows, d, from_zero, out); break;
+      case 6: outer_sweep<6>(cj, hidden, v, rows, d, from_zero, out); break;
+      case 7: outer_sweep<7>(cj, hidden, v, rows, d, from_zero, out); break;
+      default: outer_sweep<8>(cj, hidden, v, rows, d, from_zero, out);
+    }
   }
 }
 
-// Up to kFdaBlock rows of fda_na_backward, each a row of the unit's (see BackwardBlock, train_fda.cpp).
+// One row of fda_na_backward's first phase: gx (the row's grad_x; scratch when not wanted) = the
+// element-wise terms + W1ᵀ·gpre, gh = (g*s)*alpha, gpre and u (hidden floats each) for the second phase.
+void na_backward_row(const float* g, const float* x, int64_t d, const float* w1, const float* w2t, int64_t hidden,
+                     const float* pre, float s, float alpha, float p0, float p1, float p2, bool skip, float* gx,
+                     float* gh, float* gpre, float* u, Terms terms) {
+  fda_backward_span(g, x, d, s, alpha, p0, p1, p2, gx, gh);
+  hidden_grad(gh, d, w2t, hidden, pre, gpre, terms);
+  int64_t m = 0;
+  for (int64_t j = 0; j < hidden; ++j) {
+    u[j] = relu_of(pre[j]);
+    if (gpre[j] != 0.0f || !skip) {
+      terms.coef[m] = gpre[j];
+      terms.rows[m++] = w1 + j * d;
+    }
+  }
+  combine(terms.rows, terms.coef, m, d, gx, false);  // fc1's input gradient W1ᵀ·gpre, added term by term
+}
+
+// Up to kSweepRows consecutive rows of a unit: their first phase, then their dW1, dW2ᵀ terms added to
+// the unit's partials (part1, part2; null: not wanted; from_zero for the unit's first rows).
 void na_backward_rows(int64_t rows, const float* g, const float* x, int64_t d, const float* w1, const float* w2t,
                       int64_t hidden, const float* pre, const float* scale, float alpha, float p0, float p1, float p2,
-                      bool weights_finite, float* part1, float* part2, BackwardBlock b, Terms terms) {
-  for (int64_t r = 0; r < rows; ++r) {
-    const float* xr = x + r * d;
-    float* gh = b.gh + r * d;
-    fda_backward_span(g + r * d, xr, d, scale ? scale[r] : 1.0f, alpha, p0, p1, p2, b.gx + r * d, gh);
-    b.finite[r] = weights_finite && all_finite(gh, d) && all_finite(xr, d);
-    hidden_grad(gh, d, w2t, hidden, pre + r * hidden, b.gpre + r * hidden, terms);
-    for (int64_t j = 0; j < hidden; ++j) b.u[r * hidden + j] = relu_of(pre[r * hidden + j]);
-  }
-  if (part2) accumulate_block(b.u, b.gh, rows, d, hidden, b.finite, part2, terms);
-  if (part1) accumulate_block(b.gpre, x, rows, d, hidden, b.finite, part1, terms);
-  for (int64_t r = 0; r < rows; ++r) {  // fc1's input gradient W1ᵀ·gpre, added term by term
-    int64_t m = 0;
-    for (int64_t j = 0; j < hidden; ++j) {
-      const float c = b.gpre[r * hidden + j];
-      if (c != 0.0f || !weights_finite) {
-        terms.coef[m] = c;
-        terms.rows[m++] = w1 + j * d;
-      }
-    }
-    combine(terms.rows, terms.coef, m, d, b.gx + r * d, false);
-  }
+                      bool skip, bool from_zero, float* part1, float* part2, BackwardRows b, Terms terms) {
+  for (int64_t r = 0; r < rows; ++r)
+    na_backward_row(g + r * d, x + r * d, d, w1, w2t, hidden, pre + r * hidden, scale ? scale[r] : 1.0f, alpha, p0,
+                    p1, p2, skip, b.gx ? b.gx + r * d : b.gx_scratch, b.gh + r * d, b.gpre + r * hidden,
+                    b.u + r * hidden, terms);
+  if (part1) accumulate_rows(b.gpre, x, rows, d, hidden, from_zero, part1);
+  if (part2) accumulate_rows(b.u, b.gh, rows, d, hidden, from_zero, part2);
 }

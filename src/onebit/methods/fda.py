@@ -199,8 +199,9 @@ def fused_noisy_sign(na: NoiseAdaptation, x: Tensor, alpha: Tensor, terms: int, 
     ``weight``: ``x`` is a weight (rows = output channels; ``scale_by_mean_abs``), else an activation
     (scale 1). Call it where :func:`_fused_na` holds. ``fc1``, ``fc2`` and the sign's terms are applied
     per row with the row, W1 and W2 in cache instead of torch's thin GEMMs (N or K = d/64) and a full
-    ``grad_h`` tensor; the products of a unit that ReLU switched off are skipped (exact: a 0·v term,
-    kept where v is not finite, so NaN and inf come out as torch's). Its sums run in another order than
+    ``grad_h`` tensor; in ``h`` and ``W1ᵀ·gpre`` the terms of a unit that ReLU switched off are skipped
+    (exact: a 0·v term adds nothing; kept where W1/W2 hold inf or NaN, so NaN and inf come out where
+    torch's do, as in the weight gradients, which take every term). Its sums run in another order than
     torch's GEMMs (float, one partial per vector lane; the weight gradients summed over fixed blocks of
     rows, so 1 and N threads give the same bits), so values and gradients agree with the torch path to
     ~1e-6 relative; ReLU's decision can differ from torch's only where ``fc1(x)`` is within rounding of 0."""
