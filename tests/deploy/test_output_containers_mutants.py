@@ -68,3 +68,72 @@ def test_inputs_of_every_rank_run_as_in_torch(shape):
     got = packed(x)
     assert got.shape == want.shape == (3, 3)
     assert torch.allclose(got, want, atol=1e-5)
+
+
+def _linear_net(features: int = 6) -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(BinaryLinear(features, 8, method="xnor"), nn.Linear(8, 3)).eval()
+
+
+def test_a_one_value_input_is_checked_too():
+    """A batch of one sample with one feature (one element in all) still goes through the exact check."""
+    from onebit.deploy import NonFiniteInputError
+
+    packed = export(_linear_net(1))
+    with pytest.raises(NonFiniteInputError, match="1 NaN/inf value in sample 0"):
+        packed(torch.tensor([[float("nan")]]))
+    packed.nonfinite = "propagate"
+    assert torch.isnan(packed(torch.tensor([[float("inf")]]))).all()
+    assert torch.isfinite(packed(torch.tensor([[0.5]]))).all()
+
+
+@pytest.mark.parametrize("rows,shown", [
+    (range(8), "8 NaN/inf values in samples 0, 1, 2, 3, 4, 5, 6, 7; "),
+    (range(9), "9 NaN/inf values in samples 0, 1, 2, 3, 4, 5, 6, 7, ... (9 samples); "),
+    ([4], "1 NaN/inf value in sample 4; "),
+])
+def test_the_error_lists_at_most_eight_samples(rows, shown):
+    from onebit.deploy import NonFiniteInputError
+
+    packed = export(_linear_net())
+    x = torch.randn(12, 6, generator=torch.Generator().manual_seed(3))
+    for r in rows:
+        x[r, r % 6] = float("nan")
+    with pytest.raises(NonFiniteInputError) as info:
+        packed(x)
+    assert f"packed model: the input holds {shown}" in str(info.value)
+
+
+class _BatchMixing(nn.Module):
+    """A network whose every output row reads the whole batch (a batch mean): the value a bad input is
+    replaced by reaches the good samples' outputs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Linear(6, 6)
+        self.binary = BinaryLinear(6, 4, method="xnor")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.stem(x)
+        return self.binary(h) + h.mean(0, keepdim=True)[:, :4]
+
+
+def test_bad_values_are_replaced_by_zero_before_the_network_runs():
+    """Under ``propagate`` the bad samples' NaN/inf values are replaced by 0 (documented in _finite.py):
+    the good samples' outputs are those of the network on that zeroed batch."""
+    torch.manual_seed(0)
+    net = _BatchMixing().eval()
+    packed = export(net)
+    packed.nonfinite = "propagate"
+    x = torch.randn(4, 6, generator=torch.Generator().manual_seed(4))
+    x[1, 2], x[3, 0], x[3, 5] = float("nan"), float("inf"), -float("inf")
+    got = packed(x)
+    assert torch.isnan(got[[1, 3]]).all()
+    zeroed = torch.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
+    with torch.no_grad():
+        want = net(zeroed)
+    torch.testing.assert_close(got[[0, 2]], want[[0, 2]], rtol=1e-5, atol=1e-5)
+    ones = torch.nan_to_num(x, nan=1.0, posinf=1.0, neginf=1.0)
+    with torch.no_grad():
+        assert not torch.allclose(net(ones)[[0, 2]], want[[0, 2]], atol=1e-3)  # the check can tell them apart
+
