@@ -1,0 +1,30 @@
+"""Method details that a single-file mutation sample found untested (tools/mutate.py ``--file base.py
+--file recu.py --file biper.py --file xnorpp.py --file irnet.py --file proxconnect.py --sample 14 --seed 4005``;
+not an honest sample): ReCU's unbiased variance over two features (the smallest count where it differs from
+the biased one) and the per-sample standardisation built on it."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from onebit.methods.recu import EPS, standardize_per_sample, unbiased_var
+
+
+@pytest.mark.parametrize(("values", "var"), [([[1.0, 3.0]], 2.0), ([[1.0, 2.0, 6.0]], 7.0), ([[5.0]], 0.0),
+                                             ([[2.0, 2.0]], 0.0)])
+def test_unbiased_variance_by_hand(values, var):
+    """Σ(x − mean)² / (count − 1): [1, 3] → 2 (the biased value would be 1); [1, 2, 6] → 14/2; one
+    element → 0 (the biased value; torch's unbiased one would be NaN)."""
+    x = torch.tensor(values)
+    assert unbiased_var(x, (1,)).tolist() == [[var]]
+
+
+def test_standardizing_two_features_uses_the_unbiased_variance():
+    x = torch.tensor([[1.0, 3.0], [-2.0, 2.0]])  # variances 2 and 8 (biased: 1 and 4)
+    expected = x / torch.tensor([[math.sqrt(2.0 + EPS)], [math.sqrt(8.0 + EPS)]])
+    torch.testing.assert_close(standardize_per_sample(x, (1,)), expected, rtol=1e-6, atol=0)
+    conv = torch.tensor([[[[1.0]], [[3.0]]]])  # (1, 2, 1, 1): two features over C, H, W
+    torch.testing.assert_close(unbiased_var(conv, (1, 2, 3)), torch.tensor([[[[2.0]]]]))
