@@ -223,3 +223,28 @@ def test_fused_noise_adaptation_training_matches_torch_path():
     assert any("weight_noise.fc1" in name for name in native)
     for name, p in reference.items():
         assert_close(native[name].detach(), p.detach(), name, rel=1e-5)
+
+
+@pytest.mark.parametrize("frozen", ["x", "fc1", "fc2"])
+def test_fused_noise_adaptation_frozen_tensors_get_no_gradient(frozen):
+    """A tensor that needs no gradient gets none (the kernel skips it); the others equal the torch path's."""
+
+    def run(native):
+        x, na, grad = _inputs(40, 130, seed=6)
+        tensors = {"x": x.requires_grad_(frozen != "x"), "fc1": na.fc1.weight, "fc2": na.fc2.weight}
+        tensors[frozen].requires_grad_(False)
+        saved, fx.NATIVE_KERNELS = fx.NATIVE_KERNELS, native
+        try:
+            if native:
+                out = fused_noisy_sign(na, x, torch.tensor(ALPHA), TERMS, OMEGA, True)
+            else:
+                out = noisy_fourier_sign(x, na.learned(x), torch.tensor(ALPHA), TERMS, OMEGA, scale_by_mean_abs=True)
+            out.backward(grad)
+        finally:
+            fx.NATIVE_KERNELS = saved
+        return {name: t.grad for name, t in tensors.items()}
+
+    native, reference = run(True), run(False)
+    assert native[frozen] is None and reference[frozen] is None
+    for name in native.keys() - {frozen}:
+        assert_close(native[name], reference[name], name)
