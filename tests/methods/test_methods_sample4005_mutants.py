@@ -28,3 +28,20 @@ def test_standardizing_two_features_uses_the_unbiased_variance():
     torch.testing.assert_close(standardize_per_sample(x, (1,)), expected, rtol=1e-6, atol=0)
     conv = torch.tensor([[[[1.0]], [[3.0]]]])  # (1, 2, 1, 1): two features over C, H, W
     torch.testing.assert_close(unbiased_var(conv, (1, 2, 3)), torch.tensor([[[[2.0]]]]))
+
+
+@pytest.mark.parametrize("name", ["tau_min", "tau_max"])
+def test_recu_tau_bounds_are_half_closed_at_one_half_and_open_at_one(name):
+    """τ ∈ [0.5, 1): Q_τ = −mean|W1|·ln(2 − 2τ) is infinite at τ = 1 (no clamp at all) and τ < 0.5 would
+    clamp inside the mean magnitude; the defaults are BiBench's 0.85 → 0.99."""
+    from onebit.nn import BinaryLinear
+
+    other = {"tau_min": 0.5} if name == "tau_max" else {"tau_max": 0.9999}
+    for value in (0.5, 0.99, 0.9999):
+        layer = BinaryLinear(4, 4, method="recu", **{name: value}, **other)
+        assert getattr(layer.method, name) == value
+    for value in (1.0, 0.49, 1.2):
+        with pytest.raises(ValueError, match=rf"{name}={value} is out of range; allowed: a number in \[0\.5, 1\)"):
+            BinaryLinear(4, 4, method="recu", **{name: value}, **other)
+    default = BinaryLinear(4, 4, method="recu").method
+    assert (default.tau_min, default.tau_max) == (0.85, 0.99)
