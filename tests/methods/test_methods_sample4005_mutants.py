@@ -1,7 +1,8 @@
 """Method details that a single-file mutation sample found untested (tools/mutate.py ``--file base.py
 --file recu.py --file biper.py --file xnorpp.py --file irnet.py --file proxconnect.py --sample 14 --seed 4005``;
 not an honest sample): ReCU's unbiased variance over two features (the smallest count where it differs from
-the biased one) and the per-sample standardisation built on it."""
+the biased one), the per-sample standardisation built on it, its τ options' ranges, and XNOR-Net++'s
+inference output scale (a detached outer product)."""
 
 from __future__ import annotations
 
@@ -45,3 +46,23 @@ def test_recu_tau_bounds_are_half_closed_at_one_half_and_open_at_one(name):
             BinaryLinear(4, 4, method="recu", **{name: value}, **other)
     default = BinaryLinear(4, 4, method="recu").method
     assert (default.tau_min, default.tau_max) == (0.85, 0.99)
+
+
+def test_xnorpp_inference_output_scale_is_the_detached_outer_product():
+    """XNOR-Net++'s Γ = o ⊗ h ⊗ w handed to the exporters as a constant (sample-4005 survivor: the
+    spatial factors' ``.detach()`` dropped): no gradient, the product of the three factors, and a copy."""
+    from onebit.nn import BinaryConv2d
+
+    layer = BinaryConv2d(2, 3, 3, padding=1, method="xnorpp", output_size=(4, 5))
+    with torch.no_grad():
+        layer.gamma_o.copy_(torch.tensor([1.0, 2.0, -0.5]))
+        layer.gamma_h.copy_(torch.tensor([0.5, 1.0, 1.5, 2.0]))
+        layer.gamma_w.copy_(torch.tensor([1.0, -1.0, 0.25, 3.0, 2.0]))
+    scale = layer.method.output_scale_tensor(layer)
+    assert all(p.requires_grad for p in (layer.gamma_o, layer.gamma_h, layer.gamma_w))
+    assert not scale.requires_grad and scale.grad_fn is None
+    expected = layer.gamma_o.detach()[:, None, None] * layer.gamma_h.detach()[None, :, None] \
+        * layer.gamma_w.detach()[None, None, :]
+    assert torch.equal(scale, expected)
+    scale.mul_(0.0)
+    assert layer.gamma_h.detach().tolist() == [0.5, 1.0, 1.5, 2.0]
