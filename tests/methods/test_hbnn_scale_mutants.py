@@ -45,7 +45,8 @@ def test_the_middle_out_bit_map_does_not_depend_on_the_weights_scale(mix, scale)
 
 def test_tiny_weights_by_hand():
     """Magnitudes (·2⁻³⁰) 1, 4, 2.4, 2.5, 3, 2: the mean 2.483 makes 2.5 the closest (1 bit), then of
-    the rest (mean 2.48, distances 1.48, 1.52, 0.08, 0.52, 0.48) 2.4 and 2 (2 bits), and 1, 4, 3 keep 3 bits — the same as at scale 1."""
+    the rest (mean 2.48, distances 1.48, 1.52, 0.08, 0.52, 0.48) 2.4 and 2 (2 bits), and 1, 4, 3 keep
+    3 bits — the same as at scale 1."""
     x = torch.tensor([[1.0, -4.0, 2.4, 2.5, -3.0, 2.0]])
     for scale in (1.0, 2.0**-30):
         assert hbnn.middle_out_bitmap(x * scale, [1, 2, 3]).tolist() == [[3, 3, 2, 1, 3, 2]]
