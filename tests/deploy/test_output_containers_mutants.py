@@ -137,3 +137,34 @@ def test_bad_values_are_replaced_by_zero_before_the_network_runs():
     with torch.no_grad():
         assert not torch.allclose(net(ones)[[0, 2]], want[[0, 2]], atol=1e-3)  # the check can tell them apart
 
+
+
+@pytest.mark.parametrize("kind", ["torch", "numpy"])
+def test_the_policy_on_scalars_arrays_and_outputs_that_are_not_per_sample(kind):
+    """``guard_inputs``/``mark_outputs``, the one policy every runtime (packed, ONNX, LCE) calls, on a
+    0-d input, a numpy batch, and outputs whose first dimension is not the batch (NaN as a whole)."""
+    import numpy as np
+
+    from onebit.deploy._finite import NonFiniteInputError, guard_inputs, mark_outputs
+
+    def make(v):
+        return torch.tensor(v, dtype=torch.float32) if kind == "torch" else np.asarray(v, dtype=np.float32)
+
+    scalar = make(float("nan"))
+    with pytest.raises(NonFiniteInputError, match="1 NaN/inf value in sample 0"):
+        guard_inputs((scalar,), "raise", "x")
+    (cleaned,), bad = guard_inputs((scalar,), "propagate", "x")
+    assert float(cleaned) == 0.0 and bad.tolist() == [True]
+    batch = make([[1.0, 2.0], [float("inf"), 0.0], [3.0, -float("inf")]])
+    with pytest.raises(NonFiniteInputError, match="2 NaN/inf values in samples 1, 2;"):
+        guard_inputs((batch, make([0.5, 0.5, 0.5])), "raise", "x")
+    (cleaned, other), bad = guard_inputs((batch, make([0.5, 0.5, 0.5])), "propagate", "x")
+    assert bad.tolist() == [False, True, True] and other.tolist() == [0.5, 0.5, 0.5]
+    assert cleaned.tolist() == [[1.0, 2.0], [0.0, 0.0], [3.0, 0.0]]
+    per_sample, pooled, zero_d = make([[1.0], [2.0], [3.0]]), make([5.0, 6.0]), make(7.0)
+    marked = mark_outputs([per_sample, pooled, zero_d, make([1, 2, 3]).astype(np.int64) if kind == "numpy"
+                           else torch.tensor([1, 2, 3])], bad)
+    assert marked[0][0].tolist() == [1.0] and np.isnan(np.asarray(marked[0][1:])).all()
+    assert np.isnan(np.asarray(marked[1])).all() and np.isnan(float(marked[2]))
+    assert marked[3].tolist() == [1, 2, 3]  # integer outputs cannot hold NaN: left as they are
+    assert per_sample.tolist() == [[1.0], [2.0], [3.0]]  # the caller's outputs are not modified
