@@ -168,3 +168,6 @@ def test_the_policy_on_scalars_arrays_and_outputs_that_are_not_per_sample(kind):
     assert np.isnan(np.asarray(marked[1])).all() and np.isnan(float(marked[2]))
     assert marked[3].tolist() == [1, 2, 3]  # integer outputs cannot hold NaN: left as they are
     assert per_sample.tolist() == [[1.0], [2.0], [3.0]]  # the caller's outputs are not modified
+    args = (batch, None, 2.5, "mode", np.arange(3))  # arguments that are not float arrays pass unchecked
+    (_, *rest), bad = guard_inputs(args, "propagate", "x")
+    assert rest[:3] == [None, 2.5, "mode"] and rest[3].tolist() == [0, 1, 2] and bad.tolist() == [False, True, True]
