@@ -34,6 +34,23 @@ __all__ = ["export", "save", "load", "PackedModel", "ModelFileError", "FORMAT_NA
            "COMPRESS_MIN_NUMEL", "COMPRESS_MAX_FRACTION"]
 
 
+def _empty_batch(x: Any) -> bool:
+    return isinstance(x, Tensor) and x.dim() > 0 and x.shape[0] == 0
+
+
+def _one_zero_sample(x: Any) -> Any:
+    return x.new_zeros((1, *x.shape[1:])) if _empty_batch(x) else x
+
+
+def _no_rows(out: Any) -> Any:
+    """``out`` (a tensor, or a list/tuple/dict of them) with none of its rows: an empty batch's output."""
+    if isinstance(out, (list, tuple)):
+        return type(out)(_no_rows(o) for o in out)
+    if isinstance(out, dict):
+        return {k: _no_rows(v) for k, v in out.items()}
+    return out[:0] if isinstance(out, Tensor) and out.dim() > 0 else out
+
+
 class PackedModel(nn.Module):
     """An exported network: binary layers run on the 1-bit engine, the rest in torch. Inference only.
 
@@ -59,6 +76,10 @@ class PackedModel(nn.Module):
         # Images run channels_last end to end: the engine's native layout and torch's fastest on CPU.
         args = tuple(a.contiguous(memory_format=torch.channels_last)
                      if isinstance(a, Tensor) and a.dim() == 4 else a for a in args)
+        if any(_empty_batch(a) for a in args):
+            # The engine's kernels need at least one row; torch answers an empty batch with an empty output,
+            # so run one zero sample and keep none of its rows (the output's shapes and dtypes stay right).
+            return _no_rows(self.forward(*(_one_zero_sample(a) for a in args), **kwargs))
         args, bad = guard_inputs(args, self.nonfinite, "packed model")
         out = self.execution_plan()(*args, **kwargs)
         return out if bad is None else mark_outputs(out, bad)
