@@ -113,6 +113,7 @@ def test_alpha_computed_natively_is_the_mean_abs_within_an_ulp():
 
 
 def layer_for(preset, scale, conv=False):
+    torch.manual_seed(0)  # the same layer on every run
     if conv:
         layer = BinaryConv2d(5, 7, 3, method=preset, scale=scale)
     else:
@@ -145,6 +146,9 @@ def test_every_preset_through_the_layer_equals_the_torch_path(preset, scale, mu,
     exact = scale == "none" and not swish  # no α: the same float ops, bit for bit
     tolerance = {"rtol": 0, "atol": 0} if exact else {"rtol": 1e-4 if swish else 1e-6, "atol": 1e-6}
     torch.testing.assert_close(q1, q0, equal_nan=True, **tolerance)
+    if swish and not exact:  # α's last bit moves u = w/α, which the steep SignSwish derivative amplifies near its
+        # zero crossing: a floor relative to the gradient's scale (measured ≤ 7.1e-7 of max|g| over 25 seeds)
+        tolerance["atol"] = 1e-5 * g0.nan_to_num(0.0).abs().max().item()
     torch.testing.assert_close(g1, g0, equal_nan=True, **tolerance)
     if not swish:
         assert torch.equal(q1.sign(), q0.sign()) and torch.equal(g1 == 0, g0 == 0)  # the same signs and masks
