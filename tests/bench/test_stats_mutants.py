@@ -94,6 +94,7 @@ def test_correlations_by_hand_and_when_undefined():
     assert S.spearman_rho([1, 2, 3, 4], [1, 3, 2, 4]) == pytest.approx(0.8)
     # three items with two distinct values are enough: τ-b of (1,1,2) vs (1,2,3) = 2/sqrt(2·3)
     assert S.kendall_tau([1, 1, 2], [1, 2, 3]) == pytest.approx(2 / math.sqrt(6))
+    assert S.kendall_tau([1, 2, 3], [1, 1, 2]) == pytest.approx(2 / math.sqrt(6))  # and in y (seed-59 survivor)
     assert S.kendall_tau([1, 2, 3], [5, 5, 5]) is None  # a constant ranking
     assert S.spearman_rho([7, 7, 7], [1, 2, 3]) is None
     assert S.spearman_rho([1, 2], [2, 1]) is None
