@@ -18,10 +18,11 @@ Peak memory is the highest total of bytes allocated by torch during one step
 (torch.profiler's memory events; on CUDA ``max_memory_allocated``), minus what was allocated before
 it, relative to fp32.
 
-The variants beside the registered method names: ``biper-s2`` (BiPer stage 2, binary weights) and
-``<pcpp preset>-a`` (a ProxConnect++ preset with binary activations, ``binarize_activations=True``); any
-row with the suffix ``:torch`` runs with the engine's native training kernels off (the torch formulas),
-for an A/B of the kernels within one process:
+The variants beside the registered method names: ``fp32-again`` (a second full-precision network, the
+A/A control: how far from 1.00x two identical steps read, i.e. the noise floor), ``biper-s2`` (BiPer
+stage 2, binary weights) and ``<pcpp preset>-a`` (a ProxConnect++ preset with binary activations,
+``binarize_activations=True``); any row with the suffix ``:torch`` runs with the engine's native training
+kernels off (the torch formulas), for an A/B of the kernels within one process:
 
     python benchmarks/train_step.py --models mlp --threads 1 --clock cpu --no-memory --methods irnet irnet:torch
 """
@@ -41,6 +42,9 @@ HERE = Path(__file__).resolve().parent
 #: A row name suffix: the same row with the engine's native training kernels off during its steps
 #: (``onebit.methods.functional.NATIVE_KERNELS``), for an A/B of the kernels in one process.
 TORCH_PATH = ":torch"
+#: A second full-precision network, timed in the same rounds as the methods: its "ratio" to fp32 is what
+#: the measurement alone gives two identical steps (an A/A control), the noise floor of every other row.
+CONTROL = "fp32-again"
 PCPP = ("pcpp-bc", "pcpp-pc", "pcpp-bnn", "pcpp-bnn+", "bnn++")
 MODELS = {
     # name: (zoo model, model options, input shape of one sample, batch size)
@@ -52,7 +56,7 @@ MODELS = {
 def variant(name: str) -> tuple[str | None, dict]:
     """A table row name -> (registered method or None for fp32, extra options)."""
     name = name.removesuffix(TORCH_PATH)
-    if name == "fp32":
+    if name in ("fp32", CONTROL):
         return None, {}
     if name == "biper-s2":
         return "biper", {"stage": 2}
@@ -62,7 +66,7 @@ def variant(name: str) -> tuple[str | None, dict]:
 
 
 def default_rows(available: list[str]) -> list[str]:
-    rows = [m for m in available]
+    rows = [CONTROL] + [m for m in available]
     rows.insert(rows.index("biper") + 1, "biper-s2")
     rows += [f"{p}-a" for p in PCPP if p in available]
     return rows
