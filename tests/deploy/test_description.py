@@ -75,6 +75,8 @@ def test_the_description_is_frozen_and_folding_makes_a_new_one():
         d.pad_value = 1
     with pytest.raises(dataclasses.FrozenInstanceError):
         d.epilogue.clamp = (0.0, 1.0)
+    with pytest.raises(dataclasses.FrozenInstanceError):  # a weight plane too: every target reads the same one
+        d.planes[0].scale = d.planes[0].scale * 2
     folded = d.fold_batchnorm(model[4])
     assert folded is not d and d.epilogue.post_scale is None and not d.epilogue.folded_batchnorm
     assert folded.epilogue.folded_batchnorm and folded.epilogue.post_scale.shape == (8,)

@@ -84,3 +84,57 @@ def test_the_digest_is_the_documented_one_and_the_thresholds_hold(tmp_path):
     for key, value in packed.net.state_dict().items():
         assert torch.equal(again[key].view(torch.uint8) if value.dtype.is_floating_point else again[key],
                            value.contiguous().view(torch.uint8) if value.dtype.is_floating_point else value)
+
+
+def _weight_compressing_to(target: int, shape: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two finite float32 weights of ``shape`` whose stored encoding is exactly ``target`` bytes and one
+    byte more (found here with the codec itself, so any zlib build gives a true boundary): random words,
+    the low byte cleared in a leading run of elements, one element more or less."""
+    from onebit.deploy import _codec
+
+    n = shape[0] * shape[1]
+    for seed in range(8):
+        g = torch.Generator().manual_seed(seed)
+        words = torch.randint(0, 2**32, (n,), generator=g, dtype=torch.int64)
+        exponent = torch.randint(1, 255, (n,), generator=g, dtype=torch.int64)  # never 0 or 255: finite
+        words = (words & ~(0xFF << 23)) | (exponent << 23)
+
+        def weight(cleared: int, words: torch.Tensor = words) -> torch.Tensor:
+            w = words.clone()
+            w[:cleared] &= ~0xFF
+            return torch.where(w >= 2**31, w - 2**32, w).to(torch.int32).view(torch.float32).reshape(shape)
+
+        def size(cleared: int) -> int:
+            return _codec.encode(weight(cleared))[0].numel()
+
+        lo, hi = 0, n  # the fewest cleared bytes that reach the target
+        while lo < hi:
+            mid = (lo + hi) // 2
+            lo, hi = (lo, mid) if size(mid) <= target else (mid + 1, hi)
+        if 0 < lo < n and size(lo) == target and size(lo - 1) == target + 1:
+            return weight(lo), weight(lo - 1)
+    raise AssertionError(f"no weight of {shape} compresses to exactly {target} bytes")
+
+
+def test_a_tensor_saving_exactly_two_percent_is_stored_compressed(tmp_path):
+    """"At least 2% smaller": 5000 float32 (20000 bytes) encoded in exactly 19600 bytes are stored
+    compressed, in 19601 bytes raw (the boundary the docstring of save() states)."""
+    from onebit.deploy.fileformat import COMPRESS_MAX_FRACTION
+
+    target = 19600
+    assert COMPRESS_MAX_FRACTION * 5000 * 4 == target  # exactly representable: a true boundary
+    exact, over = _weight_compressing_to(target, (50, 100))
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(100, 50), nn.Linear(50, 100), BinaryLinear(100, 8, method="xnor")).eval()
+    with torch.no_grad():
+        model[0].weight.copy_(exact)
+        model[1].weight.copy_(over.reshape(100, 50))
+    path = tmp_path / "m.onebit"
+    save(export(model), path)
+    metadata, stored = _read_raw(path)
+    encoding = json.loads(metadata["encoding"])
+    assert set(encoding) == {"0/weight"}, sorted(encoding)
+    assert stored["0/weight"].numel() == target and stored["1/weight"].dtype == torch.float32
+    again = load(path).net.state_dict()
+    assert torch.equal(again["0.weight"].view(torch.int32), exact.view(torch.int32))
+    assert torch.equal(again["1.weight"].view(torch.int32), over.reshape(100, 50).view(torch.int32))

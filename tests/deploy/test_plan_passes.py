@@ -198,3 +198,21 @@ def test_optimize_for_inference_options_leave_passes_out():
     assert not any(isinstance(m, ResidualBinary) for m in unfused.modules())
     kept = passes.optimize_for_inference(packed.net, overwrite_residuals=False)
     assert [m.overwrite_residual for m in kept.modules() if isinstance(m, ResidualBinary)] == [False, False]
+
+
+def test_bits_for_next_reader_hands_bits_to_a_lone_conv():
+    """A fused block read by a binary conv that chains nothing (its PReLU output feeds the pool): the
+    block writes that conv's input bits, and the conv, wrapped as the first layer of a chain, runs on
+    them as they are (issue 21: seed-59 mutant of passes.py's ChainedBinary(m, None, True) survived)."""
+    lone = nn.Sequential(nn.Conv2d(16, 16, 3, padding=1), nn.BatchNorm2d(16), nn.PReLU(16))
+    model = _net(Block(16), lone)
+    plan, packed, x = _plan(model)
+    _run(plan, *passes.PASSES)
+    (fused,) = _wrappers(plan, ResidualBinary)
+    (chained,) = _wrappers(plan, ChainedBinary)
+    assert fused.bits_for is chained.layer and chained.bits_in and chained.consumer is None
+    with torch.no_grad():
+        want = model(x)
+        got = packed(x)
+    assert (got - want).abs().max().item() <= 1e-5 * want.abs().max().item()
+    _check_same_output(plan, packed, x)
