@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from ..methods import Method, get
 from ..methods.base import InferenceForm, NotDeployableError, layer_label
-from ..methods.functional import quantized_product
+from ..methods.functional import announce_kept, quantized_product
 
 __all__ = ["BinaryLayer", "BinaryConv1d", "BinaryConv2d", "BinaryLinear", "PAD_VALUES"]
 
@@ -101,6 +101,8 @@ class BinaryLayer:
         xq = self.method.quantize_input(self, x) if self.binarize_activations else x
         xq = self._post_pad(xq, x)
         wq = self.method.quantize_weight(self, self.weight) if self.binarize_weights else self.weight
+        if xq is x and wq.requires_grad and torch.is_grad_enabled():
+            announce_kept(x)  # the product keeps the real input itself for the weight's gradient
         if kind == "linear":
             return self.method.scale_output(self, F.linear(xq, wq))
         op = F.conv1d if kind == "conv1d" else F.conv2d

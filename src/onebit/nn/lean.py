@@ -10,7 +10,12 @@ once the forward is done: no second clamp) — −1, 0 or +1, which torch's own 
 exactly as it reads ``x`` (strictly inside iff 0) — so gradients are bit-identical. When the binary
 layer's fused quantizer keeps the float output itself for its own surrogate gradient (ApproxSign,
 EDE, SignSwish, ReCU's standardisation: :func:`onebit.methods.functional.announce_kept`), the
-Hardtanh keeps that same tensor instead of the code: no memory of its own at all. The module
+Hardtanh keeps that same tensor instead of the code: no memory of its own at all; so does a binary
+layer with real activations (the weight-only presets), whose convolution keeps its input for the
+weight's gradient. Such a Hardtanh makes no code at its next call either: it keeps its output as it is
+(the network's graph is the same at every step) and, should nothing keep that output after all, goes
+back to the code at the call after (an output so kept and then changed in place raises in backward,
+as torch does for its own saves). The module
 stays an ``nn.Hardtanh`` (export recognises it by type); the saving is done by autograd's
 saved-tensor hooks, entered by a forward pre-hook and left by a forward hook.
 """
@@ -31,10 +36,20 @@ __all__ = ["MIN_NUMEL", "keep_int8_for_backward"]
 #: Smaller inputs keep their float copy: the hooks' fixed cost (~tens of µs) would outweigh the few
 #: kilobytes saved (the digits MLP's 32 x 512 activations).
 MIN_NUMEL = 1 << 16
+#: Set on a module whose last output was kept by the layer after it (:func:`_keep_output`).
+_CLAIMED = "_onebit_output_claimed"
 
 
 def _unpack(saved: list) -> Tensor:
-    code, dtype = saved
+    code, dtype, version = saved
+    if version is not None and code._version != version:
+        # The output itself, kept on the guess that the layer after it keeps it too (see _leave), was
+        # changed in place since: what backward needs is gone; torch's message for that case.
+        raise RuntimeError(
+            "one of the variables needed for gradient computation has been modified by an inplace "
+            "operation: the output of a Hardtanh kept by onebit.nn.lean (its previous call's output was "
+            "kept by the layer after it, this one's was not); do not change it in place"
+        )
     if code.dtype == torch.int8 and code.device.type == "cpu" and dtype in (torch.float32, torch.float64):
         # numpy's int8 -> float cast is vectorised, torch's on CPU is not: 1.3 ms against 3.0 ms for a
         # 128 x 16 x 32 x 32 code at 1 thread (Xeon), in every backward. Exact either way (−1, 0, 1).
@@ -61,7 +76,7 @@ def _enter(module: nn.Hardtanh, args: tuple) -> None:
         def pack(t: Tensor) -> list:
             # The input itself for now; _leave swaps in the int8 code of the output, clamp(x, −1, 1),
             # which is the code of the input's clamp without clamping a second time.
-            holder = [t, t.dtype]
+            holder = [t, t.dtype, None]
             pending.append(holder)
             return holder
 
@@ -77,21 +92,30 @@ def _leave(module: nn.Hardtanh, args: tuple, output: Any) -> None:
     hooks, pending = entered
     hooks.__exit__(None, None, None)
     if pending and isinstance(output, Tensor):
-        with torch.no_grad():
-            code = output.to(torch.int8)  # −1, 0 (strictly inside) or +1, truncating clamp(x, −1, 1)
-        for holder in pending:
-            holder[0] = code
-        output.__dict__[KEPT_ANYWAY] = partial(_keep_output, pending, output._version)
+        version = output._version
+        if module.__dict__.pop(_CLAIMED, False):
+            # Its last output was kept by the layer after it (a network's graph is the same at every
+            # step): keep this one as it is, without a pass to make a code that would be dropped.
+            for holder in pending:
+                holder[0], holder[2] = output, version
+        else:
+            with torch.no_grad():
+                code = output.to(torch.int8)  # −1, 0 (strictly inside) or +1, truncating clamp(x, −1, 1)
+            for holder in pending:
+                holder[0] = code
+        output.__dict__[KEPT_ANYWAY] = partial(_keep_output, module, pending, version)
 
 
-def _keep_output(pending: list[list], version: int, output: Tensor) -> None:
+def _keep_output(module: nn.Hardtanh, pending: list[list], version: int, output: Tensor) -> None:
     """A fused quantizer keeps ``output`` itself for backward (announce_kept): keep it here too, in
     place of the int8 code — the same memory, and torch's backward reads clamp(x, −1, 1) exactly as
-    it reads x (strictly inside (−1, 1) iff x is). Not if ``output`` was changed in place since."""
+    it reads x (strictly inside (−1, 1) iff x is) — and take the output as it is at the module's next
+    call. Not if ``output`` was changed in place since."""
     if output._version != version:
         return
     for holder in pending:
-        holder[0] = output
+        holder[0], holder[2] = output, None  # the layer's own save now guards it against changes
+    module.__dict__[_CLAIMED] = True
 
 
 def keep_int8_for_backward(module: nn.Hardtanh) -> nn.Hardtanh:
