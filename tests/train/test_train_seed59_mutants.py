@@ -14,7 +14,7 @@ from onebit.train.trainer import load_checkpoint
 
 def _recipe(stages: list[dict]) -> dict:
     return {"name": "tiny", "seed": 3, "data": {"name": "digits", "batch_size": 256},
-            "model": {"name": "mlp", "options": {"hidden": [16]}}, "stage": stages}
+            "model": {"name": "mlp", "options": {"hidden": [16, 16]}}, "stage": stages}
 
 
 def _stage(name: str, **extra) -> dict:
@@ -94,3 +94,18 @@ def test_a_recipe_seed_replays_its_recorded_data_order():
                 sampler.set_epoch(epoch)
                 order = [int(i) for x, _ in loader for i in x[:, 0]]
                 assert order == PINNED_ORDERS[seed, stage, epoch], (seed, stage, epoch)
+
+
+def test_training_with_a_method_loss_warns_nothing(tmp_path):
+    """BiPer's loss term needs a gradient; the trainer logs its value without converting a tensor that
+    requires grad to a Python float (torch warns about that on every step: seed-59 survivor trainer.py:581,
+    ``float(extra.detach())`` → ``float(extra)``)."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = train(_recipe([_stage("main", method="biper")]), tmp_path / "run", progress=False)
+    (row,) = result.history
+    assert row["extra_loss"] > 0
+    from_trainer = [str(w.message) for w in caught if "onebit" in w.filename.replace("\\", "/").split("/")]
+    assert from_trainer == []
