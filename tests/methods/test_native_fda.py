@@ -248,3 +248,51 @@ def test_fused_noise_adaptation_frozen_tensors_get_no_gradient(frozen):
     assert native[frozen] is None and reference[frozen] is None
     for name in native.keys() - {frozen}:
         assert_close(native[name], reference[name], name)
+
+
+
+def _rows_by_path(d, seed):
+    """Rows that take each of the kernels' element-wise paths (csrc/train_fda_kernels.h; with ω = 0.05
+    and 11 terms the ratio's argument is (min(|x|, 1)·0.05)·24, at most 1.2): weight-like rows (every
+    argument small), a row with x = ±0, ±1 and ±(1 + ε) (the ratio's limit at t = 0 and the clip
+    window's edges), a row in 1 < |x| < 1.5 (no surrogate gradient passes: grad x is the NA's cos term
+    and W1ᵀ·gpre alone) and one in 1.5 <= |x| < 3.1 (the same, by the reduced sine and cosine), rows
+    with |x| up to ~1 (ω = 0.1: the ratio's sine reduced), each guard's two sides (max |x| = 1.5 - ulp
+    and 1.5), and |x| = 8193 (the sine and cosine by libm)."""
+    g = torch.Generator().manual_seed(seed)
+    rows = [torch.randn(d, generator=g) * 0.05, torch.randn(d, generator=g) * 0.3]
+    edge = torch.randn(d, generator=g) * 0.05
+    edge[:6] = torch.tensor([0.0, -0.0, 1.0, -1.0, 1.0000001, -1.0000001])
+    sign = torch.where(torch.rand(d, generator=g) < 0.5, 1.0, -1.0)
+    rows += [edge, torch.empty(d).uniform_(1.0001, 1.49, generator=g) * sign,
+             torch.empty(d).uniform_(1.5, 3.1, generator=g) * sign]
+    below, at, big = rows[0].clone(), rows[0].clone(), rows[0].clone()
+    below[1] = torch.nextafter(torch.tensor(1.5), torch.tensor(0.0))
+    at[1] = -1.5
+    big[2] = 8193.0
+    return torch.stack(rows + [below, at, big])
+
+
+@pytest.mark.parametrize("omega", [0.05, 0.1, 2.0])
+@pytest.mark.parametrize("weight", [True, False], ids=["weight", "activation"])
+def test_fused_noise_adaptation_small_argument_paths_equal_torch_path(weight, omega, monkeypatch):
+    """Rows that take each element-wise path of the kernels (the small-argument sine and cosine without
+    the reduction's float-int round trip; the Fourier ratio's sin(2(n+1)t) small or reduced; ω ≥ 1.5:
+    none small) agree with the torch path in the value and every gradient; 1 and 2 threads give the
+    same bits. A row with a NaN (no small path) gives NaN where torch does, the other rows unchanged."""
+    monkeypatch.setitem(globals(), "OMEGA", omega)
+    x = _rows_by_path(130, seed=int(omega * 100))
+    _, na, _ = _inputs(*x.shape, seed=3)
+    grad = torch.randn(x.shape, generator=torch.Generator().manual_seed(5))
+    native = _run(na, x, grad, weight, native=True, alpha=0.6)
+    assert_all_close(native, _run(na, x, grad, weight, native=False, alpha=0.6))
+    two = _run(na, x, grad, weight, native=True, threads=2, alpha=0.6)
+    assert all(torch.equal(a, b) for a, b in zip(native, two)), "1 and 2 threads differ"
+    x[2, 7] = float("nan")
+    native = _run(na, x, grad, weight, native=True, alpha=0.6)
+    reference = _run(na, x, grad, weight, native=False, alpha=0.6)
+    for got, want, what in zip(native, reference, ("value", "grad x", "grad fc1.weight", "grad fc2.weight")):
+        assert torch.equal(got.isnan(), want.isnan()), what
+    keep = torch.arange(x.shape[0]) != 2
+    for got, want, what in zip(native[:2], reference[:2], ("value", "grad x")):
+        assert_close(got[keep], want[keep], what)
