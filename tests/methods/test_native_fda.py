@@ -273,14 +273,18 @@ def _rows_by_path(d, seed):
     return torch.stack(rows + [below, at, big])
 
 
-@pytest.mark.parametrize("omega", [0.05, 0.1, 2.0])
+@pytest.mark.parametrize(("terms", "omega"), [(11, 0.05), (11, 0.1), (11, 2.0), (0, 0.7), (3, 0.18)], ids=str)
 @pytest.mark.parametrize("weight", [True, False], ids=["weight", "activation"])
-def test_fused_noise_adaptation_small_argument_paths_equal_torch_path(weight, omega, monkeypatch):
+def test_fused_noise_adaptation_small_argument_paths_equal_torch_path(weight, terms, omega, monkeypatch):
     """Rows that take each element-wise path of the kernels (the small-argument sine and cosine without
-    the reduction's float-int round trip; the Fourier ratio's sin(2(n+1)t) small or reduced; ω ≥ 1.5:
-    none small) agree with the torch path in the value and every gradient; 1 and 2 threads give the
-    same bits. A row with a NaN (no small path) gives NaN where torch does, the other rows unchanged."""
+    the reduction's float-int round trip; the Fourier ratio without a division where its argument is
+    small and 2(n+1) >= 8, else the quotient, its numerator reduced or not; ω ≥ 1.5: none small; n = 0
+    with ω = 0.7: small arguments but 2(n+1) = 2, where the division-free series would be off by 1e-5;
+    n = 3: 2(n+1) = 8, the series' edge) agree with the torch path in the value and every gradient; 1 and
+    2 threads give the same bits. A row with a NaN (no small path) gives NaN where torch does, the
+    other rows unchanged."""
     monkeypatch.setitem(globals(), "OMEGA", omega)
+    monkeypatch.setitem(globals(), "TERMS", terms)
     x = _rows_by_path(130, seed=int(omega * 100))
     _, na, _ = _inputs(*x.shape, seed=3)
     grad = torch.randn(x.shape, generator=torch.Generator().manual_seed(5))

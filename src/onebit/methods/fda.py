@@ -206,8 +206,10 @@ def fused_noisy_sign(na: NoiseAdaptation, x: Tensor, alpha: Tensor, terms: int, 
     rows, so 1 and N threads give the same bits), so values and gradients agree with the torch path to
     ~1e-6 relative; ReLU's decision can differ from torch's only where ``fc1(x)`` is within rounding of 0.
     Rows whose every ``|x| < 1.5`` (a weight's, a clipped activation's) take sin and cos without the range
-    reduction's rounding step, and a weight's Fourier ratio ``sin(2(n+1)ωx)`` none at all: the same sines
-    and cosines as the general path, about twice as fast."""
+    reduction's rounding step (the same sines and cosines as the general path), and where every
+    ``|2(n+1)ω·clamp(x)| < 1.5`` and ``2(n+1) >= 8`` (a weight's) the Fourier ratio
+    ``sin(2(n+1)t)/(2 sin t)`` as ``(n+1)·sinc-polynomial·(t/sin t)-series`` without a division (within
+    2 ulp of the quotient, exactly ``n + 1`` at ``t = 0``): the gradient's element-wise part about twice as fast."""
     rows = x.reshape(x.shape[0], -1) if weight else x.reshape(-1, x.shape[-1])
     if not weight:
         functional.announce_kept(x)  # an activation kept as it is: its producer may share it
