@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import struct
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -81,7 +82,19 @@ def save(packed: PackedModel, path: str | Path, *, compress: bool = True) -> Non
         "encoding": json.dumps(encoding, sort_keys=True),
     }
     metadata[DIGEST_KEY] = content_digest(metadata, stored)
-    atomic_write_bytes(path, st_save(stored, metadata=metadata))
+    atomic_write_bytes(path, _metadata_sorted(st_save(stored, metadata=metadata)))
+
+
+def _metadata_sorted(data: bytes) -> bytes:
+    """``data``, a safetensors file, with its ``__metadata__`` entries in sorted order. safetensors writes
+    them from a hash map, in an order that changes from one call to the next: without this, saving the
+    same model twice gave two different files. The tensors' entries and bytes stay as written."""
+    (size,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8:8 + size])
+    header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+    text = json.dumps(header, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    text += b" " * (-len(text) % 8)  # the tensor data stays 8-byte aligned, as safetensors writes it
+    return struct.pack("<Q", len(text)) + text + data[8 + size:]
 
 
 def _encode_tensors(tensors: dict[str, Tensor], compress: bool) -> tuple[dict[str, Tensor], dict[str, Any]]:
