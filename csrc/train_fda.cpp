@@ -1,8 +1,9 @@
 // FDA's fused training quantizer with its noise adaptation (see train_fda.h).
 //
 // The row kernels (train_fda_kernels.h) are compiled, like train_quantizers.cpp's, for AVX-512 with
-// FMA, AVX2 with FMA and the baseline ISA, the first the CPU supports picked at run time; they reuse
-// train_quantizers_kernels.h's sin/cos and FDA value/gradient spans, included here once per ISA too.
+// FMA, AVX2 with FMA and the baseline ISA, the first the CPU supports picked at run time
+// (isa_variants.h); they reuse train_quantizers_kernels.h's sin/cos and FDA value/gradient spans,
+// included here once per ISA too.
 #include "train_fda.h"
 
 #include <algorithm>
@@ -47,45 +48,20 @@ struct BackwardRows {
   float* u;
 };
 
-namespace isa_default {
-#include "train_quantizers_kernels.h"
-#include "train_fda_kernels.h"
-}  // namespace isa_default
-
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define ONEBIT_FDA_X86 1
-#pragma GCC push_options
-#pragma GCC target("avx2,fma")
-namespace isa_avx2 {
-#include "train_quantizers_kernels.h"
-#include "train_fda_kernels.h"
-}  // namespace isa_avx2
-#pragma GCC pop_options
-#pragma GCC push_options
-#pragma GCC target("avx512f,avx512dq,avx2,fma")
-namespace isa_avx512 {
-#include "train_quantizers_kernels.h"
-#include "train_fda_kernels.h"
-}  // namespace isa_avx512
-#pragma GCC pop_options
-#endif
+#define ONEBIT_ISA_HEADER "train_quantizers_kernels.h"
+#define ONEBIT_ISA_HEADER_2 "train_fda_kernels.h"
+#include "isa_variants.h"
 
 struct Kernels {
   decltype(&isa_default::na_forward_rows) forward_rows;
   decltype(&isa_default::na_backward_rows) backward_rows;
 };
 
+#define ONEBIT_FDA_KERNELS(ns) \
+  Kernels { ns::na_forward_rows, ns::na_backward_rows }
+
 const Kernels& kernels() {
-  static const Kernels k = [] {
-#ifdef ONEBIT_FDA_X86
-    __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("fma"))
-      return Kernels{isa_avx512::na_forward_rows, isa_avx512::na_backward_rows};
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
-      return Kernels{isa_avx2::na_forward_rows, isa_avx2::na_backward_rows};
-#endif
-    return Kernels{isa_default::na_forward_rows, isa_default::na_backward_rows};
-  }();
+  static const Kernels k = ONEBIT_ISA_PICK(ONEBIT_FDA_KERNELS);
   return k;
 }
 

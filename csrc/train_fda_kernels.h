@@ -180,13 +180,7 @@ inline float cos_small(float x) {
   r = r - qf * (0.0009670257568359375f * 0.5f);
   r = r - qf * (6.2771141529083251953e-07f * 0.5f);
   r = r - qf * (1.2154201256553420762e-10f * 0.5f);
-  const float s = r * r;
-  float u = 2.6083159809786593541503e-06f;
-  u = u * s - 0.0001981069071916863322258f;
-  u = u * s + 0.00833307858556509017944336f;
-  u = u * s - 0.166666597127914428710938f;
-  const float v = s * (u * r) + r;
-  return v * -qf;
+  return sin_small(r) * -qf;  // trig_approx's polynomial, written the same way
 }
 
 // fda_value_span (the same bits) over a row whose every |x| < kSmallArg: the sines by sin_small.

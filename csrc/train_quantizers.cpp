@@ -22,25 +22,8 @@ namespace {
 
 constexpr int64_t kRowsPerUnit = 4;  // rows handed to a thread at a time
 
-namespace isa_default {
-#include "train_quantizers_kernels.h"
-}  // namespace isa_default
-
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define ONEBIT_TQ_X86 1
-#pragma GCC push_options
-#pragma GCC target("avx2,fma")
-namespace isa_avx2 {
-#include "train_quantizers_kernels.h"
-}  // namespace isa_avx2
-#pragma GCC pop_options
-#pragma GCC push_options
-#pragma GCC target("avx512f,avx512dq,avx2,fma")
-namespace isa_avx512 {
-#include "train_quantizers_kernels.h"
-}  // namespace isa_avx512
-#pragma GCC pop_options
-#endif
+#define ONEBIT_ISA_HEADER "train_quantizers_kernels.h"
+#include "isa_variants.h"
 
 struct Kernels {
   decltype(&isa_default::standardize_row) standardize_row;
@@ -63,15 +46,7 @@ struct Kernels {
             ns::biper_backward_span, ns::abs_sum }
 
 const Kernels& kernels() {
-  static const Kernels k = [] {
-#ifdef ONEBIT_TQ_X86
-    __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("fma"))
-      return ONEBIT_TQ_KERNELS(isa_avx512);
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return ONEBIT_TQ_KERNELS(isa_avx2);
-#endif
-    return ONEBIT_TQ_KERNELS(isa_default);
-  }();
+  static const Kernels k = ONEBIT_ISA_PICK(ONEBIT_TQ_KERNELS);
   return k;
 }
 
