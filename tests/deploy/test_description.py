@@ -13,6 +13,7 @@ import onebit
 from onebit.deploy import ExportError, export, lce, load, onnx_export, packed, save
 from onebit.deploy.description import (
     Epilogue,
+    Geometry,
     InputScale,
     LayerKind,
     PackedLayerDescription,
@@ -204,3 +205,27 @@ def test_a_description_can_be_written_by_hand():
     want = torch.where(x >= 0, 1.0, -1.0) @ (0.5 * signs).t() + torch.arange(4.0)
     assert torch.allclose(packed.build_module(d)(x), want)
     assert torch.allclose(onnx_export._BinaryInference(d, qonnx=False)(x), want)
+
+
+@pytest.mark.parametrize("kind", ["linear", "conv2d"])
+def test_a_hand_written_description_whose_every_plane_is_masked(kind):
+    """Σ_j μ_j·(m_j ⊙ B_j) with a mask on every plane (two magnitudes, each active on its own weights,
+    some weights on neither): the packed engine and the ONNX module compute that sum, never the
+    unmasked planes."""
+    g = torch.Generator().manual_seed(0)
+    shape = (4, 6) if kind == "linear" else (4, 6, 3, 3)
+    signs = [torch.where(torch.rand(shape, generator=g) < 0.5, -1.0, 1.0) for _ in range(2)]
+    active = torch.rand(shape, generator=g)
+    masks = [active < 0.4, (active >= 0.4) & (active < 0.8)]
+    scales = [torch.full((4,), 0.75), torch.full((4,), 0.25)]
+    planes = tuple(WeightPlane(pack_bits(s), mu, pack_bits(torch.where(m, -1.0, 1.0)))
+                   for s, mu, m in zip(signs, scales, masks))
+    geometry = Geometry() if kind == "linear" else Geometry(stride=(1, 1), padding=((0, 0), (0, 0)), dilation=(1, 1))
+    d = PackedLayerDescription(kind=LayerKind.LINEAR if kind == "linear" else LayerKind.CONV2D, method="hbnn",
+                               weight_shape=shape, planes=planes, geometry=geometry)
+    weight = sum(mu.reshape((-1,) + (1,) * (len(shape) - 1)) * (m * s) for s, mu, m in zip(signs, scales, masks))
+    x = torch.randn((3, 6) if kind == "linear" else (3, 6, 5, 5), generator=g)
+    xs = torch.where(x >= 0, 1.0, -1.0)
+    want = xs @ weight.t() if kind == "linear" else torch.nn.functional.conv2d(xs, weight)
+    assert torch.allclose(packed.build_module(d)(x), want, atol=1e-5)
+    assert torch.allclose(onnx_export._BinaryInference(d, qonnx=False)(x), want, atol=1e-5)

@@ -13,7 +13,7 @@ from test_onnx_paths_mutants import Tokens, _randomize, geometry_per_axis
 from torch import nn
 
 from onebit.deploy import export, load, save
-from onebit.nn import BinaryConv1d, BinaryConv2d
+from onebit.nn import BinaryConv1d, BinaryConv2d, BinaryLinear
 
 
 def _compare(model: nn.Module, x: torch.Tensor, tmp_path) -> None:
@@ -165,12 +165,32 @@ def test_residuals_that_broadcast(hw, stride, pool, tmp_path):
 
 
 @pytest.mark.parametrize("kernel,hw,pool", [(1, (3, 4), (3, 4)), (1, (3, 4), (3, 1)), (5, (4, 6), (1, 6)),
-                                         ((3, 1), (3, 4), (1, 4)), ((1, 3), (4, 3), (4, 1))])
+                                         ((3, 1), (3, 4), (1, 4)), ((1, 3), (4, 3), (4, 1)),
+                                         (3, (6, 5), (1, 5)), ((3, 1), (4, 3), (4, 1)), ((1, 3), (3, 4), (1, 4))])
 def test_residual_blocks_of_unpadded_and_wide_kernels(kernel, hw, pool, tmp_path):
     """A 1x1 (unpadded), a 5x5 (padded 2), a 3x1 and a 1x3 (padded in one axis only) binary conv in a
-    residual block, full-shaped and broadcast residuals."""
+    residual block, full-shaped and broadcast residuals. In the last three, the broadcast residual has
+    the shape an output size computed from the wrong weight axis would have (the 8 input channels as
+    the kernel height; a 3x1 kernel's height as its width, or a 1x3's width as its height): only the
+    true output shape may take the fused residual pass."""
     torch.manual_seed(0)
     model = BroadcastResidual(1, pool, kernel)
     _randomize(model)
     x = torch.randn(2, 3, *hw, generator=torch.Generator().manual_seed(1))
+    _compare(model, x, tmp_path)
+
+
+@pytest.mark.parametrize("method", ["recu", "biper", "xnorpp"])
+def test_weight_only_layers_with_a_learned_output_scale(method, tmp_path):
+    """Binary weights on real activations (``binarize_activations=False``) with the method's learned
+    per-channel output scale (ReCU's and BiPer's α, XNOR-Net++'s Γ of a linear layer; a conv's Γ also
+    varies over positions): the packed weight-only layer folds a per-channel scale into its weight."""
+    torch.manual_seed(0)
+    model = nn.Sequential(BinaryConv2d(3, 6, 3, padding=1, method=method, binarize_activations=False),
+                          nn.Hardtanh(), nn.Flatten(1),
+                          BinaryLinear(6 * 5 * 4, 5, method=method, binarize_activations=False))
+    x = torch.randn(2, 3, 5, 4, generator=torch.Generator().manual_seed(1))
+    model(x)
+    finish_training(model, method)
+    _randomize(model)
     _compare(model, x, tmp_path)
