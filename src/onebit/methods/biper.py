@@ -159,7 +159,7 @@ class _WaveAndLoss(torch.autograd.Function):
         wc = w.detach().contiguous()
         out = torch.empty_like(wc)
         total = functional._engine.biper_wave(wc.data_ptr(), wc.numel(), omega, binary, out.data_ptr(),
-                                              torch.get_num_threads())
+                                              functional.kernel_threads(wc.numel()))
         ctx.set_materialize_grads(False)
         ctx.w, ctx.version, ctx.omega = wc, w._version, omega
         ctx.factor = tau * omega / max(wc.numel(), 1)
@@ -178,7 +178,7 @@ class _WaveAndLoss(torch.autograd.Function):
         out = torch.empty_like(w)
         factor = 0.0 if grad_loss is None else float(grad_loss) * ctx.factor
         functional._engine.biper_wave_backward(0 if g is None else g.data_ptr(), w.data_ptr(), w.numel(), ctx.omega,
-                                               factor, out.data_ptr(), torch.get_num_threads())
+                                               factor, out.data_ptr(), functional.kernel_threads(w.numel()))
         return out, None, None, None
 
 

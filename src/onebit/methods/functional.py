@@ -684,6 +684,18 @@ def _native_grad(*tensors: Tensor) -> bool:
     return _native(*tensors) and not torch.is_grad_enabled()
 
 
+#: Tensors with fewer elements run a native kernel on the calling thread alone (torch's own element-wise
+#: grain, at::internal::GRAIN_SIZE): ResNet-20's weights (2.3K-37K elements) would otherwise open a
+#: 2-thread region whose hand-off and join cost as much as the work, and whose join on a busy machine waits
+#: for a thread that is not running. The kernels give the same bits on any number of threads.
+SERIAL_BELOW = 32768
+
+
+def kernel_threads(numel: int) -> int:
+    """The thread count a native kernel over ``numel`` elements is given (see :data:`SERIAL_BELOW`)."""
+    return 1 if numel < SERIAL_BELOW else torch.get_num_threads()
+
+
 def _once_differentiable() -> None:
     """Raises for a second derivative through a native kernel's backward (the kernels build no graph)."""
     if torch.is_grad_enabled():
@@ -712,7 +724,7 @@ def _native_standardize(kind: int, w: Tensor, k: float = 0.0, t: float = 0.0, ep
     stats = torch.empty(4, rows.shape[0], 1, dtype=rows.dtype)
     ptrs = [s.data_ptr() for s in stats]
     _engine.standardize_rows(kind, rows.data_ptr(), rows.shape[0], rows.shape[1], k, t, eps, z.data_ptr(),
-                             out.data_ptr(), *ptrs, torch.get_num_threads())
+                             out.data_ptr(), *ptrs, kernel_threads(rows.numel()))
     return (z, out, *stats)
 
 
@@ -725,7 +737,7 @@ def _native_standardize_backward(kind: int, grad: Tensor, z: Tensor, z_mean: Ten
     out = torch.empty_like(g)
     _engine.standardize_backward_rows(kind, g.data_ptr(), z.data_ptr(), z_mean.data_ptr(), factor.data_ptr(),
                                       through.data_ptr(), param, float(dof), z.shape[0], z.shape[1],
-                                      out.data_ptr(), torch.get_num_threads())
+                                      out.data_ptr(), kernel_threads(g.numel()))
     return out
 
 
@@ -815,7 +827,8 @@ class _ScaledSwish(torch.autograd.Function):
         scale = None if alpha is None else alpha.detach().reshape(-1).to(torch.float32).contiguous()
         out = torch.empty_like(rows)
         _engine.swish_weight(kind, rows.data_ptr(), rows.shape[0], rows.shape[1],
-                             0 if scale is None else scale.data_ptr(), beta, out.data_ptr(), torch.get_num_threads())
+                             0 if scale is None else scale.data_ptr(), beta, out.data_ptr(),
+                             kernel_threads(rows.numel()))
         ctx.save_for_backward(rows, scale)
         ctx.beta, ctx.shape = beta, w.shape
         return out.reshape(w.shape)
@@ -828,7 +841,7 @@ class _ScaledSwish(torch.autograd.Function):
         out = torch.empty_like(rows)
         _engine.swish_weight_backward(g.data_ptr(), rows.data_ptr(), rows.shape[0], rows.shape[1],
                                       0 if scale is None else scale.data_ptr(), ctx.beta, out.data_ptr(),
-                                      torch.get_num_threads())
+                                      kernel_threads(g.numel()))
         return out.reshape(ctx.shape), None, None, None
 
 

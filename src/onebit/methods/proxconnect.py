@@ -110,7 +110,7 @@ def _native_mean_abs(w: Tensor) -> Tensor:
     rows = w.detach().reshape(w.shape[0], -1).contiguous()
     alpha = torch.empty(rows.shape[0])
     functional._engine.pcpp_weight(_SIGN, rows.data_ptr(), rows.shape[0], rows.shape[1], alpha.data_ptr(), False, 0.0,
-                                   0, torch.get_num_threads())
+                                   0, functional.kernel_threads(rows.numel()))
     return alpha.reshape((-1,) + (1,) * (w.dim() - 1))
 
 
@@ -126,7 +126,7 @@ class _PcppWeight(torch.autograd.Function):
         alpha = torch.empty(rows.shape[0]) if scaled else None
         functional._engine.pcpp_weight(kind, rows.data_ptr(), rows.shape[0], rows.shape[1],
                                        0 if alpha is None else alpha.data_ptr(), False, mu, out.data_ptr(),
-                                       torch.get_num_threads())
+                                       functional.kernel_threads(rows.numel()))
         ctx.save_for_backward(rows, alpha)
         ctx.grad_kind, ctx.shape = grad_kind, w.shape
         return out.reshape(w.shape)
@@ -141,7 +141,7 @@ class _PcppWeight(torch.autograd.Function):
         out = torch.empty_like(rows)
         functional._engine.pcpp_weight_backward(ctx.grad_kind, g.data_ptr(), rows.data_ptr(), rows.shape[0],
                                                 rows.shape[1], 0 if alpha is None else alpha.data_ptr(),
-                                                out.data_ptr(), torch.get_num_threads())
+                                                out.data_ptr(), functional.kernel_threads(g.numel()))
         return out.reshape(ctx.shape), None, None, None, None
 
 
