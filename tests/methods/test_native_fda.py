@@ -21,6 +21,14 @@ pytestmark = pytest.mark.skipif(not fda._NA_KERNELS, reason="onebit._engine buil
 TERMS, OMEGA, ALPHA = 11, 0.1, 0.07
 
 
+@pytest.fixture(autouse=True)
+def _threads_as_asked(monkeypatch):
+    """Every kernel call gets the thread count asked (small tensors too), so that the 1 vs 2 thread
+    comparisons below run the kernels on two threads; test_fused_noise_adaptation_small_tensors_run_serially
+    checks the serial default."""
+    monkeypatch.setattr(fx, "SERIAL_BELOW", 0)
+
+
 def _inputs(rows, d, seed, scale=0.5):
     """x salted with exact zeros, ±1 and values just outside ±1; a NoiseAdaptation with fresh weights."""
     g = torch.Generator().manual_seed(seed)
@@ -300,3 +308,23 @@ def test_fused_noise_adaptation_small_argument_paths_equal_torch_path(weight, te
     keep = torch.arange(x.shape[0]) != 2
     for got, want, what in zip(native[:2], reference[:2], ("value", "grad x")):
         assert_close(got[keep], want[keep], what)
+
+
+@pytest.mark.parametrize(("rows", "threads"), [(32, 1), (512, 2)])
+def test_fused_noise_adaptation_small_tensors_run_serially(rows, threads, monkeypatch):
+    """Below functional.SERIAL_BELOW elements (a batch-32 MLP's 32 x 512 input) both kernels run on the
+    calling thread; a 512 x 512 weight gets torch's thread count."""
+    monkeypatch.setattr(fx, "SERIAL_BELOW", 32768)
+    engine, seen = fx._engine, []
+
+    class Recording:
+        def __getattr__(self, name):
+            kernel = getattr(engine, name)
+            if not name.startswith("fda_na_"):
+                return kernel
+            return lambda *args: seen.append((name, args[-1])) or kernel(*args)
+
+    monkeypatch.setattr(fx, "_engine", Recording())
+    x, na, grad = _inputs(rows, 512, seed=1)
+    _run(na, x, grad, weight=rows == 512, native=True, threads=2)
+    assert seen == [("fda_na_forward", threads), ("fda_na_backward", threads)]

@@ -71,13 +71,13 @@ class _NoisyFourierSign(torch.autograd.Function):
             rows = x.shape[0]
             sc = torch.empty(rows, dtype=x.dtype)
             functional._engine.fda_value_mean_abs(xc.data_ptr(), hc.data_ptr(), rows, xc.numel() // rows, alpha,
-                                                  out.data_ptr(), sc.data_ptr(), torch.get_num_threads())
+                                                  out.data_ptr(), sc.data_ptr(), functional.kernel_threads(xc.numel()))
         else:
             rows = 1 if scale is None else scale.numel()
             sc = None if scale is None else scale.detach().reshape(rows).contiguous()
             functional._engine.fda_value(xc.data_ptr(), hc.data_ptr(), rows, xc.numel() // max(rows, 1),
                                          0 if sc is None else sc.data_ptr(), alpha, out.data_ptr(),
-                                         torch.get_num_threads())
+                                         functional.kernel_threads(xc.numel()))
         if scale is None and x.is_contiguous():
             functional.announce_kept(x)  # an activation kept as it is: its producer may share it
         ctx.save_for_backward(xc, sc)
@@ -94,7 +94,8 @@ class _NoisyFourierSign(torch.autograd.Function):
         grad_h = torch.empty_like(x) if ctx.needs_input_grad[1] else None
         functional._engine.fda_backward(g.data_ptr(), x.data_ptr(), rows, x.numel() // max(rows, 1),
                                         0 if sc is None else sc.data_ptr(), ctx.alpha, *ctx.params, grad_x.data_ptr(),
-                                        0 if grad_h is None else grad_h.data_ptr(), torch.get_num_threads())
+                                        0 if grad_h is None else grad_h.data_ptr(),
+                                        functional.kernel_threads(x.numel()))
         return grad_x if ctx.needs_input_grad[0] else None, grad_h, None, None, None, None
 
 
@@ -152,7 +153,8 @@ class _FusedNoiseAdaptationSign(torch.autograd.Function):
         out, pre = torch.empty_like(x), x.new_empty(rows, w1.shape[0])
         scale = x.new_empty(rows) if weight else None  # a weight's per-row mean |x|, taken in the pass
         functional._engine.fda_na_forward(x.data_ptr(), rows, d, w1.data_ptr(), w2.data_ptr(), w1.shape[0], alpha,
-                                          out.data_ptr(), pre.data_ptr(), _address(scale), torch.get_num_threads())
+                                          out.data_ptr(), pre.data_ptr(), _address(scale),
+                                          functional.kernel_threads(x.numel()))
         ctx.save_for_backward(x, w1, w2, pre, scale)
         ctx.alpha, ctx.params = alpha, (omega, 2.0 * (terms + 1), 4 * omega / math.pi)
         return out
@@ -164,7 +166,7 @@ class _FusedNoiseAdaptationSign(torch.autograd.Function):
         grads = [torch.empty_like(t) if wanted else None for t, wanted in zip((x, w1, w2), ctx.needs_input_grad)]
         functional._engine.fda_na_backward(grad.contiguous().data_ptr(), x.data_ptr(), *x.shape, w1.data_ptr(),
                                            w2.data_ptr(), w1.shape[0], pre.data_ptr(), _address(scale), ctx.alpha,
-                                           *ctx.params, *map(_address, grads), torch.get_num_threads())
+                                           *ctx.params, *map(_address, grads), functional.kernel_threads(x.numel()))
         return (*grads, None, None, None, None)
 
 
@@ -205,6 +207,8 @@ def fused_noisy_sign(na: NoiseAdaptation, x: Tensor, alpha: Tensor, terms: int, 
     torch's GEMMs (float, one partial per vector lane; the weight gradients summed over fixed blocks of
     rows, so 1 and N threads give the same bits), so values and gradients agree with the torch path to
     ~1e-6 relative; ReLU's decision can differ from torch's only where ``fc1(x)`` is within rounding of 0.
+    A tensor below :data:`~onebit.methods.functional.SERIAL_BELOW` elements (a batch-32 MLP's input, most of
+    ResNet-20's weights) runs on the calling thread (:func:`~onebit.methods.functional.kernel_threads`).
     Rows whose every ``|x| < 1.5`` (a weight's, a clipped activation's) take sin and cos without the range
     reduction's rounding step (the same sines and cosines as the general path), and where every
     ``|2(n+1)ω·clamp(x)| < 1.5`` and ``2(n+1) >= 8`` (a weight's) the Fourier ratio
