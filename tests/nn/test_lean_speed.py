@@ -130,6 +130,21 @@ def test_a_real_activation_layer_with_a_frozen_weight_does_not_claim_the_output(
         out.sum().backward()
 
 
+def test_under_autocast_the_layer_keeps_a_cast_copy_so_the_hardtanh_keeps_its_code():
+    torch.manual_seed(0)
+    conv = BinaryConv2d(8, 8, 3, padding=1, method="pcpp-pc", bias=False)
+    x, _ = _inputs()
+    lean = keep_int8_for_backward(nn.Hardtanh())
+    for _ in range(2):
+        xin = x.detach().clone().requires_grad_(True)
+        h = lean(xin * 1.0)
+        node = h.grad_fn
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = conv(h)
+        assert node._saved_self.data_ptr() != h.data_ptr()  # its int8 code: the conv keeps a bfloat16 copy
+        out.float().sum().backward()
+
+
 @pytest.mark.parametrize("method", ["pcpp-pc", "bnn++", "bireal"])
 def test_resnet20_steps_equal_those_with_torchs_hardtanh(method):
     """Three SGD steps of the zoo's ResNet-20 with the lean Hardtanh give the same weights, bit for bit,

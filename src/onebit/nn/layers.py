@@ -101,8 +101,8 @@ class BinaryLayer:
         xq = self.method.quantize_input(self, x) if self.binarize_activations else x
         xq = self._post_pad(xq, x)
         wq = self.method.quantize_weight(self, self.weight) if self.binarize_weights else self.weight
-        if xq is x and wq.requires_grad and torch.is_grad_enabled():
-            announce_kept(x)  # the product keeps the real input itself for the weight's gradient
+        if xq is x and wq.requires_grad and torch.is_grad_enabled() and not torch.is_autocast_enabled(x.device.type):
+            announce_kept(x)  # the product keeps the real input itself for the weight's gradient (autocast: a copy)
         if kind == "linear":
             return self.method.scale_output(self, F.linear(xq, wq))
         op = F.conv1d if kind == "conv1d" else F.conv2d
