@@ -41,6 +41,33 @@ def test_every_input_of_an_onnx_file_is_named_and_takes_any_batch(tmp_path):
     assert torch.allclose(torch.from_numpy(got), want, atol=1e-5)
 
 
+class TwoOutputs(nn.Module):
+    """``(binary(x), binary(x) * 2 + 1)``: a model answering with two tensors."""
+
+    def __init__(self):
+        super().__init__()
+        self.binary = BinaryLinear(12, 5, method="xnor")
+
+    def forward(self, x):
+        y = self.binary(x)
+        return y, y * 2 + 1
+
+
+def test_every_output_of_an_onnx_file_is_named_and_takes_any_batch(tmp_path):
+    """onnx_export.py `range(1, n_outputs)` (mutant: `range(n_outputs, 1)`, single-file sample 7002): the
+    second output is named ``output_1``, and both answer a batch size other than the example's."""
+    torch.manual_seed(0)
+    model = TwoOutputs().eval()
+    path = to_onnx(model, torch.randn(2, 12), tmp_path / "two_out.onnx")
+    graph = onnx.load(str(path)).graph
+    assert [o.name for o in graph.output] == ["output", "output_1"]
+    x = torch.randn(7, 12)
+    with torch.no_grad():
+        want = model(x)
+    got = run_onnx(path, x)
+    assert len(got) == 2 and all(torch.allclose(torch.from_numpy(g), w, atol=1e-5) for g, w in zip(got, want))
+
+
 class PooledActivation(nn.Module):
     """conv → average pool → ``act`` → flatten → linear: the activation follows a pool, so it cannot fuse
     into the convolution and is exported as an op of its own."""
