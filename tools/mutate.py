@@ -87,7 +87,8 @@ TEST_MAP: list[tuple[str, list[str]]] = [
                                       "tests/deploy/test_onnx_export.py", "tests/deploy/test_hbnn_three_planes.py",
                                       "tests/deploy/test_*_mutants.py", "tests/deploy/test_lce.py"]),
     # (graph, packed, passes, export, fileformat, _codec, errors; test_engine_cpp.py is csrc's: no Python runs)
-    (f"{SRC}/deploy/*.py", ["tests/deploy/test_graph_fold_users.py", "tests/deploy/test_graph_attributes.py",
+    (f"{SRC}/deploy/*.py", ["tests/deploy/test_graph_version.py",
+                            "tests/deploy/test_graph_fold_users.py", "tests/deploy/test_graph_attributes.py",
                             "tests/deploy/test_graph_round_trip.py", "tests/deploy/test_nonfinite.py",
                             "tests/deploy/test_*_mutants.py", "tests/deploy/test_export.py",
                             "tests/deploy/test_cli_export.py", "tests/deploy/test_encoder_export.py",
