@@ -39,3 +39,27 @@ def test_a_new_fda_layer_trains_with_the_schedules_starting_alpha():
     want = xq @ wq.T
     got = layer(x).detach().double()
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5 * float(want.abs().max()))
+
+
+def test_a_layer_with_one_output_channel():
+    """A weight of one row (one output channel: a binary logistic head): the weight's noise adaptation spans
+    that row, and the mean-|W| fused value takes it (single-file sample 6003, not honest: ``w[0]`` → ``w[1]``
+    survived in both places, since every tested layer had several outputs)."""
+    from onebit.methods.fda import noisy_fourier_sign
+
+    torch.manual_seed(1)
+    layer = BinaryLinear(12, 1, bias=False, method="fda").train()
+    assert layer.weight_noise.fc1.in_features == 12
+    x = torch.randn(3, 12, requires_grad=True)
+    y = layer(x)
+    w = layer.weight.detach().double()
+    wq = (_sign(w) + 0.1 * _noise(layer.weight_noise, w)) * w.abs().mean(1, keepdim=True)
+    xq = _sign(x.detach().double()) + 0.1 * _noise(layer.input_noise, x.detach().double())
+    want = xq @ wq.T
+    torch.testing.assert_close(y.detach().double(), want, rtol=1e-5, atol=1e-5 * float(want.abs().max()))
+    y.sum().backward()
+    assert layer.weight.grad.shape == (1, 12) and torch.isfinite(layer.weight.grad).all()
+    row, h = torch.randn(1, 7), torch.randn(1, 7)
+    got = noisy_fourier_sign(row, h, torch.tensor(0.05), 9, 0.1, scale_by_mean_abs=True)
+    want = (_sign(row) + 0.05 * (h + 0.1 * torch.sin(row))) * row.abs().mean()
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
