@@ -77,3 +77,13 @@ def test_a_big_endian_host_writes_and_reads_the_same_little_endian_stream(dtype,
 
 def data_equal(data: torch.Tensor, stream: bytes) -> bool:
     return data.numpy().tobytes() == stream
+
+
+def test_a_bool_tensor_holding_one_byte_other_than_0_and_1_is_refused():
+    """A stream declared bool must hold only 0 and 1 bytes: a single 2 among them is refused."""
+    bytes_ = torch.tensor([0, 1, 1, 0, 2, 1], dtype=torch.uint8)
+    data, info = _codec.encode(bytes_)
+    with pytest.raises(ValueError, match="a bool tensor holds bytes other than 0 and 1"):
+        _codec.decode(data, dict(info, dtype="bool"))
+    ok, _ = _codec.encode(torch.tensor([0, 1, 1, 0, 0, 1], dtype=torch.uint8))
+    assert _codec.decode(ok, dict(info, dtype="bool")).tolist() == [False, True, True, False, False, True]
