@@ -25,6 +25,14 @@ pytestmark = pytest.mark.skipif(not fx.NATIVE_KERNELS, reason="onebit._engine bu
 SHAPES = [(7, 37), (5, 512), (3, 1), (4, 145), (16, 4, 3, 3)]
 
 
+@pytest.fixture(autouse=True)
+def _threads_as_asked(monkeypatch):
+    """Every kernel call gets the thread count asked, small tensors too (functional.kernel_threads runs
+    those on one thread by default), so that the 1 vs 2 thread comparisons below really split the rows;
+    tests/methods/test_native_small_speed.py checks the serial default."""
+    monkeypatch.setattr(fx, "SERIAL_BELOW", 0)
+
+
 def salted_weight(shape, seed):
     g = torch.Generator().manual_seed(seed)
     w = torch.randn(shape, generator=g) * 0.3
