@@ -177,7 +177,7 @@ class _WaveAndLoss(torch.autograd.Function):
         g = None if grad is None else grad.contiguous()
         out = torch.empty_like(w)
         factor = 0.0 if grad_loss is None else float(grad_loss) * ctx.factor
-        functional._engine.biper_wave_backward(0 if g is None else g.data_ptr(), w.data_ptr(), w.numel(), ctx.omega,
+        functional._engine.biper_wave_backward(functional.data_address(g), w.data_ptr(), w.numel(), ctx.omega,
                                                factor, out.data_ptr(), functional.kernel_threads(w.numel()))
         return out, None, None, None
 

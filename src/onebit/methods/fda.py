@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from . import functional
 from .base import Method, Option, register
-from .functional import per_channel_mean_abs, sign_fourier
+from .functional import data_address, per_channel_mean_abs, sign_fourier
 
 
 def fourier_sign(x: Tensor, terms: int, omega: float) -> Tensor:
@@ -76,7 +76,7 @@ class _NoisyFourierSign(torch.autograd.Function):
             rows = 1 if scale is None else scale.numel()
             sc = None if scale is None else scale.detach().reshape(rows).contiguous()
             functional._engine.fda_value(xc.data_ptr(), hc.data_ptr(), rows, xc.numel() // max(rows, 1),
-                                         0 if sc is None else sc.data_ptr(), alpha, out.data_ptr(),
+                                         data_address(sc), alpha, out.data_ptr(),
                                          functional.kernel_threads(xc.numel()))
         if scale is None and x.is_contiguous():
             functional.announce_kept(x)  # an activation kept as it is: its producer may share it
@@ -93,8 +93,8 @@ class _NoisyFourierSign(torch.autograd.Function):
         grad_x = torch.empty_like(x)
         grad_h = torch.empty_like(x) if ctx.needs_input_grad[1] else None
         functional._engine.fda_backward(g.data_ptr(), x.data_ptr(), rows, x.numel() // max(rows, 1),
-                                        0 if sc is None else sc.data_ptr(), ctx.alpha, *ctx.params, grad_x.data_ptr(),
-                                        0 if grad_h is None else grad_h.data_ptr(),
+                                        data_address(sc), ctx.alpha, *ctx.params, grad_x.data_ptr(),
+                                        data_address(grad_h),
                                         functional.kernel_threads(x.numel()))
         return grad_x if ctx.needs_input_grad[0] else None, grad_h, None, None, None, None
 
@@ -153,7 +153,7 @@ class _FusedNoiseAdaptationSign(torch.autograd.Function):
         out, pre = torch.empty_like(x), x.new_empty(rows, w1.shape[0])
         scale = x.new_empty(rows) if weight else None  # a weight's per-row mean |x|, taken in the pass
         functional._engine.fda_na_forward(x.data_ptr(), rows, d, w1.data_ptr(), w2.data_ptr(), w1.shape[0], alpha,
-                                          out.data_ptr(), pre.data_ptr(), _address(scale),
+                                          out.data_ptr(), pre.data_ptr(), data_address(scale),
                                           functional.kernel_threads(x.numel()))
         ctx.save_for_backward(x, w1, w2, pre, scale)
         ctx.alpha, ctx.params = alpha, (omega, 2.0 * (terms + 1), 4 * omega / math.pi)
@@ -165,13 +165,9 @@ class _FusedNoiseAdaptationSign(torch.autograd.Function):
         x, w1, w2, pre, scale = ctx.saved_tensors
         grads = [torch.empty_like(t) if wanted else None for t, wanted in zip((x, w1, w2), ctx.needs_input_grad)]
         functional._engine.fda_na_backward(grad.contiguous().data_ptr(), x.data_ptr(), *x.shape, w1.data_ptr(),
-                                           w2.data_ptr(), w1.shape[0], pre.data_ptr(), _address(scale), ctx.alpha,
-                                           *ctx.params, *map(_address, grads), functional.kernel_threads(x.numel()))
+                                           w2.data_ptr(), w1.shape[0], pre.data_ptr(), data_address(scale), ctx.alpha,
+                                           *ctx.params, *map(data_address, grads), functional.kernel_threads(x.numel()))
         return (*grads, None, None, None, None)
-
-
-def _address(t: Tensor | None) -> int:
-    return 0 if t is None else t.data_ptr()
 
 
 def _hooked(*modules: nn.Module) -> bool:

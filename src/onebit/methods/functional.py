@@ -223,7 +223,7 @@ def native_sign(x: Tensor, shift: Tensor | None = None) -> Tensor | None:
     src = x.detach().contiguous()
     out = torch.empty(x.shape, dtype=x.dtype)
     b = None if shift is None else shift.detach().reshape(-1).contiguous()
-    _activation_engine.activation_sign(src.data_ptr(), 0 if b is None else b.data_ptr(), *layout, out.data_ptr(),
+    _activation_engine.activation_sign(src.data_ptr(), data_address(b), *layout, out.data_ptr(),
                                        torch.get_num_threads())
     return out
 
@@ -237,7 +237,7 @@ def native_approx_grad(grad: Tensor, x: Tensor, shift: Tensor | None = None) -> 
     src, g = x.detach().contiguous(), grad.contiguous()
     out = torch.empty(x.shape, dtype=x.dtype)
     b = None if shift is None else shift.detach().reshape(-1).contiguous()
-    _activation_engine.approx_sign_grad(g.data_ptr(), src.data_ptr(), 0 if b is None else b.data_ptr(), *layout,
+    _activation_engine.approx_sign_grad(g.data_ptr(), src.data_ptr(), data_address(b), *layout,
                                         out.data_ptr(), torch.get_num_threads())
     return out
 
@@ -691,6 +691,11 @@ def _native_grad(*tensors: Tensor) -> bool:
 SERIAL_BELOW = 32768
 
 
+def data_address(t: Tensor | None) -> int:
+    """A native kernel's pointer argument: the tensor's data address, or 0 (null) for a missing one."""
+    return 0 if t is None else t.data_ptr()
+
+
 def kernel_threads(numel: int) -> int:
     """The thread count a native kernel over ``numel`` elements is given (see :data:`SERIAL_BELOW`)."""
     return 1 if numel < SERIAL_BELOW else torch.get_num_threads()
@@ -827,7 +832,7 @@ class _ScaledSwish(torch.autograd.Function):
         scale = None if alpha is None else alpha.detach().reshape(-1).to(torch.float32).contiguous()
         out = torch.empty_like(rows)
         _engine.swish_weight(kind, rows.data_ptr(), rows.shape[0], rows.shape[1],
-                             0 if scale is None else scale.data_ptr(), beta, out.data_ptr(),
+                             data_address(scale), beta, out.data_ptr(),
                              kernel_threads(rows.numel()))
         ctx.save_for_backward(rows, scale)
         ctx.beta, ctx.shape = beta, w.shape
@@ -840,7 +845,7 @@ class _ScaledSwish(torch.autograd.Function):
         g = grad.reshape(rows.shape).contiguous()
         out = torch.empty_like(rows)
         _engine.swish_weight_backward(g.data_ptr(), rows.data_ptr(), rows.shape[0], rows.shape[1],
-                                      0 if scale is None else scale.data_ptr(), ctx.beta, out.data_ptr(),
+                                      data_address(scale), ctx.beta, out.data_ptr(),
                                       kernel_threads(g.numel()))
         return out.reshape(ctx.shape), None, None, None
 
@@ -1089,8 +1094,8 @@ def _native_spatial_scale(kind: str, y: Tensor, channel: Tensor | None, height: 
     w = None if width is None else width.detach().contiguous()
     out = torch.empty_like(y)
     code = torch.empty(y.shape, dtype=torch.int16) if compact else None
-    _activation_engine.spatial_scale(y.data_ptr(), c.data_ptr(), h.data_ptr(), 0 if w is None else w.data_ptr(),
-                                     *layout, out.data_ptr(), 0 if code is None else code.data_ptr(),
+    _activation_engine.spatial_scale(y.data_ptr(), c.data_ptr(), h.data_ptr(), data_address(w),
+                                     *layout, out.data_ptr(), data_address(code),
                                      torch.get_num_threads())
     return out, (y if code is None else code)
 
@@ -1112,7 +1117,7 @@ def _native_spatial_grad(grad: Tensor, y: Tensor, height: Tensor, width: Tensor 
     is_code = y.dtype == torch.int16
     _activation_engine.spatial_scale_backward(
         g.data_ptr(), 0 if is_code else y.data_ptr(), y.data_ptr() if is_code else 0, h.data_ptr(),
-        0 if w is None else w.data_ptr(), *layout, out.data_ptr(), per_sample.data_ptr(), torch.get_num_threads())
+        data_address(w), *layout, out.data_ptr(), per_sample.data_ptr(), torch.get_num_threads())
     return out, per_sample
 
 

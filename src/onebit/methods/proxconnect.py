@@ -125,7 +125,7 @@ class _PcppWeight(torch.autograd.Function):
         out = torch.empty_like(rows)
         alpha = torch.empty(rows.shape[0]) if scaled else None
         functional._engine.pcpp_weight(kind, rows.data_ptr(), rows.shape[0], rows.shape[1],
-                                       0 if alpha is None else alpha.data_ptr(), False, mu, out.data_ptr(),
+                                       functional.data_address(alpha), False, mu, out.data_ptr(),
                                        functional.kernel_threads(rows.numel()))
         ctx.save_for_backward(rows, alpha)
         ctx.grad_kind, ctx.shape = grad_kind, w.shape
@@ -140,7 +140,7 @@ class _PcppWeight(torch.autograd.Function):
         g = grad.reshape(rows.shape).contiguous()
         out = torch.empty_like(rows)
         functional._engine.pcpp_weight_backward(ctx.grad_kind, g.data_ptr(), rows.data_ptr(), rows.shape[0],
-                                                rows.shape[1], 0 if alpha is None else alpha.data_ptr(),
+                                                rows.shape[1], functional.data_address(alpha),
                                                 out.data_ptr(), functional.kernel_threads(g.numel()))
         return out.reshape(ctx.shape), None, None, None, None
 
