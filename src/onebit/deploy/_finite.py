@@ -30,6 +30,7 @@ full-precision layer, ``|x|`` near 3.4e38).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -37,7 +38,8 @@ import torch
 
 from ..errors import OnebitError
 
-__all__ = ["NONFINITE_POLICIES", "NonFiniteInputError", "check_policy", "guard_inputs", "mark_outputs"]
+__all__ = ["NONFINITE_POLICIES", "NonFiniteInputError", "check_policy", "guard_inputs", "map_outputs",
+           "mark_outputs"]
 
 NONFINITE_POLICIES = ("raise", "propagate")
 
@@ -107,13 +109,23 @@ def guard_inputs(inputs: tuple[Any, ...], policy: str, where: str) -> tuple[tupl
     return cleaned, bad if bad is not None else np.ones(1, dtype=bool)
 
 
+def map_outputs(outputs: Any, fn: Callable[[Any], Any]) -> Any:
+    """``fn`` applied to every leaf of ``outputs`` (a tensor/array, or lists/tuples/dicts of them),
+    the containers rebuilt around the results."""
+    if isinstance(outputs, (list, tuple)):
+        return type(outputs)(map_outputs(o, fn) for o in outputs)
+    if isinstance(outputs, dict):
+        return {k: map_outputs(v, fn) for k, v in outputs.items()}
+    return fn(outputs)
+
+
 def mark_outputs(outputs: Any, bad: np.ndarray) -> Any:
     """``outputs`` (a tensor/array, or a list/tuple/dict of them) with the rows of ``bad`` samples set to
     NaN; an output whose first dimension is not the batch becomes NaN as a whole."""
-    if isinstance(outputs, (list, tuple)):
-        return type(outputs)(mark_outputs(o, bad) for o in outputs)
-    if isinstance(outputs, dict):
-        return {k: mark_outputs(v, bad) for k, v in outputs.items()}
+    return map_outputs(outputs, lambda output: _mark(output, bad))
+
+
+def _mark(outputs: Any, bad: np.ndarray) -> Any:
     if isinstance(outputs, torch.Tensor) and outputs.is_floating_point():
         outputs = outputs.clone()
         rows = torch.from_numpy(bad)

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import Tensor, fx, nn
 
-from ._finite import NonFiniteInputError, check_policy, guard_inputs, mark_outputs
+from ._finite import NonFiniteInputError, check_policy, guard_inputs, map_outputs, mark_outputs
 from .fileformat import (
     COMPRESS_MAX_FRACTION,
     COMPRESS_MIN_NUMEL,
@@ -44,11 +44,7 @@ def _one_zero_sample(x: Any) -> Any:
 
 def _no_rows(out: Any) -> Any:
     """``out`` (a tensor, or a list/tuple/dict of them) with none of its rows: an empty batch's output."""
-    if isinstance(out, (list, tuple)):
-        return type(out)(_no_rows(o) for o in out)
-    if isinstance(out, dict):
-        return {k: _no_rows(v) for k, v in out.items()}
-    return out[:0] if isinstance(out, Tensor) and out.dim() > 0 else out
+    return map_outputs(out, lambda o: o[:0] if isinstance(o, Tensor) and o.dim() > 0 else o)
 
 
 class PackedModel(nn.Module):
