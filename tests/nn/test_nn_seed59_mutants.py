@@ -92,3 +92,16 @@ def test_operation_counts_are_integers_for_grouped_convolutions():
     assert type(totals["fp_macs"]) is int and type(totals["bops"]) is int
     assert f"FP MACs: {totals['fp_macs']:,}" in str(s) and ".0 " not in str(s)
     assert json.loads(json.dumps(s.as_dict()))["layers"][0]["macs_fp"] == 2304
+
+
+def test_a_summary_built_from_its_layers_counts_no_other_parameters():
+    """A Summary assembled by hand from layer summaries (as a tool combining two models' rows would) has
+    no parameters outside them until it is told (single-file sample 6005, not honest: the default
+    ``other_params = 0`` → ``1`` survived, since summary() always sets it)."""
+    from onebit.nn.summary import Summary
+
+    s = onebit.summary(nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3)), (4,))
+    assert s.other_params == 6  # BatchNorm's weight and bias
+    by_hand = Summary(layers=list(s.layers))
+    assert by_hand.other_params == 0
+    assert by_hand.totals["params_32bit"] == 4 * 3 + 3 and Summary().totals["params_32bit"] == 0
