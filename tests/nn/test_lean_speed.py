@@ -5,7 +5,9 @@ cast. Values and gradients stay bit-identical to nn.Hardtanh's; memory and passe
 
 from __future__ import annotations
 
+import contextlib
 import copy
+from functools import partial
 
 import pytest
 import torch
@@ -115,34 +117,31 @@ def test_an_output_kept_on_the_guess_and_changed_in_place_is_an_error_not_a_wron
         out.sum().backward()
 
 
+def _hardtanh_keeps_its_code(conv: nn.Module, context=contextlib.nullcontext) -> None:
+    """Two steps of Hardtanh -> conv in which the Hardtanh keeps its own code, not its output."""
+    x, _ = _inputs()
+    lean = keep_int8_for_backward(nn.Hardtanh())
+    for _ in range(2):
+        h = lean(x.detach().clone().requires_grad_(True) * 1.0)
+        node = h.grad_fn
+        with context():
+            out = conv(h)
+        assert node._saved_self.data_ptr() != h.data_ptr()
+        out.float().sum().backward()
+
+
 def test_a_real_activation_layer_with_a_frozen_weight_does_not_claim_the_output():
     torch.manual_seed(0)
     conv = BinaryConv2d(8, 8, 3, padding=1, method="pcpp-pc", bias=False)
     conv.weight.requires_grad_(False)  # the convolution then keeps nothing of its input
-    x, _ = _inputs()
-    lean = keep_int8_for_backward(nn.Hardtanh())
-    for _ in range(2):
-        xin = x.detach().clone().requires_grad_(True)
-        h = lean(xin * 1.0)
-        node = h.grad_fn
-        out = conv(h)
-        assert node._saved_self.data_ptr() != h.data_ptr()  # its own code, as before
-        out.sum().backward()
+    _hardtanh_keeps_its_code(conv)
 
 
 def test_under_autocast_the_layer_keeps_a_cast_copy_so_the_hardtanh_keeps_its_code():
     torch.manual_seed(0)
     conv = BinaryConv2d(8, 8, 3, padding=1, method="pcpp-pc", bias=False)
-    x, _ = _inputs()
-    lean = keep_int8_for_backward(nn.Hardtanh())
-    for _ in range(2):
-        xin = x.detach().clone().requires_grad_(True)
-        h = lean(xin * 1.0)
-        node = h.grad_fn
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            out = conv(h)
-        assert node._saved_self.data_ptr() != h.data_ptr()  # its int8 code: the conv keeps a bfloat16 copy
-        out.float().sum().backward()
+    # the conv keeps a bfloat16 copy of its input, so the Hardtanh must keep its int8 code
+    _hardtanh_keeps_its_code(conv, partial(torch.autocast, "cpu", dtype=torch.bfloat16))
 
 
 @pytest.mark.parametrize("method", ["pcpp-pc", "bnn++", "bireal"])
