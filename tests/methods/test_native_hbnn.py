@@ -11,6 +11,7 @@ import types
 
 import pytest
 import torch
+from native_switch import run
 
 from onebit.methods import functional as fx
 from onebit.methods import hbnn
@@ -32,15 +33,6 @@ def loops(request):
     ENGINE.hbnn_scalar_only(request.param == "scalar loops")
     yield request.param
     ENGINE.hbnn_scalar_only(False)
-
-
-def run(native: bool, fn, *args, **kwargs):
-    saved = fx.NATIVE_KERNELS
-    fx.NATIVE_KERNELS = native
-    try:
-        return fn(*args, **kwargs)
-    finally:
-        fx.NATIVE_KERNELS = saved
 
 
 def both(x, bits, mix, selection):

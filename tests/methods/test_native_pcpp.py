@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from native_switch import run
 
 from onebit.methods import functional as fx
 from onebit.methods import proxconnect as pc
@@ -19,15 +20,6 @@ pytestmark = pytest.mark.skipif(not pc._PCPP_KERNEL, reason="onebit._engine buil
 ENGINE = fx._engine
 PRESETS = ("pcpp-bc", "pcpp-pc", "pcpp-bnn", "pcpp-bnn+", "bnn++")
 ABOVE_ONE = 1.0 + torch.finfo(torch.float32).eps
-
-
-def run(native: bool, fn, *args, **kwargs):
-    saved = fx.NATIVE_KERNELS
-    fx.NATIVE_KERNELS = native
-    try:
-        return fn(*args, **kwargs)
-    finally:
-        fx.NATIVE_KERNELS = saved
 
 
 ALPHAS = torch.tensor([1.0, 0.3, 2.5, 0.0, 0.7])  # row scales given to the kernel (0: u = ±inf or NaN)
