@@ -69,3 +69,21 @@ def test_every_named_padding_is_the_one_the_interpreter_runs(name, size):
     got = _run_one_op(build)
     want = np.array([[4.0, 5.0], [7.0, 8.0]], np.float32)[:size, :size]
     np.testing.assert_array_equal(got.reshape(size, size), want)
+
+
+@pytest.mark.parametrize("new_shape", [(1, 6), (6,), (1, 1, 2, 3, 1)])
+def test_a_vector_option_keeps_its_length(new_shape):
+    """A RESHAPE whose target shape is its options' ``new_shape`` vector (no shape tensor): a vector of
+    any length other than 4 must reach the interpreter with that length (seed-71 mutation sample:
+    ``StartVector(len(value), 4, 4)`` wrote every option vector as 4 long)."""
+    x = np.arange(6, dtype=np.float32).reshape(1, 2, 3)
+
+    def build(b):
+        inp, out = b.tensor(x.shape), b.tensor(new_shape)
+        b.op("RESHAPE", [inp], [out], "ReshapeOptions", new_shape=list(new_shape))
+        b.inputs, b.outputs = [inp], [out]
+        return x
+
+    got = _run_one_op(build)
+    assert got.shape == new_shape
+    np.testing.assert_array_equal(got.reshape(-1), x.reshape(-1))
