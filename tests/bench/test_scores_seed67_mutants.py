@@ -1,6 +1,7 @@
-"""Scoring details that the seed-67 mutation sample (tools/mutate.py, issue 21) found untested: a deployed
-cell's full-precision latency is the one timed beside the packed model in the same process
-(``latency_fp32_ms``) when every seed has it, and the full-precision run's own only otherwise."""
+"""Scoring details that the seed-67 and seed-71 mutation samples (tools/mutate.py, issue 21) found untested:
+a deployed cell's full-precision latency is the one timed beside the packed model in the same process
+(``latency_fp32_ms``) when every seed has it, and the full-precision run's own only otherwise; bootstrap
+replicates average the resampled seeds."""
 
 from __future__ import annotations
 
@@ -32,3 +33,20 @@ def test_latency_ratio_falls_back_to_the_fp_run_unless_every_seed_is_paired(run,
     cell = _cell(run, paired_seeds)
     assert cell.latency_fp == pytest.approx(8.0)
     assert cell.latency_ratio == pytest.approx(16.0)
+
+
+def test_bootstrap_replicates_average_the_seeds_not_sum_them(run):
+    """Seed-71 sample (scores.py:626, ``mean`` -> ``sum`` over the resampled seeds): the ratios of clean
+    accuracies and of times do not tell a sum from a mean, but the robust track does, because its
+    binarized gap is floored at the model's own test-set noise (an absolute number of points). FP loses
+    1.5 points under noise, the binarized model nothing (floored at its noise, ~0.57 points): ratio ~2.6.
+    Summed over 3 seeds the FP gap would read 4.5 points and every replicate clip at 4."""
+    recs = []
+    for seed in range(3):
+        recs.append(run("fp", 95.0, seed=seed, n_test=10000, **{"corrupt/gaussian_noise/1": 93.5}))
+        recs.append(run("bnn", 85.0, seed=seed, n_test=10000, **{"corrupt/gaussian_noise/1": 85.0}))
+    row = leaderboard(recs, bootstrap=200).row("bnn")
+    point = row.scores["robust"]
+    assert 2.0 < point < 3.0
+    lo, hi = row.ci["robust"]
+    assert lo <= point <= hi < 3.6
