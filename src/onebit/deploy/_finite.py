@@ -38,14 +38,28 @@ import torch
 
 from ..errors import OnebitError
 
-__all__ = ["NONFINITE_POLICIES", "NonFiniteInputError", "check_policy", "guard_inputs", "map_outputs",
-           "mark_outputs"]
+__all__ = ["NONFINITE_POLICIES", "InputTypeError", "NonFiniteInputError", "check_policy", "guard_inputs",
+           "map_outputs", "mark_outputs", "refuse_complex"]
 
 NONFINITE_POLICIES = ("raise", "propagate")
 
 
 class NonFiniteInputError(OnebitError, ValueError):
     """An input holds NaN or ±inf, which a binarized layer would silently turn into a sign."""
+
+
+class InputTypeError(OnebitError, TypeError):
+    """An input's dtype is one the deployed model cannot compute on (complex; integers for the packed engine)."""
+
+
+def refuse_complex(inputs: tuple[Any, ...], where: str) -> None:
+    """Raise :class:`InputTypeError` for a complex input: each runtime would either fail deep inside
+    (onnxruntime, torch) or, converting to float32, drop the imaginary part with only a warning (numpy,
+    LCE's ``predict``) and answer for a different input."""
+    for i, x in enumerate(inputs):
+        if (isinstance(x, torch.Tensor) and x.is_complex()) or (isinstance(x, np.ndarray) and np.iscomplexobj(x)):
+            raise InputTypeError(f"{where}: input {i} is complex ({x.dtype}); a binarized network takes real "
+                                 "values: pass the real part, the magnitude or both as channels")
 
 
 def check_policy(policy: object) -> str:
@@ -87,6 +101,7 @@ def guard_inputs(inputs: tuple[Any, ...], policy: str, where: str) -> tuple[tupl
     """Check ``inputs`` under ``policy``: raise, or return them with non-finite values zeroed and the
     per-sample mask of the samples whose outputs must become NaN (None when every value is finite)."""
     check_policy(policy)
+    refuse_complex(inputs, where)
     masks = [_bad_samples(x) for x in inputs]
     if all(m is None for m in masks):
         return inputs, None

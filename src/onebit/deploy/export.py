@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import Tensor, fx, nn
 
-from ._finite import NonFiniteInputError, check_policy, guard_inputs, map_outputs, mark_outputs
+from ._finite import NonFiniteInputError, check_policy, guard_inputs, map_outputs, mark_outputs, refuse_complex
 from .fileformat import (
     COMPRESS_MAX_FRACTION,
     COMPRESS_MIN_NUMEL,
@@ -32,6 +32,14 @@ from .passes import optimize_for_inference
 __all__ = ["export", "save", "load", "PackedModel", "ModelFileError", "FORMAT_NAME", "FORMAT_VERSION",
            "optimize_for_inference", "NonFiniteInputError", "content_digest", "DIGEST_KEY", "READABLE_VERSIONS",
            "COMPRESS_MIN_NUMEL", "COMPRESS_MAX_FRACTION"]
+
+
+def _as_float32(args: tuple[Any, ...]) -> tuple[Any, ...]:
+    """The engine computes in float32: other floating dtypes are converted (as ``run_onnx`` and LCE's
+    ``predict`` do); a complex tensor is refused with the fix, not failed on deep inside. Integer and
+    bool tensors pass unchanged (a graph may take indices or masks)."""
+    refuse_complex(args, "packed model")
+    return tuple(a.float() if isinstance(a, Tensor) and a.is_floating_point() else a for a in args)
 
 
 def _empty_batch(x: Any) -> bool:
@@ -69,6 +77,7 @@ class PackedModel(nn.Module):
 
     @torch.no_grad()
     def forward(self, *args: Any, **kwargs: Any) -> Any:
+        args = _as_float32(args)
         # Images run channels_last end to end: the engine's native layout and torch's fastest on CPU.
         args = tuple(a.contiguous(memory_format=torch.channels_last)
                      if isinstance(a, Tensor) and a.dim() == 4 else a for a in args)

@@ -72,7 +72,7 @@ from torch import Tensor, nn
 from .._io import atomic_write_bytes
 from ..methods.base import NotDeployableError, layer_label
 from ..nn.layers import BinaryLayer
-from ._finite import guard_inputs, mark_outputs
+from ._finite import guard_inputs, mark_outputs, refuse_complex
 from ._lce_graph import pack_filter
 from ._lce_nodes import SUPPORTED, _Exporter, supports
 from .description import describe, require
@@ -151,6 +151,7 @@ class LceInterpreter:
         shapes = self.input_shapes
         if len(inputs) != len(shapes):
             raise ValueError(f"the model takes {len(shapes)} input(s), got {len(inputs)}")
+        refuse_complex(tuple(np.asarray(x) for x in inputs), "LCE interpreter")
         arrays = []
         for i, (x, shape) in enumerate(zip(inputs, shapes)):
             x = np.ascontiguousarray(np.asarray(x, dtype=np.float32))
