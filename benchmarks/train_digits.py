@@ -4,8 +4,10 @@ baseline, and print a table: method, test accuracy, time per epoch relative to f
     python benchmarks/train_digits.py [--epochs 10] [--seeds 0 1 2] [--out runs/train_digits]
 
 Each run is the shipped ``fast`` recipe with its method swapped (``onebit train fast --method NAME``).
-Time per epoch is the median over epochs after the first (which pays one-off costs), measured in one
-process, one run after another, so the ratios compare like with like on this machine.
+Time per epoch is the median over epochs after the first (which pays one-off costs). The runs go in
+rounds, one per seed: full precision, every method, full precision again; a method's ratio in a round is
+its time over the mean of that round's two full-precision runs, and the table gives the median ratio over
+the rounds and its range (samples interleaved, as ``train_step.py`` does).
 
     python benchmarks/train_digits.py --hbnn-bits [MIX ...] [--data digits mnist1d] [--threads 1]
 
@@ -75,27 +77,41 @@ def main() -> int:
         return hbnn_mix(args, [parse_mix(text) for text in args.hbnn_bits or HBNN_MIXES])
     methods = args.methods or onebit.methods.available()
     start = time.perf_counter()
-    rows = []
-    for method in [None, *methods]:
-        accs, times = [], []
-        for seed in args.seeds:
-            acc, epoch_time = run(method, args.epochs, seed, args.out)
-            accs.append(acc)
-            times.append(epoch_time)
-        rows.append((method or "full precision", accs, statistics.median(times)))
-        print(f"  {rows[-1][0]:<16} {statistics.mean(accs):6.2f}%  {rows[-1][2] * 1000:7.1f} ms/epoch",
+    names = ["full precision", *methods]
+    accs: dict[str, list[float]] = {name: [] for name in names}
+    ratios: dict[str, list[float]] = {name: [] for name in names}
+    # Seeds outer, methods inner: each round times every method beside full precision (run at the round's
+    # start and end), so a slow spell of a shared machine moves one round's ratios, not one method's row.
+    for seed in args.seeds:
+        fp_acc, fp_start = run(None, args.epochs, seed, args.out)
+        round_times = {name: run(name, args.epochs, seed, args.out) for name in methods}
+        fp_time = (fp_start + run(None, args.epochs, seed, args.out)[1]) / 2
+        accs["full precision"].append(fp_acc)
+        ratios["full precision"].append(1.0)
+        for name, (acc, epoch_time) in round_times.items():
+            accs[name].append(acc)
+            ratios[name].append(epoch_time / fp_time)
+        print(f"  seed {seed}: full precision {fp_time * 1000:.1f} ms/epoch, "
+              + ", ".join(f"{n} {r[-1]:.2f}x" for n, r in ratios.items() if n != "full precision"),
               file=sys.stderr, flush=True)
-    fp_time = rows[0][2]
-    fp_acc = statistics.mean(rows[0][1])
-    print(f"digits (fast recipe: MLP 512x3, {args.epochs} epochs, seeds {args.seeds}), torch "
-          f"{torch.__version__}, {torch.get_num_threads()} threads, total {time.perf_counter() - start:.0f} s\n")
-    print("| method | test accuracy (mean ± std over seeds) | Δ vs FP | time / epoch vs FP |")
-    print("|---|---|---|---|")
-    for name, accs, epoch_time in sorted(rows, key=lambda r: -statistics.mean(r[1])):
-        mean = statistics.mean(accs)
-        std = statistics.stdev(accs) if len(accs) > 1 else 0.0
-        print(f"| {name} | {mean:.2f} ± {std:.2f} | {mean - fp_acc:+.2f} | {epoch_time / fp_time:.2f}x |")
+    print_table(args, accs, ratios, time.perf_counter() - start)
     return 0
+
+
+def print_table(args: argparse.Namespace, accs: dict[str, list[float]], ratios: dict[str, list[float]],
+                seconds: float) -> None:
+    fp_acc = statistics.mean(accs["full precision"])
+    print(f"digits (fast recipe: MLP 512x3, {args.epochs} epochs, seeds {args.seeds}), torch "
+          f"{torch.__version__}, {torch.get_num_threads()} threads, total {seconds:.0f} s\n")
+    print("| method | test accuracy (mean ± std over seeds) | Δ vs FP | "
+          "time / epoch vs FP (median over seeds, range) |")
+    print("|---|---|---|---|")
+    for name in sorted(accs, key=lambda n: -statistics.mean(accs[n])):
+        mean = statistics.mean(accs[name])
+        std = statistics.stdev(accs[name]) if len(accs[name]) > 1 else 0.0
+        spread = f" ({min(ratios[name]):.2f}-{max(ratios[name]):.2f})" if name != "full precision" else ""
+        print(f"| {name} | {mean:.2f} ± {std:.2f} | {mean - fp_acc:+.2f} | "
+              f"{statistics.median(ratios[name]):.2f}x{spread} |")
 
 
 def parse_mix(text: str) -> tuple[float, float, float]:
