@@ -48,6 +48,17 @@ struct BackwardRows {
   float* u;
 };
 
+// The floats in one vector register of each ISA variant (train_fda_kernels.h's register blocking).
+namespace isa_default {
+constexpr int kVectorFloats = 4;
+}
+namespace isa_avx2 {
+constexpr int kVectorFloats = 8;
+}
+namespace isa_avx512 {
+constexpr int kVectorFloats = 16;
+}
+
 #define ONEBIT_ISA_HEADER "train_quantizers_kernels.h"
 #define ONEBIT_ISA_HEADER_2 "train_fda_kernels.h"
 #include "isa_variants.h"

@@ -27,41 +27,60 @@ inline float lane_sum(Vec16 v) {
   return h[0];
 }
 
-// out[r*4 + j] = a[j] · x[r] for four rows x[r] and four rows a[j] (d floats each): 16 dot products in
-// one pass, each with one vector accumulator, its lanes summed at the end, then the tail of d.
-void dots_4x4(const float* const* x, const float* const* a, int64_t d, float* out) {
-  Vec16 acc[4][4] = {};
+// The accumulators of a block of sums must stay in vector registers: GCC keeps a Vec16 wider than the
+// ISA's vectors in memory, and 16 of them (the former 4x4 block) spilled on AVX2, where a 512 x 512
+// weight's NA forward and backward then took twice as long. kVectorFloats (train_fda.cpp, per ISA) is
+// the width of the ISA's vectors: 16 with AVX-512's 32 registers, 8 with AVX2's 16, 4 with SSE's 16.
+typedef float VecN __attribute__((vector_size(kVectorFloats * sizeof(float)), aligned(4), __may_alias__));
+// dots_block's rows x units: 16 accumulators of one zmm, 2 x 2 of two ymm, 1 x 2 of four xmm.
+constexpr int kDotRows = kVectorFloats == 16 ? 4 : kVectorFloats == 8 ? 2 : 1;
+constexpr int kDotUnits = kVectorFloats == 16 ? 4 : 2;
+
+// out[r*J + j] = a[j] · x[r] for R rows x[r] and J rows a[j] (d floats each): R·J dot products in one
+// pass, each with one 16-lane accumulator, its lanes summed at the end, then the tail of d (the same
+// bits whatever R and J).
+template <int R, int J>
+void dots_block(const float* const* x, const float* const* a, int64_t d, float* out) {
+  constexpr int kParts = kLanes / kVectorFloats;  // a 16-lane accumulator as native vectors
+  VecN acc[R][J][kParts] = {};
   int64_t k = 0;
   for (; k + kLanes <= d; k += kLanes) {
-    const Vec16 x0 = load16(x[0] + k), x1 = load16(x[1] + k), x2 = load16(x[2] + k), x3 = load16(x[3] + k);
-    for (int j = 0; j < 4; ++j) {
-      const Vec16 aj = load16(a[j] + k);
-      acc[0][j] += x0 * aj;
-      acc[1][j] += x1 * aj;
-      acc[2][j] += x2 * aj;
-      acc[3][j] += x3 * aj;
+    for (int p = 0; p < kParts; ++p) {
+      const int64_t at = k + p * kVectorFloats;
+      VecN xv[R];
+      for (int r = 0; r < R; ++r) xv[r] = *reinterpret_cast<const VecN*>(x[r] + at);
+      for (int j = 0; j < J; ++j) {
+        const VecN aj = *reinterpret_cast<const VecN*>(a[j] + at);
+        for (int r = 0; r < R; ++r) acc[r][j][p] += xv[r] * aj;
+      }
     }
   }
-  for (int r = 0; r < 4; ++r)
-    for (int j = 0; j < 4; ++j) {
-      float s = lane_sum(acc[r][j]);
+  for (int r = 0; r < R; ++r)
+    for (int j = 0; j < J; ++j) {
+      Vec16 lanes;
+      std::memcpy(&lanes, acc[r][j], sizeof lanes);
+      float s = lane_sum(lanes);
       for (int64_t i = k; i < d; ++i) s += x[r][i] * a[j][i];
-      out[r * 4 + j] = s;
+      out[r * J + j] = s;
     }
 }
 
-// pre (rows x hidden) = W1·x_r for up to four rows x_r (x: rows x d), four hidden units per pass; the
-// missing rows and units of a last block repeat the last one (computed, not written).
+// pre (rows x hidden) = W1·x_r for up to four rows x_r (x: rows x d), by blocks of kDotRows rows and
+// kDotUnits hidden units; the missing rows and units of a last block repeat the last one (computed,
+// not written).
 void project_rows4(const float* x, int64_t rows, const float* w1, int64_t hidden, int64_t d, float* pre) {
-  const float* xr[4];
-  for (int64_t r = 0; r < 4; ++r) xr[r] = x + std::min(r, rows - 1) * d;
-  for (int64_t j0 = 0; j0 < hidden; j0 += 4) {
-    const float* a[4];
-    for (int64_t t = 0; t < 4; ++t) a[t] = w1 + std::min(j0 + t, hidden - 1) * d;
-    float out[16];
-    dots_4x4(xr, a, d, out);
-    for (int64_t r = 0; r < rows; ++r)
-      for (int64_t t = 0; t < std::min<int64_t>(4, hidden - j0); ++t) pre[r * hidden + j0 + t] = out[r * 4 + t];
+  for (int64_t r0 = 0; r0 < rows; r0 += kDotRows) {
+    const float* xr[kDotRows];
+    for (int64_t r = 0; r < kDotRows; ++r) xr[r] = x + std::min(r0 + r, rows - 1) * d;
+    for (int64_t j0 = 0; j0 < hidden; j0 += kDotUnits) {
+      const float* a[kDotUnits];
+      for (int64_t t = 0; t < kDotUnits; ++t) a[t] = w1 + std::min(j0 + t, hidden - 1) * d;
+      float out[kDotRows * kDotUnits];
+      dots_block<kDotRows, kDotUnits>(xr, a, d, out);
+      for (int64_t r = 0; r < std::min<int64_t>(kDotRows, rows - r0); ++r)
+        for (int64_t t = 0; t < std::min<int64_t>(kDotUnits, hidden - j0); ++t)
+          pre[(r0 + r) * hidden + j0 + t] = out[r * kDotUnits + t];
+    }
   }
 }
 
@@ -293,15 +312,15 @@ template <int G>
 void outer_sweep(const float* c, int64_t cstride, const float* v, int64_t rows, int64_t d, bool from_zero,
                  float* out) {
   int64_t k = 0;
-  for (; k + kLanes <= d; k += kLanes) {
-    Vec16 acc[G];
-    for (int g = 0; g < G; ++g) acc[g] = from_zero ? Vec16{} : *reinterpret_cast<const Vec16*>(out + g * d + k);
+  for (; k + kVectorFloats <= d; k += kVectorFloats) {  // each column's sum alone: any width, the same bits
+    VecN acc[G];
+    for (int g = 0; g < G; ++g) acc[g] = from_zero ? VecN{} : *reinterpret_cast<const VecN*>(out + g * d + k);
     for (int64_t r = 0; r < rows; ++r) {
-      const Vec16 x = *reinterpret_cast<const Vec16*>(v + r * d + k);
+      const VecN x = *reinterpret_cast<const VecN*>(v + r * d + k);
       const float* cr = c + r * cstride;
       for (int g = 0; g < G; ++g) acc[g] += cr[g] * x;
     }
-    for (int g = 0; g < G; ++g) *reinterpret_cast<Vec16*>(out + g * d + k) = acc[g];
+    for (int g = 0; g < G; ++g) *reinterpret_cast<VecN*>(out + g * d + k) = acc[g];
   }
   for (; k < d; ++k)
     for (int g = 0; g < G; ++g) {
