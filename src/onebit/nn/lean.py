@@ -25,7 +25,6 @@ from __future__ import annotations
 from functools import partial
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -50,12 +49,11 @@ def _unpack(saved: list) -> Tensor:
             "operation: the output of a Hardtanh kept by onebit.nn.lean (its previous call's output was "
             "kept by the layer after it, this one's was not); do not change it in place"
         )
-    if code.dtype == torch.int8 and code.device.type == "cpu" and dtype in (torch.float32, torch.float64):
-        # numpy's int8 -> float cast is vectorised, torch's on CPU is not: 1.3 ms against 3.0 ms for a
-        # 128 x 16 x 32 x 32 code at 1 thread (Xeon), in every backward. Exact either way (−1, 0, 1).
-        values = torch.empty_like(code, dtype=dtype)  # the code's strides (channels_last stays so)
-        np.copyto(values.numpy(), code.numpy(), casting="unsafe")
-        return values
+    # torch's own cast, not numpy's: both are vectorised, and torch's also runs on every thread. Measured
+    # side by side on ResNet-20's codes (AMD Zen 3, load ~12, 100 interleaved samples, median): 128 x 16 x
+    # 32 x 32 at 1 thread 0.27 ms against numpy's 0.32 ms, at 2 threads 0.49 against 0.74 ms (10th
+    # percentile); 128 x 64 x 8 x 8 0.056 against 0.067 ms (1T), 0.071 against 0.106 ms (2T). Exact
+    # (−1, 0, 1); preserve_format keeps the code's strides (channels_last stays so).
     return code.to(dtype)
 
 
