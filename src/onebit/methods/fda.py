@@ -7,6 +7,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.modules import module as _module
 
 from . import functional
 from .base import Method, Option, register
@@ -172,7 +173,7 @@ class _FusedNoiseAdaptationSign(torch.autograd.Function):
 
 def _hooked(*modules: nn.Module) -> bool:
     """Whether calling these modules would run a hook (nn.Module.__call__'s test): the fused kernel calls none."""
-    from torch.nn.modules import module as m
+    m = _module
     return bool(m._global_forward_hooks or m._global_forward_pre_hooks or m._global_backward_hooks
                 or m._global_backward_pre_hooks) or any(
         mod._forward_hooks or mod._forward_pre_hooks or mod._backward_hooks or mod._backward_pre_hooks
@@ -210,11 +211,13 @@ def fused_noisy_sign(na: NoiseAdaptation, x: Tensor, alpha: Tensor, terms: int, 
     ``|2(n+1)ω·clamp(x)| < 1.5`` and ``2(n+1) >= 8`` (a weight's) the Fourier ratio
     ``sin(2(n+1)t)/(2 sin t)`` as ``(n+1)·sinc-polynomial·(t/sin t)-series`` without a division (within
     2 ulp of the quotient, exactly ``n + 1`` at ``t = 0``): the gradient's element-wise part about twice as fast."""
-    rows = x.reshape(x.shape[0], -1) if weight else x.reshape(-1, x.shape[-1])
     if not weight:
         functional.announce_kept(x)  # an activation kept as it is: its producer may share it
-    return _FusedNoiseAdaptationSign.apply(rows, na.fc1.weight, na.fc2.weight, float(alpha), weight, int(terms),
-                                           float(omega)).reshape(x.shape)
+    # A 2-D x (a Linear layer's weight and batch) is its own rows: no view, and no ViewBackward node each way.
+    rows = x if x.dim() == 2 else x.reshape(x.shape[0], -1) if weight else x.reshape(-1, x.shape[-1])
+    out = _FusedNoiseAdaptationSign.apply(rows, na.fc1.weight, na.fc2.weight, float(alpha), weight, int(terms),
+                                          float(omega))
+    return out if rows is x else out.reshape(x.shape)
 
 
 @register
@@ -262,12 +265,13 @@ class FDA(Method):
     def quantize_input(self, layer: nn.Module, x: Tensor) -> Tensor:
         if not (self.noise_adaptation and layer.training):
             return self._binary(layer, x)
-        if layer.features_last and _fused_na(layer.input_noise, x, int(layer.fda_terms), self.omega):
-            return fused_noisy_sign(layer.input_noise, x, layer.fda_alpha, int(layer.fda_terms), self.omega, False)
+        terms = int(layer.fda_terms)
+        if layer.features_last and _fused_na(layer.input_noise, x, terms, self.omega):
+            return fused_noisy_sign(layer.input_noise, x, layer.fda_alpha, terms, self.omega, False)
         channels_last = x if layer.features_last else x.movedim(1, -1)
         h = layer.input_noise.learned(channels_last)
         h = h if layer.features_last else h.movedim(-1, 1)
-        return noisy_fourier_sign(x, h, layer.fda_alpha, int(layer.fda_terms), self.omega)
+        return noisy_fourier_sign(x, h, layer.fda_alpha, terms, self.omega)
 
     def quantize_weight(self, layer: nn.Module, w: Tensor) -> Tensor:
         if not (self.noise_adaptation and layer.training):
