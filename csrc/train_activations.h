@@ -39,6 +39,7 @@ void approx_sign_grad_sum(const float* g, const float* x, const float* shift, in
 // XNOR-Net++'s output scale Gamma = c (x) h (x) w on a convolution's output y (N, C, H, W; w null for
 // conv1d: W = 1): out = ((y*c[ch])*h[i])*w[j], torch's order of products (bit-identical); where code
 // is not null, also the int16 copy of y (y is then an exact integer that fits: the caller checks).
+// out may be y itself (scaled in place, the code taken first).
 void spatial_scale(const float* y, const float* c, const float* h, const float* w, int64_t n, int64_t channels,
                    int64_t height, int64_t width, float* out, int16_t* code, int num_threads);
 

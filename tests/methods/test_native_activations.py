@@ -345,7 +345,8 @@ def test_xnorpp_spatial_scale_native_matches_torch(kind, integer):
         before = torch.get_num_threads()
         torch.set_num_threads(threads)
         try:
-            runs.append((*fx._native_spatial_scale(kind, prod, o, h, w, integer),
+            # (a clone: with the int16 copy kept, the kernel scales the product in place)
+            runs.append((*fx._native_spatial_scale(kind, prod.clone(), o, h, w, integer),
                          *fx._native_spatial_grad(grad, prod.to(torch.int16) if integer else prod, h, w)))
         finally:
             torch.set_num_threads(before)

@@ -1092,8 +1092,11 @@ def _native_spatial_scale(kind: str, y: Tensor, channel: Tensor | None, height: 
         return None
     c, h = channel.detach().contiguous(), height.detach().contiguous()
     w = None if width is None else width.detach().contiguous()
-    out = torch.empty_like(y)
     code = torch.empty(y.shape, dtype=torch.int16) if compact else None
+    # With the int16 code kept, y itself is not: scale it in place (no second output-sized tensor; an
+    # engine that says so takes the code before it scales), else y is kept and a new tensor scaled.
+    in_place = compact and getattr(_activation_engine, "spatial_scale_in_place", False)
+    out = y if in_place else torch.empty_like(y)
     _activation_engine.spatial_scale(y.data_ptr(), c.data_ptr(), h.data_ptr(), data_address(w),
                                      *layout, out.data_ptr(), data_address(code),
                                      torch.get_num_threads())
