@@ -35,9 +35,10 @@ def test_padding_the_other_axis_does_not_make_a_kernel_fit(hw, padding):
 @pytest.mark.parametrize("masked", [False, True])
 def test_depthwise_weights_pack_the_sign_of_latent_real_values(masked):
     """pack_weights(w, groups=C) takes ``w >= 0`` as +1 for real weights as well as for ±1 ones (the module
-    convention): weights in (0, 1) are +1, so the layer equals the oracle on the weights' signs."""
+    convention): weights in [0, 1) are +1, so the layer equals the oracle on the weights' signs."""
     c = 70
     w = torch.rand(c, 1, 3, 3, generator=torch.Generator().manual_seed(4)) - 0.25  # three quarters in [0, 0.75)
+    w[::3, :, 1] = 0.0  # sign(0) = +1
     x = _signs(2, c, 5, 4, seed=5)
     masks = [(torch.rand(c, 1, 3, 3, generator=torch.Generator().manual_seed(6)) > 0.3).float()] if masked else None
     packed = K.pack_weight_planes([w], masks, groups=c)
