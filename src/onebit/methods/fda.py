@@ -185,12 +185,15 @@ def _fused_na(na: nn.Module, x: Tensor, terms: int, omega: float) -> bool:
     :class:`NoiseAdaptation` of bias-free ``nn.Linear`` layers without hooks, a contiguous non-empty ``x``
     over its features, and what :func:`_fused_fourier` asks (float32 CPU tensors, eager); not under autocast
     (which would run the layers in lower precision)."""
-    if not (_NA_KERNELS and type(na) is NoiseAdaptation and type(na.fc1) is nn.Linear and type(na.fc2) is nn.Linear):
+    if not (_NA_KERNELS and type(na) is NoiseAdaptation):
         return False
-    w1, w2 = na.fc1.weight, na.fc2.weight
-    return (na.fc1.bias is None and na.fc2.bias is None and x.numel() > 0 and x.is_contiguous()
-            and x.shape[-1] == w1.shape[1] == w2.shape[0] and not _hooked(na.fc1, na.fc2)
-            and not torch.is_autocast_enabled(x.device.type) and _fused_fourier(x, w1, terms, omega, w2))
+    fc1, fc2 = na.fc1, na.fc2  # (each nn.Module attribute is a __getattr__ call: read once)
+    if not (type(fc1) is nn.Linear and type(fc2) is nn.Linear and fc1.bias is None and fc2.bias is None):
+        return False
+    w1, w2 = fc1.weight, fc2.weight
+    return (x.numel() > 0 and x.is_contiguous() and x.shape[-1] == w1.shape[1] == w2.shape[0]
+            and not _hooked(fc1, fc2) and not torch.is_autocast_enabled(x.device.type)
+            and _fused_fourier(x, w1, terms, omega, w2))
 
 
 def fused_noisy_sign(na: NoiseAdaptation, x: Tensor, alpha: Tensor, terms: int, omega: float, weight: bool) -> Tensor:
