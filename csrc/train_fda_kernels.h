@@ -11,30 +11,46 @@
 // hidden unit per vector accumulator, where a skipped term saves nothing), so NaN and inf there come
 // out as in torch's GEMMs.
 
-// A vector of 16 floats (GCC's generic vectors: one zmm, two ymm or four xmm for the ISA compiled),
-// for loads and stores at any float's address.
-typedef float Vec16 __attribute__((vector_size(64), aligned(4), __may_alias__));
+// A dot product's partial sums: one per lane of 16 (lane l sums the terms k with k mod 16 = l), whatever
+// the ISA, so that its bits do not depend on the vector width.
 constexpr int64_t kLanes = 16;
 
-inline Vec16 load16(const float* p) { return *reinterpret_cast<const Vec16*>(p); }
-
-// The sum of v's lanes, in a fixed order (halves added pairwise).
-inline float lane_sum(Vec16 v) {
-  float h[16];
-  std::memcpy(h, &v, sizeof h);
-  for (int width = 8; width >= 1; width /= 2)
-    for (int i = 0; i < width; ++i) h[i] += h[i + width];
-  return h[0];
-}
-
-// The accumulators of a block of sums must stay in vector registers: GCC keeps a Vec16 wider than the
-// ISA's vectors in memory, and 16 of them (the former 4x4 block) spilled on AVX2, where a 512 x 512
+// The accumulators of a block of sums must stay in vector registers: GCC keeps a generic vector wider than
+// the ISA's in memory, and 16 of 16 floats (the former 4x4 block) spilled on AVX2, where a 512 x 512
 // weight's NA forward and backward then took twice as long. kVectorFloats (train_fda.cpp, per ISA) is
 // the width of the ISA's vectors: 16 with AVX-512's 32 registers, 8 with AVX2's 16, 4 with SSE's 16.
 typedef float VecN __attribute__((vector_size(kVectorFloats * sizeof(float)), aligned(4), __may_alias__));
 // dots_block's rows x units: 16 accumulators of one zmm, 2 x 2 of two ymm, 1 x 2 of four xmm.
 constexpr int kDotRows = kVectorFloats == 16 ? 4 : kVectorFloats == 8 ? 2 : 1;
 constexpr int kDotUnits = kVectorFloats == 16 ? 4 : 2;
+
+typedef float Vec4 __attribute__((vector_size(16)));
+typedef float Vec2 __attribute__((vector_size(8)));
+
+// The sum of 16 lanes held as kLanes / N native vectors (parts[p]: lanes p·N .. p·N + N - 1) in a fixed
+// order, halves added pairwise (h[i] += h[i + 8] for i < 8, then + 4, + 2, + 1), in registers: halves of
+// whole parts first, then within one part.
+template <int N = kVectorFloats>  // (a template: the other widths' branches are not compiled)
+float parts_sum(const VecN* parts) {
+  constexpr int kParts = kLanes / N;
+  VecN p[kParts];
+  for (int i = 0; i < kParts; ++i) p[i] = parts[i];
+  for (int width = kParts / 2; width >= 1; width /= 2)
+    for (int i = 0; i < width; ++i) p[i] += p[i + width];
+  Vec4 v4;
+  if constexpr (N == 16) {
+    typedef float Vec8 __attribute__((vector_size(32)));
+    const Vec8 v8 = __builtin_shufflevector(p[0], p[0], 0, 1, 2, 3, 4, 5, 6, 7) +
+                    __builtin_shufflevector(p[0], p[0], 8, 9, 10, 11, 12, 13, 14, 15);
+    v4 = __builtin_shufflevector(v8, v8, 0, 1, 2, 3) + __builtin_shufflevector(v8, v8, 4, 5, 6, 7);
+  } else if constexpr (N == 8) {
+    v4 = __builtin_shufflevector(p[0], p[0], 0, 1, 2, 3) + __builtin_shufflevector(p[0], p[0], 4, 5, 6, 7);
+  } else {
+    std::memcpy(&v4, &p[0], sizeof v4);
+  }
+  const Vec2 v2 = __builtin_shufflevector(v4, v4, 0, 1) + __builtin_shufflevector(v4, v4, 2, 3);
+  return v2[0] + v2[1];
+}
 
 // out[r*J + j] = a[j] · x[r] for R rows x[r] and J rows a[j] (d floats each): R·J dot products in one
 // pass, each with one 16-lane accumulator, its lanes summed at the end, then the tail of d (the same
@@ -57,9 +73,7 @@ void dots_block(const float* const* x, const float* const* a, int64_t d, float* 
   }
   for (int r = 0; r < R; ++r)
     for (int j = 0; j < J; ++j) {
-      Vec16 lanes;
-      std::memcpy(&lanes, acc[r][j], sizeof lanes);
-      float s = lane_sum(lanes);
+      float s = parts_sum(acc[r][j]);
       for (int64_t i = k; i < d; ++i) s += x[r][i] * a[j][i];
       out[r * J + j] = s;
     }
