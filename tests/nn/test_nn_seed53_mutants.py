@@ -1,6 +1,7 @@
 """Details that the seed-53 mutation sample (tools/mutate.py) found untested: the summary's FP operation
 total adds each method's extra FP operations (XNOR-Net's K, counted by hand), and the lean Hardtanh's
-int8 code turns back into a bfloat16 gradient (the numpy cast is only for float32/float64)."""
+int8 code turns back into a bfloat16 gradient (the cast back was numpy's for float32/float64 only when this
+was written; it is torch's for every dtype now)."""
 
 from __future__ import annotations
 
