@@ -49,7 +49,7 @@ class NonFiniteInputError(OnebitError, ValueError):
 
 
 class InputTypeError(OnebitError, TypeError):
-    """An input's dtype is one the deployed model cannot compute on (complex; integers for the packed engine)."""
+    """An input's dtype is one no deployed model computes on: complex."""
 
 
 def refuse_complex(inputs: tuple[Any, ...], where: str) -> None:
