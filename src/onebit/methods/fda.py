@@ -7,7 +7,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.nn.modules import module as _module
+from torch.nn.modules import module as torch_module
 
 from . import functional
 from .base import Method, Option, register
@@ -173,7 +173,7 @@ class _FusedNoiseAdaptationSign(torch.autograd.Function):
 
 def _hooked(*modules: nn.Module) -> bool:
     """Whether calling these modules would run a hook (nn.Module.__call__'s test): the fused kernel calls none."""
-    m = _module
+    m = torch_module
     return bool(m._global_forward_hooks or m._global_forward_pre_hooks or m._global_backward_hooks
                 or m._global_backward_pre_hooks) or any(
         mod._forward_hooks or mod._forward_pre_hooks or mod._backward_hooks or mod._backward_pre_hooks

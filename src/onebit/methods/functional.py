@@ -134,8 +134,7 @@ def _numpy_friendly(x: Tensor) -> bool:
     a byte per element in one vectorised pass, where torch's bool-writing kernels cost 5-15x a float
     pass on this CPU (measured: 2M elements, 2.1 ms against 6.3 ms for the five float passes). Plain
     tensors only, run eagerly: the fake tensors of torch.export/compile have no data for numpy."""
-    return (type(x) in _PLAIN_TENSORS and not _tracing() and x.device.type == "cpu"
-            and x.dtype in (torch.float32, torch.float64))
+    return _eager_plain(x) and x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
 
 
 def _torch_owned_int8(shape: torch.Size) -> Tensor:
@@ -149,7 +148,7 @@ def _all_within_one(code: Tensor) -> bool:
     """Whether every entry of a clip-STE int8 code is ±1 (no |x| > 1), read as bytes."""
     if code.numel() == 0:
         return True
-    if code.device.type == "cpu" and type(code) in _PLAIN_TENSORS and not _tracing():
+    if code.device.type == "cpu" and _eager_plain(code):
         return bool(np.abs(code.numpy()).max() <= 1)
     return bool(code.abs().max() <= 1)
 
@@ -178,11 +177,17 @@ def native_activations(*tensors: Tensor) -> bool:
     """Whether the native activation kernels take these (non-empty float32 CPU) tensors: plain
     tensors only, run eagerly (a tracer, an exporter or a compiler would see no op, or a fake tensor
     without data)."""
-    return (NATIVE_ACTIVATIONS and all(type(t) in _PLAIN_TENSORS for t in tensors) and not _tracing()
+    return (NATIVE_ACTIVATIONS and _eager_plain(*tensors)
             and tensors[0].numel() > 0 and all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors))
 
 
 _PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)
+
+
+def _eager_plain(*tensors: Tensor) -> bool:
+    """Whether these are plain tensors (not a fake or functional subclass) run eagerly: only those have
+    data a native kernel or numpy can read."""
+    return all(type(t) in _PLAIN_TENSORS for t in tensors) and not _tracing()
 
 
 def _tracing() -> bool:
@@ -676,8 +681,8 @@ _EDE_KERNEL = NATIVE_KERNELS and hasattr(_engine, "ede_grad")  # IR-Net's EDE on
 def _native(*tensors: Tensor) -> bool:
     """Whether the weight-quantizer kernels take these tensors: float32 CPU plain tensors, run eagerly
     (a tracer, an exporter or a compiler would see no op, a fake tensor has no data: torch's formulas)."""
-    return (NATIVE_KERNELS and not _tracing() and all(
-        type(t) in _PLAIN_TENSORS and t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors))
+    return (NATIVE_KERNELS and _eager_plain(*tensors)
+            and all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors))
 
 
 def _native_grad(*tensors: Tensor) -> bool:
