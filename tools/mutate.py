@@ -105,7 +105,7 @@ TEST_MAP: list[tuple[str, list[str]]] = [
                           "tests/train/test_*_mutants.py"]),
     (f"{SRC}/bench/metrics.py", ["tests/bench/test_metrics.py", "tests/bench/test_stats_mutants.py",
                                  "tests/bench/test_scores_*.py"]),
-    (f"{SRC}/bench/scores.py", ["tests/bench/test_scores_*.py"]),
+    (f"{SRC}/bench/scores.py", ["tests/bench/test_scores_*.py", "tests/bench/test_metrics.py"]),
     (f"{SRC}/bench/stats.py", ["tests/bench/test_stats_mutants.py", "tests/bench/test_scores_statistics.py",
                                "tests/bench/test_scores_*.py", "tests/bench/test_metrics.py"]),
     # (test_engine_cpp.py compiles csrc/ itself: tests/cpp/check.sh)

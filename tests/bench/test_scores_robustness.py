@@ -67,6 +67,7 @@ def test_no_single_corruption_dominates(run):
     recs = _runs(run, {"bnn": (80.0, bi_corr)}, fp=(95.0, fp_corr))
     row = leaderboard(recs, bootstrap=200).row("bnn")
     assert row.by_corruption["c00"] == pytest.approx(ROBUST_CLIP)
+    assert ROBUST_CLIP == 4.0  # README's documented bound, [1/4, 4]
     assert row.scores["robust"] == pytest.approx(math.sqrt((24 * (20 / 20) ** 2 + ROBUST_CLIP**2) / 25))
     raw = M.robustness_score({c: M.robustness_ratio(20.0, 80.0 - a) for c, a in bi_corr.items()})
     assert raw > 3 * row.scores["robust"]
