@@ -401,6 +401,7 @@ NB_MODULE(_engine, mod) {
   mod.def("hbnn_binarize", &hbnn_binarize, "mode"_a, "x_addr"_a, "rows"_a, "n"_a, "counts"_a, "bitmap_addr"_a,
           "approx_addr"_a, "scales_addr"_a, "num_threads"_a, "max_abs_addr"_a = 0);
   mod.def("hbnn_scalar_only", &onebit::hbnn_scalar_only, "on"_a);
+  mod.def("hbnn_vector_isa", &onebit::hbnn_vector_isa, "widest"_a);
   mod.def("tanh_rows", &tanh_rows, "x_addr"_a, "n"_a, "out_addr"_a, "num_threads"_a);
   mod.def("surrogate_grad", &surrogate_grad, "kind"_a, "g_addr"_a, "x_addr"_a, "n"_a, "p0"_a, "p1"_a, "p2"_a,
           "out_addr"_a, "num_threads"_a);

@@ -1,12 +1,14 @@
 // HBNN's weight quantizer, row by row (see train_hbnn.h).
 //
 // A row's work: one pass for sum |x|; per selecting level one pass over the elements still in play for
-// their distances and a histogram of the distances' top bits (non-negative floats order like their bit
-// patterns), one pass collecting the threshold's bin (nth_element within it gives the exact order
-// statistic, like np.partition) and one pass that stops the chosen ones and compacts the rest (index,
-// |x|, residual), in index order, for the next level (a level where everyone stops needs no pass but its
-// sum); then one pass over the row writes the approximation from x, the bit map and the scales (and
-// takes max |x|): no level writes approximations through scattered indices or carries them along.
+// their distances (and their range) and a histogram of the distances' bit patterns over that range, of
+// about as many bins as elements (non-negative floats order like their bit patterns), one pass collecting
+// the threshold's bin (nth_element within it gives the exact order statistic, like np.partition) and one
+// pass that stops the chosen ones and compacts the rest (index, |x|, residual), in index order, for the
+// next level (a level where everyone stops needs no pass but its sum); then one pass over the row writes
+// the approximation from x, the bit map and the scales (and takes max |x|): no level writes
+// approximations through scattered indices or carries them along. The passes run AVX-512 or AVX2 code
+// where the CPU has it (picked at run time), else scalar loops: the same results, bit for bit.
 // Build with -ffp-contract=off (CMakeLists.txt): the products and sums must round like torch's.
 #include "train_hbnn.h"
 
@@ -22,14 +24,13 @@
 #include <immintrin.h>
 #define ONEBIT_HBNN_X86 1
 #define ONEBIT_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,popcnt")))
+#define ONEBIT_AVX2 __attribute__((target("avx2,popcnt")))  // (no fma: products and sums round apart)
 #endif
 
 namespace onebit {
 namespace {
 
-constexpr int kHistBits = 12;          // distance bins: exponent + 4 mantissa bits (the sign bit is 0)
-constexpr int kHistShift = 31 - kHistBits;
-constexpr int kBins = 1 << kHistBits;
+constexpr int kBins = 1 << 12;  // the most bins of a distance histogram (of a range of their bit patterns)
 
 inline uint32_t bits_of(float v) {
   uint32_t b;
@@ -98,23 +99,23 @@ struct Threshold {
 };
 
 // The k-th smallest (1-based, 1 <= k <= m) of the m distances d (>= 0, not NaN, bit patterns in
-// [base, base + 2^(shift+12))) and how many of those equal to it fall within the k smallest: a histogram of
-// (bits - base) >> shift (two sub-histograms: runs of one bin do not wait on each other's increments), then
-// nth_element within the bin that holds the k-th.
-Threshold kth_smallest(const float* d, int64_t m, int64_t k, Scratch& s, uint32_t base = 0,
-                       int shift = kHistShift) {
+// [base, base + bins * 2^shift), bins <= kBins) and how many of those equal to it fall within the k smallest:
+// a histogram of (bits - base) >> shift (two sub-histograms: runs of one bin do not wait on each other's
+// increments), then nth_element within the bin that holds the k-th.
+Threshold kth_smallest(const float* d, int64_t m, int64_t k, Scratch& s, uint32_t base, int shift,
+                       int bins = kBins) {
   uint32_t* h = s.hist.data();
-  std::fill(h, h + 2 * kBins, 0u);
+  std::fill(h, h + 2 * bins, 0u);
   int64_t i = 0;
   for (; i + 2 <= m; i += 2) {
     ++h[(bits_of(d[i]) - base) >> shift];
-    ++h[kBins + ((bits_of(d[i + 1]) - base) >> shift)];
+    ++h[bins + ((bits_of(d[i + 1]) - base) >> shift)];
   }
   if (i < m) ++h[(bits_of(d[i]) - base) >> shift];
   int64_t before = 0;
   uint32_t bin = 0;
   for (;; ++bin) {
-    const int64_t in_bin = static_cast<int64_t>(h[bin]) + h[kBins + bin];
+    const int64_t in_bin = static_cast<int64_t>(h[bin]) + h[bins + bin];
     if (before + in_bin >= k) break;
     before += in_bin;
   }
@@ -136,18 +137,86 @@ Threshold kth_smallest(const float* d, int64_t m, int64_t k, Scratch& s, uint32_
 
 inline float distance(float v, float mean) { return std::fabs(std::fabs(v) - mean); }
 
-// --- the vectorized passes (AVX-512 where the CPU has it; the scalar loops give the same values) ---
-std::atomic<bool> g_scalar_only{false};  // hbnn_scalar_only(): the tests' switch to the scalar loops
+// --- the scalar loops (the reference, and the vector passes' tails) ---
+
+// bracket(): the count of distances below lo, and those in [lo, hi] copied to cand, in order.
+int64_t bracket_scalar(const float* v, int64_t m, float mean, float lo, float hi, float* cand, int64_t* n_cand) {
+  int64_t below = 0, c = 0;
+  for (int64_t k = 0; k < m; ++k) {
+    const float d = distance(v[k], mean);
+    below += d < lo;
+    cand[c] = d;
+    c += (d >= lo) & (d <= hi);
+  }
+  *n_cand = c;
+  return below;
+}
+
+// binarize_row's level 1: where bm >= 2, (x - mu*sign(x), bm) appended to (res, lvl); returns how many.
+int64_t level_one_scalar(const float* x, const int8_t* bm, int64_t n, float mu, float* res, int32_t* lvl) {
+  int64_t w = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    res[w] = x[i] - mu * sign_of(x[i]);
+    lvl[w] = bm[i];
+    w += bm[i] >= 2;
+  }
+  return w;
+}
+
+// binarize_row's level j >= 2 over the carried elements [from, w), `next` of them already kept:
+// res -= mu*sign(res) where lvl > level, those kept (compacted); returns how many in all.
+int64_t level_up_scalar(int64_t from, int64_t w, int level, float mu, float* res, int32_t* lvl, int64_t next) {
+  for (int64_t k = from; k < w; ++k) {
+    const int32_t code = lvl[k];
+    lvl[next] = code;
+    res[next] = res[k] - mu * sign_of(res[k]);
+    next += code > level;
+  }
+  return next;
+}
+
+// The approximation of n elements under their bit map and the levels' scales mu[0..top): per element
+// a = mu_1*sign(x), R = x - a, then for each level j <= bm: step = mu_j*sign(R), a += step, R -= step
+// (the torch path's operations in its order). Returns max |x| (the clip STE's question: any |x| > 1?).
+float approx_span_scalar(const float* x, const int8_t* bm, int64_t n, const float* mu, int top, float* approx) {
+  float most = 0.0f;
+  for (int64_t i = 0; i < n; ++i) {
+    const float v = x[i];
+    most = std::max(most, std::fabs(v));
+    float a = mu[0] * sign_of(v), r = v - a;
+    for (int j = 1; j < top && bm[i] > j; ++j) {
+      const float step = mu[j] * sign_of(r);
+      a = a + step;
+      r = r - step;
+    }
+    approx[i] = a;
+  }
+  return most;
+}
+
+// --- the vectorized passes (AVX-512 or AVX2, the widest the CPU has; the scalar loops give the same
+// values: every vector lane does the scalar loop's float operations, and compaction keeps index order) ---
+enum VectorIsa : int { kScalarLoops = 0, kAvx2 = 1, kAvx512 = 2 };
+std::atomic<int> g_widest{kAvx512};  // hbnn_vector_isa(): the tests' cap on the passes' ISA
+
+int cpu_isa() {
+#ifdef ONEBIT_HBNN_X86
+  static const int isa = [] {
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq"))
+      return kAvx512;
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("popcnt") ? kAvx2 : kScalarLoops;
+  }();
+  return isa;
+#else
+  return kScalarLoops;
+#endif
+}
+
+inline int vector_isa() { return std::min(cpu_isa(), g_widest.load(std::memory_order_relaxed)); }
 
 #ifdef ONEBIT_HBNN_X86
-bool has_avx512() {
-  static const bool yes = [] {
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
-  }();
-  return yes && !g_scalar_only.load(std::memory_order_relaxed);
-}
 
 ONEBIT_AVX512 inline __mmask16 tail_mask(int64_t left) {
   return left >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << left) - 1);
@@ -281,11 +350,159 @@ ONEBIT_AVX512 float approx_span_512(const float* x, const int8_t* bm, int64_t n,
   _mm512_store_ps(lanes, most);
   return *std::max_element(lanes, lanes + 16);
 }
+
+// AVX2 (eight lanes): whole vectors, then the scalar loop over the last n mod 8 elements. Compaction: the
+// kept lanes' indices (from the 8-bit movemask, 4 bits each, lowest lane first) permute the vector, whose
+// whole is stored at the output's end and the end advanced by popcount (the buffers have slack for it).
+constexpr uint32_t packed_lanes(unsigned keep) {
+  uint32_t packed = 0;
+  for (unsigned lane = 0, at = 0; lane < 8; ++lane)
+    if ((keep >> lane) & 1u) packed |= lane << (4 * at++);
+  return packed;
+}
+
+// Per 8-bit mask: the compaction's packed lanes, and first_level's bit map bytes (1 stops, 2 goes on).
+struct Avx2Tables {
+  uint32_t lanes[256];
+  uint64_t codes[256];
+  constexpr Avx2Tables() : lanes(), codes() {
+    for (unsigned keep = 0; keep < 256; ++keep) {
+      lanes[keep] = packed_lanes(keep);
+      for (unsigned lane = 0; lane < 8; ++lane) codes[keep] |= uint64_t{1u + ((keep >> lane) & 1u)} << (8 * lane);
+    }
+  }
+};
+constexpr Avx2Tables kAvx2Tables{};
+
+ONEBIT_AVX2 inline __m256i kept_lanes(unsigned keep) {
+  const __m256i packed = _mm256_set1_epi32(static_cast<int>(kAvx2Tables.lanes[keep]));
+  return _mm256_and_si256(_mm256_srlv_epi32(packed, _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28)),
+                          _mm256_set1_epi32(7));
+}
+ONEBIT_AVX2 inline int append8(float* p, unsigned keep, __m256i lanes, __m256 v) {
+  _mm256_storeu_ps(p, _mm256_permutevar8x32_ps(v, lanes));
+  return _mm_popcnt_u32(keep);
+}
+template <typename Int>
+ONEBIT_AVX2 inline void append8(Int* p, __m256i lanes, __m256i v) {
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm256_permutevar8x32_epi32(v, lanes));
+}
+
+ONEBIT_AVX2 inline __m256 abs8(__m256 v) { return _mm256_andnot_ps(_mm256_set1_ps(-0.0f), v); }
+ONEBIT_AVX2 inline unsigned mask8(__m256 lanes) { return static_cast<unsigned>(_mm256_movemask_ps(lanes)); }
+ONEBIT_AVX2 inline unsigned mask8(__m256i lanes) { return mask8(_mm256_castsi256_ps(lanes)); }
+// mu*sign(v) per lane: mu*-1 where v < 0, else mu*1
+ONEBIT_AVX2 inline __m256 signed8(__m256 v, __m256 pos, __m256 neg) {
+  return _mm256_blendv_ps(pos, neg, _mm256_cmp_ps(v, _mm256_setzero_ps(), _CMP_LT_OQ));
+}
+ONEBIT_AVX2 inline __m256i codes8(const int8_t* bm) {
+  return _mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(bm)));
+}
+
+// abs_sum's 32 lanes in eight vectors of four: lane l sums the elements k = l mod 32, in order.
+ONEBIT_AVX2 double abs_sum_avx2(const float* v, int64_t m) {
+  const __m256d sign = _mm256_set1_pd(-0.0);
+  __m256d acc[8];
+  for (__m256d& a : acc) a = _mm256_setzero_pd();
+  int64_t i = 0;
+  for (; i + kLanes <= m; i += kLanes)
+    for (int q = 0; q < 8; ++q)
+      acc[q] = _mm256_add_pd(acc[q], _mm256_andnot_pd(sign, _mm256_cvtps_pd(_mm_loadu_ps(v + i + 4 * q))));
+  alignas(32) double a[kLanes];
+  for (int q = 0; q < 8; ++q) _mm256_store_pd(a + 4 * q, acc[q]);
+  for (int l = 0; i < m; ++i, ++l) a[l] += std::fabs(static_cast<double>(v[i]));
+  return combine(a);
+}
+
+ONEBIT_AVX2 int64_t bracket_avx2(const float* v, int64_t m, float mean, float lo, float hi, float* cand,
+                                 int64_t* n_cand) {
+  const __m256 vmean = _mm256_set1_ps(mean), vlo = _mm256_set1_ps(lo), vhi = _mm256_set1_ps(hi);
+  int64_t below = 0, c = 0, k = 0;
+  for (; k + 8 <= m; k += 8) {
+    const __m256 d = abs8(_mm256_sub_ps(abs8(_mm256_loadu_ps(v + k)), vmean));
+    below += _mm_popcnt_u32(mask8(_mm256_cmp_ps(d, vlo, _CMP_LT_OQ)));
+    const unsigned in = mask8(_mm256_and_ps(_mm256_cmp_ps(d, vlo, _CMP_GE_OQ), _mm256_cmp_ps(d, vhi, _CMP_LE_OQ)));
+    c += append8(cand + c, in, kept_lanes(in), d);
+  }
+  int64_t tail = 0;
+  below += bracket_scalar(v + k, m - k, mean, lo, hi, cand + c, &tail);
+  *n_cand = c + tail;
+  return below;
+}
+
+ONEBIT_AVX2 int64_t level_one_avx2(const float* x, const int8_t* bm, int64_t n, float mu, float* res,
+                                   int32_t* lvl) {
+  const __m256 pos = _mm256_set1_ps(mu * 1.0f), neg = _mm256_set1_ps(mu * -1.0f);
+  const __m256i one = _mm256_set1_epi32(1);
+  int64_t w = 0, k = 0;
+  for (; k + 8 <= n; k += 8) {
+    const __m256i code = codes8(bm + k);
+    const unsigned deeper = mask8(_mm256_cmpgt_epi32(code, one));
+    if (!deeper) continue;
+    const __m256 v = _mm256_loadu_ps(x + k);
+    const __m256i lanes = kept_lanes(deeper);
+    append8(lvl + w, lanes, code);
+    w += append8(res + w, deeper, lanes, _mm256_sub_ps(v, signed8(v, pos, neg)));
+  }
+  return w + level_one_scalar(x + k, bm + k, n - k, mu, res + w, lvl + w);
+}
+
+// (in place: the kept lanes go to next <= k, after the block at k is loaded)
+ONEBIT_AVX2 int64_t level_up_avx2(int64_t w, int level, float mu, float* res, int32_t* lvl) {
+  const __m256 pos = _mm256_set1_ps(mu * 1.0f), neg = _mm256_set1_ps(mu * -1.0f);
+  const __m256i vlevel = _mm256_set1_epi32(level);
+  int64_t next = 0, k = 0;
+  for (; k + 8 <= w; k += 8) {
+    const __m256i code = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(lvl + k));
+    const unsigned go = mask8(_mm256_cmpgt_epi32(code, vlevel));
+    if (!go) continue;
+    const __m256 r = _mm256_loadu_ps(res + k);
+    const __m256i lanes = kept_lanes(go);
+    append8(lvl + next, lanes, code);
+    next += append8(res + next, go, lanes, _mm256_sub_ps(r, signed8(r, pos, neg)));
+  }
+  return level_up_scalar(k, w, level, mu, res, lvl, next);
+}
+
+ONEBIT_AVX2 float approx_span_avx2(const float* x, const int8_t* bm, int64_t n, const float* mu, int top,
+                                   float* approx) {
+  __m256 pos[kHbnnMaxLevels], neg[kHbnnMaxLevels];
+  for (int j = 0; j < top; ++j) {
+    pos[j] = _mm256_set1_ps(mu[j] * 1.0f);
+    neg[j] = _mm256_set1_ps(mu[j] * -1.0f);
+  }
+  __m256 most = _mm256_setzero_ps();
+  int64_t k = 0;
+  for (; k + 8 <= n; k += 8) {
+    const __m256 v = _mm256_loadu_ps(x + k);
+    most = _mm256_max_ps(most, abs8(v));
+    __m256 a = signed8(v, pos[0], neg[0]);
+    if (top > 1) {
+      const __m256i code = codes8(bm + k);
+      __m256 r = _mm256_sub_ps(v, a);
+      for (int j = 1; j < top; ++j) {
+        const __m256 active = _mm256_castsi256_ps(_mm256_cmpgt_epi32(code, _mm256_set1_epi32(j)));
+        if (!mask8(active)) break;
+        const __m256 step = signed8(r, pos[j], neg[j]);
+        a = _mm256_blendv_ps(a, _mm256_add_ps(a, step), active);
+        r = _mm256_sub_ps(r, step);
+      }
+    }
+    _mm256_storeu_ps(approx + k, a);
+  }
+  alignas(32) float lanes[8];
+  _mm256_store_ps(lanes, most);
+  const float tail = approx_span_scalar(x + k, bm + k, n - k, mu, top, approx + k);
+  return std::max(tail, *std::max_element(lanes, lanes + 8));
+}
 #endif
 
 double abs_sum_any(const float* v, int64_t m) {
 #ifdef ONEBIT_HBNN_X86
-  if (has_avx512()) return abs_sum_512(v, m);
+  switch (vector_isa()) {
+    case kAvx512: return abs_sum_512(v, m);
+    case kAvx2: return abs_sum_avx2(v, m);
+  }
 #endif
   return abs_sum(v, m);
 }
@@ -338,63 +555,95 @@ int64_t gather(int parts, const int64_t* begin, const int64_t* got, Arrays*... a
 
 int64_t bracket(const float* v, int64_t m, float mean, float lo, float hi, float* cand, int64_t* n_cand) {
 #ifdef ONEBIT_HBNN_X86
-  if (has_avx512()) return bracket_512(v, m, mean, lo, hi, cand, n_cand);
-#endif
-  int64_t below = 0, c = 0;
-  for (int64_t k = 0; k < m; ++k) {
-    const float d = distance(v[k], mean);
-    below += d < lo;
-    cand[c] = d;
-    c += (d >= lo) & (d <= hi);
+  switch (vector_isa()) {
+    case kAvx512: return bracket_512(v, m, mean, lo, hi, cand, n_cand);
+    case kAvx2: return bracket_avx2(v, m, mean, lo, hi, cand, n_cand);
   }
-  *n_cand = c;
-  return below;
+#endif
+  return bracket_scalar(v, m, mean, lo, hi, cand, n_cand);
 }
 
 int64_t level_one(const float* x, const int8_t* bm, int64_t n, float mu, float* res, int32_t* lvl) {
 #ifdef ONEBIT_HBNN_X86
-  if (has_avx512()) return level_one_512(x, bm, n, mu, res, lvl);
-#endif
-  int64_t w = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    res[w] = x[i] - mu * sign_of(x[i]);
-    lvl[w] = bm[i];
-    w += bm[i] >= 2;
+  switch (vector_isa()) {
+    case kAvx512: return level_one_512(x, bm, n, mu, res, lvl);
+    case kAvx2: return level_one_avx2(x, bm, n, mu, res, lvl);
   }
-  return w;
+#endif
+  return level_one_scalar(x, bm, n, mu, res, lvl);
 }
 
 int64_t level_up(int64_t w, int level, float mu, float* res, int32_t* lvl) {
 #ifdef ONEBIT_HBNN_X86
-  if (has_avx512()) return level_up_512(w, level, mu, res, lvl);
-#endif
-  int64_t next = 0;
-  for (int64_t k = 0; k < w; ++k) {
-    const int32_t code = lvl[k];
-    lvl[next] = code;
-    res[next] = res[k] - mu * sign_of(res[k]);
-    next += code > level;
+  switch (vector_isa()) {
+    case kAvx512: return level_up_512(w, level, mu, res, lvl);
+    case kAvx2: return level_up_avx2(w, level, mu, res, lvl);
   }
-  return next;
+#endif
+  return level_up_scalar(0, w, level, mu, res, lvl, 0);
 }
 
 float approx_span(const float* x, const int8_t* bm, int64_t n, const float* mu, int top, float* approx) {
 #ifdef ONEBIT_HBNN_X86
-  if (has_avx512()) return approx_span_512(x, bm, n, mu, top, approx);
-#endif
-  float most = 0.0f;
-  for (int64_t i = 0; i < n; ++i) {
-    const float v = x[i];
-    most = std::max(most, std::fabs(v));
-    float a = mu[0] * sign_of(v), r = v - a;
-    for (int j = 1; j < top && bm[i] > j; ++j) {
-      const float step = mu[j] * sign_of(r);
-      a = a + step;
-      r = r - step;
-    }
-    approx[i] = a;
+  switch (vector_isa()) {
+    case kAvx512: return approx_span_512(x, bm, n, mu, top, approx);
+    case kAvx2: return approx_span_avx2(x, bm, n, mu, top, approx);
   }
-  return most;
+#endif
+  return approx_span_scalar(x, bm, n, mu, top, approx);
+}
+
+// The distances | |v[k]| - mean | of the m values into dist; returns the range of their bit patterns.
+struct BitRange {
+  uint32_t lo, hi;
+};
+
+BitRange distances_scalar(const float* v, int64_t m, float mean, float* dist) {
+  BitRange range{~0u, 0u};
+  for (int64_t k = 0; k < m; ++k) {
+    dist[k] = distance(v[k], mean);
+    range.lo = std::min(range.lo, bits_of(dist[k]));
+    range.hi = std::max(range.hi, bits_of(dist[k]));
+  }
+  return range;
+}
+
+#ifdef ONEBIT_HBNN_X86
+// (the bit patterns of non-negative floats are below 2^31: signed integer min and max order them)
+ONEBIT_AVX2 BitRange distances_avx2(const float* v, int64_t m, float mean, float* dist) {
+  const __m256 vmean = _mm256_set1_ps(mean);
+  __m256i lo = _mm256_set1_epi32(INT32_MAX), hi = _mm256_setzero_si256();
+  int64_t k = 0;
+  for (; k + 8 <= m; k += 8) {
+    const __m256 d = abs8(_mm256_sub_ps(abs8(_mm256_loadu_ps(v + k)), vmean));
+    _mm256_storeu_ps(dist + k, d);
+    lo = _mm256_min_epi32(lo, _mm256_castps_si256(d));
+    hi = _mm256_max_epi32(hi, _mm256_castps_si256(d));
+  }
+  alignas(32) uint32_t lows[8], highs[8];
+  _mm256_store_si256(reinterpret_cast<__m256i*>(lows), lo);
+  _mm256_store_si256(reinterpret_cast<__m256i*>(highs), hi);
+  BitRange range = distances_scalar(v + k, m - k, mean, dist + k);
+  range.lo = std::min(range.lo, *std::min_element(lows, lows + 8));
+  range.hi = std::max(range.hi, *std::max_element(highs, highs + 8));
+  return range;
+}
+#endif
+
+// The count-th smallest distance of all m values (1 <= count <= m): kth_smallest over a histogram fitted
+// to their range, of about m bins (a short row's fill and scan of the histogram cost no more than its pass).
+Threshold kth_of_all(const float* v, int64_t m, float mean, int64_t count, Scratch& s) {
+  float* dist = s.dist.data();
+#ifdef ONEBIT_HBNN_X86
+  const BitRange range = vector_isa() != kScalarLoops ? distances_avx2(v, m, mean, dist)
+                                                      : distances_scalar(v, m, mean, dist);
+#else
+  const BitRange range = distances_scalar(v, m, mean, dist);
+#endif
+  const int bins = static_cast<int>(std::clamp<int64_t>(m, 64, kBins));
+  int shift = 0;
+  while (((range.hi - range.lo) >> shift) >= static_cast<uint32_t>(bins)) ++shift;
+  return kth_smallest(dist, m, count, s, range.lo, shift, bins);
 }
 
 // The count-th smallest distance | |v[k]| - mean | of the m values (1 <= count < m): the distances of an
@@ -434,8 +683,7 @@ Threshold select(const float* v, int64_t m, float mean, int64_t count, Scratch& 
       return kth_smallest(dist, n_cand, count - below, s, base, shift);
     }
   }
-  for (int64_t k = 0; k < m; ++k) dist[k] = distance(v[k], mean);
-  return kth_smallest(dist, m, count, s);
+  return kth_of_all(v, m, mean, count, s);
 }
 
 // The scales of one row's residual binarization under its bit map (level 1 over every element, level
@@ -485,6 +733,55 @@ struct Carried {
   float* res;  // the residual R_j
 };
 
+// The scalar levels: the same values, and the general tie rule.
+struct Decider {
+  const Rule& rule;
+  int64_t taken = 0;
+  bool stops(float src) {
+    if (rule.kind != Rule::kThreshold) return rule.kind == Rule::kAll;
+    const float d = distance(src, rule.center);
+    const bool tie = d == rule.t.value;
+    const bool stop = (d < rule.t.value) | (tie & (taken < rule.t.room));
+    taken += tie & stop;
+    return stop;
+  }
+};
+
+// Level 1 over the n elements at x (row indices from offset): bm = 1 where the element stops, 2 where it
+// goes on (then carried: idx, |x|, x - mu*sign(x)). Returns how many go on. (The vector passes' tails
+// take a fresh Decider: they run only where every tie stops, so no count of ties carries over.)
+int64_t first_level_scalar(const float* x, int64_t n, int64_t offset, float mu, const Rule& rule, int8_t* bm,
+                           const Carried& out) {
+  Decider decider{rule};
+  int64_t w = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const bool stop = decider.stops(x[i]);
+    bm[i] = stop ? 1 : 2;
+    out.idx[w] = static_cast<uint32_t>(i + offset);
+    out.mag[w] = std::fabs(x[i]);
+    out.res[w] = x[i] - mu * sign_of(x[i]);
+    w += !stop;
+  }
+  return w;
+}
+
+// Level j >= 2 over the carried elements [from, w), `next` of them already kept: those that go on are kept
+// (compacted) with res -= mu*sign(res); returns how many in all. src: the distances' source, mag (paper)
+// or res (residual rule).
+int64_t next_level_scalar(int64_t from, int64_t w, float mu, const Rule& rule, bool paper, const Carried& c,
+                          int64_t next) {
+  Decider decider{rule};
+  for (int64_t k = from; k < w; ++k) {
+    const float r = c.res[k], m = c.mag[k];
+    const bool stop = decider.stops(paper ? m : r);
+    c.idx[next] = c.idx[k];
+    c.mag[next] = m;
+    c.res[next] = r - mu * sign_of(r);
+    next += !stop;
+  }
+  return next;
+}
+
 #ifdef ONEBIT_HBNN_X86
 ONEBIT_AVX512 inline __mmask16 goes_on(const Rule& rule, __mmask16 live, __m512 src) {
   if (rule.kind == Rule::kNone) return live;
@@ -493,9 +790,8 @@ ONEBIT_AVX512 inline __mmask16 goes_on(const Rule& rule, __mmask16 live, __m512 
   return _mm512_mask_cmp_ps_mask(live, d, _mm512_set1_ps(rule.t.value), _CMP_GT_OQ);
 }
 
-// Level 1 over the whole row: bm = 1 where the element stops, 2 where it goes on (then carried: idx, |x|,
-// x - mu*sign(x)). Returns how many go on. (The rule's fields and the arrays in locals: the compiler would
-// reload them after every store.)
+// first_level_scalar's vector form, where every tie stops (rule.vector_ok()). (The rule's fields and the
+// arrays in locals: the compiler would reload them after every store.)
 ONEBIT_AVX512 int64_t first_level_512(const float* x, int64_t n, int64_t offset, float mu, const Rule& rule,
                                       int8_t* bm, const Carried& out) {
   const __m512 pos = _mm512_set1_ps(mu * 1.0f), neg = _mm512_set1_ps(mu * -1.0f), zero = _mm512_setzero_ps();
@@ -520,8 +816,7 @@ ONEBIT_AVX512 int64_t first_level_512(const float* x, int64_t n, int64_t offset,
   return w;
 }
 
-// Level j >= 2 over the w carried elements: those that go on are kept (compacted) with res -= mu*sign(res).
-// src: the distances' source, mag (paper) or res (residual rule).
+// next_level_scalar's vector form over the w carried elements, where every tie stops (rule.vector_ok()).
 ONEBIT_AVX512 int64_t next_level_512(int64_t w, float mu, const Rule& rule, bool paper, const Carried& c) {
   const __m512 pos = _mm512_set1_ps(mu * 1.0f), neg = _mm512_set1_ps(mu * -1.0f), zero = _mm512_setzero_ps();
   const Rule local = rule;
@@ -542,54 +837,78 @@ ONEBIT_AVX512 int64_t next_level_512(int64_t w, float mu, const Rule& rule, bool
   }
   return next;
 }
-#endif
 
-// The scalar levels: the same values, and the general tie rule.
-struct Decider {
-  const Rule& rule;
-  int64_t taken = 0;
-  bool stops(float src) {
-    if (rule.kind != Rule::kThreshold) return rule.kind == Rule::kAll;
-    const float d = distance(src, rule.center);
-    const bool tie = d == rule.t.value;
-    const bool stop = (d < rule.t.value) | (tie & (taken < rule.t.room));
-    taken += tie & stop;
-    return stop;
-  }
-};
-
-int64_t first_level(const float* x, int64_t n, float mu, const Rule& rule, int8_t* bm, const Carried& out) {
-#ifdef ONEBIT_HBNN_X86
-  if (has_avx512() && rule.vector_ok()) return first_level_512(x, n, 0, mu, rule, bm, out);
-#endif
-  Decider decider{rule};
-  int64_t w = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    const bool stop = decider.stops(x[i]);
-    bm[i] = stop ? 1 : 2;
-    out.idx[w] = static_cast<uint32_t>(i);
-    out.mag[w] = std::fabs(x[i]);
-    out.res[w] = x[i] - mu * sign_of(x[i]);
-    w += !stop;
-  }
-  return w;
+ONEBIT_AVX2 inline unsigned goes_on8(const Rule& rule, __m256 src) {
+  if (rule.kind == Rule::kNone) return 0xFFu;
+  if (rule.kind == Rule::kAll) return 0u;
+  const __m256 d = abs8(_mm256_sub_ps(abs8(src), _mm256_set1_ps(rule.center)));
+  return mask8(_mm256_cmp_ps(d, _mm256_set1_ps(rule.t.value), _CMP_GT_OQ));
 }
 
-int64_t next_level(int64_t w, float mu, const Rule& rule, bool paper, const Carried& c) {
-#ifdef ONEBIT_HBNN_X86
-  if (has_avx512() && rule.vector_ok()) return next_level_512(w, mu, rule, paper, c);
-#endif
-  Decider decider{rule};
-  int64_t next = 0;
-  for (int64_t k = 0; k < w; ++k) {
-    const float r = c.res[k], m = c.mag[k];
-    const bool stop = decider.stops(paper ? m : r);
-    c.idx[next] = c.idx[k];
-    c.mag[next] = m;
-    c.res[next] = r - mu * sign_of(r);
-    next += !stop;
+ONEBIT_AVX2 int64_t first_level_avx2(const float* x, int64_t n, int64_t offset, float mu, const Rule& rule,
+                                     int8_t* bm, const Carried& out) {
+  const __m256 pos = _mm256_set1_ps(mu * 1.0f), neg = _mm256_set1_ps(mu * -1.0f);
+  const __m256i iota = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  const Rule local = rule;
+  uint32_t* const idx = out.idx;
+  float* const mag = out.mag;
+  float* const res = out.res;
+  int64_t w = 0, k = 0;
+  for (; k + 8 <= n; k += 8) {
+    const __m256 v = _mm256_loadu_ps(x + k);
+    const unsigned go = goes_on8(local, v);
+    std::memcpy(bm + k, &kAvx2Tables.codes[go], 8);
+    if (!go) continue;
+    const __m256i lanes = kept_lanes(go);
+    append8(idx + w, lanes, _mm256_add_epi32(_mm256_set1_epi32(static_cast<int>(k + offset)), iota));
+    append8(mag + w, go, lanes, abs8(v));
+    w += append8(res + w, go, lanes, _mm256_sub_ps(v, signed8(v, pos, neg)));
   }
-  return next;
+  return w + first_level_scalar(x + k, n - k, offset + k, mu, local, bm + k, Carried{idx + w, mag + w, res + w});
+}
+
+// (in place: the kept lanes go to next <= k, after the block at k is loaded)
+ONEBIT_AVX2 int64_t next_level_avx2(int64_t w, float mu, const Rule& rule, bool paper, const Carried& c) {
+  const __m256 pos = _mm256_set1_ps(mu * 1.0f), neg = _mm256_set1_ps(mu * -1.0f);
+  const Rule local = rule;
+  uint32_t* const idx = c.idx;
+  float* const mag = c.mag;
+  float* const res = c.res;
+  int64_t next = 0, k = 0;
+  for (; k + 8 <= w; k += 8) {
+    const __m256 r = _mm256_loadu_ps(res + k);
+    const __m256 m = paper ? _mm256_loadu_ps(mag + k) : _mm256_setzero_ps();
+    const unsigned go = goes_on8(local, paper ? m : r);
+    if (!go) continue;
+    const __m256i lanes = kept_lanes(go);
+    append8(idx + next, lanes, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(idx + k)));
+    if (paper) append8(mag + next, go, lanes, m);  // the residual rule orders by res
+    next += append8(res + next, go, lanes, _mm256_sub_ps(r, signed8(r, pos, neg)));
+  }
+  return next_level_scalar(k, w, mu, local, paper, Carried{idx, mag, res}, next);
+}
+#endif
+
+// The vector form of a level over [offset, offset + n) of the row (level 1) or of the n carried elements
+// (level >= 2) on the CPU's widest ISA (scalar loops where it has none); only where rule.vector_ok().
+int64_t level_vector(int level, const float* x, int64_t n, int64_t offset, float mu, const Rule& rule, bool paper,
+                     int8_t* bm, const Carried& c) {
+#ifdef ONEBIT_HBNN_X86
+  switch (vector_isa()) {
+    case kAvx512:
+      return level == 1 ? first_level_512(x, n, offset, mu, rule, bm, c) : next_level_512(n, mu, rule, paper, c);
+    case kAvx2:
+      return level == 1 ? first_level_avx2(x, n, offset, mu, rule, bm, c) : next_level_avx2(n, mu, rule, paper, c);
+  }
+#endif
+  return level == 1 ? first_level_scalar(x, n, offset, mu, rule, bm, c) : next_level_scalar(0, n, mu, rule, paper, c, 0);
+}
+
+// One level over the n (level 1: the row x) elements in play on one thread.
+int64_t level_pass(int level, const float* x, int64_t n, float mu, const Rule& rule, bool paper, int8_t* bm,
+                   const Carried& c) {
+  if (vector_isa() != kScalarLoops && rule.vector_ok()) return level_vector(level, x, n, 0, mu, rule, paper, bm, c);
+  return level == 1 ? first_level_scalar(x, n, 0, mu, rule, bm, c) : next_level_scalar(0, n, mu, rule, paper, c, 0);
 }
 
 // kHbnnPaper and kHbnnResidual: the map and the binarization in one sweep of the levels. At level j
@@ -619,19 +938,15 @@ int select_row(bool paper, const float* x, int64_t n, const int64_t* counts, int
     int64_t next = 0;
     if (level > 1 && rule.kind == Rule::kAll) {
       // everyone stops at this level (the last one, usually): their bm already says so
-#ifdef ONEBIT_HBNN_X86
-    } else if (parts > 1 && has_avx512() && rule.vector_ok()) {
+    } else if (parts > 1 && vector_isa() != kScalarLoops && rule.vector_ok()) {
       int64_t begin[kMaxParts], got[kMaxParts];
       in_parts(parts, w, [&](int p, int64_t b, int64_t e) {
-        const Carried part{c.idx + b, c.mag + b, c.res + b};
         begin[p] = b;
-        got[p] = level == 1 ? first_level_512(x + b, e - b, b, mu, rule, bm + b, part)
-                            : next_level_512(e - b, mu, rule, paper, part);
+        got[p] = level_vector(level, x + b, e - b, b, mu, rule, paper, bm + b, {c.idx + b, c.mag + b, c.res + b});
       });
       next = gather(parts, begin, got, c.idx, c.mag, c.res);
-#endif
     } else {
-      next = level == 1 ? first_level(x, n, mu, rule, bm, c) : next_level(w, mu, rule, paper, c);
+      next = level_pass(level, x, w, mu, rule, paper, bm, c);
     }
     for (int64_t k = 0; level > 1 && k < next; ++k) bm[c.idx[k]] = static_cast<int8_t>(level + 1);
     w = next;
@@ -643,14 +958,12 @@ int select_row(bool paper, const float* x, int64_t n, const int64_t* counts, int
 
 }  // namespace
 
-bool hbnn_scalar_only(bool on) {
-  g_scalar_only.store(on);
-#ifdef ONEBIT_HBNN_X86
-  return !has_avx512();
-#else
-  return true;
-#endif
+int hbnn_vector_isa(int widest) {
+  g_widest.store(std::clamp(widest, static_cast<int>(kScalarLoops), static_cast<int>(kAvx512)));
+  return vector_isa();
 }
+
+bool hbnn_scalar_only(bool on) { return hbnn_vector_isa(on ? kScalarLoops : kAvx512) == kScalarLoops; }
 
 int hbnn_binarize(int mode, const float* x, int64_t rows, int64_t n, const int64_t* counts, int levels,
                   int8_t* bitmap, float* approx, float* scales, float* max_abs, int num_threads) {

@@ -39,8 +39,11 @@ enum HbnnMode : int { kHbnnPaper = 0, kHbnnResidual = 1, kHbnnGivenMap = 2 };
 int hbnn_binarize(int mode, const float* x, int64_t rows, int64_t n, const int64_t* counts, int levels,
                   int8_t* bitmap, float* approx, float* scales, float* max_abs, int num_threads);
 
-// The passes run AVX-512 code where the CPU has it and scalar loops elsewhere, with the same results;
-// on = true forces the scalar loops (for the tests). Returns whether the scalar loops now run.
+// The passes run AVX-512 or AVX2 code, the widest the CPU has, and scalar loops elsewhere, with the same
+// results. For the tests: hbnn_vector_isa caps them at `widest` (0 the scalar loops, 1 AVX2, 2 AVX-512) and
+// returns the one that now runs (the CPU's widest up to the cap); hbnn_scalar_only(on) caps them at the
+// scalar loops (on) or lifts the cap, and returns whether the scalar loops now run.
+int hbnn_vector_isa(int widest);
 bool hbnn_scalar_only(bool on);
 
 }  // namespace onebit
