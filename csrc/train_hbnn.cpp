@@ -53,7 +53,7 @@ struct Scratch {
   std::vector<float> dist;      // per idx entry: the distance to the level's mean
   std::vector<float> mag;       // per idx entry: |x|
   std::vector<int32_t> lvl;     // binarization: per idx entry, its bit map entry
-  std::vector<uint32_t> bin;    // the bit patterns of the threshold's bin
+  std::vector<uint32_t> bin;    // the bit patterns of the threshold's bin (n + 16 entries, a count of them used)
   std::vector<uint32_t> hist = std::vector<uint32_t>(2 * kBins);
 
   void reserve(int64_t n) {
@@ -64,6 +64,7 @@ struct Scratch {
       dist.resize(size);
       mag.resize(size);
       lvl.resize(size);
+      bin.resize(size);
     }
   }
 };
@@ -98,6 +99,9 @@ struct Threshold {
   int64_t ties;  // how many elements equal it
 };
 
+// The bit patterns of the m distances d that lie in [first, last] (first <= last < 2^31), in order, to out.
+int64_t collect_bin(const float* d, int64_t m, uint32_t first, uint32_t last, uint32_t* out);
+
 // The k-th smallest (1-based, 1 <= k <= m) of the m distances d (>= 0, not NaN, bit patterns in
 // [base, base + bins * 2^shift), bins <= kBins) and how many of those equal to it fall within the k smallest:
 // a histogram of (bits - base) >> shift (two sub-histograms: runs of one bin do not wait on each other's
@@ -119,18 +123,18 @@ Threshold kth_smallest(const float* d, int64_t m, int64_t k, Scratch& s, uint32_
     if (before + in_bin >= k) break;
     before += in_bin;
   }
-  s.bin.clear();
-  for (i = 0; i < m; ++i) {
-    const uint32_t b = bits_of(d[i]);
-    if (((b - base) >> shift) == bin) s.bin.push_back(b);
-  }
-  const auto nth = s.bin.begin() + (k - before - 1);
-  std::nth_element(s.bin.begin(), nth, s.bin.end());
+  // the bin's patterns: (bits - base) >> shift == bin, i.e. bits in [first, last] (all below 2^31)
+  const uint64_t first = base + (uint64_t{bin} << shift);
+  const uint64_t last = std::min<uint64_t>(first + (uint64_t{1} << shift) - 1, INT32_MAX);
+  uint32_t* const kept = s.bin.data();
+  const int64_t in_bin = collect_bin(d, m, static_cast<uint32_t>(first), static_cast<uint32_t>(last), kept);
+  uint32_t* const nth = kept + (k - before - 1);
+  std::nth_element(kept, nth, kept + in_bin);
   const uint32_t t = *nth;
   int64_t below = before, ties = 0;
-  for (const uint32_t b : s.bin) {
-    below += b < t;
-    ties += b == t;
+  for (int64_t j = 0; j < in_bin; ++j) {
+    below += kept[j] < t;
+    ties += kept[j] == t;
   }
   return {float_of(t), k - below, ties};
 }
@@ -150,6 +154,16 @@ int64_t bracket_scalar(const float* v, int64_t m, float mean, float lo, float hi
   }
   *n_cand = c;
   return below;
+}
+
+int64_t collect_bin_scalar(const float* d, int64_t m, uint32_t first, uint32_t last, uint32_t* out) {
+  int64_t c = 0;
+  for (int64_t i = 0; i < m; ++i) {
+    const uint32_t b = bits_of(d[i]);
+    out[c] = b;
+    c += (b >= first) & (b <= last);
+  }
+  return c;
 }
 
 // binarize_row's level 1: where bm >= 2, (x - mu*sign(x), bm) appended to (res, lvl); returns how many.
@@ -399,7 +413,9 @@ ONEBIT_AVX2 inline __m256i codes8(const int8_t* bm) {
   return _mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(bm)));
 }
 
-// abs_sum's 32 lanes in eight vectors of four: lane l sums the elements k = l mod 32, in order.
+// abs_sum's 32 lanes in eight vectors of four: lane l sums the elements k = l mod 32, in order; the last
+// m mod 32 elements by masked loads (the other lanes add +0.0: a sum of |x| is never -0.0, so no change),
+// then combine()'s additions in its order, in registers.
 ONEBIT_AVX2 double abs_sum_avx2(const float* v, int64_t m) {
   const __m256d sign = _mm256_set1_pd(-0.0);
   __m256d acc[8];
@@ -408,10 +424,32 @@ ONEBIT_AVX2 double abs_sum_avx2(const float* v, int64_t m) {
   for (; i + kLanes <= m; i += kLanes)
     for (int q = 0; q < 8; ++q)
       acc[q] = _mm256_add_pd(acc[q], _mm256_andnot_pd(sign, _mm256_cvtps_pd(_mm_loadu_ps(v + i + 4 * q))));
-  alignas(32) double a[kLanes];
-  for (int q = 0; q < 8; ++q) _mm256_store_pd(a + 4 * q, acc[q]);
-  for (int l = 0; i < m; ++i, ++l) a[l] += std::fabs(static_cast<double>(v[i]));
-  return combine(a);
+  const __m128i lane = _mm_setr_epi32(0, 1, 2, 3);
+  for (int q = 0; i + 4 * q < m; ++q) {
+    const __m128i live = _mm_cmpgt_epi32(_mm_set1_epi32(static_cast<int>(m - i - 4 * q)), lane);
+    const __m256d tail = _mm256_cvtps_pd(_mm_maskload_ps(v + i + 4 * q, live));
+    acc[q] = _mm256_add_pd(acc[q], _mm256_andnot_pd(sign, tail));
+  }
+  // acc[q] holds lanes 4q..4q+3: b[0..3] = (a[l] + a[l+8]) + (a[l+16] + a[l+24]) from acc 0, 2, 4, 6,
+  // b[4..7] from acc 1, 3, 5, 7; then ((b0 + b1) + (b2 + b3)) + ((b4 + b5) + (b6 + b7))
+  const __m256d low = _mm256_add_pd(_mm256_add_pd(acc[0], acc[2]), _mm256_add_pd(acc[4], acc[6]));
+  const __m256d high = _mm256_add_pd(_mm256_add_pd(acc[1], acc[3]), _mm256_add_pd(acc[5], acc[7]));
+  const __m256d pairs = _mm256_hadd_pd(low, high);  // b0+b1, b4+b5, b2+b3, b6+b7
+  const __m128d halves = _mm_add_pd(_mm256_castpd256_pd128(pairs), _mm256_extractf128_pd(pairs, 1));
+  return _mm_cvtsd_f64(halves) + _mm_cvtsd_f64(_mm_unpackhi_pd(halves, halves));
+}
+
+ONEBIT_AVX2 int64_t collect_bin_avx2(const float* d, int64_t m, uint32_t first, uint32_t last, uint32_t* out) {
+  const __m256i below = _mm256_set1_epi32(static_cast<int>(first) - 1), above = _mm256_set1_epi32(static_cast<int>(last));
+  int64_t c = 0, i = 0;
+  for (; i + 8 <= m; i += 8) {
+    const __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(d + i));
+    const unsigned in = mask8(_mm256_andnot_si256(_mm256_cmpgt_epi32(b, above), _mm256_cmpgt_epi32(b, below)));
+    if (!in) continue;
+    append8(out + c, kept_lanes(in), b);
+    c += _mm_popcnt_u32(in);
+  }
+  return c + collect_bin_scalar(d + i, m - i, first, last, out + c);
 }
 
 ONEBIT_AVX2 int64_t bracket_avx2(const float* v, int64_t m, float mean, float lo, float hi, float* cand,
@@ -496,6 +534,13 @@ ONEBIT_AVX2 float approx_span_avx2(const float* x, const int8_t* bm, int64_t n, 
   return std::max(tail, *std::max_element(lanes, lanes + 8));
 }
 #endif
+
+int64_t collect_bin(const float* d, int64_t m, uint32_t first, uint32_t last, uint32_t* out) {
+#ifdef ONEBIT_HBNN_X86
+  if (vector_isa() != kScalarLoops) return collect_bin_avx2(d, m, first, last, out);
+#endif
+  return collect_bin_scalar(d, m, first, last, out);
+}
 
 double abs_sum_any(const float* v, int64_t m) {
 #ifdef ONEBIT_HBNN_X86
