@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+import onebit.methods
 import onebit.methods.functional as fx
 
 needs_kernels = pytest.mark.skipif(not fx.NATIVE_KERNELS, reason="needs the compiled engine's weight kernels")
@@ -58,3 +59,55 @@ def test_scaled_sign_swish_leaves_a_mis_sized_alpha_or_a_1d_weight_to_torch(monk
     expected = fx.sign_swish_ste(u, 5.0, "swish") * (1.0 if alpha is None else alpha)
     torch.testing.assert_close(fx.scaled_sign_swish(w, alpha, 5.0, "swish"), expected)
     assert engine.calls == []
+
+
+# -- hbnn.py: a mix and an average_bits that disagree by more than 1e-6 bits are refused ---------------
+@pytest.mark.parametrize(("offset", "refused"), [(1.2e-6, True), (-1.2e-6, True), (0.8e-6, False), (-0.8e-6, False)])
+def test_hbnn_mix_and_average_bits_agree_within_a_millionth_of_a_bit(offset, refused):
+    """bits (1, 2) with the mix (½, ½) average 1.5 bits: an average_bits 1.2e-6 away is a second, different
+    request (a one-line bug loosening the 1e-6 tolerance by half would accept it), 0.8e-6 is the same one."""
+    def configure():
+        return onebit.methods.get("hbnn", bits=(1, 2), mix=(0.5, 0.5), average_bits=1.5 + offset)
+    if refused:
+        with pytest.raises(ValueError, match="averages 1.5 bits but average_bits=1.5; give only one"):
+            configure()
+    else:
+        assert configure().average_bits == 1.5 + offset
+
+
+# -- functional.py: a shift with more dims than x, or an empty one, takes torch's formula ---------------
+@pytest.mark.parametrize(("x_shape", "shift_shape"), [((3, 4), (1, 1, 4)), ((2, 3, 4), (1, 1, 3, 1)), ((3, 0), (0,))])
+def test_reactnet_sign_with_a_shift_of_more_dims_or_none_left_is_torchs_broadcast(x_shape, shift_shape):
+    """``sign(x + b)`` broadcasts to b's rank when b has more dims than x (the kernels' layout
+    (outer, channels, inner) is x's, so they must not take it), and an empty b gives an empty result."""
+    torch.manual_seed(0)
+    x = torch.randn(x_shape)
+    shift = torch.randn(shift_shape) * 0.5
+    assert fx.native_sign(x, shift) is None
+    out = fx.QuantizerCall(x, fx.ShiftedApproxSTE, (shift,)).apply()
+    assert torch.equal(out, torch.where(x + shift >= 0, 1.0, -1.0))
+
+
+# -- hbnn.py: a training forward does not build the bit planes it never reads ----------------------------
+@pytest.mark.parametrize("conv", [False, True])
+def test_hbnn_training_forward_skips_the_planes_of_weights_and_hetero_activations(monkeypatch, conv):
+    """The quantizer reads a binarization's approximation (and ``within_one``) only; the planes
+    ``sign(R_j)`` cost a pass per level and an int8-sized tensor each, so the native path is asked not to
+    make them (``planes=False``) for the weight and the activations alike."""
+    import onebit.methods.hbnn as hbnn
+    from onebit.nn import BinaryConv2d, BinaryLinear
+
+    if not hbnn._HBNN_KERNEL:
+        pytest.skip("needs the compiled engine's HBNN kernel (the torch path makes the planes anyway)")
+
+    def no_planes(*args):
+        raise AssertionError("the planes were built for a training forward")
+    monkeypatch.setattr(hbnn, "_planes_from_scales", no_planes)
+    torch.manual_seed(0)
+    options = {"method": "hbnn", "activations": "hetero", "average_bits": 2.0}
+    layer = BinaryConv2d(3, 4, 3, padding=1, **options) if conv else BinaryLinear(12, 4, **options)
+    x = torch.randn(2, 3, 5, 5) if conv else torch.randn(2, 12)
+    layer(x.requires_grad_(True)).sum().backward()
+    assert x.grad is not None and layer.weight.grad is not None
+    monkeypatch.undo()
+    assert hbnn.HBNN(bits=(1, 2, 3), average_bits=2.0).binarize_tensor(x.detach().reshape(2, -1)).planes
