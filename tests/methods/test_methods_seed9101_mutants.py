@@ -111,3 +111,63 @@ def test_hbnn_training_forward_skips_the_planes_of_weights_and_hetero_activation
     assert x.grad is not None and layer.weight.grad is not None
     monkeypatch.undo()
     assert hbnn.HBNN(bits=(1, 2, 3), average_bits=2.0).binarize_tensor(x.detach().reshape(2, -1)).planes
+
+
+# -- proxconnect.py: one annealing epoch is the last one, at μ_end ---------------------------------------
+@pytest.mark.parametrize(("epochs", "hard_epochs"), [(1, 0), (3, 2)])
+def test_pcpp_mu_with_a_single_annealing_epoch_is_mu_end(epochs, hard_epochs):
+    """μ reaches ``mu_end`` at the last annealing epoch ``epochs − hard_epochs − 1``; with one annealing
+    epoch that is epoch 0 itself (no division by ``annealing − 1 = 0``), the hard epochs after it."""
+    from onebit.methods.proxconnect import pcpp_mu
+
+    assert pcpp_mu(0, epochs, 0.2, 1.0, hard_epochs) == (1.0, False)
+    assert [pcpp_mu(e, epochs, 0.2, 1.0, hard_epochs) for e in range(1, epochs + 1)] == [(1.0, True)] * epochs
+
+
+# -- fda.py: the fused noise adaptation takes bias-free plain Linear layers and non-empty inputs only ------
+def _fda_layer_output_and_grads(layer, x):
+    layer.zero_grad(set_to_none=True)
+    x = x.clone().requires_grad_(True)
+    out = layer(x)
+    out.sum().backward()
+    return out.detach(), x.grad, layer.weight.grad, layer.weight_noise.fc1.weight.grad
+
+
+@pytest.mark.parametrize("where", ["weight", "input"])
+def test_fda_noise_adaptation_with_a_biased_linear_keeps_its_bias(monkeypatch, where):
+    """The fused kernel computes ``fc2(ReLU(fc1(t)))`` without biases; a NoiseAdaptation whose fc1 a user
+    swapped for a biased Linear must take torch's path, which adds the bias (a large one here, so that
+    dropping it would change the values, not only rounding)."""
+    import onebit.methods.fda as fda
+    from onebit.nn import BinaryLinear
+
+    torch.manual_seed(2)
+    layer = BinaryLinear(96, 5, bias=False, method="fda").train()
+    na = layer.weight_noise if where == "weight" else layer.input_noise
+    biased = torch.nn.Linear(96, na.fc1.out_features, bias=True)
+    with torch.no_grad():
+        biased.weight.copy_(na.fc1.weight)
+        biased.bias.fill_(3.0)
+    na.fc1 = biased
+    x = torch.randn(7, 96)
+    fused = _fda_layer_output_and_grads(layer, x)
+    monkeypatch.setattr(fda, "_NA_KERNELS", False)
+    torch_path = _fda_layer_output_and_grads(layer, x)
+    for got, want in zip(fused, torch_path):
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("conv", [False, True])
+@pytest.mark.parametrize("method", onebit.methods.available())
+def test_every_method_trains_on_an_empty_batch(method, conv):
+    """An empty batch (a sharded or filtered loader's last one) gives an empty output and gradients of
+    the input's shape; the kernels refuse an empty tensor (no data address), so the native paths must
+    pass it to torch's formulas (FDA's fused value and the Fourier and EDE surrogate gradients did not)."""
+    from onebit.nn import BinaryConv2d, BinaryLinear
+
+    torch.manual_seed(3)
+    layer = (BinaryConv2d(3, 4, 3, padding=1, method=method) if conv else BinaryLinear(12, 5, method=method)).train()
+    x = torch.randn((0, 3, 5, 5) if conv else (0, 12), requires_grad=True)
+    out = layer(x)
+    out.sum().backward()
+    assert out.shape == ((0, 4, 5, 5) if conv else (0, 5)) and x.grad.shape == x.shape

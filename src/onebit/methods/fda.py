@@ -101,9 +101,10 @@ class _NoisyFourierSign(torch.autograd.Function):
 
 
 def _fused_fourier(x: Tensor, h: Tensor, terms: int, omega: float, *scale: Tensor) -> bool:
-    """Whether :class:`_NoisyFourierSign` takes these tensors: float32 CPU, run eagerly, and the
-    Fourier kernel's range (ω < π, 2(n+1)ω ≤ 8192), as :class:`~onebit.methods.functional.FourierSTE`."""
-    return (_FUSED_KERNELS and omega < math.pi and omega * 2 * (terms + 1) <= 8192
+    """Whether :class:`_NoisyFourierSign` takes these tensors: non-empty (an empty tensor has no data
+    address, which the kernels refuse) float32 CPU, run eagerly, and the Fourier kernel's range (ω < π,
+    2(n+1)ω ≤ 8192), as :class:`~onebit.methods.functional.FourierSTE`."""
+    return (_FUSED_KERNELS and x.numel() > 0 and omega < math.pi and omega * 2 * (terms + 1) <= 8192
             and functional._native(x, h, *scale))
 
 

@@ -687,8 +687,10 @@ def _native(*tensors: Tensor) -> bool:
 
 def _native_grad(*tensors: Tensor) -> bool:
     """Whether a gradient may be taken natively: not under ``create_graph`` (grad mode on in backward),
-    where the torch formula keeps the graph for a second derivative."""
-    return _native(*tensors) and not torch.is_grad_enabled()
+    where the torch formula keeps the graph for a second derivative, and not for an empty ``x`` (the
+    first tensor; its gradient has its shape): an empty tensor has no data address, which the kernels
+    refuse (an empty training batch)."""
+    return _native(*tensors) and tensors[0].numel() > 0 and not torch.is_grad_enabled()
 
 
 #: Tensors with fewer elements run a native kernel on the calling thread alone (torch's own element-wise
