@@ -58,32 +58,3 @@ def test_a_parameter_without_a_gradient_in_later_steps_stays_where_its_last_step
     assert not torch.equal(model.branch_after_its_step, model.branch_at_start)  # its one step moved it
     assert torch.equal(model.branch.weight, model.branch_after_its_step)  # and nothing after it
 
-
-def test_each_epochs_live_bar_counts_every_step(tmp_path, monkeypatch):
-    """On a terminal the bar of each epoch advances one step per batch and ends full (single-file sample
-    9106: ``bar.update(1)`` → ``update(0)`` survived, since tests never run on a terminal)."""
-    import io
-    import sys
-
-    import tqdm.auto
-
-    class Terminal(io.StringIO):
-        def isatty(self) -> bool:
-            return True
-
-    closed = []
-
-    class RecordingBar(tqdm.auto.tqdm):
-        def close(self):
-            if not self.disable:
-                closed.append((self.desc, self.n, self.total))
-            super().close()
-
-    monkeypatch.setattr(sys, "stderr", Terminal())
-    monkeypatch.setattr(tqdm.auto, "tqdm", RecordingBar)
-    stage = {"name": "main", "epochs": 2, "optimizer": {"name": "sgd", "lr": 0.1}, "lr_schedule": {"name": "constant"}}
-    recipe = {"name": "bars", "seed": 1, "data": {"name": "digits", "batch_size": 512},
-              "model": {"name": "mlp", "options": {"hidden": [8]}}, "stage": [stage]}
-    train(recipe, tmp_path / "run", progress=True)
-    assert [desc for desc, _, _ in closed] == ["main 1/2", "main 2/2"]
-    assert all(n == total and total >= 2 for _, n, total in closed)
