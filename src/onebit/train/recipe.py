@@ -217,6 +217,7 @@ class Stage:
     #: A registered binarization method, or None for the full-precision network.
     method: str | None = None
     method_options: dict[str, Any] = field(default_factory=dict)
+    #: Length of the stage (README's Training section documents the default).
     epochs: int = 10
     optimizer: OptimizerSpec = field(default_factory=OptimizerSpec)
     lr_schedule: ScheduleSpec = field(default_factory=ScheduleSpec)
