@@ -51,6 +51,9 @@ class BinaryLayer:
         pad_value: float = 0.0,
     ) -> None:
         self.method = get(method, **options)
+        if self.weight.numel() == 0:  # the methods' per-channel scales and kernels need a weight to reduce
+            raise ValueError(f"{type(self).__name__} with weight shape {tuple(self.weight.shape)} has no weights to "
+                             "binarize (zero input or output features); keep this layer full precision")
         if pad_value not in PAD_VALUES:
             raise ValueError(f"pad_value={pad_value!r} is not allowed; use 0, 1 or -1")
         self.pad_value = float(pad_value)
