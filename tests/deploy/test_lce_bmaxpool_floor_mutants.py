@@ -8,32 +8,14 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_lce_bmaxpool_mutants import _model
 from torch import nn
 
 from onebit.deploy import lce
-from onebit.nn import BinaryConv2d
 
 tflite = pytest.importorskip("tflite")
 pytestmark = pytest.mark.skipif(not lce.LCE_PLATFORM,
                                 reason="larq-compute-engine ships its interpreter for x86-64 Linux only")
-
-
-def _model(pool: nn.MaxPool2d, x: torch.Tensor) -> nn.Sequential:
-    """binary conv (sign-bit output through thresholds) → the pool → binary conv: the pool reads bits."""
-    torch.manual_seed(3)
-    model = nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1),
-        BinaryConv2d(8, 32, 3, 1, 1, method="bireal", pad_value=1.0), nn.BatchNorm2d(32), nn.Hardtanh(),
-        pool,
-        BinaryConv2d(32, 8, 3, 1, 1, method="bireal", pad_value=1.0), nn.BatchNorm2d(8), nn.Hardtanh(),
-        nn.Flatten(), nn.LazyLinear(4),
-    )
-    with torch.no_grad():
-        model(x)
-        for bn in (model[2], model[6]):
-            bn.running_mean.uniform_(-0.5, 0.5)
-            bn.running_var.uniform_(0.5, 1.5)
-    return model.eval()
 
 
 def _op_names(buf: bytes) -> list[str]:

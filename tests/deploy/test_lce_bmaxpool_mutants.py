@@ -17,7 +17,8 @@ pytestmark = pytest.mark.skipif(not lce.LCE_PLATFORM,
                                 reason="larq-compute-engine ships its interpreter for x86-64 Linux only")
 
 
-def _model(pool: nn.Module) -> nn.Sequential:
+def _model(pool: nn.Module, x: torch.Tensor | None = None) -> nn.Sequential:
+    """binary conv (sign-bit output through thresholds) → the pool → binary conv: the pool reads bits."""
     torch.manual_seed(3)
     model = nn.Sequential(
         nn.Conv2d(3, 8, 3, padding=1),
@@ -27,7 +28,7 @@ def _model(pool: nn.Module) -> nn.Sequential:
         nn.Flatten(), nn.LazyLinear(4),
     )
     with torch.no_grad():
-        model(X)
+        model(X if x is None else x)
         for bn in (model[2], model[6]):
             bn.running_mean.uniform_(-0.5, 0.5)
             bn.running_var.uniform_(0.5, 1.5)

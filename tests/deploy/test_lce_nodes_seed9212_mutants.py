@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_lce_bmaxpool_floor_mutants import _op_names
 from torch import nn
 
 from onebit.deploy import lce
@@ -18,18 +19,6 @@ from onebit.nn import BinaryConv2d
 tflite = pytest.importorskip("tflite")
 pytestmark = pytest.mark.skipif(not lce.LCE_PLATFORM,
                                 reason="larq-compute-engine ships its interpreter for x86-64 Linux only")
-
-
-def _op_names(buf: bytes) -> list[str]:
-    model = tflite.Model.GetRootAsModel(buf, 0)
-    graph = model.Subgraphs(0)
-    builtin = {v: k for k, v in vars(tflite.BuiltinOperator).items() if not k.startswith("_")}
-    names = []
-    for i in range(graph.OperatorsLength()):
-        code = model.OperatorCodes(graph.Operators(i).OpcodeIndex())
-        custom = code.CustomCode()
-        names.append(custom.decode() if custom else builtin[max(code.BuiltinCode(), code.DeprecatedBuiltinCode())])
-    return names
 
 
 @pytest.mark.parametrize("hw", [(8, 8), (6, 9)])
