@@ -13,6 +13,7 @@ import math
 
 import pytest
 import torch
+from test_native_hbnn import salted as native_salted
 
 from onebit.methods import functional as fx
 from onebit.methods import hbnn
@@ -68,16 +69,7 @@ def assert_identical(cap, x, mode, counts=(), bitmap=None, threads=1):
 
 
 def salted(shape, seed):
-    """Gaussian values with exact zeros, -0.0 and ±1 (a tenth each)."""
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(shape, generator=g)
-    flat = x.view(-1)
-    pick = torch.randperm(flat.numel(), generator=g)
-    tenth = flat.numel() // 10
-    flat[pick[:tenth]] = 0.0
-    flat[pick[tenth:2 * tenth]] = -0.0
-    flat[pick[2 * tenth:3 * tenth]] = torch.where(torch.rand(tenth, generator=g) < 0.5, 1.0, -1.0)
-    return x
+    return native_salted(shape, seed, negative_zeros=True)
 
 
 def quarter_steps(shape, seed):

@@ -125,8 +125,8 @@ def test_a_sample_that_misses_the_threshold_falls_back_to_every_element(loops):
         assert torch.equal(native.bitmap, torch_path.bitmap), selection
 
 
-def salted(shape, seed):
-    """Gaussian values with exact zeros and ±1 (10 % each)."""
+def salted(shape, seed, negative_zeros=False):
+    """Gaussian values with exact zeros and ±1 (10 % each), and -0.0 (another 10 %) if asked."""
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(shape, generator=g)
     flat = x.view(-1)
@@ -134,6 +134,8 @@ def salted(shape, seed):
     tenth = flat.numel() // 10
     flat[pick[:tenth]] = 0.0
     flat[pick[tenth:2 * tenth]] = torch.where(torch.rand(tenth, generator=g) < 0.5, 1.0, -1.0)
+    if negative_zeros:
+        flat[pick[2 * tenth:3 * tenth]] = -0.0
     return x
 
 
